@@ -1,0 +1,37 @@
+# img2img-lab — every target creates .venv on first use and reuses it afterwards.
+# Every install goes through constraints.txt (torch 2.13.0 / torchvision 0.28.0 pinned) and the
+# tested lock (requirements-lock.txt), so an install never resolves an unpinned torch.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_CONSTRAINTS := -c constraints.txt -c requirements-lock.txt
+STAMP := $(VENV)/.img2img-lab-installed
+
+.PHONY: test demo lab install lock bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt requirements-lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/img2img-lab demo
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sweep_speed.py
+
+# Re-freeze the lock from the current venv (after changing dependencies and running `make test`).
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^img2img-lab' | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' > requirements-lock.txt
+
+clean-venv:
+	rm -rf $(VENV)

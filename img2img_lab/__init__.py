@@ -1,0 +1,57 @@
+"""img2img-lab: measure what the img2img strength dial does for your model, image and prompt.
+
+Data flows one way: plan -> engine -> store (-> metrics -> calibrate -> grids / report).
+
+>>> import img2img_lab
+>>> plan = img2img_lab.SweepPlan(images=["data/sources/red_circle.png"], prompts=["a cat"],
+...                              strengths=[0.2, 0.5])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from img2img_lab._compat import ensure_torchvision_importable
+
+# Must run before anything imports torchvision (transformers, diffusers and lpips do).
+ensure_torchvision_importable()
+
+from img2img_lab.errors import (  # noqa: E402
+    ImageError,
+    Img2ImgLabError,
+    ModelError,
+    PlanError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_image": "img2img_lab.images",
+    "content_hash": "img2img_lab.images",
+    "load_pipeline": "img2img_lab.pipelines",
+    "set_scheduler": "img2img_lab.pipelines",
+    "model_fingerprint": "img2img_lab.pipelines",
+    "SweepPlan": "img2img_lab.plan",
+    "Cell": "img2img_lab.plan",
+    "run_cell": "img2img_lab.engine",
+    "RunStore": "img2img_lab.store",
+    "run_sweep": "img2img_lab.sweep",
+}
+
+__all__ = [
+    "Img2ImgLabError",
+    "ImageError",
+    "PlanError",
+    "ModelError",
+    "StoreError",
+    "__version__",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str):
+    # Lazy so that `import img2img_lab` (and the CLI's --help) does not pay for importing diffusers.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'img2img_lab' has no attribute {name!r}")

@@ -1,0 +1,125 @@
+"""Run cells: the per-cell reference runner.
+
+:func:`run_cell` generates one cell exactly as a plain diffusers call would::
+
+    pipe.scheduler = <the cell's scheduler>
+    pipe(image=source, prompt=cell.prompt, negative_prompt=cell.negative_prompt or None,
+         strength=cell.strength, num_inference_steps=cell.num_inference_steps,
+         guidance_scale=cell.guidance_scale, generator=torch.Generator("cpu").manual_seed(cell.seed))
+
+so any cell of a sweep can be reproduced bit for bit outside img2img-lab. The per-cell CPU generator
+is what makes that work: diffusers samples the VAE latent and then the noise from the call's generator.
+
+Zero-step cells (see :mod:`img2img_lab.plan`) are not sent to the pipeline, which would crash for most
+schedulers; :func:`vae_roundtrip` returns the source encoded (latent sampled with the same generator)
+and decoded by the model's VAE: what the model makes of the image with no denoising at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import img2img_lab  # noqa: F401  - torchvision shim first
+from img2img_lab.plan import Cell
+from img2img_lab.pipelines import make_scheduler
+
+
+@dataclass
+class CellOutput:
+    """What running a cell produced: the image, wall time, how it was made, and the safety flag."""
+
+    image: "PIL.Image.Image"  # noqa: F821
+    seconds: float
+    produced: str  # "diffusion" or "vae_roundtrip"
+    nsfw_flagged: bool | None = None
+
+
+def cell_generator(seed: int):
+    """The per-cell generator: CPU, seeded with the cell's seed (diffusers' reproducible recipe).
+
+    >>> float(cell_generator(0).initial_seed())
+    0.0
+    """
+    import torch
+
+    return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def use_scheduler(pipe, name: str) -> None:
+    """Put the named scheduler on the pipeline, reusing one instance per name (as a user would)."""
+    cache = pipe.__dict__.setdefault("_img2img_lab_schedulers", {})
+    base = getattr(pipe, "_img2img_lab_base_scheduler_config", None)
+    if base is None:
+        base = dict(pipe.scheduler.config)
+        pipe._img2img_lab_base_scheduler_config = base
+    if name not in cache:
+        cache[name] = make_scheduler(base, name)
+    pipe.scheduler = cache[name]
+
+
+def vae_roundtrip(pipe, source, *, generator=None):
+    """Encode ``source`` with the pipeline's VAE (sampling the latent with ``generator``) and decode it.
+
+    This is the floor every img2img output sits on: even strength 0 cannot be closer to the source.
+
+    >>> floor = vae_roundtrip(pipe, source, generator=cell_generator(0))  # doctest: +SKIP
+    """
+    import torch
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+
+    vae = pipe.vae
+    dtype = vae.dtype
+    upcast = dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    with torch.no_grad():
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            work_dtype = torch.float32 if upcast else dtype
+            pixels = pipe.image_processor.preprocess(source).to(device=vae.device, dtype=work_dtype)
+            latents = retrieve_latents(vae.encode(pixels), generator=generator)
+            decoded = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype)
+    return pipe.image_processor.postprocess(decoded.float(), output_type="pil")[0]
+
+
+def pipeline_kwargs(cell: Cell, source) -> dict:
+    """The keyword arguments of the plain diffusers call that generates ``cell``.
+
+    >>> pipe(**pipeline_kwargs(cell, source)).images[0]  # doctest: +SKIP
+    """
+    return {
+        "image": source,
+        "prompt": cell.prompt,
+        "negative_prompt": cell.negative_prompt or None,
+        "strength": cell.strength,
+        "num_inference_steps": cell.num_inference_steps,
+        "guidance_scale": cell.guidance_scale,
+        "generator": cell_generator(cell.seed),
+    }
+
+
+def run_cell(pipe, cell: Cell, source) -> CellOutput:
+    """Generate one cell with the reference (per-cell) runner.
+
+    ``source`` is the prepared RGB PIL image (:func:`img2img_lab.images.load_image`).
+
+    >>> output = run_cell(pipe, plan.cells()[0], source)  # doctest: +SKIP
+    >>> output.produced, output.image.size  # doctest: +SKIP
+    ('diffusion', (512, 512))
+    """
+    use_scheduler(pipe, cell.scheduler)
+    started = time.perf_counter()
+    if cell.zero_step:
+        image = vae_roundtrip(pipe, source, generator=cell_generator(cell.seed))
+        return CellOutput(image=image, seconds=time.perf_counter() - started, produced="vae_roundtrip")
+    result = pipe(**pipeline_kwargs(cell, source))
+    flagged = getattr(result, "nsfw_content_detected", None)
+    return CellOutput(
+        image=result.images[0],
+        seconds=time.perf_counter() - started,
+        produced="diffusion",
+        nsfw_flagged=None if flagged is None else bool(flagged[0]),
+    )

@@ -1,0 +1,361 @@
+"""Load any diffusers img2img pipeline, pick device and dtype, swap schedulers, fingerprint the model.
+
+>>> pipe = load_pipeline("runwayml/stable-diffusion-v1-5", scheduler="euler")  # doctest: +SKIP
+>>> describe_pipeline(pipe)["size_multiple"]  # doctest: +SKIP
+8
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import img2img_lab  # noqa: F401  - installs the torchvision shim before diffusers is imported
+from img2img_lab.errors import ModelError
+
+#: Where the embedded default model lives (issue #4 trains and commits it).
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models" / "shapes-world"
+
+#: Environment variable that overrides the default model (hub id or folder).
+DEFAULT_MODEL_ENV = "IMG2IMG_LAB_MODEL"
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """A scheduler by name: a diffusers class plus config overrides."""
+
+    class_name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    description: str = ""
+
+
+#: Scheduler names accepted everywhere (plans, CLI, widgets). ``default`` keeps the model's own.
+SCHEDULERS: dict[str, SchedulerSpec] = {
+    "ddim": SchedulerSpec("DDIMScheduler", description="DDIM, deterministic (eta=0)"),
+    "ddpm": SchedulerSpec("DDPMScheduler", description="DDPM, ancestral"),
+    "pndm": SchedulerSpec("PNDMScheduler", (("skip_prk_steps", True),), "PNDM / PLMS (Stable Diffusion 1.x default)"),
+    "euler": SchedulerSpec("EulerDiscreteScheduler", description="Euler (k-diffusion)"),
+    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", description="Euler ancestral"),
+    "heun": SchedulerSpec("HeunDiscreteScheduler", description="Heun, 2 UNet calls per step"),
+    "lms": SchedulerSpec("LMSDiscreteScheduler", description="linear multistep (needs scipy)"),
+    "dpmpp_2m": SchedulerSpec(
+        "DPMSolverMultistepScheduler",
+        (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("use_karras_sigmas", False)),
+        "DPM++ 2M",
+    ),
+    "dpmpp_2m_karras": SchedulerSpec(
+        "DPMSolverMultistepScheduler",
+        (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("use_karras_sigmas", True)),
+        "DPM++ 2M with Karras sigmas",
+    ),
+    "dpmpp_sde": SchedulerSpec("DPMSolverSinglestepScheduler", description="DPM++ singlestep"),
+    "unipc": SchedulerSpec("UniPCMultistepScheduler", description="UniPC multistep"),
+    "deis": SchedulerSpec("DEISMultistepScheduler", description="DEIS multistep"),
+    "lcm": SchedulerSpec("LCMScheduler", description="LCM (for LCM-distilled models)"),
+}
+
+
+def scheduler_names() -> list[str]:
+    """All scheduler names :func:`make_scheduler` accepts, ``"default"`` first.
+
+    >>> "euler_a" in scheduler_names()
+    True
+    """
+    return ["default", *SCHEDULERS]
+
+
+def make_scheduler(base_config: Any, name: str | None):
+    """Build a scheduler by name from a pipeline's scheduler config.
+
+    ``None`` or ``"default"`` rebuilds the pipeline's own scheduler class from ``base_config``.
+
+    >>> from diffusers import DDIMScheduler
+    >>> type(make_scheduler(DDIMScheduler().config, "euler")).__name__
+    'EulerDiscreteScheduler'
+    """
+    import diffusers
+
+    config = dict(base_config)
+    if name in (None, "default"):
+        class_name = config.get("_class_name")
+        if class_name is None or not hasattr(diffusers, class_name):
+            raise ModelError(f"cannot rebuild the model's default scheduler {class_name!r}.")
+        return getattr(diffusers, class_name).from_config(config)
+    key = str(name).lower()
+    if key not in SCHEDULERS:
+        raise ModelError(
+            f"unknown scheduler {name!r}. Fix: use one of {', '.join(scheduler_names())}."
+        )
+    spec = SCHEDULERS[key]
+    cls = getattr(diffusers, spec.class_name)
+    return cls.from_config(config, **dict(spec.overrides))
+
+
+def set_scheduler(pipe, name: str | None):
+    """Swap a pipeline's scheduler by name (in place) and return the pipeline.
+
+    >>> pipe = set_scheduler(pipe, "dpmpp_2m")  # doctest: +SKIP
+    """
+    base = getattr(pipe, "_img2img_lab_base_scheduler_config", None) or dict(pipe.scheduler.config)
+    pipe._img2img_lab_base_scheduler_config = base
+    pipe.scheduler = make_scheduler(base, name)
+    return pipe
+
+
+def select_device(device: str | None = None, dtype: str | None = None):
+    """Resolve ``(torch.device, torch.dtype)``: CUDA fp16 where available, else Apple MPS fp16, else CPU fp32.
+
+    >>> select_device("cpu")
+    (device(type='cpu'), torch.float32)
+    """
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ModelError(f"unknown device {device!r} ({error}). Fix: use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but torch sees no CUDA GPU. Fix: use device='cpu'.")
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype is None:
+        torch_dtype = torch.float16 if torch_device.type in ("cuda", "mps") else torch.float32
+    elif isinstance(dtype, torch.dtype):
+        torch_dtype = dtype
+    elif str(dtype) in dtypes:
+        torch_dtype = dtypes[str(dtype)]
+    else:
+        raise ModelError(f"unknown dtype {dtype!r}. Fix: use one of {', '.join(dtypes)}.")
+    return torch_device, torch_dtype
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+def _hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | None]:
+    """Decide what ``model`` names: ``(label, local_folder_or_None_for_hub)``. Fast; loads nothing.
+
+    Raises :class:`ModelError` for a missing folder, a folder that is not a diffusers pipeline,
+    a malformed hub id, or a hub id that is not cached while offline.
+
+    >>> resolve_model("./no/such/folder")
+    Traceback (most recent call last):
+    ...
+    img2img_lab.errors.ModelError: model folder './no/such/folder' does not exist. ...
+    """
+    if model is None:
+        model = os.environ.get(DEFAULT_MODEL_ENV) or None
+    if model is None:
+        if not (EMBEDDED_MODEL_DIR / "model_index.json").exists():
+            raise ModelError(
+                f"no model given and the embedded default model is not installed at {EMBEDDED_MODEL_DIR}. "
+                f"Fix: pass a diffusers img2img model (a hub id such as 'runwayml/stable-diffusion-v1-5' "
+                f"or a local diffusers folder), set ${DEFAULT_MODEL_ENV}, or train the embedded model with "
+                f"`python -m img2img_lab.shapes.train --out {EMBEDDED_MODEL_DIR}`."
+            )
+        return "embedded:shapes-world", EMBEDDED_MODEL_DIR
+    text = str(model)
+    path = Path(text).expanduser()
+    # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
+    looks_like_path = (
+        isinstance(model, os.PathLike)
+        or text.startswith((".", "/", "~"))
+        or text.endswith("/")
+        or text.count("/") > 1
+        or "\\" in text
+    )
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model path '{text}' is a file; a diffusers model is a folder. Fix: pass the folder.")
+        if not (path / "model_index.json").exists():
+            raise ModelError(
+                f"folder '{text}' is not a diffusers pipeline (no model_index.json in it). "
+                f"Fix: pass the folder written by pipeline.save_pretrained(...), e.g. a hub snapshot folder."
+            )
+        return text, path.resolve()
+    if looks_like_path or not _HUB_ID.match(text):
+        raise ModelError(
+            f"model folder '{text}' does not exist. Fix: check the path, or pass a hub id such as "
+            f"'runwayml/stable-diffusion-v1-5'."
+        )
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(text, "model_index.json")
+        if not isinstance(cached, str):
+            raise ModelError(
+                f"'{text}' is not a local folder and is not in the Hugging Face cache, and offline mode is on "
+                f"(HF_HUB_OFFLINE=1). Fix: download it once while online (`hf download {text}`), or pass the "
+                f"path of a local diffusers folder."
+            )
+    return text, None
+
+
+def load_pipeline(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    scheduler: str | None = None,
+    variant: str | None = None,
+):
+    """Load an img2img pipeline from a hub id, a local diffusers folder, or the embedded default.
+
+    Uses :class:`diffusers.AutoPipelineForImage2Image`, so any model with an img2img pipeline works
+    (Stable Diffusion 1.x/2.x, SDXL, turbo models...). Device/dtype default to CUDA fp16 when a GPU is
+    present, else CPU fp32. The pipeline's inner progress bar is disabled (sweeps show their own).
+
+    >>> pipe = load_pipeline("stabilityai/sd-turbo", scheduler="euler_a")  # doctest: +SKIP
+    >>> pipe = load_pipeline()  # the embedded shapes-world model  # doctest: +SKIP
+    """
+    label, folder = resolve_model(model)
+    torch_device, torch_dtype = select_device(device, dtype)
+    from diffusers import AutoPipelineForImage2Image
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if variant:
+        kwargs["variant"] = variant
+    if folder is None and _hub_offline():
+        kwargs["local_files_only"] = True
+    try:
+        pipe = AutoPipelineForImage2Image.from_pretrained(str(folder) if folder else label, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as error:
+        raise ModelError(
+            f"could not load '{label}' as a diffusers img2img pipeline: {error}. "
+            f"Fix: check that the model has an img2img pipeline and all its files are present."
+        ) from error
+    pipe = pipe.to(torch_device)
+    pipe.set_progress_bar_config(disable=True)
+    pipe._img2img_lab_model = label
+    pipe._img2img_lab_folder = str(folder) if folder else None
+    pipe._img2img_lab_base_scheduler_config = dict(pipe.scheduler.config)
+    if scheduler is not None:
+        set_scheduler(pipe, scheduler)
+    return pipe
+
+
+def model_label(pipe) -> str:
+    """The name a pipeline was loaded under (hub id, folder, or ``embedded:shapes-world``)."""
+    return getattr(pipe, "_img2img_lab_model", None) or str(getattr(pipe, "name_or_path", "") or "in-memory")
+
+
+def size_multiple(pipe) -> int:
+    """Each image side must be a multiple of this: the VAE's downscale factor.
+
+    >>> size_multiple(pipe)  # 8 for Stable Diffusion  # doctest: +SKIP
+    8
+    """
+    factor = getattr(pipe, "vae_scale_factor", None)
+    if factor is None and getattr(pipe, "vae", None) is not None:
+        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return int(factor or 8)
+
+
+def native_resolution(pipe) -> int | None:
+    """The side length the model was trained at (UNet sample size x VAE factor), if known."""
+    unet = getattr(pipe, "unet", None)
+    sample = getattr(getattr(unet, "config", None), "sample_size", None) if unet is not None else None
+    if isinstance(sample, (list, tuple)):
+        sample = max(sample)
+    return int(sample) * size_multiple(pipe) if sample else None
+
+
+def _components(pipe) -> dict[str, Any]:
+    return {name: module for name, module in pipe.components.items() if module is not None}
+
+
+def _config_dict(component) -> dict:
+    config = getattr(component, "config", None)
+    if config is None:
+        if hasattr(component, "get_vocab"):  # tokenizers
+            return {"class": type(component).__name__, "vocab": sorted(component.get_vocab().items()),
+                    "model_max_length": getattr(component, "model_max_length", None)}
+        return {"class": type(component).__name__}
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {key: value for key, value in data.items() if not key.startswith("_name_or_path")}
+
+
+def _hash_json(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
+    """Fingerprint a loaded pipeline: hashes of every component's config and weights.
+
+    Weights are hashed as loaded (after any dtype cast), tensor by tensor in name order, so the
+    fingerprint changes exactly when the numbers that make the pixels change. Cached on the pipeline.
+
+    >>> model_fingerprint(pipe)["fingerprint"][:12]  # doctest: +SKIP
+    '3f1c0a9b2e7d'
+    """
+    cached = getattr(pipe, "_img2img_lab_fingerprint", None)
+    if cached is not None and not refresh:
+        return cached
+    components: dict[str, dict] = {}
+    for name, component in sorted(_components(pipe).items()):
+        entry: dict[str, Any] = {"class": type(component).__name__, "config_hash": _hash_json(_config_dict(component))}
+        if hasattr(component, "state_dict") and callable(component.state_dict) and name != "scheduler":
+            digest = hashlib.sha256()
+            parameters = 0
+            for key, tensor in sorted(component.state_dict().items()):
+                data = tensor.detach().to("cpu").contiguous()
+                digest.update(f"{key}:{data.dtype}:{tuple(data.shape)};".encode())
+                digest.update(data.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+                parameters += data.numel()
+            entry["weights_hash"] = digest.hexdigest()
+            entry["parameters"] = parameters
+        components[name] = entry
+    fingerprint = {"fingerprint": _hash_json(components), "pipeline_class": type(pipe).__name__,
+                   "model": model_label(pipe), "components": components}
+    pipe._img2img_lab_fingerprint = fingerprint
+    return fingerprint
+
+
+def describe_pipeline(pipe) -> dict:
+    """A summary of a loaded pipeline: components, parameter counts, sizes, scheduler, size rules.
+
+    >>> describe_pipeline(pipe)["scheduler"]  # doctest: +SKIP
+    'PNDMScheduler'
+    """
+    components = {}
+    total_bytes = 0
+    for name, component in sorted(_components(pipe).items()):
+        entry: dict[str, Any] = {"class": type(component).__name__}
+        if hasattr(component, "parameters") and callable(component.parameters):
+            params = list(component.parameters())
+            entry["parameters"] = sum(p.numel() for p in params)
+            entry["megabytes"] = round(sum(p.numel() * p.element_size() for p in params) / 1e6, 2)
+            total_bytes += sum(p.numel() * p.element_size() for p in params)
+        components[name] = entry
+    device = getattr(pipe, "device", None)
+    dtype = getattr(pipe, "dtype", None)
+    return {
+        "model": model_label(pipe),
+        "pipeline_class": type(pipe).__name__,
+        "components": components,
+        "megabytes": round(total_bytes / 1e6, 2),
+        "scheduler": type(pipe.scheduler).__name__,
+        "size_multiple": size_multiple(pipe),
+        "native_resolution": native_resolution(pipe),
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "fingerprint": model_fingerprint(pipe)["fingerprint"],
+    }

@@ -1,0 +1,396 @@
+"""Sweep plans: the axes of a study, expanded into cells (one generated image each).
+
+A :class:`SweepPlan` names values along eight axes — source image, prompt, negative prompt, strength,
+seed, guidance scale, step count and scheduler — and :meth:`SweepPlan.cells` expands their product
+into :class:`Cell` objects, strength varying fastest.
+
+Strength semantics follow diffusers exactly (``StableDiffusionImg2ImgPipeline.get_timesteps``)::
+
+    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start    = max(num_inference_steps - init_steps, 0)
+    timesteps  = scheduler.timesteps[t_start * scheduler.order:]
+
+so a cell executes ``init_steps`` denoising steps, not ``num_inference_steps``. Two consequences the plan
+flags instead of hiding:
+
+* **zero-step cells** (``init_steps == 0``: strength 0, or e.g. 0.04 at 20 steps) would crash deep
+  inside diffusers for most schedulers (PNDM instead runs one step). img2img-lab never calls the
+  pipeline for them: it returns the source's VAE round trip and marks the row ``zero_step=True``.
+* **duplicate strengths** (0.30 and 0.34 at 20 steps both run 6 steps) produce identical images;
+  the later one is marked ``duplicate_of`` the first and its image is reused, not recomputed.
+
+Float arithmetic is diffusers' own: ``int(100 * 0.29)`` is 28, and so is the executed step count.
+
+>>> plan = SweepPlan(images=["cat.png"], prompts=["a cat"], strengths=[0.0, 0.3, 0.34], steps=[20])
+>>> [(c.strength, c.init_steps, c.zero_step, c.duplicate_of) for c in plan.cells()]
+[(0.0, 0, True, None), (0.3, 6, False, None), (0.34, 6, False, 0.3)]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from img2img_lab.errors import PlanError
+
+AXES = ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance_scales", "steps", "schedulers")
+
+#: Seeds must fit a torch.Generator's manual_seed.
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One generated image: every parameter that determines it, plus the step arithmetic.
+
+    ``init_steps`` is diffusers' ``min(int(num_inference_steps * strength), num_inference_steps)``,
+    ``t_start`` the index on the scheduler's grid where denoising starts, ``zero_step`` whether no
+    denoising step runs, and ``duplicate_of`` the first strength of the same group that runs the same
+    steps (``None`` for canonical cells).
+    """
+
+    image: str
+    image_index: int
+    prompt: str
+    negative_prompt: str
+    strength: float
+    seed: int
+    guidance_scale: float
+    num_inference_steps: int
+    scheduler: str
+    init_steps: int
+    t_start: int
+    zero_step: bool
+    duplicate_of: float | None = None
+
+    def group(self) -> tuple:
+        """Everything but the strength: cells of one group differ only in strength."""
+        return (self.image_index, self.prompt, self.negative_prompt, self.seed, self.guidance_scale,
+                self.num_inference_steps, self.scheduler)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def strength_steps(num_inference_steps: int, strength: float) -> tuple[int, int]:
+    """``(init_steps, t_start)`` exactly as diffusers computes them for img2img.
+
+    >>> strength_steps(20, 0.3), strength_steps(20, 0.04), strength_steps(100, 0.29)
+    ((6, 14), (0, 20), (28, 72))
+    """
+    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start = max(num_inference_steps - init_steps, 0)
+    return init_steps, t_start
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _check_strength(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PlanError(f"strength {value!r} is not a number. Fix: use numbers in [0, 1], e.g. 0.3.")
+    strength = float(value)
+    if not math.isfinite(strength):
+        raise PlanError(f"strength {value!r} is not finite. Fix: use numbers in [0, 1], e.g. 0.3.")
+    if not 0.0 <= strength <= 1.0:
+        raise PlanError(
+            f"strength {value!r} is outside [0, 1] (0 keeps the source, 1 replaces it entirely). "
+            f"Fix: use values between 0 and 1."
+        )
+    return strength
+
+
+def _check_seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise PlanError(f"seed {value!r} must be an integer in [0, 2**63 - 1]. Fix: use e.g. 0, 1, 2.")
+    return int(value)
+
+
+def _check_guidance(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)) or value < 0:
+        raise PlanError(
+            f"guidance scale {value!r} must be a finite number >= 0 (values <= 1 disable classifier-free "
+            f"guidance). Fix: use e.g. 1.0, 3.0 or 7.5."
+        )
+    return float(value)
+
+
+def _check_steps(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlanError(f"steps {value!r} must be a positive integer (num_inference_steps). Fix: use e.g. 20.")
+    return int(value)
+
+
+def _check_text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PlanError(f"{what} {value!r} is not text. Fix: quote it in the config.")
+    return value
+
+
+def _check_scheduler(value: Any) -> str:
+    from img2img_lab.pipelines import scheduler_names
+
+    name = "default" if value is None else str(value).lower()
+    if name not in scheduler_names():
+        raise PlanError(f"unknown scheduler {value!r}. Fix: use one of {', '.join(scheduler_names())}.")
+    return name
+
+
+def _unique(values: Iterable, what: str) -> None:
+    seen = set()
+    for value in values:
+        if value in seen:
+            raise PlanError(f"{what} lists {value!r} twice. Fix: list each value once.")
+        seen.add(value)
+
+
+@dataclass
+class SweepPlan:
+    """The axes of a sweep. Every list is one axis; the cells are their product.
+
+    Parameters
+    ----------
+    images : list of str
+        Source image paths.
+    prompts : list of str
+    strengths : list of float
+        Each in [0, 1].
+    seeds : list of int
+        Each cell uses a CPU ``torch.Generator().manual_seed(seed)``.
+    negative_prompts : list of str
+        ``""`` means none.
+    guidance_scales : list of float
+        Classifier-free guidance; <= 1 disables it.
+    steps : list of int
+        ``num_inference_steps``; a cell executes ``int(steps * strength)`` of them.
+    schedulers : list of str
+        Names from :data:`img2img_lab.pipelines.SCHEDULERS`, or ``"default"`` for the model's own.
+    model : str, optional
+        Hub id or diffusers folder; ``None`` means the embedded default model.
+    max_side : int, "native" or None
+        Downscale sources so their longest side is at most this; ``"native"`` uses the model's
+        training resolution; ``None`` keeps the size.
+    resize_policy : {"crop", "resize"}
+        How sources reach the model's size multiple (see :func:`img2img_lab.images.fit_to_model`).
+    name : str
+        A label for the study.
+
+    >>> plan = SweepPlan(images=["a.png"], prompts=["a cat"], strengths=[0.2, 0.5], seeds=[0, 1])
+    >>> len(plan.cells())
+    4
+    """
+
+    images: list[str]
+    prompts: list[str]
+    strengths: list[float]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    negative_prompts: list[str] = field(default_factory=lambda: [""])
+    guidance_scales: list[float] = field(default_factory=lambda: [7.5])
+    steps: list[int] = field(default_factory=lambda: [20])
+    schedulers: list[str] = field(default_factory=lambda: ["default"])
+    model: str | None = None
+    max_side: int | str | None = "native"
+    resize_policy: str = "crop"
+    name: str = "sweep"
+
+    def __post_init__(self) -> None:
+        self.images = [str(_check_text(image, "image path")) for image in _as_list(self.images)]
+        self.prompts = [_check_text(prompt, "prompt") for prompt in _as_list(self.prompts)]
+        self.negative_prompts = [_check_text(text, "negative prompt") for text in _as_list(self.negative_prompts)]
+        self.strengths = [_check_strength(value) for value in _as_list(self.strengths)]
+        self.seeds = [_check_seed(value) for value in _as_list(self.seeds)]
+        self.guidance_scales = [_check_guidance(value) for value in _as_list(self.guidance_scales)]
+        self.steps = [_check_steps(value) for value in _as_list(self.steps)]
+        self.schedulers = [_check_scheduler(value) for value in _as_list(self.schedulers)]
+        for axis in AXES:
+            values = getattr(self, axis)
+            if not values:
+                raise PlanError(f"the plan's '{axis}' axis is empty. Fix: give at least one value.")
+            _unique(values, axis)
+        if self.max_side not in (None, "native") and (
+            isinstance(self.max_side, bool) or not isinstance(self.max_side, int) or self.max_side < 8
+        ):
+            raise PlanError(f"max_side {self.max_side!r} must be an integer >= 8, 'native' or null.")
+        if self.resize_policy not in ("crop", "resize"):
+            raise PlanError(f"resize_policy {self.resize_policy!r} must be 'crop' or 'resize'.")
+        if self.model is not None:
+            self.model = str(self.model)
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base_dir: str | os.PathLike | None = None) -> "SweepPlan":
+        """Build a plan from a dict (e.g. parsed YAML). Scalars become one-value axes.
+
+        Relative image paths are resolved against ``base_dir`` (the config file's folder).
+
+        >>> SweepPlan.from_dict({"images": "a.png", "prompts": "a cat", "strengths": [0.5]}).seeds
+        [0]
+        """
+        if not isinstance(data, dict):
+            raise PlanError(f"a sweep config must be a mapping of axis names to values, got {type(data).__name__}.")
+        known = {item.name for item in fields(cls)}
+        aliases = {"image": "images", "prompt": "prompts", "negative_prompt": "negative_prompts",
+                   "strength": "strengths", "seed": "seeds", "guidance_scale": "guidance_scales",
+                   "guidance": "guidance_scales", "num_inference_steps": "steps", "scheduler": "schedulers"}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            name = aliases.get(key, key)
+            if name not in known:
+                raise PlanError(
+                    f"unknown config key {key!r}. Fix: use only {', '.join(sorted(known))}."
+                )
+            if name in values:
+                raise PlanError(f"config key {key!r} given twice (also as an alias). Fix: keep one.")
+            values[name] = value
+        for required in ("images", "prompts", "strengths"):
+            if required not in values:
+                raise PlanError(f"the config has no '{required}'. Fix: add it (see data/configs/ for examples).")
+        if base_dir is not None:
+            images = []
+            for image in _as_list(values["images"]):
+                path = Path(str(image)).expanduser()
+                images.append(str(path if path.is_absolute() else (Path(base_dir) / path)))
+            values["images"] = images
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "SweepPlan":
+        """Load a plan from a YAML file (safe loader); image paths are relative to the file.
+
+        >>> plan = SweepPlan.from_yaml("data/configs/quick.yaml")  # doctest: +SKIP
+        """
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"config file '{path}' does not exist. Fix: check the path.")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise PlanError(f"{path}: not valid YAML ({error}). Fix: check indentation and quoting.") from None
+        if data is None:
+            raise PlanError(f"{path}: the config is empty. Fix: add images, prompts and strengths.")
+        try:
+            return cls.from_dict(data, base_dir=path.parent)
+        except PlanError as error:
+            raise PlanError(f"{path}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain data (what the manifest stores); ``from_dict`` inverts it."""
+        return asdict(self)
+
+    # ---------------------------------------------------------------- expansion
+    def cells(self) -> list[Cell]:
+        """Expand the axes into cells: image, prompt, negative, guidance, steps, scheduler, seed, strength.
+
+        >>> plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.04, 0.5], steps=[20])
+        >>> [cell.zero_step for cell in plan.cells()]
+        [True, False]
+        """
+        cells: list[Cell] = []
+        for image_index, image in enumerate(self.images):
+            for prompt in self.prompts:
+                for negative in self.negative_prompts:
+                    for guidance in self.guidance_scales:
+                        for steps in self.steps:
+                            for scheduler in self.schedulers:
+                                for seed in self.seeds:
+                                    first_by_steps: dict[int, float] = {}
+                                    for strength in self.strengths:
+                                        init_steps, t_start = strength_steps(steps, strength)
+                                        duplicate_of = first_by_steps.setdefault(init_steps, strength)
+                                        cells.append(
+                                            Cell(
+                                                image=image,
+                                                image_index=image_index,
+                                                prompt=prompt,
+                                                negative_prompt=negative,
+                                                strength=strength,
+                                                seed=seed,
+                                                guidance_scale=guidance,
+                                                num_inference_steps=steps,
+                                                scheduler=scheduler,
+                                                init_steps=init_steps,
+                                                t_start=t_start,
+                                                zero_step=init_steps == 0,
+                                                duplicate_of=None if duplicate_of == strength else duplicate_of,
+                                            )
+                                        )
+        return cells
+
+    def summary(self) -> str:
+        """One line: the size of each axis and the number of cells."""
+        sizes = " x ".join(f"{len(getattr(self, axis))} {axis}" for axis in AXES)
+        return f"{sizes} = {len(self.cells())} cells"
+
+
+@dataclass(frozen=True)
+class StrengthSchedule:
+    """Where a strength starts on a scheduler's grid, and how much noise that is.
+
+    ``start_timestep`` is the training timestep denoising starts from, ``sqrt_alpha_bar`` the share of
+    the source signal kept there (1 = none added) and ``sigma`` the noise-to-signal ratio
+    ``sqrt((1 - alpha_bar) / alpha_bar)`` (k-diffusion's sigma; the scheduler's own sigma where it has
+    one, e.g. Karras schedules). Both let runs be compared across tools whose strength maps to steps
+    differently (A1111, ComfyUI). ``unet_evaluations`` counts denoiser calls per image and CFG branch.
+    """
+
+    num_inference_steps: int
+    strength: float
+    init_steps: int
+    t_start: int
+    unet_evaluations: int
+    start_timestep: float | None
+    sqrt_alpha_bar: float
+    sigma: float
+
+
+def strength_schedule(scheduler, num_inference_steps: int, strength: float) -> StrengthSchedule:
+    """Compute a strength's :class:`StrengthSchedule` on a scheduler (which is not modified).
+
+    >>> from diffusers import DDIMScheduler
+    >>> s = strength_schedule(DDIMScheduler(), 20, 0.5)
+    >>> s.init_steps, s.t_start, s.unet_evaluations, s.start_timestep
+    (10, 10, 10, 451.0)
+    """
+    init_steps, t_start = strength_steps(num_inference_steps, _check_strength(strength))
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(num_inference_steps)
+    order = getattr(fresh, "order", 1)
+    timesteps = fresh.timesteps[t_start * order:]
+    if init_steps == 0 or len(timesteps) == 0:
+        return StrengthSchedule(num_inference_steps, strength, init_steps, t_start, 0, None, 1.0, 0.0)
+    start = float(timesteps[0])
+    sigmas = getattr(fresh, "sigmas", None)
+    if type(fresh).__name__.startswith("FlowMatch"):
+        # Rectified flow: x_t = (1 - s) x_0 + s noise, so the signal share is 1 - s.
+        flow_sigma = float(sigmas[t_start * order])
+        alpha_bar = (1.0 - flow_sigma) ** 2
+        sigma = flow_sigma / (1.0 - flow_sigma) if flow_sigma < 1.0 else math.inf
+    elif sigmas is not None and len(sigmas) > t_start * order:
+        sigma = float(sigmas[t_start * order])
+        alpha_bar = 1.0 / (1.0 + sigma**2)
+    else:
+        alphas = fresh.alphas_cumprod
+        alpha_bar = float(alphas[int(round(start))])
+        sigma = math.sqrt((1.0 - alpha_bar) / alpha_bar)
+    return StrengthSchedule(
+        num_inference_steps=num_inference_steps,
+        strength=strength,
+        init_steps=init_steps,
+        t_start=t_start,
+        unet_evaluations=len(timesteps),
+        start_timestep=start,
+        sqrt_alpha_bar=math.sqrt(alpha_bar),
+        sigma=sigma,
+    )

@@ -1,0 +1,190 @@
+"""The run folder: the contract between generation and analysis.
+
+::
+
+    RUN_DIR/
+      manifest.json      plan, model fingerprint, package versions, device, dtype, source hashes
+      results.parquet    one tidy row per generated image (every parameter + derived columns)
+      images/<key>.png   one PNG per cell, named by the cell's content key
+
+Every file is written atomically: to a hidden temporary file in the same folder, flushed and fsynced,
+then ``os.replace``-d over the final name. A reader (or a killed run) therefore sees either the old
+complete file or the new complete file, never a partial one. Temporary files start with ``.`` and
+end in ``.tmp``; stale ones left by a killed process are removed when the folder is next opened.
+
+>>> store = RunStore.create("runs/demo", manifest={"plan": {}})  # doctest: +SKIP
+>>> store.read_table().columns[:3].tolist()  # doctest: +SKIP
+['cell_key', 'source', 'source_hash']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from img2img_lab.errors import StoreError
+
+MANIFEST = "manifest.json"
+RESULTS = "results.parquet"
+IMAGES = "images"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True) -> Path:
+    """Write a file atomically: ``write(handle)`` fills a temp file that then replaces ``path``.
+
+    >>> atomic_write("/tmp/hello.txt", lambda f: f.write("hi"), binary=False)
+    PosixPath('/tmp/hello.txt')
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb" if binary else "w") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON atomically (sorted keys, indented, non-JSON values as strings)."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str)
+    return atomic_write(path, lambda stream: stream.write(text), binary=False)
+
+
+class RunStore:
+    """A run folder on disk. Create with :meth:`create`, reopen with :meth:`open`.
+
+    >>> store = RunStore.open("runs/demo")  # doctest: +SKIP
+    >>> table = store.read_table()          # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.images_dir = self.root / IMAGES
+        self._rows: dict[str, dict] | None = None
+        self._last_flush = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(cls, root: str | os.PathLike, manifest: dict) -> "RunStore":
+        """Create (or reopen for extension) a run folder and write its manifest atomically."""
+        store = cls(root)
+        if store.root.exists() and not store.root.is_dir():
+            raise StoreError(f"run folder '{root}' is a file. Fix: choose another --out path.")
+        if store.root.is_dir() and any(store.root.iterdir()) and not (store.root / MANIFEST).exists():
+            raise StoreError(
+                f"'{root}' exists, is not empty and is not an img2img-lab run folder (no {MANIFEST}). "
+                f"Fix: choose a new --out folder."
+            )
+        store.images_dir.mkdir(parents=True, exist_ok=True)
+        store.remove_stale_temp_files()
+        atomic_write_json(store.root / MANIFEST, manifest)
+        return store
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "RunStore":
+        """Open an existing run folder (for analysis; needs no model)."""
+        store = cls(root)
+        if not (store.root / MANIFEST).is_file():
+            raise StoreError(
+                f"'{root}' is not an img2img-lab run folder (no {MANIFEST}). "
+                f"Fix: pass the folder given to `img2img-lab sweep --out`."
+            )
+        return store
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files left by a killed writer; returns how many were removed.
+
+        Only files older than a minute are touched, so a concurrent writer's live temp file survives.
+        """
+        removed = 0
+        cutoff = time.time() - 60
+        for folder in (self.root, self.images_dir):
+            if not folder.is_dir():
+                continue
+            for temp in folder.glob(".*.tmp"):
+                try:
+                    if temp.stat().st_mtime < cutoff:
+                        temp.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    # ------------------------------------------------------------------ manifest
+    def read_manifest(self) -> dict:
+        try:
+            return json.loads((self.root / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise StoreError(f"{self.root / MANIFEST}: unreadable ({error}).") from None
+
+    def write_manifest(self, manifest: dict) -> None:
+        atomic_write_json(self.root / MANIFEST, manifest)
+
+    # ------------------------------------------------------------------ images
+    def image_path(self, key: str) -> Path:
+        return self.images_dir / f"{key}.png"
+
+    def write_image(self, key: str, image) -> Path:
+        """Save a PIL image as ``images/<key>.png`` atomically; returns the final path."""
+        path = self.image_path(key)
+        atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+        return path
+
+    # ------------------------------------------------------------------ table
+    def _load_rows(self) -> dict[str, dict]:
+        if self._rows is None:
+            self._rows = {}
+            path = self.root / RESULTS
+            if path.is_file():
+                import pandas as pd
+
+                try:
+                    table = pd.read_parquet(path)
+                except Exception as error:  # noqa: BLE001 - any parquet failure means the same to a user
+                    raise StoreError(f"{path}: unreadable ({error}). Fix: delete it and rerun the sweep.") from None
+                for row in table.to_dict("records"):
+                    self._rows[row["cell_key"]] = row
+        return self._rows
+
+    def has_cell(self, key: str) -> bool:
+        """A cell is done when its row is in the table and its image file exists."""
+        return key in self._load_rows() and self.image_path(key).is_file()
+
+    def row(self, key: str) -> dict | None:
+        return self._load_rows().get(key)
+
+    def add_row(self, row: dict, *, flush: bool = True) -> None:
+        """Add (or replace) a cell's row; ``flush`` rewrites results.parquet atomically."""
+        if "cell_key" not in row:
+            raise StoreError("a result row needs a 'cell_key'.")
+        self._load_rows()[row["cell_key"]] = row
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        """Rewrite results.parquet from the rows in memory (atomically)."""
+        import pandas as pd
+
+        table = pd.DataFrame(list(self._load_rows().values()))
+        atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False))
+        self._last_flush = time.monotonic()
+
+    def read_table(self):
+        """The results table as a pandas DataFrame (empty if no cell has finished yet)."""
+        import pandas as pd
+
+        rows = self._load_rows()
+        return pd.DataFrame(list(rows.values()))

@@ -1,0 +1,237 @@
+"""Run a sweep plan into a run folder: plan -> engine -> store.
+
+:func:`run_sweep` loads the model and the sources, expands the plan, and for each cell either finds it
+already in the run folder (resume / extension), reuses the image of the strength it duplicates, or runs
+it with the reference runner; after every cell the image and the table row are written atomically.
+
+Each cell has a content key (:func:`cell_key`): a hash of everything that determines its pixels, so
+rerunning a sweep, or extending it by a strength or a seed, computes only what is missing.
+
+>>> table = run_sweep(SweepPlan.from_yaml("data/configs/quick.yaml"), "runs/quick")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import img2img_lab
+from img2img_lab.engine import run_cell, use_scheduler
+from img2img_lab.errors import StoreError
+from img2img_lab.images import SmallSourceWarning, content_hash, load_image
+from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
+from img2img_lab.plan import Cell, SweepPlan, strength_schedule
+from img2img_lab.store import RunStore
+
+#: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
+COLUMNS = [
+    "cell_key", "source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
+    "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "init_steps", "executed_steps",
+    "t_start", "unet_evaluations", "start_timestep", "sqrt_alpha_bar", "sigma", "zero_step", "duplicate_of",
+    "produced", "seconds", "output_path", "output_hash", "nsfw_flagged", "model", "model_fingerprint",
+    "device", "dtype",
+]
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that determine a run's pixels and tables."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "img2img_lab": img2img_lab.__version__}
+    for name in ("torch", "torchvision", "diffusers", "transformers", "numpy", "pillow", "pandas", "pyarrow",
+                 "scikit-image", "lpips", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
+             dtype: str, device_type: str, versions: dict[str, str]) -> str:
+    """A 20-hex-digit content key over everything that determines a cell's pixels.
+
+    >>> len(cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64,
+    ...              dtype="float32", device_type="cpu", versions={}))  # doctest: +SKIP
+    20
+    """
+    payload = {
+        "model": fingerprint,
+        "scheduler": cell.scheduler,
+        "scheduler_config": {key: value for key, value in scheduler_config.items() if not key.startswith("_")},
+        "source": source_hash,
+        "prompt": cell.prompt,
+        "negative_prompt": cell.negative_prompt,
+        "strength": repr(float(cell.strength)),
+        "steps": cell.num_inference_steps,
+        "guidance_scale": repr(float(cell.guidance_scale)),
+        "seed": cell.seed,
+        "size": [width, height],
+        "dtype": dtype,
+        "device_type": device_type,
+        "torch": versions.get("torch"),
+        "diffusers": versions.get("diffusers"),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def prepare_sources(plan: SweepPlan, pipe) -> list:
+    """Load every source image of the plan, sized for the pipeline (see :mod:`img2img_lab.images`)."""
+    native = native_resolution(pipe)
+    max_side = native if plan.max_side == "native" else plan.max_side
+    warn_below = min(256, native) if native else 256
+    sources = []
+    for path in plan.images:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", SmallSourceWarning)
+            sources.append(load_image(path, size_multiple=size_multiple(pipe), max_side=max_side,
+                                      policy=plan.resize_policy, warn_below=warn_below))
+    return sources
+
+
+def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dict:
+    import torch
+
+    return {
+        "format": "img2img-lab run folder v1",
+        "created": started,
+        "plan": plan.to_dict(),
+        "cells_planned": len(plan.cells()),
+        "model": model_label(pipe),
+        "model_fingerprint": model_fingerprint(pipe),
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "sources": [
+            {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height}
+            for path, image in zip(plan.images, sources)
+        ],
+        "notes": [],
+    }
+
+
+def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
+              dtype: str | None = None, progress: bool = True):
+    """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
+
+    Cells already in the folder are skipped (resume and extension); duplicate strengths reuse the image
+    of the strength they duplicate; zero-step cells store the VAE round trip. The table has one row per
+    cell with the columns in :data:`COLUMNS`.
+
+    >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
+    >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
+    """
+    from tqdm.auto import tqdm
+
+    if pipe is None:
+        pipe = load_pipeline(plan.model, device=device, dtype=dtype)
+    sources = prepare_sources(plan, pipe)
+    fingerprint = model_fingerprint(pipe)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out_dir = Path(out_dir)
+    manifest = build_manifest(plan, pipe, sources, started=started)
+    if (out_dir / "manifest.json").is_file():
+        previous = RunStore.open(out_dir).read_manifest()
+        old_fp = previous.get("model_fingerprint", {}).get("fingerprint")
+        if old_fp and old_fp != fingerprint["fingerprint"]:
+            raise StoreError(
+                f"'{out_dir}' holds a run of another model ({previous.get('model')}, fingerprint {old_fp[:12]}); "
+                f"this sweep uses {model_label(pipe)} ({fingerprint['fingerprint'][:12]}). "
+                f"Fix: choose a new --out folder."
+            )
+        manifest["created"] = previous.get("created", started)
+        manifest["history"] = previous.get("history", []) + [{"started": started, "command": sys.argv}]
+    store = RunStore.create(out_dir, manifest)
+
+    versions = manifest["packages"]
+    dtype_name = manifest["dtype"]
+    device_type = pipe.device.type
+    source_hashes = [entry["hash"] for entry in manifest["sources"]]
+    cells = plan.cells()
+    keys: dict[tuple, str] = {}
+    schedules: dict[tuple, object] = {}
+    counts = {"generated": 0, "reused": 0, "already_done": 0}
+    started_clock = time.perf_counter()
+    bar = tqdm(cells, desc=f"sweep {plan.name}", unit="cell", disable=not progress)
+    for cell in bar:
+        use_scheduler(pipe, cell.scheduler)
+        scheduler_config = dict(pipe.scheduler.config)
+        source = sources[cell.image_index]
+        key = cell_key(cell, fingerprint=fingerprint["fingerprint"], scheduler_config=scheduler_config,
+                       source_hash=source_hashes[cell.image_index], width=source.width, height=source.height,
+                       dtype=dtype_name, device_type=device_type, versions=versions)
+        keys[(cell.group(), cell.strength)] = key
+        if store.has_cell(key):
+            counts["already_done"] += 1
+            continue
+        schedule_key = (cell.scheduler, cell.num_inference_steps, cell.strength)
+        if schedule_key not in schedules:
+            schedules[schedule_key] = strength_schedule(pipe.scheduler, cell.num_inference_steps, cell.strength)
+        schedule = schedules[schedule_key]
+        canonical = store.row(keys[(cell.group(), cell.duplicate_of)]) if cell.duplicate_of is not None else None
+        if canonical is not None and store.has_cell(canonical["cell_key"]):
+            from PIL import Image
+
+            with Image.open(store.image_path(canonical["cell_key"])) as reused:
+                image = reused.copy()
+            produced, seconds, nsfw = canonical["produced"], 0.0, canonical["nsfw_flagged"]
+            counts["reused"] += 1
+        else:
+            output = run_cell(pipe, cell, source)
+            image, produced, seconds, nsfw = output.image, output.produced, output.seconds, output.nsfw_flagged
+            counts["generated"] += 1
+        path = store.write_image(key, image)
+        row = {
+            "cell_key": key,
+            "source": cell.image,
+            "source_name": Path(cell.image).stem,
+            "source_hash": source_hashes[cell.image_index],
+            "prompt": cell.prompt,
+            "negative_prompt": cell.negative_prompt,
+            "strength": cell.strength,
+            "seed": cell.seed,
+            "guidance_scale": cell.guidance_scale,
+            "num_inference_steps": cell.num_inference_steps,
+            "scheduler": cell.scheduler,
+            "width": image.width,
+            "height": image.height,
+            "init_steps": cell.init_steps,
+            "executed_steps": 0 if cell.zero_step else cell.init_steps,
+            "t_start": cell.t_start,
+            "unet_evaluations": schedule.unet_evaluations if not cell.zero_step else 0,
+            "start_timestep": schedule.start_timestep,
+            "sqrt_alpha_bar": schedule.sqrt_alpha_bar,
+            "sigma": schedule.sigma,
+            "zero_step": cell.zero_step,
+            "duplicate_of": cell.duplicate_of,
+            "produced": produced if cell.duplicate_of is None else f"duplicate:{produced}",
+            "seconds": seconds,
+            "output_path": str(path.relative_to(store.root)),
+            "output_hash": content_hash(image),
+            "nsfw_flagged": nsfw,
+            "model": model_label(pipe),
+            "model_fingerprint": fingerprint["fingerprint"],
+            "device": str(pipe.device),
+            "dtype": dtype_name,
+        }
+        store.add_row(row)
+    bar.close()
+    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["counts"] = {**counts, "cells": len(cells), "seconds": round(time.perf_counter() - started_clock, 3)}
+    store.write_manifest(manifest)
+    table = store.read_table()
+    wanted = set(keys.values())
+    table = table[table["cell_key"].isin(wanted)].reset_index(drop=True)
+    return table[[column for column in COLUMNS if column in table.columns]
+                 + [column for column in table.columns if column not in COLUMNS]]

@@ -1,0 +1,172 @@
+"""Tiny random-weight pipelines for tests and benchmarks, built fully offline.
+
+:func:`make_tiny_pipeline` builds a real :class:`diffusers.StableDiffusionImg2ImgPipeline` (UNet, VAE,
+CLIP text encoder, CLIP tokenizer, PNDM scheduler) small enough to run a 20-step call in milliseconds.
+:func:`write_byte_level_tokenizer` writes a CLIP BPE tokenizer whose vocabulary is the 256 byte
+symbols (no merges): every text tokenizes, nothing is downloaded.
+
+>>> pipe = make_tiny_pipeline()                     # doctest: +SKIP
+>>> pipe.save_pretrained("/tmp/tiny")               # doctest: +SKIP
+>>> load_pipeline("/tmp/tiny")                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import img2img_lab  # noqa: F401  - torchvision shim first
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable-unicode table (as in the CLIP and GPT-2 BPE)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(code) for code in codes)))
+
+
+def write_byte_level_tokenizer(folder: str | Path, *, model_max_length: int = 77) -> Path:
+    """Write vocab.json, merges.txt and tokenizer_config.json of a merge-free CLIP BPE tokenizer.
+
+    Load it with ``CLIPTokenizer.from_pretrained(folder)`` (not with ``vocab_file=``, which
+    transformers 5 silently reduces to a 3-token vocabulary).
+
+    >>> from transformers import CLIPTokenizer
+    >>> folder = write_byte_level_tokenizer(tempfile.mkdtemp())
+    >>> len(CLIPTokenizer.from_pretrained(folder)("a red circle").input_ids)
+    12
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in symbols + [symbol + "</w>" for symbol in symbols]:
+        vocab[symbol] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": model_max_length,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def make_tiny_pipeline(
+    *,
+    seed: int = 0,
+    sample_size: int = 32,
+    unet_channels: tuple[int, ...] = (32, 64),
+    vae_channels: tuple[int, ...] = (32, 64),
+    text_hidden: int = 32,
+    cross_attention_dim: int = 32,
+    attention: bool = True,
+    max_length: int = 16,
+):
+    """Build a random-weight :class:`StableDiffusionImg2ImgPipeline` (CPU, fp32) from configs alone.
+
+    ``sample_size`` is the image side in pixels; the VAE factor is ``2 ** (len(vae_channels) - 1)``.
+    The scheduler is PNDM with Stable Diffusion 1.x's betas, as in SD 1.5's own model folder.
+    Larger ``unet_channels`` / ``vae_channels`` / ``text_hidden`` give realistically shaped models
+    (``benchmarks/sweep_speed.py --gpu-sd15`` builds an SD-1.5-sized one this way).
+
+    >>> pipe = make_tiny_pipeline()
+    >>> pipe.vae_scale_factor, type(pipe.scheduler).__name__
+    (2, 'PNDMScheduler')
+    """
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if text_hidden != cross_attention_dim:
+        raise ValueError("text_hidden must equal cross_attention_dim (the UNet reads the encoder's hidden states).")
+    torch.manual_seed(seed)
+    vae_factor = 2 ** (len(vae_channels) - 1)
+    down_blocks = ["CrossAttnDownBlock2D" if attention else "DownBlock2D"] * (len(unet_channels) - 1) + ["DownBlock2D"]
+    up_blocks = ["UpBlock2D"] + ["CrossAttnUpBlock2D" if attention else "UpBlock2D"] * (len(unet_channels) - 1)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size // vae_factor,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=tuple(unet_channels),
+        layers_per_block=1,
+        down_block_types=tuple(down_blocks),
+        up_block_types=tuple(up_blocks),
+        mid_block_type="UNetMidBlock2DCrossAttn" if attention else None,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=max(1, unet_channels[0] // 8) if attention else 8,
+        norm_num_groups=min(32, unet_channels[0]),
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(vae_channels),
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=min(32, vae_channels[0]),
+        sample_size=sample_size,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = CLIPTokenizer.from_pretrained(write_byte_level_tokenizer(folder, model_max_length=max_length))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden,
+            intermediate_size=text_hidden * 4,
+            num_hidden_layers=2,
+            num_attention_heads=max(1, text_hidden // 16),
+            max_position_embeddings=max_length,
+            projection_dim=cross_attention_dim,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(folder: str | Path, **kwargs) -> Path:
+    """Build a tiny pipeline and ``save_pretrained`` it to ``folder`` (a real diffusers model folder).
+
+    >>> path = save_tiny_pipeline(tempfile.mkdtemp())  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    make_tiny_pipeline(**kwargs).save_pretrained(folder)
+    return folder

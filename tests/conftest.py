@@ -1,0 +1,64 @@
+"""Shared fixtures: offline mode, thread count, a tiny saved diffusers pipeline and source images."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never touch the network: a hub id that is not cached must fail fast and clearly.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import img2img_lab  # noqa: E402,F401  - torchvision shim before diffusers
+
+# Two threads on the two-core CI machine; one when the suite shares the machine (IMG2IMG_LAB_TEST_THREADS).
+torch.set_num_threads(int(os.environ.get("IMG2IMG_LAB_TEST_THREADS", min(2, os.cpu_count() or 1))))
+
+
+def structured_image(size: int = 32, *, seed: int = 0) -> Image.Image:
+    """A deterministic test picture: a colour gradient with a filled disc (not noise, so VAEs and
+    metrics see structure)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    image = np.stack([x, y, 1 - x], axis=-1) * 200
+    cy, cx = rng.uniform(0.3, 0.7, size=2) * size
+    disc = (np.mgrid[0:size, 0:size][0] - cy) ** 2 + (np.mgrid[0:size, 0:size][1] - cx) ** 2 < (size / 4) ** 2
+    image[disc] = rng.uniform(0, 255, size=3)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random-weight StableDiffusionImg2ImgPipeline saved with save_pretrained (32 px images)."""
+    from img2img_lab.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    """The tiny pipeline loaded back through load_pipeline: the code path a real model takes."""
+    from img2img_lab.pipelines import load_pipeline
+
+    return load_pipeline(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def source_png(tmp_path):
+    path = tmp_path / "source.png"
+    structured_image(32).save(path)
+    return path
+
+
+@pytest.fixture
+def sources_dir(tmp_path):
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    for index in range(2):
+        structured_image(32, seed=index).save(folder / f"source{index}.png")
+    return folder

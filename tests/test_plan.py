@@ -1,0 +1,172 @@
+"""Sweep plans: expansion, diffusers' step arithmetic, zero-step and duplicate flags, validation, YAML."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+from img2img_lab.errors import PlanError
+from img2img_lab.plan import SweepPlan, strength_schedule, strength_steps
+
+SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+
+
+def test_expansion_order_and_size():
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["p", "q"], strengths=[0.2, 0.6], seeds=[0, 1, 2],
+                     guidance_scales=[1.0, 7.5], schedulers=["ddim", "euler"], negative_prompts=["", "blurry"])
+    cells = plan.cells()
+    assert len(cells) == 2 * 2 * 2 * 3 * 2 * 2 * 2
+    assert [cell.strength for cell in cells[:4]] == [0.2, 0.6, 0.2, 0.6]  # strength varies fastest
+    assert [cell.seed for cell in cells[:4]] == [0, 0, 1, 1]
+    assert cells[-1].image == "b.png" and cells[-1].image_index == 1
+    assert len({(c.image, c.prompt, c.negative_prompt, c.strength, c.seed, c.guidance_scale, c.scheduler)
+                for c in cells}) == len(cells)
+    assert "192 cells" in plan.summary()
+
+
+@pytest.mark.parametrize("steps", [1, 7, 20, 30, 50, 100])
+def test_step_arithmetic_matches_the_diffusers_pipeline(steps, tiny_pipe):
+    """init_steps/t_start equal StableDiffusionImg2ImgPipeline.get_timesteps for a dense strength grid."""
+    original = tiny_pipe.scheduler
+    tiny_pipe.scheduler = DDIMScheduler(**SD_BETAS)
+    try:
+        for index in range(0, 1001):
+            strength = index / 1000
+            tiny_pipe.scheduler.set_timesteps(steps)
+            timesteps, executed = tiny_pipe.get_timesteps(steps, strength, "cpu")
+            init_steps, t_start = strength_steps(steps, strength)
+            assert executed == init_steps, (steps, strength)
+            assert len(timesteps) == init_steps
+            assert t_start == steps - init_steps
+    finally:
+        tiny_pipe.scheduler = original
+
+
+def test_float_arithmetic_is_diffusers_own():
+    assert strength_steps(100, 0.29) == (28, 72)  # 100 * 0.29 = 28.999999999999996
+    assert strength_steps(20, 0.3) == (6, 14)  # 20 * 0.3 = 6.000000000000001
+    assert strength_steps(20, 1.0) == (20, 0)
+
+
+def test_zero_step_and_duplicate_flags():
+    plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.0, 0.04, 0.05, 0.3, 0.34, 0.35, 1.0],
+                     steps=[20], seeds=[0, 1])
+    cells = plan.cells()[:7]
+    assert [c.init_steps for c in cells] == [0, 0, 1, 6, 6, 7, 20]
+    assert [c.zero_step for c in cells] == [True, True, False, False, False, False, False]
+    assert [c.duplicate_of for c in cells] == [None, 0.0, None, None, 0.3, None, None]
+    # Each seed is its own group: duplicates never point across seeds.
+    assert [c.duplicate_of for c in plan.cells()[7:]] == [None, 0.0, None, None, 0.3, None, None]
+
+
+@pytest.mark.parametrize(
+    "strength, message",
+    [
+        (1.5, r"strength 1\.5 is outside \[0, 1\].*Fix: use values between 0 and 1"),
+        (-0.1, r"strength -0\.1 is outside \[0, 1\]"),
+        (float("nan"), r"strength nan is not finite"),
+        (float("inf"), r"strength inf is not finite"),
+        ("0.5", r"strength '0\.5' is not a number"),
+        (True, r"strength True is not a number"),
+    ],
+)
+def test_bad_strengths(strength, message):
+    with pytest.raises(PlanError, match=message):
+        SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.2, strength])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"seeds": [-1]}, r"seed -1 must be an integer"),
+        ({"seeds": [1.5]}, r"seed 1\.5 must be an integer"),
+        ({"steps": [0]}, r"steps 0 must be a positive integer"),
+        ({"guidance_scales": [-2]}, r"guidance scale -2 must be a finite number >= 0"),
+        ({"schedulers": ["warp_drive"]}, r"unknown scheduler 'warp_drive'. Fix: use one of default, ddim"),
+        ({"prompts": []}, r"'prompts' axis is empty"),
+        ({"strengths": [0.5, 0.5]}, r"strengths lists 0\.5 twice"),
+        ({"prompts": [3]}, r"prompt 3 is not text"),
+        ({"max_side": 3}, r"max_side 3 must be an integer >= 8"),
+        ({"resize_policy": "stretch"}, r"resize_policy 'stretch' must be"),
+    ],
+)
+def test_bad_axes(changes, message):
+    values = dict(images=["a.png"], prompts=["p"], strengths=[0.5])
+    values.update(changes)
+    with pytest.raises(PlanError, match=message):
+        SweepPlan(**values)
+
+
+def test_yaml_loading(tmp_path):
+    config = tmp_path / "study" / "sweep.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "name: folklore check\n"
+        "image: ../sources/cat.png\n"  # alias + scalar
+        "prompts: [a cat, a dog]\n"
+        "strength: [0.1, 0.5, 0.9]\n"
+        "seed: 3\n"
+        "guidance: 4.5\n"
+        "scheduler: euler_a\n"
+        "steps: 25\n"
+    )
+    plan = SweepPlan.from_yaml(config)
+    assert plan.images == [str(tmp_path / "study" / ".." / "sources" / "cat.png")]
+    assert plan.seeds == [3] and plan.guidance_scales == [4.5] and plan.schedulers == ["euler_a"]
+    assert plan.steps == [25] and plan.name == "folklore check"
+    assert SweepPlan.from_dict(plan.to_dict()).cells() == plan.cells()
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("images: [a.png\nprompts: x\n")
+    with pytest.raises(PlanError, match=r"bad\.yaml: not valid YAML"):
+        SweepPlan.from_yaml(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("images: a.png\nprompts: p\nstrengths: [0.5]\nstrenght: 0.2\n")
+    with pytest.raises(PlanError, match=r"unknown config key 'strenght'"):
+        SweepPlan.from_yaml(unknown)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("images: a.png\nprompts: p\n")
+    with pytest.raises(PlanError, match=r"no 'strengths'"):
+        SweepPlan.from_yaml(missing)
+    python_tag = tmp_path / "tag.yaml"
+    python_tag.write_text("images: !!python/object/apply:os.system ['echo hi']\nprompts: p\nstrengths: [0.5]\n")
+    with pytest.raises(PlanError, match="not valid YAML"):  # the safe loader refuses code
+        SweepPlan.from_yaml(python_tag)
+    with pytest.raises(PlanError, match=r"does not exist"):
+        SweepPlan.from_yaml(tmp_path / "none.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(PlanError, match="the config is empty"):
+        SweepPlan.from_yaml(empty)
+
+
+def test_noise_level_at_start_ddim_and_euler():
+    ddim = DDIMScheduler(**SD_BETAS)
+    schedule = strength_schedule(ddim, 20, 0.5)
+    assert (schedule.init_steps, schedule.t_start, schedule.unet_evaluations) == (10, 10, 10)
+    alpha_bar = float(ddim.alphas_cumprod[int(schedule.start_timestep)])
+    assert schedule.sqrt_alpha_bar == pytest.approx(math.sqrt(alpha_bar), abs=1e-12)
+    assert schedule.sigma == pytest.approx(math.sqrt((1 - alpha_bar) / alpha_bar), abs=1e-9)
+
+    euler = EulerDiscreteScheduler(**SD_BETAS)
+    schedule = strength_schedule(euler, 20, 0.5)
+    euler.set_timesteps(20)
+    assert schedule.sigma == pytest.approx(float(euler.sigmas[10]), rel=1e-6)
+    assert schedule.sqrt_alpha_bar == pytest.approx(1 / math.sqrt(1 + float(euler.sigmas[10]) ** 2), rel=1e-6)
+
+    # More strength, more noise: the signal share falls monotonically.
+    levels = [strength_schedule(ddim, 20, s / 10).sqrt_alpha_bar for s in range(11)]
+    assert all(a >= b for a, b in zip(levels, levels[1:])) and levels[0] == 1.0 and levels[-1] < 0.1
+
+
+def test_pndm_runs_an_extra_evaluation_and_zero_steps_are_zero():
+    pndm = PNDMScheduler(skip_prk_steps=True, **SD_BETAS)
+    assert strength_schedule(pndm, 20, 0.5).unet_evaluations == 11  # PLMS repeats its first timestep
+    zero = strength_schedule(pndm, 20, 0.04)
+    assert (zero.init_steps, zero.unet_evaluations, zero.start_timestep, zero.sigma) == (0, 0, None, 0.0)
+    assert torch.is_tensor(pndm.betas)  # the scheduler given was not consumed

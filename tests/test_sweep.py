@@ -1,0 +1,198 @@
+"""Run folders: layout, tidy table, manifest, duplicates, resume, atomic writes, kill mid-run, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from img2img_lab.cli import main
+from img2img_lab.errors import StoreError
+from img2img_lab.images import content_hash
+from img2img_lab.plan import SweepPlan
+from img2img_lab.store import RunStore, atomic_write
+from img2img_lab.sweep import COLUMNS, run_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _plan(sources_dir, **changes):
+    values = dict(images=[str(sources_dir / "source0.png"), str(sources_dir / "source1.png")],
+                  prompts=["a red circle"], strengths=[0.0, 0.04, 0.3, 0.34, 0.8], seeds=[0, 1],
+                  guidance_scales=[2.0], steps=[10], schedulers=["ddim"])
+    values.update(changes)
+    return SweepPlan(**values)
+
+
+def test_sweep_writes_a_complete_run_folder(tiny_pipe, sources_dir, tmp_path):
+    run = tmp_path / "run"
+    table = run_sweep(_plan(sources_dir), run, pipe=tiny_pipe, progress=False)
+    assert len(table) == 2 * 5 * 2 and table["cell_key"].is_unique
+    assert list(table.columns) == COLUMNS
+    on_disk = pd.read_parquet(run / "results.parquet")
+    assert len(on_disk) == len(table)
+    pngs = sorted((run / "images").glob("*.png"))
+    assert len(pngs) == len(table) and not list((run / "images").glob(".*"))
+    for row in table.itertuples():
+        image = Image.open(run / row.output_path)
+        assert image.size == (32, 32)
+        assert content_hash(image) == row.output_hash
+    by_strength = table.groupby("strength").first()
+    assert by_strength["executed_steps"].tolist() == [0, 0, 3, 3, 8]
+    assert by_strength["zero_step"].tolist() == [True, True, False, False, False]
+    assert by_strength["produced"].tolist() == ["vae_roundtrip", "duplicate:vae_roundtrip", "diffusion",
+                                                "duplicate:diffusion", "diffusion"]
+    assert by_strength["sqrt_alpha_bar"].is_monotonic_decreasing
+    # Duplicate strengths hold the very same pixels as the strength they duplicate.
+    for _, group in table.groupby(["source", "seed"]):
+        hashes = dict(zip(group.strength, group.output_hash))
+        assert hashes[0.34] == hashes[0.3] and hashes[0.04] == hashes[0.0] and hashes[0.8] != hashes[0.3]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model_fingerprint"]["fingerprint"] == table["model_fingerprint"].iloc[0]
+    assert manifest["packages"]["torch"].startswith("2.") and manifest["dtype"] == "float32"
+    assert [s["hash"] for s in manifest["sources"]] == sorted(set(table["source_hash"]), key=list(
+        table["source_hash"]).index)
+    assert manifest["counts"] == {"generated": 12, "reused": 8, "already_done": 0, "cells": 20,
+                                  "seconds": manifest["counts"]["seconds"]}
+    assert SweepPlan.from_dict(manifest["plan"]).cells() == _plan(sources_dir).cells()
+
+
+def test_rerun_and_extension_compute_only_missing_cells(tiny_pipe, sources_dir, tmp_path):
+    run = tmp_path / "run"
+    first = run_sweep(_plan(sources_dir), run, pipe=tiny_pipe, progress=False)
+    again = run_sweep(_plan(sources_dir), run, pipe=tiny_pipe, progress=False)
+    assert RunStore.open(run).read_manifest()["counts"]["already_done"] == 20
+    pd.testing.assert_frame_equal(first, again)
+    extended = run_sweep(_plan(sources_dir, seeds=[0, 1, 2]), run, pipe=tiny_pipe, progress=False)
+    counts = RunStore.open(run).read_manifest()["counts"]
+    assert counts["already_done"] == 20 and counts["generated"] + counts["reused"] == 10
+    assert len(extended) == 30 and len(pd.read_parquet(run / "results.parquet")) == 30
+
+
+def test_run_folder_of_another_model_is_refused(tiny_pipe, sources_dir, tmp_path):
+    from img2img_lab.pipelines import load_pipeline
+    import torch
+
+    run = tmp_path / "run"
+    run_sweep(_plan(sources_dir, strengths=[0.5], seeds=[0]), run, pipe=tiny_pipe, progress=False)
+    other = load_pipeline(tiny_pipe._img2img_lab_folder, device="cpu")
+    with torch.no_grad():
+        next(other.unet.parameters()).view(-1)[0] += 1.0
+    with pytest.raises(StoreError, match=r"holds a run of another model.*Fix: choose a new --out folder"):
+        run_sweep(_plan(sources_dir, strengths=[0.5], seeds=[0]), run, pipe=other, progress=False)
+
+
+def test_not_a_run_folder(tmp_path):
+    (tmp_path / "stuff.txt").write_text("x")
+    with pytest.raises(StoreError, match=r"is not empty and is not an img2img-lab run folder"):
+        RunStore.create(tmp_path, {})
+    with pytest.raises(StoreError, match=r"not an img2img-lab run folder"):
+        RunStore.open(tmp_path)
+
+
+def test_atomic_write_never_leaves_a_partial_file(tmp_path):
+    target = tmp_path / "table.bin"
+    atomic_write(target, lambda stream: stream.write(b"complete"))
+
+    def failing(stream):
+        stream.write(b"half of the new con")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert target.read_bytes() == b"complete"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["table.bin"]
+
+
+def test_stale_temp_files_are_removed_on_open(tmp_path):
+    store = RunStore.create(tmp_path / "run", {"plan": {}})
+    stale = store.images_dir / ".abc.png.x1.tmp"
+    stale.write_bytes(b"partial")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    fresh = store.images_dir / ".def.png.x2.tmp"
+    fresh.write_bytes(b"in flight")
+    assert RunStore.create(tmp_path / "run", {"plan": {}}).remove_stale_temp_files() == 0  # already removed
+    assert not stale.exists() and fresh.exists()
+
+
+def test_killed_sweep_leaves_complete_images_and_a_readable_table(tiny_model_dir, sources_dir, tmp_path):
+    """SIGKILL a sweep mid-run: every visible image decodes and matches its row; rerunning completes it."""
+    config = tmp_path / "sweep.yaml"
+    config.write_text(textwrap.dedent(f"""
+        model: {tiny_model_dir}
+        images: [{sources_dir / 'source0.png'}, {sources_dir / 'source1.png'}]
+        prompts: [a red circle, a blue square]
+        strengths: [0.2, 0.4, 0.6, 0.8, 1.0]
+        seeds: [0, 1, 2]
+        guidance_scales: [2.0]
+        steps: [20]
+        schedulers: [euler]
+    """))
+    run = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "img2img_lab.cli", "sweep", str(config), "--out", str(run),
+                                "--no-progress", "--device", "cpu"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list((run / "images").glob("*.png"))) < 5:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    images = sorted((run / "images").glob("*.png"))
+    assert 5 <= len(images) < 60, "the kill should land mid-run"
+    table = pd.read_parquet(run / "results.parquet")
+    assert len(table) >= len(images) - 1  # at most the cell being written has an image but no row yet
+    for path in images:
+        with Image.open(path) as image:
+            image.load()  # a partial PNG would raise here
+    for row in table.itertuples():
+        assert content_hash(Image.open(run / row.output_path)) == row.output_hash
+    done_before = len(table)
+
+    assert main(["sweep", str(config), "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    final = pd.read_parquet(run / "results.parquet")
+    assert len(final) == 60 and final["cell_key"].is_unique
+    counts = RunStore.open(run).read_manifest()["counts"]
+    assert counts["already_done"] >= done_before
+
+
+def test_cli_sweep_and_info(tiny_model_dir, sources_dir, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"model: {tiny_model_dir}\nimages: {sources_dir / 'source0.png'}\nprompts: a cat\n"
+                      f"strengths: [0.04, 0.5, 0.52]\nsteps: 20\nscheduler: ddim\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "= 3 cells" in out and "1 zero-step cells" in out and "1 cells run the same steps" in out
+    assert main(["info", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "StableDiffusionImg2ImgPipeline" in out and "size multiple:     2 px" in out and "unet" in out
+    assert main(["info", str(tiny_model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["native_resolution"] == 32
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("images: a.png\nprompts: a cat\nstrengths: [0.5, 1.5]\n")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "strength 1.5 is outside [0, 1]" in error and "Fix:" in error
+    assert main(["info", "./no/such/model"]) == 2
+    assert "model folder './no/such/model' does not exist" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([str(Path(sys.executable).parent / "img2img-lab"), "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "sweep" in result.stdout and "info" in result.stdout
