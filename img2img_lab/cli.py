@@ -4,6 +4,11 @@
 
     img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--device cpu|cuda] [--dtype float32|float16]
     img2img-lab info [MODEL] [--json]
+    img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
+    img2img-lab grid RUN_DIR [--rows seed] [--cols strength] [--annotate ssim,lpips] [--border ssim]
+                     [--where prompt="a cat"] --out grid.png
+    img2img-lab curves RUN_DIR --metric ssim [--x strength|executed_steps|sqrt_alpha_bar|sigma] [--hue prompt]
+                     --out curves.png
 
 Errors in the user's input print one line ``error: ...`` (with the fix) and exit with status 2.
 """
@@ -27,7 +32,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         plan.model = args.model
     print(f"plan: {plan.summary()}")
     started = time.perf_counter()
-    table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress)
+    table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress,
+                      metrics=args.metrics)
     elapsed = time.perf_counter() - started
     from img2img_lab.store import RunStore
 
@@ -43,6 +49,53 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     duplicates = int(table["duplicate_of"].notna().sum())
     if duplicates:
         print(f"note: {duplicates} cells run the same steps as a lower strength (column duplicate_of).")
+    return 0
+
+
+def _parse_where(items) -> dict:
+    where = {}
+    for item in items or []:
+        if "=" not in item:
+            raise Img2ImgLabError(f"--where {item!r} must look like column=value, e.g. --where seed=0.")
+        column, value = item.split("=", 1)
+        where[column.strip()] = value
+    return where
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from img2img_lab.metrics import DEFAULT_METRICS, measure_run
+
+    names = args.metrics or ",".join(DEFAULT_METRICS)
+    started = time.perf_counter()
+    report = measure_run(args.run_dir, names, device=args.device, progress=not args.no_progress)
+    computed = ", ".join(f"{name} {count}" for name, count in report["computed"].items()) or "nothing missing"
+    print(f"measured {args.run_dir} in {time.perf_counter() - started:.1f} s: {computed}")
+    for explanation in report["unavailable"].values():
+        print(f"unavailable: {explanation}")
+    return 0
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from img2img_lab.grids import comparison_grid, save_png
+    from img2img_lab.metrics import check_metric_names
+
+    annotate = [name.strip() for name in (args.annotate or "").split(",") if name.strip()]
+    check_metric_names(annotate + ([args.border] if args.border else []))
+    grid = comparison_grid(args.run_dir, rows=args.rows, cols=args.cols, annotate=annotate, border=args.border,
+                           where=_parse_where(args.where), scale=args.scale)
+    save_png(grid, args.out)
+    print(f"wrote {args.out} ({grid.width}x{grid.height} px)")
+    return 0
+
+
+def _cmd_curves(args: argparse.Namespace) -> int:
+    from img2img_lab.grids import strength_curves
+    from img2img_lab.store import atomic_write
+
+    figure = strength_curves(args.run_dir, args.metric, x=args.x, hue=args.hue or None,
+                             where=_parse_where(args.where))
+    atomic_write(args.out, lambda stream: figure.savefig(stream, format="png"))
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -85,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", required=True, help="run folder to write (rerun to resume or extend)")
     sweep.add_argument("--model", default=None, help="override the config's model (hub id or folder)")
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sweep.add_argument("--metrics", default="", help="measure as the sweep goes, e.g. ssim,psnr,delta_e")
     add_model_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
@@ -93,6 +147,33 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     add_model_options(info)
     info.set_defaults(handler=_cmd_info)
+
+    measure = commands.add_parser("measure", help="add metric columns to a run folder (only missing values)")
+    measure.add_argument("run_dir")
+    measure.add_argument("--metrics", default=None, help="comma-separated (default: ssim,ms_ssim,psnr,delta_e,edge_f1,lpips)")
+    measure.add_argument("--device", default=None, help="device for LPIPS / CLIP (default cpu)")
+    measure.add_argument("--no-progress", action="store_true")
+    measure.set_defaults(handler=_cmd_measure)
+
+    grid = commands.add_parser("grid", help="draw a labelled comparison grid PNG from a run folder")
+    grid.add_argument("run_dir")
+    grid.add_argument("--rows", default="seed", help="table column for rows (default seed)")
+    grid.add_argument("--cols", default="strength", help="table column for columns (default strength)")
+    grid.add_argument("--annotate", default="", help="comma-separated metrics printed under each image")
+    grid.add_argument("--border", default=None, help="metric that colours each image's border")
+    grid.add_argument("--where", action="append", help="pin an axis: column=value (repeatable)")
+    grid.add_argument("--scale", type=int, default=None, help="integer upscaling of each image")
+    grid.add_argument("--out", required=True)
+    grid.set_defaults(handler=_cmd_grid)
+
+    curves = commands.add_parser("curves", help="plot a metric against strength (mean and spread over seeds)")
+    curves.add_argument("run_dir")
+    curves.add_argument("--metric", required=True)
+    curves.add_argument("--x", default="strength", help="strength, executed_steps, sqrt_alpha_bar or sigma")
+    curves.add_argument("--hue", default="prompt", help="one line per value of this column ('' for none)")
+    curves.add_argument("--where", action="append", help="pin an axis: column=value (repeatable)")
+    curves.add_argument("--out", required=True)
+    curves.set_defaults(handler=_cmd_curves)
     return parser
 
 

@@ -6,6 +6,9 @@
       manifest.json      plan, model fingerprint, package versions, device, dtype, source hashes
       results.parquet    one tidy row per generated image (every parameter + derived columns)
       images/<key>.png   one PNG per cell, named by the cell's content key
+      sources/<hash>.png the prepared sources (as the model saw them), named by their pixel hash
+      floor/<hash>-<seed>.png, floor.parquet
+                         each source's VAE round trip per seed: the closest any output can get
 
 Every file is written atomically: to a hidden temporary file in the same folder, flushed and fsynced,
 then ``os.replace``-d over the final name. A reader (or a killed run) therefore sees either the old
@@ -31,6 +34,9 @@ from img2img_lab.errors import StoreError
 MANIFEST = "manifest.json"
 RESULTS = "results.parquet"
 IMAGES = "images"
+SOURCES = "sources"
+FLOOR = "floor"
+FLOOR_TABLE = "floor.parquet"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True) -> Path:
@@ -111,7 +117,7 @@ class RunStore:
         """
         removed = 0
         cutoff = time.time() - 60
-        for folder in (self.root, self.images_dir):
+        for folder in (self.root, self.images_dir, self.root / SOURCES, self.root / FLOOR):
             if not folder.is_dir():
                 continue
             for temp in folder.glob(".*.tmp"):
@@ -136,6 +142,47 @@ class RunStore:
     # ------------------------------------------------------------------ images
     def image_path(self, key: str) -> Path:
         return self.images_dir / f"{key}.png"
+
+    def source_path(self, source_hash: str) -> Path:
+        return self.root / SOURCES / f"{source_hash}.png"
+
+    def write_source(self, source_hash: str, image) -> Path:
+        """Keep the prepared source so analysis never needs the original file or the model."""
+        path = self.source_path(source_hash)
+        if not path.is_file():
+            atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+        return path
+
+    def load_source(self, source_hash: str):
+        """The prepared source image (RGB PIL) with this pixel hash."""
+        from PIL import Image
+
+        path = self.source_path(source_hash)
+        if not path.is_file():
+            raise StoreError(f"{path}: the run folder lacks this source. Fix: rerun the sweep into this folder.")
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    def load_output(self, row) -> "Image.Image":  # noqa: F821
+        """The generated image of a table row (RGB PIL)."""
+        from PIL import Image
+
+        path = self.root / (row["output_path"] if isinstance(row, dict) else row.output_path)
+        with Image.open(path) as image:
+            return image.convert("RGB")
+
+    def floor_path(self, source_hash: str, seed: int) -> Path:
+        return self.root / FLOOR / f"{source_hash[:20]}-{seed}.png"
+
+    def read_floor(self):
+        """The VAE round-trip table (one row per source and seed), empty if the run has none."""
+        import pandas as pd
+
+        path = self.root / FLOOR_TABLE
+        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+    def write_floor(self, table) -> None:
+        atomic_write(self.root / FLOOR_TABLE, lambda stream: table.to_parquet(stream, index=False))
 
     def write_image(self, key: str, image) -> Path:
         """Save a PIL image as ``images/<key>.png`` atomically; returns the final path."""
@@ -165,6 +212,11 @@ class RunStore:
 
     def row(self, key: str) -> dict | None:
         return self._load_rows().get(key)
+
+    def replace_table(self, table) -> None:
+        """Replace every row with those of ``table`` (a DataFrame with a cell_key column) and flush."""
+        self._rows = {row["cell_key"]: row for row in table.to_dict("records")}
+        self.flush()
 
     def add_row(self, row: dict, *, flush: bool = True) -> None:
         """Add (or replace) a cell's row; ``flush`` rewrites results.parquet atomically."""

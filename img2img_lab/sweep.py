@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import img2img_lab
-from img2img_lab.engine import run_cell, use_scheduler
+from img2img_lab.engine import cell_generator, run_cell, use_scheduler, vae_roundtrip
 from img2img_lab.errors import StoreError
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
@@ -121,19 +121,56 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
     }
 
 
+def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
+                metrics: list[str]) -> None:
+    """Store each source's VAE round trip per seed (``floor/``, ``floor.parquet``), measured if asked."""
+    import pandas as pd
+
+    from img2img_lab.metrics import measure_pair
+
+    floor = store.read_floor()
+    done = set(zip(floor.get("source_hash", []), floor.get("seed", [])))
+    rows = floor.to_dict("records")
+    for source, source_hash in zip(sources, source_hashes):
+        for seed in seeds:
+            if (source_hash, seed) in done and store.floor_path(source_hash, seed).is_file():
+                continue
+            image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
+            path = store.floor_path(source_hash, seed)
+            from img2img_lab.store import atomic_write
+
+            atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+            row = {"source_hash": source_hash, "seed": seed, "output_path": str(path.relative_to(store.root)),
+                   "output_hash": content_hash(image)}
+            row.update(measure_pair(source, image, [name for name in metrics if not _needs_prompt(name)]))
+            rows.append(row)
+    store.write_floor(pd.DataFrame(rows))
+
+
+def _needs_prompt(name: str) -> bool:
+    from img2img_lab.metrics import METRICS
+
+    return METRICS[name].needs_prompt
+
+
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
-              dtype: str | None = None, progress: bool = True):
+              dtype: str | None = None, progress: bool = True, metrics=()):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder are skipped (resume and extension); duplicate strengths reuse the image
     of the strength they duplicate; zero-step cells store the VAE round trip. The table has one row per
-    cell with the columns in :data:`COLUMNS`.
+    cell with the columns in :data:`COLUMNS`, plus one column per metric in ``metrics`` (measured as the
+    sweep goes, see :mod:`img2img_lab.metrics`). Each source's VAE round trip (the fidelity floor) is
+    stored per seed in ``floor/`` and ``floor.parquet``.
 
     >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
     >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
 
+    from img2img_lab.metrics import check_metric_names, measure_pair, metric_status
+
+    metrics = check_metric_names(metrics)
     if pipe is None:
         pipe = load_pipeline(plan.model, device=device, dtype=dtype)
     sources = prepare_sources(plan, pipe)
@@ -152,12 +189,19 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             )
         manifest["created"] = previous.get("created", started)
         manifest["history"] = previous.get("history", []) + [{"started": started, "command": sys.argv}]
+    for name in metrics:
+        available, explanation = metric_status(name)
+        if not available:
+            manifest["notes"].append(f"{explanation} (recorded as NaN)")
     store = RunStore.create(out_dir, manifest)
+    for source_hash, source in zip((entry["hash"] for entry in manifest["sources"]), sources):
+        store.write_source(source_hash, source)
 
     versions = manifest["packages"]
     dtype_name = manifest["dtype"]
     device_type = pipe.device.type
     source_hashes = [entry["hash"] for entry in manifest["sources"]]
+    write_floor(store, pipe, sources, source_hashes, plan.seeds, metrics)
     cells = plan.cells()
     keys: dict[tuple, str] = {}
     schedules: dict[tuple, object] = {}
@@ -225,8 +269,15 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             "device": str(pipe.device),
             "dtype": dtype_name,
         }
+        if metrics:
+            row.update(measure_pair(source, image, metrics, prompt=cell.prompt, device=str(pipe.device)))
         store.add_row(row)
     bar.close()
+    if metrics and counts["already_done"]:
+        from img2img_lab.metrics import measure_run
+
+        measure_run(out_dir, metrics, device=str(pipe.device), progress=False)  # rows from earlier runs
+    manifest = {**store.read_manifest(), **{key: manifest[key] for key in manifest if key != "notes"}}
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["counts"] = {**counts, "cells": len(cells), "seconds": round(time.perf_counter() - started_clock, 3)}
     store.write_manifest(manifest)

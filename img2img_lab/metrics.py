@@ -1,0 +1,594 @@
+"""Fidelity of an output to its source, and adherence to its prompt.
+
+Each metric is a plain function over two RGB images (PIL images or ``HxWx3`` uint8 arrays), ``source`` first.
+Ranges and directions:
+
+============  ==================  ==========================  =========================================
+name          range               closer to the source means  reference
+============  ==================  ==========================  =========================================
+``ssim``      [-1, 1]             higher (1 = identical)      Wang et al. 2004, Gaussian 11x11, sigma 1.5
+``ms_ssim``   [0, 1]              higher                      Wang, Simoncelli & Bovik 2003
+``psnr``      [0, inf] dB         higher (inf = identical)    10 log10(255^2 / MSE)
+``mse``       [0, 1]              lower                       on [0, 1] intensities
+``delta_e``   [0, ~100+]          lower (< 1 invisible,       CIEDE2000 (Sharma et al. 2005), mean over
+                                  2-3 just noticeable)        pixels, in CIELAB under D65
+``edge_f1``   [0, 1]              higher                      F1 of Canny edges, 1 px tolerance
+``lpips``     [0, ~1]             lower                       Zhang et al. 2018, AlexNet backbone
+============  ==================  ==========================  =========================================
+
+``lpips_vgg`` and ``lpips_squeeze`` use the other backbones. LPIPS needs torchvision's ImageNet backbone weights
+in ``$TORCH_HOME/hub/checkpoints`` (``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth``,
+``squeezenet1_1-b8a52dc0.pth``); when they are missing the metric is *unavailable* (:class:`MetricUnavailable`
+says which file goes where) and sweeps record NaN with a manifest note. A random backbone is never used in its
+place.
+
+Prompt adherence goes through a hook: a :class:`PromptScorer` is any callable ``(image, prompt) -> float``.
+:class:`ClipScore` is the CLIP implementation (used when CLIP weights are available locally);
+:func:`register_prompt_scorer` adds others (the embedded model's exact oracle registers itself this way).
+
+>>> import numpy as np
+>>> image = np.zeros((32, 32, 3), np.uint8)
+>>> ssim(image, image), psnr(image, image), delta_e(image, image)
+(1.0, inf, 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+import img2img_lab  # noqa: F401  - torchvision shim before lpips
+from img2img_lab.errors import Img2ImgLabError
+
+
+class MetricUnavailable(Img2ImgLabError):
+    """A metric cannot run here (missing weights or packages); the message says how to fix it."""
+
+
+def _as_array(image) -> np.ndarray:
+    """RGB uint8 HxWx3 array from a PIL image or an array."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise Img2ImgLabError(
+            f"metrics take RGB uint8 images of shape HxWx3; got {array.dtype} {array.shape}. "
+            f"Fix: pass PIL images or uint8 arrays (img2img_lab.images.load_image gives both)."
+        )
+    return array
+
+
+def _pair(source, output) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _as_array(source), _as_array(output)
+    if a.shape != b.shape:
+        raise Img2ImgLabError(
+            f"source {a.shape[1]}x{a.shape[0]} and output {b.shape[1]}x{b.shape[0]} differ in size. "
+            f"Fix: compare the output with the *prepared* source (the run folder's sources/ copy)."
+        )
+    return a, b
+
+
+# --------------------------------------------------------------------------- classical metrics
+
+
+def ssim(source, output, *, data_range: float = 255.0) -> float:
+    """Structural similarity (Wang et al. 2004) over RGB, mean over channels; in [-1, 1], 1 = identical.
+
+    Gaussian 11x11 window (sigma 1.5), population covariances, K1 = 0.01, K2 = 0.03: the paper's settings,
+    as ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)``. Images need sides of at least 11 px.
+
+    >>> ssim(np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8))  # doctest: +ELLIPSIS
+    0.0000...
+    """
+    from skimage.metrics import structural_similarity
+
+    a, b = _pair(source, output)
+    return float(structural_similarity(a, b, data_range=data_range, channel_axis=-1, gaussian_weights=True,
+                                       sigma=1.5, use_sample_covariance=False))
+
+
+#: MS-SSIM scale weights from Wang, Simoncelli & Bovik (2003).
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _ssim_components(a: np.ndarray, b: np.ndarray, data_range: float) -> tuple[float, float]:
+    """Mean SSIM and mean contrast-structure term over channels (Gaussian 11x11, sigma 1.5, valid region)."""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    pad = 5
+    full, cs = [], []
+    for channel in range(a.shape[2]):
+        x, y = a[..., channel].astype(np.float64), b[..., channel].astype(np.float64)
+        blur = lambda image: gaussian_filter(image, sigma=1.5, truncate=3.5)  # noqa: E731 - 11 taps
+        mu_x, mu_y = blur(x), blur(y)
+        var_x = blur(x * x) - mu_x**2
+        var_y = blur(y * y) - mu_y**2
+        cov = blur(x * y) - mu_x * mu_y
+        contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
+        luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+        crop = (slice(pad, -pad), slice(pad, -pad))
+        full.append(float((luminance * contrast_structure)[crop].mean()))
+        cs.append(float(contrast_structure[crop].mean()))
+    return float(np.mean(full)), float(np.mean(cs))
+
+
+def ms_ssim(source, output, *, data_range: float = 255.0, scales: int | None = None) -> float:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003); in [0, 1], 1 = identical.
+
+    Uses as many of the paper's five scales as the image allows (each scale halves the image by 2x2
+    averaging; the coarsest must keep sides >= 11 px) and renormalises the weights of the scales used:
+    a 64 px image uses 3 scales, 256 px and larger all 5. Negative contrast-structure terms are clamped
+    at 0 so the product stays defined.
+
+    >>> ms_ssim(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8))
+    1.0
+    """
+    a, b = _pair(source, output)
+    available = 1
+    side = min(a.shape[:2])
+    while available < 5 and side // 2 ** available >= 11:
+        available += 1
+    if side < 11:
+        raise Img2ImgLabError(f"ms_ssim needs images of at least 11 px; got {a.shape[1]}x{a.shape[0]}.")
+    count = available if scales is None else min(scales, available)
+    weights = np.asarray(MS_SSIM_WEIGHTS[:count])
+    weights = weights / weights.sum()
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    value = 1.0
+    for scale in range(count):
+        full, cs = _ssim_components(x, y, data_range)
+        term = full if scale == count - 1 else cs
+        value *= max(term, 0.0) ** weights[scale]
+        if scale < count - 1:
+            h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+            x = x[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
+            y = y[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
+    return float(value)
+
+
+def mse(source, output) -> float:
+    """Mean squared error of intensities scaled to [0, 1]; in [0, 1], 0 = identical.
+
+    >>> mse(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8))
+    1.0
+    """
+    a, b = _pair(source, output)
+    return float(np.mean(((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2))
+
+
+def psnr(source, output) -> float:
+    """Peak signal-to-noise ratio in dB for 8-bit images: ``10 log10(255^2 / MSE)``.
+
+    Identical images give ``inf`` (documented, not an error): aggregate PSNR with care, e.g. cap it.
+
+    >>> round(psnr(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)), 6)
+    0.0
+    """
+    error = mse(source, output)
+    return math.inf if error == 0 else float(10.0 * math.log10(1.0 / error))
+
+
+def delta_e(source, output) -> float:
+    """Mean CIEDE2000 colour difference (Sharma, Wu & Dalal 2005) in CIELAB (D65); 0 = identical.
+
+    Rules of thumb: < 1 invisible, 2-3 just noticeable side by side, > 10 clearly different colours.
+    This is the "keep the product colour" measure.
+
+    >>> delta_e(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8))
+    0.0
+    """
+    from skimage.color import deltaE_ciede2000, rgb2lab
+
+    a, b = _pair(source, output)
+    lab_a, lab_b = rgb2lab(a.astype(np.float64) / 255.0), rgb2lab(b.astype(np.float64) / 255.0)
+    return float(np.mean(deltaE_ciede2000(lab_a, lab_b)))
+
+
+def edge_map(image, *, sigma: float = 1.0) -> np.ndarray:
+    """Canny edges of an RGB image (boolean HxW): the union of each channel's edges.
+
+    Per-channel edges catch colour boundaries that luminance misses (yellow on white, blue on black).
+
+    >>> square = np.zeros((32, 32, 3), np.uint8); square[8:24, 8:24] = (0, 0, 255)
+    >>> bool(edge_map(square).any())
+    True
+    """
+    from skimage.feature import canny
+
+    array = _as_array(image).astype(np.float64) / 255.0
+    edges = np.zeros(array.shape[:2], bool)
+    for channel in range(3):
+        edges |= canny(array[..., channel], sigma=sigma)
+    return edges
+
+
+def edge_f1(source, output, *, sigma: float = 1.0, tolerance: int = 1) -> float:
+    """F1 score of the output's Canny edges against the source's, matching within ``tolerance`` pixels.
+
+    In [0, 1], 1 = every source edge kept and no new edge drawn: the "keep the composition" measure.
+    Two edge-free images score 1.
+
+    >>> edge_f1(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8))
+    1.0
+    """
+    from scipy.ndimage import binary_dilation
+
+    a, b = _pair(source, output)
+    edges_a, edges_b = edge_map(a, sigma=sigma), edge_map(b, sigma=sigma)
+    if not edges_a.any() and not edges_b.any():
+        return 1.0
+    if not edges_a.any() or not edges_b.any():
+        return 0.0
+    structure = np.ones((2 * tolerance + 1, 2 * tolerance + 1), bool)
+    precision = float((edges_b & binary_dilation(edges_a, structure)).sum() / edges_b.sum())
+    recall = float((edges_a & binary_dilation(edges_b, structure)).sum() / edges_a.sum())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+# --------------------------------------------------------------------------- LPIPS
+
+#: torchvision's file names for the ImageNet backbones LPIPS builds on.
+LPIPS_BACKBONE_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+_LPIPS_MODELS: dict[tuple, object] = {}
+
+
+def lpips_checkpoint_dir() -> Path:
+    """Where torchvision looks for backbone weights: ``$TORCH_HOME/hub/checkpoints``."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def lpips_status(net: str = "alex") -> tuple[bool, str]:
+    """``(available, explanation)`` for LPIPS with backbone ``net`` (alex, vgg or squeeze).
+
+    >>> lpips_status("alex")  # doctest: +SKIP
+    (False, 'lpips: backbone weights missing at /root/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth. ...')
+    """
+    if net not in LPIPS_BACKBONE_FILES:
+        raise Img2ImgLabError(f"unknown LPIPS backbone {net!r}. Fix: use one of {', '.join(LPIPS_BACKBONE_FILES)}.")
+    path = lpips_checkpoint_dir() / LPIPS_BACKBONE_FILES[net]
+    if path.is_file():
+        return True, f"lpips ({net}): backbone weights at {path}"
+    return False, (
+        f"lpips ({net}): backbone weights missing at {path}. Fix: copy torchvision's ImageNet weights file "
+        f"{LPIPS_BACKBONE_FILES[net]} (from a machine with internet: "
+        f"python -c \"import torchvision; torchvision.models.{ {'alex': 'alexnet', 'vgg': 'vgg16', 'squeeze': 'squeezenet1_1'}[net] }(weights='DEFAULT')\" "
+        f"then look in ~/.cache/torch/hub/checkpoints) into {path.parent}, or set TORCH_HOME to a folder whose "
+        f"hub/checkpoints holds it."
+    )
+
+
+def _lpips_model(net: str, device: str, random_backbone: bool):
+    key = (net, device, random_backbone)
+    if key not in _LPIPS_MODELS:
+        import contextlib
+        import io
+
+        import lpips as lpips_package
+
+        if not random_backbone:
+            available, explanation = lpips_status(net)
+            if not available:
+                raise MetricUnavailable(explanation)
+        with contextlib.redirect_stdout(io.StringIO()):
+            model = lpips_package.LPIPS(net=net, pretrained=True, pnet_rand=random_backbone, verbose=False)
+        _LPIPS_MODELS[key] = model.eval().to(device)
+    return _LPIPS_MODELS[key]
+
+
+def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None = None, batch_size: int = 32,
+                    random_backbone: bool = False) -> np.ndarray:
+    """LPIPS distances (Zhang et al. 2018) for pairs of RGB images, batched; lower = closer, 0 = identical.
+
+    Raises :class:`MetricUnavailable` when the backbone weights are missing. ``random_backbone=True``
+    uses a randomly initialised backbone: **for wiring tests only**, its numbers are not LPIPS.
+
+    >>> lpips_distances([source], [output])  # doctest: +SKIP
+    array([0.1234], dtype=float32)
+    """
+    import torch
+
+    device = device or "cpu"
+    model = _lpips_model(net, device, random_backbone)
+    pairs = [_pair(a, b) for a, b in zip(sources, outputs)]
+    results = []
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            shapes = {a.shape for a, _ in chunk}
+            if len(shapes) > 1:  # mixed sizes: one pair at a time
+                for a, b in chunk:
+                    results.extend(lpips_distances([a], [b], net=net, device=device, random_backbone=random_backbone))
+                continue
+            to_tensor = lambda arrays: (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # noqa: E731
+                                        / 127.5 - 1.0).to(device)
+            distance = model(to_tensor([a for a, _ in chunk]), to_tensor([b for _, b in chunk]))
+            results.extend(distance.reshape(-1).cpu().numpy().tolist())
+    return np.asarray(results, dtype=np.float64)
+
+
+def lpips(source, output, *, net: str = "alex", device: str | None = None) -> float:
+    """LPIPS distance of one pair (see :func:`lpips_distances`).
+
+    >>> lpips(source, output)  # doctest: +SKIP
+    0.1234
+    """
+    return float(lpips_distances([source], [output], net=net, device=device)[0])
+
+
+# --------------------------------------------------------------------------- prompt adherence
+
+
+class PromptScorer(Protocol):
+    """A prompt-adherence measure: ``scorer(image, prompt) -> float`` (higher = follows the prompt better)."""
+
+    def __call__(self, image, prompt: str) -> float: ...
+
+
+_PROMPT_SCORERS: dict[str, Callable[[], PromptScorer]] = {}
+
+
+def register_prompt_scorer(name: str, factory: Callable[[], PromptScorer], *, higher_is_better: bool = True,
+                           value_range: str = "", description: str = "") -> None:
+    """Register a prompt-adherence metric; ``factory()`` builds the scorer (or raises MetricUnavailable).
+
+    >>> register_prompt_scorer("always_one", lambda: (lambda image, prompt: 1.0), value_range="[1, 1]")
+    >>> measure_pair(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), ["always_one"],
+    ...              prompt="anything")
+    {'always_one': 1.0}
+    """
+    _PROMPT_SCORERS[name] = factory
+    METRICS[name] = MetricSpec(name, higher_is_better, value_range, description or f"prompt adherence ({name})",
+                               needs_prompt=True)
+
+
+class ClipScore:
+    """CLIP score: ``100 * max(cos(image embedding, text embedding), 0)`` (Hessel et al. 2021), in [0, 100].
+
+    ``model`` is a local folder or a hub id of a ``CLIPModel`` (default ``$IMG2IMG_LAB_CLIP_MODEL`` or
+    ``openai/clip-vit-base-patch32``); weights must be present locally when offline, else
+    :class:`MetricUnavailable` says how to get them.
+
+    >>> scorer = ClipScore("openai/clip-vit-base-patch32")  # doctest: +SKIP
+    >>> scorer(image, "a watercolor teapot")  # doctest: +SKIP
+    31.2
+    """
+
+    DEFAULT = "openai/clip-vit-base-patch32"
+
+    def __init__(self, model: str | None = None, *, device: str | None = None):
+        from transformers import CLIPModel, CLIPProcessor
+
+        name = model or os.environ.get("IMG2IMG_LAB_CLIP_MODEL") or self.DEFAULT
+        try:
+            self.model = CLIPModel.from_pretrained(name).eval().to(device or "cpu")
+            self.processor = CLIPProcessor.from_pretrained(name)
+        except (OSError, ValueError) as error:
+            raise MetricUnavailable(
+                f"clip_score: CLIP weights '{name}' are not available here ({str(error).splitlines()[0]}). "
+                f"Fix: download them once while online (`hf download {name}`), or set IMG2IMG_LAB_CLIP_MODEL "
+                f"to a local CLIPModel folder."
+            ) from None
+        self.device = device or "cpu"
+
+    def __call__(self, image, prompt: str) -> float:
+        import torch
+
+        inputs = self.processor(text=[prompt], images=[_as_array(image)], return_tensors="pt", padding=True,
+                                truncation=True)
+        inputs = {key: value.to(self.device) for key, value in inputs.items()}
+        with torch.no_grad():
+            image_features = self.model.get_image_features(pixel_values=inputs["pixel_values"])
+            text_features = self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                         attention_mask=inputs.get("attention_mask"))
+        image_features = getattr(image_features, "pooler_output", image_features)
+        text_features = getattr(text_features, "pooler_output", text_features)
+        cosine = torch.nn.functional.cosine_similarity(image_features, text_features).item()
+        return 100.0 * max(cosine, 0.0)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A registered metric: its name, direction, range and whether it needs the prompt."""
+
+    name: str
+    higher_is_closer: bool
+    value_range: str
+    description: str
+    needs_prompt: bool = False
+
+
+METRICS: dict[str, MetricSpec] = {
+    "ssim": MetricSpec("ssim", True, "[-1, 1]", "structural similarity (Wang et al. 2004)"),
+    "ms_ssim": MetricSpec("ms_ssim", True, "[0, 1]", "multi-scale SSIM (Wang et al. 2003)"),
+    "psnr": MetricSpec("psnr", True, "[0, inf] dB", "peak signal-to-noise ratio"),
+    "mse": MetricSpec("mse", False, "[0, 1]", "mean squared error on [0, 1] intensities"),
+    "delta_e": MetricSpec("delta_e", False, "[0, 100+]", "mean CIEDE2000 colour difference"),
+    "edge_f1": MetricSpec("edge_f1", True, "[0, 1]", "F1 of Canny edges, 1 px tolerance (composition kept)"),
+    "lpips": MetricSpec("lpips", False, "[0, ~1]", "LPIPS, AlexNet backbone (Zhang et al. 2018)"),
+    "lpips_vgg": MetricSpec("lpips_vgg", False, "[0, ~1]", "LPIPS, VGG16 backbone"),
+    "lpips_squeeze": MetricSpec("lpips_squeeze", False, "[0, ~1]", "LPIPS, SqueezeNet backbone"),
+    "clip_score": MetricSpec("clip_score", True, "[0, 100]", "CLIP score of output vs prompt", needs_prompt=True),
+}
+
+_PAIR_FUNCTIONS = {"ssim": ssim, "ms_ssim": ms_ssim, "psnr": psnr, "mse": mse, "delta_e": delta_e,
+                   "edge_f1": edge_f1}
+_LPIPS_NETS = {"lpips": "alex", "lpips_vgg": "vgg", "lpips_squeeze": "squeeze"}
+_PROMPT_SCORERS["clip_score"] = ClipScore
+_SCORER_CACHE: dict[str, object] = {}
+
+#: What ``measure`` computes when no metric list is given.
+DEFAULT_METRICS = ("ssim", "ms_ssim", "psnr", "delta_e", "edge_f1", "lpips")
+
+
+def metric_status(name: str) -> tuple[bool, str]:
+    """``(available, explanation)`` for a registered metric, without computing anything heavy.
+
+    >>> metric_status("ssim")
+    (True, 'ssim: available')
+    """
+    if name not in METRICS:
+        raise Img2ImgLabError(f"unknown metric {name!r}. Fix: use one of {', '.join(METRICS)}.")
+    if name in _LPIPS_NETS:
+        return lpips_status(_LPIPS_NETS[name])
+    if name in _PROMPT_SCORERS:
+        try:
+            _prompt_scorer(name)
+        except MetricUnavailable as error:
+            return False, str(error)
+    return True, f"{name}: available"
+
+
+def _prompt_scorer(name: str):
+    if name not in _SCORER_CACHE:
+        try:
+            _SCORER_CACHE[name] = _PROMPT_SCORERS[name]()
+        except MetricUnavailable as error:
+            _SCORER_CACHE[name] = error
+    scorer = _SCORER_CACHE[name]
+    if isinstance(scorer, MetricUnavailable):
+        raise scorer
+    return scorer
+
+
+def check_metric_names(names) -> list[str]:
+    """Validate metric names (comma-separated text or a list) and return them as a list."""
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    names = list(names)
+    for name in names:
+        if name not in METRICS:
+            raise Img2ImgLabError(f"unknown metric {name!r}. Fix: use one of {', '.join(METRICS)}.")
+    return names
+
+
+def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None = None) -> dict[str, np.ndarray]:
+    """Compute metrics for many (source, output) pairs; unavailable metrics come back as NaN arrays.
+
+    Returns ``{name: values}``. Use :func:`metric_status` to learn why a metric is NaN.
+
+    >>> values = measure_pairs([image], [image], ["ssim", "psnr"])  # doctest: +SKIP
+    """
+    names = check_metric_names(names)
+    sources, outputs = list(sources), list(outputs)
+    results: dict[str, np.ndarray] = {}
+    for name in names:
+        spec = METRICS[name]
+        if name in _LPIPS_NETS:
+            try:
+                results[name] = lpips_distances(sources, outputs, net=_LPIPS_NETS[name], device=device)
+            except MetricUnavailable:
+                results[name] = np.full(len(outputs), np.nan)
+        elif spec.needs_prompt:
+            if prompts is None:
+                raise Img2ImgLabError(f"metric {name!r} needs the prompts. Fix: pass prompts=[...].")
+            try:
+                scorer = _prompt_scorer(name)
+                results[name] = np.asarray([scorer(output, prompt) for output, prompt in zip(outputs, prompts)],
+                                           dtype=np.float64)
+            except MetricUnavailable:
+                results[name] = np.full(len(outputs), np.nan)
+        else:
+            function = _PAIR_FUNCTIONS[name]
+            results[name] = np.asarray([function(a, b) for a, b in zip(sources, outputs)], dtype=np.float64)
+    return results
+
+
+def measure_pair(source, output, names, *, prompt: str | None = None, device: str | None = None) -> dict[str, float]:
+    """Compute metrics for one pair: ``{name: value}`` (NaN where a metric is unavailable).
+
+    >>> measure_pair(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), ["ssim", "mse"])
+    {'ssim': 1.0, 'mse': 0.0}
+    """
+    values = measure_pairs([source], [output], names, prompts=None if prompt is None else [prompt], device=device)
+    return {name: float(array[0]) for name, array in values.items()}
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, progress: bool = True) -> dict:
+    """Add metric columns to a run folder's results.parquet (and floor.parquet); idempotent.
+
+    Only missing values are computed: rerunning costs nothing once every value is present. Unavailable
+    metrics stay NaN and get a note in manifest.json (``notes``) with the fix. Needs no model.
+
+    Returns ``{"computed": {metric: count}, "unavailable": {metric: explanation}}``.
+
+    >>> measure_run("runs/demo", ["ssim", "psnr"])  # doctest: +SKIP
+    {'computed': {'ssim': 96, 'psnr': 96}, 'unavailable': {}}
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from img2img_lab.store import RunStore
+
+    names = check_metric_names(names)
+    store = RunStore.open(run_dir)
+    table = store.read_table()
+    report: dict = {"computed": {}, "unavailable": {}}
+    statuses = {name: metric_status(name) for name in names}
+    for name, (available, explanation) in statuses.items():
+        if not available:
+            report["unavailable"][name] = explanation
+    if not table.empty:
+        for name in names:
+            if name not in table.columns:
+                table[name] = np.nan
+        missing = table[names].isna()
+        todo = [name for name in names if statuses[name][0] and missing[name].any()]
+        rows = table.index[missing[todo].any(axis=1)] if todo else []
+        sources: dict[str, object] = {}
+        for index in tqdm(list(rows), desc="measure", unit="image", disable=not progress):
+            row = table.loc[index]
+            if row["source_hash"] not in sources:
+                sources[row["source_hash"]] = store.load_source(row["source_hash"])
+            wanted = [name for name in todo if pd.isna(row[name])]
+            values = measure_pair(sources[row["source_hash"]], store.load_output(row), wanted,
+                                  prompt=row["prompt"], device=device)
+            for name, value in values.items():
+                table.at[index, name] = value
+                report["computed"][name] = report["computed"].get(name, 0) + 1
+        store.replace_table(table)
+    floor = store.read_floor()
+    pair_names = [name for name in names if not METRICS[name].needs_prompt and statuses[name][0]]
+    if not floor.empty and pair_names:
+        for name in pair_names:
+            if name not in floor.columns:
+                floor[name] = np.nan
+        for index in floor.index[floor[pair_names].isna().any(axis=1)]:
+            row = floor.loc[index]
+            wanted = [name for name in pair_names if pd.isna(row[name])]
+            values = measure_pair(store.load_source(row["source_hash"]), store.load_output(row), wanted, device=device)
+            for name, value in values.items():
+                floor.at[index, name] = value
+        store.write_floor(floor)
+    if report["unavailable"]:
+        manifest = store.read_manifest()
+        notes = manifest.setdefault("notes", [])
+        for explanation in report["unavailable"].values():
+            note = f"{explanation} (recorded as NaN)"
+            if note not in notes:
+                notes.append(note)
+        store.write_manifest(manifest)
+    return report

@@ -1,0 +1,276 @@
+"""Metrics: sanity, agreement with independent implementations, LPIPS availability, prompt hooks, run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+from skimage.transform import resize
+
+import img2img_lab.metrics as metrics
+from img2img_lab.errors import Img2ImgLabError
+from img2img_lab.metrics import (
+    LPIPS_BACKBONE_FILES,
+    MetricUnavailable,
+    delta_e,
+    edge_f1,
+    lpips_distances,
+    lpips_status,
+    measure_pair,
+    measure_pairs,
+    measure_run,
+    metric_status,
+    ms_ssim,
+    mse,
+    psnr,
+    register_prompt_scorer,
+    ssim,
+)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    image = resize(skdata.astronaut(), (128, 128), anti_aliasing=True, preserve_range=True)
+    return np.rint(image).astype(np.uint8)
+
+
+def _noisy(image, sigma, seed=0):
+    noise = np.random.default_rng(seed).normal(0, sigma, image.shape)
+    return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
+
+
+def test_identical_images(astronaut):
+    assert ssim(astronaut, astronaut) == pytest.approx(1.0, abs=1e-12)
+    assert ms_ssim(astronaut, astronaut) == pytest.approx(1.0, abs=1e-12)
+    assert psnr(astronaut, astronaut) == math.inf  # documented: identical images have infinite PSNR
+    assert mse(astronaut, astronaut) == 0.0
+    assert delta_e(astronaut, astronaut) == 0.0
+    assert edge_f1(astronaut, astronaut) == 1.0
+    # LPIPS wiring only: a random backbone, never reported as LPIPS.
+    assert lpips_distances([astronaut], [astronaut], random_backbone=True)[0] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_increasing_noise_moves_every_metric_the_right_way(astronaut):
+    sigmas = [2, 5, 10, 20, 40, 80]
+    noisy = [_noisy(astronaut, sigma) for sigma in sigmas]
+    ssims = [ssim(astronaut, image) for image in noisy]
+    ms = [ms_ssim(astronaut, image) for image in noisy]
+    psnrs = [psnr(astronaut, image) for image in noisy]
+    delta = [delta_e(astronaut, image) for image in noisy]
+    edges = [edge_f1(astronaut, image) for image in noisy]
+    wiring = lpips_distances([astronaut] * len(noisy), noisy, random_backbone=True)
+    assert all(a > b for a, b in zip(ssims, ssims[1:])), ssims
+    assert all(a > b for a, b in zip(ms, ms[1:])), ms
+    assert all(a > b for a, b in zip(psnrs, psnrs[1:])), psnrs
+    assert all(a < b for a, b in zip(delta, delta[1:])), delta
+    assert all(a < b for a, b in zip(wiring, wiring[1:])), wiring
+    assert edges[0] > edges[-1]
+    assert ssims[0] > 0.9 and ssims[-1] < 0.3
+
+
+def test_ssim_and_psnr_agree_with_torchmetrics(astronaut):
+    """SSIM: torchmetrics averages the SSIM map over the whole image (borders from reflect padding), the paper
+    and scikit-image over the valid region; cropping torchmetrics' full map to the valid region must give our
+    value to 1e-4. PSNR must agree directly."""
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure,
+        peak_signal_noise_ratio,
+        structural_similarity_index_measure,
+    )
+
+    coffee = np.rint(resize(skdata.coffee(), (256, 384), preserve_range=True, anti_aliasing=True)).astype(np.uint8)
+    as_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].double()  # noqa: E731
+    for reference in (astronaut, coffee):
+        for sigma in (5, 15, 40):
+            other = _noisy(reference, sigma, seed=3)
+            _, full_map = structural_similarity_index_measure(
+                as_tensor(other), as_tensor(reference), data_range=255.0, gaussian_kernel=True, sigma=1.5,
+                kernel_size=11, return_full_image=True)
+            expected_ssim = full_map[..., 5:-5, 5:-5].mean().item()
+            expected_psnr = peak_signal_noise_ratio(as_tensor(other), as_tensor(reference), data_range=255.0).item()
+            assert ssim(reference, other) == pytest.approx(expected_ssim, abs=1e-4)
+            assert psnr(reference, other) == pytest.approx(expected_psnr, abs=1e-4)
+            # the library's own scipy implementation (used by ms_ssim) is a third, independent check
+            assert metrics._ssim_components(reference, other, 255.0)[0] == pytest.approx(expected_ssim, abs=1e-6)
+    # One-scale MS-SSIM is SSIM; five-scale MS-SSIM is close to torchmetrics' (which also keeps borders).
+    other = _noisy(coffee, 15, seed=4)
+    assert ms_ssim(coffee, other, scales=1) == pytest.approx(ssim(coffee, other), abs=1e-9)
+    expected = multiscale_structural_similarity_index_measure(
+        as_tensor(other), as_tensor(coffee), data_range=255.0, kernel_size=11, sigma=1.5).item()
+    assert ms_ssim(coffee, other) == pytest.approx(expected, abs=0.02)
+
+
+def test_psnr_and_mse_by_hand():
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 255
+    assert mse(a, b) == pytest.approx(1 / 48)
+    assert psnr(a, b) == pytest.approx(10 * math.log10(48))
+
+
+def test_delta_e_reference_pair():
+    # Sharma et al. (2005) table, pair 1 is Lab-based; here an sRGB check: pure red vs pure blue is ~52.9.
+    red = np.zeros((2, 2, 3), np.uint8)
+    red[..., 0] = 255
+    blue = np.zeros((2, 2, 3), np.uint8)
+    blue[..., 2] = 255
+    assert delta_e(red, blue) == pytest.approx(52.88, abs=0.05)
+
+
+def test_edge_f1_sees_composition_not_colour():
+    square = np.zeros((64, 64, 3), np.uint8)
+    square[16:48, 16:48] = (255, 0, 0)
+    recoloured = square.copy()
+    recoloured[16:48, 16:48] = (0, 0, 255)
+    moved = np.zeros_like(square)
+    moved[4:36, 28:60] = (255, 0, 0)
+    assert edge_f1(square, recoloured) == pytest.approx(1.0)
+    assert edge_f1(square, moved) < 0.5
+    assert delta_e(square, recoloured) > 10
+
+
+def test_bad_inputs():
+    with pytest.raises(Img2ImgLabError, match=r"differ in size"):
+        ssim(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 24, 3), np.uint8))
+    with pytest.raises(Img2ImgLabError, match=r"RGB uint8 images of shape HxWx3"):
+        ssim(np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8))
+    with pytest.raises(Img2ImgLabError, match=r"unknown metric 'sharpness'"):
+        measure_pair(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), ["sharpness"])
+
+
+def test_lpips_missing_backbone_names_the_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    available, explanation = lpips_status("alex")
+    assert not available
+    assert "alexnet-owt-7be5be79.pth" in explanation and str(tmp_path / "torch-home" / "hub" / "checkpoints") in explanation
+    with pytest.raises(MetricUnavailable, match=r"backbone weights missing at .*alexnet-owt-7be5be79\.pth"):
+        lpips_distances([np.zeros((32, 32, 3), np.uint8)], [np.zeros((32, 32, 3), np.uint8)])
+    values = measure_pairs([np.zeros((32, 32, 3), np.uint8)], [np.zeros((32, 32, 3), np.uint8)], ["lpips", "ssim"])
+    assert math.isnan(values["lpips"][0]) and values["ssim"][0] == 1.0
+    for net, name in LPIPS_BACKBONE_FILES.items():
+        assert name in lpips_status(net)[1]
+
+
+def test_lpips_planted_backbone_loads_offline(monkeypatch, tmp_path):
+    """A backbone file of torchvision's name in $TORCH_HOME/hub/checkpoints is what LPIPS loads (no download).
+
+    The planted weights are random, so the numbers here are wiring checks, not LPIPS values."""
+    import torchvision
+
+    checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), checkpoints / LPIPS_BACKBONE_FILES["alex"])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    assert lpips_status("alex")[0] is True
+    assert metric_status("lpips")[0] is True
+    a = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    b = _noisy(a, 30)
+    distances = lpips_distances([a, a], [a, b])
+    assert distances[0] == pytest.approx(0.0, abs=1e-7) and distances[1] > 0
+    # the planted weights really are the backbone in use
+    model = metrics._LPIPS_MODELS[("alex", "cpu", False)]
+    planted = torch.load(checkpoints / LPIPS_BACKBONE_FILES["alex"])
+    assert torch.equal(model.net.slice1[0].weight, planted["features.0.weight"])
+
+
+def test_clip_score_unavailable_offline_and_wired_with_local_weights(tmp_path):
+    with pytest.raises(MetricUnavailable, match=r"clip_score: CLIP weights 'img2img-lab/no-such-clip' are not available"):
+        metrics.ClipScore("img2img-lab/no-such-clip")
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from img2img_lab.testing import write_byte_level_tokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(write_byte_level_tokenizer(tmp_path / "tok", model_max_length=32))
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-clip"
+    CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    scorer = metrics.ClipScore(str(folder))
+    value = scorer(np.zeros((48, 48, 3), np.uint8), "a red circle")
+    assert 0.0 <= value <= 100.0
+    assert scorer(np.zeros((48, 48, 3), np.uint8), "a red circle") == value
+
+
+def test_prompt_scorer_hook():
+    calls = []
+
+    def factory():
+        def scorer(image, prompt):
+            calls.append(prompt)
+            return float(np.asarray(image).mean() / 255.0)
+        return scorer
+
+    register_prompt_scorer("mean_brightness", factory, value_range="[0, 1]", description="test hook")
+    white = np.full((16, 16, 3), 255, np.uint8)
+    assert measure_pair(white, white, ["mean_brightness"], prompt="a white square") == {"mean_brightness": 1.0}
+    assert calls == ["a white square"]
+    with pytest.raises(Img2ImgLabError, match=r"needs the prompts"):
+        measure_pairs([white], [white], ["mean_brightness"])
+
+    def unavailable():
+        raise MetricUnavailable("never: no weights. Fix: none")
+
+    register_prompt_scorer("never", unavailable)
+    assert math.isnan(measure_pair(white, white, ["never"], prompt="x")["never"])
+    assert metric_status("never") == (False, "never: no weights. Fix: none")
+
+
+def test_measure_run_is_idempotent_and_notes_unavailable_metrics(tiny_pipe, sources_dir, tmp_path, monkeypatch):
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.sweep import run_sweep
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    run = tmp_path / "run"
+    plan = SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["p"], strengths=[0.0, 0.5, 1.0],
+                     seeds=[0, 1], steps=[10], schedulers=["ddim"], guidance_scales=[2.0])
+    run_sweep(plan, run, pipe=tiny_pipe, progress=False)
+    first = measure_run(run, ["ssim", "psnr", "delta_e", "lpips"], progress=False)
+    assert first["computed"] == {"ssim": 6, "psnr": 6, "delta_e": 6}
+    assert "alexnet-owt-7be5be79.pth" in first["unavailable"]["lpips"]
+    table = pd.read_parquet(run / "results.parquet")
+    assert table["lpips"].isna().all() and table["ssim"].notna().all()
+    second = measure_run(run, ["ssim", "psnr", "delta_e", "lpips"], progress=False)
+    assert second["computed"] == {}
+    pd.testing.assert_frame_equal(table, pd.read_parquet(run / "results.parquet"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert sum("alexnet-owt-7be5be79.pth" in note for note in manifest["notes"]) == 1
+    # Zero-step cells hold the VAE round trip, which is exactly the floor of the same seed.
+    floor = pd.read_parquet(run / "floor.parquet")
+    assert len(floor) == 2 and floor["ssim"].notna().all()
+    zero = table[table.strength == 0.0].set_index("seed")["ssim"]
+    assert np.allclose(zero.sort_index().to_numpy(), floor.set_index("seed")["ssim"].sort_index().to_numpy())
+    # Measured against the source, more strength means less similarity on average.
+    by_strength = table.groupby("strength")["ssim"].mean()
+    assert by_strength[0.0] > by_strength[1.0]
+
+
+def test_sweep_measures_as_it_goes(tiny_pipe, sources_dir, tmp_path):
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.sweep import run_sweep
+
+    plan = SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["p"], strengths=[0.3, 0.9], seeds=[0],
+                     steps=[10], schedulers=["euler"], guidance_scales=[1.0])
+    table = run_sweep(plan, tmp_path / "run", pipe=tiny_pipe, progress=False, metrics=["ssim", "edge_f1"])
+    assert table[["ssim", "edge_f1"]].notna().all().all()
+    output = Image.open(tmp_path / "run" / table.output_path[0]).convert("RGB")
+    source = Image.open(tmp_path / "run" / "sources" / f"{table.source_hash[0]}.png").convert("RGB")
+    assert table.ssim[0] == pytest.approx(ssim(source, output))
