@@ -23,7 +23,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/img2img-lab demo
 
+# JupyterLab and ipywidgets are the "lab" extra, installed on first `make lab`.
 lab: $(STAMP)
+	test -x $(BIN)/jupyter || $(BIN)/python -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[lab]"
 	$(BIN)/jupyter lab notebooks/
 
 bench: $(STAMP)

@@ -3,6 +3,7 @@
 ::
 
     img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--device cpu|cuda] [--dtype float32|float16]
+    img2img-lab demo [--out runs/demo]
     img2img-lab info [MODEL] [--json]
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
     img2img-lab grid RUN_DIR [--rows seed] [--cols strength] [--annotate ssim,lpips] [--border ssim]
@@ -122,6 +123,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from img2img_lab.demo import main as demo_main
+
+    strengths = [float(value) for value in args.strengths.split(",")] if args.strengths else None
+    seeds = list(range(args.seeds)) if args.seeds else None
+    return demo_main(args.out, seeds=seeds, strengths=strengths, progress=not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="img2img-lab",
@@ -141,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--metrics", default="", help="measure as the sweep goes, e.g. ssim,psnr,delta_e")
     add_model_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
+
+    demo = commands.add_parser("demo", help="offline demo on the embedded model: sweep, measure, grids, curves")
+    demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    demo.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the config's 3)")
+    demo.add_argument("--strengths", default=None, help="comma-separated strengths (default: the config's 8)")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(handler=_cmd_demo)
 
     info = commands.add_parser("info", help="describe a model: components, size, scheduler, size rules")
     info.add_argument("model", nargs="?", default=None, help="hub id or diffusers folder (default: embedded model)")

@@ -69,7 +69,9 @@ def _format_value(value) -> str:
             return "inf"
         if float(value).is_integer() and abs(value) < 1e6:
             return f"{value:g}"
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
+        if abs(value) < 10:
+            return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) >= 0.001 else f"{value:.1e}"
+        return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 
 
@@ -294,11 +296,13 @@ def curve_data(table, metric: str, *, x: str = "strength", hue: str | None = "pr
 
 
 def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = "prompt", where: dict | None = None,
-                    spread: str = "sd", ax=None):
+                    spread: str = "sd", show_floor: bool = True, label: str | None = None, ax=None):
     """Plot a metric against strength (or executed steps / noise level): mean line and spread band per ``hue``.
 
-    ``spread`` is ``"sd"`` (mean +- one standard deviation over seeds and other axes) or ``"range"``
-    (min to max). The source's VAE round trip (the floor no output can beat) is drawn dashed when measured.
+    ``spread`` is ``"sd"`` (mean +- one standard deviation over seeds and other axes), ``"range"`` (min to
+    max) or ``"none"``; bands are clipped to the values observed. The source's VAE round trip (the floor no
+    output can beat) is drawn dashed when measured and ``show_floor``. ``label`` names the line when ``hue``
+    is None (default: the metric).
     Infinite PSNR values (identical images) are left out of the mean.
 
     >>> figure = strength_curves("runs/demo", "lpips", hue="guidance_scale")  # doctest: +SKIP
@@ -312,22 +316,27 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
         figure, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     else:
         figure = ax.figure
+    if spread not in ("sd", "range", "none"):
+        raise Img2ImgLabError(f"unknown spread {spread!r}. Fix: use 'sd', 'range' or 'none'.")
     groups = data.groupby(hue) if hue else [(None, data)]
     for value, group in groups:
-        label = _axis_label(hue, value) if hue else metric
-        ax.plot(group[x], group["mean"], marker="o", label=label)
+        line_label = _axis_label(hue, value) if hue else (label or metric)
+        ax.plot(group[x], group["mean"], marker="o", label=line_label)
+        if spread == "none":
+            continue
         low, high = ((group["mean"] - group["std"].fillna(0), group["mean"] + group["std"].fillna(0))
                      if spread == "sd" else (group["min"], group["max"]))
-        ax.fill_between(group[x], low, high, alpha=0.2)
+        ax.fill_between(group[x], low.clip(lower=group["min"].min()), high.clip(upper=group["max"].max()), alpha=0.2)
     floor = store.read_floor()
-    if metric in floor.columns and floor[metric].notna().any():
+    if show_floor and metric in floor.columns and floor[metric].notna().any():
         level = floor[metric].replace([np.inf], np.nan).mean()
         if not math.isnan(level):
             ax.axhline(level, color="gray", linestyle="--", linewidth=1, label="VAE round-trip floor")
     direction = "higher = closer to source" if _higher_is_closer(metric) else "lower = closer to source"
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs {X_AXES[x]} ({direction}; band: {'±1 sd' if spread == 'sd' else 'min-max'})")
+    band = {"sd": "band: ±1 sd", "range": "band: min-max", "none": "mean"}[spread]
+    ax.set_title(f"{metric} vs {X_AXES[x]} ({direction}; {band})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()

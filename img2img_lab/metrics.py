@@ -441,6 +441,19 @@ _SCORER_CACHE: dict[str, object] = {}
 DEFAULT_METRICS = ("ssim", "ms_ssim", "psnr", "delta_e", "edge_f1", "lpips")
 
 
+def register_pair_metric(name: str, function: Callable, *, higher_is_closer: bool, value_range: str = "",
+                         description: str = "") -> None:
+    """Register a ``function(source, output) -> float`` as a metric that sweeps and ``measure`` can ask for.
+
+    >>> register_pair_metric("mean_abs", lambda a, b: float(np.abs(_as_array(a) / 1.0 - _as_array(b)).mean()),
+    ...                      higher_is_closer=False, value_range="[0, 255]")
+    >>> measure_pair(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8), ["mean_abs"])
+    {'mean_abs': 0.0}
+    """
+    _PAIR_FUNCTIONS[name] = function
+    METRICS[name] = MetricSpec(name, higher_is_closer, value_range, description or name)
+
+
 def metric_status(name: str) -> tuple[bool, str]:
     """``(available, explanation)`` for a registered metric, without computing anything heavy.
 
@@ -592,3 +605,12 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
                 notes.append(note)
         store.write_manifest(manifest)
     return report
+
+
+def _register_builtin_plugins() -> None:
+    from img2img_lab.shapes import oracle
+
+    oracle.register()
+
+
+_register_builtin_plugins()

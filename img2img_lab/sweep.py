@@ -28,7 +28,7 @@ from img2img_lab.errors import StoreError
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan, strength_schedule
-from img2img_lab.store import RunStore
+from img2img_lab.store import RunStore, atomic_write
 
 #: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
 COLUMNS = [
@@ -137,8 +137,6 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
                 continue
             image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
             path = store.floor_path(source_hash, seed)
-            from img2img_lab.store import atomic_write
-
             atomic_write(path, lambda stream: image.save(stream, format="PNG"))
             row = {"source_hash": source_hash, "seed": seed, "output_path": str(path.relative_to(store.root)),
                    "output_hash": content_hash(image)}

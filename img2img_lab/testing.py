@@ -12,59 +12,26 @@ symbols (no merges): every text tokenizes, nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import img2img_lab  # noqa: F401  - torchvision shim first
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable-unicode table (as in the CLIP and GPT-2 BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(code) for code in codes)))
-
-
 def write_byte_level_tokenizer(folder: str | Path, *, model_max_length: int = 77) -> Path:
     """Write vocab.json, merges.txt and tokenizer_config.json of a merge-free CLIP BPE tokenizer.
 
-    Load it with ``CLIPTokenizer.from_pretrained(folder)`` (not with ``vocab_file=``, which
-    transformers 5 silently reduces to a 3-token vocabulary).
+    Every text tokenizes (into byte symbols). Load it with ``CLIPTokenizer.from_pretrained(folder)`` (not with
+    ``vocab_file=``, which transformers 5 silently reduces to a 3-token vocabulary).
 
     >>> from transformers import CLIPTokenizer
     >>> folder = write_byte_level_tokenizer(tempfile.mkdtemp())
     >>> len(CLIPTokenizer.from_pretrained(folder)("a red circle").input_ids)
     12
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for symbol in symbols + [symbol + "</w>" for symbol in symbols]:
-        vocab[symbol] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": model_max_length,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    return folder
+    from img2img_lab.shapes.tokenizer import write_clip_bpe
+
+    return write_clip_bpe(folder, merges=[], model_max_length=model_max_length)
 
 
 def make_tiny_pipeline(

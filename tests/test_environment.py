@@ -18,7 +18,8 @@ def _normalise(requirement: str) -> str:
 
 def test_environment_yml_lists_exactly_the_pyproject_dependencies():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = {_normalise(item) for item in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    wanted = {_normalise(item) for item in project["dependencies"]
+              + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["lab"]}
     environment = yaml.safe_load((REPO / "environment.yml").read_text())
     pip_section = next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict))
     listed = {_normalise(item) for item in pip_section}
