@@ -2,7 +2,7 @@
 
 ::
 
-    img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--device cpu|cuda] [--dtype float32|float16]
+    img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--metrics ssim,...] [--device cpu|cuda] [--dtype ...]
     img2img-lab demo [--out runs/demo]
     img2img-lab info [MODEL] [--json]
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
