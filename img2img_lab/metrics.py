@@ -540,6 +540,37 @@ def measure_pair(source, output, names, *, prompt: str | None = None, device: st
 # --------------------------------------------------------------------------- run folders
 
 
+def _fill_missing(frame, names, available, store, *, with_prompts: bool, device, progress: bool) -> dict:
+    """Add NaN columns for ``names`` to ``frame`` (in place) and compute the missing values of ``available``.
+
+    Each needed image is read once; each metric runs once over all its missing rows (LPIPS in batches).
+    Returns ``{metric: values computed}``.
+    """
+    from tqdm.auto import tqdm
+
+    for name in names:
+        if name not in frame.columns:
+            frame[name] = np.nan
+    todo = [name for name in available if frame[name].isna().any()]
+    needed = frame.index[frame[todo].isna().any(axis=1)] if todo else []
+    sources: dict[str, object] = {}
+    outputs: dict[object, object] = {}
+    for index in tqdm(list(needed), desc="measure: read", unit="image", disable=not progress):
+        row = frame.loc[index]
+        if row["source_hash"] not in sources:
+            sources[row["source_hash"]] = store.load_source(row["source_hash"])
+        outputs[index] = store.load_output(row)
+    computed = {}
+    for name in todo:
+        rows = frame.index[frame[name].isna()]
+        values = measure_pairs([sources[frame.at[index, "source_hash"]] for index in rows],
+                               [outputs[index] for index in rows], [name],
+                               prompts=list(frame.loc[rows, "prompt"]) if with_prompts else None, device=device)
+        frame.loc[rows, name] = values[name]
+        computed[name] = len(rows)
+    return computed
+
+
 def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, progress: bool = True) -> dict:
     """Add metric columns to a run folder's results.parquet (and floor.parquet); idempotent.
 
@@ -551,9 +582,6 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
     >>> measure_run("runs/demo", ["ssim", "psnr"])  # doctest: +SKIP
     {'computed': {'ssim': 96, 'psnr': 96}, 'unavailable': {}}
     """
-    import pandas as pd
-    from tqdm.auto import tqdm
-
     from img2img_lab.store import RunStore
 
     names = check_metric_names(names)
@@ -565,36 +593,15 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
         if not available:
             report["unavailable"][name] = explanation
     if not table.empty:
-        for name in names:
-            if name not in table.columns:
-                table[name] = np.nan
-        missing = table[names].isna()
-        todo = [name for name in names if statuses[name][0] and missing[name].any()]
-        rows = table.index[missing[todo].any(axis=1)] if todo else []
-        sources: dict[str, object] = {}
-        for index in tqdm(list(rows), desc="measure", unit="image", disable=not progress):
-            row = table.loc[index]
-            if row["source_hash"] not in sources:
-                sources[row["source_hash"]] = store.load_source(row["source_hash"])
-            wanted = [name for name in todo if pd.isna(row[name])]
-            values = measure_pair(sources[row["source_hash"]], store.load_output(row), wanted,
-                                  prompt=row["prompt"], device=device)
-            for name, value in values.items():
-                table.at[index, name] = value
-                report["computed"][name] = report["computed"].get(name, 0) + 1
+        available = [name for name in names if statuses[name][0]]
+        report["computed"] = _fill_missing(table, names, available, store, with_prompts=True, device=device,
+                                           progress=progress)
         store.replace_table(table)
     floor = store.read_floor()
-    pair_names = [name for name in names if not METRICS[name].needs_prompt and statuses[name][0]]
+    pair_names = [name for name in names if not METRICS[name].needs_prompt]
     if not floor.empty and pair_names:
-        for name in pair_names:
-            if name not in floor.columns:
-                floor[name] = np.nan
-        for index in floor.index[floor[pair_names].isna().any(axis=1)]:
-            row = floor.loc[index]
-            wanted = [name for name in pair_names if pd.isna(row[name])]
-            values = measure_pair(store.load_source(row["source_hash"]), store.load_output(row), wanted, device=device)
-            for name, value in values.items():
-                floor.at[index, name] = value
+        available = [name for name in pair_names if statuses[name][0]]
+        _fill_missing(floor, pair_names, available, store, with_prompts=False, device=device, progress=False)
         store.write_floor(floor)
     if report["unavailable"]:
         manifest = store.read_manifest()
