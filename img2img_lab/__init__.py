@@ -35,6 +35,12 @@ _LAZY = {
     "run_cell": "img2img_lab.engine",
     "RunStore": "img2img_lab.store",
     "run_sweep": "img2img_lab.sweep",
+    "recommended_guidance": "img2img_lab.pipelines",
+    "measure_run": "img2img_lab.metrics",
+    "comparison_grid": "img2img_lab.grids",
+    "strength_curves": "img2img_lab.grids",
+    "bundled_sources": "img2img_lab.widgets",
+    "StrengthExplorer": "img2img_lab.widgets",
 }
 
 __all__ = [

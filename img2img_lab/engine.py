@@ -101,10 +101,12 @@ def pipeline_kwargs(cell: Cell, source) -> dict:
     }
 
 
-def run_cell(pipe, cell: Cell, source) -> CellOutput:
+def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
     """Generate one cell with the reference (per-cell) runner.
 
-    ``source`` is the prepared RGB PIL image (:func:`img2img_lab.images.load_image`).
+    ``source`` is the prepared RGB PIL image (:func:`img2img_lab.images.load_image`). ``on_step``, if
+    given, is called as ``on_step(done, total)`` after every denoising step (diffusers'
+    ``callback_on_step_end``, which leaves the latents untouched), e.g. to drive a progress bar.
 
     >>> output = run_cell(pipe, plan.cells()[0], source)  # doctest: +SKIP
     >>> output.produced, output.image.size  # doctest: +SKIP
@@ -115,7 +117,14 @@ def run_cell(pipe, cell: Cell, source) -> CellOutput:
     if cell.zero_step:
         image = vae_roundtrip(pipe, source, generator=cell_generator(cell.seed))
         return CellOutput(image=image, seconds=time.perf_counter() - started, produced="vae_roundtrip")
-    result = pipe(**pipeline_kwargs(cell, source))
+    kwargs = pipeline_kwargs(cell, source)
+    if on_step is not None:
+        def report_step(pipeline, index, timestep, tensors):
+            on_step(index + 1, int(getattr(pipeline, "num_timesteps", 0) or cell.init_steps))
+            return tensors
+
+        kwargs["callback_on_step_end"] = report_step
+    result = pipe(**kwargs)
     flagged = getattr(result, "nsfw_content_detected", None)
     return CellOutput(
         image=result.images[0],

@@ -392,3 +392,46 @@ def difference_map(run, cell_key: str, *, kind: str = "abs"):
         axis.axis("off")
     figure.tight_layout()
     return figure
+
+
+def difference_image(source, output, *, kind: str = "abs") -> Image.Image:
+    """The difference map of two images as a colour image (magma: black = unchanged, yellow = most changed).
+
+    ``kind="abs"`` maps 0..1 of :func:`difference_array`; ``kind="ssim"`` maps 0..1 of ``1 - local SSIM``
+    (values above 1, anti-correlated structure, saturate).
+
+    >>> difference_image(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)).size
+    (8, 8)
+    """
+    from matplotlib import colormaps
+
+    difference = np.clip(difference_array(source, output, kind=kind), 0.0, 1.0)
+    rgba = colormaps["magma"](difference)
+    return Image.fromarray((rgba[..., :3] * 255).round().astype(np.uint8))
+
+
+def side_by_side(images, labels, *, scale: int | None = None, font_size: int = 14) -> Image.Image:
+    """Images in one row, each upscaled by the same integer factor (nearest) and titled by its label
+    (up to two lines, separated by ``"\\n"``).
+
+    >>> side_by_side([Image.new("RGB", (64, 64))] * 2, ["source", "output"]).height > 128
+    True
+    """
+    images = [image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)) for image in images]
+    if not images or len(images) != len(labels):
+        raise Img2ImgLabError(f"side_by_side needs one label per image, got {len(images)} images and "
+                              f"{len(labels)} labels. Fix: pass matching lists.")
+    layout = grid_layout(1, len(images), images[0].size, scale=scale, font_size=font_size, row_labels=[""])
+    layout = GridLayout(**{**layout.__dict__, "label_width": 0, "gap": layout.gap})
+    canvas = Image.new("RGB", (layout.width - layout.gap, layout.height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_size)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        left, top, right, _ = layout.cell_box(0, index)
+        left -= layout.gap
+        for line_index, line in enumerate(str(label).split("\n")[:2]):
+            draw.text((left, layout.margin + line_index * (font_size + 4)), _fit_text(draw, line, font, right - left),
+                      fill="black", font=font)
+        scaled = image.resize((image.width * layout.scale, image.height * layout.scale), Image.Resampling.NEAREST)
+        canvas.paste(scaled, (left, top))
+    return canvas

@@ -256,6 +256,30 @@ def model_label(pipe) -> str:
     return getattr(pipe, "_img2img_lab_model", None) or str(getattr(pipe, "name_or_path", "") or "in-memory")
 
 
+#: Guidance used when a model says nothing better (Stable Diffusion's customary value).
+DEFAULT_GUIDANCE = 7.5
+
+
+def recommended_guidance(pipe) -> float:
+    """The guidance scale the model's own evaluation recommends, else :data:`DEFAULT_GUIDANCE`.
+
+    A model folder may hold ``evaluation.json`` with ``recommended_guidance`` (the embedded model's
+    does: 2.0, measured by :mod:`img2img_lab.shapes.evaluate`).
+
+    >>> recommended_guidance(load_pipeline())  # the embedded model  # doctest: +SKIP
+    2.0
+    """
+    folder = getattr(pipe, "_img2img_lab_folder", None)
+    if folder:
+        path = Path(folder) / "evaluation.json"
+        if path.is_file():
+            try:
+                return float(json.loads(path.read_text())["recommended_guidance"])
+            except (ValueError, KeyError, TypeError):
+                pass
+    return DEFAULT_GUIDANCE
+
+
 def size_multiple(pipe) -> int:
     """Each image side must be a multiple of this: the VAE's downscale factor.
 

@@ -361,7 +361,7 @@ def strength_schedule(scheduler, num_inference_steps: int, strength: float) -> S
     >>> from diffusers import DDIMScheduler
     >>> s = strength_schedule(DDIMScheduler(), 20, 0.5)
     >>> s.init_steps, s.t_start, s.unet_evaluations, s.start_timestep
-    (10, 10, 10, 451.0)
+    (10, 10, 10, 450.0)
     """
     init_steps, t_start = strength_steps(num_inference_steps, _check_strength(strength))
     fresh = type(scheduler).from_config(scheduler.config)

@@ -32,6 +32,8 @@ from typing import Any, Callable
 from img2img_lab.errors import StoreError
 
 MANIFEST = "manifest.json"
+#: Sources a user uploaded (the explorer) live here, and may precede the manifest.
+UPLOADS = "uploads"
 RESULTS = "results.parquet"
 IMAGES = "images"
 SOURCES = "sources"
@@ -89,7 +91,8 @@ class RunStore:
         store = cls(root)
         if store.root.exists() and not store.root.is_dir():
             raise StoreError(f"run folder '{root}' is a file. Fix: choose another --out path.")
-        if store.root.is_dir() and any(store.root.iterdir()) and not (store.root / MANIFEST).exists():
+        foreign = [entry for entry in store.root.iterdir() if entry.name != UPLOADS] if store.root.is_dir() else []
+        if foreign and not (store.root / MANIFEST).exists():
             raise StoreError(
                 f"'{root}' exists, is not empty and is not an img2img-lab run folder (no {MANIFEST}). "
                 f"Fix: choose a new --out folder."

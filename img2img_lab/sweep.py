@@ -83,18 +83,24 @@ def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_has
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def prepare_sources(plan: SweepPlan, pipe) -> list:
-    """Load every source image of the plan, sized for the pipeline (see :mod:`img2img_lab.images`)."""
+def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
+    """Load one source image sized for the pipeline exactly as a sweep does (see :mod:`img2img_lab.images`).
+
+    >>> source = prepare_source("data/sources/red_circle_on_blue.png", pipe)  # doctest: +SKIP
+    """
     native = native_resolution(pipe)
-    max_side = native if plan.max_side == "native" else plan.max_side
+    max_side = native if max_side == "native" else max_side
     warn_below = min(256, native) if native else 256
-    sources = []
-    for path in plan.images:
-        with warnings.catch_warnings():
-            warnings.simplefilter("always", SmallSourceWarning)
-            sources.append(load_image(path, size_multiple=size_multiple(pipe), max_side=max_side,
-                                      policy=plan.resize_policy, warn_below=warn_below))
-    return sources
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SmallSourceWarning)
+        return load_image(path, size_multiple=size_multiple(pipe), max_side=max_side, policy=resize_policy,
+                          warn_below=warn_below)
+
+
+def prepare_sources(plan: SweepPlan, pipe) -> list:
+    """Load every source image of the plan, sized for the pipeline (see :func:`prepare_source`)."""
+    return [prepare_source(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
+            for path in plan.images]
 
 
 def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dict:
@@ -152,14 +158,15 @@ def _needs_prompt(name: str) -> bool:
 
 
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
-              dtype: str | None = None, progress: bool = True, metrics=()):
+              dtype: str | None = None, progress: bool = True, metrics=(), on_step=None):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder are skipped (resume and extension); duplicate strengths reuse the image
     of the strength they duplicate; zero-step cells store the VAE round trip. The table has one row per
     cell with the columns in :data:`COLUMNS`, plus one column per metric in ``metrics`` (measured as the
     sweep goes, see :mod:`img2img_lab.metrics`). Each source's VAE round trip (the fidelity floor) is
-    stored per seed in ``floor/`` and ``floor.parquet``.
+    stored per seed in ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every
+    denoising step of every generated cell (see :func:`img2img_lab.engine.run_cell`).
 
     >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
     >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
@@ -230,7 +237,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             produced, seconds, nsfw = canonical["produced"], 0.0, canonical["nsfw_flagged"]
             counts["reused"] += 1
         else:
-            output = run_cell(pipe, cell, source)
+            output = run_cell(pipe, cell, source, on_step=on_step)
             image, produced, seconds, nsfw = output.image, output.produced, output.seconds, output.nsfw_flagged
             counts["generated"] += 1
         path = store.write_image(key, image)

@@ -1,0 +1,160 @@
+"""The strength explorer in a real browser: JupyterLab on 127.0.0.1, Debian's chromium driven by Playwright.
+
+The test serves a copy of ``notebooks/`` with JupyterLab, opens ``02_strength_explorer.ipynb`` in headless
+chromium (``executable_path``, no browser download), runs all cells, drags the strength slider, clicks
+Generate and checks that the executed-steps label and the displayed image changed. Screenshots are saved
+to ``test-artifacts/`` (``explorer_before.png``, ``explorer_after.png``).
+
+Chromium comes from Debian (``apt-get install -y chromium``; ``.ci/run`` installs it). Without it the test
+is skipped locally and fails under CI.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        message = "Debian's chromium is not installed. Fix: apt-get install -y chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """JupyterLab serving a copy of notebooks/ on 127.0.0.1; yields (url, token); stops it afterwards."""
+    pytest.importorskip("jupyterlab")
+    root = tmp_path / "notebooks"
+    shutil.copytree(REPO / "notebooks", root)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "IPYTHONDIR": str(tmp_path / "ipython"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces")}
+    log = open(tmp_path / "jupyterlab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly"] + (["--allow-root"] if os.geteuid() == 0 else []),
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text())
+                time.sleep(0.5)
+        yield url, token, tmp_path
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.mark.slow
+def test_explorer_runs_in_jupyterlab_in_chromium(jupyterlab, capsys):
+    chromium = _chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    url, token, tmp_path = jupyterlab
+    ARTIFACTS.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1500})
+            external = []
+            page.on("request", lambda request: None if request.url.startswith(("http://127.0.0.1", "blob:", "data:"))
+                    else external.append(request.url))
+            page.goto(f"{url}/lab/tree/02_strength_explorer.ipynb?token={token}")
+            page.wait_for_function(
+                "() => { const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                " const kernel = panel && panel.sessionContext && panel.sessionContext.session"
+                " && panel.sessionContext.session.kernel; return kernel && kernel.status === 'idle'; }",
+                timeout=120_000)
+            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+            image = page.locator("img.i2i-image")
+            image.wait_for(state="visible", timeout=240_000)
+            page.wait_for_function("() => { const s = document.querySelector('.i2i-status');"
+                                   " return s && /generated|recalled/.test(s.textContent); }", timeout=240_000)
+            image.scroll_into_view_if_needed()
+            label = page.locator(".i2i-steps-label")
+            label_before = label.inner_text()
+            source_before = image.get_attribute("src")
+            pixels_before = image.screenshot()
+            page.screenshot(path=str(ARTIFACTS / "explorer_before.png"))
+
+            # Drag the strength slider's handle to the right: the label must follow before any generation.
+            handle = page.locator(".i2i-strength .noUi-handle")
+            handle.scroll_into_view_if_needed()
+            box = handle.bounding_box()
+            track = page.locator(".i2i-strength .noUi-target").bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(track["x"] + track["width"] * 0.85, box["y"] + box["height"] / 2, steps=12)
+            page.mouse.up()
+            page.wait_for_function(
+                "(before) => document.querySelector('.i2i-steps-label').innerText !== before", arg=label_before,
+                timeout=30_000)
+            label_after = label.inner_text()
+
+            page.locator("button.i2i-generate").click()
+            page.wait_for_function(
+                "(before) => { const img = document.querySelector('img.i2i-image');"
+                " return img && img.getAttribute('src') !== before; }", arg=source_before, timeout=120_000)
+            page.wait_for_function("() => /generated/.test(document.querySelector('.i2i-status').textContent)"
+                                   " && !document.querySelector('button.i2i-generate').disabled", timeout=120_000)
+            image.scroll_into_view_if_needed()
+            page.wait_for_timeout(300)
+            pixels_after = image.screenshot()
+            status = page.locator(".i2i-status").inner_text()
+            page.locator(".i2i-strength").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "explorer_after.png"))
+        finally:
+            browser.close()
+    seconds = time.perf_counter() - started
+    with capsys.disabled():
+        print(f"\n[browser] JupyterLab + chromium explorer test: {seconds:.1f} s; label {label_before!r} -> "
+              f"{label_after!r}; status {status!r}; screenshots in {ARTIFACTS}")
+    assert label_after != label_before and "executes" in label_after
+    assert pixels_after != pixels_before
+    assert "generated" in status
+    from img2img_lab.store import RunStore
+
+    table = RunStore.open(tmp_path / "runs" / "explorer").read_table()
+    assert len(table) == 2 and table["strength"].max() > 0.5
+    assert not external, f"the page requested outside hosts: {external[:5]}"
