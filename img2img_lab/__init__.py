@@ -9,10 +9,11 @@ Data flows one way: plan -> engine -> store (-> metrics -> calibrate -> grids / 
 
 from __future__ import annotations
 
-from img2img_lab._compat import ensure_torchvision_importable
+from img2img_lab._compat import install_import_hook
 
-# Must run before anything imports torchvision (transformers, diffusers and lpips do).
-ensure_torchvision_importable()
+# The torchvision shim must run before anything imports torchvision (transformers, diffusers and lpips do);
+# the hook runs it at that moment, so `import img2img_lab` itself stays light (no torch import).
+install_import_hook()
 
 from img2img_lab.errors import (  # noqa: E402
     ImageError,

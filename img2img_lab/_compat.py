@@ -14,6 +14,7 @@ effect is that the two detection ops raise a "no kernel" error if called, which 
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import sys
 from pathlib import Path
@@ -71,6 +72,31 @@ def ensure_torchvision_importable() -> bool:
         library.define(schema)
     _shim_library = library
     return True
+
+
+class _TorchvisionImportHook(importlib.abc.MetaPathFinder):
+    """Runs :func:`ensure_torchvision_importable` right before the first ``import torchvision``, then steps aside."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "torchvision":
+            uninstall_import_hook()
+            ensure_torchvision_importable()
+        return None  # the regular finders import it
+
+
+def install_import_hook() -> None:
+    """Arrange for the shim to run lazily, when something first imports torchvision (transformers, diffusers,
+    lpips do). Importing img2img_lab therefore does not import torch.
+
+    >>> install_import_hook()
+    """
+    if "torchvision" in sys.modules or any(isinstance(finder, _TorchvisionImportHook) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _TorchvisionImportHook())
+
+
+def uninstall_import_hook() -> None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _TorchvisionImportHook)]
 
 
 def shim_active() -> bool:

@@ -2,7 +2,8 @@
 
 ::
 
-    img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--metrics ssim,...] [--device cpu|cuda] [--dtype ...]
+    img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--metrics ssim,...] [--engine batched|per-cell]
+                     [--max-batch N] [--device cpu|cuda] [--dtype ...]
     img2img-lab demo [--out runs/demo]
     img2img-lab info [MODEL] [--json]
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
@@ -10,6 +11,11 @@
                      [--where prompt="a cat"] --out grid.png
     img2img-lab curves RUN_DIR --metric ssim [--x strength|executed_steps|sqrt_alpha_bar|sigma] [--hue prompt]
                      --out curves.png
+    img2img-lab calibrate CONFIG.yaml [--out RUN_DIR] [--model M] [--rounds N] [--rule confident|mean]
+                     [--bootstrap B]
+    img2img-lab verify RUN_DIR [--sample 8] [--seed 0]
+    img2img-lab report RUN_DIR [--out report.html]
+    img2img-lab export RUN_DIR [--csv table.csv] [--parquet table.parquet]
 
 Errors in the user's input print one line ``error: ...`` (with the fix) and exit with status 2.
 """
@@ -34,7 +40,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"plan: {plan.summary()}")
     started = time.perf_counter()
     table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                      metrics=args.metrics)
+                      metrics=args.metrics, engine=args.engine, max_batch_size=args.max_batch)
     elapsed = time.perf_counter() - started
     from img2img_lab.store import RunStore
 
@@ -131,6 +137,53 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args.out, seeds=seeds, strengths=strengths, progress=not args.no_progress)
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from img2img_lab.calibrate import CalibrationSettings, calibrate, load_config
+    from img2img_lab.pipelines import load_pipeline
+
+    plan, settings = load_config(args.config)
+    if args.model is not None:
+        plan.model = args.model
+    overrides = {key: value for key, value in (("refine_rounds", args.rounds), ("rule", args.rule),
+                                                ("n_resamples", args.bootstrap)) if value is not None}
+    if overrides:
+        settings = CalibrationSettings(**{**settings.__dict__, **overrides})
+    out = args.out or f"runs/{plan.name}"
+    print(f"calibrating: {plan.summary()} (coarse grid; refined where a crossing lies)")
+    started = time.perf_counter()
+    pipe = load_pipeline(plan.model, device=args.device, dtype=args.dtype)
+    result = calibrate((plan, settings), out, pipe=pipe, progress=not args.no_progress)
+    print()
+    print(result.to_markdown())
+    counts = result.counts
+    print(f"wrote {out}/calibration/ (reference_table.csv, calibration.md/.html/.json, curves.png, heatmap.png): "
+          f"{counts['coarse_cells']} coarse + {counts['refinement_cells']} refinement cells in "
+          f"{counts['refinement_rounds']} rounds, {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from img2img_lab.verify import main as verify_main
+
+    return verify_main(args.run_dir, sample=args.sample, seed=args.seed, device=args.device)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from img2img_lab.report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from img2img_lab.report import export_table
+
+    for path in export_table(args.run_dir, csv=args.csv, parquet=args.parquet):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="img2img-lab",
@@ -148,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--model", default=None, help="override the config's model (hub id or folder)")
     sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sweep.add_argument("--metrics", default="", help="measure as the sweep goes, e.g. ssim,psnr,delta_e")
+    sweep.add_argument("--engine", default="batched", choices=["batched", "per-cell"],
+                       help="batched (default; within 1/255 of per-cell, faster) or the per-cell reference")
+    sweep.add_argument("--max-batch", type=int, default=None, help="UNet samples per call (default by device)")
     add_model_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
@@ -190,6 +246,35 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("--where", action="append", help="pin an axis: column=value (repeatable)")
     curves.add_argument("--out", required=True)
     curves.set_defaults(handler=_cmd_curves)
+
+    calibrate = commands.add_parser("calibrate", help="measure the strength reference table and recommend strengths")
+    calibrate.add_argument("config", help="YAML calibration config (see data/configs/calibrate.yaml)")
+    calibrate.add_argument("--out", default=None, help="run folder (default runs/<config name>); a cache")
+    calibrate.add_argument("--model", default=None, help="override the config's model (hub id or folder)")
+    calibrate.add_argument("--rounds", type=int, default=None, help="refinement rounds (default: the config's)")
+    calibrate.add_argument("--rule", default=None, choices=["confident", "mean"], help="decide on the CI or the mean")
+    calibrate.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 2000)")
+    calibrate.add_argument("--no-progress", action="store_true")
+    add_model_options(calibrate)
+    calibrate.set_defaults(handler=_cmd_calibrate)
+
+    verify = commands.add_parser("verify", help="check a run folder's files and regenerate a sample of cells")
+    verify.add_argument("run_dir")
+    verify.add_argument("--sample", type=int, default=8, help="cells to regenerate (0: check files only)")
+    verify.add_argument("--seed", type=int, default=0, help="which cells are sampled")
+    verify.add_argument("--device", default=None, help="default: the device the run used")
+    verify.set_defaults(handler=_cmd_verify)
+
+    report = commands.add_parser("report", help="write one self-contained HTML report of a run folder")
+    report.add_argument("run_dir")
+    report.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
+    report.set_defaults(handler=_cmd_report)
+
+    export = commands.add_parser("export", help="write the tidy table as CSV and/or Parquet")
+    export.add_argument("run_dir")
+    export.add_argument("--csv", default=None)
+    export.add_argument("--parquet", default=None)
+    export.set_defaults(handler=_cmd_export)
     return parser
 
 

@@ -23,6 +23,7 @@ end in ``.tmp``; stale ones left by a killed process are removed when the folder
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import os
 import tempfile
 import time
@@ -39,17 +40,31 @@ IMAGES = "images"
 SOURCES = "sources"
 FLOOR = "floor"
 FLOOR_TABLE = "floor.parquet"
+#: One JSON file per finished cell (the durable log; results.parquet consolidates them).
+ROWS = "rows"
+#: The batched runner's batches: which cells were generated together (verify re-runs a whole batch).
+BATCHES = "batches"
+#: Lock file: writers hold an exclusive flock on it while they add a cell or rewrite results.parquet.
+LOCK = ".lock"
+#: Temporary files of the run folder's atomic writes (never inside images/, rows/ or sources/).
+TEMP = ".tmp"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True,
+                 temp_dir: str | os.PathLike | None = None) -> Path:
     """Write a file atomically: ``write(handle)`` fills a temp file that then replaces ``path``.
+
+    The temp file lives in ``temp_dir`` (same file system; default: ``path``'s folder), so a folder of final
+    files never shows a partial one, even right after a SIGKILL.
 
     >>> atomic_write("/tmp/hello.txt", lambda f: f.write("hi"), binary=False)
     PosixPath('/tmp/hello.txt')
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    folder = Path(temp_dir) if temp_dir is not None else path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(handle, "wb" if binary else "w") as stream:
             write(stream)
@@ -120,7 +135,8 @@ class RunStore:
         """
         removed = 0
         cutoff = time.time() - 60
-        for folder in (self.root, self.images_dir, self.root / SOURCES, self.root / FLOOR):
+        for folder in (self.root, self.images_dir, self.root / SOURCES, self.root / FLOOR, self.root / ROWS,
+                       self.temp_dir):
             if not folder.is_dir():
                 continue
             for temp in folder.glob(".*.tmp"):
@@ -153,7 +169,7 @@ class RunStore:
         """Keep the prepared source so analysis never needs the original file or the model."""
         path = self.source_path(source_hash)
         if not path.is_file():
-            atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+            atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=self.temp_dir)
         return path
 
     def load_source(self, source_hash: str):
@@ -190,24 +206,85 @@ class RunStore:
     def write_image(self, key: str, image) -> Path:
         """Save a PIL image as ``images/<key>.png`` atomically; returns the final path."""
         path = self.image_path(key)
-        atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+        atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=self.temp_dir)
         return path
 
     # ------------------------------------------------------------------ table
+    @contextmanager
+    def locked(self):
+        """Hold the run folder's exclusive lock (``fcntl.flock`` on ``.lock``): writers in other processes wait.
+
+        >>> with store.locked(): ...  # doctest: +SKIP
+        """
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def write_batch(self, batch_id: str, keys: list[str], *, max_batch_size: int) -> Path:
+        """Record which cells the batched runner generated together (``batches/<id>.json``), once."""
+        path = self.root / BATCHES / f"{batch_id}.json"
+        if not path.is_file():
+            atomic_write_json(path, {"batch_id": batch_id, "keys": list(keys), "max_batch_size": int(max_batch_size)})
+        return path
+
+    def read_batch(self, batch_id: str) -> dict:
+        path = self.root / BATCHES / f"{batch_id}.json"
+        if not path.is_file():
+            raise StoreError(f"{path} is missing: the run folder is incomplete. Fix: rerun the sweep into it.")
+        return json.loads(path.read_text())
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.root / TEMP
+
+    def row_path(self, key: str) -> Path:
+        return self.root / ROWS / f"{key}.json"
+
+    def _read_disk_rows(self) -> dict[str, dict]:
+        """results.parquet plus every row file it does not hold yet (cells finished since the last flush)."""
+        rows: dict[str, dict] = {}
+        path = self.root / RESULTS
+        if path.is_file():
+            import pandas as pd
+
+            try:
+                table = pd.read_parquet(path)
+            except Exception as error:  # noqa: BLE001 - any parquet failure means the same to a user
+                raise StoreError(f"{path}: unreadable ({error}). Fix: delete it and rerun the sweep.") from None
+            for row in table.to_dict("records"):
+                rows[row["cell_key"]] = row
+        folder = self.root / ROWS
+        if folder.is_dir():
+            row_files = []
+            for row_file in folder.glob("*.json"):
+                try:
+                    row_files.append((row_file.stat().st_mtime_ns, row_file.name, row_file))
+                except FileNotFoundError:
+                    continue
+            for _, _, row_file in sorted(row_files):  # in the order cells finished
+                key = row_file.stem
+                if key in rows:
+                    continue
+                try:
+                    rows[key] = json.loads(row_file.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue  # cannot happen with atomic writes; a foreign file is ignored
+        return rows
+
     def _load_rows(self) -> dict[str, dict]:
         if self._rows is None:
-            self._rows = {}
-            path = self.root / RESULTS
-            if path.is_file():
-                import pandas as pd
-
-                try:
-                    table = pd.read_parquet(path)
-                except Exception as error:  # noqa: BLE001 - any parquet failure means the same to a user
-                    raise StoreError(f"{path}: unreadable ({error}). Fix: delete it and rerun the sweep.") from None
-                for row in table.to_dict("records"):
-                    self._rows[row["cell_key"]] = row
+            self._rows = self._read_disk_rows()
         return self._rows
+
+    def refresh(self) -> None:
+        """Forget the in-memory table (re-read from disk on next use), e.g. after another process wrote."""
+        self._rows = None
 
     def has_cell(self, key: str) -> bool:
         """A cell is done when its row is in the table and its image file exists."""
@@ -216,25 +293,52 @@ class RunStore:
     def row(self, key: str) -> dict | None:
         return self._load_rows().get(key)
 
+    def save_cell(self, key: str, image, row: dict) -> bool:
+        """Store a finished cell: its image, then its row file, both atomically, under the folder's lock.
+
+        The first writer wins: if another process (a concurrent sweep into the same folder) stored this cell
+        first, nothing is overwritten and False is returned (its row is adopted); else True.
+
+        >>> store.save_cell(key, image, row)  # doctest: +SKIP
+        True
+        """
+        if row.get("cell_key") != key:
+            raise StoreError("save_cell: the row's cell_key must equal the key.")
+        with self.locked():
+            row_path = self.row_path(key)
+            if row_path.is_file() and self.image_path(key).is_file():
+                self._load_rows()[key] = json.loads(row_path.read_text())
+                return False
+            self.write_image(key, image)
+            atomic_write(row_path, lambda stream: stream.write(json.dumps(row, default=_json_value)), binary=False,
+                         temp_dir=self.temp_dir)
+        self._load_rows()[key] = row
+        return True
+
     def replace_table(self, table) -> None:
         """Replace every row with those of ``table`` (a DataFrame with a cell_key column) and flush."""
         self._rows = {row["cell_key"]: row for row in table.to_dict("records")}
-        self.flush()
+        self.flush(merge=False)
 
     def add_row(self, row: dict, *, flush: bool = True) -> None:
-        """Add (or replace) a cell's row; ``flush`` rewrites results.parquet atomically."""
+        """Add (or replace) a cell's row in memory; ``flush`` rewrites results.parquet."""
         if "cell_key" not in row:
             raise StoreError("a result row needs a 'cell_key'.")
         self._load_rows()[row["cell_key"]] = row
         if flush:
             self.flush()
 
-    def flush(self) -> None:
-        """Rewrite results.parquet from the rows in memory (atomically)."""
+    def flush(self, *, merge: bool = True) -> None:
+        """Rewrite results.parquet atomically under the lock: the rows on disk (other writers' included, when
+        ``merge``) updated with the rows in memory."""
         import pandas as pd
 
-        table = pd.DataFrame(list(self._load_rows().values()))
-        atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False))
+        with self.locked():
+            rows = self._read_disk_rows() if merge else {}
+            rows.update(self._load_rows())
+            table = pd.DataFrame(list(rows.values()))
+            atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False))
+            self._rows = rows
         self._last_flush = time.monotonic()
 
     def read_table(self):
@@ -243,3 +347,10 @@ class RunStore:
 
         rows = self._load_rows()
         return pd.DataFrame(list(rows.values()))
+
+
+def _json_value(value):
+    """JSON for numpy scalars and other values a row may hold."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

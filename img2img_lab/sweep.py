@@ -24,7 +24,7 @@ from pathlib import Path
 
 import img2img_lab
 from img2img_lab.engine import cell_generator, run_cell, use_scheduler, vae_roundtrip
-from img2img_lab.errors import StoreError
+from img2img_lab.errors import PlanError, StoreError
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan, strength_schedule
@@ -36,7 +36,7 @@ COLUMNS = [
     "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "init_steps", "executed_steps",
     "t_start", "unet_evaluations", "start_timestep", "sqrt_alpha_bar", "sigma", "zero_step", "duplicate_of",
     "produced", "seconds", "output_path", "output_hash", "nsfw_flagged", "model", "model_fingerprint",
-    "device", "dtype",
+    "device", "dtype", "engine", "batch_id",
 ]
 
 
@@ -55,8 +55,11 @@ def package_versions() -> dict[str, str]:
 
 
 def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
-             dtype: str, device_type: str, versions: dict[str, str]) -> str:
+             dtype: str, device_type: str, versions: dict[str, str], engine: str = "per-cell") -> str:
     """A 20-hex-digit content key over everything that determines a cell's pixels.
+
+    The batched engine's pixels match the per-cell runner's within 1/255, not bit for bit, so its cells are
+    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference.
 
     >>> len(cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64,
     ...              dtype="float32", device_type="cpu", versions={}))  # doctest: +SKIP
@@ -79,6 +82,8 @@ def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_has
         "torch": versions.get("torch"),
         "diffusers": versions.get("diffusers"),
     }
+    if engine != "per-cell":
+        payload["engine"] = engine
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -143,7 +148,7 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
                 continue
             image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
             path = store.floor_path(source_hash, seed)
-            atomic_write(path, lambda stream: image.save(stream, format="PNG"))
+            atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=store.temp_dir)
             row = {"source_hash": source_hash, "seed": seed, "output_path": str(path.relative_to(store.root)),
                    "output_hash": content_hash(image)}
             row.update(measure_pair(source, image, [name for name in metrics if not _needs_prompt(name)]))
@@ -157,8 +162,62 @@ def _needs_prompt(name: str) -> bool:
     return METRICS[name].needs_prompt
 
 
+def _file_stats(folder: Path) -> list:
+    return sorted((str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
+                  for path in folder.rglob("*") if path.is_file())
+
+
+def sweep_signature(plan: SweepPlan, *, metrics, engine: str, max_batch_size, device, dtype) -> str | None:
+    """A hash of everything a finished sweep's cells depend on that can be known without loading the model:
+    the plan, the request (metrics, engine, device, dtype), the model folder's files (paths, sizes, mtimes),
+    the source files' sizes and mtimes, and the package versions. ``None`` for hub models (not a local folder)."""
+    from img2img_lab.pipelines import resolve_model
+
+    label, folder = resolve_model(plan.model)
+    if folder is None:
+        return None
+    sources = []
+    for image in plan.images:
+        try:
+            stat = Path(image).stat()
+        except OSError:
+            return None  # the normal path reports the missing or unreadable source with its fix
+        sources.append((image, stat.st_size, stat.st_mtime_ns))
+    payload = {"plan": plan.to_dict(), "metrics": sorted(metrics), "engine": engine, "max_batch_size": max_batch_size,
+               "device": device, "dtype": dtype, "model": [label, str(folder), _file_stats(Path(folder))],
+               "sources": sources, "packages": package_versions()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_table(out_dir, *, signature: str | None):
+    """The table of a run folder that already holds this exact sweep, finished; else ``None``.
+
+    This is how rerunning a finished sweep answers without loading the model: the manifest's ``completed``
+    record must carry the same :func:`sweep_signature`, and every cell's row file and image must exist.
+    """
+    manifest_path = Path(out_dir) / "manifest.json"
+    if signature is None or not manifest_path.is_file():
+        return None
+    store = RunStore.open(out_dir)
+    completed = store.read_manifest().get("completed") or {}
+    if completed.get("signature") != signature:
+        return None
+    keys = completed.get("keys") or []
+    if not keys or not all(store.row_path(key).is_file() and store.image_path(key).is_file() for key in keys):
+        return None
+    table = store.read_table()
+    order = {key: index for index, key in enumerate(keys)}
+    table = table[table["cell_key"].isin(order)]
+    if len(table) != len(keys):
+        return None
+    table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)
+    return table[[column for column in COLUMNS if column in table.columns]
+                 + [column for column in table.columns if column not in COLUMNS]]
+
+
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
-              dtype: str | None = None, progress: bool = True, metrics=(), on_step=None):
+              dtype: str | None = None, progress: bool = True, metrics=(), on_step=None, engine: str = "batched",
+              max_batch_size: int | None = None):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder are skipped (resume and extension); duplicate strengths reuse the image
@@ -168,6 +227,11 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     stored per seed in ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every
     denoising step of every generated cell (see :func:`img2img_lab.engine.run_cell`).
 
+    ``engine="batched"`` (default) runs cells with :mod:`img2img_lab.batched` (same pixels within 1/255,
+    several times faster) where the pipeline supports it, else per cell; ``engine="per-cell"`` forces the
+    reference runner. ``max_batch_size`` caps UNet samples per call (default by device). The manifest's
+    ``engine`` entry records which ran and why.
+
     >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
     >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
     """
@@ -176,6 +240,20 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     from img2img_lab.metrics import check_metric_names, measure_pair, metric_status
 
     metrics = check_metric_names(metrics)
+    if engine not in ("batched", "per-cell"):
+        raise PlanError(f"unknown engine {engine!r}. Fix: use 'batched' (default) or 'per-cell'.")
+    signature = None
+    if pipe is None:  # a rerun of a finished sweep answers from the run folder, without loading the model
+        signature = sweep_signature(plan, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
+                                    device=device, dtype=dtype)
+        done = finished_table(out_dir, signature=signature)
+        if done is not None:
+            store = RunStore.open(out_dir)
+            manifest = store.read_manifest()
+            manifest["counts"] = {"generated": 0, "reused": 0, "already_done": len(done), "cells": len(done),
+                                  "seconds": 0.0, "answered_from_run_folder": True}
+            store.write_manifest(manifest)
+            return done
     if pipe is None:
         pipe = load_pipeline(plan.model, device=device, dtype=dtype)
     sources = prepare_sources(plan, pipe)
@@ -212,35 +290,41 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     schedules: dict[tuple, object] = {}
     counts = {"generated": 0, "reused": 0, "already_done": 0}
     started_clock = time.perf_counter()
-    bar = tqdm(cells, desc=f"sweep {plan.name}", unit="cell", disable=not progress)
-    for cell in bar:
+
+    batched, engine_reason = (engine == "batched"), "per-cell runner requested"
+    if batched:
+        from img2img_lab.batched import DEFAULT_MAX_BATCH, batching_supported, run_cells_batched
+
+        batched, engine_reason = batching_supported(pipe)
+    engine_used = "batched" if batched else "per-cell"
+    manifest["engine"] = {"name": engine_used, "reason": engine_reason,
+                          "max_batch_size": max_batch_size if batched else None}
+
+    # Pass 1: every cell's content key; what is done, what duplicates another strength, what to generate.
+    pending: list[tuple[Cell, str]] = []  # to generate
+    planned: list[tuple[Cell, str]] = []  # every non-duplicate cell (fixes the batched runner's chunks)
+    duplicates: list[tuple[Cell, str]] = []
+    for cell in cells:
         use_scheduler(pipe, cell.scheduler)
-        scheduler_config = dict(pipe.scheduler.config)
         source = sources[cell.image_index]
-        key = cell_key(cell, fingerprint=fingerprint["fingerprint"], scheduler_config=scheduler_config,
+        key = cell_key(cell, fingerprint=fingerprint["fingerprint"], scheduler_config=dict(pipe.scheduler.config),
                        source_hash=source_hashes[cell.image_index], width=source.width, height=source.height,
-                       dtype=dtype_name, device_type=device_type, versions=versions)
+                       dtype=dtype_name, device_type=device_type, versions=versions, engine=engine_used)
         keys[(cell.group(), cell.strength)] = key
-        if store.has_cell(key):
-            counts["already_done"] += 1
-            continue
         schedule_key = (cell.scheduler, cell.num_inference_steps, cell.strength)
         if schedule_key not in schedules:
             schedules[schedule_key] = strength_schedule(pipe.scheduler, cell.num_inference_steps, cell.strength)
-        schedule = schedules[schedule_key]
-        canonical = store.row(keys[(cell.group(), cell.duplicate_of)]) if cell.duplicate_of is not None else None
-        if canonical is not None and store.has_cell(canonical["cell_key"]):
-            from PIL import Image
-
-            with Image.open(store.image_path(canonical["cell_key"])) as reused:
-                image = reused.copy()
-            produced, seconds, nsfw = canonical["produced"], 0.0, canonical["nsfw_flagged"]
-            counts["reused"] += 1
+        if cell.duplicate_of is None:
+            planned.append((cell, key))
+        if store.has_cell(key):
+            counts["already_done"] += 1
+        elif cell.duplicate_of is not None:
+            duplicates.append((cell, key))
         else:
-            output = run_cell(pipe, cell, source, on_step=on_step)
-            image, produced, seconds, nsfw = output.image, output.produced, output.seconds, output.nsfw_flagged
-            counts["generated"] += 1
-        path = store.write_image(key, image)
+            pending.append((cell, key))
+
+    def save(cell: Cell, key: str, image, produced: str, seconds: float, nsfw, batch_id: str | None = None) -> None:
+        schedule = schedules[(cell.scheduler, cell.num_inference_steps, cell.strength)]
         row = {
             "cell_key": key,
             "source": cell.image,
@@ -264,19 +348,76 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             "sigma": schedule.sigma,
             "zero_step": cell.zero_step,
             "duplicate_of": cell.duplicate_of,
-            "produced": produced if cell.duplicate_of is None else f"duplicate:{produced}",
+            "produced": produced,
             "seconds": seconds,
-            "output_path": str(path.relative_to(store.root)),
+            "output_path": str(store.image_path(key).relative_to(store.root)),
             "output_hash": content_hash(image),
             "nsfw_flagged": nsfw,
             "model": model_label(pipe),
             "model_fingerprint": fingerprint["fingerprint"],
             "device": str(pipe.device),
             "dtype": dtype_name,
+            "engine": engine_used,
+            "batch_id": batch_id,
         }
         if metrics:
-            row.update(measure_pair(source, image, metrics, prompt=cell.prompt, device=str(pipe.device)))
-        store.add_row(row)
+            row.update(measure_pair(sources[cell.image_index], image, metrics, prompt=cell.prompt,
+                                    device=str(pipe.device)))
+        if store.save_cell(key, image, row):
+            counts["generated" if not produced.startswith("duplicate:") else "reused"] += 1
+        else:  # a concurrent sweep into this folder stored it first; its image and row are kept
+            counts["stored_by_another_writer"] = counts.get("stored_by_another_writer", 0) + 1
+        bar.update(1)
+
+    bar = tqdm(total=len(cells), initial=counts["already_done"], desc=f"sweep {plan.name}", unit="cell",
+               disable=not progress)
+    # Pass 2: generate. The batched runner steps every chunk of cells that share scheduler, steps and image size
+    # together; each finished chunk is saved before the next starts, so a crash loses at most one chunk.
+    if batched:
+        # Chunks are fixed by the plan (every non-duplicate cell, in plan order, per scheduler / steps / size),
+        # not by what is left to do: a chunk that is missing any cell is recomputed whole, so every image comes
+        # from the same batch composition whether the sweep ran in one go, resumed after a kill or was rerun.
+        limit = max_batch_size or DEFAULT_MAX_BATCH.get(pipe.device.type, 16)
+        todo = {key for _, key in pending}
+        groups: dict[tuple, list[tuple[Cell, str]]] = {}
+        for cell, key in planned:
+            size = sources[cell.image_index].size
+            groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
+        chunk_cells = max(2 * limit, 32)
+        for members in groups.values():
+            for first in range(0, len(members), chunk_cells):
+                chunk = members[first:first + chunk_cells]
+                if not any(key in todo for _, key in chunk):
+                    continue
+                chunk_keys = [key for _, key in chunk]
+                batch_id = hashlib.sha256(json.dumps([chunk_keys, limit]).encode()).hexdigest()[:16]
+                store.write_batch(batch_id, chunk_keys, max_batch_size=limit)
+                outputs = run_cells_batched(pipe, [cell for cell, _ in chunk], sources, max_batch_size=limit,
+                                            on_step=on_step)
+                for (cell, key), output in zip(chunk, outputs):
+                    if key in todo:
+                        save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
+                             batch_id)
+                store.flush()
+    else:
+        for cell, key in pending:
+            output = run_cell(pipe, cell, sources[cell.image_index], on_step=on_step)
+            save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
+            if time.monotonic() - store._last_flush > 5:
+                store.flush()
+    # Pass 3: strengths that run the same steps as a lower one reuse its image.
+    for cell, key in duplicates:
+        canonical = store.row(keys[(cell.group(), cell.duplicate_of)])
+        if canonical is not None and store.has_cell(canonical["cell_key"]):
+            from PIL import Image
+
+            with Image.open(store.image_path(canonical["cell_key"])) as reused:
+                image = reused.copy()
+            save(cell, key, image, f"duplicate:{canonical['produced']}", 0.0, canonical["nsfw_flagged"])
+        else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
+            output = run_cell(pipe, cell, sources[cell.image_index], on_step=on_step)
+            save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
+    store.flush()
     bar.close()
     if metrics and counts["already_done"]:
         from img2img_lab.metrics import measure_run
@@ -285,9 +426,13 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     manifest = {**store.read_manifest(), **{key: manifest[key] for key in manifest if key != "notes"}}
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["counts"] = {**counts, "cells": len(cells), "seconds": round(time.perf_counter() - started_clock, 3)}
+    plan_keys = list(dict.fromkeys(keys[(cell.group(), cell.strength)] for cell in cells))
+    manifest["completed"] = {"signature": signature, "keys": plan_keys} if signature else None
     store.write_manifest(manifest)
     table = store.read_table()
-    wanted = set(keys.values())
-    table = table[table["cell_key"].isin(wanted)].reset_index(drop=True)
+    order = {key: index for index, key in enumerate(dict.fromkeys(keys[(cell.group(), cell.strength)]
+                                                                  for cell in cells))}
+    table = table[table["cell_key"].isin(order)]
+    table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)  # plan order
     return table[[column for column in COLUMNS if column in table.columns]
                  + [column for column in table.columns if column not in COLUMNS]]

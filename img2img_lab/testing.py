@@ -44,6 +44,10 @@ def make_tiny_pipeline(
     cross_attention_dim: int = 32,
     attention: bool = True,
     max_length: int = 16,
+    layers_per_block: int = 1,
+    text_layers: int = 2,
+    text_heads: int | None = None,
+    attention_head_dim: int | None = None,
 ):
     """Build a random-weight :class:`StableDiffusionImg2ImgPipeline` (CPU, fp32) from configs alone.
 
@@ -71,12 +75,12 @@ def make_tiny_pipeline(
         in_channels=4,
         out_channels=4,
         block_out_channels=tuple(unet_channels),
-        layers_per_block=1,
+        layers_per_block=layers_per_block,
         down_block_types=tuple(down_blocks),
         up_block_types=tuple(up_blocks),
         mid_block_type="UNetMidBlock2DCrossAttn" if attention else None,
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=max(1, unet_channels[0] // 8) if attention else 8,
+        attention_head_dim=attention_head_dim or (max(1, unet_channels[0] // 8) if attention else 8),
         norm_num_groups=min(32, unet_channels[0]),
     )
     vae = AutoencoderKL(
@@ -86,7 +90,7 @@ def make_tiny_pipeline(
         down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
         up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
         latent_channels=4,
-        layers_per_block=1,
+        layers_per_block=layers_per_block,
         norm_num_groups=min(32, vae_channels[0]),
         sample_size=sample_size,
     )
@@ -97,8 +101,8 @@ def make_tiny_pipeline(
             vocab_size=len(tokenizer),
             hidden_size=text_hidden,
             intermediate_size=text_hidden * 4,
-            num_hidden_layers=2,
-            num_attention_heads=max(1, text_hidden // 16),
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_heads or max(1, text_hidden // 16),
             max_position_embeddings=max_length,
             projection_dim=cross_attention_dim,
             bos_token_id=tokenizer.bos_token_id,
@@ -127,6 +131,24 @@ def make_tiny_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def make_sd15_sized_pipeline(*, tiny: bool = False, seed: int = 0):
+    """A random-weight pipeline with Stable Diffusion 1.5's architecture: UNet 320/640/1280/1280 (2 layers per
+    block, 8 attention heads, cross-attention 768), SD VAE 128/256/512/512, a CLIP-L-sized text encoder
+    (768 wide, 12 layers, 12 heads, 77 tokens), 512 px. Speed does not depend on weight values, so this is the
+    benchmark stand-in for SD 1.5 offline. ``tiny=True`` keeps the structure (4 levels, 2 layers per block)
+    at toy widths and 64 px, so the same code path runs in seconds on a CPU (tests).
+
+    >>> pipe = make_sd15_sized_pipeline(tiny=True)  # doctest: +SKIP
+    """
+    if tiny:
+        return make_tiny_pipeline(seed=seed, sample_size=64, unet_channels=(32, 32, 64, 64),
+                                  vae_channels=(16, 16, 32, 32), text_hidden=32, cross_attention_dim=32,
+                                  max_length=77, layers_per_block=2, text_layers=2, attention_head_dim=4)
+    return make_tiny_pipeline(seed=seed, sample_size=512, unet_channels=(320, 640, 1280, 1280),
+                              vae_channels=(128, 256, 512, 512), text_hidden=768, cross_attention_dim=768,
+                              max_length=77, layers_per_block=2, text_layers=12, text_heads=12, attention_head_dim=8)
 
 
 def save_tiny_pipeline(folder: str | Path, **kwargs) -> Path:

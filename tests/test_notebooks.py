@@ -23,6 +23,10 @@ nbformat = pytest.importorskip("nbformat")
 SMALL = {
     "01_quickstart.ipynb": {"STRENGTHS": [0.3, 0.8], "SEEDS": [0]},
     "02_strength_explorer.ipynb": {"STRENGTH": 0.6},
+    "03_strength_calibration.ipynb": {"OVERRIDES": {
+        "images": ["../sources/red_circle_on_blue.png", "../sources/green_triangle_on_yellow.png"],
+        "seeds": [0, 1], "strengths": [0.0, 0.5, 1.0], "guidance_scales": [2.0, 3.0], "refine_rounds": 1,
+        "n_resamples": 500}},
 }
 
 
@@ -33,7 +37,8 @@ def _code_cells(path: Path):
 def test_the_issue_notebooks_exist():
     names = [path.name for path in NOTEBOOKS]
     assert "01_quickstart.ipynb" in names and "02_strength_explorer.ipynb" in names
-    assert set(SMALL) >= set(names) - {"03_strength_calibration.ipynb", "04_report.ipynb"}
+    assert "03_strength_calibration.ipynb" in names
+    assert set(SMALL) >= set(names) - {"04_report.ipynb"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
@@ -95,6 +100,12 @@ def test_notebook_executes_headlessly(name, tmp_path, capsys):
 
         table = RunStore.open(tmp_path / "run").read_table()
         assert len(table) == 2 and set(table["strength"]) == {0.3, 0.8} and table["ssim"].notna().all()
+    elif name == "03_strength_calibration.ipynb":
+        assert {"image/png", "text/html"} <= kinds
+        saved = tmp_path / "run" / "calibration"
+        assert (saved / "reference_table.csv").is_file() and (saved / "calibration.html").is_file()
+        html = "".join(item["data"].get("text/html", "") for item in outputs if "data" in item)
+        assert "Strength reference table" in html and "Folklore vs measured" in html
     else:
         assert "application/vnd.jupyter.widget-view+json" in kinds  # the explorer app
         from img2img_lab.store import RunStore

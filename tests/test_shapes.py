@@ -110,12 +110,13 @@ def test_sample_sources_are_the_world_renderings():
 
 
 def test_example_configs_parse_and_point_at_real_files():
+    from img2img_lab.calibrate import load_config
     from img2img_lab.plan import SweepPlan
 
     configs = sorted((REPO / "data" / "configs").glob("*.yaml"))
-    assert {path.stem for path in configs} >= {"demo", "quick", "guidance"}
+    assert {path.stem for path in configs} >= {"demo", "quick", "guidance", "calibrate"}
     for path in configs:
-        plan = SweepPlan.from_yaml(path)
+        plan = load_config(path)[0] if "calibration:" in path.read_text() else SweepPlan.from_yaml(path)
         assert all(__import__("pathlib").Path(image).is_file() for image in plan.images), path
     demo = SweepPlan.from_yaml(REPO / "data" / "configs" / "demo.yaml")
     assert len(demo.cells()) == 2 * 2 * 8 * 3

@@ -1,0 +1,237 @@
+"""The HTML report of a run folder: one self-contained file (images embedded), no model needed.
+
+``img2img-lab report RUN_DIR --out report.html`` writes it; ``notebooks/04_report.ipynb`` shows the same
+sections (each section object renders itself in Jupyter). Sections:
+
+* **manifest** — model and fingerprint, device, dtype, engine, package versions, plan axes, counts, notes;
+* **calibration** — the strength reference tables, recommendations and folklore comparison, curves and heatmap,
+  when the folder holds a calibration (``calibration/``);
+* **grids** — a labelled comparison grid (seeds x strengths) per source x prompt x guidance x steps x scheduler;
+* **curves** — every measured metric against strength, one line per prompt, with spread and the VAE floor;
+* **table** — the tidy table, one row per image.
+
+The file references nothing outside itself (no scripts, fonts, stylesheets or images to fetch).
+
+>>> path = write_report("runs/demo", "runs/demo/report.html")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from img2img_lab.errors import StoreError
+from img2img_lab.store import RunStore
+
+#: Metrics drawn as curves when the table has them, in this order.
+CURVE_METRICS = ("ssim", "ms_ssim", "lpips", "psnr", "delta_e", "edge_f1", "clip_score", "oracle_kept",
+                 "oracle_match", "oracle_preservation", "oracle_adherence")
+#: Most grids one report draws (one per source x prompt x guidance x steps x scheduler family).
+MAX_GRIDS = 24
+STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px; color: #222; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 32px; }
+table { border-collapse: collapse; font-size: 12px; margin: 8px 0; }
+th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+img { max-width: 100%; } .grid img { image-rendering: pixelated; }
+.muted { color: #666; } .scroll { max-height: 520px; overflow: auto; }
+"""
+
+
+@dataclass
+class Section:
+    """One report section: a title and its HTML (renders itself in Jupyter)."""
+
+    key: str
+    title: str
+    body: str
+
+    def to_html(self) -> str:
+        return f"<section id='{self.key}'><h2>{html.escape(self.title)}</h2>\n{self.body}\n</section>"
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def _png_tag(image_or_figure, *, css_class: str = "", alt: str = "") -> str:
+    stream = io.BytesIO()
+    if hasattr(image_or_figure, "savefig"):
+        import matplotlib.pyplot as plt
+
+        image_or_figure.savefig(stream, format="png")
+        plt.close(image_or_figure)
+    else:
+        image_or_figure.save(stream, format="PNG")
+    data = base64.b64encode(stream.getvalue()).decode()
+    return f"<img class='{css_class}' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _file_tag(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def manifest_section(store: RunStore, table) -> Section:
+    manifest = store.read_manifest()
+    plan = manifest.get("plan", {})
+    fingerprint = manifest.get("model_fingerprint", {}).get("fingerprint", "")
+    engine = manifest.get("engine") or {}
+    packages = manifest.get("packages", {})
+    items = [
+        ("model", manifest.get("model")), ("fingerprint", fingerprint[:16]),
+        ("created / finished", f"{manifest.get('created', '?')} / {manifest.get('finished', '?')}"),
+        ("device / dtype", f"{manifest.get('device')} / {manifest.get('dtype')}"),
+        ("engine", f"{engine.get('name', 'per-cell')} ({engine.get('reason', '')})"),
+        ("packages", ", ".join(f"{name} {packages[name]}" for name in ("torch", "diffusers", "transformers",
+                                                                        "img2img_lab") if name in packages)),
+        ("platform", manifest.get("platform")),
+        ("images in the table", len(table)),
+        ("counts (last run)", json.dumps(manifest.get("counts", {}))),
+    ]
+    for axis in ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance_scales", "steps",
+                 "schedulers"):
+        if axis in plan:
+            items.append((f"plan: {axis}", ", ".join(str(value) for value in plan[axis])))
+    rows = "".join(f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(value))}</td></tr>"
+                   for name, value in items)
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in manifest.get("notes", []))
+    body = f"<table>{rows}</table>" + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")
+    body += ("<p class='muted'>Rerun: <code>img2img-lab sweep CONFIG --out RUN_DIR</code> with the plan above "
+             "(manifest.json holds it in full); <code>img2img-lab verify RUN_DIR</code> regenerates a sample and "
+             "checks pixel hashes.</p>")
+    return Section("manifest", "Manifest", body)
+
+
+def calibration_section(store: RunStore) -> Section | None:
+    folder = store.root / "calibration"
+    if not (folder / "calibration.html").is_file():
+        return None
+    body = (folder / "calibration.html").read_text()
+    for name, alt in (("curves.png", "calibration curves with CI bands"), ("heatmap.png", "strength x guidance")):
+        if (folder / name).is_file():
+            body += f"<p>{_file_tag(folder / name, alt)}</p>"
+    return Section("calibration", "Calibration: the measured strength reference table", body)
+
+
+def _annotations(table) -> list[str]:
+    return [metric for metric in ("ssim", "lpips", "delta_e", "oracle_kept", "oracle_match")
+            if metric in table.columns and table[metric].notna().any()][:3]
+
+
+def grids_section(store: RunStore, table) -> Section:
+    from img2img_lab.grids import comparison_grid
+
+    family_columns = ["source_name", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps",
+                      "scheduler"]
+    families = table.drop_duplicates(family_columns)[family_columns].to_dict("records")
+    parts = []
+    for family in families[:MAX_GRIDS]:
+        where = dict(family)
+        title = (f"{family['source_name']} · “{family['prompt']}”"
+                 + (f" · negative “{family['negative_prompt']}”" if family["negative_prompt"] else "")
+                 + f" · guidance {family['guidance_scale']:g} · {family['num_inference_steps']} steps · "
+                   f"{family['scheduler']}")
+        grid = comparison_grid(store, rows="seed", cols="strength", annotate=_annotations(table), where=where)
+        parts.append(f"<h3>{html.escape(title)}</h3><div class='grid'>{_png_tag(grid, alt=title)}</div>")
+    if len(families) > MAX_GRIDS:
+        parts.append(f"<p class='muted'>{len(families) - MAX_GRIDS} more families not drawn (use "
+                     f"<code>img2img-lab grid</code>).</p>")
+    return Section("grids", "Comparison grids", "\n".join(parts))
+
+
+def curves_section(store: RunStore, table) -> Section:
+    from img2img_lab.grids import strength_curves
+
+    parts = []
+    for metric in CURVE_METRICS:
+        if metric in table.columns and table[metric].notna().any():
+            figure = strength_curves(store, metric, hue="prompt" if table["prompt"].nunique() > 1 else None)
+            parts.append(_png_tag(figure, alt=f"{metric} vs strength"))
+    if not parts:
+        parts.append("<p class='muted'>No metric measured yet: <code>img2img-lab measure RUN_DIR</code>.</p>")
+    return Section("curves", "Metrics against strength", "\n".join(parts))
+
+
+def table_section(table) -> Section:
+    shown = table.drop(columns=[column for column in ("source", "model", "model_fingerprint", "output_path",
+                                                      "batch_id") if column in table.columns])
+    body = ("<p class='muted'>One row per generated image (results.parquet; "
+            "<code>img2img-lab export RUN_DIR --csv table.csv</code>).</p><div class='scroll'>"
+            + shown.to_html(index=False, border=0, float_format=lambda value: f"{value:.4g}", na_rep="")
+            + "</div>")
+    return Section("table", "The tidy table", body)
+
+
+def report_sections(run_dir) -> dict[str, Section]:
+    """The report's sections for a run folder, in order (``manifest``, ``calibration`` when present,
+    ``grids``, ``curves``, ``table``).
+
+    >>> sections = report_sections("runs/demo"); sections["grids"]  # doctest: +SKIP
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)
+    table = store.read_table()
+    if table.empty:
+        raise StoreError(f"{store.root}: the run has no finished cells yet. Fix: run the sweep first.")
+    sections = {"manifest": manifest_section(store, table)}
+    calibration = calibration_section(store)
+    if calibration is not None:
+        sections["calibration"] = calibration
+    sections["grids"] = grids_section(store, table)
+    sections["curves"] = curves_section(store, table)
+    sections["table"] = table_section(table)
+    return sections
+
+
+def render_report(run_dir) -> str:
+    """The whole report as one self-contained HTML document (a string)."""
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)
+    sections = report_sections(store)
+    name = store.read_manifest().get("plan", {}).get("name", store.root.name)
+    contents = "".join(f"<li><a href='#{key}'>{html.escape(section.title)}</a></li>"
+                       for key, section in sections.items())
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>img2img-lab report: {html.escape(str(name))}</title><style>{STYLE}</style></head><body>"
+            f"<h1>img2img-lab report: {html.escape(str(name))}</h1>"
+            f"<p class='muted'>{html.escape(str(store.root))}</p><ul>{contents}</ul>"
+            + "\n".join(section.to_html() for section in sections.values()) + "</body></html>")
+
+
+def write_report(run_dir, out=None) -> Path:
+    """Write :func:`render_report` to ``out`` (default ``RUN_DIR/report.html``) atomically; return the path.
+
+    >>> write_report("runs/demo")  # doctest: +SKIP
+    PosixPath('runs/demo/report.html')
+    """
+    from img2img_lab.store import atomic_write
+
+    store = RunStore.open(run_dir)
+    out = Path(out) if out is not None else store.root / "report.html"
+    document = render_report(store)
+    atomic_write(out, lambda stream: stream.write(document), binary=False)
+    return out
+
+
+def export_table(run_dir, *, csv=None, parquet=None) -> list[Path]:
+    """Write the tidy table as CSV and/or Parquet (atomically); return the paths written.
+
+    >>> export_table("runs/demo", csv="demo.csv")  # doctest: +SKIP
+    """
+    from img2img_lab.store import atomic_write
+
+    if csv is None and parquet is None:
+        raise StoreError("nothing to export. Fix: give --csv PATH and/or --parquet PATH.")
+    table = RunStore.open(run_dir).read_table()
+    written = []
+    if csv is not None:
+        written.append(atomic_write(csv, lambda stream: table.to_csv(stream, index=False), binary=False))
+    if parquet is not None:
+        written.append(atomic_write(parquet, lambda stream: table.to_parquet(stream, index=False)))
+    return written
