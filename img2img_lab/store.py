@@ -3,17 +3,22 @@
 ::
 
     RUN_DIR/
-      manifest.json      plan, model fingerprint, package versions, device, dtype, source hashes
-      results.parquet    one tidy row per generated image (every parameter + derived columns)
+      manifest.json      plan, model fingerprint, package versions, device, dtype, engine, source hashes
+      rows/<key>.json    one row per finished cell, written right after its image (the durable log)
+      results.parquet    the consolidated tidy table (every parameter + derived columns + metrics)
       images/<key>.png   one PNG per cell, named by the cell's content key
+      batches/<id>.json  which cells the batched engine generated together
       sources/<hash>.png the prepared sources (as the model saw them), named by their pixel hash
       floor/<hash>-<seed>.png, floor.parquet
                          each source's VAE round trip per seed: the closest any output can get
+      .lock, .tmp/       the writers' lock file and temporary files
 
-Every file is written atomically: to a hidden temporary file in the same folder, flushed and fsynced,
-then ``os.replace``-d over the final name. A reader (or a killed run) therefore sees either the old
-complete file or the new complete file, never a partial one. Temporary files start with ``.`` and
-end in ``.tmp``; stale ones left by a killed process are removed when the folder is next opened.
+Every file is written atomically: to a hidden temporary file (in ``.tmp/`` for the store's own files),
+flushed and fsynced, then ``os.replace``-d over the final name. A reader (or a killed run) therefore sees
+either the old complete file or the new complete file, never a partial one; stale temporary files left by a
+killed process are removed when the folder is next opened. Writers in several processes take an exclusive
+``fcntl.flock`` on ``.lock`` to store a cell (the first writer wins) and to consolidate ``results.parquet``
+from the row files, so concurrent sweeps into one folder cannot lose or mix rows.
 
 >>> store = RunStore.create("runs/demo", manifest={"plan": {}})  # doctest: +SKIP
 >>> store.read_table().columns[:3].tolist()  # doctest: +SKIP
