@@ -205,11 +205,14 @@ def finished_table(out_dir, *, signature: str | None):
     keys = completed.get("keys") or []
     if not keys or not all(store.row_path(key).is_file() and store.image_path(key).is_file() for key in keys):
         return None
-    table = store.read_table()
+    table = _in_plan_order(store.read_table(), keys)
+    return table if len(table) == len(keys) else None
+
+
+def _in_plan_order(table, keys: list[str]):
+    """The rows of ``keys`` in that order, columns in :data:`COLUMNS` order (metrics after)."""
     order = {key: index for index, key in enumerate(keys)}
     table = table[table["cell_key"].isin(order)]
-    if len(table) != len(keys):
-        return None
     table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)
     return table[[column for column in COLUMNS if column in table.columns]
                  + [column for column in table.columns if column not in COLUMNS]]
@@ -429,10 +432,4 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     plan_keys = list(dict.fromkeys(keys[(cell.group(), cell.strength)] for cell in cells))
     manifest["completed"] = {"signature": signature, "keys": plan_keys} if signature else None
     store.write_manifest(manifest)
-    table = store.read_table()
-    order = {key: index for index, key in enumerate(dict.fromkeys(keys[(cell.group(), cell.strength)]
-                                                                  for cell in cells))}
-    table = table[table["cell_key"].isin(order)]
-    table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)  # plan order
-    return table[[column for column in COLUMNS if column in table.columns]
-                 + [column for column in table.columns if column not in COLUMNS]]
+    return _in_plan_order(store.read_table(), plan_keys)
