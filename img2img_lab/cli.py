@@ -3,7 +3,7 @@
 ::
 
     img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--metrics ssim,...] [--engine batched|per-cell]
-                     [--max-batch N] [--device cpu|cuda] [--dtype ...]
+                     [--max-batch N] [--cache DIR] [--device cpu|cuda] [--dtype ...]
     img2img-lab demo [--out runs/demo]
     img2img-lab info [MODEL] [--json]
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
@@ -40,7 +40,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"plan: {plan.summary()}")
     started = time.perf_counter()
     table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                      metrics=args.metrics, engine=args.engine, max_batch_size=args.max_batch)
+                      metrics=args.metrics, engine=args.engine, max_batch_size=args.max_batch, cache=args.cache)
     elapsed = time.perf_counter() - started
     from img2img_lab.store import RunStore
 
@@ -204,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--engine", default="batched", choices=["batched", "per-cell"],
                        help="batched (default; within 1/255 of per-cell, faster) or the per-cell reference")
     sweep.add_argument("--max-batch", type=int, default=None, help="UNet samples per call (default by device)")
+    sweep.add_argument("--cache", default=None, help="shared cache folder: reuse cells any run put there, add new ones")
     add_model_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 

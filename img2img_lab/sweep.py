@@ -220,7 +220,7 @@ def _in_plan_order(table, keys: list[str]):
 
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
               dtype: str | None = None, progress: bool = True, metrics=(), on_step=None, engine: str = "batched",
-              max_batch_size: int | None = None):
+              max_batch_size: int | None = None, cache: str | os.PathLike | None = None):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder are skipped (resume and extension); duplicate strengths reuse the image
@@ -234,6 +234,10 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     several times faster) where the pipeline supports it, else per cell; ``engine="per-cell"`` forces the
     reference runner. ``max_batch_size`` caps UNet samples per call (default by device). The manifest's
     ``engine`` entry records which ran and why.
+
+    ``cache`` names a shared cache folder (``images/<key>.png`` + ``rows/<key>.json``, the run folder's own
+    layout): cells found there are copied in instead of generated, and every generated cell is added to it,
+    under the cache's lock, so several run folders (and concurrent sweeps) share one set of computed cells.
 
     >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
     >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
@@ -304,6 +308,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
                           "max_batch_size": max_batch_size if batched else None}
 
     # Pass 1: every cell's content key; what is done, what duplicates another strength, what to generate.
+    cache_store = RunStore(cache) if cache is not None else None  # a shared cache: images/ and rows/ by key
+    from_cache: list[str] = []
     pending: list[tuple[Cell, str]] = []  # to generate
     planned: list[tuple[Cell, str]] = []  # every non-duplicate cell (fixes the batched runner's chunks)
     duplicates: list[tuple[Cell, str]] = []
@@ -321,6 +327,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             planned.append((cell, key))
         if store.has_cell(key):
             counts["already_done"] += 1
+        elif cache_store is not None and cache_store.has_cell(key):
+            from_cache.append(key)
         elif cell.duplicate_of is not None:
             duplicates.append((cell, key))
         else:
@@ -370,10 +378,28 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             counts["generated" if not produced.startswith("duplicate:") else "reused"] += 1
         else:  # a concurrent sweep into this folder stored it first; its image and row are kept
             counts["stored_by_another_writer"] = counts.get("stored_by_another_writer", 0) + 1
+        if cache_store is not None:
+            cache_store.save_cell(key, image, store.row(key))
         bar.update(1)
 
     bar = tqdm(total=len(cells), initial=counts["already_done"], desc=f"sweep {plan.name}", unit="cell",
                disable=not progress)
+    # Cells another run already computed into the shared cache are copied in, not generated.
+    for key in from_cache:
+        from PIL import Image
+
+        with Image.open(cache_store.image_path(key)) as cached:
+            image = cached.convert("RGB")
+        row = {**cache_store.row(key), "output_path": str(store.image_path(key).relative_to(store.root))}
+        batch_id = row.get("batch_id")
+        if isinstance(batch_id, str) and (cache_store.root / "batches" / f"{batch_id}.json").is_file():
+            batch = cache_store.read_batch(batch_id)
+            store.write_batch(batch_id, batch["keys"], max_batch_size=batch["max_batch_size"])
+        store.save_cell(key, image, row)
+        counts["from_cache"] = counts.get("from_cache", 0) + 1
+        bar.update(1)
+    if from_cache:
+        store.flush()
     # Pass 2: generate. The batched runner steps every chunk of cells that share scheduler, steps and image size
     # together; each finished chunk is saved before the next starts, so a crash loses at most one chunk.
     if batched:
@@ -395,6 +421,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
                 chunk_keys = [key for _, key in chunk]
                 batch_id = hashlib.sha256(json.dumps([chunk_keys, limit]).encode()).hexdigest()[:16]
                 store.write_batch(batch_id, chunk_keys, max_batch_size=limit)
+                if cache_store is not None:
+                    cache_store.write_batch(batch_id, chunk_keys, max_batch_size=limit)
                 outputs = run_cells_batched(pipe, [cell for cell, _ in chunk], sources, max_batch_size=limit,
                                             on_step=on_step)
                 for (cell, key), output in zip(chunk, outputs):
@@ -422,7 +450,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
     store.flush()
     bar.close()
-    if metrics and counts["already_done"]:
+    if metrics and (counts["already_done"] or from_cache):
         from img2img_lab.metrics import measure_run
 
         measure_run(out_dir, metrics, device=str(pipe.device), progress=False)  # rows from earlier runs

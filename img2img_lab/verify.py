@@ -149,6 +149,10 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
                 continue
             from img2img_lab.batched import run_cells_batched
 
+            if not (store.root / "batches" / f"{batch_id}.json").is_file():
+                report.notes.append(f"{key}: its batch {batch_id} is not recorded here (copied from a cache); "
+                                    f"not regenerated")
+                continue
             batch = store.read_batch(batch_id)
             members = [rows[member] for member in batch["keys"] if member in rows]
             if len(members) != len(batch["keys"]):

@@ -299,3 +299,24 @@ def test_export_csv_and_parquet(reported_run, tmp_path):
     assert len(pd.read_csv(tmp_path / "t.csv")) == len(table)
     assert list(pd.read_parquet(tmp_path / "t.parquet")["cell_key"]) == list(table["cell_key"])
     assert main(["export", str(reported_run)]) == 2  # nothing asked: a clear error
+
+
+def test_a_shared_cache_folder_serves_other_run_folders(tiny_pipe, sources_dir, tmp_path):
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.sweep import run_sweep
+    from img2img_lab.verify import verify_run
+
+    cache = tmp_path / "cache"
+    plan = SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["a cat"], strengths=[0.3, 0.34, 0.7],
+                     seeds=[0, 1], guidance_scales=[2.0], steps=[10], schedulers=["ddim"])
+    first = run_sweep(plan, tmp_path / "first", pipe=tiny_pipe, progress=False, cache=cache, metrics=["ssim"])
+    assert len(list((cache / "images").glob("*.png"))) == 6 and len(list((cache / "rows").glob("*.json"))) == 6
+    extended = SweepPlan.from_dict({**plan.to_dict(), "strengths": [0.3, 0.34, 0.7, 0.9]})
+    second = run_sweep(extended, tmp_path / "second", pipe=tiny_pipe, progress=False, cache=cache, metrics=["ssim"])
+    counts = RunStore.open(tmp_path / "second").read_manifest()["counts"]
+    assert counts["from_cache"] == 6 and counts["generated"] == 2  # only strength 0.9 (2 seeds) is new
+    shared = second[second["strength"] < 0.8]
+    assert list(shared["output_hash"]) == list(first["output_hash"]) and shared["ssim"].notna().all()
+    assert all((tmp_path / "second" / path).is_file() for path in second["output_path"])
+    assert len(list((cache / "rows").glob("*.json"))) == 8
+    assert verify_run(tmp_path / "second", sample=0).ok
