@@ -492,12 +492,10 @@ def find_crossing(table, target: Target, *, kind: str, rule: str = "confident", 
             else (len(strengths) - 1, None)
     finite = np.where(np.isnan(mean), -np.inf if target.higher_is_better else np.inf, mean)
     best = int(np.argmax(finite) if target.higher_is_better else np.argmin(finite))
-    if kind == "keep":  # the best *keeping* strength is the highest one whose mean still meets the target
-        meeting = np.flatnonzero(_holds(target, mean, mean, mean, "mean"))
-        best = int(meeting[-1]) if len(meeting) else best
-    else:
-        meeting = np.flatnonzero(_holds(target, mean, mean, mean, "mean"))
-        best = int(meeting[0]) if len(meeting) else best
+    # Where the mean meets the target, the best strength is the highest that keeps it / the lowest that reaches it.
+    meeting = np.flatnonzero(_holds(target, mean, mean, mean, "mean"))
+    if len(meeting):
+        best = int(meeting[-1] if kind == "keep" else meeting[0])
 
     def strength_at(i):
         return None if i is None else float(strengths[i])

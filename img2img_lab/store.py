@@ -102,7 +102,6 @@ class RunStore:
         self.root = Path(root)
         self.images_dir = self.root / IMAGES
         self._rows: dict[str, dict] | None = None
-        self._last_flush = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -287,10 +286,6 @@ class RunStore:
             self._rows = self._read_disk_rows()
         return self._rows
 
-    def refresh(self) -> None:
-        """Forget the in-memory table (re-read from disk on next use), e.g. after another process wrote."""
-        self._rows = None
-
     def has_cell(self, key: str) -> bool:
         """A cell is done when its row is in the table and its image file exists."""
         return key in self._load_rows() and self.image_path(key).is_file()
@@ -325,14 +320,6 @@ class RunStore:
         self._rows = {row["cell_key"]: row for row in table.to_dict("records")}
         self.flush(merge=False)
 
-    def add_row(self, row: dict, *, flush: bool = True) -> None:
-        """Add (or replace) a cell's row in memory; ``flush`` rewrites results.parquet."""
-        if "cell_key" not in row:
-            raise StoreError("a result row needs a 'cell_key'.")
-        self._load_rows()[row["cell_key"]] = row
-        if flush:
-            self.flush()
-
     def flush(self, *, merge: bool = True) -> None:
         """Rewrite results.parquet atomically under the lock: the rows on disk (other writers' included, when
         ``merge``) updated with the rows in memory."""
@@ -344,7 +331,6 @@ class RunStore:
             table = pd.DataFrame(list(rows.values()))
             atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False))
             self._rows = rows
-        self._last_flush = time.monotonic()
 
     def read_table(self):
         """The results table as a pandas DataFrame (empty if no cell has finished yet)."""

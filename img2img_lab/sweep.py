@@ -431,11 +431,13 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
                              batch_id)
                 store.flush()
     else:
+        last_flush = time.monotonic()
         for cell, key in pending:
             output = run_cell(pipe, cell, sources[cell.image_index], on_step=on_step)
             save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
-            if time.monotonic() - store._last_flush > 5:
+            if time.monotonic() - last_flush > 5:  # row files are durable; this only refreshes results.parquet
                 store.flush()
+                last_flush = time.monotonic()
     # Pass 3: strengths that run the same steps as a lower one reuse its image.
     for cell, key in duplicates:
         canonical = store.row(keys[(cell.group(), cell.duplicate_of)])
