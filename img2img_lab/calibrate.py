@@ -375,7 +375,7 @@ def strength_summary(table, metrics, *, floor=None, n_resamples: int = 2000, con
             info = first.loc[strength]
             row = {**condition, "strength": float(strength), "executed_steps": int(info["executed_steps"]),
                    "sigma": float(info["sigma"]), "sqrt_alpha_bar": float(info["sqrt_alpha_bar"]),
-                   "images": int((group["strength"] == strength).sum())}
+                   "log_snr": float(info.get("log_snr", np.nan)), "images": int((group["strength"] == strength).sum())}
             for metric, (mean, low, high, seed_sd) in per_metric.items():
                 row.update({metric: float(mean[index]), f"{metric}_ci_low": float(low[index]),
                             f"{metric}_ci_high": float(high[index]), f"{metric}_seed_sd": float(seed_sd[index])})
@@ -514,27 +514,34 @@ def find_crossing(table, target: Target, *, kind: str, rule: str = "confident", 
     )
 
 
-def strength_for_steps(num_inference_steps: int, executed_steps: int) -> float:
+def _sd_executed(num_inference_steps: int, strength: float) -> int:
+    return strength_steps(num_inference_steps, strength)[0]
+
+
+def strength_for_steps(num_inference_steps: int, executed_steps: int, *, executed: Callable | None = None) -> float:
     """A round strength (fewest decimals, at least ``k / N``) that executes exactly ``k = executed_steps`` of
-    ``N = num_inference_steps`` (diffusers: ``int(N * strength)``).
+    ``N = num_inference_steps``. ``executed(N, strength)`` counts a strength's steps on the model (default:
+    Stable Diffusion's ``int(N * strength)``; calibrate passes the model handle's, e.g. SD3's ``N - int(N - N*s)``).
 
     >>> strength_for_steps(20, 7), strength_steps(20, strength_for_steps(20, 7))[0]
     (0.35, 7)
     """
+    executed = executed or _sd_executed
     if not 0 <= executed_steps <= num_inference_steps:
         raise Img2ImgLabError(f"executed_steps {executed_steps} is outside 0..{num_inference_steps}.")
     for decimals in (2, 3, 4, 6):
         candidate = round(executed_steps / num_inference_steps, decimals)
         for nudge in (0.0, 10 ** -decimals):
             strength = min(1.0, round(candidate + nudge, decimals))
-            if strength_steps(num_inference_steps, strength)[0] == executed_steps:
+            if executed(num_inference_steps, strength) == executed_steps:
                 return strength
     raise Img2ImgLabError(f"no strength executes {executed_steps} of {num_inference_steps} steps.")
 
 
-def refinement_strengths(crossing: Crossing, num_inference_steps: int) -> list[float]:
+def refinement_strengths(crossing: Crossing, num_inference_steps: int, *, executed: Callable | None = None) -> list[float]:
     """The strength to add to narrow a crossing: the middle of its executed-step bracket, or none when the
-    bracket is already adjacent (one executed step apart) or open-ended.
+    bracket is already adjacent (one executed step apart) or open-ended. ``executed``: see
+    :func:`strength_for_steps` (on LCM every strength runs all steps, so nothing is refined).
 
     >>> from types import SimpleNamespace
     >>> refinement_strengths(SimpleNamespace(bracket_steps=(4, 8)), 20)
@@ -543,7 +550,7 @@ def refinement_strengths(crossing: Crossing, num_inference_steps: int) -> list[f
     low, high = crossing.bracket_steps
     if low is None or high is None or high - low <= 1:
         return []
-    return [strength_for_steps(num_inference_steps, (low + high) // 2)]
+    return [strength_for_steps(num_inference_steps, (low + high) // 2, executed=executed)]
 
 
 def knee(strengths, values) -> float | None:
@@ -802,21 +809,32 @@ class CalibrationResult:
         data = base64.b64encode(path.read_bytes()).decode()
         return f"<img src='data:image/png;base64,{data}' width='96' style='image-rendering:pixelated'>"
 
-    def figure(self, metrics=None):
-        """Curves with CI bands per guidance, one panel per metric, crossings marked, verdict bands shaded."""
+    def figure(self, metrics=None, *, x: str = "strength"):
+        """Curves with CI bands per guidance, one panel per metric, crossings marked, verdict bands shaded.
+
+        ``x="log_snr"`` puts the start latent's log signal-to-noise ratio on the x axis, the family-independent
+        noise axis (see :class:`img2img_lab.models.StepPlan`); strengths without a finite log-SNR (strength 0,
+        pure-noise starts) are left out of that view.
+        """
         import matplotlib.pyplot as plt
 
+        if x not in ("strength", "log_snr") or x not in self.summary.columns:
+            raise Img2ImgLabError(f"calibration curves x={x!r} is not available. Fix: use 'strength' or 'log_snr' "
+                                  f"(log_snr needs a run recorded by img2img-lab 0.2 or later).")
         metrics = list(metrics or [t.metric for t in self.settings.keep + self.settings.follow])
         figure, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), dpi=100, squeeze=False)
         for axis, metric in zip(axes[0], metrics):
             for guidance in self.guidance_values:
                 part = self.summary[np.isclose(self.summary["guidance_scale"], guidance)].sort_values("strength")
-                line, = axis.plot(part["strength"], part[metric], marker="o", markersize=3, label=f"guidance {guidance:g}")
-                axis.fill_between(part["strength"], part[f"{metric}_ci_low"], part[f"{metric}_ci_high"],
+                part = part[np.isfinite(part[x])]
+                line, = axis.plot(part[x], part[metric], marker="o", markersize=3, label=f"guidance {guidance:g}")
+                axis.fill_between(part[x], part[f"{metric}_ci_low"], part[f"{metric}_ci_high"],
                                   color=line.get_color(), alpha=0.18)
                 for crossing in self.crossings:
                     if crossing.target.metric == metric and crossing.guidance_scale == guidance and crossing.reached:
-                        axis.axvline(crossing.strength, color=line.get_color(), linestyle=":", linewidth=1.2)
+                        at = part.loc[np.isclose(part["strength"], crossing.strength), x]
+                        if len(at):
+                            axis.axvline(float(at.iloc[0]), color=line.get_color(), linestyle=":", linewidth=1.2)
             for target in self.settings.keep + self.settings.follow:
                 if target.metric == metric:
                     axis.axhline(target.threshold, color="gray", linestyle="--", linewidth=1,
@@ -825,7 +843,7 @@ class CalibrationResult:
             if floor_column in self.summary.columns and self.summary[floor_column].notna().any():
                 axis.axhline(self.summary[floor_column].iloc[0], color="black", linestyle="-.", linewidth=0.8,
                              label="VAE round-trip floor")
-            axis.set_xlabel("strength")
+            axis.set_xlabel("strength" if x == "strength" else "log-SNR of the start latent (noisier to the left)")
             axis.set_ylabel(metric)
             axis.set_title(f"{metric}: mean and {self.settings.confidence:.0%} CI", fontsize=10)
             axis.grid(alpha=0.3)
@@ -955,6 +973,21 @@ def _recommend(goal: str, crossings: list[Crossing], kind: str, preferred_guidan
     return Recommendation(goal, target, None, None, None, best.best_value, None, False, message)
 
 
+def _model_step_counter(pipe, plan) -> Callable:
+    """``executed(N, strength)`` on the plan's model, scheduler and first source (the pipeline's own count)."""
+    from img2img_lab.models import as_model
+    from img2img_lab.sweep import prepare_source
+
+    model = as_model(pipe)
+    source = prepare_source(plan.images[0], pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
+
+    def executed(num_inference_steps: int, strength: float) -> int:
+        return model.step_plan(plan.schedulers[0], num_inference_steps, strength, width=source.width,
+                               height=source.height).executed_steps
+
+    return executed
+
+
 def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: CalibrationSettings | None = None,
               pipe=None, runner: Callable | None = None, progress: bool = True, save: bool = True) -> CalibrationResult:
     """Calibrate strength for a model, sources and prompts; return (and save) a :class:`CalibrationResult`.
@@ -1000,6 +1033,7 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
 
         def runner(sub_plan):
             return run_sweep(sub_plan, out_dir, pipe=pipe, metrics=settings.metrics, progress=progress)
+    executed = _model_step_counter(pipe, plan) if pipe is not None else None
 
     table = runner(plan)
     coarse_cells = len(table)
@@ -1022,7 +1056,7 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
         wanted: dict[float, set[float]] = {}
         for crossing in crossings:
             tested = set(table.loc[np.isclose(table["guidance_scale"], crossing.guidance_scale), "strength"])
-            for strength in refinement_strengths(crossing, steps):
+            for strength in refinement_strengths(crossing, steps, executed=executed):
                 if strength not in tested:
                     wanted.setdefault(crossing.guidance_scale, set()).add(strength)
         if not wanted:

@@ -2,6 +2,7 @@
 
 ::
 
+    img2img-lab [--debug] COMMAND ...
     img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--metrics ssim,...] [--engine batched|per-cell]
                      [--max-batch N] [--cache DIR] [--device cpu|cuda] [--dtype ...]
     img2img-lab demo [--out runs/demo]
@@ -9,7 +10,8 @@
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
     img2img-lab grid RUN_DIR [--rows seed] [--cols strength] [--annotate ssim,lpips] [--border ssim]
                      [--where prompt="a cat"] --out grid.png
-    img2img-lab curves RUN_DIR --metric ssim [--x strength|executed_steps|sqrt_alpha_bar|sigma] [--hue prompt]
+    img2img-lab curves RUN_DIR --metric ssim [--x strength|executed_steps|sqrt_alpha_bar|sigma|log_snr]
+                     [--hue prompt]
                      --out curves.png
     img2img-lab calibrate CONFIG.yaml [--out RUN_DIR] [--model M] [--rounds N] [--rule confident|mean]
                      [--bootstrap B]
@@ -17,7 +19,8 @@
     img2img-lab report RUN_DIR [--out report.html]
     img2img-lab export RUN_DIR [--csv table.csv] [--parquet table.parquet]
 
-Errors in the user's input print one line ``error: ...`` (with the fix) and exit with status 2.
+Errors in the user's input print one line ``error: ...`` (with the fix) and exit with status 2; so does any
+unexpected failure (its type and message, and a pointer to ``--debug``, which shows the traceback).
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def _cmd_curves(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from img2img_lab.pipelines import describe_pipeline, load_pipeline
+    from img2img_lab.pipelines import describe_pipeline, load_pipeline, recommended_guidance
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     info = describe_pipeline(pipe)
@@ -116,9 +119,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"model:             {info['model']}")
     print(f"pipeline:          {info['pipeline_class']}")
+    print(f"family:            {info['family']} ({info['family_label']})")
     print(f"scheduler:         {info['scheduler']}")
     print(f"size multiple:     {info['size_multiple']} px")
     print(f"native resolution: {info['native_resolution']} px")
+    print(f"guidance:          {recommended_guidance(pipe):g} recommended (pipeline default {info['default_guidance']})")
+    for argument, why in info["ignored_arguments"].items():
+        print(f"ignores:           {argument} ({why})")
     print(f"device / dtype:    {info['device']} / {info['dtype']}")
     print(f"size:              {info['megabytes']} MB")
     print(f"fingerprint:       {info['fingerprint'][:16]}")
@@ -189,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="img2img-lab",
         description="Measure what the img2img strength dial does for your model, image and prompt.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add_model_options(sub: argparse.ArgumentParser) -> None:
@@ -242,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     curves = commands.add_parser("curves", help="plot a metric against strength (mean and spread over seeds)")
     curves.add_argument("run_dir")
     curves.add_argument("--metric", required=True)
-    curves.add_argument("--x", default="strength", help="strength, executed_steps, sqrt_alpha_bar or sigma")
+    curves.add_argument("--x", default="strength", help="strength, executed_steps, sqrt_alpha_bar, sigma or log_snr (any family)")
     curves.add_argument("--hue", default="prompt", help="one line per value of this column ('' for none)")
     curves.add_argument("--where", action="append", help="pin an axis: column=value (repeatable)")
     curves.add_argument("--out", required=True)
@@ -286,14 +294,43 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.debug:
+        _quiet_libraries()
     try:
         return args.handler(args)
     except Img2ImgLabError as error:
+        if args.debug:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; rerun the same command to resume.", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - the CLI never prints a traceback unless asked
+        if args.debug:
+            raise
+        print(f"error: {args.command} failed: {type(error).__name__}: {_one_line(error)} "
+              f"(rerun with `img2img-lab --debug {args.command} ...` for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _quiet_libraries() -> None:
+    """Hide diffusers' and transformers' loading bars and advice; the CLI prints its own progress and errors."""
+    import importlib
+
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            logging = importlib.import_module(name)
+        except ImportError:
+            continue
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, shortened to ``limit`` characters."""
+    text = " ".join(str(error).split()) or "no message"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@
     pipe.scheduler = <the cell's scheduler>
     pipe(image=source, prompt=cell.prompt, negative_prompt=cell.negative_prompt or None,
          strength=cell.strength, num_inference_steps=cell.num_inference_steps,
-         guidance_scale=cell.guidance_scale, generator=torch.Generator("cpu").manual_seed(cell.seed))
+         guidance_scale=cell.guidance_scale, generator=torch.Generator("cpu").manual_seed(cell.seed),
+         height=source.height, width=source.width)   # height/width where the family takes them (SD3, FLUX.1)
+
+(:meth:`img2img_lab.models.ModelHandle.call_arguments` builds these arguments for the model's family)
 
 so any cell of a sweep can be reproduced bit for bit outside img2img-lab. The per-cell CPU generator
 is what makes that work: diffusers samples the VAE latent and then the noise from the call's generator.
@@ -21,8 +24,8 @@ import time
 from dataclasses import dataclass
 
 import img2img_lab  # noqa: F401  - torchvision shim first
+from img2img_lab.models import as_model
 from img2img_lab.plan import Cell
-from img2img_lab.pipelines import make_scheduler
 
 
 @dataclass
@@ -46,16 +49,9 @@ def cell_generator(seed: int):
     return torch.Generator("cpu").manual_seed(int(seed))
 
 
-def use_scheduler(pipe, name: str) -> None:
+def use_scheduler(pipe, name: str):
     """Put the named scheduler on the pipeline, reusing one instance per name (as a user would)."""
-    cache = pipe.__dict__.setdefault("_img2img_lab_schedulers", {})
-    base = getattr(pipe, "_img2img_lab_base_scheduler_config", None)
-    if base is None:
-        base = dict(pipe.scheduler.config)
-        pipe._img2img_lab_base_scheduler_config = base
-    if name not in cache:
-        cache[name] = make_scheduler(base, name)
-    pipe.scheduler = cache[name]
+    return as_model(pipe).use_scheduler(name)
 
 
 def vae_roundtrip(pipe, source, *, generator=None):
@@ -85,20 +81,12 @@ def vae_roundtrip(pipe, source, *, generator=None):
     return pipe.image_processor.postprocess(decoded.float(), output_type="pil")[0]
 
 
-def pipeline_kwargs(cell: Cell, source) -> dict:
-    """The keyword arguments of the plain diffusers call that generates ``cell``.
+def pipeline_kwargs(pipe, cell: Cell, source) -> dict:
+    """The keyword arguments of the plain diffusers call that generates ``cell`` (see the module doc).
 
-    >>> pipe(**pipeline_kwargs(cell, source)).images[0]  # doctest: +SKIP
+    >>> pipe(**pipeline_kwargs(pipe, cell, source)).images[0]  # doctest: +SKIP
     """
-    return {
-        "image": source,
-        "prompt": cell.prompt,
-        "negative_prompt": cell.negative_prompt or None,
-        "strength": cell.strength,
-        "num_inference_steps": cell.num_inference_steps,
-        "guidance_scale": cell.guidance_scale,
-        "generator": cell_generator(cell.seed),
-    }
+    return as_model(pipe).call_arguments(cell, source)
 
 
 def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
@@ -117,7 +105,7 @@ def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
     if cell.zero_step:
         image = vae_roundtrip(pipe, source, generator=cell_generator(cell.seed))
         return CellOutput(image=image, seconds=time.perf_counter() - started, produced="vae_roundtrip")
-    kwargs = pipeline_kwargs(cell, source)
+    kwargs = pipeline_kwargs(pipe, cell, source)
     if on_step is not None:
         def report_step(pipeline, index, timestep, tensors):
             on_step(index + 1, int(getattr(pipeline, "num_timesteps", 0) or cell.init_steps))

@@ -278,7 +278,8 @@ def grid_figure(grid: Image.Image, *, dpi: int = 100):
 
 #: Alternative x axes for :func:`strength_curves`.
 X_AXES = {"strength": "strength", "executed_steps": "executed denoising steps",
-          "sqrt_alpha_bar": "signal kept at start (sqrt alpha-bar)", "sigma": "noise level at start (sigma)"}
+          "sqrt_alpha_bar": "signal kept at start (sqrt alpha-bar)", "sigma": "noise level at start (sigma)",
+          "log_snr": "log-SNR of the start latent (any family)"}
 
 
 def curve_data(table, metric: str, *, x: str = "strength", hue: str | None = "prompt"):
@@ -290,8 +291,12 @@ def curve_data(table, metric: str, *, x: str = "strength", hue: str | None = "pr
         raise Img2ImgLabError(f"metric {metric!r} is not in the table. Fix: run `img2img-lab measure` first.")
     if x not in X_AXES:
         raise Img2ImgLabError(f"unknown x axis {x!r}. Fix: use one of {', '.join(X_AXES)}.")
+    if x not in table.columns:
+        raise Img2ImgLabError(f"the table has no {x!r} column (recorded by an older img2img-lab). Fix: use "
+                              f"--x strength, or rerun the sweep into a new folder.")
     keys = ([hue] if hue else []) + [x]
     data = table.assign(**{metric: table[metric].astype(float).replace([np.inf], np.nan)})
+    data = data[np.isfinite(data[x].astype(float))]  # no noise (+inf log-SNR) or pure noise (-inf) has no place
     return data.groupby(keys)[metric].agg(["mean", "std", "min", "max", "count"]).reset_index()
 
 

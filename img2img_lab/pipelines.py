@@ -101,9 +101,9 @@ def set_scheduler(pipe, name: str | None):
 
     >>> pipe = set_scheduler(pipe, "dpmpp_2m")  # doctest: +SKIP
     """
-    base = getattr(pipe, "_img2img_lab_base_scheduler_config", None) or dict(pipe.scheduler.config)
-    pipe._img2img_lab_base_scheduler_config = base
-    pipe.scheduler = make_scheduler(base, name)
+    from img2img_lab.models import as_model
+
+    as_model(pipe).use_scheduler("default" if name is None else str(name).lower())
     return pipe
 
 
@@ -243,9 +243,9 @@ def load_pipeline(
         ) from error
     pipe = pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
-    pipe._img2img_lab_model = label
-    pipe._img2img_lab_folder = str(folder) if folder else None
-    pipe._img2img_lab_base_scheduler_config = dict(pipe.scheduler.config)
+    from img2img_lab.models import ModelHandle
+
+    ModelHandle(pipe, label=label, folder=str(folder) if folder else None)  # as_model(pipe) finds it
     if scheduler is not None:
         set_scheduler(pipe, scheduler)
     return pipe
@@ -253,7 +253,9 @@ def load_pipeline(
 
 def model_label(pipe) -> str:
     """The name a pipeline was loaded under (hub id, folder, or ``embedded:shapes-world``)."""
-    return getattr(pipe, "_img2img_lab_model", None) or str(getattr(pipe, "name_or_path", "") or "in-memory")
+    from img2img_lab.models import as_model
+
+    return as_model(pipe).label
 
 
 #: Guidance used when a model says nothing better (Stable Diffusion's customary value).
@@ -261,15 +263,20 @@ DEFAULT_GUIDANCE = 7.5
 
 
 def recommended_guidance(pipe) -> float:
-    """The guidance scale the model's own evaluation recommends, else :data:`DEFAULT_GUIDANCE`.
+    """The guidance scale the model's own evaluation recommends, else its pipeline's default, else
+    :data:`DEFAULT_GUIDANCE`.
 
     A model folder may hold ``evaluation.json`` with ``recommended_guidance`` (the embedded model's
-    does: 2.0, measured by :mod:`img2img_lab.shapes.evaluate`).
+    does: 2.0, measured by :mod:`img2img_lab.shapes.evaluate`). Otherwise the pipeline's ``__call__`` default
+    is used (SDXL 5.0, SD3 7.0, FLUX.1 3.5, LCM 8.5).
 
     >>> recommended_guidance(load_pipeline())  # the embedded model  # doctest: +SKIP
     2.0
     """
-    folder = getattr(pipe, "_img2img_lab_folder", None)
+    from img2img_lab.models import as_model
+
+    model = as_model(pipe)
+    folder = model.folder
     if folder:
         path = Path(folder) / "evaluation.json"
         if path.is_file():
@@ -277,28 +284,27 @@ def recommended_guidance(pipe) -> float:
                 return float(json.loads(path.read_text())["recommended_guidance"])
             except (ValueError, KeyError, TypeError):
                 pass
-    return DEFAULT_GUIDANCE
+    default = model.default_guidance()
+    return DEFAULT_GUIDANCE if default is None else default
 
 
 def size_multiple(pipe) -> int:
-    """Each image side must be a multiple of this: the VAE's downscale factor.
+    """Each image side must be a multiple of this: the VAE factor, times the patch size (SD3) or the 2x2
+    latent packing (FLUX.1). See :class:`img2img_lab.models.Family`.
 
-    >>> size_multiple(pipe)  # 8 for Stable Diffusion  # doctest: +SKIP
+    >>> size_multiple(pipe)  # 8 for Stable Diffusion, 16 for SD3 and FLUX.1  # doctest: +SKIP
     8
     """
-    factor = getattr(pipe, "vae_scale_factor", None)
-    if factor is None and getattr(pipe, "vae", None) is not None:
-        factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    return int(factor or 8)
+    from img2img_lab.models import as_model
+
+    return as_model(pipe).size_multiple()
 
 
 def native_resolution(pipe) -> int | None:
-    """The side length the model was trained at (UNet sample size x VAE factor), if known."""
-    unet = getattr(pipe, "unet", None)
-    sample = getattr(getattr(unet, "config", None), "sample_size", None) if unet is not None else None
-    if isinstance(sample, (list, tuple)):
-        sample = max(sample)
-    return int(sample) * size_multiple(pipe) if sample else None
+    """The side length the model was trained at (UNet or transformer sample size x VAE factor), if known."""
+    from img2img_lab.models import as_model
+
+    return as_model(pipe).native_resolution()
 
 
 def _components(pipe) -> dict[str, Any]:
@@ -322,17 +328,19 @@ def _hash_json(data: Any) -> str:
 
 
 def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
-    """Fingerprint a loaded pipeline: hashes of every component's config and weights.
-
-    Weights are hashed as loaded (after any dtype cast), tensor by tensor in name order, so the
-    fingerprint changes exactly when the numbers that make the pixels change. Cached on the pipeline.
+    """Fingerprint a loaded pipeline: hashes of every component's config and weights (cached on its handle).
 
     >>> model_fingerprint(pipe)["fingerprint"][:12]  # doctest: +SKIP
     '3f1c0a9b2e7d'
     """
-    cached = getattr(pipe, "_img2img_lab_fingerprint", None)
-    if cached is not None and not refresh:
-        return cached
+    from img2img_lab.models import as_model
+
+    return as_model(pipe).fingerprint(refresh=refresh)
+
+
+def compute_fingerprint(pipe, label: str) -> dict:
+    """Hash every component's config and weights. Weights are hashed as loaded (after any dtype cast), tensor by
+    tensor in name order, so the fingerprint changes exactly when the numbers that make the pixels change."""
     components: dict[str, dict] = {}
     for name, component in sorted(_components(pipe).items()):
         entry: dict[str, Any] = {"class": type(component).__name__, "config_hash": _hash_json(_config_dict(component))}
@@ -347,10 +355,8 @@ def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
             entry["weights_hash"] = digest.hexdigest()
             entry["parameters"] = parameters
         components[name] = entry
-    fingerprint = {"fingerprint": _hash_json(components), "pipeline_class": type(pipe).__name__,
-                   "model": model_label(pipe), "components": components}
-    pipe._img2img_lab_fingerprint = fingerprint
-    return fingerprint
+    return {"fingerprint": _hash_json(components), "pipeline_class": type(pipe).__name__,
+            "model": label, "components": components}
 
 
 def describe_pipeline(pipe) -> dict:
@@ -369,16 +375,17 @@ def describe_pipeline(pipe) -> dict:
             entry["megabytes"] = round(sum(p.numel() * p.element_size() for p in params) / 1e6, 2)
             total_bytes += sum(p.numel() * p.element_size() for p in params)
         components[name] = entry
+    from img2img_lab.models import as_model
+
     device = getattr(pipe, "device", None)
     dtype = getattr(pipe, "dtype", None)
     return {
         "model": model_label(pipe),
         "pipeline_class": type(pipe).__name__,
+        **as_model(pipe).describe(),
         "components": components,
         "megabytes": round(total_bytes / 1e6, 2),
         "scheduler": type(pipe.scheduler).__name__,
-        "size_multiple": size_multiple(pipe),
-        "native_resolution": native_resolution(pipe),
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
         "fingerprint": model_fingerprint(pipe)["fingerprint"],

@@ -4,7 +4,10 @@ A :class:`SweepPlan` names values along eight axes — source image, prompt, neg
 seed, guidance scale, step count and scheduler — and :meth:`SweepPlan.cells` expands their product
 into :class:`Cell` objects, strength varying fastest.
 
-Strength semantics follow diffusers exactly (``StableDiffusionImg2ImgPipeline.get_timesteps``)::
+What a strength runs depends on the model's family; a sweep asks the model
+(:meth:`img2img_lab.models.ModelHandle.step_plan` runs the pipeline's own timestep preparation) and passes
+the answer to :meth:`SweepPlan.cells`. Without a model, the plan uses Stable Diffusion's rule
+(``StableDiffusionImg2ImgPipeline.get_timesteps``)::
 
     init_steps = min(int(num_inference_steps * strength), num_inference_steps)
     t_start    = max(num_inference_steps - init_steps, 0)
@@ -13,11 +16,11 @@ Strength semantics follow diffusers exactly (``StableDiffusionImg2ImgPipeline.ge
 so a cell executes ``init_steps`` denoising steps, not ``num_inference_steps``. Two consequences the plan
 flags instead of hiding:
 
-* **zero-step cells** (``init_steps == 0``: strength 0, or e.g. 0.04 at 20 steps) would crash deep
-  inside diffusers for most schedulers (PNDM instead runs one step). img2img-lab never calls the
-  pipeline for them: it returns the source's VAE round trip and marks the row ``zero_step=True``.
-* **duplicate strengths** (0.30 and 0.34 at 20 steps both run 6 steps) produce identical images;
-  the later one is marked ``duplicate_of`` the first and its image is reused, not recomputed.
+* **zero-step cells** (no denoising step runs: strength 0, or e.g. 0.04 at 20 steps on SD) would crash deep
+  inside diffusers for most schedulers. img2img-lab never calls the pipeline for them: it returns the
+  source's VAE round trip and marks the row ``zero_step=True``.
+* **duplicate strengths** (0.30 and 0.34 at 20 steps both run 6 steps on SD; on SD3 / FLUX.1 they do not)
+  produce identical images; the later one is marked ``duplicate_of`` the first and its image is reused.
 
 Float arithmetic is diffusers' own: ``int(100 * 0.29)`` is 28, and so is the executed step count.
 
@@ -28,11 +31,12 @@ Float arithmetic is diffusers' own: ``int(100 * 0.29)`` is 28, and so is the exe
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from img2img_lab.errors import PlanError
 
@@ -84,6 +88,24 @@ def strength_steps(num_inference_steps: int, strength: float) -> tuple[int, int]
     init_steps = min(int(num_inference_steps * strength), num_inference_steps)
     t_start = max(num_inference_steps - init_steps, 0)
     return init_steps, t_start
+
+
+@dataclass(frozen=True)
+class _RuleSteps:
+    executed_steps: int
+    t_start: int
+
+    @property
+    def zero_step(self) -> bool:
+        return self.executed_steps == 0
+
+    @property
+    def run_signature(self) -> int:
+        return self.t_start
+
+
+def _stable_diffusion_steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
+    return _RuleSteps(*strength_steps(num_inference_steps, strength))
 
 
 def _as_list(value: Any) -> list:
@@ -290,107 +312,36 @@ class SweepPlan:
         return asdict(self)
 
     # ---------------------------------------------------------------- expansion
-    def cells(self) -> list[Cell]:
+    def cells(self, steps: Callable | None = None) -> list[Cell]:
         """Expand the axes into cells: image, prompt, negative, guidance, steps, scheduler, seed, strength.
+
+        ``steps(scheduler, num_inference_steps, strength, image_index)`` says what a strength runs on the model:
+        an object with ``executed_steps``, ``t_start``, ``zero_step`` and ``run_signature`` (the sweep passes the
+        model handle's :meth:`~img2img_lab.models.ModelHandle.step_plan`, which asks the pipeline itself). Without
+        it, Stable Diffusion's rule (:func:`strength_steps`) applies. A cell duplicates the first strength of its
+        group with the same ``run_signature``.
 
         >>> plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.04, 0.5], steps=[20])
         >>> [cell.zero_step for cell in plan.cells()]
         [True, False]
         """
+        steps = steps or _stable_diffusion_steps
         cells: list[Cell] = []
-        for image_index, image in enumerate(self.images):
-            for prompt in self.prompts:
-                for negative in self.negative_prompts:
-                    for guidance in self.guidance_scales:
-                        for steps in self.steps:
-                            for scheduler in self.schedulers:
-                                for seed in self.seeds:
-                                    first_by_steps: dict[int, float] = {}
-                                    for strength in self.strengths:
-                                        init_steps, t_start = strength_steps(steps, strength)
-                                        duplicate_of = first_by_steps.setdefault(init_steps, strength)
-                                        cells.append(
-                                            Cell(
-                                                image=image,
-                                                image_index=image_index,
-                                                prompt=prompt,
-                                                negative_prompt=negative,
-                                                strength=strength,
-                                                seed=seed,
-                                                guidance_scale=guidance,
-                                                num_inference_steps=steps,
-                                                scheduler=scheduler,
-                                                init_steps=init_steps,
-                                                t_start=t_start,
-                                                zero_step=init_steps == 0,
-                                                duplicate_of=None if duplicate_of == strength else duplicate_of,
-                                            )
-                                        )
+        groups = itertools.product(enumerate(self.images), self.prompts, self.negative_prompts,
+                                   self.guidance_scales, self.steps, self.schedulers, self.seeds)
+        for (image_index, image), prompt, negative, guidance, count, scheduler, seed in groups:
+            first_by_run: dict[Any, float] = {}
+            for strength in self.strengths:
+                run = steps(scheduler, count, strength, image_index)
+                duplicate_of = first_by_run.setdefault(run.run_signature, strength)
+                cells.append(Cell(image=image, image_index=image_index, prompt=prompt, negative_prompt=negative,
+                                  strength=strength, seed=seed, guidance_scale=guidance, num_inference_steps=count,
+                                  scheduler=scheduler, init_steps=run.executed_steps, t_start=run.t_start,
+                                  zero_step=run.zero_step,
+                                  duplicate_of=None if duplicate_of == strength else duplicate_of))
         return cells
 
     def summary(self) -> str:
         """One line: the size of each axis and the number of cells."""
         sizes = " x ".join(f"{len(getattr(self, axis))} {axis}" for axis in AXES)
         return f"{sizes} = {len(self.cells())} cells"
-
-
-@dataclass(frozen=True)
-class StrengthSchedule:
-    """Where a strength starts on a scheduler's grid, and how much noise that is.
-
-    ``start_timestep`` is the training timestep denoising starts from, ``sqrt_alpha_bar`` the share of
-    the source signal kept there (1 = none added) and ``sigma`` the noise-to-signal ratio
-    ``sqrt((1 - alpha_bar) / alpha_bar)`` (k-diffusion's sigma; the scheduler's own sigma where it has
-    one, e.g. Karras schedules). Both let runs be compared across tools whose strength maps to steps
-    differently (A1111, ComfyUI). ``unet_evaluations`` counts denoiser calls per image and CFG branch.
-    """
-
-    num_inference_steps: int
-    strength: float
-    init_steps: int
-    t_start: int
-    unet_evaluations: int
-    start_timestep: float | None
-    sqrt_alpha_bar: float
-    sigma: float
-
-
-def strength_schedule(scheduler, num_inference_steps: int, strength: float) -> StrengthSchedule:
-    """Compute a strength's :class:`StrengthSchedule` on a scheduler (which is not modified).
-
-    >>> from diffusers import DDIMScheduler
-    >>> s = strength_schedule(DDIMScheduler(), 20, 0.5)
-    >>> s.init_steps, s.t_start, s.unet_evaluations, s.start_timestep
-    (10, 10, 10, 450.0)
-    """
-    init_steps, t_start = strength_steps(num_inference_steps, _check_strength(strength))
-    fresh = type(scheduler).from_config(scheduler.config)
-    fresh.set_timesteps(num_inference_steps)
-    order = getattr(fresh, "order", 1)
-    timesteps = fresh.timesteps[t_start * order:]
-    if init_steps == 0 or len(timesteps) == 0:
-        return StrengthSchedule(num_inference_steps, strength, init_steps, t_start, 0, None, 1.0, 0.0)
-    start = float(timesteps[0])
-    sigmas = getattr(fresh, "sigmas", None)
-    if type(fresh).__name__.startswith("FlowMatch"):
-        # Rectified flow: x_t = (1 - s) x_0 + s noise, so the signal share is 1 - s.
-        flow_sigma = float(sigmas[t_start * order])
-        alpha_bar = (1.0 - flow_sigma) ** 2
-        sigma = flow_sigma / (1.0 - flow_sigma) if flow_sigma < 1.0 else math.inf
-    elif sigmas is not None and len(sigmas) > t_start * order:
-        sigma = float(sigmas[t_start * order])
-        alpha_bar = 1.0 / (1.0 + sigma**2)
-    else:
-        alphas = fresh.alphas_cumprod
-        alpha_bar = float(alphas[int(round(start))])
-        sigma = math.sqrt((1.0 - alpha_bar) / alpha_bar)
-    return StrengthSchedule(
-        num_inference_steps=num_inference_steps,
-        strength=strength,
-        init_steps=init_steps,
-        t_start=t_start,
-        unet_evaluations=len(timesteps),
-        start_timestep=start,
-        sqrt_alpha_bar=math.sqrt(alpha_bar),
-        sigma=sigma,
-    )

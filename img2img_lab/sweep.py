@@ -26,17 +26,18 @@ import img2img_lab
 from img2img_lab.engine import cell_generator, run_cell, use_scheduler, vae_roundtrip
 from img2img_lab.errors import PlanError, StoreError
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
+from img2img_lab.models import as_model
 from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
-from img2img_lab.plan import Cell, SweepPlan, strength_schedule
+from img2img_lab.plan import Cell, SweepPlan
 from img2img_lab.store import RunStore, atomic_write
 
 #: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
 COLUMNS = [
     "cell_key", "source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
     "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "init_steps", "executed_steps",
-    "t_start", "unet_evaluations", "start_timestep", "sqrt_alpha_bar", "sigma", "zero_step", "duplicate_of",
-    "produced", "seconds", "output_path", "output_hash", "nsfw_flagged", "model", "model_fingerprint",
-    "device", "dtype", "engine", "batch_id",
+    "t_start", "unet_evaluations", "start_timestep", "timesteps", "sigma", "log_snr", "sqrt_alpha_bar",
+    "flow_sigma", "zero_step", "duplicate_of", "produced", "seconds", "output_path", "output_hash", "nsfw_flagged",
+    "model", "model_family", "model_fingerprint", "device", "dtype", "engine", "batch_id",
 ]
 
 
@@ -108,6 +109,19 @@ def prepare_sources(plan: SweepPlan, pipe) -> list:
             for path in plan.images]
 
 
+def source_steps(model, sources: list):
+    """``steps(scheduler, num_inference_steps, strength, image_index)`` for :meth:`SweepPlan.cells`: what a
+    strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
+
+    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))  # doctest: +SKIP
+    """
+    def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
+        source = sources[image_index]
+        return model.step_plan(scheduler, num_inference_steps, strength, width=source.width, height=source.height)
+
+    return steps
+
+
 def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dict:
     import torch
 
@@ -118,6 +132,7 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
         "cells_planned": len(plan.cells()),
         "model": model_label(pipe),
         "model_fingerprint": model_fingerprint(pipe),
+        "model_family": as_model(pipe).describe(),
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
@@ -263,11 +278,14 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             return done
     if pipe is None:
         pipe = load_pipeline(plan.model, device=device, dtype=dtype)
+    model = as_model(pipe)
+    family_notes = model.check_plan(plan)
     sources = prepare_sources(plan, pipe)
     fingerprint = model_fingerprint(pipe)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out_dir = Path(out_dir)
     manifest = build_manifest(plan, pipe, sources, started=started)
+    manifest["notes"] += family_notes
     if (out_dir / "manifest.json").is_file():
         previous = RunStore.open(out_dir).read_manifest()
         old_fp = previous.get("model_fingerprint", {}).get("fingerprint")
@@ -292,9 +310,9 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     device_type = pipe.device.type
     source_hashes = [entry["hash"] for entry in manifest["sources"]]
     write_floor(store, pipe, sources, source_hashes, plan.seeds, metrics)
-    cells = plan.cells()
+    steps_of = source_steps(model, sources)
+    cells = plan.cells(steps=steps_of)
     keys: dict[tuple, str] = {}
-    schedules: dict[tuple, object] = {}
     counts = {"generated": 0, "reused": 0, "already_done": 0}
     started_clock = time.perf_counter()
 
@@ -320,9 +338,6 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
                        source_hash=source_hashes[cell.image_index], width=source.width, height=source.height,
                        dtype=dtype_name, device_type=device_type, versions=versions, engine=engine_used)
         keys[(cell.group(), cell.strength)] = key
-        schedule_key = (cell.scheduler, cell.num_inference_steps, cell.strength)
-        if schedule_key not in schedules:
-            schedules[schedule_key] = strength_schedule(pipe.scheduler, cell.num_inference_steps, cell.strength)
         if cell.duplicate_of is None:
             planned.append((cell, key))
         if store.has_cell(key):
@@ -335,7 +350,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             pending.append((cell, key))
 
     def save(cell: Cell, key: str, image, produced: str, seconds: float, nsfw, batch_id: str | None = None) -> None:
-        schedule = schedules[(cell.scheduler, cell.num_inference_steps, cell.strength)]
+        steps = steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index)
         row = {
             "cell_key": key,
             "source": cell.image,
@@ -350,14 +365,17 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             "scheduler": cell.scheduler,
             "width": image.width,
             "height": image.height,
-            "init_steps": cell.init_steps,
-            "executed_steps": 0 if cell.zero_step else cell.init_steps,
-            "t_start": cell.t_start,
-            "unet_evaluations": schedule.unet_evaluations if not cell.zero_step else 0,
-            "start_timestep": schedule.start_timestep,
-            "sqrt_alpha_bar": schedule.sqrt_alpha_bar,
-            "sigma": schedule.sigma,
-            "zero_step": cell.zero_step,
+            "init_steps": steps.executed_steps,
+            "executed_steps": steps.executed_steps,
+            "t_start": steps.t_start,
+            "unet_evaluations": steps.denoiser_evaluations,
+            "start_timestep": steps.start_timestep,
+            "timesteps": steps.timesteps_text(),
+            "sigma": steps.sigma,
+            "log_snr": steps.log_snr,
+            "sqrt_alpha_bar": steps.sqrt_alpha_bar,
+            "flow_sigma": steps.flow_sigma,
+            "zero_step": steps.zero_step,
             "duplicate_of": cell.duplicate_of,
             "produced": produced,
             "seconds": seconds,
@@ -365,6 +383,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             "output_hash": content_hash(image),
             "nsfw_flagged": nsfw,
             "model": model_label(pipe),
+            "model_family": model.family.name,
             "model_fingerprint": fingerprint["fingerprint"],
             "device": str(pipe.device),
             "dtype": dtype_name,

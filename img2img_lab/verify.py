@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import img2img_lab  # noqa: F401  - torchvision shim first
-from img2img_lab.plan import Cell, strength_steps
+from img2img_lab.plan import Cell
 from img2img_lab.store import RunStore
 
 
@@ -88,12 +88,14 @@ def _group(row: dict) -> tuple:
             float(row["guidance_scale"]), int(row["num_inference_steps"]), row["scheduler"])
 
 
-def _cell(row: dict, image_index: int) -> Cell:
-    init_steps, t_start = strength_steps(int(row["num_inference_steps"]), float(row["strength"]))
+def _cell(row: dict, image_index: int, steps_of) -> Cell:
+    """The cell a row records; its steps come from the model (``steps_of``, see :func:`sweep.source_steps`)."""
+    steps = steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
     return Cell(image=str(row["source"]), image_index=image_index, prompt=row["prompt"],
                 negative_prompt=row["negative_prompt"], strength=float(row["strength"]), seed=int(row["seed"]),
                 guidance_scale=float(row["guidance_scale"]), num_inference_steps=int(row["num_inference_steps"]),
-                scheduler=row["scheduler"], init_steps=init_steps, t_start=t_start, zero_step=init_steps == 0)
+                scheduler=row["scheduler"], init_steps=steps.executed_steps, t_start=steps.t_start,
+                zero_step=steps.zero_step)
 
 
 def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: str | None = None) -> VerifyReport:
@@ -129,6 +131,10 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
     hashes = sorted(set(table["source_hash"]))
     sources = [store.load_source(source_hash) for source_hash in hashes]
     index_of = {source_hash: index for index, source_hash in enumerate(hashes)}
+    from img2img_lab.models import as_model
+    from img2img_lab.sweep import source_steps
+
+    steps_of = source_steps(as_model(pipe), sources)
 
     def compare(row: dict, image) -> None:
         report.cells_regenerated += 1
@@ -158,7 +164,7 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
             if len(members) != len(batch["keys"]):
                 report.notes.append(f"batch {batch_id}: {len(batch['keys']) - len(members)} members missing")
                 continue
-            outputs = run_cells_batched(pipe, [_cell(member, index_of[member["source_hash"]]) for member in members],
+            outputs = run_cells_batched(pipe, [_cell(member, index_of[member["source_hash"]], steps_of) for member in members],
                                         sources, max_batch_size=batch["max_batch_size"])
             for member, output in zip(members, outputs):
                 compare(member, output.image)
@@ -166,7 +172,7 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
         else:
             from img2img_lab.engine import run_cell
 
-            output = run_cell(pipe, _cell(row, index_of[row["source_hash"]]), sources[index_of[row["source_hash"]]])
+            output = run_cell(pipe, _cell(row, index_of[row["source_hash"]], steps_of), sources[index_of[row["source_hash"]]])
             compare(row, output.image)
     report.notes.append(f"sampled {len(picked)} of {len(candidates)} generated cells (seed {seed}); "
                         f"{len(batches_done)} batches regenerated whole")

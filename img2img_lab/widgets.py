@@ -30,7 +30,7 @@ from pathlib import Path
 
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError
-from img2img_lab.plan import SweepPlan, strength_schedule
+from img2img_lab.plan import SweepPlan
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_SOURCES = REPO / "data" / "sources"
@@ -61,19 +61,23 @@ def bundled_sources() -> dict[str, str]:
     return {path.stem: str(path) for path in sorted(BUNDLED_SOURCES.glob("*.png"))}
 
 
-def strength_readout(scheduler, num_inference_steps: int, strength: float) -> str:
-    """One line saying what ``strength`` means on ``scheduler`` with ``num_inference_steps``.
+def strength_readout(step) -> str:
+    """One line saying what a strength runs: a :class:`~img2img_lab.models.StepPlan` in words.
 
-    >>> from diffusers import DDIMScheduler
-    >>> strength_readout(DDIMScheduler(), 20, 0.5)
-    'executes 10 of 20 steps · starts at t=450 · noise σ=2.64 · signal kept √ᾱ=0.35'
+    >>> from img2img_lab.models import as_model
+    >>> from img2img_lab.tiny_families import make_tiny_family
+    >>> strength_readout(as_model(make_tiny_family("sd3")).step_plan("default", 4, 0.3, width=32, height=32))
+    'executes 2 of 4 steps · starts at t=602 · noise σ=1.51 (flow σₜ=0.60) · log-SNR -0.83'
     """
-    schedule = strength_schedule(scheduler, num_inference_steps, strength)
-    if schedule.init_steps == 0:
-        return (f"executes 0 of {num_inference_steps} steps · no denoising: the output is the VAE round trip "
-                f"of the source")
-    return (f"executes {schedule.init_steps} of {num_inference_steps} steps · starts at t={schedule.start_timestep:.0f}"
-            f" · noise σ={schedule.sigma:.2f} · signal kept √ᾱ={schedule.sqrt_alpha_bar:.2f}")
+    total = step.num_inference_steps
+    if step.zero_step:
+        return f"executes 0 of {total} steps · no denoising: the output is the VAE round trip of the source"
+    evaluations = step.denoiser_evaluations
+    calls = "" if evaluations == step.executed_steps else f" ({evaluations} denoiser call{'s' * (evaluations != 1)})"
+    kept = (f"(flow σₜ={step.flow_sigma:.2f})" if step.schedule == "flow"
+            else f"· signal kept √ᾱ={step.sqrt_alpha_bar:.2f}")
+    return (f"executes {step.executed_steps} of {total} steps{calls} · starts at t={step.start_timestep:.0f} · "
+            f"noise σ={step.sigma:.2f} {kept} · log-SNR {step.log_snr:.2f}")
 
 
 def _png_bytes(image) -> bytes:
@@ -100,7 +104,9 @@ def default_metrics(pipe) -> list[str]:
     names = ["ssim", "ms_ssim", "delta_e", "edge_f1"]
     if metric_status("lpips")[0]:
         names.append("lpips")
-    folder = getattr(pipe, "_img2img_lab_folder", None)
+    from img2img_lab.models import as_model
+
+    folder = as_model(pipe).folder
     if folder and Path(folder).resolve() == Path(EMBEDDED_MODEL_DIR).resolve():
         names += ["oracle_kept", "oracle_match"]
     return names
@@ -202,7 +208,7 @@ class StrengthExplorer:
                              (self.progress, "i2i-progress")):
             widget.add_class(name)
 
-        for control in (self.strength, self.steps, self.scheduler):
+        for control in (self.strength, self.steps, self.scheduler, self.source):
             control.observe(self._on_schedule_change, names="value")
         self.view.observe(lambda change: self.refresh(), names="value")
         self.curve_metric.observe(lambda change: self._draw_curve(), names="value")
@@ -332,11 +338,13 @@ class StrengthExplorer:
         self.progress.value = min(done, total)
 
     def _on_schedule_change(self, change=None) -> None:
-        from img2img_lab.engine import use_scheduler
+        from img2img_lab.models import as_model
 
         try:
-            use_scheduler(self.pipe, self.scheduler.value)
-            text = strength_readout(self.pipe.scheduler, int(self.steps.value), float(self.strength.value))
+            source, _ = self._prepared(self.source.value)
+            step = as_model(self.pipe).step_plan(self.scheduler.value, int(self.steps.value),
+                                                 float(self.strength.value), width=source.width, height=source.height)
+            text = strength_readout(step)
         except Img2ImgLabError as error:
             text = f"<span style='color:#b00'>{html.escape(str(error))}</span>"
         self.steps_label.value = f"<span class='i2i-steps-text'>{text}</span>"

@@ -44,12 +44,12 @@ def test_batched_equals_per_cell_within_one_level(tiny_pipe, scheduler, capsys):
               f"{stats['unet_calls']} UNet calls, {stats['unet_samples']} UNet samples")
     assert worst <= 1
     # Every cell's UNet evaluations ran exactly once: guidance-1 cells send one sample, guidance-3.5 cells two.
-    from img2img_lab.engine import use_scheduler
-    from img2img_lab.plan import strength_schedule
+    from img2img_lab.models import as_model
 
-    use_scheduler(tiny_pipe, scheduler)
+    model = as_model(tiny_pipe)
     assert stats["unet_samples"] == sum(
-        (2 if c.guidance_scale > 1 else 1) * strength_schedule(tiny_pipe.scheduler, 10, c.strength).unet_evaluations
+        (2 if c.guidance_scale > 1 else 1)
+        * model.step_plan(scheduler, 10, c.strength, width=32, height=32).denoiser_evaluations
         for c in cells if not c.zero_step)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from img2img_lab.engine import run_cell, vae_roundtrip
 from img2img_lab.images import load_image
+from img2img_lab.models import as_model
 from img2img_lab.pipelines import make_scheduler
 from img2img_lab.plan import SweepPlan
 
@@ -16,7 +17,7 @@ from conftest import structured_image
 
 def _direct_call(pipe, scheduler_name, source, **kwargs):
     """What a user would type, with no img2img-lab code in the way (fresh scheduler instance)."""
-    pipe.scheduler = make_scheduler(pipe._img2img_lab_base_scheduler_config, scheduler_name)
+    pipe.scheduler = make_scheduler(as_model(pipe).base_scheduler_config, scheduler_name)
     return np.asarray(pipe(image=source, generator=torch.Generator("cpu").manual_seed(kwargs.pop("seed")),
                            **kwargs).images[0])
 
@@ -66,7 +67,7 @@ def test_zero_step_cells_return_the_vae_round_trip(tiny_pipe, scheduler, strengt
 def test_diffusers_itself_crashes_on_zero_steps(tiny_pipe):
     """Why zero-step cells are intercepted: the plain call fails deep inside diffusers (DDIM)."""
     source = load_image(structured_image(32), size_multiple=2, warn_below=0)
-    tiny_pipe.scheduler = make_scheduler(tiny_pipe._img2img_lab_base_scheduler_config, "ddim")
+    tiny_pipe.scheduler = make_scheduler(as_model(tiny_pipe).base_scheduler_config, "ddim")
     with pytest.raises(Exception):
         tiny_pipe(image=source, prompt="p", strength=0.04, num_inference_steps=20,
                   generator=torch.Generator("cpu").manual_seed(0))

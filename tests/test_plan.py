@@ -9,7 +9,8 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 
 from img2img_lab.errors import PlanError
-from img2img_lab.plan import SweepPlan, strength_schedule, strength_steps
+from img2img_lab.models import as_model
+from img2img_lab.plan import SweepPlan, strength_steps
 
 SD_BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
 
@@ -145,28 +146,33 @@ def test_yaml_errors(tmp_path):
         SweepPlan.from_yaml(empty)
 
 
-def test_noise_level_at_start_ddim_and_euler():
-    ddim = DDIMScheduler(**SD_BETAS)
-    schedule = strength_schedule(ddim, 20, 0.5)
-    assert (schedule.init_steps, schedule.t_start, schedule.unet_evaluations) == (10, 10, 10)
+def test_noise_level_at_start_ddim_and_euler(tiny_pipe):
+    model = as_model(tiny_pipe)
+    ddim = model.scheduler("ddim")
+    schedule = model.step_plan("ddim", 20, 0.5, width=32, height=32)
+    assert (schedule.executed_steps, schedule.t_start, schedule.denoiser_evaluations) == (10, 10, 10)
     alpha_bar = float(ddim.alphas_cumprod[int(schedule.start_timestep)])
     assert schedule.sqrt_alpha_bar == pytest.approx(math.sqrt(alpha_bar), abs=1e-12)
     assert schedule.sigma == pytest.approx(math.sqrt((1 - alpha_bar) / alpha_bar), abs=1e-9)
+    assert schedule.log_snr == pytest.approx(math.log(alpha_bar / (1 - alpha_bar)), abs=1e-9)
 
-    euler = EulerDiscreteScheduler(**SD_BETAS)
-    schedule = strength_schedule(euler, 20, 0.5)
+    euler = EulerDiscreteScheduler.from_config(model.scheduler("euler").config)
+    schedule = model.step_plan("euler", 20, 0.5, width=32, height=32)
     euler.set_timesteps(20)
     assert schedule.sigma == pytest.approx(float(euler.sigmas[10]), rel=1e-6)
     assert schedule.sqrt_alpha_bar == pytest.approx(1 / math.sqrt(1 + float(euler.sigmas[10]) ** 2), rel=1e-6)
 
     # More strength, more noise: the signal share falls monotonically.
-    levels = [strength_schedule(ddim, 20, s / 10).sqrt_alpha_bar for s in range(11)]
+    levels = [model.step_plan("ddim", 20, s / 10, width=32, height=32).sqrt_alpha_bar for s in range(11)]
     assert all(a >= b for a, b in zip(levels, levels[1:])) and levels[0] == 1.0 and levels[-1] < 0.1
 
 
-def test_pndm_runs_an_extra_evaluation_and_zero_steps_are_zero():
-    pndm = PNDMScheduler(skip_prk_steps=True, **SD_BETAS)
-    assert strength_schedule(pndm, 20, 0.5).unet_evaluations == 11  # PLMS repeats its first timestep
-    zero = strength_schedule(pndm, 20, 0.04)
-    assert (zero.init_steps, zero.unet_evaluations, zero.start_timestep, zero.sigma) == (0, 0, None, 0.0)
-    assert torch.is_tensor(pndm.betas)  # the scheduler given was not consumed
+def test_pndm_repeats_a_timestep_and_runs_one_call_where_diffusers_counts_zero_steps(tiny_pipe):
+    model = as_model(tiny_pipe)  # the tiny pipeline's own scheduler is PNDM (PLMS)
+    assert model.step_plan("default", 20, 0.5, width=32, height=32).denoiser_evaluations == 11
+    low = model.step_plan("default", 20, 0.04, width=32, height=32)
+    # get_timesteps keeps PNDM's last timestep: the pipeline calls the UNet once, so it is not a zero-step cell
+    assert (low.executed_steps, low.denoiser_evaluations, low.zero_step) == (0, 1, False)
+    zero = model.step_plan("default", 20, 0.0, width=32, height=32)
+    assert (zero.executed_steps, zero.denoiser_evaluations, zero.start_timestep, zero.sigma) == (0, 0, None, 0.0)
+    assert zero.zero_step and zero.log_snr == math.inf

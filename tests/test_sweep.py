@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from img2img_lab.models import as_model
 from img2img_lab.cli import main
 from img2img_lab.errors import StoreError
 from img2img_lab.images import content_hash
@@ -82,7 +83,7 @@ def test_run_folder_of_another_model_is_refused(tiny_pipe, sources_dir, tmp_path
 
     run = tmp_path / "run"
     run_sweep(_plan(sources_dir, strengths=[0.5], seeds=[0]), run, pipe=tiny_pipe, progress=False)
-    other = load_pipeline(tiny_pipe._img2img_lab_folder, device="cpu")
+    other = load_pipeline(as_model(tiny_pipe).folder, device="cpu")
     with torch.no_grad():
         next(other.unet.parameters()).view(-1)[0] += 1.0
     with pytest.raises(StoreError, match=r"holds a run of another model.*Fix: choose a new --out folder"):

@@ -48,12 +48,12 @@ def test_strength_slider_updates_the_executed_steps_label(explorer):
 
 
 def test_label_matches_the_scheduler_arithmetic(explorer, tiny_pipe):
-    from img2img_lab.plan import strength_schedule
+    from img2img_lab.models import as_model
 
     explorer.scheduler.value = "euler"
     explorer.steps.value = 20
     explorer.strength.value = 0.35
-    schedule = strength_schedule(tiny_pipe.scheduler, 20, 0.35)
+    schedule = as_model(tiny_pipe).step_plan("euler", 20, 0.35, width=32, height=32)
     assert f"starts at t={schedule.start_timestep:.0f}" in explorer.steps_label.value
     assert f"noise σ={schedule.sigma:.2f}" in explorer.steps_label.value
 
@@ -147,7 +147,12 @@ def test_a_folder_of_another_model_is_refused(explorer, tiny_pipe, tmp_path):
         StrengthExplorer(tiny_pipe, run_dir=tmp_path / "explorer", metrics=["ssim"])
 
 
-def test_strength_readout_zero_step():
-    from diffusers import DDIMScheduler
+def test_strength_readout_zero_step_and_pndm_single_call(tiny_pipe):
+    from img2img_lab.models import as_model
 
-    assert strength_readout(DDIMScheduler(), 20, 0.04).startswith("executes 0 of 20 steps")
+    model = as_model(tiny_pipe)
+    assert strength_readout(model.step_plan("ddim", 20, 0.04, width=32, height=32)).startswith(
+        "executes 0 of 20 steps · no denoising")
+    # PNDM: diffusers counts 0 steps at 0.04 but keeps one timestep, so the UNet runs once (not a round trip)
+    assert strength_readout(model.step_plan("default", 20, 0.04, width=32, height=32)).startswith(
+        "executes 0 of 20 steps (1 denoiser call) · starts at t=")

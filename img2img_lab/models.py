@@ -1,0 +1,313 @@
+"""The model handle: one loaded img2img pipeline and what its family means for every recorded number.
+
+diffusers' img2img families map the strength dial to denoising steps differently (``../shared/DESIGN.md``):
+
+* SD 1.x/2.x, SDXL: ``t_start = N - min(int(N * s), N)``, so 0.30 and 0.34 at 20 steps run the same steps;
+* SD3 / SD3.5, Flux: ``t_start = int(N - min(N * s, N))`` (no ``int`` on ``N * s``), and Flux builds its grid
+  from ``sigmas = linspace(1, 1/N, N)`` shifted by ``mu``, which depends on the image size;
+* LCM: the strength enters ``LCMScheduler.set_timesteps`` itself and every strength runs ``N`` steps.
+
+A :class:`ModelHandle` therefore never re-derives these rules: :meth:`ModelHandle.step_plan` runs the
+pipeline's own timestep preparation (its ``retrieve_timesteps`` with the family's arguments, then its
+``get_timesteps``) on a fresh copy of the scheduler and records what would run (:class:`StepPlan`).
+Zero-step and duplicate flags come from those sequences. A family adapter (:class:`Family`) adds the rest:
+native size and size multiple, the call's ``height``/``width``, which arguments the model ignores, and the
+pipeline's default guidance. Unknown pipelines get :class:`Family` itself (the Stable Diffusion path, with a
+manifest note).
+
+>>> from img2img_lab.tiny_families import make_tiny_family
+>>> model = as_model(make_tiny_family("sd3"))
+>>> step = model.step_plan("default", 4, 0.3, width=32, height=32)
+>>> model.family.name, step.executed_steps, step.t_start   # SD arithmetic would say 1 step from index 3
+('sd3', 2, 2)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import img2img_lab  # noqa: F401  - torchvision shim first
+from img2img_lab.errors import PlanError
+
+from img2img_lab.families import FAMILIES, FLOW, VP, Family, call_parameters  # noqa: F401 - VP/FLOW re-exported
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one strength runs on one model, scheduler, step count and image size.
+
+    ``executed_steps`` is the number of denoising steps the pipeline runs (0: none — img2img-lab then stores
+    the VAE round trip), ``t_start`` the index on the scheduler's grid where it starts, ``timesteps`` every
+    timestep the denoiser is called at (a 2nd-order scheduler repeats some). The start latent's noise:
+
+    * ``sigma``: noise-to-signal ratio of the start latent, the same quantity in both schedules (VP:
+      ``√((1-ᾱ)/ᾱ)``, k-diffusion's σ; flow: ``σ_t / (1-σ_t)``); 0 for zero-step cells;
+    * ``log_snr``: ``log(signal² / noise²) = -2·log(sigma)`` (VP: ``log(ᾱ/(1-ᾱ))``; flow:
+      ``2·log((1-σ_t)/σ_t)``), the family-independent noise axis; ``+inf`` without noise, ``-inf`` from pure noise;
+    * ``sqrt_alpha_bar``: VP only (the share of the source signal kept), else NaN;
+    * ``flow_sigma``: flow only (σ_t, the noise weight of ``x_t = (1-σ_t) x0 + σ_t ε``), else NaN.
+    """
+
+    num_inference_steps: int
+    strength: float
+    executed_steps: int
+    t_start: int
+    timesteps: tuple[float, ...]
+    schedule: str = VP
+    start_timestep: float | None = None
+    sigma: float = 0.0
+    log_snr: float = math.inf
+    sqrt_alpha_bar: float = 1.0
+    flow_sigma: float = math.nan
+
+    @property
+    def zero_step(self) -> bool:
+        """No denoiser call runs (PNDM still calls it once where the pipeline counts 0 steps)."""
+        return not self.timesteps
+
+    @property
+    def denoiser_evaluations(self) -> int:
+        """Denoiser calls per image and guidance branch (``len(timesteps)``)."""
+        return len(self.timesteps)
+
+    @property
+    def run_signature(self) -> tuple:
+        """Two strengths with equal signatures run the same denoising, hence give the same image."""
+        return (self.t_start, self.timesteps)
+
+    def timesteps_text(self) -> str:
+        """The timesteps as a compact comma-separated string (what the table stores)."""
+        return ",".join(f"{value:.6g}" for value in self.timesteps)
+
+
+def zero_step_plan(num_inference_steps: int, strength: float, schedule: str = VP) -> StepPlan:
+    """The plan of a strength that runs no denoising step (the output is the source's VAE round trip)."""
+    flow = schedule == FLOW
+    return StepPlan(num_inference_steps, strength, 0, num_inference_steps, (), schedule,
+                    sqrt_alpha_bar=math.nan if flow else 1.0, flow_sigma=0.0 if flow else math.nan)
+
+
+def noise_at_start(scheduler, timesteps, begin_index: int, schedule: str) -> dict:
+    """The start latent's noise (see :class:`StepPlan`) as the pipeline's ``add_noise``/``scale_noise`` makes it.
+
+    >>> from diffusers import DDIMScheduler
+    >>> s = DDIMScheduler(); s.set_timesteps(20)
+    >>> round(noise_at_start(s, s.timesteps[10:], 10, VP)["sqrt_alpha_bar"], 3)
+    0.355
+    """
+    start = float(timesteps[0])
+    sigmas = getattr(scheduler, "sigmas", None)
+    if schedule == FLOW:
+        flow_sigma = float(sigmas[begin_index])
+        sigma = flow_sigma / (1.0 - flow_sigma) if flow_sigma < 1.0 else math.inf
+        return {"start_timestep": start, "flow_sigma": flow_sigma, "sigma": sigma,
+                "log_snr": -2.0 * math.log(sigma) if 0 < sigma < math.inf else (-math.inf if sigma else math.inf),
+                "sqrt_alpha_bar": math.nan}
+    if sigmas is not None and len(sigmas) > begin_index:  # k-diffusion style schedulers keep σ per step
+        sigma = float(sigmas[begin_index])
+        alpha_bar = 1.0 / (1.0 + sigma**2)
+    else:  # DDIM, PNDM, DDPM, LCM: add_noise reads alphas_cumprod at the timestep
+        alpha_bar = float(scheduler.alphas_cumprod[int(round(start))])
+        sigma = math.sqrt((1.0 - alpha_bar) / alpha_bar)
+    return {"start_timestep": start, "sigma": sigma, "sqrt_alpha_bar": math.sqrt(alpha_bar),
+            "log_snr": math.log(alpha_bar / (1.0 - alpha_bar)) if alpha_bar < 1.0 else math.inf,
+            "flow_sigma": math.nan}
+
+
+def _sd_rule_timesteps(scheduler, num_inference_steps: int, strength: float):
+    """Stable Diffusion's ``get_timesteps`` for pipelines that have none (generic path)."""
+    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    t_start = max(num_inference_steps - init_steps, 0)
+    return scheduler.timesteps[t_start * scheduler.order:], num_inference_steps - t_start
+
+
+def _retrieve_timesteps(pipe):
+    """The pipeline module's own ``retrieve_timesteps`` (each diffusers pipeline module carries a copy)."""
+    own = getattr(sys.modules.get(type(pipe).__module__), "retrieve_timesteps", None)
+    if own is not None:
+        return own
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
+
+    return retrieve_timesteps
+
+
+_HANDLES: "weakref.WeakKeyDictionary[Any, ModelHandle]" = weakref.WeakKeyDictionary()
+
+
+class ModelHandle:
+    """A loaded diffusers img2img pipeline plus its family adapter, name, folder and scheduler cache.
+
+    Everything the rest of img2img-lab asks about a model goes through this object: sizes
+    (:meth:`size_multiple`, :meth:`native_resolution`), what a strength runs (:meth:`step_plan`), which plans
+    make sense (:meth:`check_plan`), the arguments of a plain call (:meth:`call_arguments`) and the fingerprint.
+    ``pipe`` stays an ordinary diffusers pipeline: nothing is stored on it.
+
+    >>> from img2img_lab.tiny_families import make_tiny_family
+    >>> model = as_model(make_tiny_family("flux-dev"))
+    >>> model.family.name, model.size_multiple(), model.native_resolution()
+    ('flux', 4, 256)
+    """
+
+    def __init__(self, pipe, *, label: str | None = None, folder: str | None = None):
+        self.pipe = pipe
+        self.label = label or str(getattr(pipe, "name_or_path", "") or "in-memory")
+        self.folder = folder
+        self.base_scheduler_config = {**dict(pipe.scheduler.config), "_class_name": type(pipe.scheduler).__name__}
+        self.family: Family = FAMILIES.get(type(pipe).__name__, Family)(pipe)
+        self._schedulers: dict[str, Any] = {}
+        self._steps: dict[tuple, StepPlan] = {}
+        self._fingerprint: dict | None = None
+        _HANDLES[pipe] = self
+
+    # ------------------------------------------------------------------ schedulers
+    def scheduler(self, name: str):
+        """The scheduler instance for ``name`` (one per name, built from the model's own config)."""
+        from img2img_lab.pipelines import make_scheduler
+
+        allowed = self.family.schedulers
+        if allowed is not None and name not in allowed:
+            raise PlanError(f"scheduler {name!r} cannot run {self.family.label} ({type(self.pipe).__name__}). "
+                            f"Fix: use {' or '.join(repr(value) for value in allowed)}.")
+        if name not in self._schedulers:
+            self._schedulers[name] = make_scheduler(self.base_scheduler_config, name)
+        return self._schedulers[name]
+
+    def use_scheduler(self, name: str):
+        """Put the named scheduler on the pipeline (reusing one instance per name, as a user would)."""
+        self.pipe.scheduler = self.scheduler(name)
+        return self.pipe.scheduler
+
+    # ------------------------------------------------------------------ sizes and arguments
+    def size_multiple(self) -> int:
+        return self.family.size_multiple()
+
+    def native_resolution(self) -> int | None:
+        return self.family.native_resolution()
+
+    def call_arguments(self, cell, source) -> dict:
+        """The keyword arguments of the plain diffusers call that generates ``cell`` from ``source``.
+
+        >>> model.pipe(**model.call_arguments(cell, source)).images[0]  # doctest: +SKIP
+        """
+        from img2img_lab.engine import cell_generator
+
+        arguments = {"image": source, "prompt": cell.prompt, "strength": cell.strength,
+                     "num_inference_steps": cell.num_inference_steps, "guidance_scale": cell.guidance_scale,
+                     "generator": cell_generator(cell.seed)}
+        if "negative_prompt" in call_parameters(self.pipe):
+            arguments["negative_prompt"] = cell.negative_prompt or None
+        arguments.update(self.family.size_arguments(source.width, source.height))
+        return arguments
+
+    def default_guidance(self) -> float | None:
+        return self.family.default_guidance()
+
+    # ------------------------------------------------------------------ strength -> steps
+    def step_plan(self, scheduler_name: str, num_inference_steps: int, strength: float, *, width: int,
+                  height: int) -> StepPlan:
+        """What ``strength`` runs: the pipeline's own timestep preparation on a fresh copy of the scheduler.
+
+        Where no timestep is left (strength 0 on most schedulers; PNDM keeps one) the plan is zero-step: the
+        pipeline is never called. A strength the family cannot run (LCM below ``num_inference_steps /
+        original_inference_steps``; strength 0 there is zero-step) raises :class:`PlanError` naming the fix.
+        """
+        key = (scheduler_name, int(num_inference_steps), float(strength), int(width), int(height))
+        if key not in self._steps:
+            self._steps[key] = self._compute_step_plan(*key)
+        return self._steps[key]
+
+    def _compute_step_plan(self, scheduler_name, steps, strength, width, height) -> StepPlan:
+        family = self.family
+        base = self.scheduler(scheduler_name)
+        scheduler = type(base).from_config(base.config)
+        try:
+            arguments = family.timestep_arguments(scheduler, steps, strength, width, height)
+            timesteps, executed = _retrieve_timesteps(self.pipe)(scheduler, steps, "cpu", **arguments)
+            if family.applies_get_timesteps and hasattr(type(self.pipe), "get_timesteps"):
+                timesteps, executed = family.get_timesteps(scheduler, executed, strength)
+            elif family.applies_get_timesteps:
+                timesteps, executed = _sd_rule_timesteps(scheduler, executed, strength)
+        except ValueError as error:
+            if strength == 0:  # e.g. LCM: no schedule at all; strength 0 means "keep the source"
+                return zero_step_plan(steps, strength, family.schedule)
+            raise PlanError(f"strength {strength:g} with {steps} steps cannot run on {family.label}: {error} "
+                            f"Fix: choose a higher strength or fewer steps.") from None
+        if len(timesteps) == 0:
+            return zero_step_plan(steps, strength, family.schedule)
+        t_start = steps - int(executed) if family.applies_get_timesteps else 0
+        begin = getattr(scheduler, "begin_index", None)
+        begin = t_start * scheduler.order if begin is None else begin
+        noise = noise_at_start(scheduler, timesteps, begin, family.schedule)
+        return StepPlan(steps, strength, int(executed), t_start, tuple(float(t) for t in timesteps),
+                        family.schedule, **noise)
+
+    # ------------------------------------------------------------------ plans
+    def check_plan(self, plan) -> list[str]:
+        """Refuse a plan whose cells would repeat one image under several keys; return notes for the manifest.
+
+        Raises :class:`PlanError` when the plan varies (or sets) an argument this model ignores: a negative prompt
+        on LCM or FLUX.1, several guidance values where guidance does nothing, several negative prompts where
+        classifier-free guidance is off, or a scheduler the family cannot run.
+        """
+        family, ignored, notes = self.family, self.family.ignored_arguments(), []
+        for name in plan.schedulers:
+            self.scheduler(name)
+        if "negative_prompt" in ignored and any(plan.negative_prompts):
+            raise PlanError(f"this model ignores negative prompts ({ignored['negative_prompt']}), so the plan's "
+                            f"negative prompts would change nothing. Fix: remove negative_prompts from the config.")
+        if "guidance_scale" in ignored:
+            if len(plan.guidance_scales) > 1:
+                raise PlanError(f"this model ignores the guidance scale ({ignored['guidance_scale']}), so "
+                                f"{plan.guidance_scales} give identical images. Fix: list one guidance value.")
+            notes.append(f"guidance_scale is recorded but not used: {ignored['guidance_scale']}")
+            return notes + self._family_notes()
+        unused = [value for value in plan.guidance_scales if not family.guidance_used(value)]
+        if len(unused) > 1:
+            raise PlanError(f"guidance scales {unused} all leave classifier-free guidance off on this model (it runs "
+                            f"only above 1), so they give identical images. Fix: keep one of them.")
+        if unused and len(plan.negative_prompts) > 1 and "negative_prompt" not in ignored:
+            raise PlanError(f"at guidance {unused[0]:g} classifier-free guidance is off, so the negative prompts "
+                            f"{plan.negative_prompts} give identical images there. Fix: use guidance > 1, or sweep "
+                            f"negative prompts in a separate config.")
+        return notes + self._family_notes()
+
+    def _family_notes(self) -> list[str]:
+        if type(self.family) is Family:
+            return [f"{type(self.pipe).__name__} is not a family img2img-lab knows; its steps were computed with "
+                    f"the pipeline's own get_timesteps (Stable Diffusion rules where it has none)."]
+        return []
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self, *, refresh: bool = False) -> dict:
+        """Hashes of every component's config and weights (see :func:`img2img_lab.pipelines.compute_fingerprint`)."""
+        from img2img_lab.pipelines import compute_fingerprint
+
+        if self._fingerprint is None or refresh:
+            self._fingerprint = compute_fingerprint(self.pipe, self.label)
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        """Family, sizes and default guidance (merged into :func:`img2img_lab.pipelines.describe_pipeline`)."""
+        return {"family": self.family.name, "family_label": self.family.label,
+                "size_multiple": self.size_multiple(), "native_resolution": self.native_resolution(),
+                "default_guidance": self.default_guidance(), "ignored_arguments": self.family.ignored_arguments()}
+
+
+def as_model(pipe_or_model) -> ModelHandle:
+    """The :class:`ModelHandle` of a pipeline (the one :func:`~img2img_lab.pipelines.load_pipeline` made, else a
+    new one); a handle is returned as is.
+
+    >>> from img2img_lab.tiny_families import make_tiny_family
+    >>> pipe = make_tiny_family("lcm")
+    >>> as_model(pipe) is as_model(pipe), as_model(pipe).family.name
+    (True, 'lcm')
+    """
+    if isinstance(pipe_or_model, ModelHandle):
+        return pipe_or_model
+    handle = _HANDLES.get(pipe_or_model)
+    return handle if handle is not None else ModelHandle(pipe_or_model)
+
