@@ -173,6 +173,7 @@ def test_pndm_repeats_a_timestep_and_runs_one_call_where_diffusers_counts_zero_s
     low = model.step_plan("default", 20, 0.04, width=32, height=32)
     # get_timesteps keeps PNDM's last timestep: the pipeline calls the UNet once, so it is not a zero-step cell
     assert (low.executed_steps, low.denoiser_evaluations, low.zero_step) == (0, 1, False)
-    zero = model.step_plan("default", 20, 0.0, width=32, height=32)
+    assert model.step_plan("default", 20, 0.0, width=32, height=32).denoiser_evaluations == 1  # even at 0
+    zero = model.step_plan("ddim", 20, 0.0, width=32, height=32)  # DDIM keeps no timestep: nothing runs
     assert (zero.executed_steps, zero.denoiser_evaluations, zero.start_timestep, zero.sigma) == (0, 0, None, 0.0)
     assert zero.zero_step and zero.log_snr == math.inf
