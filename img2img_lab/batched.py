@@ -17,9 +17,12 @@ share a model, image size, number of steps and scheduler configuration along the
 The result equals :func:`img2img_lab.engine.run_cell` up to floating-point differences of batched kernels
 (tests: max |difference| <= 1/255 per pixel for DDIM, Euler, Euler a, DPM++ 2M, PNDM and UniPC).
 
-Supported: diffusers' ``StableDiffusionImg2ImgPipeline`` family (SD 1.x/2.x and fine-tunes, the embedded
-model). Other pipelines (SDXL, Flux, ...) and UNets with a guidance embedding (LCM) use the per-cell runner;
-:func:`batching_supported` says which and why.
+Supported: ``StableDiffusionImg2ImgPipeline`` (SD 1.x/2.x and fine-tunes, the embedded model) and
+``StableDiffusionXLImg2ImgPipeline`` (SDXL and Turbo: each sample also carries its pooled text embedding and
+added time ids; the VAE is upcast where the model asks). Flow-matching families (SD3, FLUX.1) and UNets with a
+guidance embedding (LCM) use the per-cell runner; :func:`batching_supported` says which and why (the manifest
+records it). The family-specific parts are :class:`_TextConditioning` subclasses: how a prompt is encoded, how a
+VAE latent becomes the initial latent, and how latents are decoded.
 
 >>> images = run_cells_batched(pipe, cells, sources)  # doctest: +SKIP
 """
@@ -44,14 +47,15 @@ def batching_supported(pipe) -> tuple[bool, str]:
     >>> batching_supported(pipe)  # doctest: +SKIP
     (True, 'StableDiffusionImg2ImgPipeline')
     """
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    if not isinstance(pipe, StableDiffusionImg2ImgPipeline):
-        return False, f"{type(pipe).__name__} is run per cell (batching covers StableDiffusionImg2ImgPipeline)"
+    if type(pipe).__name__ not in _CONDITIONING:
+        return False, (f"{type(pipe).__name__} is run per cell (batching covers "
+                       f"{' and '.join(_CONDITIONING)}; flow-matching and LCM pipelines are not batched)")
     if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
         return False, "the UNet has a guidance embedding (LCM-style): run per cell"
     if getattr(pipe, "cross_attention_kwargs", None) or getattr(pipe, "_cross_attention_kwargs", None):
         return False, "cross-attention kwargs (LoRA scale) are set: run per cell"
+    if getattr(pipe, "image_encoder", None) is not None and getattr(pipe, "_ip_adapter_loaded", False):
+        return False, "an IP-Adapter is loaded: run per cell"
     return True, type(pipe).__name__
 
 
@@ -71,30 +75,6 @@ def _accepts(function, name: str) -> bool:
     return name in set(inspect.signature(function).parameters)
 
 
-def _encode_prompts(pipe, keys, device):
-    """``{(prompt, negative): (positive_embeds, negative_embeds)}``, each text encoded once."""
-    import torch
-
-    embeds = {}
-    with torch.no_grad():
-        for prompt, negative in keys:
-            positive, negative_embeds = pipe.encode_prompt(prompt, device, 1, True, negative or None)
-            embeds[(prompt, negative)] = (positive, negative_embeds)
-    return embeds
-
-
-def _encode_sources(pipe, sources, dtype, device):
-    """``{source index: latent distribution}`` for every source (one VAE encoder pass each)."""
-    import torch
-
-    distributions = {}
-    with torch.no_grad():
-        for index, source in sources.items():
-            pixels = pipe.image_processor.preprocess(source).to(device=device, dtype=dtype)
-            distributions[index] = pipe.vae.encode(pixels).latent_dist
-    return distributions
-
-
 def _sample_latent(distribution, generator):
     """Exactly ``retrieve_latents(encoder_output, generator)``: mean + std * randn(generator)."""
     from diffusers.utils.torch_utils import randn_tensor
@@ -102,6 +82,151 @@ def _sample_latent(distribution, generator):
     sample = randn_tensor(distribution.mean.shape, generator=generator, device=distribution.parameters.device,
                           dtype=distribution.parameters.dtype)
     return distribution.mean + distribution.std * sample
+
+
+class _TextConditioning:
+    """Stable Diffusion 1.x/2.x: what the batched loop needs of a family, as the pipeline's ``__call__`` does it.
+
+    ``encode`` returns per (prompt, negative) the tensors each sample of that prompt sends to the UNet, as
+    ``{"positive": {...}, "negative": {...}}`` (``encoder_hidden_states`` here); ``initial_latents`` turns a
+    source's VAE distribution into the scaled initial latent (``prepare_latents``); ``decode`` turns final latents
+    into images and NSFW flags.
+    """
+
+    added_fields: tuple[str, ...] = ()
+
+    def __init__(self, pipe, device, dtype):
+        self.pipe, self.device, self.dtype = pipe, device, dtype
+
+    def encode(self, keys, size) -> dict:
+        import torch
+
+        conditioning = {}
+        with torch.no_grad():
+            for prompt, negative in keys:
+                positive, negative_embeds = self.pipe.encode_prompt(prompt, self.device, 1, True, negative or None)
+                conditioning[(prompt, negative)] = {"positive": {"encoder_hidden_states": positive},
+                                                    "negative": {"encoder_hidden_states": negative_embeds}}
+        return conditioning
+
+    def encode_source(self, source):
+        """The VAE's latent distribution of a prepared source (one encoder pass)."""
+        import torch
+
+        pixels = self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype)
+        with torch.no_grad():
+            return self.pipe.vae.encode(pixels).latent_dist
+
+    def initial_latents(self, distribution, generator):
+        return self.pipe.vae.config.scaling_factor * _sample_latent(distribution, generator)
+
+    def decode(self, latents, conditioning_dtype):
+        import torch
+
+        with torch.no_grad():
+            decoded = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor, return_dict=False)[0]
+            return self.pipe.run_safety_checker(decoded, self.device, conditioning_dtype)
+
+
+class _SDXLConditioning(_TextConditioning):
+    """SDXL (and Turbo): two text encoders, a pooled embedding and added time ids per sample; the VAE runs in
+    float32 where ``force_upcast`` says so; latents may be normalised by ``latents_mean``/``latents_std``."""
+
+    added_fields = ("text_embeds", "time_ids")
+
+    def encode(self, keys, size) -> dict:
+        import inspect
+
+        import torch
+
+        defaults = {name: parameter.default
+                    for name, parameter in inspect.signature(type(self.pipe).__call__).parameters.items()}
+        width, height = size
+        text_projection = (self.pipe.text_encoder_2.config.projection_dim if self.pipe.text_encoder_2 is not None
+                           else None)
+        conditioning = {}
+        with torch.no_grad():
+            for prompt, negative in keys:
+                positive, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+                    prompt=prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                    negative_prompt=negative or None)
+                time_ids, negative_time_ids = self.pipe._get_add_time_ids(
+                    (height, width), defaults["crops_coords_top_left"], (height, width), defaults["aesthetic_score"],
+                    defaults["negative_aesthetic_score"], (height, width), defaults["negative_crops_coords_top_left"],
+                    (height, width), dtype=positive.dtype,
+                    text_encoder_projection_dim=text_projection or int(pooled.shape[-1]))
+                conditioning[(prompt, negative)] = {
+                    "positive": {"encoder_hidden_states": positive, "text_embeds": pooled,
+                                 "time_ids": time_ids.to(self.device)},
+                    "negative": {"encoder_hidden_states": negative_embeds, "text_embeds": negative_pooled,
+                                 "time_ids": negative_time_ids.to(self.device)}}
+        return conditioning
+
+    def _upcast(self) -> bool:
+        """Whether the VAE must run in float32 (``force_upcast``) while the model runs in a lower precision."""
+        import torch
+
+        return bool(self.pipe.vae.config.force_upcast) and self.dtype != torch.float32
+
+    def encode_source(self, source):
+        import torch
+
+        vae = self.pipe.vae
+        pixels = self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype)
+        with torch.no_grad():
+            if self._upcast():  # prepare_latents: image.float(), the VAE in float32, back afterwards
+                vae.to(dtype=torch.float32)
+                try:
+                    return vae.encode(pixels.float()).latent_dist
+                finally:
+                    vae.to(self.dtype)
+            return vae.encode(pixels).latent_dist
+
+    def _latent_statistics(self):
+        config = self.pipe.vae.config
+        if getattr(config, "latents_mean", None) is None or getattr(config, "latents_std", None) is None:
+            return None
+        import torch
+
+        return (torch.tensor(config.latents_mean).view(1, 4, 1, 1).to(self.device, self.dtype),
+                torch.tensor(config.latents_std).view(1, 4, 1, 1).to(self.device, self.dtype))
+
+    def initial_latents(self, distribution, generator):
+        latents = _sample_latent(distribution, generator).to(self.dtype)
+        statistics, scale = self._latent_statistics(), self.pipe.vae.config.scaling_factor
+        if statistics is None:
+            return scale * latents
+        mean, std = statistics
+        return (latents - mean) * scale / std
+
+    def decode(self, latents, conditioning_dtype):
+        import torch
+
+        vae = self.pipe.vae
+        upcast = vae.dtype == torch.float16 and self._upcast()
+        with torch.no_grad():
+            if upcast:
+                vae.to(dtype=torch.float32)
+                latents = latents.to(torch.float32)
+            try:
+                statistics, scale = self._latent_statistics(), vae.config.scaling_factor
+                if statistics is None:
+                    latents = latents / scale
+                else:
+                    mean, std = (value.to(latents.dtype) for value in statistics)
+                    latents = latents * std / scale + mean
+                decoded = vae.decode(latents, return_dict=False)[0]
+            finally:
+                if upcast:
+                    vae.to(dtype=torch.float16)
+        if getattr(self.pipe, "watermark", None) is not None:
+            decoded = self.pipe.watermark.apply_watermark(decoded)
+        return decoded, None
+
+
+#: Pipeline class name -> its batched conditioning.
+_CONDITIONING = {"StableDiffusionImg2ImgPipeline": _TextConditioning,
+                 "StableDiffusionXLImg2ImgPipeline": _SDXLConditioning}
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -128,17 +253,22 @@ class _BatchSize:
             torch.cuda.empty_cache()
 
 
-def _unet_outputs(pipe, inputs, timestep, embeddings, limit: _BatchSize, counters: dict):
-    """Run the UNet over ``inputs`` (N, C, H, W) with ``embeddings`` (N, L, D) in chunks of ``limit.value``."""
+def _unet_outputs(pipe, inputs, timestep, embeddings, limit: _BatchSize, counters: dict, added: dict | None = None):
+    """Run the UNet over ``inputs`` (N, C, H, W) with ``embeddings`` (N, L, D) in chunks of ``limit.value``;
+    ``added`` holds per-sample ``added_cond_kwargs`` tensors (SDXL's pooled text embeddings and time ids)."""
     import torch
 
     outputs, start = [], 0
     while start < inputs.shape[0]:
         size = limit.value
+        extra = {}
+        if added:
+            extra["added_cond_kwargs"] = {name: value[start:start + size] for name, value in added.items()}
         try:
             with torch.no_grad():
                 chunk = pipe.unet(inputs[start:start + size], timestep,
-                                  encoder_hidden_states=embeddings[start:start + size], return_dict=False)[0]
+                                  encoder_hidden_states=embeddings[start:start + size], return_dict=False,
+                                  **extra)[0]
         except (RuntimeError, MemoryError) as error:
             if pipe.device.type == "cuda" and _is_oom(error):
                 limit.halve()
@@ -178,10 +308,8 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
                          f"(got {sorted(names)}, {sorted(steps_values)}, {sorted(sizes)}); group cells first.")
     started = time.perf_counter()
     use_scheduler(pipe, cells[0].scheduler)
-    base = pipe.scheduler
-    steps = cells[0].num_inference_steps
     device = pipe._execution_device
-    dtype = pipe.unet.dtype
+    family = _CONDITIONING[type(pipe).__name__](pipe, device, pipe.unet.dtype)
     outputs: list[CellOutput | None] = [None] * len(cells)
     limit = _BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
     counters = {"unet_calls": 0, "unet_samples": 0}
@@ -193,8 +321,11 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
             outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began, produced="vae_roundtrip")
     active_cells = [(index, cell) for index, cell in enumerate(cells) if not cell.zero_step]
     if active_cells:
-        _denoise(pipe, base, active_cells, sources, outputs, steps=steps, device=device, dtype=dtype, limit=limit,
-                 counters=counters, on_step=on_step, started=started)
+        groups, conditioning = _start_groups(family, pipe.scheduler, active_cells, sources,
+                                             steps=cells[0].num_inference_steps)
+        _denoise(family, pipe.scheduler, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
+                 steps=cells[0].num_inference_steps)
+        _decode(family, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
     if stats is not None:
         stats.update(counters, batch_halvings=limit.halvings, seconds=time.perf_counter() - started,
                      max_batch_size=limit.value)
@@ -203,70 +334,75 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
     return outputs
 
 
-def _denoise(pipe, base, active_cells, sources, outputs, *, steps, device, dtype, limit, counters, on_step, started):
+def _start_groups(family: _TextConditioning, base, active_cells, sources, *, steps: int):
+    """Encode prompts and sources once; give every cell its initial latent (VAE sample, then noise, from its own
+    generator, as ``prepare_latents`` does) in a start group: one scheduler per ``t_start``, set up as the pipeline
+    sets it up for that strength. Returns ``(groups, conditioning)``."""
     import torch
+    from diffusers.utils.torch_utils import randn_tensor
 
-    prompt_keys = sorted({(cell.prompt, cell.negative_prompt) for _, cell in active_cells})
-    embeds = _encode_prompts(pipe, prompt_keys, device)
-    distributions = _encode_sources(pipe, {cell.image_index: sources[cell.image_index] for _, cell in active_cells},
-                                    dtype, device)
-
-    # One scheduler instance per start group, set up exactly as the pipeline does for that strength.
+    size = sources[active_cells[0][1].image_index].size
+    conditioning = family.encode(sorted({(cell.prompt, cell.negative_prompt) for _, cell in active_cells}), size)
+    distributions = {cell.image_index: family.encode_source(sources[cell.image_index]) for _, cell in active_cells}
     groups: dict[int, dict] = {}
     for index, cell in active_cells:
         group = groups.get(cell.t_start)
         if group is None:
             scheduler = type(base).from_config(base.config)
-            scheduler.set_timesteps(steps, device=device)
-            order = scheduler.order
+            scheduler.set_timesteps(steps, device=family.device)
+            offset = cell.t_start * scheduler.order
             if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(cell.t_start * order)
-            timesteps = scheduler.timesteps[cell.t_start * order:]
-            extra = {}
-            if _accepts(scheduler.step, "eta"):
-                extra["eta"] = 0.0
-            group = groups[cell.t_start] = {"scheduler": scheduler, "offset": cell.t_start * order,
-                                            "timesteps": timesteps, "members": [], "extra": extra,
+                scheduler.set_begin_index(offset)
+            extra = {"eta": 0.0} if _accepts(scheduler.step, "eta") else {}
+            group = groups[cell.t_start] = {"scheduler": scheduler, "offset": offset,
+                                            "timesteps": scheduler.timesteps[offset:], "members": [], "extra": extra,
                                             "uses_generator": _accepts(scheduler.step, "generator")}
-        generator = cell_generator(cell.seed)
-        member = _Active(index=index, cell=cell, generator=generator, prompt_key=(cell.prompt, cell.negative_prompt),
-                         cfg=cell.guidance_scale > 1.0)
-        # prepare_latents: the VAE latent sample, then the noise, from the cell's own generator.
+        member = _Active(index=index, cell=cell, generator=cell_generator(cell.seed),
+                         prompt_key=(cell.prompt, cell.negative_prompt), cfg=cell.guidance_scale > 1.0)
         with torch.no_grad():
-            init_latents = pipe.vae.config.scaling_factor * _sample_latent(distributions[cell.image_index], generator)
-            from diffusers.utils.torch_utils import randn_tensor
-
-            noise = randn_tensor(init_latents.shape, generator=generator, device=device, dtype=dtype)
+            init_latents = family.initial_latents(distributions[cell.image_index], member.generator)
+            noise = randn_tensor(init_latents.shape, generator=member.generator, device=family.device,
+                                 dtype=family.dtype)
             member.latents = group["scheduler"].add_noise(init_latents, noise, group["timesteps"][:1])
         group["members"].append(member)
+    return groups, conditioning
 
-    all_timesteps = type(base).from_config(base.config)
-    all_timesteps.set_timesteps(steps, device=device)
-    grid = all_timesteps.timesteps
-    total = len(grid)
-    first = min(group["offset"] for group in groups.values())
+
+def _model_inputs(family: _TextConditioning, live, conditioning, t):
+    """Every live sample's scaled latent and conditioning, in one batch (CFG cells send two samples)."""
+    import torch
+
+    inputs, fields, layout = [], {}, []
+    for group in live:
+        members = group["members"]
+        scaled = group["scheduler"].scale_model_input(torch.cat([member.latents for member in members]), t)
+        for row, member in enumerate(members):
+            text = conditioning[member.prompt_key]
+            branches = [text["negative"], text["positive"]] if member.cfg else [text["positive"]]
+            for branch in branches:
+                inputs.append(scaled[row:row + 1])
+                for name, value in branch.items():
+                    fields.setdefault(name, []).append(value)
+            layout.append((member, len(branches)))
+    fields = {name: torch.cat(values) for name, values in fields.items()}
+    return torch.cat(inputs), fields, layout
+
+
+def _denoise(family: _TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int):
+    """Step every start group along the common timestep grid; at each timestep one UNet batch for all live cells."""
+    import torch
+
+    grid_scheduler = type(base).from_config(base.config)
+    grid_scheduler.set_timesteps(steps, device=family.device)
+    grid = grid_scheduler.timesteps
+    total, first = len(grid), min(group["offset"] for group in groups.values())
     for position in range(first, total):
         live = [group for group in groups.values() if group["offset"] <= position]
-        if not live:
-            continue
         t = grid[position]
-        inputs, embeddings, layout = [], [], []
-        for group in live:
-            members = group["members"]
-            latents = torch.cat([member.latents for member in members])
-            scaled = group["scheduler"].scale_model_input(latents, t)
-            for row, member in enumerate(members):
-                positive, negative = embeds[member.prompt_key]
-                sample = scaled[row:row + 1]
-                if member.cfg:
-                    inputs += [sample, sample]
-                    embeddings += [negative, positive]
-                    layout.append((member, 2))
-                else:
-                    inputs.append(sample)
-                    embeddings.append(positive)
-                    layout.append((member, 1))
-        noise = _unet_outputs(pipe, torch.cat(inputs), t, torch.cat(embeddings), limit, counters)
+        inputs, fields, layout = _model_inputs(family, live, conditioning, t)
+        embeddings = fields.pop("encoder_hidden_states")
+        noise = _unet_outputs(family.pipe, inputs, t, embeddings, limit, counters,
+                              added={name: fields[name] for name in family.added_fields})
         predictions, cursor = {}, 0
         for member, width in layout:
             if width == 2:
@@ -277,38 +413,39 @@ def _denoise(pipe, base, active_cells, sources, outputs, *, steps, device, dtype
             cursor += width
         for group in live:
             members = group["members"]
-            prediction = torch.cat([predictions[member.index] for member in members])
-            latents = torch.cat([member.latents for member in members])
             kwargs = dict(group["extra"])
             if group["uses_generator"]:
                 kwargs["generator"] = [member.generator for member in members] if len(members) > 1 \
                     else members[0].generator
             with torch.no_grad():
-                stepped = group["scheduler"].step(prediction, t, latents, **kwargs, return_dict=False)[0]
+                stepped = group["scheduler"].step(torch.cat([predictions[member.index] for member in members]), t,
+                                                  torch.cat([member.latents for member in members]), **kwargs,
+                                                  return_dict=False)[0]
             for row, member in enumerate(members):
                 member.latents = stepped[row:row + 1]
         if on_step is not None:  # progress over the timesteps this batch actually runs
             on_step(position + 1 - first, total - first)
 
+
+def _decode(family: _TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):
+    """Decode every cell's final latent in chunks (halving on CUDA out-of-memory) into ``outputs``."""
+    import torch
+
     members = [member for group in groups.values() for member in group["members"]]
-    elapsed = time.perf_counter() - started
-    decode_size = max(1, limit.value // 2)
-    start = 0
+    decode_size, start = max(1, limit.value // 2), 0
     while start < len(members):
         chunk = members[start:start + decode_size]
+        text_dtype = conditioning[chunk[0].prompt_key]["positive"]["encoder_hidden_states"].dtype
         try:
-            with torch.no_grad():
-                latents = torch.cat([member.latents for member in chunk])
-                decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
-                decoded, flagged = pipe.run_safety_checker(decoded, device, embeds[chunk[0].prompt_key][0].dtype)
+            decoded, flagged = family.decode(torch.cat([member.latents for member in chunk]), text_dtype)
         except (RuntimeError, MemoryError) as error:
-            if device.type == "cuda" and _is_oom(error) and decode_size > 1:
+            if family.device.type == "cuda" and _is_oom(error) and decode_size > 1:
                 decode_size //= 2
                 continue
             raise
         denormalize = [True] * decoded.shape[0] if flagged is None else [not value for value in flagged]
-        images = pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
-        share = elapsed / max(1, len(members))
+        images = family.pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
+        share = seconds / max(1, len(members))
         for row, (member, image) in enumerate(zip(chunk, images)):
             outputs[member.index] = CellOutput(image=image, seconds=share, produced="diffusion",
                                                nsfw_flagged=None if flagged is None else bool(flagged[row]))

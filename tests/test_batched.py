@@ -160,3 +160,56 @@ def test_benchmark_script_runs_its_gpu_path_on_cpu_tiny():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "batched / naive" in result.stdout and "of the best batched UNet throughput" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    """A tiny random SDXL pipeline saved and loaded back through load_pipeline."""
+    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.tiny_families import save_tiny_family
+
+    return load_pipeline(str(save_tiny_family("sdxl", tmp_path_factory.mktemp("sdxl") / "sdxl")), device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "ddim"])
+def test_batched_sdxl_equals_per_cell_within_one_level(tiny_sdxl, scheduler, capsys):
+    """SDXL: pooled embeddings and added time ids per sample; guidance 0 and 1 (no CFG, Turbo-style) and 5."""
+    from img2img_lab.models import as_model
+    from img2img_lab.sweep import source_steps
+
+    assert batching_supported(tiny_sdxl) == (True, "StableDiffusionXLImg2ImgPipeline")
+    sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc", "a blue square"],
+                     strengths=[0.05, 0.3, 0.6, 1.0], seeds=[0, 1], guidance_scales=[0.0, 1.0, 5.0], steps=[10],
+                     schedulers=[scheduler])
+    cells = [cell for cell in plan.cells(steps=source_steps(as_model(tiny_sdxl), sources))
+             if cell.image_index == 0 or (cell.seed == 0 and cell.prompt == "a red disc")]
+    stats = {}
+    batched = run_cells_batched(tiny_sdxl, cells, sources, stats=stats, max_batch_size=12)
+    worst = max(_difference(output.image, run_cell(tiny_sdxl, cell, sources[cell.image_index]).image)
+                for cell, output in zip(cells, batched))
+    with capsys.disabled():
+        print(f"\n[batched sdxl] {scheduler}: {len(cells)} cells, max |batched - per-cell| = {worst}/255, "
+              f"{stats['unet_calls']} UNet calls")
+    assert worst <= 1
+
+
+def test_flow_matching_and_lcm_pipelines_are_run_per_cell_with_the_reason():
+    from img2img_lab.tiny_families import make_tiny_family
+
+    for family in ("sd3", "flux-dev", "lcm"):
+        supported, reason = batching_supported(make_tiny_family(family))
+        assert not supported and "per cell" in reason, (family, reason)
+
+
+def test_benchmark_script_runs_its_sdxl_path():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "sweep_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--sdxl", "--strengths", "2", "--seeds", "2", "--steps", "4",
+                             "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tiny random SDXL" in result.stdout and "max |batched - naive| = " in result.stdout
