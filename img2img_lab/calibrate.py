@@ -843,7 +843,10 @@ class CalibrationResult:
             if floor_column in self.summary.columns and self.summary[floor_column].notna().any():
                 axis.axhline(self.summary[floor_column].iloc[0], color="black", linestyle="-.", linewidth=0.8,
                              label="VAE round-trip floor")
-            axis.set_xlabel("strength" if x == "strength" else "log-SNR of the start latent (noisier to the left)")
+            axis.set_xlabel("strength" if x == "strength"
+                            else "log-SNR of the start latent (axis reversed: noisier to the right)")
+            if x == "log_snr":
+                axis.invert_xaxis()
             axis.set_ylabel(metric)
             axis.set_title(f"{metric}: mean and {self.settings.confidence:.0%} CI", fontsize=10)
             axis.grid(alpha=0.3)
@@ -879,16 +882,17 @@ class CalibrationResult:
         return figure
 
     # ------------------------------------------------------------------ persistence
-    def save(self, run_dir: str | os.PathLike | None = None) -> Path:
-        """Write ``calibration/`` into the run folder: summary.csv, reference_table.csv (all guidance values),
-        folklore.csv, calibration.json (crossings, recommendations, settings, counts), calibration.md,
-        calibration.html, curves.png and heatmap.png. Every file is written atomically."""
+    def save(self, run_dir: str | os.PathLike | None = None, *, subfolder: str | None = None) -> Path:
+        """Write ``calibration/`` (or ``calibration/<subfolder>/``, one per model of a comparison) into the run
+        folder: summary.csv, reference_table.csv (all guidance values), folklore.csv, calibration.json (crossings,
+        recommendations, settings, counts), calibration.md, calibration.html, curves.png and heatmap.png. Every
+        file is written atomically."""
         import matplotlib.pyplot as plt
         import pandas as pd
 
         from img2img_lab.store import atomic_write
 
-        folder = Path(run_dir or self.run_dir) / "calibration"
+        folder = Path(run_dir or self.run_dir) / "calibration" / (subfolder or "")
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / "summary.csv", lambda s: self.summary.to_csv(s, index=False), binary=False)
         reference = pd.concat([self.reference_table(g) for g in self.guidance_values], ignore_index=True)
@@ -1074,7 +1078,7 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     if out_dir is not None and (Path(out_dir) / "manifest.json").is_file():
         from img2img_lab.store import RunStore
 
-        floor = RunStore.open(out_dir).read_floor()
+        floor = RunStore.open(out_dir).read_floor_of(table)
     summary = strength_summary(table, settings.metrics, floor=floor, **bootstrap)
     counts = {"coarse_cells": coarse_cells, "refinement_cells": len(table) - coarse_cells, "cells": len(table),
               "refinement_rounds": rounds_run, "added_strengths": {f"{g:g}": s for g, s in extra.items()},

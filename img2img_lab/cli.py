@@ -37,9 +37,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from img2img_lab.plan import SweepPlan
     from img2img_lab.sweep import run_sweep
 
-    plan = SweepPlan.from_yaml(args.config)
-    if args.model is not None:
-        plan.model = args.model
+    plan = _with_model(SweepPlan.from_yaml(args.config), args.model)
     print(f"plan: {plan.summary()}")
     started = time.perf_counter()
     table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress,
@@ -55,11 +53,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     flagged = int(table["zero_step"].sum())
     if flagged:
-        print(f"note: {flagged} zero-step cells (int(steps*strength) == 0) hold the VAE round trip of the source.")
+        print(f"note: {flagged} zero-step cells (no timestep left to run) hold the VAE round trip of the source.")
     duplicates = int(table["duplicate_of"].notna().sum())
     if duplicates:
         print(f"note: {duplicates} cells run the same steps as a lower strength (column duplicate_of).")
     return 0
+
+
+def _with_model(plan, model: str | None):
+    """The plan with ``--model`` applied (a config comparing ``models`` cannot take one)."""
+    if model is None:
+        return plan
+    if plan.models:
+        raise Img2ImgLabError(f"--model {model} overrides one model, but the config compares models {plan.models}. "
+                              f"Fix: drop --model, or edit the config's models list.")
+    plan.model = model
+    return plan
 
 
 def _parse_where(items) -> dict:
@@ -149,8 +158,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from img2img_lab.pipelines import load_pipeline
 
     plan, settings = load_config(args.config)
-    if args.model is not None:
-        plan.model = args.model
+    plan = _with_model(plan, args.model)
     overrides = {key: value for key, value in (("refine_rounds", args.rounds), ("rule", args.rule),
                                                 ("n_resamples", args.bootstrap)) if value is not None}
     if overrides:
@@ -158,6 +166,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{plan.name}"
     print(f"calibrating: {plan.summary()} (coarse grid; refined where a crossing lies)")
     started = time.perf_counter()
+    if plan.models:
+        return _calibrate_models(plan, settings, out, args, started)
     pipe = load_pipeline(plan.model, device=args.device, dtype=args.dtype)
     result = calibrate((plan, settings), out, pipe=pipe, progress=not args.no_progress)
     print()
@@ -166,6 +176,25 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {out}/calibration/ (reference_table.csv, calibration.md/.html/.json, curves.png, heatmap.png): "
           f"{counts['coarse_cells']} coarse + {counts['refinement_cells']} refinement cells in "
           f"{counts['refinement_rounds']} rounds, {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _calibrate_models(plan, settings, out: str, args: argparse.Namespace, started: float) -> int:
+    from img2img_lab.compare import calibrate_models, model_folder_name, model_summary
+
+    results = calibrate_models((plan, settings), out, device=args.device, dtype=args.dtype,
+                               progress=not args.no_progress)
+    for label, result in results.items():
+        print(f"\n## {label}\n")
+        print(result.to_markdown())
+    summary = model_summary(results)
+    metric = next(iter(results.values())).primary_fidelity_metric
+    if metric is not None:
+        columns = ["model", "guidance_scale", "strength", "executed_steps", "log_snr", metric]
+        print(f"\n## {metric} by model (log-SNR: the start latent's noise, comparable across families)\n")
+        print(summary[columns].to_string(index=False, float_format=lambda value: f"{value:.3f}"))
+    folders = ", ".join(f"{model_folder_name(label)}/" for label in results)
+    print(f"wrote {out}/calibration/: {folders} models.csv, models.png in {time.perf_counter() - started:.1f} s")
     return 0
 
 

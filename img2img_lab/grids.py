@@ -19,8 +19,8 @@ from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.store import RunStore, atomic_write
 
 #: Columns a grid's rows/cols may use, and which must be pinned (filtered) when they vary.
-AXIS_COLUMNS = ("source_name", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler",
-                "seed", "strength")
+AXIS_COLUMNS = ("model", "source_name", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps",
+                "scheduler", "seed", "strength")
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,9 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
         draw.text((left, top), _fit_text(draw, header, font, right - left), fill="black", font=font)
         if cols == "strength" and index >= int(include_source):
             steps = table[np.isclose(table["strength"], col_values[index - int(include_source)])]["executed_steps"]
-            draw.text((left, top + text_height), f"{int(steps.iloc[0])} steps", fill="dimgray", font=small)
+            counts = sorted({int(value) for value in steps})  # rows of several models may run different steps
+            text = f"{counts[0]} steps" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} steps"
+            draw.text((left, top + text_height), text, fill="dimgray", font=small)
     for r, row_value in enumerate(row_values):
         left, top, right, bottom = layout.cell_box(r, 0)
         label = _fit_text(draw, _axis_label(rows, row_value), font, layout.label_width)
@@ -279,7 +281,7 @@ def grid_figure(grid: Image.Image, *, dpi: int = 100):
 #: Alternative x axes for :func:`strength_curves`.
 X_AXES = {"strength": "strength", "executed_steps": "executed denoising steps",
           "sqrt_alpha_bar": "signal kept at start (sqrt alpha-bar)", "sigma": "noise level at start (sigma)",
-          "log_snr": "log-SNR of the start latent (any family)"}
+          "log_snr": "log-SNR of the start latent, any family (axis reversed: noisier to the right)"}
 
 
 def curve_data(table, metric: str, *, x: str = "strength", hue: str | None = "prompt"):
@@ -332,13 +334,15 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
         low, high = ((group["mean"] - group["std"].fillna(0), group["mean"] + group["std"].fillna(0))
                      if spread == "sd" else (group["min"], group["max"]))
         ax.fill_between(group[x], low.clip(lower=group["min"].min()), high.clip(upper=group["max"].max()), alpha=0.2)
-    floor = store.read_floor()
+    floor = store.read_floor_of(table)
     if show_floor and metric in floor.columns and floor[metric].notna().any():
         level = floor[metric].replace([np.inf], np.nan).mean()
         if not math.isnan(level):
             ax.axhline(level, color="gray", linestyle="--", linewidth=1, label="VAE round-trip floor")
     direction = "higher = closer to source" if _higher_is_closer(metric) else "lower = closer to source"
     ax.set_xlabel(X_AXES[x])
+    if x == "log_snr":
+        ax.invert_xaxis()
     ax.set_ylabel(metric)
     band = {"sd": "band: ±1 sd", "range": "band: min-max", "none": "mean"}[spread]
     ax.set_title(f"{metric} vs {X_AXES[x]} ({direction}; {band})")

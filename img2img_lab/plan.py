@@ -168,6 +168,13 @@ def _check_scheduler(value: Any) -> str:
     return name
 
 
+def _check_model(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise PlanError(f"model {value!r} in 'models' is not a hub id or folder. Fix: write e.g. "
+                        f"models: [embedded, ./my-sdxl-folder].")
+    return value
+
+
 def _unique(values: Iterable, what: str) -> None:
     seen = set()
     for value in values:
@@ -199,6 +206,10 @@ class SweepPlan:
         Names from :data:`img2img_lab.pipelines.SCHEDULERS`, or ``"default"`` for the model's own.
     model : str, optional
         Hub id or diffusers folder; ``None`` means the embedded default model.
+    models : list of str, optional
+        Several models compared in one run folder (instead of ``model``): the sweep loads them one at a
+        time and runs every cell on each; cells are keyed by the model's fingerprint. ``"embedded"`` names
+        the embedded model. See :meth:`model_plans`.
     max_side : int, "native" or None
         Downscale sources so their longest side is at most this; ``"native"`` uses the model's
         training resolution; ``None`` keeps the size.
@@ -221,6 +232,7 @@ class SweepPlan:
     steps: list[int] = field(default_factory=lambda: [20])
     schedulers: list[str] = field(default_factory=lambda: ["default"])
     model: str | None = None
+    models: list[str] | None = None
     max_side: int | str | None = "native"
     resize_policy: str = "crop"
     name: str = "sweep"
@@ -247,6 +259,14 @@ class SweepPlan:
             raise PlanError(f"resize_policy {self.resize_policy!r} must be 'crop' or 'resize'.")
         if self.model is not None:
             self.model = str(self.model)
+        if self.models is not None:
+            self.models = [_check_model(value) for value in _as_list(self.models)]
+            if not self.models:
+                raise PlanError("the plan's 'models' list is empty. Fix: list at least one model, or remove it.")
+            _unique(self.models, "models")
+            if self.model is not None:
+                raise PlanError("the config gives both 'model' and 'models'. Fix: keep one (models: [A, B] compares "
+                                "several models in one run folder).")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -341,7 +361,21 @@ class SweepPlan:
                                   duplicate_of=None if duplicate_of == strength else duplicate_of))
         return cells
 
+    def model_plans(self) -> list["SweepPlan"]:
+        """One single-model plan per model of the ``models`` axis (``[self]`` without one); ``"embedded"`` becomes
+        ``None``, the embedded default.
+
+        >>> plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], models=["embedded", "./sdxl"])
+        >>> [sub.model for sub in plan.model_plans()]
+        [None, './sdxl']
+        """
+        if not self.models:
+            return [self]
+        return [SweepPlan.from_dict({**self.to_dict(), "models": None, "model": None if model == "embedded" else model})
+                for model in self.models]
+
     def summary(self) -> str:
         """One line: the size of each axis and the number of cells."""
         sizes = " x ".join(f"{len(getattr(self, axis))} {axis}" for axis in AXES)
-        return f"{sizes} = {len(self.cells())} cells"
+        models = f" x {len(self.models)} models" if self.models else ""
+        return f"{sizes}{models} = {len(self.cells()) * len(self.models or [None])} cells"

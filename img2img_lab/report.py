@@ -107,15 +107,28 @@ def manifest_section(store: RunStore, table) -> Section:
     return Section("manifest", "Manifest", body)
 
 
-def calibration_section(store: RunStore) -> Section | None:
-    folder = store.root / "calibration"
-    if not (folder / "calibration.html").is_file():
-        return None
+def _calibration_body(folder) -> str:
     body = (folder / "calibration.html").read_text()
     for name, alt in (("curves.png", "calibration curves with CI bands"), ("heatmap.png", "strength x guidance")):
         if (folder / name).is_file():
             body += f"<p>{_file_tag(folder / name, alt)}</p>"
-    return Section("calibration", "Calibration: the measured strength reference table", body)
+    return body
+
+
+def calibration_section(store: RunStore) -> Section | None:
+    """The calibration, or with a ``models`` comparison the side-by-side figure and each model's calibration."""
+    folder = store.root / "calibration"
+    title = "Calibration: the measured strength reference table"
+    if (folder / "calibration.html").is_file():
+        return Section("calibration", title, _calibration_body(folder))
+    per_model = sorted(path.parent for path in folder.glob("*/calibration.html"))
+    if not per_model:
+        return None
+    body = ""
+    if (folder / "models.png").is_file():
+        body += f"<p>{_file_tag(folder / 'models.png', 'the models side by side on log-SNR')}</p>"
+    body += "".join(f"<h3>{html.escape(path.name)}</h3>{_calibration_body(path)}" for path in per_model)
+    return Section("calibration", title + " — per model", body)
 
 
 def _annotations(table) -> list[str]:
@@ -129,6 +142,7 @@ def grids_section(store: RunStore, table) -> Section:
     family_columns = ["source_name", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps",
                       "scheduler"]
     families = table.drop_duplicates(family_columns)[family_columns].to_dict("records")
+    several_models = "model" in table.columns and table["model"].nunique() > 1
     parts = []
     for family in families[:MAX_GRIDS]:
         where = dict(family)
@@ -136,7 +150,11 @@ def grids_section(store: RunStore, table) -> Section:
                  + (f" · negative “{family['negative_prompt']}”" if family["negative_prompt"] else "")
                  + f" · guidance {family['guidance_scale']:g} · {family['num_inference_steps']} steps · "
                    f"{family['scheduler']}")
-        grid = comparison_grid(store, rows="seed", cols="strength", annotate=_annotations(table), where=where)
+        if several_models:  # a models comparison: one row per model, at the first seed
+            where["seed"] = int(table["seed"].min())
+            title += f" · seed {where['seed']}, one row per model"
+        grid = comparison_grid(store, rows="model" if several_models else "seed", cols="strength",
+                               annotate=_annotations(table), where=where)
         parts.append(f"<h3>{html.escape(title)}</h3><div class='grid'>{_png_tag(grid, alt=title)}</div>")
     if len(families) > MAX_GRIDS:
         parts.append(f"<p class='muted'>{len(families) - MAX_GRIDS} more families not drawn (use "
@@ -148,10 +166,14 @@ def curves_section(store: RunStore, table) -> Section:
     from img2img_lab.grids import strength_curves
 
     parts = []
+    several_models = "model" in table.columns and table["model"].nunique() > 1
+    hue = "model" if several_models else ("prompt" if table["prompt"].nunique() > 1 else None)
+    axes = ("strength", "log_snr") if several_models and "log_snr" in table.columns else ("strength",)
     for metric in CURVE_METRICS:
         if metric in table.columns and table[metric].notna().any():
-            figure = strength_curves(store, metric, hue="prompt" if table["prompt"].nunique() > 1 else None)
-            parts.append(_png_tag(figure, alt=f"{metric} vs strength"))
+            for x in axes:  # models compare on the family-independent noise axis too
+                figure = strength_curves(store, metric, x=x, hue=hue)
+                parts.append(_png_tag(figure, alt=f"{metric} vs {x}"))
     if not parts:
         parts.append("<p class='muted'>No metric measured yet: <code>img2img-lab measure RUN_DIR</code>.</p>")
     return Section("curves", "Metrics against strength", "\n".join(parts))

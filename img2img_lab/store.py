@@ -194,8 +194,17 @@ class RunStore:
         with Image.open(path) as image:
             return image.convert("RGB")
 
-    def floor_path(self, source_hash: str, seed: int) -> Path:
-        return self.root / FLOOR / f"{source_hash[:20]}-{seed}.png"
+    def floor_path(self, source_hash: str, seed: int, fingerprint: str | None = None) -> Path:
+        """Where a source's VAE round trip for ``seed`` (made by the model ``fingerprint``) is stored."""
+        model = f"-{fingerprint[:12]}" if fingerprint else ""
+        return self.root / FLOOR / f"{source_hash[:20]}-{seed}{model}.png"
+
+    def read_floor_of(self, table):
+        """The floor rows of the models whose cells are in ``table`` (a run folder may compare several models)."""
+        floor = self.read_floor()
+        if "model_fingerprint" not in floor.columns or "model_fingerprint" not in getattr(table, "columns", []):
+            return floor
+        return floor[floor["model_fingerprint"].isin(set(table["model_fingerprint"]))]
 
     def read_floor(self):
         """The VAE round-trip table (one row per source and seed), empty if the run has none."""

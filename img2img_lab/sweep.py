@@ -149,23 +149,28 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
 
 def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
                 metrics: list[str]) -> None:
-    """Store each source's VAE round trip per seed (``floor/``, ``floor.parquet``), measured if asked."""
+    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked."""
     import pandas as pd
 
     from img2img_lab.metrics import measure_pair
 
+    fingerprint = model_fingerprint(pipe)["fingerprint"]
     floor = store.read_floor()
-    done = set(zip(floor.get("source_hash", []), floor.get("seed", [])))
-    rows = floor.to_dict("records")
+    if len(floor) and "model_fingerprint" not in floor.columns:  # older single-model folders: this model's floor
+        floor["model_fingerprint"] = fingerprint
+    done = {(row["source_hash"], row["seed"], row["model_fingerprint"]) for row in floor.to_dict("records")
+            if (store.root / row["output_path"]).is_file()}
+    rows = [row for row in floor.to_dict("records")
+            if (row["source_hash"], row["seed"], row["model_fingerprint"]) in done]
     for source, source_hash in zip(sources, source_hashes):
         for seed in seeds:
-            if (source_hash, seed) in done and store.floor_path(source_hash, seed).is_file():
+            if (source_hash, seed, fingerprint) in done:
                 continue
             image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
-            path = store.floor_path(source_hash, seed)
+            path = store.floor_path(source_hash, seed, fingerprint)
             atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=store.temp_dir)
-            row = {"source_hash": source_hash, "seed": seed, "output_path": str(path.relative_to(store.root)),
-                   "output_hash": content_hash(image)}
+            row = {"source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
+                   "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
             row.update(measure_pair(source, image, [name for name in metrics if not _needs_prompt(name)]))
             rows.append(row)
     store.write_floor(pd.DataFrame(rows))
@@ -233,9 +238,80 @@ def _in_plan_order(table, keys: list[str]):
                  + [column for column in table.columns if column not in COLUMNS]]
 
 
+def registered_models(manifest: dict) -> list[dict]:
+    """The models whose cells a run folder holds: ``[{spec, model, fingerprint, family}]`` (older folders: one)."""
+    if manifest.get("models"):
+        return list(manifest["models"])
+    fingerprint = (manifest.get("model_fingerprint") or {}).get("fingerprint")
+    if not fingerprint:
+        return []
+    return [{"spec": (manifest.get("plan") or {}).get("model"), "model": manifest.get("model"),
+             "fingerprint": fingerprint, "family": (manifest.get("model_family") or {}).get("family")}]
+
+
+def _register(registry: list[dict], entry: dict) -> list[dict]:
+    return [item for item in registry if item["fingerprint"] != entry["fingerprint"]] + [entry]
+
+
+def _answered_from_run_folder(out_dir, cells: int) -> None:
+    """Record in the manifest that a rerun found the sweep finished and generated nothing."""
+    store = RunStore.open(out_dir)
+    manifest = store.read_manifest()
+    manifest["counts"] = {"generated": 0, "reused": 0, "already_done": cells, "cells": cells, "seconds": 0.0,
+                          "answered_from_run_folder": True}
+    store.write_manifest(manifest)
+
+
+def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
+    """Run a plan with a ``models`` axis into one run folder: each model loaded in turn (one in memory at a time),
+    every cell run on each; returns the combined table (models in plan order). ``options`` as for :func:`run_sweep`.
+
+    Rerunning a finished multi-model sweep answers from the run folder without loading any model.
+
+    >>> table = run_model_axis(SweepPlan(..., models=["embedded", "./sdxl"]), "runs/compare")  # doctest: +SKIP
+    """
+    import gc
+
+    import pandas as pd
+
+    if options.get("pipe") is not None:
+        raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "
+                        "one model.")
+    options.pop("pipe", None)
+    metrics = options.get("metrics", ())
+    from img2img_lab.metrics import check_metric_names
+
+    parts = [sweep_signature(sub, metrics=check_metric_names(metrics), engine=options.get("engine", "batched"),
+                             max_batch_size=options.get("max_batch_size"), device=options.get("device"),
+                             dtype=options.get("dtype")) for sub in plan.model_plans()]
+    signature = None if None in parts else hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    done = finished_table(out_dir, signature=signature)
+    if done is not None:
+        _answered_from_run_folder(out_dir, len(done))
+        return done
+    tables, counts = [], {}
+    for sub in plan.model_plans():
+        tables.append(run_sweep(sub, out_dir, model_axis=True, **options))
+        for name, value in RunStore.open(out_dir).read_manifest().get("counts", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                counts[name] = counts.get(name, 0) + value
+        gc.collect()  # the model of this part is released before the next one loads
+        if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+            sys.modules["torch"].cuda.empty_cache()
+    table = pd.concat(tables, ignore_index=True)
+    store = RunStore.open(out_dir)
+    manifest = store.read_manifest()
+    manifest["plan"] = plan.to_dict()
+    manifest["cells_planned"] = len(table)
+    manifest["counts"] = {**counts, "cells": len(table), "models": len(tables)}
+    manifest["completed"] = {"signature": signature, "keys": list(table["cell_key"])} if signature else None
+    store.write_manifest(manifest)
+    return table
+
+
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
               dtype: str | None = None, progress: bool = True, metrics=(), on_step=None, engine: str = "batched",
-              max_batch_size: int | None = None, cache: str | os.PathLike | None = None):
+              max_batch_size: int | None = None, cache: str | os.PathLike | None = None, model_axis: bool = False):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder are skipped (resume and extension); duplicate strengths reuse the image
@@ -254,10 +330,18 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     layout): cells found there are copied in instead of generated, and every generated cell is added to it,
     under the cache's lock, so several run folders (and concurrent sweeps) share one set of computed cells.
 
+    A plan with a ``models`` axis is handed to :func:`run_model_axis`. A folder holding another model's cells is
+    refused unless ``model_axis`` (set by :func:`run_model_axis`): one folder compares models only by plan.
+
     >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
     >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
     """
     from tqdm.auto import tqdm
+
+    if plan.models:
+        return run_model_axis(plan, out_dir, pipe=pipe, device=device, dtype=dtype, progress=progress,
+                              metrics=metrics, on_step=on_step, engine=engine, max_batch_size=max_batch_size,
+                              cache=cache)
 
     from img2img_lab.metrics import check_metric_names, measure_pair, metric_status
 
@@ -270,11 +354,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
                                     device=device, dtype=dtype)
         done = finished_table(out_dir, signature=signature)
         if done is not None:
-            store = RunStore.open(out_dir)
-            manifest = store.read_manifest()
-            manifest["counts"] = {"generated": 0, "reused": 0, "already_done": len(done), "cells": len(done),
-                                  "seconds": 0.0, "answered_from_run_folder": True}
-            store.write_manifest(manifest)
+            _answered_from_run_folder(out_dir, len(done))
             return done
     if pipe is None:
         pipe = load_pipeline(plan.model, device=device, dtype=dtype)
@@ -286,17 +366,22 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     out_dir = Path(out_dir)
     manifest = build_manifest(plan, pipe, sources, started=started)
     manifest["notes"] += family_notes
+    registry = []
     if (out_dir / "manifest.json").is_file():
         previous = RunStore.open(out_dir).read_manifest()
-        old_fp = previous.get("model_fingerprint", {}).get("fingerprint")
-        if old_fp and old_fp != fingerprint["fingerprint"]:
+        registry = registered_models(previous)
+        known = {entry["fingerprint"] for entry in registry}
+        if known and fingerprint["fingerprint"] not in known and not model_axis:
+            others = ", ".join(f"{entry['model']} ({entry['fingerprint'][:12]})" for entry in registry)
             raise StoreError(
-                f"'{out_dir}' holds a run of another model ({previous.get('model')}, fingerprint {old_fp[:12]}); "
-                f"this sweep uses {model_label(pipe)} ({fingerprint['fingerprint'][:12]}). "
-                f"Fix: choose a new --out folder."
+                f"'{out_dir}' holds a run of another model ({others}); this sweep uses {model_label(pipe)} "
+                f"({fingerprint['fingerprint'][:12]}). Fix: choose a new --out folder, or compare the models in "
+                f"one folder with `models: [A, B]` in the config."
             )
         manifest["created"] = previous.get("created", started)
         manifest["history"] = previous.get("history", []) + [{"started": started, "command": sys.argv}]
+    manifest["models"] = _register(registry, {"spec": plan.model, "model": model_label(pipe),
+                                              "fingerprint": fingerprint["fingerprint"], "family": model.family.name})
     for name in metrics:
         available, explanation = metric_status(name)
         if not available:

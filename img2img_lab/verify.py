@@ -105,7 +105,6 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
     True
     """
     from img2img_lab.errors import StoreError
-    from img2img_lab.images import content_hash
 
     store = RunStore.open(run_dir)
     table = store.read_table()
@@ -118,23 +117,50 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
     manifest = store.read_manifest()
     candidates = table[table["produced"].astype(str).str.startswith("duplicate:") == False]  # noqa: E712
     picked = random.Random(seed).sample(list(candidates["cell_key"]), min(sample, len(candidates)))
-    if pipe is None:
-        from img2img_lab.pipelines import load_pipeline
-
-        model = manifest.get("plan", {}).get("model")
-        pipe = load_pipeline(model, device=device or str(manifest.get("device", "cpu")).split(":")[0],
-                             dtype=manifest.get("dtype"))
-    from img2img_lab.pipelines import model_fingerprint
-
-    fingerprint = model_fingerprint(pipe)["fingerprint"]
     rows = {row["cell_key"]: row for row in table.to_dict("records")}
     hashes = sorted(set(table["source_hash"]))
     sources = [store.load_source(source_hash) for source_hash in hashes]
-    index_of = {source_hash: index for index, source_hash in enumerate(hashes)}
+    by_model: dict[str, list[str]] = {}
+    for key in picked:  # a folder of a models: [A, B] comparison holds several models' cells
+        by_model.setdefault(str(rows[key].get("model_fingerprint")), []).append(key)
+    batches_done: set = set()
+    for fingerprint, keys in by_model.items():
+        model_pipe = _model_for(fingerprint, pipe, manifest, device=device)
+        if model_pipe is None:
+            report.mismatches += [f"{key}: the loaded model's fingerprint differs from the one that made it"
+                                  for key in keys]
+            continue
+        _regenerate(store, model_pipe, keys, rows, sources, hashes, report, batches_done)
+    report.notes.append(f"sampled {len(picked)} of {len(candidates)} generated cells (seed {seed}); "
+                        f"{len(batches_done)} batches regenerated whole")
+    return report
+
+
+def _model_for(fingerprint: str, pipe, manifest: dict, *, device: str | None):
+    """The pipeline that made the cells of ``fingerprint``: ``pipe`` if it is that model, else the model the run
+    folder registered under it, loaded (``None`` when neither is that model any more)."""
+    from img2img_lab.pipelines import load_pipeline, model_fingerprint
+    from img2img_lab.sweep import registered_models
+
+    if pipe is not None:
+        return pipe if model_fingerprint(pipe)["fingerprint"] == fingerprint else None
+    entries = [entry for entry in registered_models(manifest) if entry["fingerprint"] == fingerprint]
+    spec = entries[0]["spec"] if entries else manifest.get("plan", {}).get("model")
+    loaded = load_pipeline(spec, device=device or str(manifest.get("device", "cpu")).split(":")[0],
+                           dtype=manifest.get("dtype"))
+    return loaded if model_fingerprint(loaded)["fingerprint"] == fingerprint else None
+
+
+def _regenerate(store: RunStore, pipe, keys, rows, sources, hashes, report: VerifyReport, batches_done: set) -> None:
+    """Regenerate ``keys`` with ``pipe`` exactly as the sweep did (batched cells with their whole batch)."""
+    from img2img_lab.batched import run_cells_batched
+    from img2img_lab.engine import run_cell
+    from img2img_lab.images import content_hash
     from img2img_lab.models import as_model
     from img2img_lab.sweep import source_steps
 
     steps_of = source_steps(as_model(pipe), sources)
+    index_of = {source_hash: index for index, source_hash in enumerate(hashes)}
 
     def compare(row: dict, image) -> None:
         report.cells_regenerated += 1
@@ -143,18 +169,12 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
             report.mismatches.append(f"{row['cell_key']} (strength {row['strength']:g}, seed {row['seed']}): "
                                      f"regenerated {got[:12]} != stored {row['output_hash'][:12]}")
 
-    batches_done = set()
-    for key in picked:
+    for key in keys:
         row = rows[key]
-        if row.get("model_fingerprint") != fingerprint:
-            report.mismatches.append(f"{key}: the loaded model's fingerprint differs from the one that made it")
-            continue
         batch_id = row.get("batch_id")
         if row.get("engine") == "batched" and isinstance(batch_id, str):
             if batch_id in batches_done:
                 continue
-            from img2img_lab.batched import run_cells_batched
-
             if not (store.root / "batches" / f"{batch_id}.json").is_file():
                 report.notes.append(f"{key}: its batch {batch_id} is not recorded here (copied from a cache); "
                                     f"not regenerated")
@@ -164,19 +184,14 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
             if len(members) != len(batch["keys"]):
                 report.notes.append(f"batch {batch_id}: {len(batch['keys']) - len(members)} members missing")
                 continue
-            outputs = run_cells_batched(pipe, [_cell(member, index_of[member["source_hash"]], steps_of) for member in members],
-                                        sources, max_batch_size=batch["max_batch_size"])
-            for member, output in zip(members, outputs):
+            cells = [_cell(member, index_of[member["source_hash"]], steps_of) for member in members]
+            for member, output in zip(members, run_cells_batched(pipe, cells, sources,
+                                                                 max_batch_size=batch["max_batch_size"])):
                 compare(member, output.image)
             batches_done.add(batch_id)
         else:
-            from img2img_lab.engine import run_cell
-
-            output = run_cell(pipe, _cell(row, index_of[row["source_hash"]], steps_of), sources[index_of[row["source_hash"]]])
-            compare(row, output.image)
-    report.notes.append(f"sampled {len(picked)} of {len(candidates)} generated cells (seed {seed}); "
-                        f"{len(batches_done)} batches regenerated whole")
-    return report
+            index = index_of[row["source_hash"]]
+            compare(row, run_cell(pipe, _cell(row, index, steps_of), sources[index]).image)
 
 
 def main(run_dir: str | Path, *, sample: int, seed: int, device: str | None) -> int:
