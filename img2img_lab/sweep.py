@@ -273,15 +273,15 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
     import gc
 
     import pandas as pd
+    import torch
 
-    if options.get("pipe") is not None:
-        raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "
-                        "one model.")
-    options.pop("pipe", None)
-    metrics = options.get("metrics", ())
     from img2img_lab.metrics import check_metric_names
 
-    parts = [sweep_signature(sub, metrics=check_metric_names(metrics), engine=options.get("engine", "batched"),
+    if options.pop("pipe", None) is not None:
+        raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "
+                        "one model.")
+    metrics = check_metric_names(options.get("metrics", ()))
+    parts = [sweep_signature(sub, metrics=metrics, engine=options.get("engine", "batched"),
                              max_batch_size=options.get("max_batch_size"), device=options.get("device"),
                              dtype=options.get("dtype")) for sub in plan.model_plans()]
     signature = None if None in parts else hashlib.sha256(json.dumps(parts).encode()).hexdigest()
@@ -296,8 +296,8 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 counts[name] = counts.get(name, 0) + value
         gc.collect()  # the model of this part is released before the next one loads
-        if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-            sys.modules["torch"].cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     table = pd.concat(tables, ignore_index=True)
     store = RunStore.open(out_dir)
     manifest = store.read_manifest()
