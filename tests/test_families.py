@@ -129,6 +129,15 @@ def test_family_sweep_records_what_the_pipeline_runs(family, family_dirs, source
             assert (None if pd_isna(row["duplicate_of"]) else row["duplicate_of"]) == expected
             assert not row["zero_step"]
             checks["flags"] += 1
+    from img2img_lab.grids import comparison_grid
+    from img2img_lab.metrics import measure_run
+
+    measure_run(tmp_path / "run", ["ssim", "psnr"], progress=False)
+    measured = RunStore.open(tmp_path / "run").read_table()
+    assert measured["ssim"].notna().all() and measured["psnr"].notna().all()
+    grid = comparison_grid(tmp_path / "run", rows="seed", cols="strength", annotate=["ssim"])
+    assert grid.width > 32 * len(STRENGTHS) and grid.height > 64
+    checks["measure + grid"] = 1
     REPORT[family] = {name: f"{count} ok" for name, count in checks.items()}
     with capsys.disabled():
         print(f"\n[family] {family}: {REPORT[family]}; executed steps by strength "
