@@ -39,6 +39,10 @@ from img2img_lab.plan import Cell
 
 #: Default UNet samples per call (a cell with guidance > 1 is two samples).
 DEFAULT_MAX_BATCH = {"cuda": 32, "cpu": 16, "mps": 8}
+#: The engine's documented tolerance: a batched cell's pixels differ from the per-cell reference's by at most this
+#: many levels (of 255). Regenerating a batched cell with its recorded batch is bit-identical; ``verify`` applies
+#: this tolerance only where the recorded batch cannot be regenerated (its record or a member's row is elsewhere).
+BATCHED_TOLERANCE = 1
 
 
 def batching_supported(pipe) -> tuple[bool, str]:

@@ -189,18 +189,16 @@ def load_config(path: str | os.PathLike, *, overrides: dict | None = None) -> tu
 
     >>> plan, settings = load_config("data/configs/calibrate.yaml", overrides={"seeds": [0, 1]})  # doctest: +SKIP
     """
-    import yaml
+    from img2img_lab.configfile import read_config
 
     path = Path(path)
-    if not path.is_file():
-        raise PlanError(f"config file '{path}' does not exist. Fix: check the path.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise PlanError(f"{path}: not valid YAML ({error}).") from None
+    data = read_config(path) or {}
     if not isinstance(data, dict):
-        raise PlanError(f"{path}: a calibration config must be a mapping.")
-    block = dict(data.pop("calibration", None) or {})
+        raise PlanError(f"{path}: a calibration config must be a mapping. Fix: see data/configs/calibrate.yaml.")
+    block = data.pop("calibration", None) or {}
+    if not isinstance(block, dict):
+        raise PlanError(f"{path}: 'calibration' must be a mapping of settings. Fix: see data/configs/calibrate.yaml.")
+    block = dict(block)
     calibration_keys = {item for item in CalibrationSettings.__dataclass_fields__}
     for key, value in (overrides or {}).items():
         (block if key in calibration_keys else data)[key] = value
@@ -1042,6 +1040,8 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     table = runner(plan)
     coarse_cells = len(table)
     extra: dict[float, list[float]] = {}
+    rounds = [{"round": 0, "strengths": list(plan.strengths), "guidance_scales": list(plan.guidance_scales),
+               "cells": coarse_cells}]
     rounds_run = 0
     bootstrap = dict(n_resamples=int(settings.n_resamples), confidence=float(settings.confidence),
                      seed=int(settings.seed))
@@ -1069,8 +1069,11 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
         for guidance, strengths in sorted(wanted.items()):
             sub_plan = SweepPlan.from_dict({**plan.to_dict(), "strengths": sorted(strengths),
                                             "guidance_scales": [guidance]})
-            table = pd.concat([table, runner(sub_plan)], ignore_index=True)
+            part = runner(sub_plan)
+            table = pd.concat([table, part], ignore_index=True)
             extra.setdefault(guidance, []).extend(sorted(strengths))
+            rounds.append({"round": rounds_run, "strengths": sorted(strengths), "guidance_scales": [guidance],
+                           "cells": len(part)})
         table = table.drop_duplicates("cell_key", keep="last").reset_index(drop=True)
         crossings = all_crossings(table)
 
@@ -1106,9 +1109,34 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
         "follow": _recommend("follow the prompt", [c for c in crossings if c.target == settings.follow[0]]
                              if settings.follow else [], "reach", preferred),
     }
-    if save and out_dir is not None and (Path(out_dir) / "manifest.json").is_file():
-        result.save(out_dir)
+    if out_dir is not None and (Path(out_dir) / "manifest.json").is_file():
+        record_calibration(out_dir, plan, settings, rounds)
+        if save:
+            result.save(out_dir)
     return result
+
+
+def record_calibration(out_dir, plan: SweepPlan, settings: CalibrationSettings, rounds: list[dict]) -> str:
+    """Record a calibration's provenance in its run folder: the full config (``configs/calibration.yaml``: the plan
+    and the calibration block) and, in the manifest, every round's strengths and the command that reproduces the
+    folder; returns that command. (Every round's sweep plan is also in ``manifest["plans"]``.)
+
+    >>> record_calibration("runs/calibrate", plan, settings, rounds)  # doctest: +SKIP
+    'img2img-lab calibrate runs/calibrate/configs/calibration.yaml --out NEW_RUN_DIR'
+    """
+    from img2img_lab.manifest import plan_config
+    from img2img_lab.store import RunStore
+
+    store = RunStore.open(out_dir)
+    block = asdict(settings)
+    for name in ("keep", "follow"):
+        block[name] = [{key: value for key, value in target.items() if value is not None} for target in block[name]]
+    path = store.write_config("calibration", {**plan_config(plan.to_dict()), "calibration": block})
+    relative = str(path.relative_to(store.root))
+    command = f"img2img-lab calibrate {store.root}/{relative} --out NEW_RUN_DIR"
+    store.update_manifest(lambda manifest: {**manifest, "calibration": {
+        "config": relative, "command": command, "settings": block, "rounds": rounds}})
+    return command
 
 
 def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, progress: bool = False):

@@ -15,12 +15,13 @@
                      --out curves.png
     img2img-lab calibrate CONFIG.yaml [--out RUN_DIR] [--model M] [--rounds N] [--rule confident|mean]
                      [--bootstrap B]
-    img2img-lab verify RUN_DIR [--sample 8] [--seed 0]
+    img2img-lab verify RUN_DIR [--sample 8] [--seed 0] [--repair]
     img2img-lab report RUN_DIR [--out report.html]
     img2img-lab export RUN_DIR [--csv table.csv] [--parquet table.parquet]
 
-Errors in the user's input print one line ``error: ...`` (with the fix) and exit with status 2; so does any
-unexpected failure (its type and message, and a pointer to ``--debug``, which shows the traceback).
+Errors in the user's input print one line ``error: ...`` (with the fix) and exit with status 2; so do operating
+system errors (disk full, permission denied, not a directory: the path and the fix), and any unexpected failure
+(its type and message, and a pointer to ``--debug``, which shows the traceback).
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from img2img_lab.store import RunStore
 
     counts = RunStore.open(args.out).read_manifest().get("counts", {})
-    print(
-        f"wrote {args.out}: {len(table)} cells ({counts.get('generated', 0)} generated, "
-        f"{counts.get('reused', 0)} duplicate strengths reused, {counts.get('already_done', 0)} already done) "
-        f"in {elapsed:.1f} s"
-    )
+    parts = [f"{counts.get('generated', 0)} generated", f"{counts.get('reused', 0)} duplicate strengths reused",
+             f"{counts.get('already_done', 0)} already done"]
+    parts += [f"{counts[name]} {what}" for name, what in (("from_cache", "copied from the cache"),
+                                                          ("stored_by_another_writer", "stored by another writer"))
+              if counts.get(name)]
+    print(f"wrote {args.out}: {len(table)} cells ({', '.join(parts)}) in {elapsed:.1f} s")
     flagged = int(table["zero_step"].sum())
     if flagged:
         print(f"note: {flagged} zero-step cells (no timestep left to run) hold the VAE round trip of the source.")
@@ -201,7 +203,7 @@ def _calibrate_models(plan, settings, out: str, args: argparse.Namespace, starte
 def _cmd_verify(args: argparse.Namespace) -> int:
     from img2img_lab.verify import main as verify_main
 
-    return verify_main(args.run_dir, sample=args.sample, seed=args.seed, device=args.device)
+    return verify_main(args.run_dir, sample=args.sample, seed=args.seed, device=args.device, repair=args.repair)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -301,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--sample", type=int, default=8, help="cells to regenerate (0: check files only)")
     verify.add_argument("--seed", type=int, default=0, help="which cells are sampled")
     verify.add_argument("--device", default=None, help="default: the device the run used")
+    verify.add_argument("--repair", action="store_true",
+                        help="first regenerate or re-adopt what is missing or damaged (says what it cannot)")
     verify.set_defaults(handler=_cmd_verify)
 
     report = commands.add_parser("report", help="write one self-contained HTML report of a run folder")
@@ -332,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if args.debug:
+            raise
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; rerun the same command to resume.", file=sys.stderr)
         return 130
@@ -341,6 +350,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.command} failed: {type(error).__name__}: {_one_line(error)} "
               f"(rerun with `img2img-lab --debug {args.command} ...` for the traceback)", file=sys.stderr)
         return 2
+
+
+#: The fix for the operating-system errors a user meets, by errno name.
+_OS_FIXES = {
+    "ENOSPC": "free disk space (or choose --out on another disk); finished cells are kept, rerun to resume",
+    "EDQUOT": "free space within your disk quota; finished cells are kept, rerun to resume",
+    "EACCES": "choose a path you can write to, or fix its permissions",
+    "EPERM": "choose a path you can write to, or fix its permissions",
+    "EROFS": "the file system is read-only: choose a path on a writable disk",
+    "ENOTDIR": "a part of the path is a file, not a folder: choose another path",
+    "EISDIR": "the path is a folder: give a file name",
+    "EEXIST": "the path exists as a file: choose another path",
+    "ENOENT": "check the path (a folder in it does not exist)",
+    "ENAMETOOLONG": "choose a shorter path",
+}
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and the fix.
+
+    >>> import errno
+    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "runs/x/images/a.png"))
+    'runs/x/images/a.png: No space left on device. Fix: free disk space (or choose --out on another disk); finished cells are kept, rerun to resume.'
+    """
+    import errno as errno_names
+
+    name = errno_names.errorcode.get(error.errno or 0, "")
+    fix = _OS_FIXES.get(name, "check the path and the disk, then rerun")
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or _one_line(error)}. Fix: {fix}."
 
 
 def _quiet_libraries() -> None:

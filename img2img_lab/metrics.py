@@ -604,13 +604,9 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
         _fill_missing(floor, pair_names, available, store, with_prompts=False, device=device, progress=False)
         store.write_floor(floor)
     if report["unavailable"]:
-        manifest = store.read_manifest()
-        notes = manifest.setdefault("notes", [])
-        for explanation in report["unavailable"].values():
-            note = f"{explanation} (recorded as NaN)"
-            if note not in notes:
-                notes.append(note)
-        store.write_manifest(manifest)
+        added = [f"{explanation} (recorded as NaN)" for explanation in report["unavailable"].values()]
+        store.update_manifest(lambda manifest: {**manifest, "notes": list(dict.fromkeys(
+            list(manifest.get("notes") or []) + added))})
     return report
 
 

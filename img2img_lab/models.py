@@ -249,13 +249,17 @@ class ModelHandle:
     def check_plan(self, plan) -> list[str]:
         """Refuse a plan whose cells would repeat one image under several keys; return notes for the manifest.
 
-        Raises :class:`PlanError` when the plan varies (or sets) an argument this model ignores: a negative prompt
+        Raises :class:`PlanError` for more steps than a scheduler has timesteps, and when the plan varies (or sets)
+        an argument this model ignores: a negative prompt
         on LCM or FLUX.1, several guidance values where guidance does nothing, several negative prompts where
         classifier-free guidance is off, or a scheduler the family cannot run.
         """
         family, ignored, notes = self.family, self.family.ignored_arguments(), []
         for name in plan.schedulers:
-            self.scheduler(name)
+            trained = self.scheduler(name).config.get("num_train_timesteps")
+            if isinstance(trained, int) and max(plan.steps) > trained:
+                raise PlanError(f"steps {max(plan.steps)} is more than scheduler {name!r} of this model accepts "
+                                f"(it was trained on {trained} timesteps). Fix: use at most {trained} steps.")
         if "negative_prompt" in ignored and any(plan.negative_prompts):
             raise PlanError(f"this model ignores negative prompts ({ignored['negative_prompt']}), so the plan's "
                             f"negative prompts would change nothing. Fix: remove negative_prompts from the config.")

@@ -96,15 +96,38 @@ def manifest_section(store: RunStore, table) -> Section:
     for axis in ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance_scales", "steps",
                  "schedulers"):
         if axis in plan:
-            items.append((f"plan: {axis}", ", ".join(str(value) for value in plan[axis])))
+            items.append((f"last plan: {axis}", ", ".join(str(value) for value in plan[axis])))
     rows = "".join(f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(value))}</td></tr>"
                    for name, value in items)
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in manifest.get("notes", []))
     body = f"<table>{rows}</table>" + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")
-    body += ("<p class='muted'>Rerun: <code>img2img-lab sweep CONFIG --out RUN_DIR</code> with the plan above "
-             "(manifest.json holds it in full); <code>img2img-lab verify RUN_DIR</code> regenerates a sample and "
-             "checks pixel hashes.</p>")
+    body += _provenance(manifest, store.root)
     return Section("manifest", "Manifest", body)
+
+
+def _provenance(manifest: dict, root) -> str:
+    """Every plan swept into the folder with the command that sweeps it again, and the calibration's command."""
+    from img2img_lab.manifest import rerun_command
+
+    plans = manifest.get("plans") or []
+    calibration = manifest.get("calibration") or {}
+    body = ""
+    if calibration.get("command"):
+        rounds = len(calibration.get("rounds") or [])
+        body += (f"<p>This folder is a calibration ({rounds} sweeps: the coarse grid and each refinement round). "
+                 f"Reproduce it: <code>{html.escape(calibration['command'])}</code> "
+                 f"(the full config is <code>{html.escape(calibration.get('config', ''))}</code>).</p>")
+    if plans:
+        commands = "".join(
+            f"<li>{html.escape(str(record['plan'].get('name')))}: {len(record['plan'].get('strengths', []))} "
+            f"strengths × {len(record['plan'].get('seeds', []))} seeds × "
+            f"{len(record['plan'].get('guidance_scales', []))} guidance — "
+            f"<code>{html.escape(rerun_command(record, str(root)))}</code></li>" for record in plans)
+        body += f"<p>Every plan swept into this folder ({len(plans)}), each with the command that reruns it:</p>"
+        body += f"<ul>{commands}</ul>"
+    body += (f"<p class='muted'><code>img2img-lab verify {html.escape(str(root))}</code> checks every planned cell "
+             f"and regenerates a sample; <code>--repair</code> reruns the plans above into the folder.</p>")
+    return body
 
 
 def _calibration_body(folder) -> str:

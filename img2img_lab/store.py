@@ -8,6 +8,7 @@
       results.parquet    the consolidated tidy table (every parameter + derived columns + metrics)
       images/<key>.png   one PNG per cell, named by the cell's content key
       batches/<id>.json  which cells the batched engine generated together
+      configs/*.yaml     every plan swept into the folder (and a calibration's config): what the rerun commands take
       sources/<hash>.png the prepared sources (as the model saw them), named by their pixel hash
       floor/<hash>-<seed>.png, floor.parquet
                          each source's VAE round trip per seed: the closest any output can get
@@ -30,12 +31,14 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from img2img_lab.atomic import atomic_write, atomic_write_json
 from img2img_lab.errors import StoreError
+
+__all__ = ["RunStore", "atomic_write", "atomic_write_json", "repair_hint"]
 
 MANIFEST = "manifest.json"
 #: Sources a user uploaded (the explorer) live here, and may precede the manifest.
@@ -49,46 +52,21 @@ FLOOR_TABLE = "floor.parquet"
 ROWS = "rows"
 #: The batched runner's batches: which cells were generated together (verify re-runs a whole batch).
 BATCHES = "batches"
+#: Every plan swept into the folder (and a calibration's config), as a YAML config its rerun command takes.
+CONFIGS = "configs"
 #: Lock file: writers hold an exclusive flock on it while they add a cell or rewrite results.parquet.
 LOCK = ".lock"
 #: Temporary files of the run folder's atomic writes (never inside images/, rows/ or sources/).
 TEMP = ".tmp"
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True,
-                 temp_dir: str | os.PathLike | None = None) -> Path:
-    """Write a file atomically: ``write(handle)`` fills a temp file that then replaces ``path``.
+def repair_hint(root) -> str:
+    """The fix for a damaged run folder, as the one-line errors print it.
 
-    The temp file lives in ``temp_dir`` (same file system; default: ``path``'s folder), so a folder of final
-    files never shows a partial one, even right after a SIGKILL.
-
-    >>> atomic_write("/tmp/hello.txt", lambda f: f.write("hi"), binary=False)
-    PosixPath('/tmp/hello.txt')
+    >>> repair_hint("runs/demo")
+    'Fix: `img2img-lab verify runs/demo --repair` (regenerates or re-adopts what it can, says what it cannot).'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(temp_dir) if temp_dir is not None else path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "wb" if binary else "w") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON atomically (sorted keys, indented, non-JSON values as strings)."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    return atomic_write(path, lambda stream: stream.write(text), binary=False)
+    return f"Fix: `img2img-lab verify {root} --repair` (regenerates or re-adopts what it can, says what it cannot)."
 
 
 class RunStore:
@@ -102,23 +80,41 @@ class RunStore:
         self.root = Path(root)
         self.images_dir = self.root / IMAGES
         self._rows: dict[str, dict] | None = None
+        #: Row files that could not be read (path -> why); a reader refuses them, the sweep regenerates them.
+        self.damaged_rows: dict[str, str] = {}
+        self._intact: set[tuple[str, str]] = set()  # (key, output_hash) pairs whose image file was checked
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
-    def create(cls, root: str | os.PathLike, manifest: dict) -> "RunStore":
-        """Create (or reopen for extension) a run folder and write its manifest atomically."""
+    def create(cls, root: str | os.PathLike, manifest: dict,
+               merge: Callable[[dict | None, dict], dict] | None = None) -> "RunStore":
+        """Create (or reopen for extension) a run folder and write its manifest, all under the folder's lock.
+
+        ``merge(previous, manifest)`` combines the manifest already there (``None`` if there is none or it is
+        unreadable) with the new one (default :func:`img2img_lab.manifest.merge_manifest`), so concurrent writers
+        append to the plans and history instead of overwriting them.
+
+        >>> store = RunStore.create("/tmp/img2img-lab-doc-run", {"plan": {}})
+        >>> store.read_manifest()["plan"]
+        {}
+        """
         store = cls(root)
         if store.root.exists() and not store.root.is_dir():
             raise StoreError(f"run folder '{root}' is a file. Fix: choose another --out path.")
-        foreign = [entry for entry in store.root.iterdir() if entry.name != UPLOADS] if store.root.is_dir() else []
-        if foreign and not (store.root / MANIFEST).exists():
-            raise StoreError(
-                f"'{root}' exists, is not empty and is not an img2img-lab run folder (no {MANIFEST}). "
-                f"Fix: choose a new --out folder."
-            )
-        store.images_dir.mkdir(parents=True, exist_ok=True)
-        store.remove_stale_temp_files()
-        atomic_write_json(store.root / MANIFEST, manifest)
+        store.root.mkdir(parents=True, exist_ok=True)
+        with store.locked():
+            foreign = [entry for entry in store.root.iterdir() if entry.name not in (UPLOADS, LOCK, TEMP)]
+            if foreign and not (store.root / MANIFEST).exists():
+                raise StoreError(
+                    f"'{root}' exists, is not empty and is not an img2img-lab run folder (no {MANIFEST}). "
+                    f"Fix: choose a new --out folder."
+                )
+            if merge is None:
+                from img2img_lab.manifest import merge_manifest as merge
+            manifest = merge(store.read_manifest_or_none(), manifest)
+            store.images_dir.mkdir(parents=True, exist_ok=True)
+            store.remove_stale_temp_files()
+            store.write_manifest(manifest)
         return store
 
     @classmethod
@@ -154,13 +150,36 @@ class RunStore:
 
     # ------------------------------------------------------------------ manifest
     def read_manifest(self) -> dict:
+        """The manifest (a JSON object); a :class:`StoreError` naming the file and the fix if it is unreadable."""
+        path = self.root / MANIFEST
         try:
-            return json.loads((self.root / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise StoreError(f"{self.root / MANIFEST}: unreadable ({error}).") from None
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            reason = " ".join(str(error).split())
+        else:
+            if isinstance(manifest, dict):
+                return manifest
+            reason = f"a JSON {type(manifest).__name__}, not an object"
+        raise StoreError(f"{path}: unreadable ({reason}). Fix: rerun the sweep with its config into this folder "
+                         f"(its intact cells are kept and a new manifest is written).")
+
+    def read_manifest_or_none(self) -> dict | None:
+        """The manifest, or ``None`` when there is none or it is unreadable (a writer then starts a new one)."""
+        try:
+            return self.read_manifest()
+        except StoreError:
+            return None
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.root / MANIFEST, manifest)
+        atomic_write_json(self.root / MANIFEST, manifest, temp_dir=self.temp_dir)
+
+    def update_manifest(self, change: Callable[[dict], dict]) -> dict:
+        """Read, change and rewrite the manifest under the lock (concurrent writers never lose each other's
+        entries); returns the new manifest."""
+        with self.locked():
+            manifest = change(self.read_manifest_or_none() or {})
+            self.write_manifest(manifest)
+        return manifest
 
     # ------------------------------------------------------------------ images
     def image_path(self, key: str) -> Path:
@@ -170,29 +189,31 @@ class RunStore:
         return self.root / SOURCES / f"{source_hash}.png"
 
     def write_source(self, source_hash: str, image) -> Path:
-        """Keep the prepared source so analysis never needs the original file or the model."""
+        """Keep the prepared source so analysis never needs the original file or the model (a damaged copy is
+        rewritten)."""
         path = self.source_path(source_hash)
-        if not path.is_file():
+        if _pixel_hash(path) != source_hash:
             atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=self.temp_dir)
         return path
 
     def load_source(self, source_hash: str):
         """The prepared source image (RGB PIL) with this pixel hash."""
-        from PIL import Image
-
-        path = self.source_path(source_hash)
-        if not path.is_file():
-            raise StoreError(f"{path}: the run folder lacks this source. Fix: rerun the sweep into this folder.")
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return self._load_image(self.source_path(source_hash))
 
     def load_output(self, row) -> "Image.Image":  # noqa: F821
-        """The generated image of a table row (RGB PIL)."""
+        """The generated image of a table row (RGB PIL); a :class:`StoreError` naming the file and the fix when it
+        is missing or unreadable."""
+        return self._load_image(self.root / (row["output_path"] if isinstance(row, dict) else row.output_path))
+
+    def _load_image(self, path: Path):
         from PIL import Image
 
-        path = self.root / (row["output_path"] if isinstance(row, dict) else row.output_path)
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as error:
+            reason = "missing" if not path.exists() else f"unreadable ({' '.join(str(error).split())})"
+            raise StoreError(f"{path}: {reason}. {repair_hint(self.root)}") from None
 
     def floor_path(self, source_hash: str, seed: int, fingerprint: str | None = None) -> Path:
         """Where a source's VAE round trip for ``seed`` (made by the model ``fingerprint``) is stored."""
@@ -211,10 +232,14 @@ class RunStore:
         import pandas as pd
 
         path = self.root / FLOOR_TABLE
-        return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        try:
+            return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+        except Exception as error:  # noqa: BLE001 - any parquet failure means the same to a user
+            raise StoreError(f"{path}: unreadable ({error}). Fix: delete it and rerun the sweep.") from None
 
     def write_floor(self, table) -> None:
-        atomic_write(self.root / FLOOR_TABLE, lambda stream: table.to_parquet(stream, index=False))
+        atomic_write(self.root / FLOOR_TABLE, lambda stream: table.to_parquet(stream, index=False),
+                     temp_dir=self.temp_dir)
 
     def write_image(self, key: str, image) -> Path:
         """Save a PIL image as ``images/<key>.png`` atomically; returns the final path."""
@@ -222,12 +247,30 @@ class RunStore:
         atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=self.temp_dir)
         return path
 
-    # ------------------------------------------------------------------ table
+    def write_config(self, name: str, data: dict) -> Path:
+        """Write ``configs/<name>.yaml`` (a config ``img2img-lab sweep`` / ``calibrate`` reads); returns its path."""
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        return atomic_write(self.root / CONFIGS / f"{name}.yaml", lambda stream: stream.write(text), binary=False,
+                            temp_dir=self.temp_dir)
+
+    def image_keys(self) -> set[str]:
+        """The keys of every image file in ``images/``."""
+        return {path.stem for path in self.images_dir.glob("*.png")} if self.images_dir.is_dir() else set()
+
+    def row_file_keys(self) -> set[str]:
+        """The keys of every row file in ``rows/`` (readable or not)."""
+        folder = self.root / ROWS
+        return {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
+
+    # ------------------------------------------------------------------ locking and batches
     @contextmanager
     def locked(self):
         """Hold the run folder's exclusive lock (``fcntl.flock`` on ``.lock``): writers in other processes wait.
 
-        >>> with store.locked(): ...  # doctest: +SKIP
+        >>> with RunStore("/tmp/img2img-lab-doc-run").locked():
+        ...     pass
         """
         import fcntl
 
@@ -242,22 +285,44 @@ class RunStore:
     def write_batch(self, batch_id: str, keys: list[str], *, max_batch_size: int) -> Path:
         """Record which cells the batched runner generated together (``batches/<id>.json``), once."""
         path = self.root / BATCHES / f"{batch_id}.json"
-        if not path.is_file():
-            atomic_write_json(path, {"batch_id": batch_id, "keys": list(keys), "max_batch_size": int(max_batch_size)})
+        if self.read_batch(batch_id) is None:
+            atomic_write_json(path, {"batch_id": batch_id, "keys": list(keys), "max_batch_size": int(max_batch_size)},
+                              temp_dir=self.temp_dir)
         return path
 
-    def read_batch(self, batch_id: str) -> dict:
-        path = self.root / BATCHES / f"{batch_id}.json"
-        if not path.is_file():
-            raise StoreError(f"{path} is missing: the run folder is incomplete. Fix: rerun the sweep into it.")
-        return json.loads(path.read_text())
+    def read_batch(self, batch_id: str) -> dict | None:
+        """A recorded batch (``{"keys", "max_batch_size"}``), or ``None`` if it is missing or unreadable."""
+        try:
+            batch = json.loads((self.root / BATCHES / f"{batch_id}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        valid = isinstance(batch, dict) and isinstance(batch.get("keys"), list) and isinstance(
+            batch.get("max_batch_size"), int)
+        return batch if valid else None
 
     @property
     def temp_dir(self) -> Path:
         return self.root / TEMP
 
+    # ------------------------------------------------------------------ rows
     def row_path(self, key: str) -> Path:
         return self.root / ROWS / f"{key}.json"
+
+    def read_row_file(self, key: str) -> dict | None:
+        """The row file of ``key`` if it exists and is a valid row (a JSON object naming this key and a pixel
+        hash); else ``None`` (and a damaged file is noted in :attr:`damaged_rows`)."""
+        path = self.row_path(key)
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            self.damaged_rows[str(path)] = " ".join(str(error).split())
+            return None
+        if not isinstance(row, dict) or row.get("cell_key") != key or not isinstance(row.get("output_hash"), str):
+            self.damaged_rows[str(path)] = "not a row of this cell (cell_key and output_hash missing or wrong)"
+            return None
+        return row
 
     def _read_disk_rows(self) -> dict[str, dict]:
         """results.parquet plus every row file it does not hold yet (cells finished since the last flush)."""
@@ -269,7 +334,8 @@ class RunStore:
             try:
                 table = pd.read_parquet(path)
             except Exception as error:  # noqa: BLE001 - any parquet failure means the same to a user
-                raise StoreError(f"{path}: unreadable ({error}). Fix: delete it and rerun the sweep.") from None
+                raise StoreError(f"{path}: unreadable ({error}). Fix: delete it; the row files in rows/ "
+                                 f"rebuild it.") from None
             for row in table.to_dict("records"):
                 rows[row["cell_key"]] = row
         folder = self.root / ROWS
@@ -281,13 +347,10 @@ class RunStore:
                 except FileNotFoundError:
                     continue
             for _, _, row_file in sorted(row_files):  # in the order cells finished
-                key = row_file.stem
-                if key in rows:
-                    continue
-                try:
-                    rows[key] = json.loads(row_file.read_text())
-                except (OSError, json.JSONDecodeError):
-                    continue  # cannot happen with atomic writes; a foreign file is ignored
+                if row_file.stem not in rows:
+                    row = self.read_row_file(row_file.stem)
+                    if row is not None:
+                        rows[row_file.stem] = row
         return rows
 
     def _load_rows(self) -> dict[str, dict]:
@@ -295,33 +358,67 @@ class RunStore:
             self._rows = self._read_disk_rows()
         return self._rows
 
+    def image_matches(self, key: str, output_hash: str) -> bool:
+        """Whether ``images/<key>.png`` decodes to the pixels ``output_hash`` records (checked once per store)."""
+        if (key, output_hash) in self._intact:
+            return True
+        if _pixel_hash(self.image_path(key)) != output_hash:
+            return False
+        self._intact.add((key, output_hash))
+        return True
+
     def has_cell(self, key: str) -> bool:
-        """A cell is done when its row is in the table and its image file exists."""
-        return key in self._load_rows() and self.image_path(key).is_file()
+        """A cell is done when its row is in the table and its image file holds the pixels the row records (a
+        truncated or replaced image is not done: the sweep regenerates it)."""
+        row = self._load_rows().get(key)
+        return row is not None and self.image_matches(key, row["output_hash"])
 
     def row(self, key: str) -> dict | None:
         return self._load_rows().get(key)
 
+    def stored_cell(self, key: str):
+        """``(image, row)`` of an intact cell (the image's pixels are the ones its row records), else ``None``."""
+        row = self.read_row_file(key) or self._load_rows().get(key)
+        if row is None or not self.image_matches(key, row["output_hash"]):
+            return None
+        return self._load_image(self.image_path(key)), row
+
     def save_cell(self, key: str, image, row: dict) -> bool:
         """Store a finished cell: its image, then its row file, both atomically, under the folder's lock.
 
-        The first writer wins: if another process (a concurrent sweep into the same folder) stored this cell
-        first, nothing is overwritten and False is returned (its row is adopted); else True.
+        The first writer wins: if another process stored this cell first (an intact image with the pixels of its
+        readable row), nothing is overwritten and False is returned (its row is adopted, with its image); else the
+        pair is written (a damaged earlier pair is replaced) and True is returned.
 
         >>> store.save_cell(key, image, row)  # doctest: +SKIP
         True
         """
-        if row.get("cell_key") != key:
-            raise StoreError("save_cell: the row's cell_key must equal the key.")
+        from img2img_lab.images import content_hash
+
+        if row.get("cell_key") != key or row.get("output_hash") != content_hash(image):
+            raise StoreError(f"save_cell {key}: the row must name this key and the image's pixel hash.")
         with self.locked():
-            row_path = self.row_path(key)
-            if row_path.is_file() and self.image_path(key).is_file():
-                self._load_rows()[key] = json.loads(row_path.read_text())
+            existing = self.read_row_file(key)
+            if existing is not None and self.image_matches(key, existing["output_hash"]):
+                self._load_rows()[key] = existing
                 return False
             self.write_image(key, image)
-            atomic_write(row_path, lambda stream: stream.write(json.dumps(row, default=_json_value)), binary=False,
-                         temp_dir=self.temp_dir)
+            atomic_write(self.row_path(key), lambda stream: stream.write(json.dumps(row, default=_json_value)),
+                         binary=False, temp_dir=self.temp_dir)
+            self.damaged_rows.pop(str(self.row_path(key)), None)
+        self._intact.add((key, row["output_hash"]))
         self._load_rows()[key] = row
+        return True
+
+    def restore_row_file(self, key: str) -> bool:
+        """Rewrite a missing or damaged ``rows/<key>.json`` from results.parquet; True if it was rewritten."""
+        row = self._load_rows().get(key)
+        if row is None or self.read_row_file(key) is not None:
+            return False
+        with self.locked():
+            atomic_write(self.row_path(key), lambda stream: stream.write(json.dumps(row, default=_json_value)),
+                         binary=False, temp_dir=self.temp_dir)
+        self.damaged_rows.pop(str(self.row_path(key)), None)
         return True
 
     def replace_table(self, table) -> None:
@@ -338,15 +435,37 @@ class RunStore:
             rows = self._read_disk_rows() if merge else {}
             rows.update(self._load_rows())
             table = pd.DataFrame(list(rows.values()))
-            atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False))
+            atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False),
+                         temp_dir=self.temp_dir)
             self._rows = rows
 
-    def read_table(self):
-        """The results table as a pandas DataFrame (empty if no cell has finished yet)."""
+    def read_table(self, *, allow_damaged: bool = False):
+        """The results table as a pandas DataFrame (empty if no cell has finished yet).
+
+        A damaged row file raises a :class:`StoreError` naming it and the fix, unless ``allow_damaged`` (a
+        sweep regenerates those cells; verify reports them).
+        """
         import pandas as pd
 
         rows = self._load_rows()
+        if self.damaged_rows and not allow_damaged:
+            path, reason = next(iter(self.damaged_rows.items()))
+            more = f" (and {len(self.damaged_rows) - 1} more)" if len(self.damaged_rows) > 1 else ""
+            raise StoreError(f"{path}: unreadable row file ({reason}){more}. {repair_hint(self.root)}")
         return pd.DataFrame(list(rows.values()))
+
+
+def _pixel_hash(path: Path) -> str | None:
+    """The pixel hash of an image file, or ``None`` if it is missing or does not decode."""
+    from PIL import Image
+
+    from img2img_lab.images import content_hash
+
+    try:
+        with Image.open(path) as image:
+            return content_hash(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _json_value(value):

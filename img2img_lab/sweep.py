@@ -17,19 +17,20 @@ import json
 import os
 import platform
 import sys
-import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
-import img2img_lab
-from img2img_lab.engine import cell_generator, run_cell, use_scheduler, vae_roundtrip
+from img2img_lab.engine import cell_generator, vae_roundtrip
 from img2img_lab.errors import PlanError, StoreError
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
+from img2img_lab.manifest import files_digest, package_versions, registered_models
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
-from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.plan import Cell, SweepPlan, check_batch_size
 from img2img_lab.store import RunStore, atomic_write
+
+__all__ = ["COLUMNS", "cell_key", "package_versions", "prepare_source", "prepare_sources", "registered_models",
+           "run_model_axis", "run_sweep", "source_steps", "sweep_signature", "write_floor"]
 
 #: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
 COLUMNS = [
@@ -37,22 +38,8 @@ COLUMNS = [
     "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "init_steps", "executed_steps",
     "t_start", "unet_evaluations", "start_timestep", "timesteps", "sigma", "log_snr", "sqrt_alpha_bar",
     "flow_sigma", "zero_step", "duplicate_of", "produced", "seconds", "output_path", "output_hash", "nsfw_flagged",
-    "model", "model_family", "model_fingerprint", "device", "dtype", "engine", "batch_id",
+    "model", "model_family", "model_fingerprint", "device", "dtype", "torch_threads", "engine", "batch_id",
 ]
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that determine a run's pixels and tables."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version(), "img2img_lab": img2img_lab.__version__}
-    for name in ("torch", "torchvision", "diffusers", "transformers", "numpy", "pillow", "pandas", "pyarrow",
-                 "scikit-image", "lpips", "safetensors"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
 
 
 def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
@@ -123,6 +110,7 @@ def source_steps(model, sources: list):
 
 
 def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dict:
+    """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.manifest`)."""
     import torch
 
     return {
@@ -210,23 +198,34 @@ def sweep_signature(plan: SweepPlan, *, metrics, engine: str, max_batch_size, de
 
 
 def finished_table(out_dir, *, signature: str | None):
-    """The table of a run folder that already holds this exact sweep, finished; else ``None``.
+    """The table of a run folder that already holds this exact sweep, finished and untouched; else ``None``.
 
     This is how rerunning a finished sweep answers without loading the model: the manifest's ``completed``
-    record must carry the same :func:`sweep_signature`, and every cell's row file and image must exist.
+    record must carry the same :func:`sweep_signature` and the same :func:`~img2img_lab.manifest.files_digest`
+    (every image, row file and source still there with the size and time it had when the sweep finished).
     """
-    manifest_path = Path(out_dir) / "manifest.json"
-    if signature is None or not manifest_path.is_file():
+    if signature is None or not (Path(out_dir) / "manifest.json").is_file():
         return None
     store = RunStore.open(out_dir)
-    completed = store.read_manifest().get("completed") or {}
-    if completed.get("signature") != signature:
-        return None
+    completed = (store.read_manifest_or_none() or {}).get("completed") or {}
     keys = completed.get("keys") or []
-    if not keys or not all(store.row_path(key).is_file() and store.image_path(key).is_file() for key in keys):
+    if completed.get("signature") != signature or not keys:
         return None
-    table = _in_plan_order(store.read_table(), keys)
+    if files_digest(store, keys, completed.get("sources") or []) != completed.get("files"):
+        return None
+    table = store.read_table(allow_damaged=True)
+    if table.empty:
+        return None
+    table = _in_plan_order(table, keys)
     return table if len(table) == len(keys) else None
+
+
+def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
+    """The manifest's ``completed`` entry of a finished sweep (``None`` without a signature)."""
+    if signature is None:
+        return None
+    sources = sorted(set(source_hashes))
+    return {"signature": signature, "keys": keys, "sources": sources, "files": files_digest(store, keys, sources)}
 
 
 def _in_plan_order(table, keys: list[str]):
@@ -238,28 +237,11 @@ def _in_plan_order(table, keys: list[str]):
                  + [column for column in table.columns if column not in COLUMNS]]
 
 
-def registered_models(manifest: dict) -> list[dict]:
-    """The models whose cells a run folder holds: ``[{spec, model, fingerprint, family}]`` (older folders: one)."""
-    if manifest.get("models"):
-        return list(manifest["models"])
-    fingerprint = (manifest.get("model_fingerprint") or {}).get("fingerprint")
-    if not fingerprint:
-        return []
-    return [{"spec": (manifest.get("plan") or {}).get("model"), "model": manifest.get("model"),
-             "fingerprint": fingerprint, "family": (manifest.get("model_family") or {}).get("family")}]
-
-
-def _register(registry: list[dict], entry: dict) -> list[dict]:
-    return [item for item in registry if item["fingerprint"] != entry["fingerprint"]] + [entry]
-
-
 def _answered_from_run_folder(out_dir, cells: int) -> None:
     """Record in the manifest that a rerun found the sweep finished and generated nothing."""
-    store = RunStore.open(out_dir)
-    manifest = store.read_manifest()
-    manifest["counts"] = {"generated": 0, "reused": 0, "already_done": cells, "cells": cells, "seconds": 0.0,
-                          "answered_from_run_folder": True}
-    store.write_manifest(manifest)
+    counts = {"generated": 0, "reused": 0, "already_done": cells, "cells": cells, "seconds": 0.0,
+              "answered_from_run_folder": True}
+    RunStore.open(out_dir).update_manifest(lambda manifest: {**manifest, "counts": counts})
 
 
 def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
@@ -300,12 +282,10 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
             torch.cuda.empty_cache()
     table = pd.concat(tables, ignore_index=True)
     store = RunStore.open(out_dir)
-    manifest = store.read_manifest()
-    manifest["plan"] = plan.to_dict()
-    manifest["cells_planned"] = len(table)
-    manifest["counts"] = {**counts, "cells": len(table), "models": len(tables)}
-    manifest["completed"] = {"signature": signature, "keys": list(table["cell_key"])} if signature else None
-    store.write_manifest(manifest)
+    completed = completed_record(store, signature, list(table["cell_key"]), table["source_hash"])
+    store.update_manifest(lambda manifest: {
+        **manifest, "plan": plan.to_dict(), "cells_planned": len(table), "completed": completed,
+        "counts": {**counts, "cells": len(table), "models": len(tables)}})
     return table
 
 
@@ -314,12 +294,13 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
               max_batch_size: int | None = None, cache: str | os.PathLike | None = None, model_axis: bool = False):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
-    Cells already in the folder are skipped (resume and extension); duplicate strengths reuse the image
-    of the strength they duplicate; zero-step cells store the VAE round trip. The table has one row per
-    cell with the columns in :data:`COLUMNS`, plus one column per metric in ``metrics`` (measured as the
-    sweep goes, see :mod:`img2img_lab.metrics`). Each source's VAE round trip (the fidelity floor) is
-    stored per seed in ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every
-    denoising step of every generated cell (see :func:`img2img_lab.engine.run_cell`).
+    Cells already in the folder (an intact image with the pixels its row records) are skipped (resume and
+    extension); a damaged one is regenerated; duplicate strengths reuse the image of the strength they duplicate;
+    zero-step cells store the VAE round trip. The table has one row per cell with the columns in
+    :data:`COLUMNS`, plus one column per metric in ``metrics`` (measured as the sweep goes, see
+    :mod:`img2img_lab.metrics`). Each source's VAE round trip (the fidelity floor) is stored per seed in
+    ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every denoising step of every
+    generated cell (see :func:`img2img_lab.engine.run_cell`).
 
     ``engine="batched"`` (default) runs cells with :mod:`img2img_lab.batched` (same pixels within 1/255,
     several times faster) where the pipeline supports it, else per cell; ``engine="per-cell"`` forces the
@@ -327,8 +308,9 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     ``engine`` entry records which ran and why.
 
     ``cache`` names a shared cache folder (``images/<key>.png`` + ``rows/<key>.json``, the run folder's own
-    layout): cells found there are copied in instead of generated, and every generated cell is added to it,
-    under the cache's lock, so several run folders (and concurrent sweeps) share one set of computed cells.
+    layout): intact cells found there are copied in instead of generated, and every cell this folder stores is
+    added to it, image and row together, under the cache's lock, so several run folders (and concurrent sweeps)
+    share one set of computed cells.
 
     A plan with a ``models`` axis is handed to :func:`run_model_axis`. A folder holding another model's cells is
     refused unless ``model_axis`` (set by :func:`run_model_axis`): one folder compares models only by plan.
@@ -336,234 +318,47 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
     >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
+    from img2img_lab.metrics import check_metric_names
+    from img2img_lab.sweep_writer import SweepWriter
 
     if plan.models:
         return run_model_axis(plan, out_dir, pipe=pipe, device=device, dtype=dtype, progress=progress,
                               metrics=metrics, on_step=on_step, engine=engine, max_batch_size=max_batch_size,
                               cache=cache)
-
-    from img2img_lab.metrics import check_metric_names, measure_pair, metric_status
-
+    # 1. Check the request.
     metrics = check_metric_names(metrics)
     if engine not in ("batched", "per-cell"):
         raise PlanError(f"unknown engine {engine!r}. Fix: use 'batched' (default) or 'per-cell'.")
+    max_batch_size = check_batch_size(max_batch_size)
+    cache_store = _open_cache(cache)
+    # 2. A rerun of a finished sweep answers from the run folder, without loading the model.
     signature = None
-    if pipe is None:  # a rerun of a finished sweep answers from the run folder, without loading the model
+    if pipe is None:
         signature = sweep_signature(plan, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
                                     device=device, dtype=dtype)
         done = finished_table(out_dir, signature=signature)
         if done is not None:
             _answered_from_run_folder(out_dir, len(done))
             return done
-    if pipe is None:
-        pipe = load_pipeline(plan.model, device=device, dtype=dtype)
-    model = as_model(pipe)
-    family_notes = model.check_plan(plan)
-    sources = prepare_sources(plan, pipe)
-    fingerprint = model_fingerprint(pipe)
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    out_dir = Path(out_dir)
-    manifest = build_manifest(plan, pipe, sources, started=started)
-    manifest["notes"] += family_notes
-    registry = []
-    if (out_dir / "manifest.json").is_file():
-        previous = RunStore.open(out_dir).read_manifest()
-        registry = registered_models(previous)
-        known = {entry["fingerprint"] for entry in registry}
-        if known and fingerprint["fingerprint"] not in known and not model_axis:
-            others = ", ".join(f"{entry['model']} ({entry['fingerprint'][:12]})" for entry in registry)
-            raise StoreError(
-                f"'{out_dir}' holds a run of another model ({others}); this sweep uses {model_label(pipe)} "
-                f"({fingerprint['fingerprint'][:12]}). Fix: choose a new --out folder, or compare the models in "
-                f"one folder with `models: [A, B]` in the config."
-            )
-        manifest["created"] = previous.get("created", started)
-        manifest["history"] = previous.get("history", []) + [{"started": started, "command": sys.argv}]
-    manifest["models"] = _register(registry, {"spec": plan.model, "model": model_label(pipe),
-                                              "fingerprint": fingerprint["fingerprint"], "family": model.family.name})
-    for name in metrics:
-        available, explanation = metric_status(name)
-        if not available:
-            manifest["notes"].append(f"{explanation} (recorded as NaN)")
-    store = RunStore.create(out_dir, manifest)
-    for source_hash, source in zip((entry["hash"] for entry in manifest["sources"]), sources):
-        store.write_source(source_hash, source)
+    # 3. Load the model and the sources; create (or reopen) the run folder under its lock.
+    pipe = pipe if pipe is not None else load_pipeline(plan.model, device=device, dtype=dtype)
+    writer = SweepWriter.open(plan, out_dir, pipe, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
+                              cache_store=cache_store, model_axis=model_axis, progress=progress, on_step=on_step)
+    # 4. Key every cell and sort it: done, in the cache, a duplicate strength, or to generate.
+    writer.key_cells()
+    # 5. Copy intact cells from the shared cache, 6. generate the rest, 7. reuse duplicate strengths.
+    writer.copy_from_cache()
+    writer.generate()
+    writer.reuse_duplicates()
+    # 8. Measure rows from earlier runs and record the finished sweep in the manifest.
+    return writer.finish(signature)
 
-    versions = manifest["packages"]
-    dtype_name = manifest["dtype"]
-    device_type = pipe.device.type
-    source_hashes = [entry["hash"] for entry in manifest["sources"]]
-    write_floor(store, pipe, sources, source_hashes, plan.seeds, metrics)
-    steps_of = source_steps(model, sources)
-    cells = plan.cells(steps=steps_of)
-    keys: dict[tuple, str] = {}
-    counts = {"generated": 0, "reused": 0, "already_done": 0}
-    started_clock = time.perf_counter()
 
-    batched, engine_reason = (engine == "batched"), "per-cell runner requested"
-    if batched:
-        from img2img_lab.batched import DEFAULT_MAX_BATCH, batching_supported, run_cells_batched
-
-        batched, engine_reason = batching_supported(pipe)
-    engine_used = "batched" if batched else "per-cell"
-    manifest["engine"] = {"name": engine_used, "reason": engine_reason,
-                          "max_batch_size": max_batch_size if batched else None}
-
-    # Pass 1: every cell's content key; what is done, what duplicates another strength, what to generate.
-    cache_store = RunStore(cache) if cache is not None else None  # a shared cache: images/ and rows/ by key
-    from_cache: list[str] = []
-    pending: list[tuple[Cell, str]] = []  # to generate
-    planned: list[tuple[Cell, str]] = []  # every non-duplicate cell (fixes the batched runner's chunks)
-    duplicates: list[tuple[Cell, str]] = []
-    for cell in cells:
-        use_scheduler(pipe, cell.scheduler)
-        source = sources[cell.image_index]
-        key = cell_key(cell, fingerprint=fingerprint["fingerprint"], scheduler_config=dict(pipe.scheduler.config),
-                       source_hash=source_hashes[cell.image_index], width=source.width, height=source.height,
-                       dtype=dtype_name, device_type=device_type, versions=versions, engine=engine_used)
-        keys[(cell.group(), cell.strength)] = key
-        if cell.duplicate_of is None:
-            planned.append((cell, key))
-        if store.has_cell(key):
-            counts["already_done"] += 1
-        elif cache_store is not None and cache_store.has_cell(key):
-            from_cache.append(key)
-        elif cell.duplicate_of is not None:
-            duplicates.append((cell, key))
-        else:
-            pending.append((cell, key))
-
-    def save(cell: Cell, key: str, image, produced: str, seconds: float, nsfw, batch_id: str | None = None) -> None:
-        steps = steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index)
-        row = {
-            "cell_key": key,
-            "source": cell.image,
-            "source_name": Path(cell.image).stem,
-            "source_hash": source_hashes[cell.image_index],
-            "prompt": cell.prompt,
-            "negative_prompt": cell.negative_prompt,
-            "strength": cell.strength,
-            "seed": cell.seed,
-            "guidance_scale": cell.guidance_scale,
-            "num_inference_steps": cell.num_inference_steps,
-            "scheduler": cell.scheduler,
-            "width": image.width,
-            "height": image.height,
-            "init_steps": steps.executed_steps,
-            "executed_steps": steps.executed_steps,
-            "t_start": steps.t_start,
-            "unet_evaluations": steps.denoiser_evaluations,
-            "start_timestep": steps.start_timestep,
-            "timesteps": steps.timesteps_text(),
-            "sigma": steps.sigma,
-            "log_snr": steps.log_snr,
-            "sqrt_alpha_bar": steps.sqrt_alpha_bar,
-            "flow_sigma": steps.flow_sigma,
-            "zero_step": steps.zero_step,
-            "duplicate_of": cell.duplicate_of,
-            "produced": produced,
-            "seconds": seconds,
-            "output_path": str(store.image_path(key).relative_to(store.root)),
-            "output_hash": content_hash(image),
-            "nsfw_flagged": nsfw,
-            "model": model_label(pipe),
-            "model_family": model.family.name,
-            "model_fingerprint": fingerprint["fingerprint"],
-            "device": str(pipe.device),
-            "dtype": dtype_name,
-            "engine": engine_used,
-            "batch_id": batch_id,
-        }
-        if metrics:
-            row.update(measure_pair(sources[cell.image_index], image, metrics, prompt=cell.prompt,
-                                    device=str(pipe.device)))
-        if store.save_cell(key, image, row):
-            counts["generated" if not produced.startswith("duplicate:") else "reused"] += 1
-        else:  # a concurrent sweep into this folder stored it first; its image and row are kept
-            counts["stored_by_another_writer"] = counts.get("stored_by_another_writer", 0) + 1
-        if cache_store is not None:
-            cache_store.save_cell(key, image, store.row(key))
-        bar.update(1)
-
-    bar = tqdm(total=len(cells), initial=counts["already_done"], desc=f"sweep {plan.name}", unit="cell",
-               disable=not progress)
-    # Cells another run already computed into the shared cache are copied in, not generated.
-    for key in from_cache:
-        from PIL import Image
-
-        with Image.open(cache_store.image_path(key)) as cached:
-            image = cached.convert("RGB")
-        row = {**cache_store.row(key), "output_path": str(store.image_path(key).relative_to(store.root))}
-        batch_id = row.get("batch_id")
-        if isinstance(batch_id, str) and (cache_store.root / "batches" / f"{batch_id}.json").is_file():
-            batch = cache_store.read_batch(batch_id)
-            store.write_batch(batch_id, batch["keys"], max_batch_size=batch["max_batch_size"])
-        store.save_cell(key, image, row)
-        counts["from_cache"] = counts.get("from_cache", 0) + 1
-        bar.update(1)
-    if from_cache:
-        store.flush()
-    # Pass 2: generate. The batched runner steps every chunk of cells that share scheduler, steps and image size
-    # together; each finished chunk is saved before the next starts, so a crash loses at most one chunk.
-    if batched:
-        # Chunks are fixed by the plan (every non-duplicate cell, in plan order, per scheduler / steps / size),
-        # not by what is left to do: a chunk that is missing any cell is recomputed whole, so every image comes
-        # from the same batch composition whether the sweep ran in one go, resumed after a kill or was rerun.
-        limit = max_batch_size or DEFAULT_MAX_BATCH.get(pipe.device.type, 16)
-        todo = {key for _, key in pending}
-        groups: dict[tuple, list[tuple[Cell, str]]] = {}
-        for cell, key in planned:
-            size = sources[cell.image_index].size
-            groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
-        chunk_cells = max(2 * limit, 32)
-        for members in groups.values():
-            for first in range(0, len(members), chunk_cells):
-                chunk = members[first:first + chunk_cells]
-                if not any(key in todo for _, key in chunk):
-                    continue
-                chunk_keys = [key for _, key in chunk]
-                batch_id = hashlib.sha256(json.dumps([chunk_keys, limit]).encode()).hexdigest()[:16]
-                store.write_batch(batch_id, chunk_keys, max_batch_size=limit)
-                if cache_store is not None:
-                    cache_store.write_batch(batch_id, chunk_keys, max_batch_size=limit)
-                outputs = run_cells_batched(pipe, [cell for cell, _ in chunk], sources, max_batch_size=limit,
-                                            on_step=on_step)
-                for (cell, key), output in zip(chunk, outputs):
-                    if key in todo:
-                        save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
-                             batch_id)
-                store.flush()
-    else:
-        last_flush = time.monotonic()
-        for cell, key in pending:
-            output = run_cell(pipe, cell, sources[cell.image_index], on_step=on_step)
-            save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
-            if time.monotonic() - last_flush > 5:  # row files are durable; this only refreshes results.parquet
-                store.flush()
-                last_flush = time.monotonic()
-    # Pass 3: strengths that run the same steps as a lower one reuse its image.
-    for cell, key in duplicates:
-        canonical = store.row(keys[(cell.group(), cell.duplicate_of)])
-        if canonical is not None and store.has_cell(canonical["cell_key"]):
-            from PIL import Image
-
-            with Image.open(store.image_path(canonical["cell_key"])) as reused:
-                image = reused.copy()
-            save(cell, key, image, f"duplicate:{canonical['produced']}", 0.0, canonical["nsfw_flagged"])
-        else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
-            output = run_cell(pipe, cell, sources[cell.image_index], on_step=on_step)
-            save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
-    store.flush()
-    bar.close()
-    if metrics and (counts["already_done"] or from_cache):
-        from img2img_lab.metrics import measure_run
-
-        measure_run(out_dir, metrics, device=str(pipe.device), progress=False)  # rows from earlier runs
-    manifest = {**store.read_manifest(), **{key: manifest[key] for key in manifest if key != "notes"}}
-    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["counts"] = {**counts, "cells": len(cells), "seconds": round(time.perf_counter() - started_clock, 3)}
-    plan_keys = list(dict.fromkeys(keys[(cell.group(), cell.strength)] for cell in cells))
-    manifest["completed"] = {"signature": signature, "keys": plan_keys} if signature else None
-    store.write_manifest(manifest)
-    return _in_plan_order(store.read_table(), plan_keys)
+def _open_cache(cache) -> RunStore | None:
+    if cache is None:
+        return None
+    path = Path(cache)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--cache '{cache}' is a file, not a folder. Fix: pass a folder (it is created if it is "
+                         f"missing).")
+    return RunStore(path)

@@ -84,13 +84,18 @@ def test_bad_strengths(strength, message):
     [
         ({"seeds": [-1]}, r"seed -1 must be an integer"),
         ({"seeds": [1.5]}, r"seed 1\.5 must be an integer"),
-        ({"steps": [0]}, r"steps 0 must be a positive integer"),
-        ({"guidance_scales": [-2]}, r"guidance scale -2 must be a finite number >= 0"),
+        ({"steps": [0]}, r"steps 0 must be an integer in \[1, 1000\]"),
+        ({"steps": [5000]}, r"steps 5000 must be an integer in \[1, 1000\]"),
+        ({"guidance_scales": [-2]}, r"guidance scale -2 must be a number in \[0, 100\]"),
+        ({"guidance_scales": [1e308]}, r"guidance scale 1e\+308 must be a number in \[0, 100\]"),
+        ({"seeds": [True]}, r"seed True must be an integer"),
+        ({"prompts": ["x" * 20_000]}, r"prompt 'xxx.*has 20,000 characters \(at most 10,000\)"),
+        ({"seeds": list(range(10_001))}, r"'seeds' lists 10,001 values \(at most 10,000\)"),
         ({"schedulers": ["warp_drive"]}, r"unknown scheduler 'warp_drive'. Fix: use one of default, ddim"),
         ({"prompts": []}, r"'prompts' axis is empty"),
         ({"strengths": [0.5, 0.5]}, r"strengths lists 0\.5 twice"),
         ({"prompts": [3]}, r"prompt 3 is not text"),
-        ({"max_side": 3}, r"max_side 3 must be an integer >= 8"),
+        ({"max_side": 3}, r"max_side 3 must be an integer in \[8, 16384\]"),
         ({"resize_policy": "stretch"}, r"resize_policy 'stretch' must be"),
     ],
 )
@@ -124,7 +129,7 @@ def test_yaml_loading(tmp_path):
 def test_yaml_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("images: [a.png\nprompts: x\n")
-    with pytest.raises(PlanError, match=r"bad\.yaml: not valid YAML"):
+    with pytest.raises(PlanError, match=r"bad\.yaml: line 2, column 8: not valid YAML \(while parsing a flow sequence"):
         SweepPlan.from_yaml(bad)
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("images: a.png\nprompts: p\nstrengths: [0.5]\nstrenght: 0.2\n")

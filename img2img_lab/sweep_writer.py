@@ -1,0 +1,316 @@
+"""One sweep writing into one run folder (the steps of :func:`img2img_lab.sweep.run_sweep`).
+
+:class:`SweepWriter` holds what a sweep knows about its folder: the model, the prepared sources, every cell's key,
+what is done, what the shared cache holds, and the counts. Its methods are the sweep's steps, in order:
+:meth:`~SweepWriter.open`, :meth:`~SweepWriter.key_cells`, :meth:`~SweepWriter.copy_from_cache`,
+:meth:`~SweepWriter.generate`, :meth:`~SweepWriter.reuse_duplicates`, :meth:`~SweepWriter.finish`.
+
+A stored cell is an image and its row, written or adopted together: the first writer of a key wins, a later writer
+adopts that writer's image *and* row, and the shared cache receives exactly the pair this folder holds. Copies in
+both directions are hash-checked (:meth:`img2img_lab.store.RunStore.stored_cell`).
+
+>>> writer = SweepWriter.open(plan, "runs/demo", pipe, metrics=[], engine="batched", max_batch_size=None,
+...                           cache_store=None, model_axis=False, progress=False, on_step=None)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from img2img_lab.engine import run_cell, use_scheduler
+from img2img_lab.images import content_hash
+from img2img_lab.manifest import check_one_model, merge_manifest, plan_config, plan_record
+from img2img_lab.models import as_model
+from img2img_lab.pipelines import model_label
+from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.store import RunStore
+from img2img_lab.sweep import (_in_plan_order, build_manifest, cell_key, completed_record, prepare_sources,
+                               source_steps, write_floor)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_label(cell: Cell, model: str | None = None) -> str:
+    """A short human name for a planned cell (what ``verify`` prints for a missing one).
+
+    >>> cell_label(Cell("src/cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False))
+    "cat.png · 'a cat' · strength 0.3 · seed 1 · guidance 7.5 · 20 steps · ddim"
+    """
+    prompt = cell.prompt if len(cell.prompt) <= 40 else cell.prompt[:39] + "…"
+    text = (f"{Path(cell.image).name} · {prompt!r} · strength {cell.strength:g} · seed {cell.seed} · guidance "
+            f"{cell.guidance_scale:g} · {cell.num_inference_steps} steps · {cell.scheduler}")
+    return text + (f" · {model}" if model else "")
+
+
+@dataclass
+class SweepWriter:
+    """The state of one sweep into one run folder; see the module doc for its steps."""
+
+    plan: SweepPlan
+    store: RunStore
+    pipe: object
+    sources: list
+    manifest: dict
+    metrics: list
+    batched: bool
+    max_batch_size: int | None
+    cache_store: RunStore | None = None
+    on_step: object = None
+    progress: bool = True
+    model_axis: bool = False
+    keys: dict = field(default_factory=dict)
+    cells: list = field(default_factory=list)
+    planned: list = field(default_factory=list)   # every non-duplicate cell (fixes the batched runner's chunks)
+    pending: list = field(default_factory=list)   # (cell, key) to generate
+    duplicates: list = field(default_factory=list)
+    from_cache: list = field(default_factory=list)
+    counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
+    started_clock: float = field(default_factory=time.perf_counter)
+    bar: object = None
+
+    # ------------------------------------------------------------------ 3. open
+    @classmethod
+    def open(cls, plan: SweepPlan, out_dir, pipe, *, metrics, engine: str, max_batch_size, cache_store,
+             model_axis: bool, progress: bool, on_step) -> "SweepWriter":
+        """Prepare the sources, then create (or reopen) the run folder with this sweep's manifest merged into the
+        folder's under its lock; store the sources and each source's VAE round trip."""
+        from img2img_lab.metrics import metric_status
+
+        model = as_model(pipe)
+        sources = prepare_sources(plan, pipe)
+        started = _now()
+        manifest = build_manifest(plan, pipe, sources, started=started)
+        manifest["notes"] += model.check_plan(plan)
+        manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(metric_status, metrics) if not ok]
+        batched, reason = (engine == "batched"), "per-cell runner requested"
+        if batched:
+            from img2img_lab.batched import batching_supported
+
+            batched, reason = batching_supported(pipe)
+        manifest["engine"] = {"name": "batched" if batched else "per-cell", "reason": reason,
+                              "max_batch_size": max_batch_size if batched else None}
+        fingerprint = manifest["model_fingerprint"]["fingerprint"]
+        manifest["models"] = [{"spec": plan.model, "model": model_label(pipe), "fingerprint": fingerprint,
+                               "family": model.family.name}]
+        manifest["plans"] = [plan_record(plan, engine=engine, max_batch_size=max_batch_size, metrics=metrics,
+                                         fingerprint=fingerprint)]
+        manifest["history"] = [{"started": started, "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
+        existed = (Path(out_dir) / "manifest.json").exists()
+
+        def merge(previous: dict | None, new: dict) -> dict:
+            if not model_axis:
+                check_one_model(previous, fingerprint, model_label(pipe), out_dir)
+            if previous is None and existed:
+                new = {**new, "notes": new["notes"] + ["manifest.json was unreadable; this sweep wrote a new one "
+                                                       "(the plans and history before it are lost)"]}
+            return merge_manifest(previous, new)
+
+        store = RunStore.create(out_dir, manifest, merge=merge)
+        record = manifest["plans"][0]
+        store.write_config(Path(record["config"]).stem, plan_config(record["plan"]))
+        hashes = [entry["hash"] for entry in manifest["sources"]]
+        for source_hash, source in zip(hashes, sources):
+            store.write_source(source_hash, source)
+        write_floor(store, pipe, sources, hashes, plan.seeds, metrics)
+        return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
+                   batched=batched, max_batch_size=max_batch_size, cache_store=cache_store, on_step=on_step,
+                   progress=progress, model_axis=model_axis)
+
+    @property
+    def source_hashes(self) -> list[str]:
+        return [entry["hash"] for entry in self.manifest["sources"]]
+
+    @property
+    def engine(self) -> str:
+        return self.manifest["engine"]["name"]
+
+    # ------------------------------------------------------------------ 4. key
+    def key_cells(self) -> None:
+        """Key every cell and sort it: done (an intact stored pair), in the shared cache, a duplicate strength,
+        or to generate; record the planned keys in the manifest (``verify`` names a missing one)."""
+        from tqdm.auto import tqdm
+
+        pipe, store = self.pipe, self.store
+        self.steps_of = source_steps(as_model(pipe), self.sources)
+        self.cells = self.plan.cells(steps=self.steps_of)
+        fingerprint = self.manifest["model_fingerprint"]["fingerprint"]
+        labels = {}
+        for cell in self.cells:
+            use_scheduler(pipe, cell.scheduler)
+            source = self.sources[cell.image_index]
+            key = cell_key(cell, fingerprint=fingerprint, scheduler_config=dict(pipe.scheduler.config),
+                           source_hash=self.source_hashes[cell.image_index], width=source.width,
+                           height=source.height, dtype=self.manifest["dtype"], device_type=pipe.device.type,
+                           versions=self.manifest["packages"], engine=self.engine)
+            self.keys[(cell.group(), cell.strength)] = key
+            labels[key] = cell_label(cell, self.manifest["model"] if self.model_axis else None)
+            if cell.duplicate_of is None:
+                self.planned.append((cell, key))
+            if store.has_cell(key):
+                self.counts["already_done"] += 1
+                store.restore_row_file(key)  # a deleted or damaged row file comes back from results.parquet
+            elif self.cache_store is not None and self.cache_store.has_cell(key):
+                self.from_cache.append((cell, key))
+            elif cell.duplicate_of is not None:
+                self.duplicates.append((cell, key))
+            else:
+                self.pending.append((cell, key))
+        store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
+                                                                         **labels}})
+        self.bar = tqdm(total=len(self.cells), initial=self.counts["already_done"], unit="cell",
+                        desc=f"sweep {self.plan.name}", disable=not self.progress)
+
+    # ------------------------------------------------------------------ 5. cache
+    def copy_from_cache(self) -> None:
+        """Copy intact cells (image and row together, hash-checked) from the shared cache; a cache cell damaged
+        since it was keyed is generated instead."""
+        for cell, key in self.from_cache:
+            pair = self.cache_store.stored_cell(key)
+            if pair is None:
+                (self.duplicates if cell.duplicate_of is not None else self.pending).append((cell, key))
+                continue
+            image, row = pair
+            _copy_batch_record(self.cache_store, self.store, row.get("batch_id"))
+            self.store.save_cell(key, image, {**row, "output_path": self._output_path(key)})
+            self.counts["from_cache"] = self.counts.get("from_cache", 0) + 1
+            self.bar.update(1)
+        if self.from_cache:
+            self.store.flush()
+
+    # ------------------------------------------------------------------ 6. generate
+    def generate(self) -> None:
+        """Generate every pending cell: in the batched runner's chunks, or one by one with the reference runner."""
+        if self.batched:
+            self._generate_batched()
+            return
+        last_flush = time.monotonic()
+        for cell, key in self.pending:
+            output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=self.on_step)
+            self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
+            if time.monotonic() - last_flush > 5:  # row files are durable; this only refreshes results.parquet
+                self.store.flush()
+                last_flush = time.monotonic()
+
+    def _generate_batched(self) -> None:
+        """Chunks are fixed by the plan (every non-duplicate cell, in plan order, per scheduler / steps / size),
+        not by what is left to do: a chunk missing any cell is recomputed whole, so every image comes from the
+        same batch composition whether the sweep ran in one go, resumed after a kill or was rerun. Each finished
+        chunk is saved before the next starts, so a crash loses at most one chunk."""
+        from img2img_lab.batched import DEFAULT_MAX_BATCH, run_cells_batched
+
+        limit = self.max_batch_size or DEFAULT_MAX_BATCH.get(self.pipe.device.type, 16)
+        todo = {key for _, key in self.pending}
+        groups: dict[tuple, list[tuple[Cell, str]]] = {}
+        for cell, key in self.planned:
+            size = self.sources[cell.image_index].size
+            groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
+        chunk_cells = max(2 * limit, 32)
+        for members in groups.values():
+            for first in range(0, len(members), chunk_cells):
+                chunk = members[first:first + chunk_cells]
+                if not any(key in todo for _, key in chunk):
+                    continue
+                chunk_keys = [key for _, key in chunk]
+                batch_id = hashlib.sha256(json.dumps([chunk_keys, limit]).encode()).hexdigest()[:16]
+                self.store.write_batch(batch_id, chunk_keys, max_batch_size=limit)
+                outputs = run_cells_batched(self.pipe, [cell for cell, _ in chunk], self.sources,
+                                            max_batch_size=limit, on_step=self.on_step)
+                for (cell, key), output in zip(chunk, outputs):
+                    if key in todo:
+                        self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
+                                  batch_id)
+                self.store.flush()
+
+    # ------------------------------------------------------------------ 7. duplicates
+    def reuse_duplicates(self) -> None:
+        """Strengths that run the same steps as a lower one reuse its stored image."""
+        for cell, key in self.duplicates:
+            canonical = self.store.row(self.keys[(cell.group(), cell.duplicate_of)])
+            pair = self.store.stored_cell(canonical["cell_key"]) if canonical is not None else None
+            if pair is not None:
+                image, canonical = pair
+                self.save(cell, key, image, f"duplicate:{canonical['produced']}", 0.0, canonical["nsfw_flagged"])
+            else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
+                output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=self.on_step)
+                self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
+
+    # ------------------------------------------------------------------ saving one cell
+    def save(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw,
+             batch_id: str | None = None) -> None:
+        """Store one finished cell (first writer wins) and hand the pair this folder now holds to the cache."""
+        from img2img_lab.metrics import measure_pair
+
+        row = self._row(cell, key, image, produced, seconds, nsfw, batch_id)
+        if self.metrics:
+            row.update(measure_pair(self.sources[cell.image_index], image, self.metrics, prompt=cell.prompt,
+                                    device=str(self.pipe.device)))
+        if self.store.save_cell(key, image, row):
+            self.counts["generated" if not produced.startswith("duplicate:") else "reused"] += 1
+            pair = (image, row)
+        else:  # a concurrent sweep into this folder stored it first: its image and row are kept, together
+            self.counts["stored_by_another_writer"] = self.counts.get("stored_by_another_writer", 0) + 1
+            pair = self.store.stored_cell(key)
+        if self.cache_store is not None and pair is not None:
+            _copy_batch_record(self.store, self.cache_store, pair[1].get("batch_id"))
+            self.cache_store.save_cell(key, *pair)
+        self.bar.update(1)
+
+    def _output_path(self, key: str) -> str:
+        return str(self.store.image_path(key).relative_to(self.store.root))
+
+    def _row(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw, batch_id) -> dict:
+        steps = self.steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index)
+        manifest = self.manifest
+        return {
+            "cell_key": key, "source": cell.image, "source_name": Path(cell.image).stem,
+            "source_hash": self.source_hashes[cell.image_index], "prompt": cell.prompt,
+            "negative_prompt": cell.negative_prompt, "strength": cell.strength, "seed": cell.seed,
+            "guidance_scale": cell.guidance_scale, "num_inference_steps": cell.num_inference_steps,
+            "scheduler": cell.scheduler, "width": image.width, "height": image.height,
+            "init_steps": steps.executed_steps, "executed_steps": steps.executed_steps, "t_start": steps.t_start,
+            "unet_evaluations": steps.denoiser_evaluations, "start_timestep": steps.start_timestep,
+            "timesteps": steps.timesteps_text(), "sigma": steps.sigma, "log_snr": steps.log_snr,
+            "sqrt_alpha_bar": steps.sqrt_alpha_bar, "flow_sigma": steps.flow_sigma, "zero_step": steps.zero_step,
+            "duplicate_of": cell.duplicate_of, "produced": produced, "seconds": seconds,
+            "output_path": self._output_path(key), "output_hash": content_hash(image), "nsfw_flagged": nsfw,
+            "model": manifest["model"], "model_family": manifest["model_family"]["family"],
+            "model_fingerprint": manifest["model_fingerprint"]["fingerprint"], "device": manifest["device"],
+            "dtype": manifest["dtype"], "torch_threads": manifest["torch_threads"], "engine": self.engine,
+            "batch_id": batch_id,
+        }
+
+    # ------------------------------------------------------------------ 8. finish
+    def finish(self, signature: str | None):
+        """Flush the table, measure rows from earlier runs, record the finished sweep (merged into the folder's
+        manifest under its lock) and return this plan's rows in plan order."""
+        store = self.store
+        store.flush()
+        self.bar.close()
+        if self.metrics and (self.counts["already_done"] or self.counts.get("from_cache")):
+            from img2img_lab.metrics import measure_run
+
+            measure_run(store.root, self.metrics, device=str(self.pipe.device), progress=False)
+        plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
+        completed = completed_record(store, signature, plan_keys, self.source_hashes)
+        counts = {**self.counts, "cells": len(self.cells),
+                  "seconds": round(time.perf_counter() - self.started_clock, 3)}
+        store.update_manifest(lambda manifest: {**merge_manifest(manifest, self.manifest), "finished": _now(),
+                                                "counts": counts, "completed": completed})
+        return _in_plan_order(store.read_table(allow_damaged=True), plan_keys)
+
+
+def _copy_batch_record(origin: RunStore, target: RunStore, batch_id) -> None:
+    """Copy the record of the batch that made a cell (verify regenerates a batched cell with its batch)."""
+    if isinstance(batch_id, str):
+        batch = origin.read_batch(batch_id)
+        if batch is not None:
+            target.write_batch(batch_id, batch["keys"], max_batch_size=batch["max_batch_size"])
