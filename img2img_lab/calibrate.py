@@ -991,7 +991,8 @@ def _model_step_counter(pipe, plan) -> Callable:
 
 
 def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: CalibrationSettings | None = None,
-              pipe=None, runner: Callable | None = None, progress: bool = True, save: bool = True) -> CalibrationResult:
+              pipe=None, runner: Callable | None = None, progress: bool = True, save: bool = True,
+              record: bool = True) -> CalibrationResult:
     """Calibrate strength for a model, sources and prompts; return (and save) a :class:`CalibrationResult`.
 
     Parameters
@@ -1005,7 +1006,9 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
         the settings' metrics. Tests pass a synthetic runner.
 
     The plan must have one ``steps`` and one ``scheduler`` value (the executed-step arithmetic is per
-    steps value); strength 1.0 is always added (the text-to-image reference).
+    steps value); strength 1.0 is always added (the text-to-image reference). With ``record`` (default) the
+    run folder records the calibration's provenance (:func:`record_calibration`); ``counts["rounds"]`` lists every
+    round's strengths.
 
     >>> result = calibrate("data/configs/calibrate.yaml", "runs/calibrate")  # doctest: +SKIP
     """
@@ -1085,6 +1088,7 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     summary = strength_summary(table, settings.metrics, floor=floor, **bootstrap)
     counts = {"coarse_cells": coarse_cells, "refinement_cells": len(table) - coarse_cells, "cells": len(table),
               "refinement_rounds": rounds_run, "added_strengths": {f"{g:g}": s for g, s in extra.items()},
+              "rounds": rounds,
               "summary": f"{table['source_hash'].nunique()} sources × {table['prompt'].nunique()} prompts × "
                          f"{table['seed'].nunique()} seeds × {table['guidance_scale'].nunique()} guidance values; "
                          f"{coarse_cells} coarse + {len(table) - coarse_cells} refinement cells"}
@@ -1110,7 +1114,8 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
                              if settings.follow else [], "reach", preferred),
     }
     if out_dir is not None and (Path(out_dir) / "manifest.json").is_file():
-        record_calibration(out_dir, plan, settings, rounds)
+        if record:
+            record_calibration(out_dir, plan, settings, rounds)
         if save:
             result.save(out_dir)
     return result

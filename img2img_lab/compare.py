@@ -49,7 +49,7 @@ def calibrate_models(config, out_dir: str | os.PathLike, *, settings=None, devic
     """
     import gc
 
-    from img2img_lab.calibrate import calibrate, load_config
+    from img2img_lab.calibrate import calibrate, load_config, record_calibration
     from img2img_lab.pipelines import load_pipeline, model_label
     from img2img_lab.sweep import run_sweep
 
@@ -67,7 +67,8 @@ def calibrate_models(config, out_dir: str | os.PathLike, *, settings=None, devic
         def runner(part, pipe=pipe):
             return run_sweep(part, out_dir, pipe=pipe, metrics=settings.metrics, progress=progress, model_axis=True)
 
-        result = calibrate((sub_plan, settings), out_dir, pipe=pipe, runner=runner, progress=progress, save=False)
+        result = calibrate((sub_plan, settings), out_dir, pipe=pipe, runner=runner, progress=progress, save=False,
+                           record=False)
         label = model_label(pipe)
         result.run_dir = str(out_dir)
         if save:
@@ -75,6 +76,8 @@ def calibrate_models(config, out_dir: str | os.PathLike, *, settings=None, devic
         results[label] = result
         del pipe
         gc.collect()
+    rounds = [{**item, "model": label} for label, result in results.items() for item in result.counts["rounds"]]
+    record_calibration(out_dir, plan, settings, rounds)  # the whole comparison: its config lists every model
     if save:
         _save_comparison(results, Path(out_dir) / "calibration")
     return results

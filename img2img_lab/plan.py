@@ -33,24 +33,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from img2img_lab.errors import PlanError
+from img2img_lab.plan_values import (MAX_CELLS, as_list, check_guidance, check_model, check_scheduler, check_seed,
+                                     check_steps, check_strength, check_text, check_unique, is_integer, shown)
 
 AXES = ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance_scales", "steps", "schedulers")
 
-#: Seeds must fit a torch.Generator's manual_seed.
-MAX_SEED = 2**63 - 1
-#: Bounds on what a plan may ask for (a typo or a hostile config gets a clear error, not a hang).
-MAX_TEXT = 10_000
-MAX_AXIS_VALUES = 10_000
-MAX_CELLS = 1_000_000
-MAX_STEPS = 1000
-MAX_GUIDANCE = 100.0
 
 
 @dataclass(frozen=True)
@@ -115,134 +108,6 @@ def _stable_diffusion_steps(scheduler: str, num_inference_steps: int, strength: 
     return _RuleSteps(*strength_steps(num_inference_steps, strength))
 
 
-def _as_list(value: Any, what: str = "axis") -> list:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
-        values = list(value)
-    else:
-        values = [value]
-    if len(values) > MAX_AXIS_VALUES:
-        raise PlanError(f"'{what}' lists {len(values):,} values (at most {MAX_AXIS_VALUES:,}). Fix: split the study "
-                        f"into several sweeps into one folder.")
-    return values
-
-
-def _is_integer(value: Any) -> bool:
-    """True for Python and NumPy integers (not for bools)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
-
-
-def _is_number(value: Any) -> bool:
-    """True for Python and NumPy real numbers (not for bools)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
-
-
-def _text_number_hint(value: Any) -> str:
-    """Why a number arrived as text: YAML 1.1 reads ``1e3`` (no dot) as a string."""
-    try:
-        float(value) if isinstance(value, str) else None
-    except ValueError:
-        return ""
-    return " (YAML reads a number like 1e3 without a dot as text: write 1.0e3)" if isinstance(value, str) else ""
-
-
-def _check_strength(value: Any) -> float:
-    if not _is_number(value):
-        raise PlanError(f"strength {_shown(value)} is not a number{_text_number_hint(value)}. Fix: use numbers in "
-                        f"[0, 1], e.g. 0.3.")
-    strength = float(value)
-    if not math.isfinite(strength):
-        raise PlanError(f"strength {_shown(value)} is not finite. Fix: use numbers in [0, 1], e.g. 0.3.")
-    if not 0.0 <= strength <= 1.0:
-        raise PlanError(
-            f"strength {_shown(value)} is outside [0, 1] (0 keeps the source, 1 replaces it entirely). "
-            f"Fix: use values between 0 and 1."
-        )
-    return strength
-
-
-def _check_seed(value: Any) -> int:
-    if not _is_integer(value) or not 0 <= int(value) <= MAX_SEED:
-        raise PlanError(f"seed {_shown(value)} must be an integer in [0, 2**63 - 1]. Fix: use e.g. 0, 1, 2.")
-    return int(value)
-
-
-def _check_guidance(value: Any) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)) or not 0 <= float(value) <= MAX_GUIDANCE:
-        raise PlanError(
-            f"guidance scale {_shown(value)} must be a number in [0, {MAX_GUIDANCE:g}]{_text_number_hint(value)} "
-            f"(values <= 1 disable "
-            f"classifier-free guidance; larger values overflow into black images). Fix: use e.g. 1.0, 3.0 or 7.5."
-        )
-    return float(value)
-
-
-def _check_steps(value: Any) -> int:
-    if not _is_integer(value) or not 1 <= int(value) <= MAX_STEPS:
-        raise PlanError(f"steps {_shown(value)} must be an integer in [1, {MAX_STEPS}] (num_inference_steps; a "
-                        f"scheduler trained on 1000 timesteps has no more). Fix: use e.g. 20.")
-    return int(value)
-
-
-def check_batch_size(value: Any) -> int | None:
-    """``max_batch_size`` as an int >= 1, or ``None`` (the device's default).
-
-    >>> check_batch_size(8), check_batch_size(None)
-    (8, None)
-    """
-    if value is None:
-        return None
-    if not _is_integer(value) or int(value) < 1:
-        raise PlanError(f"max batch size {_shown(value)} must be a positive integer (UNet samples per call). "
-                        f"Fix: use e.g. --max-batch 8, or leave it out for the device's default.")
-    return int(value)
-
-
-def _check_text(value: Any, what: str) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, os.PathLike) and what in ("image path", "model"):
-        value = os.fspath(value)
-    if not isinstance(value, str):
-        raise PlanError(f"{what} {_shown(value)} is not text. Fix: quote it in the config.")
-    if len(value) > MAX_TEXT:
-        raise PlanError(f"{what} {_shown(value)} has {len(value):,} characters (at most {MAX_TEXT:,}). Fix: shorten "
-                        f"it.")
-    return value
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """A value as a message shows it: its repr, shortened (a config value can be huge)."""
-    text = repr(value.item() if hasattr(value, "item") and _is_number(value) else value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _check_scheduler(value: Any) -> str:
-    from img2img_lab.pipelines import scheduler_names
-
-    name = "default" if value is None else str(value).lower()
-    if name not in scheduler_names():
-        raise PlanError(f"unknown scheduler {value!r}. Fix: use one of {', '.join(scheduler_names())}.")
-    return name
-
-
-def _check_model(value: Any) -> str:
-    value = os.fspath(value) if isinstance(value, os.PathLike) else value
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
-        raise PlanError(f"model {_shown(value)} in 'models' is not a hub id or folder. Fix: write e.g. "
-                        f"models: [embedded, ./my-sdxl-folder].")
-    return value
-
-
-def _unique(values: Iterable, what: str) -> None:
-    seen = set()
-    for value in values:
-        if value in seen:
-            raise PlanError(f"{what} lists {_shown(value)} twice. Fix: list each value once.")
-        seen.add(value)
-
-
 @dataclass
 class SweepPlan:
     """The axes of a sweep. Every list is one axis; the cells are their product.
@@ -298,39 +163,39 @@ class SweepPlan:
     name: str = "sweep"
 
     def __post_init__(self) -> None:
-        self.images = [_check_text(image, "image path") for image in _as_list(self.images, "images")]
-        self.prompts = [_check_text(prompt, "prompt") for prompt in _as_list(self.prompts, "prompts")]
-        self.negative_prompts = [_check_text(text, "negative prompt")
-                                 for text in _as_list(self.negative_prompts, "negative_prompts")]
-        self.strengths = [_check_strength(value) for value in _as_list(self.strengths, "strengths")]
-        self.seeds = [_check_seed(value) for value in _as_list(self.seeds, "seeds")]
-        self.guidance_scales = [_check_guidance(value) for value in _as_list(self.guidance_scales, "guidance_scales")]
-        self.steps = [_check_steps(value) for value in _as_list(self.steps, "steps")]
-        self.schedulers = [_check_scheduler(value) for value in _as_list(self.schedulers, "schedulers")]
-        self.name = _check_text(self.name, "name") or "sweep"
+        self.images = [check_text(image, "image path") for image in as_list(self.images, "images")]
+        self.prompts = [check_text(prompt, "prompt") for prompt in as_list(self.prompts, "prompts")]
+        self.negative_prompts = [check_text(text, "negative prompt")
+                                 for text in as_list(self.negative_prompts, "negative_prompts")]
+        self.strengths = [check_strength(value) for value in as_list(self.strengths, "strengths")]
+        self.seeds = [check_seed(value) for value in as_list(self.seeds, "seeds")]
+        self.guidance_scales = [check_guidance(value) for value in as_list(self.guidance_scales, "guidance_scales")]
+        self.steps = [check_steps(value) for value in as_list(self.steps, "steps")]
+        self.schedulers = [check_scheduler(value) for value in as_list(self.schedulers, "schedulers")]
+        self.name = check_text(self.name, "name") or "sweep"
         for axis in AXES:
             values = getattr(self, axis)
             if not values:
                 raise PlanError(f"the plan's '{axis}' axis is empty. Fix: give at least one value.")
-            _unique(values, axis)
-        cells = math.prod(len(getattr(self, axis)) for axis in AXES) * len(_as_list(self.models, "models") or [None])
+            check_unique(values, axis)
+        cells = math.prod(len(getattr(self, axis)) for axis in AXES) * len(as_list(self.models, "models") or [None])
         if cells > MAX_CELLS:
             raise PlanError(f"the plan has {cells:,} cells (at most {MAX_CELLS:,}). Fix: shrink an axis or split the "
                             f"study into several sweeps.")
         if self.max_side not in (None, "native"):
-            if not _is_integer(self.max_side) or not 8 <= int(self.max_side) <= 16384:
-                raise PlanError(f"max_side {_shown(self.max_side)} must be an integer in [8, 16384], 'native' or "
+            if not is_integer(self.max_side) or not 8 <= int(self.max_side) <= 16384:
+                raise PlanError(f"max_side {shown(self.max_side)} must be an integer in [8, 16384], 'native' or "
                                 f"null.")
             self.max_side = int(self.max_side)
         if self.resize_policy not in ("crop", "resize"):
-            raise PlanError(f"resize_policy {_shown(self.resize_policy)} must be 'crop' or 'resize'.")
+            raise PlanError(f"resize_policy {shown(self.resize_policy)} must be 'crop' or 'resize'.")
         if self.model is not None:
-            self.model = _check_text(self.model, "model")
+            self.model = check_text(self.model, "model")
         if self.models is not None:
-            self.models = [_check_model(value) for value in _as_list(self.models, "models")]
+            self.models = [check_model(value) for value in as_list(self.models, "models")]
             if not self.models:
                 raise PlanError("the plan's 'models' list is empty. Fix: list at least one model, or remove it.")
-            _unique(self.models, "models")
+            check_unique(self.models, "models")
             if self.model is not None:
                 raise PlanError("the config gives both 'model' and 'models'. Fix: keep one (models: [A, B] compares "
                                 "several models in one run folder).")
@@ -357,7 +222,7 @@ class SweepPlan:
             name = aliases.get(key, key)
             if name not in known:
                 raise PlanError(
-                    f"unknown config key {_shown(key)}. Fix: use only {', '.join(sorted(known))}."
+                    f"unknown config key {shown(key)}. Fix: use only {', '.join(sorted(known))}."
                 )
             if name in values:
                 raise PlanError(f"config key {key!r} given twice (also as an alias). Fix: keep one.")
@@ -367,7 +232,7 @@ class SweepPlan:
                 raise PlanError(f"the config has no '{required}'. Fix: add it (see data/configs/ for examples).")
         if base_dir is not None:
             images = []
-            for image in _as_list(values["images"]):
+            for image in as_list(values["images"]):
                 path = Path(str(image)).expanduser()
                 images.append(str(path if path.is_absolute() else (Path(base_dir) / path)))
             values["images"] = images

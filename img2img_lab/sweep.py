@@ -26,7 +26,8 @@ from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.manifest import files_digest, package_versions, registered_models
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
-from img2img_lab.plan import Cell, SweepPlan, check_batch_size
+from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.plan_values import check_batch_size
 from img2img_lab.store import RunStore, atomic_write
 
 __all__ = ["COLUMNS", "cell_key", "package_versions", "prepare_source", "prepare_sources", "registered_models",

@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-MODULES = ["atomic", "configfile", "manifest", "plan", "cli", "sweep_writer", "store", "errors", "images"]
+MODULES = ["atomic", "configfile", "manifest", "plan", "plan_values", "cli", "sweep_writer", "store", "errors", "images"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -79,6 +79,12 @@ def test_calibrate_models_side_by_side_on_log_snr(two_models, source_png, tmp_pa
     assert (tmp_path / "run" / "calibration" / "models.csv").is_file()
     assert (tmp_path / "run" / "calibration" / "models.png").stat().st_size > 1000
     assert len(list((tmp_path / "run" / "calibration").glob("*/calibration.json"))) == 2
+    from img2img_lab.calibrate import load_config
+    from img2img_lab.store import RunStore
+
+    recorded = RunStore.open(tmp_path / "run").read_manifest()["calibration"]  # provenance of the whole comparison
+    assert {item["model"] for item in recorded["rounds"]} == set(results)
+    assert load_config(tmp_path / "run" / recorded["config"])[0].models == [sd, sdxl]
     from img2img_lab.report import write_report
 
     report = write_report(tmp_path / "run", tmp_path / "report.html").read_text()
