@@ -378,10 +378,19 @@ class RunStore:
 
     def stored_cell(self, key: str):
         """``(image, row)`` of an intact cell (the image's pixels are the ones its row records), else ``None``."""
+        from img2img_lab.images import content_hash
+
         row = self.read_row_file(key) or self._load_rows().get(key)
-        if row is None or not self.image_matches(key, row["output_hash"]):
+        if row is None:
             return None
-        return self._load_image(self.image_path(key)), row
+        try:
+            image = self._load_image(self.image_path(key))
+        except StoreError:
+            return None
+        if content_hash(image) != row["output_hash"]:
+            return None
+        self._intact.add((key, row["output_hash"]))
+        return image, row
 
     def save_cell(self, key: str, image, row: dict) -> bool:
         """Store a finished cell: its image, then its row file, both atomically, under the folder's lock.

@@ -46,6 +46,7 @@ class VerifyReport:
     files_checked: int = 0
     file_failures: list = field(default_factory=list)
     missing_cells: list = field(default_factory=list)
+    damaged_cells: set = field(default_factory=set)  # keys whose image is missing, unreadable or changed
     cells_regenerated: int = 0
     within_tolerance: int = 0
     mismatches: list = field(default_factory=list)
@@ -105,6 +106,7 @@ def audit_run_folder(store: RunStore, report: VerifyReport):
         problem = _image_problem(store.root / row["output_path"], row["output_hash"])
         if problem:
             report.file_failures.append(f"{row['output_path']}: {problem}")
+            report.damaged_cells.add(row["cell_key"])
     for key in sorted(store.image_keys() - keys):
         report.files_checked += 1
         report.file_failures.append(f"images/{key}.png: no row records it (an orphan image)")
@@ -182,9 +184,8 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
 
 
 def _regenerate_sample(store: RunStore, table, report: VerifyReport, *, sample: int, seed: int, pipe, device) -> None:
-    intact = {failure.split(":")[0] for failure in report.file_failures}
     candidates = table[(table["produced"].astype(str).str.startswith("duplicate:") == False)  # noqa: E712
-                       & ~table["output_path"].isin(intact)]
+                       & ~table["cell_key"].isin(report.damaged_cells)]
     picked = random.Random(seed).sample(list(candidates["cell_key"]), min(sample, len(candidates)))
     rows = {row["cell_key"]: row for row in table.to_dict("records")}
     hashes = sorted(set(table["source_hash"]))
