@@ -62,3 +62,25 @@ def sources_dir(tmp_path):
     for index in range(2):
         structured_image(32, seed=index).save(folder / f"source{index}.png")
     return folder
+
+
+#: Flags for Debian's chromium in the browser tests (no sandbox in containers, no network of its own).
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> dict:
+    """Playwright's launch arguments for Debian's chromium (``playwright.chromium.launch(**chromium)``): skipped
+    where it is missing, a failure under CI (``.ci/run`` sets ``CI=true``)."""
+    import shutil
+    from pathlib import Path
+
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        message = "Debian's chromium is not installed. Fix: apt-get install -y chromium"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return {"executable_path": path, "headless": True, "args": CHROMIUM_FLAGS}

@@ -25,21 +25,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
-
-
-def _chromium() -> str:
-    path = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(path).is_file():
-        message = "Debian's chromium is not installed. Fix: apt-get install -y chromium"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -86,14 +71,13 @@ def jupyterlab(tmp_path):
 
 
 @pytest.mark.slow
-def test_explorer_runs_in_jupyterlab_in_chromium(jupyterlab, capsys):
-    chromium = _chromium()
+def test_explorer_runs_in_jupyterlab_in_chromium(jupyterlab, chromium, capsys):
     sync_api = pytest.importorskip("playwright.sync_api")
     url, token, tmp_path = jupyterlab
     ARTIFACTS.mkdir(exist_ok=True)
     started = time.perf_counter()
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(**chromium)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 1500})
             external = []

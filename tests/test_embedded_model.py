@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from img2img_lab.models import as_model
 from img2img_lab.pipelines import EMBEDDED_MODEL_DIR, describe_pipeline, load_pipeline
 from img2img_lab.shapes import oracle
 from img2img_lab.shapes.world import SAMPLE_SCENES, caption, render
@@ -34,7 +35,7 @@ def test_default_model_is_the_committed_shapes_world(embedded, monkeypatch):
     assert info["pipeline_class"] == "StableDiffusionImg2ImgPipeline"
     assert info["native_resolution"] == 64 and info["size_multiple"] == 4
     assert info["dtype"] == "float32" and info["scheduler"] == "DDIMScheduler"
-    assert EMBEDDED_MODEL_DIR == REPO / "data" / "models" / "shapes-world"
+    assert Path(as_model(embedded).folder) == EMBEDDED_MODEL_DIR and (EMBEDDED_MODEL_DIR / "model_index.json").is_file()
 
 
 def test_model_is_small_and_documented(card):

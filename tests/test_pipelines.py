@@ -105,7 +105,9 @@ def test_device_and_dtype_selection():
         select_device("cpu", "float8")
     with pytest.raises(ModelError, match=r"unknown device 'gpu0'"):
         select_device("gpu0")
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():  # the best device is the GPU, in half precision
+        assert select_device() == (torch.device("cuda"), torch.float16)
+    else:
         assert select_device() == (torch.device("cpu"), torch.float32)
         with pytest.raises(ModelError, match=r"torch sees no CUDA GPU"):
             select_device("cuda")

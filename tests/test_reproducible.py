@@ -247,16 +247,13 @@ def test_report_is_one_self_contained_file(reported_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_report_opens_in_chromium_without_network_requests(reported_run, tmp_path, capsys):
-    from test_browser import CHROMIUM_FLAGS, _chromium
-
-    chromium = _chromium()
+def test_report_opens_in_chromium_without_network_requests(reported_run, tmp_path, chromium, capsys):
     sync_api = pytest.importorskip("playwright.sync_api")
     out = tmp_path / "report.html"
     assert main(["report", str(reported_run), "--out", str(out)]) == 0
     requests = []
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(**chromium)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 1400})
             page.on("request", lambda request: requests.append(request.url))
