@@ -38,9 +38,6 @@ def demo_summary(table):
 def run_demo(out: str | Path = "runs/demo", *, config: str | Path = DEMO_CONFIG, seeds=None, strengths=None,
              pipe=None, progress: bool = True):
     """Run the demo study into ``out`` and return the per-strength summary (a DataFrame)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from img2img_lab.grids import comparison_grid, save_png, strength_curves

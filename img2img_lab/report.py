@@ -218,9 +218,6 @@ def report_sections(run_dir) -> dict[str, Section]:
 
     >>> sections = report_sections("runs/demo"); sections["grids"]  # doctest: +SKIP
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)
     table = store.read_table()
     if table.empty:

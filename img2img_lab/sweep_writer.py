@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from img2img_lab.engine import run_cell, use_scheduler
+from img2img_lab.engine import run_cell
 from img2img_lab.images import content_hash
 from img2img_lab.manifest import check_one_model, merge_manifest, plan_config, plan_record
 from img2img_lab.models import as_model
@@ -139,15 +139,14 @@ class SweepWriter:
         or to generate; record the planned keys in the manifest (``verify`` names a missing one)."""
         from tqdm.auto import tqdm
 
-        pipe, store = self.pipe, self.store
-        self.steps_of = source_steps(as_model(pipe), self.sources)
+        pipe, store, model = self.pipe, self.store, as_model(self.pipe)
+        self.steps_of = source_steps(model, self.sources)
         self.cells = self.plan.cells(steps=self.steps_of)
         fingerprint = self.manifest["model_fingerprint"]["fingerprint"]
         labels = {}
-        for cell in self.cells:
-            use_scheduler(pipe, cell.scheduler)
+        for cell in self.cells:  # keyed with the scheduler the cell will use; the pipeline's own is left alone
             source = self.sources[cell.image_index]
-            key = cell_key(cell, fingerprint=fingerprint, scheduler_config=dict(pipe.scheduler.config),
+            key = cell_key(cell, fingerprint=fingerprint, scheduler_config=dict(model.scheduler(cell.scheduler).config),
                            source_hash=self.source_hashes[cell.image_index], width=source.width,
                            height=source.height, dtype=self.manifest["dtype"], device_type=pipe.device.type,
                            versions=self.manifest["packages"], engine=self.engine)

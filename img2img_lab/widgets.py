@@ -87,11 +87,8 @@ def _png_bytes(image) -> bytes:
 
 
 def _figure_png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
     stream = io.BytesIO()
     figure.savefig(stream, format="png")
-    plt.close(figure)
     return stream.getvalue()
 
 
@@ -411,16 +408,14 @@ class StrengthExplorer:
     def _draw_curve(self) -> None:
         if self.current is None:
             return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # a figure object needs no backend: the notebook's stays as it is
 
         from img2img_lab.grids import curve_data, select_rows
 
         metric = self.curve_metric.value
         family = select_rows(self.rows(), self._family())
-        figure, axis = plt.subplots(figsize=(6.4, 3.4), dpi=90)
+        figure = Figure(figsize=(6.4, 3.4), dpi=90)
+        axis = figure.subplots()
         values = family[metric].astype(float)
         axis.scatter(family["strength"], values, s=18, alpha=0.6, label="one image")
         if len(family) > 1 and values.notna().any():
