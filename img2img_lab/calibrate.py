@@ -668,8 +668,9 @@ class CalibrationResult:
     def primary_fidelity_metric(self) -> str | None:
         """The continuous fidelity metric used for the knee and the text-to-image test (first keep target
         that is not a 0/1 rate, else SSIM if measured)."""
-        from img2img_lab.metrics import METRICS
+        from img2img_lab.metrics import METRICS, load_plugins
 
+        load_plugins()
         for target in self.settings.keep:
             if not target.metric.startswith("oracle"):
                 return target.metric

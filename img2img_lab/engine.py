@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 import img2img_lab  # noqa: F401  - torchvision shim first
-from img2img_lab.models import as_model
+from img2img_lab.models import as_model, cell_generator  # noqa: F401 - cell_generator re-exported
 from img2img_lab.plan import Cell
 
 
@@ -36,17 +36,6 @@ class CellOutput:
     seconds: float
     produced: str  # "diffusion" or "vae_roundtrip"
     nsfw_flagged: bool | None = None
-
-
-def cell_generator(seed: int):
-    """The per-cell generator: CPU, seeded with the cell's seed (diffusers' reproducible recipe).
-
-    >>> float(cell_generator(0).initial_seed())
-    0.0
-    """
-    import torch
-
-    return torch.Generator("cpu").manual_seed(int(seed))
 
 
 def use_scheduler(pipe, name: str):

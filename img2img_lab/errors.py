@@ -32,3 +32,7 @@ class ModelError(Img2ImgLabError):
 
 class StoreError(Img2ImgLabError):
     """A run folder is missing, unreadable, or belongs to a different plan."""
+
+
+class MetricUnavailable(Img2ImgLabError):
+    """A metric cannot run here (missing weights or packages); the message says how to fix it."""

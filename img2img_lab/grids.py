@@ -177,7 +177,7 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
     if border:
         values = table[border].astype(float)
         low, high = np.nanmin(values), np.nanmax(values)
-        higher_is_closer = _higher_is_closer(border)
+        higher_is_better = _higher_is_better(border)
     from matplotlib import colormaps
 
     colormap = colormaps["RdYlGn"]
@@ -211,7 +211,7 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
             canvas.paste(_scaled(store.load_output(cell), layout), box[:2])
             if border and not math.isnan(float(cell[border])):
                 position = 0.5 if high == low else (float(cell[border]) - low) / (high - low)
-                colour = colormap(position if higher_is_closer else 1 - position)
+                colour = colormap(position if higher_is_better else 1 - position)
                 rgb = tuple(int(255 * channel) for channel in colour[:3])
                 width = max(2, layout.gap // 2)
                 draw.rectangle((box[0] - width, box[1] - width, box[2] + width - 1, box[3] + width - 1),
@@ -222,10 +222,11 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
     return canvas
 
 
-def _higher_is_closer(metric: str) -> bool:
-    from img2img_lab.metrics import METRICS
+def _higher_is_better(metric: str) -> bool:
+    from img2img_lab.metric_registry import METRICS, load_plugins
 
-    return METRICS[metric].higher_is_closer if metric in METRICS else True
+    load_plugins()
+    return METRICS[metric].higher_is_better if metric in METRICS else True
 
 
 def _scaled(image: Image.Image, layout: GridLayout) -> Image.Image:
@@ -339,7 +340,7 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
         level = floor[metric].replace([np.inf], np.nan).mean()
         if not math.isnan(level):
             ax.axhline(level, color="gray", linestyle="--", linewidth=1, label="VAE round-trip floor")
-    direction = "higher = closer to source" if _higher_is_closer(metric) else "lower = closer to source"
+    direction = "higher = closer to source" if _higher_is_better(metric) else "lower = closer to source"
     ax.set_xlabel(X_AXES[x])
     if x == "log_snr":
         ax.invert_xaxis()
@@ -361,9 +362,9 @@ def difference_array(source, output, *, kind: str = "abs") -> np.ndarray:
     >>> difference_array(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)).max()
     0.0
     """
-    from img2img_lab.metrics import _pair
+    from img2img_lab.images import metric_pair
 
-    a, b = _pair(source, output)
+    a, b = metric_pair(source, output)
     if kind == "abs":
         return np.abs(a.astype(np.float64) - b.astype(np.float64)).mean(axis=2) / 255.0
     if kind == "ssim":

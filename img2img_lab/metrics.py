@@ -16,15 +16,16 @@ name          range               closer to the source means  reference
 ``lpips``     [0, ~1]             lower                       Zhang et al. 2018, AlexNet backbone
 ============  ==================  ==========================  =========================================
 
-``lpips_vgg`` and ``lpips_squeeze`` use the other backbones. LPIPS needs torchvision's ImageNet backbone weights
-in ``$TORCH_HOME/hub/checkpoints`` (``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth``,
+``lpips_vgg`` and ``lpips_squeeze`` use the other backbones (:mod:`img2img_lab.lpips_metric`). LPIPS needs
+torchvision's ImageNet backbone weights in ``$TORCH_HOME/hub/checkpoints`` (``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth``,
 ``squeezenet1_1-b8a52dc0.pth``); when they are missing the metric is *unavailable* (:class:`MetricUnavailable`
 says which file goes where) and sweeps record NaN with a manifest note. A random backbone is never used in its
 place.
 
 Prompt adherence goes through a hook: a :class:`PromptScorer` is any callable ``(image, prompt) -> float``.
 :class:`ClipScore` is the CLIP implementation (used when CLIP weights are available locally);
-:func:`register_prompt_scorer` adds others (the embedded model's exact oracle registers itself this way).
+:func:`register_prompt_scorer` adds others. The registry (:mod:`img2img_lab.metric_registry`) holds every metric's
+direction and numeric range; the embedded model's oracle is a plugin it loads on first use.
 
 >>> import numpy as np
 >>> image = np.zeros((32, 32, 3), np.uint8)
@@ -36,45 +37,24 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
 import img2img_lab  # noqa: F401  - torchvision shim before lpips
-from img2img_lab.errors import Img2ImgLabError
+from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
+from img2img_lab.images import metric_array as _as_array
+from img2img_lab.images import metric_pair as _pair
+from img2img_lab.lpips_metric import (LPIPS_BACKBONE_FILES, lpips, lpips_checkpoint_dir,  # noqa: F401
+                                      lpips_distances, lpips_status)
+from img2img_lab.metric_registry import (METRICS, MetricSpec, check_metric_names, is_prompt_metric,
+                                         load_plugins, metric_spec, pair_function, prompt_scorer,
+                                         register_pair_metric, register_prompt_scorer, unregister_metric)
 
-
-class MetricUnavailable(Img2ImgLabError):
-    """A metric cannot run here (missing weights or packages); the message says how to fix it."""
-
-
-def _as_array(image) -> np.ndarray:
-    """RGB uint8 HxWx3 array from a PIL image or an array."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return np.asarray(image)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise Img2ImgLabError(
-            f"metrics take RGB uint8 images of shape HxWx3; got {array.dtype} {array.shape}. "
-            f"Fix: pass PIL images or uint8 arrays (img2img_lab.images.load_image gives both)."
-        )
-    return array
-
-
-def _pair(source, output) -> tuple[np.ndarray, np.ndarray]:
-    a, b = _as_array(source), _as_array(output)
-    if a.shape != b.shape:
-        raise Img2ImgLabError(
-            f"source {a.shape[1]}x{a.shape[0]} and output {b.shape[1]}x{b.shape[0]} differ in size. "
-            f"Fix: compare the output with the *prepared* source (the run folder's sources/ copy)."
-        )
-    return a, b
+__all__ = ["DEFAULT_METRICS", "LPIPS_BACKBONE_FILES", "METRICS", "ClipScore", "MetricSpec", "MetricUnavailable", "PromptScorer",
+           "check_metric_names", "delta_e", "edge_f1", "edge_map", "load_plugins", "lpips", "lpips_distances",
+           "lpips_checkpoint_dir", "lpips_status", "measure_pair", "measure_pairs", "measure_run", "metric_spec", "metric_status",
+           "ms_ssim", "mse", "psnr", "register_pair_metric", "register_prompt_scorer", "ssim", "unregister_metric"]
 
 
 # --------------------------------------------------------------------------- classical metrics
@@ -236,103 +216,6 @@ def edge_f1(source, output, *, sigma: float = 1.0, tolerance: int = 1) -> float:
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
-# --------------------------------------------------------------------------- LPIPS
-
-#: torchvision's file names for the ImageNet backbones LPIPS builds on.
-LPIPS_BACKBONE_FILES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
-
-_LPIPS_MODELS: dict[tuple, object] = {}
-
-
-def lpips_checkpoint_dir() -> Path:
-    """Where torchvision looks for backbone weights: ``$TORCH_HOME/hub/checkpoints``."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def lpips_status(net: str = "alex") -> tuple[bool, str]:
-    """``(available, explanation)`` for LPIPS with backbone ``net`` (alex, vgg or squeeze).
-
-    >>> lpips_status("alex")  # doctest: +SKIP
-    (False, 'lpips: backbone weights missing at /root/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth. ...')
-    """
-    if net not in LPIPS_BACKBONE_FILES:
-        raise Img2ImgLabError(f"unknown LPIPS backbone {net!r}. Fix: use one of {', '.join(LPIPS_BACKBONE_FILES)}.")
-    path = lpips_checkpoint_dir() / LPIPS_BACKBONE_FILES[net]
-    if path.is_file():
-        return True, f"lpips ({net}): backbone weights at {path}"
-    return False, (
-        f"lpips ({net}): backbone weights missing at {path}. Fix: copy torchvision's ImageNet weights file "
-        f"{LPIPS_BACKBONE_FILES[net]} (from a machine with internet: "
-        f"python -c \"import torchvision; torchvision.models.{ {'alex': 'alexnet', 'vgg': 'vgg16', 'squeeze': 'squeezenet1_1'}[net] }(weights='DEFAULT')\" "
-        f"then look in ~/.cache/torch/hub/checkpoints) into {path.parent}, or set TORCH_HOME to a folder whose "
-        f"hub/checkpoints holds it."
-    )
-
-
-def _lpips_model(net: str, device: str, random_backbone: bool):
-    key = (net, device, random_backbone)
-    if key not in _LPIPS_MODELS:
-        import contextlib
-        import io
-
-        import lpips as lpips_package
-
-        if not random_backbone:
-            available, explanation = lpips_status(net)
-            if not available:
-                raise MetricUnavailable(explanation)
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = lpips_package.LPIPS(net=net, pretrained=True, pnet_rand=random_backbone, verbose=False)
-        _LPIPS_MODELS[key] = model.eval().to(device)
-    return _LPIPS_MODELS[key]
-
-
-def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None = None, batch_size: int = 32,
-                    random_backbone: bool = False) -> np.ndarray:
-    """LPIPS distances (Zhang et al. 2018) for pairs of RGB images, batched; lower = closer, 0 = identical.
-
-    Raises :class:`MetricUnavailable` when the backbone weights are missing. ``random_backbone=True``
-    uses a randomly initialised backbone: **for wiring tests only**, its numbers are not LPIPS.
-
-    >>> lpips_distances([source], [output])  # doctest: +SKIP
-    array([0.1234], dtype=float32)
-    """
-    import torch
-
-    device = device or "cpu"
-    model = _lpips_model(net, device, random_backbone)
-    pairs = [_pair(a, b) for a, b in zip(sources, outputs)]
-    results = []
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            shapes = {a.shape for a, _ in chunk}
-            if len(shapes) > 1:  # mixed sizes: one pair at a time
-                for a, b in chunk:
-                    results.extend(lpips_distances([a], [b], net=net, device=device, random_backbone=random_backbone))
-                continue
-            to_tensor = lambda arrays: (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # noqa: E731
-                                        / 127.5 - 1.0).to(device)
-            distance = model(to_tensor([a for a, _ in chunk]), to_tensor([b for _, b in chunk]))
-            results.extend(distance.reshape(-1).cpu().numpy().tolist())
-    return np.asarray(results, dtype=np.float64)
-
-
-def lpips(source, output, *, net: str = "alex", device: str | None = None) -> float:
-    """LPIPS distance of one pair (see :func:`lpips_distances`).
-
-    >>> lpips(source, output)  # doctest: +SKIP
-    0.1234
-    """
-    return float(lpips_distances([source], [output], net=net, device=device)[0])
-
-
 # --------------------------------------------------------------------------- prompt adherence
 
 
@@ -340,23 +223,6 @@ class PromptScorer(Protocol):
     """A prompt-adherence measure: ``scorer(image, prompt) -> float`` (higher = follows the prompt better)."""
 
     def __call__(self, image, prompt: str) -> float: ...
-
-
-_PROMPT_SCORERS: dict[str, Callable[[], PromptScorer]] = {}
-
-
-def register_prompt_scorer(name: str, factory: Callable[[], PromptScorer], *, higher_is_better: bool = True,
-                           value_range: str = "", description: str = "") -> None:
-    """Register a prompt-adherence metric; ``factory()`` builds the scorer (or raises MetricUnavailable).
-
-    >>> register_prompt_scorer("always_one", lambda: (lambda image, prompt: 1.0), value_range="[1, 1]")
-    >>> measure_pair(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), ["always_one"],
-    ...              prompt="anything")
-    {'always_one': 1.0}
-    """
-    _PROMPT_SCORERS[name] = factory
-    METRICS[name] = MetricSpec(name, higher_is_better, value_range, description or f"prompt adherence ({name})",
-                               needs_prompt=True)
 
 
 class ClipScore:
@@ -406,52 +272,25 @@ class ClipScore:
 
 # --------------------------------------------------------------------------- registry
 
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """A registered metric: its name, direction, range and whether it needs the prompt."""
-
-    name: str
-    higher_is_closer: bool
-    value_range: str
-    description: str
-    needs_prompt: bool = False
-
-
-METRICS: dict[str, MetricSpec] = {
-    "ssim": MetricSpec("ssim", True, "[-1, 1]", "structural similarity (Wang et al. 2004)"),
-    "ms_ssim": MetricSpec("ms_ssim", True, "[0, 1]", "multi-scale SSIM (Wang et al. 2003)"),
-    "psnr": MetricSpec("psnr", True, "[0, inf] dB", "peak signal-to-noise ratio"),
-    "mse": MetricSpec("mse", False, "[0, 1]", "mean squared error on [0, 1] intensities"),
-    "delta_e": MetricSpec("delta_e", False, "[0, 100+]", "mean CIEDE2000 colour difference"),
-    "edge_f1": MetricSpec("edge_f1", True, "[0, 1]", "F1 of Canny edges, 1 px tolerance (composition kept)"),
-    "lpips": MetricSpec("lpips", False, "[0, ~1]", "LPIPS, AlexNet backbone (Zhang et al. 2018)"),
-    "lpips_vgg": MetricSpec("lpips_vgg", False, "[0, ~1]", "LPIPS, VGG16 backbone"),
-    "lpips_squeeze": MetricSpec("lpips_squeeze", False, "[0, ~1]", "LPIPS, SqueezeNet backbone"),
-    "clip_score": MetricSpec("clip_score", True, "[0, 100]", "CLIP score of output vs prompt", needs_prompt=True),
-}
-
-_PAIR_FUNCTIONS = {"ssim": ssim, "ms_ssim": ms_ssim, "psnr": psnr, "mse": mse, "delta_e": delta_e,
-                   "edge_f1": edge_f1}
+INF = float("inf")
+for _name, _function, _better, _range, _unit, _description in (
+    ("ssim", ssim, True, (-1, 1), "", "structural similarity (Wang et al. 2004)"),
+    ("ms_ssim", ms_ssim, True, (0, 1), "", "multi-scale SSIM (Wang et al. 2003)"),
+    ("psnr", psnr, True, (0, INF), "dB", "peak signal-to-noise ratio"),
+    ("mse", mse, False, (0, 1), "", "mean squared error on [0, 1] intensities"),
+    ("delta_e", delta_e, False, (0, INF), "", "mean CIEDE2000 colour difference"),
+    ("edge_f1", edge_f1, True, (0, 1), "", "F1 of Canny edges, 1 px tolerance (composition kept)"),
+    ("lpips", lpips, False, (0, 1), "", "LPIPS, AlexNet backbone (Zhang et al. 2018)"),
+    ("lpips_vgg", lpips, False, (0, 1), "", "LPIPS, VGG16 backbone"),
+    ("lpips_squeeze", lpips, False, (0, 1), "", "LPIPS, SqueezeNet backbone"),
+):
+    register_pair_metric(_name, _function, higher_is_better=_better, value_range=_range, unit=_unit,
+                         description=_description)
+register_prompt_scorer("clip_score", ClipScore, value_range=(0, 100), description="CLIP score of output vs prompt")
 _LPIPS_NETS = {"lpips": "alex", "lpips_vgg": "vgg", "lpips_squeeze": "squeeze"}
-_PROMPT_SCORERS["clip_score"] = ClipScore
-_SCORER_CACHE: dict[str, object] = {}
 
 #: What ``measure`` computes when no metric list is given.
 DEFAULT_METRICS = ("ssim", "ms_ssim", "psnr", "delta_e", "edge_f1", "lpips")
-
-
-def register_pair_metric(name: str, function: Callable, *, higher_is_closer: bool, value_range: str = "",
-                         description: str = "") -> None:
-    """Register a ``function(source, output) -> float`` as a metric that sweeps and ``measure`` can ask for.
-
-    >>> register_pair_metric("mean_abs", lambda a, b: float(np.abs(_as_array(a) / 1.0 - _as_array(b)).mean()),
-    ...                      higher_is_closer=False, value_range="[0, 255]")
-    >>> measure_pair(np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8), ["mean_abs"])
-    {'mean_abs': 0.0}
-    """
-    _PAIR_FUNCTIONS[name] = function
-    METRICS[name] = MetricSpec(name, higher_is_closer, value_range, description or name)
 
 
 def metric_status(name: str) -> tuple[bool, str]:
@@ -460,39 +299,15 @@ def metric_status(name: str) -> tuple[bool, str]:
     >>> metric_status("ssim")
     (True, 'ssim: available')
     """
-    if name not in METRICS:
-        raise Img2ImgLabError(f"unknown metric {name!r}. Fix: use one of {', '.join(METRICS)}.")
+    metric_spec(name)
     if name in _LPIPS_NETS:
         return lpips_status(_LPIPS_NETS[name])
-    if name in _PROMPT_SCORERS:
+    if is_prompt_metric(name):
         try:
-            _prompt_scorer(name)
+            prompt_scorer(name)
         except MetricUnavailable as error:
             return False, str(error)
     return True, f"{name}: available"
-
-
-def _prompt_scorer(name: str):
-    if name not in _SCORER_CACHE:
-        try:
-            _SCORER_CACHE[name] = _PROMPT_SCORERS[name]()
-        except MetricUnavailable as error:
-            _SCORER_CACHE[name] = error
-    scorer = _SCORER_CACHE[name]
-    if isinstance(scorer, MetricUnavailable):
-        raise scorer
-    return scorer
-
-
-def check_metric_names(names) -> list[str]:
-    """Validate metric names (comma-separated text or a list) and return them as a list."""
-    if isinstance(names, str):
-        names = [name.strip() for name in names.split(",") if name.strip()]
-    names = list(names)
-    for name in names:
-        if name not in METRICS:
-            raise Img2ImgLabError(f"unknown metric {name!r}. Fix: use one of {', '.join(METRICS)}.")
-    return names
 
 
 def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None = None) -> dict[str, np.ndarray]:
@@ -506,7 +321,7 @@ def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None =
     sources, outputs = list(sources), list(outputs)
     results: dict[str, np.ndarray] = {}
     for name in names:
-        spec = METRICS[name]
+        spec = metric_spec(name)
         if name in _LPIPS_NETS:
             try:
                 results[name] = lpips_distances(sources, outputs, net=_LPIPS_NETS[name], device=device)
@@ -516,13 +331,13 @@ def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None =
             if prompts is None:
                 raise Img2ImgLabError(f"metric {name!r} needs the prompts. Fix: pass prompts=[...].")
             try:
-                scorer = _prompt_scorer(name)
+                scorer = prompt_scorer(name)
                 results[name] = np.asarray([scorer(output, prompt) for output, prompt in zip(outputs, prompts)],
                                            dtype=np.float64)
             except MetricUnavailable:
                 results[name] = np.full(len(outputs), np.nan)
         else:
-            function = _PAIR_FUNCTIONS[name]
+            function = pair_function(name)
             results[name] = np.asarray([function(a, b) for a, b in zip(sources, outputs)], dtype=np.float64)
     return results
 
@@ -598,7 +413,7 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
                                            progress=progress)
         store.replace_table(table)
     floor = store.read_floor()
-    pair_names = [name for name in names if not METRICS[name].needs_prompt]
+    pair_names = [name for name in names if not metric_spec(name).needs_prompt]
     if not floor.empty and pair_names:
         available = [name for name in pair_names if statuses[name][0]]
         _fill_missing(floor, pair_names, available, store, with_prompts=False, device=device, progress=False)
@@ -608,12 +423,3 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
         store.update_manifest(lambda manifest: {**manifest, "notes": list(dict.fromkeys(
             list(manifest.get("notes") or []) + added))})
     return report
-
-
-def _register_builtin_plugins() -> None:
-    from img2img_lab.shapes import oracle
-
-    oracle.register()
-
-
-_register_builtin_plugins()

@@ -166,7 +166,7 @@ class ModelHandle:
     # ------------------------------------------------------------------ schedulers
     def scheduler(self, name: str):
         """The scheduler instance for ``name`` (one per name, built from the model's own config)."""
-        from img2img_lab.pipelines import make_scheduler
+        from img2img_lab.schedulers import make_scheduler
 
         allowed = self.family.schedulers
         if allowed is not None and name not in allowed:
@@ -193,8 +193,6 @@ class ModelHandle:
 
         >>> model.pipe(**model.call_arguments(cell, source)).images[0]  # doctest: +SKIP
         """
-        from img2img_lab.engine import cell_generator
-
         arguments = {"image": source, "prompt": cell.prompt, "strength": cell.strength,
                      "num_inference_steps": cell.num_inference_steps, "guidance_scale": cell.guidance_scale,
                      "generator": cell_generator(cell.seed)}
@@ -288,7 +286,7 @@ class ModelHandle:
     # ------------------------------------------------------------------ identity
     def fingerprint(self, *, refresh: bool = False) -> dict:
         """Hashes of every component's config and weights (see :func:`img2img_lab.pipelines.compute_fingerprint`)."""
-        from img2img_lab.pipelines import compute_fingerprint
+        from img2img_lab.fingerprint import compute_fingerprint
 
         if self._fingerprint is None or refresh:
             self._fingerprint = compute_fingerprint(self.pipe, self.label)
@@ -299,6 +297,17 @@ class ModelHandle:
         return {"family": self.family.name, "family_label": self.family.label,
                 "size_multiple": self.size_multiple(), "native_resolution": self.native_resolution(),
                 "default_guidance": self.default_guidance(), "ignored_arguments": self.family.ignored_arguments()}
+
+
+def cell_generator(seed: int):
+    """The per-cell generator: CPU, seeded with the cell's seed (diffusers' reproducible recipe).
+
+    >>> float(cell_generator(0).initial_seed())
+    0.0
+    """
+    import torch
+
+    return torch.Generator("cpu").manual_seed(int(seed))
 
 
 def as_model(pipe_or_model) -> ModelHandle:

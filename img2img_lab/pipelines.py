@@ -7,93 +7,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import img2img_lab  # noqa: F401  - installs the torchvision shim before diffusers is imported
 from img2img_lab.errors import ModelError
+from img2img_lab.fingerprint import compute_fingerprint, pipeline_components  # noqa: F401 - re-exported
+from img2img_lab.schedulers import SCHEDULERS, SchedulerSpec, make_scheduler, scheduler_names  # noqa: F401
 
 #: Where the embedded default model lives (issue #4 trains and commits it).
 EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models" / "shapes-world"
 
 #: Environment variable that overrides the default model (hub id or folder).
 DEFAULT_MODEL_ENV = "IMG2IMG_LAB_MODEL"
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    """A scheduler by name: a diffusers class plus config overrides."""
-
-    class_name: str
-    overrides: tuple[tuple[str, Any], ...] = ()
-    description: str = ""
-
-
-#: Scheduler names accepted everywhere (plans, CLI, widgets). ``default`` keeps the model's own.
-SCHEDULERS: dict[str, SchedulerSpec] = {
-    "ddim": SchedulerSpec("DDIMScheduler", description="DDIM, deterministic (eta=0)"),
-    "ddpm": SchedulerSpec("DDPMScheduler", description="DDPM, ancestral"),
-    "pndm": SchedulerSpec("PNDMScheduler", (("skip_prk_steps", True),), "PNDM / PLMS (Stable Diffusion 1.x default)"),
-    "euler": SchedulerSpec("EulerDiscreteScheduler", description="Euler (k-diffusion)"),
-    "euler_a": SchedulerSpec("EulerAncestralDiscreteScheduler", description="Euler ancestral"),
-    "heun": SchedulerSpec("HeunDiscreteScheduler", description="Heun, 2 UNet calls per step"),
-    "lms": SchedulerSpec("LMSDiscreteScheduler", description="linear multistep (needs scipy)"),
-    "dpmpp_2m": SchedulerSpec(
-        "DPMSolverMultistepScheduler",
-        (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("use_karras_sigmas", False)),
-        "DPM++ 2M",
-    ),
-    "dpmpp_2m_karras": SchedulerSpec(
-        "DPMSolverMultistepScheduler",
-        (("algorithm_type", "dpmsolver++"), ("solver_order", 2), ("use_karras_sigmas", True)),
-        "DPM++ 2M with Karras sigmas",
-    ),
-    "dpmpp_sde": SchedulerSpec("DPMSolverSinglestepScheduler", description="DPM++ singlestep"),
-    "unipc": SchedulerSpec("UniPCMultistepScheduler", description="UniPC multistep"),
-    "deis": SchedulerSpec("DEISMultistepScheduler", description="DEIS multistep"),
-    "lcm": SchedulerSpec("LCMScheduler", description="LCM (for LCM-distilled models)"),
-}
-
-
-def scheduler_names() -> list[str]:
-    """All scheduler names :func:`make_scheduler` accepts, ``"default"`` first.
-
-    >>> "euler_a" in scheduler_names()
-    True
-    """
-    return ["default", *SCHEDULERS]
-
-
-def make_scheduler(base_config: Any, name: str | None):
-    """Build a scheduler by name from a pipeline's scheduler config.
-
-    ``None`` or ``"default"`` rebuilds the pipeline's own scheduler class from ``base_config``.
-
-    >>> from diffusers import DDIMScheduler
-    >>> type(make_scheduler(DDIMScheduler().config, "euler")).__name__
-    'EulerDiscreteScheduler'
-    """
-    import diffusers
-
-    config = dict(base_config)
-    if name in (None, "default"):
-        class_name = config.get("_class_name")
-        if class_name is None or not hasattr(diffusers, class_name):
-            raise ModelError(f"cannot rebuild the model's default scheduler {class_name!r}.")
-        return getattr(diffusers, class_name).from_config(config)
-    key = str(name).lower()
-    if key not in SCHEDULERS:
-        raise ModelError(
-            f"unknown scheduler {name!r}. Fix: use one of {', '.join(scheduler_names())}."
-        )
-    spec = SCHEDULERS[key]
-    cls = getattr(diffusers, spec.class_name)
-    return cls.from_config(config, **dict(spec.overrides))
 
 
 def set_scheduler(pipe, name: str | None):
@@ -307,26 +236,6 @@ def native_resolution(pipe) -> int | None:
     return as_model(pipe).native_resolution()
 
 
-def _components(pipe) -> dict[str, Any]:
-    return {name: module for name, module in pipe.components.items() if module is not None}
-
-
-def _config_dict(component) -> dict:
-    config = getattr(component, "config", None)
-    if config is None:
-        if hasattr(component, "get_vocab"):  # tokenizers
-            return {"class": type(component).__name__, "vocab": sorted(component.get_vocab().items()),
-                    "model_max_length": getattr(component, "model_max_length", None)}
-        return {"class": type(component).__name__}
-    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return {key: value for key, value in data.items() if not key.startswith("_name_or_path")}
-
-
-def _hash_json(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
     """Fingerprint a loaded pipeline: hashes of every component's config and weights (cached on its handle).
 
@@ -338,27 +247,6 @@ def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
     return as_model(pipe).fingerprint(refresh=refresh)
 
 
-def compute_fingerprint(pipe, label: str) -> dict:
-    """Hash every component's config and weights. Weights are hashed as loaded (after any dtype cast), tensor by
-    tensor in name order, so the fingerprint changes exactly when the numbers that make the pixels change."""
-    components: dict[str, dict] = {}
-    for name, component in sorted(_components(pipe).items()):
-        entry: dict[str, Any] = {"class": type(component).__name__, "config_hash": _hash_json(_config_dict(component))}
-        if hasattr(component, "state_dict") and callable(component.state_dict) and name != "scheduler":
-            digest = hashlib.sha256()
-            parameters = 0
-            for key, tensor in sorted(component.state_dict().items()):
-                data = tensor.detach().to("cpu").contiguous()
-                digest.update(f"{key}:{data.dtype}:{tuple(data.shape)};".encode())
-                digest.update(data.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
-                parameters += data.numel()
-            entry["weights_hash"] = digest.hexdigest()
-            entry["parameters"] = parameters
-        components[name] = entry
-    return {"fingerprint": _hash_json(components), "pipeline_class": type(pipe).__name__,
-            "model": label, "components": components}
-
-
 def describe_pipeline(pipe) -> dict:
     """A summary of a loaded pipeline: components, parameter counts, sizes, scheduler, size rules.
 
@@ -367,7 +255,7 @@ def describe_pipeline(pipe) -> dict:
     """
     components = {}
     total_bytes = 0
-    for name, component in sorted(_components(pipe).items()):
+    for name, component in sorted(pipeline_components(pipe).items()):
         entry: dict[str, Any] = {"class": type(component).__name__}
         if hasattr(component, "parameters") and callable(component.parameters):
             params = list(component.parameters())

@@ -143,7 +143,7 @@ def shown(value: Any, limit: int = 60) -> str:
 
 def check_scheduler(value: Any) -> str:
     """A scheduler name img2img-lab knows, lower-cased (``None`` is "default")."""
-    from img2img_lab.pipelines import scheduler_names
+    from img2img_lab.schedulers import scheduler_names
 
     name = "default" if value is None else str(value).lower()
     if name not in scheduler_names():

@@ -36,8 +36,8 @@ def _recorded_plans(manifest: dict) -> list[dict]:
 
 def repair_run_folder(store: RunStore, report, *, pipe=None, device: str | None = None) -> None:
     """Repair ``store`` (see the module doc), adding what was done to ``report.repaired`` and what could not be
-    done to ``report.not_repaired`` (a :class:`img2img_lab.verify.VerifyReport`)."""
-    from img2img_lab.verify import VerifyReport, audit_run_folder
+    done to ``report.not_repaired`` (a :class:`img2img_lab.audit.VerifyReport`)."""
+    from img2img_lab.audit import VerifyReport, audit_run_folder
 
     before = VerifyReport()
     table = audit_run_folder(store, before)

@@ -15,161 +15,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
-import sys
-import warnings
 from pathlib import Path
 
-from img2img_lab.engine import cell_generator, vae_roundtrip
 from img2img_lab.errors import PlanError, StoreError
-from img2img_lab.images import SmallSourceWarning, content_hash, load_image
-from img2img_lab.manifest import files_digest, package_versions, registered_models
-from img2img_lab.models import as_model
-from img2img_lab.pipelines import load_pipeline, model_fingerprint, model_label, native_resolution, size_multiple
-from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.manifest import files_digest, package_versions, registered_models  # noqa: F401 - re-exported
+from img2img_lab.pipelines import load_pipeline
+from img2img_lab.plan import SweepPlan
 from img2img_lab.plan_values import check_batch_size
-from img2img_lab.store import RunStore, atomic_write
+from img2img_lab.store import RunStore
+from img2img_lab.sweep_writer import (COLUMNS, SweepWriter, _in_plan_order, build_manifest,  # noqa: F401
+                                      cell_key, completed_record, prepare_source, prepare_sources, source_steps,
+                                      write_floor)
 
 __all__ = ["COLUMNS", "cell_key", "package_versions", "prepare_source", "prepare_sources", "registered_models",
            "run_model_axis", "run_sweep", "source_steps", "sweep_signature", "write_floor"]
-
-#: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
-COLUMNS = [
-    "cell_key", "source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
-    "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "init_steps", "executed_steps",
-    "t_start", "unet_evaluations", "start_timestep", "timesteps", "sigma", "log_snr", "sqrt_alpha_bar",
-    "flow_sigma", "zero_step", "duplicate_of", "produced", "seconds", "output_path", "output_hash", "nsfw_flagged",
-    "model", "model_family", "model_fingerprint", "device", "dtype", "torch_threads", "engine", "batch_id",
-]
-
-
-def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
-             dtype: str, device_type: str, versions: dict[str, str], engine: str = "per-cell") -> str:
-    """A 20-hex-digit content key over everything that determines a cell's pixels.
-
-    The batched engine's pixels match the per-cell runner's within 1/255, not bit for bit, so its cells are
-    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference.
-
-    >>> len(cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64,
-    ...              dtype="float32", device_type="cpu", versions={}))  # doctest: +SKIP
-    20
-    """
-    payload = {
-        "model": fingerprint,
-        "scheduler": cell.scheduler,
-        "scheduler_config": {key: value for key, value in scheduler_config.items() if not key.startswith("_")},
-        "source": source_hash,
-        "prompt": cell.prompt,
-        "negative_prompt": cell.negative_prompt,
-        "strength": repr(float(cell.strength)),
-        "steps": cell.num_inference_steps,
-        "guidance_scale": repr(float(cell.guidance_scale)),
-        "seed": cell.seed,
-        "size": [width, height],
-        "dtype": dtype,
-        "device_type": device_type,
-        "torch": versions.get("torch"),
-        "diffusers": versions.get("diffusers"),
-    }
-    if engine != "per-cell":
-        payload["engine"] = engine
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
-    """Load one source image sized for the pipeline exactly as a sweep does (see :mod:`img2img_lab.images`).
-
-    >>> source = prepare_source("data/sources/red_circle_on_blue.png", pipe)  # doctest: +SKIP
-    """
-    native = native_resolution(pipe)
-    max_side = native if max_side == "native" else max_side
-    warn_below = min(256, native) if native else 256
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", SmallSourceWarning)
-        return load_image(path, size_multiple=size_multiple(pipe), max_side=max_side, policy=resize_policy,
-                          warn_below=warn_below)
-
-
-def prepare_sources(plan: SweepPlan, pipe) -> list:
-    """Load every source image of the plan, sized for the pipeline (see :func:`prepare_source`)."""
-    return [prepare_source(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
-            for path in plan.images]
-
-
-def source_steps(model, sources: list):
-    """``steps(scheduler, num_inference_steps, strength, image_index)`` for :meth:`SweepPlan.cells`: what a
-    strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
-
-    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))  # doctest: +SKIP
-    """
-    def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
-        source = sources[image_index]
-        return model.step_plan(scheduler, num_inference_steps, strength, width=source.width, height=source.height)
-
-    return steps
-
-
-def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dict:
-    """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.manifest`)."""
-    import torch
-
-    return {
-        "format": "img2img-lab run folder v1",
-        "created": started,
-        "plan": plan.to_dict(),
-        "cells_planned": len(plan.cells()),
-        "model": model_label(pipe),
-        "model_fingerprint": model_fingerprint(pipe),
-        "model_family": as_model(pipe).describe(),
-        "device": str(pipe.device),
-        "dtype": str(pipe.dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
-        "packages": package_versions(),
-        "platform": platform.platform(),
-        "command": sys.argv,
-        "sources": [
-            {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height}
-            for path, image in zip(plan.images, sources)
-        ],
-        "notes": [],
-    }
-
-
-def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
-                metrics: list[str]) -> None:
-    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked."""
-    import pandas as pd
-
-    from img2img_lab.metrics import measure_pair
-
-    fingerprint = model_fingerprint(pipe)["fingerprint"]
-    floor = store.read_floor()
-    if len(floor) and "model_fingerprint" not in floor.columns:  # older single-model folders: this model's floor
-        floor["model_fingerprint"] = fingerprint
-    done = {(row["source_hash"], row["seed"], row["model_fingerprint"]) for row in floor.to_dict("records")
-            if (store.root / row["output_path"]).is_file()}
-    rows = [row for row in floor.to_dict("records")
-            if (row["source_hash"], row["seed"], row["model_fingerprint"]) in done]
-    for source, source_hash in zip(sources, source_hashes):
-        for seed in seeds:
-            if (source_hash, seed, fingerprint) in done:
-                continue
-            image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
-            path = store.floor_path(source_hash, seed, fingerprint)
-            atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=store.temp_dir)
-            row = {"source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
-                   "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
-            row.update(measure_pair(source, image, [name for name in metrics if not _needs_prompt(name)]))
-            rows.append(row)
-    store.write_floor(pd.DataFrame(rows))
-
-
-def _needs_prompt(name: str) -> bool:
-    from img2img_lab.metrics import METRICS
-
-    return METRICS[name].needs_prompt
-
 
 def _file_stats(folder: Path) -> list:
     return sorted((str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
@@ -219,23 +78,6 @@ def finished_table(out_dir, *, signature: str | None):
         return None
     table = _in_plan_order(table, keys)
     return table if len(table) == len(keys) else None
-
-
-def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
-    """The manifest's ``completed`` entry of a finished sweep (``None`` without a signature)."""
-    if signature is None:
-        return None
-    sources = sorted(set(source_hashes))
-    return {"signature": signature, "keys": keys, "sources": sources, "files": files_digest(store, keys, sources)}
-
-
-def _in_plan_order(table, keys: list[str]):
-    """The rows of ``keys`` in that order, columns in :data:`COLUMNS` order (metrics after)."""
-    order = {key: index for index, key in enumerate(keys)}
-    table = table[table["cell_key"].isin(order)]
-    table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)
-    return table[[column for column in COLUMNS if column in table.columns]
-                 + [column for column in table.columns if column not in COLUMNS]]
 
 
 def _answered_from_run_folder(out_dir, cells: int) -> None:
@@ -320,7 +162,6 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
     """
     from img2img_lab.metrics import check_metric_names
-    from img2img_lab.sweep_writer import SweepWriter
 
     if plan.models:
         return run_model_axis(plan, out_dir, pipe=pipe, device=device, dtype=dtype, progress=progress,

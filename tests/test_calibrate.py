@@ -34,11 +34,10 @@ def synthetic_metrics():
     from img2img_lab import metrics
 
     for name, higher in (("fidelity", True), ("rate", False)):
-        metrics.register_pair_metric(name, lambda source, output: 0.0, higher_is_closer=higher)
+        metrics.register_pair_metric(name, lambda source, output: 0.0, higher_is_better=higher)
     yield
     for name in ("fidelity", "rate"):
-        metrics.METRICS.pop(name)
-        metrics._PAIR_FUNCTIONS.pop(name)
+        metrics.unregister_metric(name)
 
 
 def synthetic_runner(curves, *, pairs: int = 6, noise: float = 0.02, calls=None):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from PIL import Image
 from skimage import data as skdata
 from skimage.transform import resize
 
+import img2img_lab.lpips_metric as lpips_metric
 import img2img_lab.metrics as metrics
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.metrics import (
@@ -146,7 +149,7 @@ def test_bad_inputs():
 
 def test_lpips_missing_backbone_names_the_file(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    monkeypatch.setattr(lpips_metric, "_LPIPS_MODELS", {})
     available, explanation = lpips_status("alex")
     assert not available
     assert "alexnet-owt-7be5be79.pth" in explanation and str(tmp_path / "torch-home" / "hub" / "checkpoints") in explanation
@@ -169,7 +172,7 @@ def test_lpips_planted_backbone_loads_offline(monkeypatch, tmp_path):
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), checkpoints / LPIPS_BACKBONE_FILES["alex"])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    monkeypatch.setattr(lpips_metric, "_LPIPS_MODELS", {})
     assert lpips_status("alex")[0] is True
     assert metric_status("lpips")[0] is True
     a = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
@@ -177,7 +180,7 @@ def test_lpips_planted_backbone_loads_offline(monkeypatch, tmp_path):
     distances = lpips_distances([a, a], [a, b])
     assert distances[0] == pytest.approx(0.0, abs=1e-7) and distances[1] > 0
     # the planted weights really are the backbone in use
-    model = metrics._LPIPS_MODELS[("alex", "cpu", False)]
+    model = lpips_metric._LPIPS_MODELS[("alex", "cpu", False)]
     planted = torch.load(checkpoints / LPIPS_BACKBONE_FILES["alex"])
     assert torch.equal(model.net.slice1[0].weight, planted["features.0.weight"])
 
@@ -218,7 +221,7 @@ def test_prompt_scorer_hook():
             return float(np.asarray(image).mean() / 255.0)
         return scorer
 
-    register_prompt_scorer("mean_brightness", factory, value_range="[0, 1]", description="test hook")
+    register_prompt_scorer("mean_brightness", factory, value_range=(0, 1), description="test hook")
     white = np.full((16, 16, 3), 255, np.uint8)
     assert measure_pair(white, white, ["mean_brightness"], prompt="a white square") == {"mean_brightness": 1.0}
     assert calls == ["a white square"]
@@ -238,7 +241,7 @@ def test_measure_run_is_idempotent_and_notes_unavailable_metrics(tiny_pipe, sour
     from img2img_lab.sweep import run_sweep
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
-    monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    monkeypatch.setattr(lpips_metric, "_LPIPS_MODELS", {})
     run = tmp_path / "run"
     plan = SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["p"], strengths=[0.0, 0.5, 1.0],
                      seeds=[0, 1], steps=[10], schedulers=["ddim"], guidance_scales=[2.0])
@@ -274,3 +277,33 @@ def test_sweep_measures_as_it_goes(tiny_pipe, sources_dir, tmp_path):
     output = Image.open(tmp_path / "run" / table.output_path[0]).convert("RGB")
     source = Image.open(tmp_path / "run" / "sources" / f"{table.source_hash[0]}.png").convert("RGB")
     assert table.ssim[0] == pytest.approx(ssim(source, output))
+
+
+def test_the_registry_loads_plugins_on_first_use_without_an_import_circle():
+    probe = ("import sys, img2img_lab.metrics as metrics\n"
+             "print(sorted(name for name in sys.modules if name.startswith('img2img_lab.shapes')))\n"
+             "print(metrics.measure_pair(*[__import__('numpy').zeros((8, 8, 3), 'uint8')] * 2, ['oracle_kept']))\n"
+             "print('img2img_lab.shapes.oracle' in sys.modules)")
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert output.splitlines() == ["[]", "{'oracle_kept': 0.0}", "True"], output  # a blank image: no shape
+
+
+def test_an_unavailable_scorer_is_asked_again_and_metrics_unregister():
+    from img2img_lab.metrics import MetricUnavailable, metric_status, register_prompt_scorer, unregister_metric
+
+    weights = []
+
+    def factory():
+        if not weights:
+            raise MetricUnavailable("later: no weights yet. Fix: download them")
+        return lambda image, prompt: 0.5
+
+    register_prompt_scorer("later", factory)
+    try:
+        assert metric_status("later") == (False, "later: no weights yet. Fix: download them")
+        weights.append("downloaded")  # e.g. the weights arrived while the notebook ran
+        assert metric_status("later") == (True, "later: available")
+    finally:
+        unregister_metric("later")
+    with pytest.raises(Img2ImgLabError, match=r"unknown metric 'later'"):
+        metric_status("later")

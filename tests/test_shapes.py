@@ -12,7 +12,7 @@ from PIL import Image
 import img2img_lab  # noqa: F401
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.images import content_hash
-from img2img_lab.metrics import METRICS, measure_pair
+from img2img_lab.metrics import METRICS, load_plugins, measure_pair
 from img2img_lab.shapes import oracle
 from img2img_lab.shapes.tokenizer import WORDS, build_merges, build_tokenizer
 from img2img_lab.shapes.world import (
@@ -80,6 +80,7 @@ def test_oracle_survives_mild_noise_and_reports_missing_shapes():
 def test_oracle_metrics_through_the_registry():
     source = render(Scene("circle", "red", "blue"))
     same_but_background = render(Scene("circle", "red", "white"))
+    load_plugins()  # the oracle is a built-in plugin, loaded on first use
     assert {"oracle_adherence", "oracle_match", "oracle_preservation", "oracle_kept"} <= set(METRICS)
     values = measure_pair(source, same_but_background, ["oracle_preservation", "oracle_kept", "oracle_adherence",
                                                         "oracle_match"], prompt="a red circle on a white background")

@@ -162,14 +162,15 @@ def kept(source, output) -> float:
 
 
 def register() -> None:
-    """Register the oracle metrics with :mod:`img2img_lab.metrics` (done when that module loads)."""
-    from img2img_lab.metrics import register_pair_metric, register_prompt_scorer
+    """Register the oracle metrics (a built-in plugin: :func:`img2img_lab.metric_registry.load_plugins` runs this
+    the first time a metric name is looked up that is not registered yet)."""
+    from img2img_lab.metric_registry import register_pair_metric, register_prompt_scorer
 
-    register_prompt_scorer("oracle_adherence", lambda: adherence, value_range="[0, 1]",
+    register_prompt_scorer("oracle_adherence", lambda: adherence, value_range=(0, 1),
                            description="shapes-world oracle: share of the prompt's attributes shown")
-    register_prompt_scorer("oracle_match", lambda: match, value_range="{0, 1}",
+    register_prompt_scorer("oracle_match", lambda: match, value_range=(0, 1), discrete=True,
                            description="shapes-world oracle: all three prompt attributes shown")
-    register_pair_metric("oracle_preservation", preservation, higher_is_closer=True, value_range="[0, 1]",
+    register_pair_metric("oracle_preservation", preservation, higher_is_better=True, value_range=(0, 1),
                          description="shapes-world oracle: share of the source's attributes kept")
-    register_pair_metric("oracle_kept", kept, higher_is_closer=True, value_range="{0, 1}",
+    register_pair_metric("oracle_kept", kept, higher_is_better=True, value_range=(0, 1), discrete=True,
                          description="shapes-world oracle: all three source attributes kept")

@@ -1,0 +1,56 @@
+"""A model's fingerprint: hashes of every component's config and weights (what a cell key names the model by).
+
+Weights are hashed as loaded (after any dtype cast), tensor by tensor in name order, so the fingerprint changes
+exactly when the numbers that make the pixels change. :meth:`img2img_lab.models.ModelHandle.fingerprint` caches it.
+
+>>> _hash_json({"b": 1, "a": 2}) == _hash_json({"a": 2, "b": 1})
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def pipeline_components(pipe) -> dict[str, Any]:
+    """A pipeline's components that are set (``None`` entries, e.g. a missing safety checker, left out)."""
+    return {name: module for name, module in pipe.components.items() if module is not None}
+
+
+def _config_dict(component) -> dict:
+    config = getattr(component, "config", None)
+    if config is None:
+        if hasattr(component, "get_vocab"):  # tokenizers
+            return {"class": type(component).__name__, "vocab": sorted(component.get_vocab().items()),
+                    "model_max_length": getattr(component, "model_max_length", None)}
+        return {"class": type(component).__name__}
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {key: value for key, value in data.items() if not key.startswith("_name_or_path")}
+
+
+def _hash_json(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compute_fingerprint(pipe, label: str) -> dict:
+    """Hash every component's config and weights. Weights are hashed as loaded (after any dtype cast), tensor by
+    tensor in name order, so the fingerprint changes exactly when the numbers that make the pixels change."""
+    components: dict[str, dict] = {}
+    for name, component in sorted(pipeline_components(pipe).items()):
+        entry: dict[str, Any] = {"class": type(component).__name__, "config_hash": _hash_json(_config_dict(component))}
+        if hasattr(component, "state_dict") and callable(component.state_dict) and name != "scheduler":
+            digest = hashlib.sha256()
+            parameters = 0
+            for key, tensor in sorted(component.state_dict().items()):
+                data = tensor.detach().to("cpu").contiguous()
+                digest.update(f"{key}:{data.dtype}:{tuple(data.shape)};".encode())
+                digest.update(data.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+                parameters += data.numel()
+            entry["weights_hash"] = digest.hexdigest()
+            entry["parameters"] = parameters
+        components[name] = entry
+    return {"fingerprint": _hash_json(components), "pipeline_class": type(pipe).__name__,
+            "model": label, "components": components}
