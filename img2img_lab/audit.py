@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from img2img_lab.errors import StoreError
-from img2img_lab.store import RunStore, _pixel_hash
+from img2img_lab.images import file_pixel_hash
+from img2img_lab.schema import row_group
+from img2img_lab.store import RunStore
 
 
 @dataclass
@@ -55,7 +57,7 @@ class VerifyReport:
 def _image_problem(path: Path, recorded: str) -> str | None:
     if not path.is_file():
         return "missing"
-    digest = _pixel_hash(path)
+    digest = file_pixel_hash(path)
     if digest is None:
         return "unreadable (truncated or not a PNG)"
     if digest != recorded:
@@ -112,16 +114,10 @@ def _check_duplicates(table, report: VerifyReport) -> None:
     canonical = {}
     for row in table.to_dict("records"):
         if row["duplicate_of"] is None or row["duplicate_of"] != row["duplicate_of"]:
-            canonical[(_group(row), float(row["strength"]))] = row["output_hash"]
+            canonical[(row_group(row), float(row["strength"]))] = row["output_hash"]
     for row in table.to_dict("records"):
         if row["duplicate_of"] is not None and row["duplicate_of"] == row["duplicate_of"]:
-            expected = canonical.get((_group(row), float(row["duplicate_of"])))
+            expected = canonical.get((row_group(row), float(row["duplicate_of"])))
             if expected is not None and expected != row["output_hash"]:
                 report.file_failures.append(f"{row['output_path']}: duplicate of strength "
                                             f"{row['duplicate_of']:g} but holds different pixels")
-
-
-def _group(row: dict) -> tuple:
-    return (row["source_hash"], row["prompt"], row["negative_prompt"], int(row["seed"]),
-            float(row["guidance_scale"]), int(row["num_inference_steps"]), row["scheduler"],
-            row.get("model_fingerprint"))

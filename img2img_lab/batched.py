@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.engine import CellOutput, cell_generator, use_scheduler, vae_roundtrip
 from img2img_lab.plan import Cell
+from img2img_lab.schema import Produced
 
 #: Default UNet samples per call (a cell with guidance > 1 is two samples).
 DEFAULT_MAX_BATCH = {"cuda": 32, "cpu": 16, "mps": 8}
@@ -322,7 +323,7 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
         if cell.zero_step:
             began = time.perf_counter()
             image = vae_roundtrip(pipe, sources[cell.image_index], generator=cell_generator(cell.seed))
-            outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began, produced="vae_roundtrip")
+            outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began, produced=Produced.VAE_ROUNDTRIP.value)
     active_cells = [(index, cell) for index, cell in enumerate(cells) if not cell.zero_step]
     if active_cells:
         groups, conditioning = _start_groups(family, pipe.scheduler, active_cells, sources,
@@ -451,6 +452,6 @@ def _decode(family: _TextConditioning, groups, conditioning, outputs, *, limit, 
         images = family.pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
         share = seconds / max(1, len(members))
         for row, (member, image) in enumerate(zip(chunk, images)):
-            outputs[member.index] = CellOutput(image=image, seconds=share, produced="diffusion",
+            outputs[member.index] = CellOutput(image=image, seconds=share, produced=Produced.DIFFUSION.value,
                                                nsfw_flagged=None if flagged is None else bool(flagged[row]))
         start += len(chunk)

@@ -194,7 +194,7 @@ def _sweep_runner(out_dir, pipe, settings: CalibrationSettings, *, progress: boo
 
 
 def _is_run_folder(out_dir) -> bool:
-    return out_dir is not None and (Path(out_dir) / "manifest.json").is_file()
+    return RunStore.is_run_folder(out_dir)
 
 
 def _bootstrap_options(settings: CalibrationSettings) -> dict:

@@ -360,7 +360,9 @@ class CalibrationResult:
 
         from img2img_lab.store import atomic_write
 
-        folder = Path(run_dir or self.run_dir) / "calibration" / (subfolder or "")
+        from img2img_lab.store import RunStore
+
+        folder = RunStore(run_dir or self.run_dir).calibration_dir(subfolder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / "summary.csv", lambda s: self.summary.to_csv(s, index=False), binary=False)
         reference = pd.concat([self.reference_table(g) for g in self.guidance_values], ignore_index=True)

@@ -79,7 +79,9 @@ def calibrate_models(config, out_dir: str | os.PathLike, *, settings=None, devic
     rounds = [{**item, "model": label} for label, result in results.items() for item in result.counts["rounds"]]
     record_calibration(out_dir, plan, settings, rounds)  # the whole comparison: its config lists every model
     if save:
-        _save_comparison(results, Path(out_dir) / "calibration")
+        from img2img_lab.store import RunStore
+
+        _save_comparison(results, RunStore(out_dir).calibration_dir())
     return results
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.models import as_model, cell_generator  # noqa: F401 - cell_generator re-exported
 from img2img_lab.plan import Cell
+from img2img_lab.schema import Produced
 
 
 @dataclass
@@ -34,7 +35,7 @@ class CellOutput:
 
     image: "PIL.Image.Image"  # noqa: F821
     seconds: float
-    produced: str  # "diffusion" or "vae_roundtrip"
+    produced: str  # a Produced value: "diffusion" or "vae_roundtrip"
     nsfw_flagged: bool | None = None
 
 
@@ -93,7 +94,7 @@ def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
     started = time.perf_counter()
     if cell.zero_step:
         image = vae_roundtrip(pipe, source, generator=cell_generator(cell.seed))
-        return CellOutput(image=image, seconds=time.perf_counter() - started, produced="vae_roundtrip")
+        return CellOutput(image=image, seconds=time.perf_counter() - started, produced=Produced.VAE_ROUNDTRIP.value)
     kwargs = pipeline_kwargs(pipe, cell, source)
     if on_step is not None:
         def report_step(pipeline, index, timestep, tensors):
@@ -106,6 +107,6 @@ def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
     return CellOutput(
         image=result.images[0],
         seconds=time.perf_counter() - started,
-        produced="diffusion",
+        produced=Produced.DIFFUSION.value,
         nsfw_flagged=None if flagged is None else bool(flagged[0]),
     )

@@ -149,77 +149,110 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
 
     >>> grid = comparison_grid("runs/demo", rows="prompt", where={"seed": 0})  # doctest: +SKIP
     """
+    # 1. The table, checked and pinned to one value of every other varying axis.
     store, table = _load_table(run)
+    annotate = [annotate] if isinstance(annotate, str) else list(annotate)
+    _check_grid_request(store, table, rows, cols, annotate + ([border] if border else []))
+    table = select_rows(table, where)
+    _check_unique(table, rows, cols)
+    row_values = sorted(table[rows].unique(), key=lambda v: (str(type(v)), v))
+    col_values = sorted(table[cols].unique(), key=lambda v: (str(type(v)), v))
+    # 2. The layout and a blank canvas.
+    layout = grid_layout(len(row_values), len(col_values) + int(include_source), store.load_output(table.iloc[0]).size,
+                         annotate=annotate, scale=scale, font_size=font_size,
+                         row_labels=[_axis_label(rows, v) for v in row_values])
+    canvas = Image.new("RGB", (layout.width, layout.height), "white")
+    painter = _GridPainter(ImageDraw.Draw(canvas), layout, font_size, _border_colours(table, border))
+    # 3. Column headers, then 4. one row at a time: its label, its source, its cells.
+    painter.headers(table, cols, col_values, include_source)
+    for r, row_value in enumerate(row_values):
+        row_table = table[table[rows] == row_value]
+        painter.row_label(r, _axis_label(rows, row_value))
+        if include_source:
+            canvas.paste(_scaled(store.load_source(row_table["source_hash"].iloc[0]), layout),
+                         layout.cell_box(r, 0)[:2])
+        for c, col_value in enumerate(col_values):
+            match = row_table[row_table[cols] == col_value]
+            box = layout.cell_box(r, c + int(include_source))
+            if match.empty:
+                painter.missing(box)
+                continue
+            cell = match.iloc[0]
+            canvas.paste(_scaled(store.load_output(cell), layout), box[:2])
+            painter.decorate(box, cell, border, annotate)
+    return canvas
+
+
+def _check_grid_request(store, table, rows: str, cols: str, metrics: list[str]) -> None:
     if table.empty:
         raise Img2ImgLabError(f"{store.root}: the run has no finished cells yet. Fix: run the sweep first.")
     for axis in (rows, cols):
         if axis not in table.columns:
             raise Img2ImgLabError(f"unknown grid axis {axis!r}. Fix: use one of {', '.join(AXIS_COLUMNS)}.")
-    annotate = [annotate] if isinstance(annotate, str) else list(annotate)
-    for metric in annotate + ([border] if border else []):
+    for metric in metrics:
         if metric not in table.columns:
             raise Img2ImgLabError(
                 f"metric {metric!r} is not in the run's table. Fix: `img2img-lab measure {store.root} --metrics {metric}`."
             )
-    table = select_rows(table, where)
-    _check_unique(table, rows, cols)
-    row_values = sorted(table[rows].unique(), key=lambda v: (str(type(v)), v))
-    col_values = sorted(table[cols].unique(), key=lambda v: (str(type(v)), v))
-    first = store.load_output(table.iloc[0])
-    layout = grid_layout(len(row_values), len(col_values) + int(include_source), first.size, annotate=annotate,
-                         scale=scale, font_size=font_size,
-                         row_labels=[_axis_label(rows, v) for v in row_values])
-    font, small = _font(font_size), _font(max(8, font_size - 2))
-    canvas = Image.new("RGB", (layout.width, layout.height), "white")
-    draw = ImageDraw.Draw(canvas)
-    text_height = font_size + 4
 
-    if border:
-        values = table[border].astype(float)
-        low, high = np.nanmin(values), np.nanmax(values)
-        higher_is_better = _higher_is_better(border)
+
+def _border_colours(table, border: str | None):
+    """``colour(value) -> RGB`` for the border metric (red = far from the source, green = close), or ``None``."""
+    if not border:
+        return None
     from matplotlib import colormaps
 
     colormap = colormaps["RdYlGn"]
+    values = table[border].astype(float)
+    low, high, higher_is_better = np.nanmin(values), np.nanmax(values), _higher_is_better(border)
 
-    headers = (["source"] if include_source else []) + [_axis_label(cols, v) for v in col_values]
-    for index, header in enumerate(headers):
-        left, _, right, _ = layout.cell_box(0, index)
-        top = layout.margin
-        draw.text((left, top), _fit_text(draw, header, font, right - left), fill="black", font=font)
-        if cols == "strength" and index >= int(include_source):
-            steps = table[np.isclose(table["strength"], col_values[index - int(include_source)])]["executed_steps"]
-            counts = sorted({int(value) for value in steps})  # rows of several models may run different steps
-            text = f"{counts[0]} steps" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} steps"
-            draw.text((left, top + text_height), text, fill="dimgray", font=small)
-    for r, row_value in enumerate(row_values):
-        left, top, right, bottom = layout.cell_box(r, 0)
-        label = _fit_text(draw, _axis_label(rows, row_value), font, layout.label_width)
-        draw.text((layout.margin, (top + bottom) // 2 - text_height // 2), label, fill="black", font=font)
-        row_table = table[table[rows] == row_value]
-        if include_source:
-            source = store.load_source(row_table["source_hash"].iloc[0])
-            canvas.paste(_scaled(source, layout), (left, top))
-        for c, col_value in enumerate(col_values):
-            match = row_table[row_table[cols] == col_value]
-            box = layout.cell_box(r, c + int(include_source))
-            if match.empty:
-                draw.rectangle(box, outline="lightgray")
-                draw.text((box[0] + 4, box[1] + 4), "missing", fill="gray", font=small)
-                continue
-            cell = match.iloc[0]
-            canvas.paste(_scaled(store.load_output(cell), layout), box[:2])
-            if border and not math.isnan(float(cell[border])):
-                position = 0.5 if high == low else (float(cell[border]) - low) / (high - low)
-                colour = colormap(position if higher_is_better else 1 - position)
-                rgb = tuple(int(255 * channel) for channel in colour[:3])
-                width = max(2, layout.gap // 2)
-                draw.rectangle((box[0] - width, box[1] - width, box[2] + width - 1, box[3] + width - 1),
-                               outline=rgb, width=width)
-            for line, metric in enumerate(annotate):
-                draw.text((box[0], box[3] + 2 + line * text_height), f"{metric} {_format_value(cell[metric])}",
-                          fill="black", font=small)
-    return canvas
+    def colour(value: float):
+        position = 0.5 if high == low else (value - low) / (high - low)
+        return tuple(int(255 * channel) for channel in colormap(position if higher_is_better else 1 - position)[:3])
+
+    return colour
+
+
+class _GridPainter:
+    """Draws a grid's text and frames on its canvas (the images are pasted by :func:`comparison_grid`)."""
+
+    def __init__(self, draw, layout, font_size: int, border_colour):
+        self.draw, self.layout, self.border_colour = draw, layout, border_colour
+        self.font, self.small = _font(font_size), _font(max(8, font_size - 2))
+        self.text_height = font_size + 4
+
+    def headers(self, table, cols: str, col_values, include_source: bool) -> None:
+        headers = (["source"] if include_source else []) + [_axis_label(cols, v) for v in col_values]
+        for index, header in enumerate(headers):
+            left, _, right, _ = self.layout.cell_box(0, index)
+            top = self.layout.margin
+            self.draw.text((left, top), _fit_text(self.draw, header, self.font, right - left), fill="black",
+                           font=self.font)
+            if cols == "strength" and index >= int(include_source):
+                strength = col_values[index - int(include_source)]
+                steps = table[np.isclose(table["strength"], strength)]["executed_steps"]
+                counts = sorted({int(value) for value in steps})  # rows of several models may run different steps
+                text = f"{counts[0]} steps" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} steps"
+                self.draw.text((left, top + self.text_height), text, fill="dimgray", font=self.small)
+
+    def row_label(self, r: int, text: str) -> None:
+        _, top, _, bottom = self.layout.cell_box(r, 0)
+        label = _fit_text(self.draw, text, self.font, self.layout.label_width)
+        self.draw.text((self.layout.margin, (top + bottom) // 2 - self.text_height // 2), label, fill="black",
+                       font=self.font)
+
+    def missing(self, box) -> None:
+        self.draw.rectangle(box, outline="lightgray")
+        self.draw.text((box[0] + 4, box[1] + 4), "missing", fill="gray", font=self.small)
+
+    def decorate(self, box, cell, border: str | None, annotate: list[str]) -> None:
+        if self.border_colour is not None and not math.isnan(float(cell[border])):
+            width = max(2, self.layout.gap // 2)
+            self.draw.rectangle((box[0] - width, box[1] - width, box[2] + width - 1, box[3] + width - 1),
+                                outline=self.border_colour(float(cell[border])), width=width)
+        for line, metric in enumerate(annotate):
+            self.draw.text((box[0], box[3] + 2 + line * self.text_height), f"{metric} {_format_value(cell[metric])}",
+                           fill="black", font=self.small)
 
 
 def _higher_is_better(metric: str) -> bool:

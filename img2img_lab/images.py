@@ -337,3 +337,17 @@ def metric_pair(source, output) -> tuple[np.ndarray, np.ndarray]:
             f"Fix: compare the output with the *prepared* source (the run folder's sources/ copy)."
         )
     return a, b
+
+
+def file_pixel_hash(path) -> str | None:
+    """The :func:`content_hash` of an image file, or ``None`` if it is missing or does not decode (truncated,
+    replaced by something that is not an image).
+
+    >>> file_pixel_hash("/nonexistent.png") is None
+    True
+    """
+    try:
+        with Image.open(path) as image:
+            return content_hash(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError):
+        return None

@@ -46,7 +46,7 @@ def repair_run_folder(store: RunStore, report, *, pipe=None, device: str | None 
         return
     manifest = store.read_manifest_or_none()
     if manifest is None or table is None:
-        report.not_repaired.append(f"{store.root / 'manifest.json'} is unreadable: rerun the sweep with its config "
+        report.not_repaired.append(f"{store.manifest_path} is unreadable: rerun the sweep with its config "
                                    f"into this folder (intact cells are kept, a new manifest is written)")
         return
     for key in (table["cell_key"] if len(table) else []):

@@ -140,7 +140,7 @@ def _calibration_body(folder) -> str:
 
 def calibration_section(store: RunStore) -> Section | None:
     """The calibration, or with a ``models`` comparison the side-by-side figure and each model's calibration."""
-    folder = store.root / "calibration"
+    folder = store.calibration_dir()
     title = "Calibration: the measured strength reference table"
     if (folder / "calibration.html").is_file():
         return Section("calibration", title, _calibration_body(folder))

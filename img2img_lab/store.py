@@ -37,6 +37,7 @@ from typing import Callable
 
 from img2img_lab.atomic import atomic_write, atomic_write_json
 from img2img_lab.errors import StoreError
+from img2img_lab.images import file_pixel_hash
 
 __all__ = ["RunStore", "atomic_write", "atomic_write_json", "repair_hint"]
 
@@ -52,6 +53,8 @@ FLOOR_TABLE = "floor.parquet"
 ROWS = "rows"
 #: The batched runner's batches: which cells were generated together (verify re-runs a whole batch).
 BATCHES = "batches"
+#: A calibration's files (``calibrate``), one subfolder per model of a comparison.
+CALIBRATION = "calibration"
 #: Every plan swept into the folder (and a calibration's config), as a YAML config its rerun command takes.
 CONFIGS = "configs"
 #: Lock file: writers hold an exclusive flock on it while they add a cell or rewrite results.parquet.
@@ -116,6 +119,23 @@ class RunStore:
             store.remove_stale_temp_files()
             store.write_manifest(manifest)
         return store
+
+    @staticmethod
+    def is_run_folder(root) -> bool:
+        """Whether ``root`` is a run folder (it has a manifest file, readable or not).
+
+        >>> RunStore.is_run_folder("/nonexistent")
+        False
+        """
+        return root is not None and (Path(root) / MANIFEST).is_file()
+
+    def calibration_dir(self, subfolder: str | None = None) -> Path:
+        """Where a calibration's files go (``calibration/`` or ``calibration/<subfolder>/``, one per model)."""
+        return self.root / CALIBRATION / (subfolder or "")
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "RunStore":
@@ -192,7 +212,7 @@ class RunStore:
         """Keep the prepared source so analysis never needs the original file or the model (a damaged copy is
         rewritten)."""
         path = self.source_path(source_hash)
-        if _pixel_hash(path) != source_hash:
+        if file_pixel_hash(path) != source_hash:
             atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=self.temp_dir)
         return path
 
@@ -362,7 +382,7 @@ class RunStore:
         """Whether ``images/<key>.png`` decodes to the pixels ``output_hash`` records (checked once per store)."""
         if (key, output_hash) in self._intact:
             return True
-        if _pixel_hash(self.image_path(key)) != output_hash:
+        if file_pixel_hash(self.image_path(key)) != output_hash:
             return False
         self._intact.add((key, output_hash))
         return True
@@ -462,19 +482,6 @@ class RunStore:
             more = f" (and {len(self.damaged_rows) - 1} more)" if len(self.damaged_rows) > 1 else ""
             raise StoreError(f"{path}: unreadable row file ({reason}){more}. {repair_hint(self.root)}")
         return pd.DataFrame(list(rows.values()))
-
-
-def _pixel_hash(path: Path) -> str | None:
-    """The pixel hash of an image file, or ``None`` if it is missing or does not decode."""
-    from PIL import Image
-
-    from img2img_lab.images import content_hash
-
-    try:
-        with Image.open(path) as image:
-            return content_hash(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError):
-        return None
 
 
 def _json_value(value):

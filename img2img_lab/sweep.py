@@ -4,7 +4,7 @@
 already in the run folder (resume / extension), reuses the image of the strength it duplicates, or runs
 it with the reference runner; after every cell the image and the table row are written atomically.
 
-Each cell has a content key (:func:`cell_key`): a hash of everything that determines its pixels, so
+Each cell has a content key (:func:`img2img_lab.schema.cell_key`): a hash of everything that determines its pixels, so
 rerunning a sweep, or extending it by a strength or a seed, computes only what is missing.
 
 >>> table = run_sweep(SweepPlan.from_yaml("data/configs/quick.yaml"), "runs/quick")  # doctest: +SKIP
@@ -23,9 +23,9 @@ from img2img_lab.pipelines import load_pipeline
 from img2img_lab.plan import SweepPlan
 from img2img_lab.plan_values import check_batch_size
 from img2img_lab.store import RunStore
-from img2img_lab.sweep_writer import (COLUMNS, SweepWriter, _in_plan_order, build_manifest,  # noqa: F401
-                                      cell_key, completed_record, prepare_source, prepare_sources, source_steps,
-                                      write_floor)
+from img2img_lab.schema import COLUMNS, cell_key  # noqa: F401 - re-exported
+from img2img_lab.sweep_writer import (SweepWriter, _in_plan_order, build_manifest, completed_record,  # noqa: F401
+                                      prepare_source, prepare_sources, source_steps, write_floor)
 
 __all__ = ["COLUMNS", "cell_key", "package_versions", "prepare_source", "prepare_sources", "registered_models",
            "run_model_axis", "run_sweep", "source_steps", "sweep_signature", "write_floor"]
@@ -64,7 +64,7 @@ def finished_table(out_dir, *, signature: str | None):
     record must carry the same :func:`sweep_signature` and the same :func:`~img2img_lab.manifest.files_digest`
     (every image, row file and source still there with the size and time it had when the sweep finished).
     """
-    if signature is None or not (Path(out_dir) / "manifest.json").is_file():
+    if signature is None or not RunStore.is_run_folder(out_dir):
         return None
     store = RunStore.open(out_dir)
     completed = (store.read_manifest_or_none() or {}).get("completed") or {}

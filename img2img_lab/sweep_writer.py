@@ -37,51 +37,10 @@ from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest,
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore, atomic_write
 
 
-#: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
-COLUMNS = [
-    "cell_key", "source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
-    "guidance_scale", "num_inference_steps", "scheduler", "width", "height", "init_steps", "executed_steps",
-    "t_start", "unet_evaluations", "start_timestep", "timesteps", "sigma", "log_snr", "sqrt_alpha_bar",
-    "flow_sigma", "zero_step", "duplicate_of", "produced", "seconds", "output_path", "output_hash", "nsfw_flagged",
-    "model", "model_family", "model_fingerprint", "device", "dtype", "torch_threads", "engine", "batch_id",
-]
-
-
-def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
-             dtype: str, device_type: str, versions: dict[str, str], engine: str = "per-cell") -> str:
-    """A 20-hex-digit content key over everything that determines a cell's pixels.
-
-    The batched engine's pixels match the per-cell runner's within 1/255, not bit for bit, so its cells are
-    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference.
-
-    >>> len(cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64,
-    ...              dtype="float32", device_type="cpu", versions={}))  # doctest: +SKIP
-    20
-    """
-    payload = {
-        "model": fingerprint,
-        "scheduler": cell.scheduler,
-        "scheduler_config": {key: value for key, value in scheduler_config.items() if not key.startswith("_")},
-        "source": source_hash,
-        "prompt": cell.prompt,
-        "negative_prompt": cell.negative_prompt,
-        "strength": repr(float(cell.strength)),
-        "steps": cell.num_inference_steps,
-        "guidance_scale": repr(float(cell.guidance_scale)),
-        "seed": cell.seed,
-        "size": [width, height],
-        "dtype": dtype,
-        "device_type": device_type,
-        "torch": versions.get("torch"),
-        "diffusers": versions.get("diffusers"),
-    }
-    if engine != "per-cell":
-        payload["engine"] = engine
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
@@ -265,7 +224,7 @@ class SweepWriter:
         manifest["plans"] = [plan_record(plan, engine=engine, max_batch_size=max_batch_size, metrics=metrics,
                                          fingerprint=fingerprint)]
         manifest["history"] = [{"started": started, "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
-        existed = (Path(out_dir) / "manifest.json").exists()
+        existed = RunStore.is_run_folder(out_dir)
 
         def merge(previous: dict | None, new: dict) -> dict:
             if not model_axis:
@@ -398,7 +357,7 @@ class SweepWriter:
             pair = self.store.stored_cell(canonical["cell_key"]) if canonical is not None else None
             if pair is not None:
                 image, canonical = pair
-                self.save(cell, key, image, f"duplicate:{canonical['produced']}", 0.0, canonical["nsfw_flagged"])
+                self.save(cell, key, image, Produced.duplicate(canonical["produced"]), 0.0, canonical["nsfw_flagged"])
             else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
                 output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=self.on_step)
                 self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
@@ -414,7 +373,7 @@ class SweepWriter:
             row.update(measure_pair(self.sources[cell.image_index], image, self.metrics, prompt=cell.prompt,
                                     device=str(self.pipe.device)))
         if self.store.save_cell(key, image, row):
-            self.counts["generated" if not produced.startswith("duplicate:") else "reused"] += 1
+            self.counts["reused" if is_duplicate(produced) else "generated"] += 1
             pair = (image, row)
         else:  # a concurrent sweep into this folder stored it first: its image and row are kept, together
             self.counts["stored_by_another_writer"] = self.counts.get("stored_by_another_writer", 0) + 1
@@ -431,11 +390,7 @@ class SweepWriter:
         steps = self.steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index)
         manifest = self.manifest
         return {
-            "cell_key": key, "source": cell.image, "source_name": Path(cell.image).stem,
-            "source_hash": self.source_hashes[cell.image_index], "prompt": cell.prompt,
-            "negative_prompt": cell.negative_prompt, "strength": cell.strength, "seed": cell.seed,
-            "guidance_scale": cell.guidance_scale, "num_inference_steps": cell.num_inference_steps,
-            "scheduler": cell.scheduler, "width": image.width, "height": image.height,
+            "cell_key": key, **cell_parameters(cell, self.source_hashes[cell.image_index]), "width": image.width, "height": image.height,
             "init_steps": steps.executed_steps, "executed_steps": steps.executed_steps, "t_start": steps.t_start,
             "unet_evaluations": steps.denoiser_evaluations, "start_timestep": steps.start_timestep,
             "timesteps": steps.timesteps_text(), "sigma": steps.sigma, "log_snr": steps.log_snr,

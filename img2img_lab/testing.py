@@ -61,76 +61,75 @@ def make_tiny_pipeline(
     (2, 'PNDMScheduler')
     """
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionImg2ImgPipeline
 
     if text_hidden != cross_attention_dim:
         raise ValueError("text_hidden must equal cross_attention_dim (the UNet reads the encoder's hidden states).")
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the components draw their random weights in this order: UNet, VAE, text encoder
     vae_factor = 2 ** (len(vae_channels) - 1)
-    down_blocks = ["CrossAttnDownBlock2D" if attention else "DownBlock2D"] * (len(unet_channels) - 1) + ["DownBlock2D"]
-    up_blocks = ["UpBlock2D"] + ["CrossAttnUpBlock2D" if attention else "UpBlock2D"] * (len(unet_channels) - 1)
-    unet = UNet2DConditionModel(
-        sample_size=sample_size // vae_factor,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=tuple(unet_channels),
-        layers_per_block=layers_per_block,
-        down_block_types=tuple(down_blocks),
-        up_block_types=tuple(up_blocks),
-        mid_block_type="UNetMidBlock2DCrossAttn" if attention else None,
-        cross_attention_dim=cross_attention_dim,
-        attention_head_dim=attention_head_dim or (max(1, unet_channels[0] // 8) if attention else 8),
-        norm_num_groups=min(32, unet_channels[0]),
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=tuple(vae_channels),
-        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-        latent_channels=4,
-        layers_per_block=layers_per_block,
-        norm_num_groups=min(32, vae_channels[0]),
-        sample_size=sample_size,
-    )
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer = CLIPTokenizer.from_pretrained(write_byte_level_tokenizer(folder, model_max_length=max_length))
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=text_hidden,
-            intermediate_size=text_hidden * 4,
-            num_hidden_layers=text_layers,
-            num_attention_heads=text_heads or max(1, text_hidden // 16),
-            max_position_embeddings=max_length,
-            projection_dim=cross_attention_dim,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
-    pipe = StableDiffusionImg2ImgPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    unet = _tiny_unet(sample_size // vae_factor, unet_channels, cross_attention_dim, attention=attention,
+                      layers_per_block=layers_per_block, attention_head_dim=attention_head_dim)
+    vae = _tiny_vae(sample_size, vae_channels, layers_per_block=layers_per_block)
+    tokenizer, text_encoder = _tiny_text_encoder(text_hidden, cross_attention_dim, max_length=max_length,
+                                                 layers=text_layers, heads=text_heads)
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                          scheduler=sd_pndm_scheduler(), safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _tiny_unet(latent_size: int, channels, cross_attention_dim: int, *, attention: bool, layers_per_block: int,
+               attention_head_dim: int | None):
+    from diffusers import UNet2DConditionModel
+
+    down_blocks = ["CrossAttnDownBlock2D" if attention else "DownBlock2D"] * (len(channels) - 1) + ["DownBlock2D"]
+    up_blocks = ["UpBlock2D"] + ["CrossAttnUpBlock2D" if attention else "UpBlock2D"] * (len(channels) - 1)
+    return UNet2DConditionModel(
+        sample_size=latent_size, in_channels=4, out_channels=4, block_out_channels=tuple(channels),
+        layers_per_block=layers_per_block, down_block_types=tuple(down_blocks), up_block_types=tuple(up_blocks),
+        mid_block_type="UNetMidBlock2DCrossAttn" if attention else None, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim or (max(1, channels[0] // 8) if attention else 8),
+        norm_num_groups=min(32, channels[0]),
+    )
+
+
+def _tiny_vae(sample_size: int, channels, *, layers_per_block: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=tuple(channels),
+        down_block_types=("DownEncoderBlock2D",) * len(channels), up_block_types=("UpDecoderBlock2D",) * len(channels),
+        latent_channels=4, layers_per_block=layers_per_block, norm_num_groups=min(32, channels[0]),
+        sample_size=sample_size,
+    )
+
+
+def _tiny_text_encoder(hidden: int, projection_dim: int, *, max_length: int, layers: int, heads: int | None):
+    """A byte-level CLIP tokenizer (written offline) and a random-weight CLIP text encoder of this size."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer = CLIPTokenizer.from_pretrained(write_byte_level_tokenizer(folder, model_max_length=max_length))
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+        num_attention_heads=heads or max(1, hidden // 16), max_position_embeddings=max_length,
+        projection_dim=projection_dim, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer, CLIPTextModel(config)
+
+
+def sd_pndm_scheduler():
+    """PNDM (PLMS) with Stable Diffusion 1.x's betas, as in SD 1.5's own model folder.
+
+    >>> sd_pndm_scheduler().config.beta_schedule
+    'scaled_linear'
+    """
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
 
 
 def make_sd15_sized_pipeline(*, tiny: bool = False, seed: int = 0):

@@ -38,17 +38,8 @@ from img2img_lab.audit import VerifyReport, audit_run_folder  # noqa: F401 - Ver
 from img2img_lab.errors import StoreError
 from img2img_lab.plan import Cell
 from img2img_lab.repair import repair_run_folder
+from img2img_lab.schema import cell_from_row, is_duplicate
 from img2img_lab.store import RunStore
-
-
-def _cell(row: dict, image_index: int, steps_of) -> Cell:
-    """The cell a row records; its steps come from the model (``steps_of``, see :func:`sweep.source_steps`)."""
-    steps = steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
-    return Cell(image=str(row["source"]), image_index=image_index, prompt=row["prompt"],
-                negative_prompt=row["negative_prompt"], strength=float(row["strength"]), seed=int(row["seed"]),
-                guidance_scale=float(row["guidance_scale"]), num_inference_steps=int(row["num_inference_steps"]),
-                scheduler=row["scheduler"], init_steps=steps.executed_steps, t_start=steps.t_start,
-                zero_step=steps.zero_step)
 
 
 def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: str | None = None,
@@ -74,8 +65,7 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
 
 
 def _regenerate_sample(store: RunStore, table, report: VerifyReport, *, sample: int, seed: int, pipe, device) -> None:
-    candidates = table[(table["produced"].astype(str).str.startswith("duplicate:") == False)  # noqa: E712
-                       & ~table["cell_key"].isin(report.damaged_cells)]
+    candidates = table[~table["produced"].map(is_duplicate) & ~table["cell_key"].isin(report.damaged_cells)]
     picked = random.Random(seed).sample(list(candidates["cell_key"]), min(sample, len(candidates)))
     rows = {row["cell_key"]: row for row in table.to_dict("records")}
     hashes = sorted(set(table["source_hash"]))
@@ -156,7 +146,7 @@ class _Regeneration:
         self.index_of = {source_hash: index for index, source_hash in enumerate(self.hashes)}
 
     def cell(self, row: dict) -> Cell:
-        return _cell(row, self.index_of[row["source_hash"]], self.steps_of)
+        return cell_from_row(row, self.index_of[row["source_hash"]], self.steps_of)
 
     def alone(self, row: dict):
         from img2img_lab.engine import run_cell

@@ -31,12 +31,12 @@ from pathlib import Path
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError
 from img2img_lab.plan import SweepPlan
+from img2img_lab.schema import SETTING_COLUMNS, row_identity
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_SOURCES = REPO / "data" / "sources"
 VIEWS = ("side by side", "difference", "grid")
 #: Axes that, with the source, define a "setting family": all seeds x strengths of one configuration.
-FAMILY_COLUMNS = ("source_hash", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler")
 TABLE_COLUMNS = ("source_name", "prompt", "negative_prompt", "strength", "executed_steps", "seed", "guidance_scale",
                  "num_inference_steps", "scheduler")
 
@@ -147,7 +147,7 @@ class StrengthExplorer:
                  scheduler: str = "default", max_side="native", resize_policy: str = "crop"):
         widgets = _require_ipywidgets()
         from img2img_lab.metrics import check_metric_names
-        from img2img_lab.pipelines import load_pipeline, recommended_guidance, scheduler_names
+        from img2img_lab.pipelines import load_pipeline
 
         self.pipe = pipe if pipe is not None else load_pipeline(model)
         self.run_dir = Path(run_dir)
@@ -164,10 +164,20 @@ class StrengthExplorer:
         self.generated = 0
         self._load_existing()
 
-        layout = widgets.Layout
         if source is not None and source not in sources:
             raise ImageError(f"unknown source {source!r}. Fix: use one of {', '.join(sources)}.")
         first = source or ("red_circle_on_blue" if "red_circle_on_blue" in sources else next(iter(sources)))
+        self._make_controls(widgets, sources, first, prompt=prompt, negative_prompt=negative_prompt,
+                            strength=strength, seed=seed, guidance_scale=guidance_scale, steps=steps,
+                            scheduler=scheduler)
+        self._wire_and_lay_out(widgets)
+
+    def _make_controls(self, widgets, sources: dict, first: str, *, prompt: str, negative_prompt: str,
+                       strength: float, seed: int, guidance_scale: float | None, steps: int, scheduler: str) -> None:
+        """The explorer's controls and outputs (each output with a CSS class the browser test finds)."""
+        from img2img_lab.pipelines import recommended_guidance, scheduler_names
+
+        layout = widgets.Layout
         self.source = widgets.Dropdown(options=list(sources.items()), value=sources[first], description="source",
                                        layout=layout(width="320px"))
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload source")
@@ -205,6 +215,8 @@ class StrengthExplorer:
                              (self.progress, "i2i-progress")):
             widget.add_class(name)
 
+    def _wire_and_lay_out(self, widgets) -> None:
+        """Connect the controls to their handlers and arrange everything in :attr:`ui`."""
         for control in (self.strength, self.steps, self.scheduler, self.source):
             control.observe(self._on_schedule_change, names="value")
         self.view.observe(lambda change: self.refresh(), names="value")
@@ -234,7 +246,7 @@ class StrengthExplorer:
         from img2img_lab.pipelines import model_fingerprint
         from img2img_lab.store import RunStore
 
-        if not (self.run_dir / "manifest.json").is_file():
+        if not RunStore.is_run_folder(self.run_dir):
             return
         store = RunStore.open(self.run_dir)
         fingerprint = model_fingerprint(self.pipe)["fingerprint"]
@@ -247,9 +259,7 @@ class StrengthExplorer:
 
     @staticmethod
     def _row_key(row: dict) -> tuple:
-        return (row["source_hash"], row["prompt"], row["negative_prompt"], round(float(row["strength"]), 6),
-                int(row["seed"]), round(float(row["guidance_scale"]), 6), int(row["num_inference_steps"]),
-                row["scheduler"])
+        return row_identity(row)
 
     def _prepared(self, path: str):
         from img2img_lab.images import content_hash
@@ -275,9 +285,10 @@ class StrengthExplorer:
 
     def _settings_key(self, settings: dict) -> tuple:
         _, source_hash = self._prepared(settings["images"][0])
-        return (source_hash, settings["prompts"][0], settings["negative_prompts"][0],
-                round(settings["strengths"][0], 6), settings["seeds"][0], round(settings["guidance_scales"][0], 6),
-                settings["steps"][0], settings["schedulers"][0])
+        return row_identity({"source_hash": source_hash, "prompt": settings["prompts"][0],
+                             "negative_prompt": settings["negative_prompts"][0], "strength": settings["strengths"][0],
+                             "seed": settings["seeds"][0], "guidance_scale": settings["guidance_scales"][0],
+                             "num_inference_steps": settings["steps"][0], "scheduler": settings["schedulers"][0]})
 
     def rows(self):
         """Every image generated so far (this session and earlier ones in ``run_dir``), as a tidy table."""
@@ -384,7 +395,7 @@ class StrengthExplorer:
 
     # ------------------------------------------------------------------ drawing
     def _family(self) -> dict:
-        return {column: self.current[column] for column in FAMILY_COLUMNS}
+        return {column: self.current[column] for column in SETTING_COLUMNS}
 
     def _draw_view(self) -> None:
         from img2img_lab.grids import comparison_grid, difference_image, side_by_side

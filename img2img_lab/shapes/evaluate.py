@@ -162,18 +162,36 @@ def recommend_guidance(results: dict) -> tuple[str | None, str]:
     return best[1], "no guidance met every target; this one has the best text-to-image rate"
 
 
+#: The model card's last section.
+KNOWN_LIMITS = [
+    "",
+    "## Known limits",
+    "",
+    "* It knows only its world: other prompts tokenize (character by character) but produce noise-like shapes.",
+    "* 64x64 only; sources of other sizes are resized by img2img-lab (`max_side: native`).",
+    "* Shapes are learnt before colours and the background colour is the weakest attribute at low guidance.",
+    "* The low-noise caption mismatch in training makes it keep the source at low strength, as large real-world",
+    "  models do; it is a property of this recipe, not of diffusion in general.",
+    "* Seeds, not just strength, decide many outputs near the crossover (strength 0.4-0.7): use several seeds.",
+]
+
+
 def write_model_card(model_dir, evaluation: dict, *, cpu_unet_steps_per_second: float | None = None,
                      cpu_vae_steps_per_second: float | None = None) -> Path:
     """Write ``README.md`` (the model card) and ``evaluation.json`` into a trained model folder."""
     model_dir = Path(model_dir)
     training = json.loads((model_dir / "training.json").read_text())
     (model_dir / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-    config = training["config"]
+    lines = (_card_introduction(evaluation) + _card_training(model_dir, training) + _card_evaluation(evaluation)
+             + KNOWN_LIMITS)
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _card_introduction(evaluation: dict) -> list[str]:
     guidance = evaluation["recommended_guidance"]
-    results = evaluation["results"]
-    seconds = training["seconds"]
-    size_mb = sum(path.stat().st_size for path in model_dir.rglob("*.safetensors")) / 1e6
-    lines = [
+    return [
         "# shapes-world: img2img-lab's embedded default model",
         "",
         "A small text-conditioned latent diffusion model in the standard diffusers `StableDiffusionImg2ImgPipeline`",
@@ -189,6 +207,13 @@ def write_model_card(model_dir, evaluation: dict, *, cpu_unet_steps_per_second: 
         "* 20 steps, DDIM (the folder's scheduler; any img2img-lab scheduler name works)",
         "* 64x64 sources (`max_side: native` in a sweep config does this)",
         "",
+    ]
+
+
+def _card_training(model_dir: Path, training: dict) -> list[str]:
+    config, seconds = training["config"], training["seconds"]
+    size_mb = sum(path.stat().st_size for path in model_dir.rglob("*.safetensors")) / 1e6
+    return [
         "## Training",
         "",
         "```",
@@ -213,6 +238,12 @@ def write_model_card(model_dir, evaluation: dict, *, cpu_unet_steps_per_second: 
         f"{training['unet_steps_per_second']} UNet steps/s",
         f"* size: {size_mb:.1f} MB (fp16 safetensors; loads as fp32 on the CPU)",
         "",
+    ]
+
+
+def _card_evaluation(evaluation: dict) -> list[str]:
+    guidance, results = evaluation["recommended_guidance"], evaluation["results"]
+    lines = [
         "## Evaluation (oracle-scored)",
         "",
         "Text to image: all 120 (shape, colour, background) combinations x 2 seeds, 20 steps. img2img: "
@@ -238,20 +269,7 @@ def write_model_card(model_dir, evaluation: dict, *, cpu_unet_steps_per_second: 
                   "| kept | " + " | ".join(f"{v:.0%}" for v in summary["kept_by_strength"].values()) + " |",
                   "| target | " + " | ".join(f"{v:.0%}" for v in summary["target_by_strength"].values()) + " |",
                   "", f"Monotonicity violations of the target rate: {summary['target_monotone_violations'] or 'none'}."]
-    lines += [
-        "",
-        "## Known limits",
-        "",
-        "* It knows only its world: other prompts tokenize (character by character) but produce noise-like shapes.",
-        "* 64x64 only; sources of other sizes are resized by img2img-lab (`max_side: native`).",
-        "* Shapes are learnt before colours and the background colour is the weakest attribute at low guidance.",
-        "* The low-noise caption mismatch in training makes it keep the source at low strength, as large real-world",
-        "  models do; it is a property of this recipe, not of diffusion in general.",
-        "* Seeds, not just strength, decide many outputs near the crossover (strength 0.4-0.7): use several seeds.",
-    ]
-    path = model_dir / "README.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return lines
 
 
 def main(argv=None) -> int:

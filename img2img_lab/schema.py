@@ -1,0 +1,137 @@
+"""A cell's identity and the results table's columns, in one place.
+
+* :data:`COLUMNS`: every column of ``results.parquet``, in order, as four groups: the cell's **parameters**
+  (:data:`PARAMETER_COLUMNS`), what its strength **runs** (:data:`STEP_COLUMNS`), the **output**
+  (:data:`OUTPUT_COLUMNS`) and its **provenance** (:data:`PROVENANCE_COLUMNS`); metric columns follow.
+* :func:`cell_key`: the content key of a cell (what identifies a request); :func:`cell_parameters` turns a
+  :class:`~img2img_lab.plan.Cell` into its parameter columns and :func:`cell_from_row` turns a row back.
+* :data:`SETTING_COLUMNS`: what a strength curve shares (everything but strength and seed); :func:`row_group`:
+  the cells that differ only in strength; :func:`row_identity`: one request, as a hashable tuple.
+* :class:`Produced`: how a cell's image was made.
+
+>>> COLUMNS[:3], len(COLUMNS)
+(['cell_key', 'source', 'source_name'], 38)
+>>> Produced.duplicate("diffusion"), is_duplicate("duplicate:diffusion")
+('duplicate:diffusion', True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+
+from img2img_lab.plan import Cell
+
+PARAMETER_COLUMNS = ("source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
+                     "guidance_scale", "num_inference_steps", "scheduler")
+STEP_COLUMNS = ("width", "height", "init_steps", "executed_steps", "t_start", "unet_evaluations", "start_timestep",
+                "timesteps", "sigma", "log_snr", "sqrt_alpha_bar", "flow_sigma", "zero_step", "duplicate_of")
+OUTPUT_COLUMNS = ("produced", "seconds", "output_path", "output_hash", "nsfw_flagged")
+PROVENANCE_COLUMNS = ("model", "model_family", "model_fingerprint", "device", "dtype", "torch_threads", "engine",
+                      "batch_id")
+#: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
+COLUMNS = ["cell_key", *PARAMETER_COLUMNS, *STEP_COLUMNS, *OUTPUT_COLUMNS, *PROVENANCE_COLUMNS]
+#: What one strength curve shares: a source, the prompts, the guidance, the steps and the scheduler.
+SETTING_COLUMNS = ("source_hash", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler")
+
+
+class Produced(str, Enum):
+    """How a cell's image was made: diffusion, the VAE round trip (a zero-step cell), or reused from the strength it
+    duplicates (``"duplicate:<how that one was made>"``)."""
+
+    DIFFUSION = "diffusion"
+    VAE_ROUNDTRIP = "vae_roundtrip"
+
+    @staticmethod
+    def duplicate(of: str) -> str:
+        """The ``produced`` value of a cell that reuses the image of a cell produced ``of``."""
+        return f"duplicate:{Produced(of.removeprefix('duplicate:')).value}"
+
+
+def is_duplicate(produced) -> bool:
+    """Whether a ``produced`` value (a row's) marks a reused image."""
+    return str(produced).startswith("duplicate:")
+
+
+def cell_parameters(cell: Cell, source_hash: str) -> dict:
+    """A cell's parameter columns (:data:`PARAMETER_COLUMNS`).
+
+    >>> cell_parameters(Cell("src/cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False), "h")["source_name"]
+    'cat'
+    """
+    return {"source": cell.image, "source_name": Path(cell.image).stem, "source_hash": source_hash,
+            "prompt": cell.prompt, "negative_prompt": cell.negative_prompt, "strength": cell.strength,
+            "seed": cell.seed, "guidance_scale": cell.guidance_scale,
+            "num_inference_steps": cell.num_inference_steps, "scheduler": cell.scheduler}
+
+
+def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
+    """The cell a row records (its steps from the model: ``steps_of``, see :func:`img2img_lab.sweep.source_steps`).
+
+    >>> from img2img_lab.plan import _stable_diffusion_steps
+    >>> row = {"source": "cat.png", "prompt": "a cat", "negative_prompt": "", "strength": 0.3, "seed": 1,
+    ...        "guidance_scale": 7.5, "num_inference_steps": 20, "scheduler": "ddim"}
+    >>> cell_from_row(row, 0, _stable_diffusion_steps).init_steps
+    6
+    """
+    steps = steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
+    return Cell(image=str(row["source"]), image_index=image_index, prompt=row["prompt"],
+                negative_prompt=row["negative_prompt"], strength=float(row["strength"]), seed=int(row["seed"]),
+                guidance_scale=float(row["guidance_scale"]), num_inference_steps=int(row["num_inference_steps"]),
+                scheduler=row["scheduler"], init_steps=steps.executed_steps, t_start=steps.t_start,
+                zero_step=steps.zero_step)
+
+
+def row_group(row: dict) -> tuple:
+    """The cells of one model that differ only in strength share this (a row's :meth:`Cell.group`)."""
+    return (*(row[column] for column in SETTING_COLUMNS[:3]), int(row["seed"]), float(row["guidance_scale"]),
+            int(row["num_inference_steps"]), row["scheduler"], row.get("model_fingerprint"))
+
+
+def row_identity(row: dict) -> tuple:
+    """One request of a model, as a hashable tuple of a row's (or a widget's) parameters.
+
+    >>> row_identity({"source_hash": "h", "prompt": "p", "negative_prompt": "", "strength": 0.3000000001,
+    ...               "seed": 1, "guidance_scale": 7.5, "num_inference_steps": 20, "scheduler": "ddim"})
+    ('h', 'p', '', 0.3, 1, 7.5, 20, 'ddim')
+    """
+    return (row["source_hash"], row["prompt"], row["negative_prompt"], round(float(row["strength"]), 6),
+            int(row["seed"]), round(float(row["guidance_scale"]), 6), int(row["num_inference_steps"]),
+            row["scheduler"])
+
+
+def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
+             dtype: str, device_type: str, versions: dict[str, str], engine: str = "per-cell") -> str:
+    """A 20-hex-digit content key over everything that determines a cell's pixels.
+
+    The batched engine's pixels match the per-cell runner's within 1/255, not bit for bit, so its cells are
+    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference.
+
+    >>> cell = Cell("cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False)
+    >>> len(cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64,
+    ...              dtype="float32", device_type="cpu", versions={}))
+    20
+    """
+    payload = {
+        "model": fingerprint,
+        "scheduler": cell.scheduler,
+        "scheduler_config": {key: value for key, value in scheduler_config.items() if not key.startswith("_")},
+        "source": source_hash,
+        "prompt": cell.prompt,
+        "negative_prompt": cell.negative_prompt,
+        "strength": repr(float(cell.strength)),
+        "steps": cell.num_inference_steps,
+        "guidance_scale": repr(float(cell.guidance_scale)),
+        "seed": cell.seed,
+        "size": [width, height],
+        "dtype": dtype,
+        "device_type": device_type,
+        "torch": versions.get("torch"),
+        "diffusers": versions.get("diffusers"),
+    }
+    if engine != "per-cell":
+        payload["engine"] = engine
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
