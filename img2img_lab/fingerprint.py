@@ -54,3 +54,32 @@ def compute_fingerprint(pipe, label: str) -> dict:
         components[name] = entry
     return {"fingerprint": _hash_json(components), "pipeline_class": type(pipe).__name__,
             "model": label, "components": components}
+
+
+def weights_stamp(pipe) -> str:
+    """A cheap stamp of a pipeline's current weights: per tensor its storage address, version counter, shape, dtype
+    and 8 evenly spaced values. It changes when weights are replaced (a LoRA fused, a component swapped) or
+    modified in place, so a cached fingerprint is recomputed then; hashing every weight is what
+    :func:`compute_fingerprint` does.
+
+    >>> from img2img_lab.testing import make_tiny_pipeline
+    >>> pipe = make_tiny_pipeline()
+    >>> before = weights_stamp(pipe)
+    >>> pipe.unet.conv_in.bias.data.mul_(2)  # doctest: +ELLIPSIS
+    tensor(...)
+    >>> weights_stamp(pipe) == before
+    False
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name, component in sorted(pipeline_components(pipe).items()):
+        digest.update(f"{name}:{id(component)}:{type(component).__name__};".encode())
+        if not (hasattr(component, "state_dict") and callable(component.state_dict)) or name == "scheduler":
+            continue
+        for key, tensor in component.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[torch.linspace(0, max(flat.numel() - 1, 0), 8).long()] if flat.numel() else flat
+            digest.update(f"{key}:{tensor.data_ptr()}:{tensor._version}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()

@@ -161,6 +161,7 @@ class ModelHandle:
         self._schedulers: dict[str, Any] = {}
         self._steps: dict[tuple, StepPlan] = {}
         self._fingerprint: dict | None = None
+        self._weights_stamp: str | None = None
         _HANDLES[pipe] = self
 
     # ------------------------------------------------------------------ schedulers
@@ -285,11 +286,15 @@ class ModelHandle:
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self, *, refresh: bool = False) -> dict:
-        """Hashes of every component's config and weights (see :func:`img2img_lab.pipelines.compute_fingerprint`)."""
-        from img2img_lab.fingerprint import compute_fingerprint
+        """Hashes of every component's config and weights (see :func:`img2img_lab.fingerprint.compute_fingerprint`),
+        cached while the weights stay the same (:func:`~img2img_lab.fingerprint.weights_stamp`): a LoRA fused or a
+        weight changed in place since gives a new fingerprint, so cells are never keyed by the old weights."""
+        from img2img_lab.fingerprint import compute_fingerprint, weights_stamp
 
-        if self._fingerprint is None or refresh:
+        stamp = weights_stamp(self.pipe)
+        if self._fingerprint is None or refresh or stamp != self._weights_stamp:
             self._fingerprint = compute_fingerprint(self.pipe, self.label)
+            self._weights_stamp = stamp
         return self._fingerprint
 
     def describe(self) -> dict:

@@ -497,3 +497,23 @@ def test_race_a_cached_and_a_plain_sweep_into_one_folder(tmp_path, capsys):
     with capsys.disabled():
         print(f"\n[race] {repeats} repeats: every shared folder and every folder built from its cache verifies "
               f"clean ({adopted} sweeps adopted another writer's cells)")
+
+
+def test_cells_are_keyed_by_the_weights_the_model_has_now(sources_dir, tmp_path):
+    """A fingerprint cached before the weights changed (a LoRA fused, a weight edited in the same process) would
+    key new pixels under the old model's keys: the handle notices and fingerprints again."""
+    import torch
+
+    from img2img_lab.models import as_model
+    from img2img_lab.testing import make_tiny_pipeline
+
+    pipe = make_tiny_pipeline()
+    plan = _plan(sources_dir, strengths=[0.5], seeds=[0])
+    first = run_sweep(plan, tmp_path / "before", pipe=pipe, progress=False)
+    with torch.no_grad():
+        pipe.unet.conv_in.weight.add_(0.05)  # what fusing a LoRA does to a layer
+    second = run_sweep(plan, tmp_path / "after", pipe=pipe, progress=False)
+    assert set(first["model_fingerprint"]).isdisjoint(second["model_fingerprint"])
+    assert set(first["cell_key"]).isdisjoint(second["cell_key"])
+    pipe.unet.conv_in.weight.data = pipe.unet.conv_in.weight.data.clone() * 0  # replaced, not edited in place
+    assert as_model(pipe).fingerprint()["fingerprint"] != second["model_fingerprint"].iloc[0]
