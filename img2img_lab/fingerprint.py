@@ -35,12 +35,20 @@ def _hash_json(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def compute_fingerprint(pipe, label: str) -> dict:
+def compute_fingerprint(pipe, label: str, *, scheduler_config=None) -> dict:
     """Hash every component's config and weights. Weights are hashed as loaded (after any dtype cast), tensor by
-    tensor in name order, so the fingerprint changes exactly when the numbers that make the pixels change."""
+    tensor in name order, so the fingerprint changes exactly when the numbers that make the pixels change.
+
+    ``scheduler_config`` is the model's own scheduler config (the handle passes it): the scheduler a sweep puts on
+    the pipeline is a cell's parameter, not the model's identity."""
     components: dict[str, dict] = {}
     for name, component in sorted(pipeline_components(pipe).items()):
         entry: dict[str, Any] = {"class": type(component).__name__, "config_hash": _hash_json(_config_dict(component))}
+        if name == "scheduler" and scheduler_config is not None:
+            config = dict(scheduler_config)
+            entry = {"class": config.get("_class_name", type(component).__name__),
+                     "config_hash": _hash_json({key: value for key, value in config.items()
+                                                if not key.startswith("_name_or_path")})}
         if hasattr(component, "state_dict") and callable(component.state_dict) and name != "scheduler":
             digest = hashlib.sha256()
             parameters = 0
@@ -74,8 +82,10 @@ def weights_stamp(pipe) -> str:
 
     digest = hashlib.sha256()
     for name, component in sorted(pipeline_components(pipe).items()):
+        if name == "scheduler":  # swapped by every sweep; not part of the model's identity (see compute_fingerprint)
+            continue
         digest.update(f"{name}:{id(component)}:{type(component).__name__};".encode())
-        if not (hasattr(component, "state_dict") and callable(component.state_dict)) or name == "scheduler":
+        if not (hasattr(component, "state_dict") and callable(component.state_dict)):
             continue
         for key, tensor in component.state_dict().items():
             flat = tensor.detach().reshape(-1)

@@ -293,7 +293,7 @@ class ModelHandle:
 
         stamp = weights_stamp(self.pipe)
         if self._fingerprint is None or refresh or stamp != self._weights_stamp:
-            self._fingerprint = compute_fingerprint(self.pipe, self.label)
+            self._fingerprint = compute_fingerprint(self.pipe, self.label, scheduler_config=self.base_scheduler_config)
             self._weights_stamp = stamp
         return self._fingerprint
 

@@ -508,8 +508,12 @@ def test_cells_are_keyed_by_the_weights_the_model_has_now(sources_dir, tmp_path)
     from img2img_lab.testing import make_tiny_pipeline
 
     pipe = make_tiny_pipeline()
+    loaded = as_model(pipe).fingerprint()["fingerprint"]
     plan = _plan(sources_dir, strengths=[0.5], seeds=[0])
     first = run_sweep(plan, tmp_path / "before", pipe=pipe, progress=False)
+    # The sweep put its own scheduler (DDIM) on the pipeline: a cell's parameter, not a new model.
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert as_model(pipe).fingerprint()["fingerprint"] == loaded == first["model_fingerprint"].iloc[0]
     with torch.no_grad():
         pipe.unet.conv_in.weight.add_(0.05)  # what fusing a LoRA does to a layer
     second = run_sweep(plan, tmp_path / "after", pipe=pipe, progress=False)
