@@ -1,8 +1,8 @@
 """The result of a calibration: the summary, crossings and recommendations, the strength reference table and the
 folklore comparison, and their renderings (Markdown, HTML, figures) and files.
 
->>> FOLKLORE[0][2]
-'subtle retouch: the source barely changes'
+>>> FOLKLORE[0]  # the folklore band a measured table is compared with
+(0.1, 0.2, 'subtle texture changes', 'keeps composition')
 """
 
 from __future__ import annotations
@@ -149,11 +149,14 @@ class CalibrationResult:
         return None
 
     def reference_table(self, guidance_scale: float | None = None):
-        """The strength reference table for one guidance (default: the first calibrated): one row per band of
-        consecutive strengths with the same verdict; metric ranges over the band with the CI extremes; the
-        verdict, the goal it serves, and a representative image (``thumbnail``: path in the run folder).
+        """The strength reference table for one guidance (default: the first calibrated), numbers only: one row per
+        band of consecutive strengths with the same verdict; per band its strength, executed-step and noise ranges
+        and, per metric, the range of its means (``<metric>_min``, ``<metric>_max``) and the CI extremes
+        (``<metric>_ci_low``, ``<metric>_ci_high``); the verdict, the goal it serves, and a representative image
+        (``thumbnail``: path in the run folder). :meth:`reference_table_text` is the same table as people read it.
 
-        >>> result.reference_table(2.0)  # doctest: +SKIP
+        >>> result.reference_table(2.0).columns[:4].tolist()  # doctest: +SKIP
+        ['guidance_scale', 'strength_min', 'strength_max', 'executed_steps_min']
         """
         import pandas as pd
 
@@ -169,20 +172,43 @@ class CalibrationResult:
             if index < len(summary) and verdicts[index] == verdicts[start]:
                 continue
             band = summary.iloc[start:index]
-            low_s, high_s = band["strength"].iloc[0], band["strength"].iloc[-1]
-            row = {"guidance_scale": guidance,
-                   "strengths": f"{low_s:g}" if low_s == high_s else f"{low_s:g}–{high_s:g}",
-                   "strength_min": float(low_s), "strength_max": float(high_s),
-                   "executed_steps": _span(band["executed_steps"], "{:d}"),
-                   "sigma": _span(band["sigma"], "{:.2f}")}
+            row = {"guidance_scale": guidance, "strength_min": float(band["strength"].min()),
+                   "strength_max": float(band["strength"].max()),
+                   "executed_steps_min": int(band["executed_steps"].min()),
+                   "executed_steps_max": int(band["executed_steps"].max()),
+                   "sigma_min": float(band["sigma"].min()), "sigma_max": float(band["sigma"].max())}
             for metric in metrics:
-                row[metric] = (_span(band[metric], "{:.3f}")
-                               + f" [CI {band[f'{metric}_ci_low'].min():.3f}, {band[f'{metric}_ci_high'].max():.3f}]")
+                row.update({f"{metric}_min": float(band[metric].min()), f"{metric}_max": float(band[metric].max()),
+                            f"{metric}_ci_low": float(band[f"{metric}_ci_low"].min()),
+                            f"{metric}_ci_high": float(band[f"{metric}_ci_high"].max())})
             row["verdict"] = verdicts[start]
             row["goal"] = VERDICTS[verdicts[start]]
             row["thumbnail"] = self._thumbnail(guidance, float(band["strength"].iloc[len(band) // 2]))
             rows.append(row)
             start = index
+        return pd.DataFrame(rows)
+
+    def reference_table_text(self, guidance_scale: float | None = None):
+        """:meth:`reference_table` as people read it: ranges as ``0.2–0.4``, each metric as ``0.812–0.903 [CI 0.790,
+        0.921]`` (what the Markdown and HTML renderings show).
+
+        >>> result.reference_table_text(2.0)["strengths"].tolist()  # doctest: +SKIP
+        ['0–0.2', '0.3–0.5', '0.6–0.9', '1']
+        """
+        import pandas as pd
+
+        table = self.reference_table(guidance_scale)
+        metrics = [m for m in self.settings.metrics if f"{m}_min" in table.columns]
+        rows = []
+        for row in table.to_dict("records"):
+            text = {"guidance_scale": row["guidance_scale"],
+                    "strengths": _range_text(row["strength_min"], row["strength_max"], "{:g}"),
+                    "executed_steps": _range_text(row["executed_steps_min"], row["executed_steps_max"], "{:d}"),
+                    "sigma": _range_text(row["sigma_min"], row["sigma_max"], "{:.2f}")}
+            for metric in metrics:
+                text[metric] = (_range_text(row[f"{metric}_min"], row[f"{metric}_max"], "{:.3f}")
+                                + f" [CI {row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]")
+            rows.append({**text, "verdict": row["verdict"], "goal": row["goal"], "thumbnail": row["thumbnail"]})
         return pd.DataFrame(rows)
 
     def _thumbnail(self, guidance: float, strength: float) -> str | None:
@@ -226,8 +252,7 @@ class CalibrationResult:
         for recommendation in self.recommendations.values():
             lines.append(f"* **{recommendation.goal}** ({recommendation.target}): {recommendation.message}")
         for guidance in self.guidance_values:
-            table = self.reference_table(guidance).drop(columns=["guidance_scale", "strength_min", "strength_max",
-                                                                 "thumbnail"])
+            table = self.reference_table_text(guidance).drop(columns=["guidance_scale", "thumbnail"])
             lines += ["", f"## Strength reference table — guidance {guidance:g}", "", _markdown_table(table)]
         lines += ["", "## Crossings", ""]
         lines += [f"* {crossing.describe()}" for crossing in self.crossings]
@@ -248,9 +273,9 @@ class CalibrationResult:
                          f"{html.escape(recommendation.message)}</li>")
         parts.append("</ul>")
         for guidance in self.guidance_values:
-            table = self.reference_table(guidance)
+            table = self.reference_table_text(guidance)
             parts.append(f"<h2>Strength reference table — guidance {guidance:g}</h2><table class='calibration'><tr>")
-            columns = [c for c in table.columns if c not in ("guidance_scale", "strength_min", "strength_max")]
+            columns = [c for c in table.columns if c != "guidance_scale"]
             parts += [f"<th>{html.escape(c)}</th>" for c in columns] + ["</tr>"]
             for _, row in table.iterrows():
                 parts.append("<tr>")
@@ -395,10 +420,12 @@ def _json(value):
     return str(value)
 
 
-def _span(values, fmt: str) -> str:
-    low, high = values.min(), values.max()
-    if isinstance(low, (np.integer,)):
-        low, high = int(low), int(high)
+def _range_text(low, high, fmt: str) -> str:
+    """``low–high`` (one value when they are equal).
+
+    >>> _range_text(0.2, 0.4, "{:g}"), _range_text(3, 3, "{:d}")
+    ('0.2–0.4', '3')
+    """
     return fmt.format(low) if low == high else f"{fmt.format(low)}–{fmt.format(high)}"
 
 

@@ -213,7 +213,16 @@ def test_reference_table_bands_verdicts_and_goals(synthetic_result):
     assert table["verdict"].iloc[0] == "keeps composition" and table["verdict"].iloc[-1] == "≈ text-to-image"
     assert list(table["strength_min"]) == sorted(table["strength_min"])
     assert table["strength_min"].iloc[0] == 0.0 and table["strength_max"].iloc[-1] == 1.0
-    assert "[CI" in table["fidelity"].iloc[0] and table["goal"].str.len().min() > 10
+    assert table["goal"].str.len().min() > 10
+    # Numbers only: every band's mean range lies inside its CI extremes; the text form is for reading.
+    assert (table["fidelity_ci_low"] <= table["fidelity_min"]).all()
+    assert (table["fidelity_min"] <= table["fidelity_max"]).all()
+    assert (table["fidelity_max"] <= table["fidelity_ci_high"]).all()
+    assert table["executed_steps_min"].iloc[0] == 0 and table["executed_steps_max"].iloc[-1] == 20
+    text = synthetic_result.reference_table_text(3.0)
+    assert text["fidelity"].iloc[0] == (f"{table['fidelity_min'].iloc[0]:.3f}–{table['fidelity_max'].iloc[0]:.3f} "
+                                        f"[CI {table['fidelity_ci_low'].iloc[0]:.3f}, "
+                                        f"{table['fidelity_ci_high'].iloc[0]:.3f}]")
     # Bands tile the tested strengths: consecutive, non-overlapping.
     assert (table["strength_min"].iloc[1:].to_numpy() > table["strength_max"].iloc[:-1].to_numpy()).all()
 

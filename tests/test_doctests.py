@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 
-MODULES = ["schema", "fingerprint", "atomic", "calibration_settings", "calibration_stats", "crossings", "configfile", "lpips_metric", "manifest", "metric_registry", "plan", "plan_values", "cli", "sweep_writer", "store", "errors", "images"]
+MODULES = ["schema", "calibration_result", "fingerprint", "atomic", "calibration_settings", "calibration_stats", "crossings", "configfile", "lpips_metric", "manifest", "metric_registry", "plan", "plan_values", "cli", "sweep_writer", "store", "errors", "images"]
 
 
 @pytest.mark.parametrize("name", MODULES)
