@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -202,14 +201,10 @@ def _bootstrap_options(settings: CalibrationSettings) -> dict:
 
 
 def _all_crossings(frame, settings: CalibrationSettings) -> list[Crossing]:
-    found = []
-    for _, group in conditions(frame):
-        for target in settings.keep:
-            found.append(find_crossing(group, target, kind="keep", rule=settings.rule, **_bootstrap_options(settings)))
-        for target in settings.follow:
-            found.append(find_crossing(group, target, kind="reach", rule=settings.rule,
-                                       **_bootstrap_options(settings)))
-    return found
+    options = {"rule": settings.rule, **_bootstrap_options(settings)}
+    kinds = [("keep", target) for target in settings.keep] + [("reach", target) for target in settings.follow]
+    return [find_crossing(group, target, kind=kind, **options)
+            for _, group in conditions(frame) for kind, target in kinds]
 
 
 def _refine(plan: SweepPlan, settings: CalibrationSettings, table, runner: Callable, rounds: list[dict], *,

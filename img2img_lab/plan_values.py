@@ -58,11 +58,13 @@ def is_number(value: Any) -> bool:
 
 def _text_number_hint(value: Any) -> str:
     """Why a number arrived as text: YAML 1.1 reads ``1e3`` (no dot) as a string."""
+    if not isinstance(value, str):
+        return ""
     try:
-        float(value) if isinstance(value, str) else None
+        float(value)
     except ValueError:
         return ""
-    return " (YAML reads a number like 1e3 without a dot as text: write 1.0e3)" if isinstance(value, str) else ""
+    return " (YAML reads a number like 1e3 without a dot as text: write 1.0e3)"
 
 
 def check_strength(value: Any) -> float:

@@ -47,7 +47,7 @@ class Produced(str, Enum):
     @staticmethod
     def duplicate(of: str) -> str:
         """The ``produced`` value of a cell that reuses the image of a cell produced ``of``."""
-        return f"duplicate:{Produced(of.removeprefix('duplicate:')).value}"
+        return f"duplicate:{Produced(of).value}"
 
 
 def is_duplicate(produced) -> bool:

@@ -255,11 +255,7 @@ class StrengthExplorer:
             raise StoreError(f"'{self.run_dir}' caches another model's images (fingerprint {previous[:12]}). "
                              f"Fix: pass a new run_dir for this model.")
         for row in store.read_table().to_dict("records"):
-            self._memo[self._row_key(row)] = row
-
-    @staticmethod
-    def _row_key(row: dict) -> tuple:
-        return row_identity(row)
+            self._memo[row_identity(row)] = row
 
     def _prepared(self, path: str):
         from img2img_lab.images import content_hash
@@ -319,7 +315,7 @@ class StrengthExplorer:
             finally:
                 self.generate_button.disabled = False
             row = table.iloc[0].to_dict()
-            self._memo[self._row_key(row)] = row
+            self._memo[row_identity(row)] = row
             self.generated += 1
             how = "generated"
         else:
