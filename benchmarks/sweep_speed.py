@@ -111,7 +111,7 @@ def main() -> None:
     plan = SweepPlan(images=["source.png"], prompts=prompts, strengths=strengths, seeds=list(range(args.seeds)),
                      guidance_scales=[guidance], steps=[steps], schedulers=[args.scheduler])
     cells = plan.cells()
-    evaluations = sum((2 if guidance > 1 else 1) * cell.init_steps for cell in cells)
+    evaluations = sum((2 if guidance > 1 else 1) * cell.executed_steps for cell in cells)
     limit = args.max_batch or DEFAULT_MAX_BATCH.get(device.type, 16)
     print(f"{label}; {len(cells)} cells ({args.strengths} strengths x {args.seeds} seeds), {steps} steps, "
           f"{args.scheduler}, guidance {guidance:g}, max batch {limit} UNet samples")

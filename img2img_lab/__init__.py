@@ -3,8 +3,10 @@
 Data flows one way: plan -> engine -> store (-> metrics -> calibrate -> grids / report).
 
 >>> import img2img_lab
->>> plan = img2img_lab.SweepPlan(images=["data/sources/red_circle.png"], prompts=["a cat"],
-...                              strengths=[0.2, 0.5])  # doctest: +SKIP
+>>> plan = img2img_lab.SweepPlan(images=["data/sources/red_circle_on_blue.png"], prompts=["a cat"],
+...                              strengths=[0.2, 0.5])
+>>> len(plan.cells())
+2
 """
 
 from __future__ import annotations

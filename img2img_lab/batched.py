@@ -24,7 +24,9 @@ guidance embedding (LCM) use the per-cell runner; :func:`batching_supported` say
 records it). The family-specific parts are :class:`_TextConditioning` subclasses: how a prompt is encoded, how a
 VAE latent becomes the initial latent, and how latents are decoded.
 
->>> images = run_cells_batched(pipe, cells, sources)  # doctest: +SKIP
+>>> outputs = run_cells_batched(pipe, cells, sources)
+>>> [output.produced for output in outputs[:3]]
+['vae_roundtrip', 'diffusion', 'diffusion']
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ BATCHED_TOLERANCE = 1
 def batching_supported(pipe) -> tuple[bool, str]:
     """``(supported, reason)``: whether :func:`run_cells_batched` reproduces this pipeline's calls.
 
-    >>> batching_supported(pipe)  # doctest: +SKIP
+    >>> batching_supported(pipe)
     (True, 'StableDiffusionImg2ImgPipeline')
     """
     if type(pipe).__name__ not in _CONDITIONING:
@@ -296,7 +298,10 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
     timestep of the shared loop. ``stats`` (a dict), if given, receives ``unet_calls``, ``unet_samples``,
     ``batch_halvings`` and ``seconds``.
 
-    >>> outputs = run_cells_batched(pipe, plan.cells(), sources)  # doctest: +SKIP
+    >>> stats = {}
+    >>> outputs = run_cells_batched(pipe, plan.cells(), sources, max_batch_size=2, stats=stats)
+    >>> len(outputs), outputs[1].image.size, stats["unet_samples"] >= stats["unet_calls"]
+    (6, (64, 64), True)
     """
     import torch
 

@@ -28,8 +28,9 @@ Bootstrap: two-stage over the experimental units: resample (source, prompt) pair
 seeds within each chosen pair; the same resampling is applied at every strength (paired), so curves and
 crossings have CIs that respect that one pair's images are correlated across strengths and seeds.
 
->>> result = calibrate("data/configs/calibrate.yaml", "runs/calibrate")  # doctest: +SKIP
->>> print(result.to_markdown())  # doctest: +SKIP
+>>> result = calibrate("data/configs/calibrate.yaml", "runs/calibrate")  # minutes on a CPU  # doctest: +SKIP
+>>> print(result.to_markdown().splitlines()[0])
+# Strength calibration (6 images; 1 sources × 1 prompts × 2 seeds × 1 guidance values; 6 coarse + 0 refinement cells)
 """
 
 from __future__ import annotations
@@ -131,7 +132,11 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     run folder records the calibration's provenance (:func:`record_calibration`); ``counts["rounds"]`` lists every
     round's strengths.
 
-    >>> result = calibrate("data/configs/calibrate.yaml", "runs/calibrate")  # doctest: +SKIP
+    >>> settings = CalibrationSettings(metrics=["ssim"], keep=[Target("ssim", at_least=0.4)], refine_rounds=1,
+    ...                                n_resamples=200)
+    >>> result = calibrate(plan, "runs/small", settings=settings, pipe=pipe, progress=False)
+    >>> result.summary.strength.tolist()  # 0.7: the refinement round's bisection of the keep crossing's interval
+    [0.0, 0.5, 0.7, 1.0]
     """
     # 1. The plan and settings (strength 1.0, the text-to-image reference, always included).
     plan, settings = _plan_and_settings(config, settings)
@@ -275,7 +280,7 @@ def record_calibration(out_dir, plan: SweepPlan, settings: CalibrationSettings, 
     and the calibration block) and, in the manifest, every round's strengths and the command that reproduces the
     folder; returns that command. (Every round's sweep plan is also in ``manifest["plans"]``.)
 
-    >>> record_calibration("runs/calibrate", plan, settings, rounds)  # doctest: +SKIP
+    >>> record_calibration("runs/calibrate", plan, result.settings, [{"round": 0, "strengths": plan.strengths}])
     'img2img-lab calibrate runs/calibrate/configs/calibration.yaml --out NEW_RUN_DIR'
     """
     from img2img_lab.manifest import plan_config
@@ -300,8 +305,10 @@ def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, pro
     Returns a DataFrame per goal: recommended strength and guidance, the target, the held-out mean with its
     bootstrap CI (two-stage over pairs and seeds), the number of runs, and whether the target holds.
 
-    >>> validate(result, pairs=[("held_out.png", "a white square on a green background")], seeds=[0, 1],
-    ...          out_dir="runs/held-out")  # doctest: +SKIP
+    >>> checks = validate(result, pairs=[("data/sources/green_triangle_on_yellow.png", "a white star")], seeds=[0, 1],
+    ...                   out_dir="runs/held-out", pipe=pipe)
+    >>> checks.columns[:3].tolist()  # doctest: +ELLIPSIS
+    [...]
     """
     import pandas as pd
 

@@ -1,5 +1,6 @@
 """The result of a calibration: the summary, crossings and recommendations, the strength reference table and the
-folklore comparison, and their renderings (Markdown, HTML, figures) and files.
+folklore comparison (numbers and verdicts), and its files; :mod:`img2img_lab.calibration_render` draws and writes it
+out as people read it (Markdown, HTML, figures).
 
 >>> FOLKLORE[0]  # the folklore band a measured table is compared with
 (0.1, 0.2, 'subtle texture changes', 'keeps composition')
@@ -7,8 +8,6 @@ folklore comparison, and their renderings (Markdown, HTML, figures) and files.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import os
@@ -155,7 +154,7 @@ class CalibrationResult:
         (``<metric>_ci_low``, ``<metric>_ci_high``); the verdict, the goal it serves, and a representative image
         (``thumbnail``: path in the run folder). :meth:`reference_table_text` is the same table as people read it.
 
-        >>> result.reference_table(2.0).columns[:4].tolist()  # doctest: +SKIP
+        >>> result.reference_table().columns[:4].tolist()
         ['guidance_scale', 'strength_min', 'strength_max', 'executed_steps_min']
         """
         import pandas as pd
@@ -189,27 +188,15 @@ class CalibrationResult:
         return pd.DataFrame(rows)
 
     def reference_table_text(self, guidance_scale: float | None = None):
-        """:meth:`reference_table` as people read it: ranges as ``0.2–0.4``, each metric as ``0.812–0.903 [CI 0.790,
-        0.921]`` (what the Markdown and HTML renderings show).
+        """:meth:`reference_table` as people read it (:func:`img2img_lab.calibration_render.reference_table_text`).
 
-        >>> result.reference_table_text(2.0)["strengths"].tolist()  # doctest: +SKIP
-        ['0–0.2', '0.3–0.5', '0.6–0.9', '1']
+        >>> result.reference_table_text()["strengths"].tolist()
+        ['0–0.5', '1']
         """
-        import pandas as pd
+        from img2img_lab.calibration_render import reference_table_text
 
-        table = self.reference_table(guidance_scale)
-        metrics = [m for m in self.settings.metrics if f"{m}_min" in table.columns]
-        rows = []
-        for row in table.to_dict("records"):
-            text = {"guidance_scale": row["guidance_scale"],
-                    "strengths": _range_text(row["strength_min"], row["strength_max"], "{:g}"),
-                    "executed_steps": _range_text(row["executed_steps_min"], row["executed_steps_max"], "{:d}"),
-                    "sigma": _range_text(row["sigma_min"], row["sigma_max"], "{:.2f}")}
-            for metric in metrics:
-                text[metric] = (_range_text(row[f"{metric}_min"], row[f"{metric}_max"], "{:.3f}")
-                                + f" [CI {row[f'{metric}_ci_low']:.3f}, {row[f'{metric}_ci_high']:.3f}]")
-            rows.append({**text, "verdict": row["verdict"], "goal": row["goal"], "thumbnail": row["thumbnail"]})
-        return pd.DataFrame(rows)
+        return reference_table_text(self, guidance_scale)
+
 
     def _thumbnail(self, guidance: float, strength: float) -> str | None:
         table = self.table
@@ -222,7 +209,13 @@ class CalibrationResult:
     def folklore_comparison(self, guidance_scale: float | None = None):
         """The folklore bands next to what was measured at those strengths, and whether they agree.
 
-        >>> result.folklore_comparison()  # doctest: +SKIP
+        ``measured at`` names the tested strengths the verdict comes from: those inside the band, else the nearest
+        tested strength (marked ``nearest``), so a coarse grid never passes for a measurement inside the band.
+
+        >>> result.folklore_comparison()[["folklore strengths", "measured", "measured at"]].head(2)
+          folklore strengths           measured  measured at
+        0            0.1–0.2  keeps composition   nearest: 0
+        1           0.3–0.45  keeps composition  nearest: 0.5
         """
         import pandas as pd
 
@@ -234,145 +227,49 @@ class CalibrationResult:
         for low, high, claim, implied in FOLKLORE:
             inside = (summary["strength"] >= low - 1e-9) & (summary["strength"] <= high + 1e-9)
             measured = list(dict.fromkeys(verdicts[inside.to_numpy()]))
-            if not measured:  # no tested strength in the band: the nearest one
+            measured_at = ", ".join(f"{value:g}" for value in summary["strength"][inside])
+            if not measured:  # no tested strength in the band: the nearest one, said as such
                 nearest = int(np.argmin(np.abs(summary["strength"].to_numpy() - (low + high) / 2)))
                 measured = [verdicts[nearest]]
+                measured_at = f"nearest: {summary['strength'].iloc[nearest]:g}"
             agrees = measured == [implied] or (implied == "keeps composition" and
                                                set(measured) <= {"keeps composition", "keeps composition, follows prompt"})
             rows.append({"guidance_scale": guidance, "folklore strengths": f"{low:g}" if low == high else f"{low:g}–{high:g}",
                          "folklore says": claim, "implies": implied, "measured": " / ".join(measured),
+                         "measured at": measured_at,
                          "agrees": "yes" if agrees else "no"})
         return pd.DataFrame(rows)
 
     # ------------------------------------------------------------------ renderings
     def to_markdown(self) -> str:
-        """The reference table(s), recommendations, crossings and folklore comparison as Markdown."""
-        lines = [f"# Strength calibration ({len(self.table)} images; {self.counts.get('summary', '')})", ""]
-        lines += ["## Recommendations", ""]
-        for recommendation in self.recommendations.values():
-            lines.append(f"* **{recommendation.goal}** ({recommendation.target}): {recommendation.message}")
-        for guidance in self.guidance_values:
-            table = self.reference_table_text(guidance).drop(columns=["guidance_scale", "thumbnail"])
-            lines += ["", f"## Strength reference table — guidance {guidance:g}", "", _markdown_table(table)]
-        lines += ["", "## Crossings", ""]
-        lines += [f"* {crossing.describe()}" for crossing in self.crossings]
-        for metric, per_guidance in self.knees.items():
-            knees = ", ".join(f"guidance {g}: {value:g}" if value is not None else f"guidance {g}: none"
-                              for g, value in per_guidance.items())
-            lines.append(f"* knee of the {metric} curve: {knees}")
-        for guidance in self.guidance_values:
-            lines += ["", f"## Folklore vs measured — guidance {guidance:g}", "",
-                      _markdown_table(self.folklore_comparison(guidance).drop(columns=["guidance_scale"]))]
-        return "\n".join(lines) + "\n"
+        """The reference table(s), recommendations, crossings and folklore comparison as Markdown
+        (:func:`img2img_lab.calibration_render.calibration_markdown`)."""
+        from img2img_lab.calibration_render import calibration_markdown
+
+        return calibration_markdown(self)
+
 
     def to_html(self, *, embed_images: bool = True) -> str:
-        """A self-contained HTML fragment: recommendations, reference tables with thumbnails, folklore table."""
-        parts = ["<h2>Recommendations</h2><ul>"]
-        for recommendation in self.recommendations.values():
-            parts.append(f"<li><b>{html.escape(recommendation.goal)}</b> ({html.escape(recommendation.target)}): "
-                         f"{html.escape(recommendation.message)}</li>")
-        parts.append("</ul>")
-        for guidance in self.guidance_values:
-            table = self.reference_table_text(guidance)
-            parts.append(f"<h2>Strength reference table — guidance {guidance:g}</h2><table class='calibration'><tr>")
-            columns = [c for c in table.columns if c != "guidance_scale"]
-            parts += [f"<th>{html.escape(c)}</th>" for c in columns] + ["</tr>"]
-            for _, row in table.iterrows():
-                parts.append("<tr>")
-                for column in columns:
-                    value = row[column]
-                    if column == "thumbnail":
-                        parts.append(f"<td>{self._image_tag(value) if embed_images else html.escape(str(value))}</td>")
-                    else:
-                        parts.append(f"<td>{html.escape(str(value))}</td>")
-                parts.append("</tr>")
-            parts.append("</table>")
-            parts.append(f"<h3>Folklore vs measured — guidance {guidance:g}</h3>")
-            parts.append(self.folklore_comparison(guidance).to_html(index=False, border=0))
-        parts.append("<h3>Crossings</h3><ul>" + "".join(f"<li>{html.escape(c.describe())}</li>" for c in self.crossings)
-                     + "</ul>")
-        return "\n".join(parts)
+        """A self-contained HTML fragment (:func:`img2img_lab.calibration_render.calibration_html`)."""
+        from img2img_lab.calibration_render import calibration_html
 
-    def _image_tag(self, relative: str | None) -> str:
-        if not relative or self.run_dir is None:
-            return ""
-        path = Path(self.run_dir) / relative
-        if not path.is_file():
-            return ""
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f"<img src='data:image/png;base64,{data}' width='96' style='image-rendering:pixelated'>"
+        return calibration_html(self, embed_images=embed_images)
+
+
 
     def figure(self, metrics=None, *, x: str = "strength"):
-        """Curves with CI bands per guidance, one panel per metric, crossings marked, verdict bands shaded.
+        """Curves with CI bands per guidance (:func:`img2img_lab.calibration_render.calibration_curves`)."""
+        from img2img_lab.calibration_render import calibration_curves
 
-        ``x="log_snr"`` puts the start latent's log signal-to-noise ratio on the x axis, the family-independent
-        noise axis (see :class:`img2img_lab.models.StepPlan`); strengths without a finite log-SNR (strength 0,
-        pure-noise starts) are left out of that view.
-        """
-        import matplotlib.pyplot as plt
+        return calibration_curves(self, metrics, x=x)
 
-        if x not in ("strength", "log_snr") or x not in self.summary.columns:
-            raise Img2ImgLabError(f"calibration curves x={x!r} is not available. Fix: use 'strength' or 'log_snr' "
-                                  f"(log_snr needs a run recorded by img2img-lab 0.2 or later).")
-        metrics = list(metrics or [t.metric for t in self.settings.keep + self.settings.follow])
-        figure, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), dpi=100, squeeze=False)
-        for axis, metric in zip(axes[0], metrics):
-            for guidance in self.guidance_values:
-                part = self.summary[np.isclose(self.summary["guidance_scale"], guidance)].sort_values("strength")
-                part = part[np.isfinite(part[x])]
-                line, = axis.plot(part[x], part[metric], marker="o", markersize=3, label=f"guidance {guidance:g}")
-                axis.fill_between(part[x], part[f"{metric}_ci_low"], part[f"{metric}_ci_high"],
-                                  color=line.get_color(), alpha=0.18)
-                for crossing in self.crossings:
-                    if crossing.target.metric == metric and crossing.guidance_scale == guidance and crossing.reached:
-                        at = part.loc[np.isclose(part["strength"], crossing.strength), x]
-                        if len(at):
-                            axis.axvline(float(at.iloc[0]), color=line.get_color(), linestyle=":", linewidth=1.2)
-            for target in self.settings.keep + self.settings.follow:
-                if target.metric == metric:
-                    axis.axhline(target.threshold, color="gray", linestyle="--", linewidth=1,
-                                 label=f"target {target.describe()}")
-            floor_column = f"{metric}_floor"
-            if floor_column in self.summary.columns and self.summary[floor_column].notna().any():
-                axis.axhline(self.summary[floor_column].iloc[0], color="black", linestyle="-.", linewidth=0.8,
-                             label="VAE round-trip floor")
-            axis.set_xlabel("strength" if x == "strength"
-                            else "log-SNR of the start latent (axis reversed: noisier to the right)")
-            if x == "log_snr":
-                axis.invert_xaxis()
-            axis.set_ylabel(metric)
-            axis.set_title(f"{metric}: mean and {self.settings.confidence:.0%} CI", fontsize=10)
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=7)
-        figure.tight_layout()
-        return figure
 
     def heatmap(self, metric: str | None = None):
-        """Strength x guidance heatmap of a metric's mean (cells annotated), crossings marked per guidance row."""
-        import matplotlib.pyplot as plt
+        """Strength x guidance heatmap of a metric (:func:`img2img_lab.calibration_render.calibration_heatmap`)."""
+        from img2img_lab.calibration_render import calibration_heatmap
 
-        metric = metric or (self.settings.keep + self.settings.follow)[0].metric
-        pivot = self.summary.pivot_table(index="guidance_scale", columns="strength", values=metric)
-        figure, axis = plt.subplots(figsize=(max(6, 0.55 * pivot.shape[1] + 2), 0.7 * pivot.shape[0] + 1.8), dpi=100)
-        shown = axis.imshow(pivot.to_numpy(), aspect="auto", cmap="viridis", origin="lower")
-        axis.set_xticks(range(pivot.shape[1]), [f"{v:g}" for v in pivot.columns], rotation=90, fontsize=8)
-        axis.set_yticks(range(pivot.shape[0]), [f"{v:g}" for v in pivot.index])
-        for (row, col), value in np.ndenumerate(pivot.to_numpy()):
-            if np.isfinite(value):
-                axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                          color="white" if value < np.nanmean(pivot.to_numpy()) else "black")
-        columns = list(pivot.columns)
-        for crossing in self.crossings:
-            if crossing.target.metric == metric and crossing.reached:
-                row = list(pivot.index).index(crossing.guidance_scale)
-                col = columns.index(crossing.strength)
-                axis.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-        axis.set_xlabel("strength")
-        axis.set_ylabel("guidance scale")
-        axis.set_title(f"{metric} (mean) over strength × guidance; red: crossing of {metric} targets", fontsize=10)
-        figure.colorbar(shown, ax=axis, fraction=0.03)
-        figure.tight_layout()
-        return figure
+        return calibration_heatmap(self, metric)
+
 
     # ------------------------------------------------------------------ persistence
     def save(self, run_dir: str | os.PathLike | None = None, *, subfolder: str | None = None) -> Path:
@@ -418,20 +315,3 @@ def _json(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return str(value)
-
-
-def _range_text(low, high, fmt: str) -> str:
-    """``low–high`` (one value when they are equal).
-
-    >>> _range_text(0.2, 0.4, "{:g}"), _range_text(3, 3, "{:d}")
-    ('0.2–0.4', '3')
-    """
-    return fmt.format(low) if low == high else f"{fmt.format(low)}–{fmt.format(high)}"
-
-
-def _markdown_table(frame) -> str:
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    body = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
-            for row in frame.itertuples(index=False, name=None)]
-    return "\n".join([header, rule, *body])

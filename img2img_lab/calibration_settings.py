@@ -140,7 +140,9 @@ def load_config(path: str | os.PathLike, *, overrides: dict | None = None) -> tu
     ``overrides`` replaces keys before validation: sweep keys (``seeds``, ``strengths``, ``guidance_scales``,
     ``images``…; image paths relative to the config file) or calibration keys (``refine_rounds``, ``rule``…).
 
-    >>> plan, settings = load_config("data/configs/calibrate.yaml", overrides={"seeds": [0, 1]})  # doctest: +SKIP
+    >>> plan, settings = load_config("data/configs/calibrate.yaml", overrides={"seeds": [0, 1]})
+    >>> plan.seeds, settings.rule, settings.keep[0].metric
+    ([0, 1], 'confident', 'oracle_kept')
     """
     from img2img_lab.configfile import read_config
 

@@ -14,6 +14,7 @@ import numpy as np
 
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.errors import Img2ImgLabError
+from img2img_lab.schema import CONDITION_COLUMNS, UNIT_COLUMNS
 
 
 # --------------------------------------------------------------------------------------------- bootstrap
@@ -121,9 +122,12 @@ def _two_stage_ragged(matrix: np.ndarray, n_resamples: int, seed: int) -> np.nda
 
 # --------------------------------------------------------------------------------------------- summaries
 def unit_labels(table):
-    """The experimental unit of each row: its (source, prompt, negative prompt) pair, as text."""
-    return table["source_hash"].astype(str) + " | " + table["prompt"].astype(str) + " | " + \
-        table["negative_prompt"].astype(str)
+    """The experimental unit of each row (:data:`img2img_lab.schema.UNIT_COLUMNS`: its source, prompt and negative
+    prompt), as text."""
+    first, *rest = (table[column].astype(str) for column in UNIT_COLUMNS)
+    for column in rest:
+        first = first + " | " + column
+    return first
 
 
 def value_cube(table, metric: str):
@@ -148,7 +152,7 @@ def value_cube(table, metric: str):
 
 def conditions(table):
     """``[(condition, rows)]`` per guidance, steps and scheduler: what a calibration decides separately."""
-    keys = ["guidance_scale", "num_inference_steps", "scheduler"]
+    keys = list(CONDITION_COLUMNS)
     return [(dict(zip(keys, key if isinstance(key, tuple) else (key,))), group)
             for key, group in table.groupby(keys, sort=True)]
 
@@ -159,8 +163,12 @@ def strength_summary(table, metrics, *, floor=None, n_resamples: int = 2000, con
     metric its mean, bootstrap CI (``<m>_ci_low``/``<m>_ci_high``), seed-to-seed spread (``<m>_seed_sd``:
     the mean over pairs of the standard deviation over seeds) and the VAE floor (``<m>_floor``).
 
-    >>> summary = strength_summary(table, ["ssim"])  # doctest: +SKIP
-    >>> summary[["strength", "ssim", "ssim_ci_low", "ssim_ci_high"]]  # doctest: +SKIP
+    >>> summary = strength_summary(table, ["ssim"], n_resamples=200)
+    >>> summary[["strength", "executed_steps", "ssim", "ssim_ci_low", "ssim_ci_high"]].round(3)
+       strength  executed_steps   ssim  ssim_ci_low  ssim_ci_high
+    0       0.0               0  0.894        0.892         0.896
+    1       0.5               5  0.619        0.559         0.679
+    2       1.0              10  0.320        0.313         0.328
     """
     import pandas as pd
 

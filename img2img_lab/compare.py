@@ -14,8 +14,12 @@ are put side by side on the family-independent noise axis, the start latent's lo
 Grids and curves of a multi-model folder take ``model`` like any axis: ``img2img-lab grid RUN --rows model``,
 ``img2img-lab curves RUN --metric ssim --x log_snr --hue model``.
 
->>> results = calibrate_models("compare.yaml", "runs/compare")  # doctest: +SKIP
->>> model_summary(results)[["model", "strength", "log_snr", "ssim"]]  # doctest: +SKIP
+>>> results = calibrate_models("compare.yaml", "runs/compare")  # needs a second model  # doctest: +SKIP
+>>> model_summary({"embedded": result})[["model", "strength", "log_snr", "ssim"]].round(2)
+      model  strength  log_snr  ssim
+0  embedded       0.0      inf  0.89
+1  embedded       0.5    -0.31  0.62
+2  embedded       1.0    -4.25  0.32
 """
 
 from __future__ import annotations
@@ -89,7 +93,12 @@ def model_summary(results: dict):
     """The calibrations' summaries side by side: one row per model, guidance and strength, with ``log_snr``,
     executed steps and every metric's mean and CI.
 
-    >>> model_summary(results).pivot_table(index="strength", columns="model", values="ssim")  # doctest: +SKIP
+    >>> model_summary({"embedded": result}).pivot_table(index="strength", columns="model", values="ssim").round(2)
+    model     embedded
+    strength
+    0.0           0.89
+    0.5           0.62
+    1.0           0.32
     """
     import pandas as pd
 

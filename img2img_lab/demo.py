@@ -9,7 +9,10 @@ keep the source's shape/colour/background, does it show the prompt's), and write
 * ``curves_ssim.png`` — SSIM against strength with its spread over seeds and the VAE floor;
 * ``summary.csv`` — the per-strength table printed at the end.
 
->>> summary = run_demo("runs/demo")  # doctest: +SKIP
+>>> summary = run_demo("runs/small-demo", seeds=[0], strengths=[0.0, 0.5], progress=False)  # doctest: +ELLIPSIS
+...
+>>> summary.strength.tolist()
+[0.0, 0.5]
 """
 
 from __future__ import annotations

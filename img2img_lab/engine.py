@@ -49,7 +49,9 @@ def vae_roundtrip(pipe, source, *, generator=None):
 
     This is the floor every img2img output sits on: even strength 0 cannot be closer to the source.
 
-    >>> floor = vae_roundtrip(pipe, source, generator=cell_generator(0))  # doctest: +SKIP
+    >>> floor = vae_roundtrip(pipe, source, generator=cell_generator(0))
+    >>> floor.size == source.size
+    True
     """
     import torch
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
@@ -74,7 +76,11 @@ def vae_roundtrip(pipe, source, *, generator=None):
 def pipeline_kwargs(pipe, cell: Cell, source) -> dict:
     """The keyword arguments of the plain diffusers call that generates ``cell`` (see the module doc).
 
-    >>> pipe(**pipeline_kwargs(pipe, cell, source)).images[0]  # doctest: +SKIP
+    >>> arguments = pipeline_kwargs(pipe, cell, source)
+    >>> arguments["strength"], arguments["num_inference_steps"]
+    (0.5, 10)
+    >>> pipe(**arguments).images[0].size
+    (64, 64)
     """
     return as_model(pipe).call_arguments(cell, source)
 
@@ -86,9 +92,9 @@ def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
     given, is called as ``on_step(done, total)`` after every denoising step (diffusers'
     ``callback_on_step_end``, which leaves the latents untouched), e.g. to drive a progress bar.
 
-    >>> output = run_cell(pipe, plan.cells()[0], source)  # doctest: +SKIP
-    >>> output.produced, output.image.size  # doctest: +SKIP
-    ('diffusion', (512, 512))
+    >>> output = run_cell(pipe, plan.cells()[1], source)
+    >>> output.produced, output.image.size
+    ('diffusion', (64, 64))
     """
     use_scheduler(pipe, cell.scheduler)
     started = time.perf_counter()
@@ -98,7 +104,7 @@ def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
     kwargs = pipeline_kwargs(pipe, cell, source)
     if on_step is not None:
         def report_step(pipeline, index, timestep, tensors):
-            on_step(index + 1, int(getattr(pipeline, "num_timesteps", 0) or cell.init_steps))
+            on_step(index + 1, int(getattr(pipeline, "num_timesteps", 0) or cell.executed_steps))
             return tensors
 
         kwargs["callback_on_step_end"] = report_step

@@ -1,8 +1,9 @@
 """Labelled comparison grids, metric-vs-strength curves and difference maps, from a run folder alone.
 
->>> grid = comparison_grid("runs/demo", rows="seed", cols="strength", annotate=["ssim"])  # doctest: +SKIP
->>> save_png(grid, "runs/demo/grid.png")                                                 # doctest: +SKIP
->>> figure = strength_curves("runs/demo", "ssim", hue="prompt")                          # doctest: +SKIP
+>>> grid = comparison_grid("runs/demo", rows="seed", cols="strength", annotate=["ssim"])
+>>> save_png(grid, "runs/demo/grid.png")
+PosixPath('runs/demo/grid.png')
+>>> figure = strength_curves("runs/demo", "ssim", hue="prompt")
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.store import RunStore, atomic_write
+from img2img_lab.schema import AXIS_COLUMNS
 
 #: Columns a grid's rows/cols may use, and which must be pinned (filtered) when they vary.
-AXIS_COLUMNS = ("model", "source_name", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps",
-                "scheduler", "seed", "strength")
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,9 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
 
     Returns the grid as a PIL image; :func:`grid_layout` gives its geometry.
 
-    >>> grid = comparison_grid("runs/demo", rows="prompt", where={"seed": 0})  # doctest: +SKIP
+    >>> grid = comparison_grid("runs/demo", rows="prompt", where={"seed": 0})
+    >>> grid.size  # the source, then 3 strengths, upscaled to >= 160 px cells with their labels
+    (1064, 260)
     """
     # 1. The table, checked and pinned to one value of every other varying axis.
     store, table = _load_table(run)
@@ -293,7 +295,8 @@ def grid_layout(n_rows: int, n_cols: int, image_size: tuple[int, int], *, annota
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Save an image as PNG atomically (never a half-written file).
 
-    >>> save_png(grid, "grid.png")  # doctest: +SKIP
+    >>> save_png(grid, "grid.png")
+    PosixPath('grid.png')
     """
     return atomic_write(path, lambda stream: image.save(stream, format="PNG"))
 
@@ -301,7 +304,9 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
 def grid_figure(grid: Image.Image, *, dpi: int = 100):
     """Show a grid image in a matplotlib figure at native resolution (one image pixel per screen pixel).
 
-    >>> figure = grid_figure(comparison_grid("runs/demo"))  # doctest: +SKIP
+    >>> figure = grid_figure(comparison_grid("runs/demo"))
+    >>> figure.get_size_inches().round(2).tolist()
+    [8.78, 4.6]
     """
     import matplotlib.pyplot as plt
 
@@ -321,7 +326,11 @@ X_AXES = {"strength": "strength", "executed_steps": "executed denoising steps",
 def curve_data(table, metric: str, *, x: str = "strength", hue: str | None = "prompt"):
     """Mean, standard deviation, min, max and count of ``metric`` per (hue, x): the numbers behind a curve.
 
-    >>> curve_data(table, "ssim", hue="guidance_scale")  # doctest: +SKIP
+    >>> curve_data(table, "ssim", hue="guidance_scale").round(3)
+       guidance_scale  strength   mean    std    min    max  count
+    0             2.0       0.0  0.894  0.003  0.892  0.896      2
+    1             2.0       0.5  0.619  0.085  0.559  0.679      2
+    2             2.0       1.0  0.320  0.010  0.313  0.328      2
     """
     if metric not in table.columns:
         raise Img2ImgLabError(f"metric {metric!r} is not in the table. Fix: run `img2img-lab measure` first.")
@@ -346,7 +355,9 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
     is None (default: the metric).
     Infinite PSNR values (identical images) are left out of the mean.
 
-    >>> figure = strength_curves("runs/demo", "lpips", hue="guidance_scale")  # doctest: +SKIP
+    >>> figure = strength_curves("runs/demo", "ssim", hue="guidance_scale")
+    >>> figure.axes[0].get_ylabel()
+    'ssim'
     """
     import matplotlib.pyplot as plt
 
@@ -392,8 +403,9 @@ def difference_array(source, output, *, kind: str = "abs") -> np.ndarray:
     ``kind="abs"``: mean over channels of ``|output - source|`` in [0, 1].
     ``kind="ssim"``: ``1 - local SSIM`` (0 = structure kept, up to 2).
 
-    >>> difference_array(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)).max()
-    0.0
+    >>> black, white = np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8)
+    >>> float(difference_array(black, black).max()), float(difference_array(black, white).min())
+    (0.0, 1.0)
     """
     from img2img_lab.images import metric_pair
 
@@ -412,7 +424,9 @@ def difference_array(source, output, *, kind: str = "abs") -> np.ndarray:
 def difference_map(run, cell_key: str, *, kind: str = "abs"):
     """Figure with the source, the output of ``cell_key`` and their difference map (with a colour bar).
 
-    >>> figure = difference_map("runs/demo", table.cell_key[3], kind="ssim")  # doctest: +SKIP
+    >>> figure = difference_map("runs/demo", table.cell_key[3], kind="ssim")
+    >>> [axis.get_title() for axis in figure.axes]
+    ['source', 'strength 0, seed 1', '1 - local SSIM', '']
     """
     import matplotlib.pyplot as plt
 

@@ -39,8 +39,8 @@ def lpips_checkpoint_dir() -> Path:
 def lpips_status(net: str = "alex") -> tuple[bool, str]:
     """``(available, explanation)`` for LPIPS with backbone ``net`` (alex, vgg or squeeze).
 
-    >>> lpips_status("alex")  # doctest: +SKIP
-    (False, 'lpips: backbone weights missing at /root/.cache/torch/hub/checkpoints/alexnet-owt-7be5be79.pth. ...')
+    >>> lpips_status("alex")  # doctest: +ELLIPSIS
+    (False, 'lpips (alex): backbone weights missing at .../alexnet-owt-7be5be79.pth. Fix: copy ...')
     """
     if net not in LPIPS_BACKBONE_FILES:
         raise Img2ImgLabError(f"unknown LPIPS backbone {net!r}. Fix: use one of {', '.join(LPIPS_BACKBONE_FILES)}.")
@@ -81,7 +81,7 @@ def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None =
     Raises :class:`MetricUnavailable` when the backbone weights are missing. ``random_backbone=True``
     uses a randomly initialised backbone: **for wiring tests only**, its numbers are not LPIPS.
 
-    >>> lpips_distances([source], [output])  # doctest: +SKIP
+    >>> lpips_distances([source], [output])  # needs the ImageNet backbone's weights  # doctest: +SKIP
     array([0.1234], dtype=float32)
     """
     import torch
@@ -108,7 +108,7 @@ def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None =
 def lpips(source, output, *, net: str = "alex", device: str | None = None) -> float:
     """LPIPS distance of one pair (see :func:`lpips_distances`).
 
-    >>> lpips(source, output)  # doctest: +SKIP
+    >>> lpips(source, output)  # needs the ImageNet backbone's weights  # doctest: +SKIP
     0.1234
     """
     return float(lpips_distances([source], [output], net=net, device=device)[0])

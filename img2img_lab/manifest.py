@@ -53,8 +53,9 @@ def package_versions() -> dict[str, str]:
 def plan_record(plan, *, engine: str, max_batch_size: int | None, metrics, fingerprint: str | None = None) -> dict:
     """One entry of ``manifest["plans"]``: what to pass to ``run_sweep`` to rerun this plan into the folder.
 
+    >>> from img2img_lab.plan import SweepPlan
     >>> plan_record(SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5]), engine="batched",
-    ...             max_batch_size=None, metrics=["ssim"])["engine"]  # doctest: +SKIP
+    ...             max_batch_size=None, metrics=["ssim"])["engine"]
     'batched'
     """
     record = {"plan": plan.to_dict(), "engine": engine, "max_batch_size": max_batch_size,

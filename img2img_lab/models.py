@@ -192,7 +192,8 @@ class ModelHandle:
     def call_arguments(self, cell, source) -> dict:
         """The keyword arguments of the plain diffusers call that generates ``cell`` from ``source``.
 
-        >>> model.pipe(**model.call_arguments(cell, source)).images[0]  # doctest: +SKIP
+        >>> model.pipe(**model.call_arguments(cell, source)).images[0].size
+        (64, 64)
         """
         arguments = {"image": source, "prompt": cell.prompt, "strength": cell.strength,
                      "num_inference_steps": cell.num_inference_steps, "guidance_scale": cell.guidance_scale,

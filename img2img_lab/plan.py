@@ -25,7 +25,7 @@ flags instead of hiding:
 Float arithmetic is diffusers' own: ``int(100 * 0.29)`` is 28, and so is the executed step count.
 
 >>> plan = SweepPlan(images=["cat.png"], prompts=["a cat"], strengths=[0.0, 0.3, 0.34], steps=[20])
->>> [(c.strength, c.init_steps, c.zero_step, c.duplicate_of) for c in plan.cells()]
+>>> [(c.strength, c.executed_steps, c.zero_step, c.duplicate_of) for c in plan.cells()]
 [(0.0, 0, True, None), (0.3, 6, False, None), (0.34, 6, False, 0.3)]
 """
 
@@ -50,8 +50,8 @@ AXES = ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance
 class Cell:
     """One generated image: every parameter that determines it, plus the step arithmetic.
 
-    ``init_steps`` is diffusers' ``min(int(num_inference_steps * strength), num_inference_steps)``,
-    ``t_start`` the index on the scheduler's grid where denoising starts, ``zero_step`` whether no
+    ``executed_steps`` is the number of denoising steps the model runs (on SD diffusers'
+    ``init_steps = min(int(num_inference_steps * strength), num_inference_steps)``), ``t_start`` the index on the scheduler's grid where denoising starts, ``zero_step`` whether no
     denoising step runs, and ``duplicate_of`` the first strength of the same group that runs the same
     steps (``None`` for canonical cells).
     """
@@ -65,10 +65,15 @@ class Cell:
     guidance_scale: float
     num_inference_steps: int
     scheduler: str
-    init_steps: int
+    executed_steps: int
     t_start: int
     zero_step: bool
     duplicate_of: float | None = None
+
+    @property
+    def init_steps(self) -> int:
+        """Diffusers' name for :attr:`executed_steps` (kept for code written against earlier versions)."""
+        return self.executed_steps
 
     def group(self) -> tuple:
         """Everything but the strength: cells of one group differ only in strength."""
@@ -243,7 +248,9 @@ class SweepPlan:
         """Load a plan from a YAML file (:func:`img2img_lab.configfile.read_config`: no aliases, no duplicate keys);
         image paths are relative to the file.
 
-        >>> plan = SweepPlan.from_yaml("data/configs/quick.yaml")  # doctest: +SKIP
+        >>> plan = SweepPlan.from_yaml("data/configs/quick.yaml")
+        >>> plan.images, plan.strengths
+        (['data/configs/../sources/white_star_on_red.png'], [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
         """
         from img2img_lab.configfile import read_config
 
@@ -285,7 +292,7 @@ class SweepPlan:
                 duplicate_of = first_by_run.setdefault(run.run_signature, strength)
                 cells.append(Cell(image=image, image_index=image_index, prompt=prompt, negative_prompt=negative,
                                   strength=strength, seed=seed, guidance_scale=guidance, num_inference_steps=count,
-                                  scheduler=scheduler, init_steps=run.executed_steps, t_start=run.t_start,
+                                  scheduler=scheduler, executed_steps=run.executed_steps, t_start=run.t_start,
                                   zero_step=run.zero_step,
                                   duplicate_of=None if duplicate_of == strength else duplicate_of))
         return cells

@@ -12,7 +12,13 @@
 What it cannot repair it reports: an unreadable manifest (rerun the sweep with its config), or a plan whose source
 files are gone (restore them, then repair again).
 
->>> report = verify_run("runs/demo", sample=0, repair=True)  # doctest: +SKIP
+>>> from img2img_lab.verify import verify_run
+>>> from pathlib import Path
+>>> next(Path("runs/demo/images").glob("*.png")).write_bytes(b"truncated")  # damage one image
+9
+>>> report = verify_run("runs/demo", sample=0, repair=True)
+>>> report.ok
+True
 """
 
 from __future__ import annotations

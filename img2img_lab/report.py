@@ -12,7 +12,8 @@ sections (each section object renders itself in Jupyter). Sections:
 
 The file references nothing outside itself (no scripts, fonts, stylesheets or images to fetch).
 
->>> path = write_report("runs/demo", "runs/demo/report.html")  # doctest: +SKIP
+>>> write_report("runs/demo", "runs/demo/report.html")
+PosixPath('runs/demo/report.html')
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from img2img_lab.errors import StoreError
 from img2img_lab.store import RunStore
+from img2img_lab.schema import SETTING_LABEL_COLUMNS
 
 #: Metrics drawn as curves when the table has them, in this order.
 CURVE_METRICS = ("ssim", "ms_ssim", "lpips", "psnr", "delta_e", "edge_f1", "clip_score", "oracle_kept",
@@ -162,8 +164,7 @@ def _annotations(table) -> list[str]:
 def grids_section(store: RunStore, table) -> Section:
     from img2img_lab.grids import comparison_grid
 
-    family_columns = ["source_name", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps",
-                      "scheduler"]
+    family_columns = list(SETTING_LABEL_COLUMNS)
     families = table.drop_duplicates(family_columns)[family_columns].to_dict("records")
     several_models = "model" in table.columns and table["model"].nunique() > 1
     parts = []
@@ -216,7 +217,8 @@ def report_sections(run_dir) -> dict[str, Section]:
     """The report's sections for a run folder, in order (``manifest``, ``calibration`` when present,
     ``grids``, ``curves``, ``table``).
 
-    >>> sections = report_sections("runs/demo"); sections["grids"]  # doctest: +SKIP
+    >>> list(report_sections("runs/demo"))
+    ['manifest', 'grids', 'curves', 'table']
     """
     store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)
     table = store.read_table()
@@ -249,7 +251,7 @@ def render_report(run_dir) -> str:
 def write_report(run_dir, out=None) -> Path:
     """Write :func:`render_report` to ``out`` (default ``RUN_DIR/report.html``) atomically; return the path.
 
-    >>> write_report("runs/demo")  # doctest: +SKIP
+    >>> write_report("runs/demo")
     PosixPath('runs/demo/report.html')
     """
     from img2img_lab.store import atomic_write
@@ -264,7 +266,8 @@ def write_report(run_dir, out=None) -> Path:
 def export_table(run_dir, *, csv=None, parquet=None) -> list[Path]:
     """Write the tidy table as CSV and/or Parquet (atomically); return the paths written.
 
-    >>> export_table("runs/demo", csv="demo.csv")  # doctest: +SKIP
+    >>> export_table("runs/demo", csv="demo.csv")
+    [PosixPath('demo.csv')]
     """
     from img2img_lab.store import atomic_write
 

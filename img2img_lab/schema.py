@@ -10,7 +10,7 @@
 * :class:`Produced`: how a cell's image was made.
 
 >>> COLUMNS[:3], len(COLUMNS)
-(['cell_key', 'source', 'source_name'], 38)
+(['cell_key', 'source', 'source_name'], 37)
 >>> Produced.duplicate("diffusion"), is_duplicate("duplicate:diffusion")
 ('duplicate:diffusion', True)
 """
@@ -26,15 +26,26 @@ from img2img_lab.plan import Cell
 
 PARAMETER_COLUMNS = ("source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
                      "guidance_scale", "num_inference_steps", "scheduler")
-STEP_COLUMNS = ("width", "height", "init_steps", "executed_steps", "t_start", "unet_evaluations", "start_timestep",
+STEP_COLUMNS = ("width", "height", "executed_steps", "t_start", "unet_evaluations", "start_timestep",
                 "timesteps", "sigma", "log_snr", "sqrt_alpha_bar", "flow_sigma", "zero_step", "duplicate_of")
 OUTPUT_COLUMNS = ("produced", "seconds", "output_path", "output_hash", "nsfw_flagged")
 PROVENANCE_COLUMNS = ("model", "model_family", "model_fingerprint", "device", "dtype", "torch_threads", "engine",
                       "batch_id")
 #: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics).
 COLUMNS = ["cell_key", *PARAMETER_COLUMNS, *STEP_COLUMNS, *OUTPUT_COLUMNS, *PROVENANCE_COLUMNS]
+#: Columns rows written by earlier versions hold that say nothing new (``init_steps`` always equalled
+#: ``executed_steps``); tables read from a run folder leave them out.
+LEGACY_COLUMNS = ("init_steps",)
 #: What one strength curve shares: a source, the prompts, the guidance, the steps and the scheduler.
 SETTING_COLUMNS = ("source_hash", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler")
+#: A calibration's experimental unit: one (source, prompt, negative prompt) pair, resampled as a whole.
+UNIT_COLUMNS = SETTING_COLUMNS[:3]
+#: The same, as people read it (the source's name instead of its hash): a report's or explorer's grid families.
+SETTING_LABEL_COLUMNS = ("source_name", *SETTING_COLUMNS[1:])
+#: What a calibration decides separately: one strength reference table per guidance, steps and scheduler.
+CONDITION_COLUMNS = SETTING_COLUMNS[3:]
+#: The axes a study varies, as grids, curves and the CLI's ``--rows/--cols/--hue`` name them.
+AXIS_COLUMNS = ("model", *SETTING_LABEL_COLUMNS, "seed", "strength")
 
 
 class Produced(str, Enum):
@@ -73,20 +84,20 @@ def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
     >>> from img2img_lab.plan import _stable_diffusion_steps
     >>> row = {"source": "cat.png", "prompt": "a cat", "negative_prompt": "", "strength": 0.3, "seed": 1,
     ...        "guidance_scale": 7.5, "num_inference_steps": 20, "scheduler": "ddim"}
-    >>> cell_from_row(row, 0, _stable_diffusion_steps).init_steps
+    >>> cell_from_row(row, 0, _stable_diffusion_steps).executed_steps
     6
     """
     steps = steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
     return Cell(image=str(row["source"]), image_index=image_index, prompt=row["prompt"],
                 negative_prompt=row["negative_prompt"], strength=float(row["strength"]), seed=int(row["seed"]),
                 guidance_scale=float(row["guidance_scale"]), num_inference_steps=int(row["num_inference_steps"]),
-                scheduler=row["scheduler"], init_steps=steps.executed_steps, t_start=steps.t_start,
+                scheduler=row["scheduler"], executed_steps=steps.executed_steps, t_start=steps.t_start,
                 zero_step=steps.zero_step)
 
 
 def row_group(row: dict) -> tuple:
     """The cells of one model that differ only in strength share this (a row's :meth:`Cell.group`)."""
-    return (*(row[column] for column in SETTING_COLUMNS[:3]), int(row["seed"]), float(row["guidance_scale"]),
+    return (*(row[column] for column in UNIT_COLUMNS), int(row["seed"]), float(row["guidance_scale"]),
             int(row["num_inference_steps"]), row["scheduler"], row.get("model_fingerprint"))
 
 

@@ -21,9 +21,11 @@ killed process are removed when the folder is next opened. Writers in several pr
 ``fcntl.flock`` on ``.lock`` to store a cell (the first writer wins) and to consolidate ``results.parquet``
 from the row files, so concurrent sweeps into one folder cannot lose or mix rows.
 
->>> store = RunStore.create("runs/demo", manifest={"plan": {}})  # doctest: +SKIP
->>> store.read_table().columns[:3].tolist()  # doctest: +SKIP
-['cell_key', 'source', 'source_hash']
+>>> store = RunStore.create("runs/new", manifest={"plan": {}})
+>>> len(store.read_table())
+0
+>>> RunStore.open("runs/demo").read_table().columns[:3].tolist()
+['cell_key', 'source', 'source_name']
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Callable
 from img2img_lab.atomic import atomic_write, atomic_write_json
 from img2img_lab.errors import StoreError
 from img2img_lab.images import file_pixel_hash
+from img2img_lab.schema import LEGACY_COLUMNS
 
 __all__ = ["RunStore", "atomic_write", "atomic_write_json", "repair_hint"]
 
@@ -75,8 +78,10 @@ def repair_hint(root) -> str:
 class RunStore:
     """A run folder on disk. Create with :meth:`create`, reopen with :meth:`open`.
 
-    >>> store = RunStore.open("runs/demo")  # doctest: +SKIP
-    >>> table = store.read_table()          # doctest: +SKIP
+    >>> store = RunStore.open("runs/demo")
+    >>> table = store.read_table()
+    >>> len(table), store.has_cell(table.cell_key[0])
+    (6, True)
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -419,8 +424,8 @@ class RunStore:
         readable row), nothing is overwritten and False is returned (its row is adopted, with its image); else the
         pair is written (a damaged earlier pair is replaced) and True is returned.
 
-        >>> store.save_cell(key, image, row)  # doctest: +SKIP
-        True
+        >>> store.save_cell(key, output, row)  # this folder has the cell already: its pair is kept
+        False
         """
         from img2img_lab.images import content_hash
 
@@ -481,7 +486,7 @@ class RunStore:
             path, reason = next(iter(self.damaged_rows.items()))
             more = f" (and {len(self.damaged_rows) - 1} more)" if len(self.damaged_rows) > 1 else ""
             raise StoreError(f"{path}: unreadable row file ({reason}){more}. {repair_hint(self.root)}")
-        return pd.DataFrame(list(rows.values()))
+        return pd.DataFrame(list(rows.values())).drop(columns=list(LEGACY_COLUMNS), errors="ignore")
 
 
 def _json_value(value):

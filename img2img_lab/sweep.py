@@ -7,7 +7,13 @@ it with the reference runner; after every cell the image and the table row are w
 Each cell has a content key (:func:`img2img_lab.schema.cell_key`): a hash of everything that determines its pixels, so
 rerunning a sweep, or extending it by a strength or a seed, computes only what is missing.
 
->>> table = run_sweep(SweepPlan.from_yaml("data/configs/quick.yaml"), "runs/quick")  # doctest: +SKIP
+>>> quick = SweepPlan.from_yaml("data/configs/quick.yaml")
+>>> plan = SweepPlan(images=quick.images, prompts=quick.prompts, strengths=[0.0, 0.5], steps=10)
+>>> table = run_sweep(plan, "runs/quick", pipe=pipe, progress=False)
+>>> table[["strength", "executed_steps", "produced"]]
+   strength  executed_steps       produced
+0       0.0               0  vae_roundtrip
+1       0.5               5      diffusion
 """
 
 from __future__ import annotations
@@ -93,7 +99,12 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
 
     Rerunning a finished multi-model sweep answers from the run folder without loading any model.
 
-    >>> table = run_model_axis(SweepPlan(..., models=["embedded", "./sdxl"]), "runs/compare")  # doctest: +SKIP
+    >>> from img2img_lab.testing import save_tiny_pipeline
+    >>> tiny = str(save_tiny_pipeline("tiny-sd"))
+    >>> plan = SweepPlan(images=["data/sources/red_circle_on_blue.png"], prompts=["a star"], strengths=[0.5],
+    ...                  models=["embedded", tiny], steps=4)
+    >>> run_model_axis(plan, "runs/compare", progress=False).groupby("model").size().tolist()
+    [1, 1]
     """
     import gc
 
@@ -158,8 +169,9 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     A plan with a ``models`` axis is handed to :func:`run_model_axis`. A folder holding another model's cells is
     refused unless ``model_axis`` (set by :func:`run_model_axis`): one folder compares models only by plan.
 
-    >>> table = run_sweep(plan, "runs/study", pipe=load_pipeline())  # doctest: +SKIP
-    >>> table.groupby("strength").executed_steps.first()  # doctest: +SKIP
+    >>> table = run_sweep(plan, "runs/study", pipe=pipe, progress=False)
+    >>> table.groupby("strength").executed_steps.first().tolist()
+    [0, 5, 10]
     """
     from img2img_lab.metrics import check_metric_names
 

@@ -14,13 +14,13 @@ adopts that writer's image *and* row, and the shared cache receives exactly the 
 both directions are hash-checked (:meth:`img2img_lab.store.RunStore.stored_cell`).
 
 >>> writer = SweepWriter.open(plan, "runs/demo", pipe, metrics=[], engine="batched", max_batch_size=None,
-...                           cache_store=None, model_axis=False, progress=False, on_step=None)  # doctest: +SKIP
+...                           cache_store=None, model_axis=False, progress=False, on_step=None)
+>>> type(writer).__name__
+'SweepWriter'
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import sys
 import time
@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from img2img_lab.engine import cell_generator, run_cell, vae_roundtrip
+from img2img_lab.engine import cell_generator, vae_roundtrip
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest, package_versions, plan_config,
                                   plan_record)
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.runners import PerCellRunner, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore, atomic_write
 
@@ -46,7 +47,8 @@ from img2img_lab.store import RunStore, atomic_write
 def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
     """Load one source image sized for the pipeline exactly as a sweep does (see :mod:`img2img_lab.images`).
 
-    >>> source = prepare_source("data/sources/red_circle_on_blue.png", pipe)  # doctest: +SKIP
+    >>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
+    (64, 64)
     """
     native = native_resolution(pipe)
     max_side = native if max_side == "native" else max_side
@@ -67,7 +69,9 @@ def source_steps(model, sources: list):
     """``steps(scheduler, num_inference_steps, strength, image_index)`` for :meth:`SweepPlan.cells`: what a
     strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
 
-    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))  # doctest: +SKIP
+    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))
+    >>> [(cell.strength, cell.executed_steps) for cell in cells[:3]]
+    [(0.0, 0), (0.5, 5), (1.0, 10)]
     """
     def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
         source = sources[image_index]
@@ -181,8 +185,7 @@ class SweepWriter:
     sources: list
     manifest: dict
     metrics: list
-    batched: bool
-    max_batch_size: int | None
+    runner: object  # a runners.Runner: per-cell or batched
     cache_store: RunStore | None = None
     on_step: object = None
     progress: bool = True
@@ -211,13 +214,9 @@ class SweepWriter:
         manifest = build_manifest(plan, pipe, sources, started=started)
         manifest["notes"] += model.check_plan(plan)
         manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(metric_status, metrics) if not ok]
-        batched, reason = (engine == "batched"), "per-cell runner requested"
-        if batched:
-            from img2img_lab.batched import batching_supported
-
-            batched, reason = batching_supported(pipe)
-        manifest["engine"] = {"name": "batched" if batched else "per-cell", "reason": reason,
-                              "max_batch_size": max_batch_size if batched else None}
+        runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step)
+        manifest["engine"] = {"name": runner.name, "reason": reason,
+                              "max_batch_size": max_batch_size if runner.batch_limit else None}
         fingerprint = manifest["model_fingerprint"]["fingerprint"]
         manifest["models"] = [{"spec": plan.model, "model": model_label(pipe), "fingerprint": fingerprint,
                                "family": model.family.name}]
@@ -242,7 +241,7 @@ class SweepWriter:
             store.write_source(source_hash, source)
         write_floor(store, pipe, sources, hashes, plan.seeds, metrics)
         return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
-                   batched=batched, max_batch_size=max_batch_size, cache_store=cache_store, on_step=on_step,
+                   runner=runner, cache_store=cache_store, on_step=on_step,
                    progress=progress, model_axis=model_axis)
 
     @property
@@ -307,47 +306,22 @@ class SweepWriter:
 
     # ------------------------------------------------------------------ 6. generate
     def generate(self) -> None:
-        """Generate every pending cell: in the batched runner's chunks, or one by one with the reference runner."""
-        if self.batched:
-            self._generate_batched()
-            return
+        """Generate every pending cell with the sweep's runner (:mod:`img2img_lab.runners`), chunk by chunk. Each
+        batched chunk is recorded before it runs and saved before the next starts, so a crash loses at most one
+        chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds."""
+        todo = {key for _, key in self.pending}
         last_flush = time.monotonic()
-        for cell, key in self.pending:
-            output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=self.on_step)
-            self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
-            if time.monotonic() - last_flush > 5:  # row files are durable; this only refreshes results.parquet
+        for chunk, batch_id in self.runner.chunks(self.planned, self.pending):
+            if batch_id is not None:
+                self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
+            outputs = self.runner.run([cell for cell, _ in chunk])
+            for (cell, key), output in zip(chunk, outputs):
+                if key in todo:
+                    self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
+                              batch_id)
+            if batch_id is not None or time.monotonic() - last_flush > 5:
                 self.store.flush()
                 last_flush = time.monotonic()
-
-    def _generate_batched(self) -> None:
-        """Chunks are fixed by the plan (every non-duplicate cell, in plan order, per scheduler / steps / size),
-        not by what is left to do: a chunk missing any cell is recomputed whole, so every image comes from the
-        same batch composition whether the sweep ran in one go, resumed after a kill or was rerun. Each finished
-        chunk is saved before the next starts, so a crash loses at most one chunk."""
-        from img2img_lab.batched import DEFAULT_MAX_BATCH, run_cells_batched
-
-        limit = self.max_batch_size or DEFAULT_MAX_BATCH.get(self.pipe.device.type, 16)
-        todo = {key for _, key in self.pending}
-        groups: dict[tuple, list[tuple[Cell, str]]] = {}
-        for cell, key in self.planned:
-            size = self.sources[cell.image_index].size
-            groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
-        chunk_cells = max(2 * limit, 32)
-        for members in groups.values():
-            for first in range(0, len(members), chunk_cells):
-                chunk = members[first:first + chunk_cells]
-                if not any(key in todo for _, key in chunk):
-                    continue
-                chunk_keys = [key for _, key in chunk]
-                batch_id = hashlib.sha256(json.dumps([chunk_keys, limit]).encode()).hexdigest()[:16]
-                self.store.write_batch(batch_id, chunk_keys, max_batch_size=limit)
-                outputs = run_cells_batched(self.pipe, [cell for cell, _ in chunk], self.sources,
-                                            max_batch_size=limit, on_step=self.on_step)
-                for (cell, key), output in zip(chunk, outputs):
-                    if key in todo:
-                        self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
-                                  batch_id)
-                self.store.flush()
 
     # ------------------------------------------------------------------ 7. duplicates
     def reuse_duplicates(self) -> None:
@@ -359,7 +333,7 @@ class SweepWriter:
                 image, canonical = pair
                 self.save(cell, key, image, Produced.duplicate(canonical["produced"]), 0.0, canonical["nsfw_flagged"])
             else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
-                output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=self.on_step)
+                output = PerCellRunner(self.pipe, self.sources, on_step=self.on_step).run([cell])[0]
                 self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
 
     # ------------------------------------------------------------------ saving one cell
@@ -391,7 +365,7 @@ class SweepWriter:
         manifest = self.manifest
         return {
             "cell_key": key, **cell_parameters(cell, self.source_hashes[cell.image_index]), "width": image.width, "height": image.height,
-            "init_steps": steps.executed_steps, "executed_steps": steps.executed_steps, "t_start": steps.t_start,
+            "executed_steps": steps.executed_steps, "t_start": steps.t_start,
             "unet_evaluations": steps.denoiser_evaluations, "start_timestep": steps.start_timestep,
             "timesteps": steps.timesteps_text(), "sigma": steps.sigma, "log_snr": steps.log_snr,
             "sqrt_alpha_bar": steps.sqrt_alpha_bar, "flow_sigma": steps.flow_sigma, "zero_step": steps.zero_step,

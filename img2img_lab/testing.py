@@ -5,9 +5,10 @@ CLIP text encoder, CLIP tokenizer, PNDM scheduler) small enough to run a 20-step
 :func:`write_byte_level_tokenizer` writes a CLIP BPE tokenizer whose vocabulary is the 256 byte
 symbols (no merges): every text tokenizes, nothing is downloaded.
 
->>> pipe = make_tiny_pipeline()                     # doctest: +SKIP
->>> pipe.save_pretrained("/tmp/tiny")               # doctest: +SKIP
->>> load_pipeline("/tmp/tiny")                      # doctest: +SKIP
+>>> from img2img_lab.pipelines import load_pipeline
+>>> make_tiny_pipeline().save_pretrained("tiny")
+>>> type(load_pipeline("tiny")).__name__
+'StableDiffusionImg2ImgPipeline'
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def make_sd15_sized_pipeline(*, tiny: bool = False, seed: int = 0):
     benchmark stand-in for SD 1.5 offline. ``tiny=True`` keeps the structure (4 levels, 2 layers per block)
     at toy widths and 64 px, so the same code path runs in seconds on a CPU (tests).
 
-    >>> pipe = make_sd15_sized_pipeline(tiny=True)  # doctest: +SKIP
+    >>> make_sd15_sized_pipeline(tiny=True).unet.config.block_out_channels
+    (32, 32, 64, 64)
     """
     if tiny:
         return make_tiny_pipeline(seed=seed, sample_size=64, unet_channels=(32, 32, 64, 64),
@@ -153,7 +155,8 @@ def make_sd15_sized_pipeline(*, tiny: bool = False, seed: int = 0):
 def save_tiny_pipeline(folder: str | Path, **kwargs) -> Path:
     """Build a tiny pipeline and ``save_pretrained`` it to ``folder`` (a real diffusers model folder).
 
-    >>> path = save_tiny_pipeline(tempfile.mkdtemp())  # doctest: +SKIP
+    >>> sorted(path.name for path in save_tiny_pipeline("tiny-sd").iterdir())
+    ['model_index.json', 'scheduler', 'text_encoder', 'tokenizer', 'unet', 'vae']
     """
     folder = Path(folder)
     make_tiny_pipeline(**kwargs).save_pretrained(folder)

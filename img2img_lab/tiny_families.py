@@ -179,7 +179,9 @@ def make_tiny_family(family: str, *, seed: int = 0):
 def save_tiny_family(family: str, folder, *, seed: int = 0):
     """Build :func:`make_tiny_family` and ``save_pretrained`` it to ``folder``; return the folder.
 
-    >>> folder = save_tiny_family("lcm", tempfile.mkdtemp())  # doctest: +SKIP
+    >>> import json
+    >>> json.loads((save_tiny_family("lcm", "tiny-lcm") / "scheduler/scheduler_config.json").read_text())["_class_name"]
+    'LCMScheduler'
     """
     from pathlib import Path
 

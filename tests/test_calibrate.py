@@ -239,6 +239,17 @@ def test_recommendations_and_renderings(synthetic_result):
     # fidelity 1 - x^2 keeps the source at 0.1-0.2 and 1.0 reaches the text-to-image end: the folklore holds there
     assert folklore.loc["1", ["measured", "agrees"]].tolist() == ["≈ text-to-image", "yes"]
     assert folklore.loc["0.1–0.2", "agrees"] == "yes"
+    # a band with no tested strength says which strength its verdict comes from
+    assert folklore.loc["1", "measured at"] == "1"
+    summary = synthetic_result.summary
+    tested = summary.loc[summary["guidance_scale"] == 3.0, "strength"].unique()
+    for band, measured_at in folklore["measured at"].items():
+        low, high = (float(value) for value in (band.split("–") * 2)[:2])
+        inside = [s for s in tested if low - 1e-9 <= s <= high + 1e-9]
+        if inside:
+            assert measured_at == ", ".join(f"{s:g}" for s in sorted(inside)), band
+        else:
+            assert measured_at.startswith("nearest: "), band
     html = synthetic_result.to_html(embed_images=False)
     assert html.count("<table") >= 4
     figure = synthetic_result.figure()

@@ -1,0 +1,122 @@
+"""The runners a sweep generates with, behind one protocol: :class:`PerCellRunner` (the reference: one plain
+diffusers call per cell, :func:`img2img_lab.engine.run_cell`) and :class:`BatchedRunner` (many cells per UNet call,
+:func:`img2img_lab.batched.run_cells_batched`).
+
+A runner splits the cells to generate into **chunks** and **runs** a chunk, returning one
+:class:`~img2img_lab.engine.CellOutput` per cell. A batched chunk is fixed by the plan, not by what is left to do,
+and named by its ``batch_id`` (the pixels of a batched cell depend on its batch, which the run folder records so
+``verify`` can regenerate it); a per-cell chunk is one cell with no batch.
+
+>>> runner, reason = choose_runner(pipe, sources, engine="batched")
+>>> runner.name, reason
+('batched', 'StableDiffusionImg2ImgPipeline')
+>>> planned = [(cell, f"key{index}") for index, cell in enumerate(cells) if cell.duplicate_of is None]
+>>> [(len(chunk), batch_id is not None) for chunk, batch_id in runner.chunks(planned, planned[:1])]
+[(6, True)]
+>>> [output.produced for output in PerCellRunner(pipe, sources).run(cells[:2])]
+['vae_roundtrip', 'diffusion']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+from img2img_lab.engine import CellOutput, run_cell
+from img2img_lab.plan import Cell
+
+#: A chunk: the (cell, key) pairs run together, and the id of their batch (None for a per-cell chunk).
+Chunk = tuple[list[tuple[Cell, str]], "str | None"]
+
+
+class Runner(Protocol):
+    """What a sweep needs of a runner (see the module doc)."""
+
+    name: str
+
+    def chunks(self, planned: list[tuple[Cell, str]], pending: list[tuple[Cell, str]]) -> Iterator[Chunk]:
+        """The chunks that generate every ``pending`` cell (``planned``: every non-duplicate cell of the plan)."""
+
+    def run(self, cells: list[Cell]) -> list[CellOutput]:
+        """Generate one chunk's cells; one output per cell, in order."""
+
+    @property
+    def batch_limit(self) -> int | None:
+        """UNet samples per call (None: one cell per call)."""
+
+
+@dataclass
+class PerCellRunner:
+    """The reference runner: each pending cell alone, in plan order, with a plain pipeline call."""
+
+    pipe: object
+    sources: list
+    on_step: object = None
+    name = "per-cell"
+    batch_limit = None
+
+    def chunks(self, planned, pending) -> Iterator[Chunk]:
+        for cell, key in pending:
+            yield [(cell, key)], None
+
+    def run(self, cells: list[Cell]) -> list[CellOutput]:
+        return [run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=self.on_step) for cell in cells]
+
+
+@dataclass
+class BatchedRunner:
+    """The batched runner: chunks of up to ``max(2 * limit, 32)`` planned cells per scheduler, steps and size.
+
+    Chunks are fixed by the plan (every non-duplicate cell, in plan order), not by what is left to do: a chunk missing
+    any cell is recomputed whole, so every image comes from the same batch composition whether the sweep ran in one
+    go, resumed after a kill or was rerun.
+    """
+
+    pipe: object
+    sources: list
+    max_batch_size: int | None = None
+    on_step: object = None
+    name = "batched"
+
+    @property
+    def batch_limit(self) -> int:
+        from img2img_lab.batched import DEFAULT_MAX_BATCH
+
+        return self.max_batch_size or DEFAULT_MAX_BATCH.get(self.pipe.device.type, 16)
+
+    def chunks(self, planned, pending) -> Iterator[Chunk]:
+        todo = {key for _, key in pending}
+        groups: dict[tuple, list[tuple[Cell, str]]] = {}
+        for cell, key in planned:
+            size = self.sources[cell.image_index].size
+            groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
+        limit = self.batch_limit
+        chunk_cells = max(2 * limit, 32)
+        for members in groups.values():
+            for first in range(0, len(members), chunk_cells):
+                chunk = members[first:first + chunk_cells]
+                if any(key in todo for _, key in chunk):
+                    keys = [key for _, key in chunk]
+                    yield chunk, hashlib.sha256(json.dumps([keys, limit]).encode()).hexdigest()[:16]
+
+    def run(self, cells: list[Cell]) -> list[CellOutput]:
+        from img2img_lab.batched import run_cells_batched
+
+        return run_cells_batched(self.pipe, cells, self.sources, max_batch_size=self.batch_limit,
+                                 on_step=self.on_step)
+
+
+def choose_runner(pipe, sources: list, *, engine: str, max_batch_size: int | None = None,
+                  on_step=None) -> tuple[Runner, str]:
+    """``(runner, reason)``: the batched runner where ``engine="batched"`` and the pipeline supports it (the reason
+    names the pipeline), else the per-cell reference (the reason says why)."""
+    if engine == "batched":
+        from img2img_lab.batched import batching_supported
+
+        supported, reason = batching_supported(pipe)
+        if supported:
+            return BatchedRunner(pipe, sources, max_batch_size=max_batch_size, on_step=on_step), reason
+        return PerCellRunner(pipe, sources, on_step=on_step), reason
+    return PerCellRunner(pipe, sources, on_step=on_step), "per-cell runner requested"
