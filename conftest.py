@@ -18,6 +18,10 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Two threads on the two-core CI machine; one when the suite shares the machine (IMG2IMG_LAB_TEST_THREADS). Models
+# loaded by load_pipeline (and CLI subprocesses) take the same count through IMG2IMG_LAB_THREADS.
+TEST_THREADS = int(os.environ.get("IMG2IMG_LAB_TEST_THREADS", min(2, os.cpu_count() or 1)))
+os.environ["IMG2IMG_LAB_THREADS"] = str(TEST_THREADS)
 
 import pytest  # noqa: E402
 
@@ -46,7 +50,7 @@ def doctest_world(tmp_path_factory) -> dict:
     from img2img_lab.sweep import run_sweep
     from img2img_lab.sweep_writer import prepare_source
 
-    torch.set_num_threads(int(os.environ.get("IMG2IMG_LAB_TEST_THREADS", min(2, os.cpu_count() or 1))))
+    torch.set_num_threads(TEST_THREADS)
     folder = tmp_path_factory.mktemp("doctest-world")
     (folder / "data").symlink_to(REPO / "data")
     pipe = load_pipeline()
@@ -83,5 +87,7 @@ def _doctest_namespace(request):
     shutil.copytree(world["folder"] / "runs", scratch / "runs", symlinks=True)
     namespace.update({name: value for name, value in world.items() if name != "folder"})
     namespace["store"] = type(world["store"]).open(scratch / "runs/demo")
-    request.getfixturevalue("monkeypatch").chdir(scratch)
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.chdir(scratch)
+    monkeypatch.setenv("TORCH_HOME", str(scratch / "torch-home"))  # no backbone weights: the same on every machine
     yield

@@ -42,7 +42,7 @@ _LAZY = {
     "measure_run": "img2img_lab.metrics",
     "comparison_grid": "img2img_lab.grids",
     "strength_curves": "img2img_lab.grids",
-    "bundled_sources": "img2img_lab.widgets",
+    "bundled_sources": "img2img_lab.resources",
     "StrengthExplorer": "img2img_lab.widgets",
 }
 

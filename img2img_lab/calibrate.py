@@ -44,6 +44,7 @@ import numpy as np
 
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.errors import PlanError
+from img2img_lab.images import check_image_files
 from img2img_lab.plan import SweepPlan
 __all__ = ["FOLKLORE", "RULES", "VERDICTS", "CalibrationResult", "CalibrationSettings", "Crossing", "Recommendation",
            "Target", "bootstrap_ci", "bootstrap_means", "calibrate", "find_crossing", "knee", "load_config",
@@ -140,6 +141,8 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     """
     # 1. The plan and settings (strength 1.0, the text-to-image reference, always included).
     plan, settings = _plan_and_settings(config, settings)
+    if runner is None:
+        check_image_files(plan.images)  # before the model loads
     # 2. The runner: run_sweep into the run folder with the settings' metrics (tests pass a synthetic one).
     if runner is None:
         if out_dir is None:

@@ -2,10 +2,10 @@
 
 ::
 
-    img2img-lab [--debug] COMMAND ...
+    img2img-lab [--debug] [--offline] [--threads N] [--version] COMMAND ...
     img2img-lab sweep CONFIG.yaml --out RUN_DIR [--model M] [--metrics ssim,...] [--engine batched|per-cell]
                      [--max-batch N] [--cache DIR] [--device cpu|cuda] [--dtype ...]
-    img2img-lab demo [--out runs/demo]
+    img2img-lab demo [--out runs/demo] [--seeds N] [--strengths 0.2,0.5]
     img2img-lab info [MODEL] [--json]
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
     img2img-lab grid RUN_DIR [--rows seed] [--cols strength] [--annotate ssim,lpips] [--border ssim]
@@ -18,6 +18,9 @@
     img2img-lab verify RUN_DIR [--sample 8] [--seed 0] [--repair]
     img2img-lab report RUN_DIR [--out report.html]
     img2img-lab export RUN_DIR [--csv table.csv] [--parquet table.parquet]
+    img2img-lab notebooks [FOLDER] [--force]
+    img2img-lab weights fetch|list [lpips] [lpips-vgg] [lpips-squeeze] [clip] [--to DIR]
+    img2img-lab doctor [--json] [--run-dir runs]
 
 Errors in the user's input print one line ``error: ...`` (with the fix) and exit with status 2; so do operating
 system errors (disk full, permission denied, not a directory: the path and the fix), and any unexpected failure
@@ -31,6 +34,8 @@ import json
 import sys
 import time
 
+from img2img_lab.cli_support import (config_path, number_list, one_line, os_error_message,  # noqa: F401
+                                     parse_where, quiet_libraries)
 from img2img_lab.errors import Img2ImgLabError
 
 
@@ -38,7 +43,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from img2img_lab.plan import SweepPlan
     from img2img_lab.sweep import run_sweep
 
-    plan = _with_model(SweepPlan.from_yaml(args.config), args.model)
+    plan = _with_model(SweepPlan.from_yaml(config_path(args.config)), args.model)
     print(f"plan: {plan.summary()}")
     started = time.perf_counter()
     table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress,
@@ -73,16 +78,6 @@ def _with_model(plan, model: str | None):
     return plan
 
 
-def _parse_where(items) -> dict:
-    where = {}
-    for item in items or []:
-        if "=" not in item:
-            raise Img2ImgLabError(f"--where {item!r} must look like column=value, e.g. --where seed=0.")
-        column, value = item.split("=", 1)
-        where[column.strip()] = value
-    return where
-
-
 def _cmd_measure(args: argparse.Namespace) -> int:
     from img2img_lab.metrics import DEFAULT_METRICS, measure_run
 
@@ -103,7 +98,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     annotate = [name.strip() for name in (args.annotate or "").split(",") if name.strip()]
     check_metric_names(annotate + ([args.border] if args.border else []))
     grid = comparison_grid(args.run_dir, rows=args.rows, cols=args.cols, annotate=annotate, border=args.border,
-                           where=_parse_where(args.where), scale=args.scale)
+                           where=parse_where(args.where), scale=args.scale)
     save_png(grid, args.out)
     print(f"wrote {args.out} ({grid.width}x{grid.height} px)")
     return 0
@@ -114,7 +109,7 @@ def _cmd_curves(args: argparse.Namespace) -> int:
     from img2img_lab.store import atomic_write
 
     figure = strength_curves(args.run_dir, args.metric, x=args.x, hue=args.hue or None,
-                             where=_parse_where(args.where))
+                             where=parse_where(args.where))
     atomic_write(args.out, lambda stream: figure.savefig(stream, format="png"))
     print(f"wrote {args.out}")
     return 0
@@ -150,22 +145,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from img2img_lab.demo import main as demo_main
 
-    strengths = [float(value) for value in args.strengths.split(",")] if args.strengths else None
-    seeds = list(range(args.seeds)) if args.seeds else None
+    strengths = number_list("--strengths", args.strengths, float) if args.strengths is not None else None
+    seeds = None
+    if args.seeds is not None:
+        count = number_list("--seeds", args.seeds, int)
+        if len(count) != 1 or count[0] < 1:
+            raise Img2ImgLabError(f"--seeds {args.seeds}: the number of seeds must be one whole number >= 1. "
+                                  f"Fix: e.g. --seeds 2.")
+        seeds = list(range(count[0]))
     return demo_main(args.out, seeds=seeds, strengths=strengths, progress=not args.no_progress)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from img2img_lab.calibrate import CalibrationSettings, calibrate, load_config
+    from img2img_lab.images import check_image_files
     from img2img_lab.pipelines import load_pipeline
 
-    plan, settings = load_config(args.config)
+    plan, settings = load_config(config_path(args.config))
     plan = _with_model(plan, args.model)
     overrides = {key: value for key, value in (("refine_rounds", args.rounds), ("rule", args.rule),
                                                 ("n_resamples", args.bootstrap)) if value is not None}
     if overrides:
         settings = CalibrationSettings(**{**settings.__dict__, **overrides})
     out = args.out or f"runs/{plan.name}"
+    check_image_files(plan.images)  # before any model loads
     print(f"calibrating: {plan.summary()} (coarse grid; refined where a crossing lies)")
     started = time.perf_counter()
     if plan.models:
@@ -222,23 +225,92 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_notebooks(args: argparse.Namespace) -> int:
+    from img2img_lab.resources import copy_notebooks
+
+    copied = copy_notebooks(args.folder, overwrite=args.force)
+    print(f"copied {len(copied)} notebooks into {args.folder}: {', '.join(path.name for path in copied)}")
+    print(f"open them with: jupyter lab {args.folder}   (JupyterLab: pip install 'img2img-lab[lab]')")
+    return 0
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from img2img_lab.weights import fetch, weights_table
+
+    if args.action == "fetch":
+        for name, path in fetch(args.names or ["lpips"], to=args.to):
+            print(f"{name}: {path}")
+        if args.to:
+            print(f"on every machine that uses them: export TORCH_HOME={args.to} HF_HOME={args.to}/huggingface")
+        return 0
+    for row in weights_table(to=args.to):
+        if not args.names or row["name"] in args.names:
+            state = "present" if row["present"] else f"missing (~{row['approx_mb']:g} MB)"
+            print(f"{row['name']:<14} {state:<20} {row['serves']}: {row['path']}")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from img2img_lab.doctor import doctor_report, format_doctor
+
+    report = doctor_report(run_dir=args.run_dir)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_doctor(report))
+    return 0
+
+
+#: One example per command (shown by ``img2img-lab COMMAND --help``). Bundled example configs go by name.
+EXAMPLES = {
+    "sweep": "img2img-lab sweep quick --out runs/quick --metrics ssim,delta_e",
+    "demo": "img2img-lab demo --seeds 1 --strengths 0.2,0.5,0.8",
+    "info": "img2img-lab info stabilityai/sd-turbo",
+    "measure": "img2img-lab measure runs/quick --metrics ssim,lpips",
+    "grid": "img2img-lab grid runs/quick --rows seed --cols strength --annotate ssim --out grid.png",
+    "curves": "img2img-lab curves runs/quick --metric ssim --x log_snr --out curves.png",
+    "calibrate": "img2img-lab calibrate calibrate --out runs/calibrate --rounds 2",
+    "verify": "img2img-lab verify runs/quick --sample 8 --repair",
+    "report": "img2img-lab report runs/quick --out quick.html",
+    "export": "img2img-lab export runs/quick --csv quick.csv",
+    "notebooks": "img2img-lab notebooks ./my-notebooks",
+    "weights": "img2img-lab weights fetch lpips clip --to /shared/weights",
+    "doctor": "img2img-lab doctor > doctor.txt",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from img2img_lab import __version__
+
     parser = argparse.ArgumentParser(
         prog="img2img-lab",
         description="Measure what the img2img strength dial does for your model, image and prompt.",
     )
+    parser.add_argument("--version", action="version", version=f"img2img-lab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--offline", action="store_true",
+                        help="download nothing (sets HF_HUB_OFFLINE=1): missing metric weights make metrics unavailable")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (sets IMG2IMG_LAB_THREADS; default: half the cores for small models)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="`img2img-lab COMMAND --help` shows its options and an example")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
     def add_model_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
         sub.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp16 on GPU)")
 
-    sweep = commands.add_parser("sweep", help="run a strength sweep from a YAML config into a run folder")
-    sweep.add_argument("config", help="YAML sweep config (see data/configs/)")
+    def add_run_dir(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("run_dir", help="a run folder written by sweep, demo or calibrate")
+
+    no_progress = {"action": "store_true", "help": "hide the progress bar"}
+    config_help = "YAML config file, or the name of a bundled example (quick, demo, guidance, calibrate)"
+
+    sweep = command("sweep", "run a strength sweep from a YAML config into a run folder")
+    sweep.add_argument("config", help=config_help)
     sweep.add_argument("--out", required=True, help="run folder to write (rerun to resume or extend)")
     sweep.add_argument("--model", default=None, help="override the config's model (hub id or folder)")
-    sweep.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sweep.add_argument("--no-progress", **no_progress)
     sweep.add_argument("--metrics", default="", help="measure as the sweep goes, e.g. ssim,psnr,delta_e")
     sweep.add_argument("--engine", default="batched", choices=["batched", "per-cell"],
                        help="batched (default; within 1/255 of per-cell, faster) or the per-cell reference")
@@ -247,59 +319,59 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
-    demo = commands.add_parser("demo", help="offline demo on the embedded model: sweep, measure, grids, curves")
+    demo = command("demo", "offline demo on the embedded model: sweep, measure, grids, curves")
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    demo.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the config's 3)")
-    demo.add_argument("--strengths", default=None, help="comma-separated strengths (default: the config's 8)")
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--seeds", default=None, help="number of seeds, at least 1 (default: the config's 3)")
+    demo.add_argument("--strengths", default=None, help="comma-separated strengths in [0, 1] (default: the config's 8)")
+    demo.add_argument("--no-progress", **no_progress)
     demo.set_defaults(handler=_cmd_demo)
 
-    info = commands.add_parser("info", help="describe a model: components, size, scheduler, size rules")
+    info = command("info", "describe a model: components, size, scheduler, size rules")
     info.add_argument("model", nargs="?", default=None, help="hub id or diffusers folder (default: embedded model)")
     info.add_argument("--json", action="store_true", help="print JSON")
     add_model_options(info)
     info.set_defaults(handler=_cmd_info)
 
-    measure = commands.add_parser("measure", help="add metric columns to a run folder (only missing values)")
-    measure.add_argument("run_dir")
+    measure = command("measure", "add metric columns to a run folder (only missing values)")
+    add_run_dir(measure)
     measure.add_argument("--metrics", default=None, help="comma-separated (default: ssim,ms_ssim,psnr,delta_e,edge_f1,lpips)")
     measure.add_argument("--device", default=None, help="device for LPIPS / CLIP (default cpu)")
-    measure.add_argument("--no-progress", action="store_true")
+    measure.add_argument("--no-progress", **no_progress)
     measure.set_defaults(handler=_cmd_measure)
 
-    grid = commands.add_parser("grid", help="draw a labelled comparison grid PNG from a run folder")
-    grid.add_argument("run_dir")
+    grid = command("grid", "draw a labelled comparison grid PNG from a run folder")
+    add_run_dir(grid)
     grid.add_argument("--rows", default="seed", help="table column for rows (default seed)")
     grid.add_argument("--cols", default="strength", help="table column for columns (default strength)")
     grid.add_argument("--annotate", default="", help="comma-separated metrics printed under each image")
     grid.add_argument("--border", default=None, help="metric that colours each image's border")
     grid.add_argument("--where", action="append", help="pin an axis: column=value (repeatable)")
     grid.add_argument("--scale", type=int, default=None, help="integer upscaling of each image")
-    grid.add_argument("--out", required=True)
+    grid.add_argument("--out", required=True, help="PNG file to write")
     grid.set_defaults(handler=_cmd_grid)
 
-    curves = commands.add_parser("curves", help="plot a metric against strength (mean and spread over seeds)")
-    curves.add_argument("run_dir")
-    curves.add_argument("--metric", required=True)
+    curves = command("curves", "plot a metric against strength (mean and spread over seeds)")
+    add_run_dir(curves)
+    curves.add_argument("--metric", required=True, help="a measured metric column, e.g. ssim")
     curves.add_argument("--x", default="strength", help="strength, executed_steps, sqrt_alpha_bar, sigma or log_snr (any family)")
     curves.add_argument("--hue", default="prompt", help="one line per value of this column ('' for none)")
     curves.add_argument("--where", action="append", help="pin an axis: column=value (repeatable)")
-    curves.add_argument("--out", required=True)
+    curves.add_argument("--out", required=True, help="PNG file to write")
     curves.set_defaults(handler=_cmd_curves)
 
-    calibrate = commands.add_parser("calibrate", help="measure the strength reference table and recommend strengths")
-    calibrate.add_argument("config", help="YAML calibration config (see data/configs/calibrate.yaml)")
+    calibrate = command("calibrate", "measure the strength reference table and recommend strengths")
+    calibrate.add_argument("config", help="calibration config: " + config_help)
     calibrate.add_argument("--out", default=None, help="run folder (default runs/<config name>); a cache")
     calibrate.add_argument("--model", default=None, help="override the config's model (hub id or folder)")
     calibrate.add_argument("--rounds", type=int, default=None, help="refinement rounds (default: the config's)")
     calibrate.add_argument("--rule", default=None, choices=["confident", "mean"], help="decide on the CI or the mean")
     calibrate.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 2000)")
-    calibrate.add_argument("--no-progress", action="store_true")
+    calibrate.add_argument("--no-progress", **no_progress)
     add_model_options(calibrate)
     calibrate.set_defaults(handler=_cmd_calibrate)
 
-    verify = commands.add_parser("verify", help="check a run folder's files and regenerate a sample of cells")
-    verify.add_argument("run_dir")
+    verify = command("verify", "check a run folder's files and regenerate a sample of cells")
+    add_run_dir(verify)
     verify.add_argument("--sample", type=int, default=8, help="cells to regenerate (0: check files only)")
     verify.add_argument("--seed", type=int, default=0, help="which cells are sampled")
     verify.add_argument("--device", default=None, help="default: the device the run used")
@@ -307,17 +379,48 @@ def build_parser() -> argparse.ArgumentParser:
                         help="first regenerate or re-adopt what is missing or damaged (says what it cannot)")
     verify.set_defaults(handler=_cmd_verify)
 
-    report = commands.add_parser("report", help="write one self-contained HTML report of a run folder")
-    report.add_argument("run_dir")
+    report = command("report", "write one self-contained HTML report of a run folder")
+    add_run_dir(report)
     report.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
     report.set_defaults(handler=_cmd_report)
 
-    export = commands.add_parser("export", help="write the tidy table as CSV and/or Parquet")
-    export.add_argument("run_dir")
-    export.add_argument("--csv", default=None)
-    export.add_argument("--parquet", default=None)
+    export = command("export", "write the tidy table as CSV and/or Parquet")
+    add_run_dir(export)
+    export.add_argument("--csv", default=None, help="CSV file to write")
+    export.add_argument("--parquet", default=None, help="Parquet file to write")
     export.set_defaults(handler=_cmd_export)
+
+    notebooks = command("notebooks", "copy the bundled notebooks into a folder (they find the bundled data themselves)")
+    notebooks.add_argument("folder", nargs="?", default="img2img-lab-notebooks",
+                           help="where to copy them (default ./img2img-lab-notebooks; created if needed)")
+    notebooks.add_argument("--force", action="store_true", help="overwrite notebooks of the same name")
+    notebooks.set_defaults(handler=_cmd_notebooks)
+
+    weights = command("weights", "fetch metric weights (LPIPS backbones, CLIP) or list what is here")
+    weights.add_argument("action", choices=["fetch", "list"], help="fetch: download what is missing; list: show")
+    weights.add_argument("names", nargs="*", help="lpips, lpips-vgg, lpips-squeeze, clip (fetch default: lpips)")
+    weights.add_argument("--to", default=None, help="pre-seed this folder instead of the caches (then set "
+                                                    "TORCH_HOME=DIR and HF_HOME=DIR/huggingface where it is used)")
+    weights.set_defaults(handler=_cmd_weights)
+
+    doctor = command("doctor", "one screen about this installation, for a bug report")
+    doctor.add_argument("--run-dir", default="runs", help="check that a run folder can be written here (default runs)")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.set_defaults(handler=_cmd_doctor)
     return parser
+
+
+def _apply_global_options(args: argparse.Namespace) -> None:
+    """``--offline`` and ``--threads`` work through the environment, so every library (and child process) sees them."""
+    import os
+
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["IMG2IMG_LAB_OFFLINE"] = "1"
+    if args.threads is not None:
+        if args.threads < 1:
+            raise Img2ImgLabError(f"--threads {args.threads}: need at least 1 thread. Fix: e.g. --threads 2.")
+        os.environ["IMG2IMG_LAB_THREADS"] = str(args.threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,8 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
-        _quiet_libraries()
+        quiet_libraries()
     try:
+        _apply_global_options(args)
         return args.handler(args)
     except Img2ImgLabError as error:
         if args.debug:
@@ -352,58 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the CLI never prints a traceback unless asked
         if args.debug:
             raise
-        print(f"error: {args.command} failed: {type(error).__name__}: {_one_line(error)} "
+        print(f"error: {args.command} failed: {type(error).__name__}: {one_line(error)} "
               f"(rerun with `img2img-lab --debug {args.command} ...` for the traceback)", file=sys.stderr)
         return 2
-
-
-#: The fix for the operating-system errors a user meets, by errno name.
-_OS_FIXES = {
-    "ENOSPC": "free disk space (or choose --out on another disk); finished cells are kept, rerun to resume",
-    "EDQUOT": "free space within your disk quota; finished cells are kept, rerun to resume",
-    "EACCES": "choose a path you can write to, or fix its permissions",
-    "EPERM": "choose a path you can write to, or fix its permissions",
-    "EROFS": "the file system is read-only: choose a path on a writable disk",
-    "ENOTDIR": "a part of the path is a file, not a folder: choose another path",
-    "EISDIR": "the path is a folder: give a file name",
-    "EEXIST": "the path exists as a file: choose another path",
-    "ENOENT": "check the path (a folder in it does not exist)",
-    "ENAMETOOLONG": "choose a shorter path",
-}
-
-
-def os_error_message(error: OSError) -> str:
-    """One line for an operating-system error: what failed, on which path, and the fix.
-
-    >>> import errno
-    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "runs/x/images/a.png"))
-    'runs/x/images/a.png: No space left on device. Fix: free disk space (or choose --out on another disk); finished cells are kept, rerun to resume.'
-    """
-    import errno as errno_names
-
-    name = errno_names.errorcode.get(error.errno or 0, "")
-    fix = _OS_FIXES.get(name, "check the path and the disk, then rerun")
-    where = f"{error.filename}: " if error.filename else ""
-    return f"{where}{error.strerror or _one_line(error)}. Fix: {fix}."
-
-
-def _quiet_libraries() -> None:
-    """Hide diffusers' and transformers' loading bars and advice; the CLI prints its own progress and errors."""
-    import importlib
-
-    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
-        try:
-            logging = importlib.import_module(name)
-        except ImportError:
-            continue
-        logging.disable_progress_bar()
-        logging.set_verbosity_error()
-
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, shortened to ``limit`` characters."""
-    text = " ".join(str(error).split()) or "no message"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 from img2img_lab.plan import SweepPlan
+from img2img_lab.resources import example_config
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = REPO / "data" / "configs" / "demo.yaml"
 DEMO_METRICS = ("ssim", "delta_e", "edge_f1", "lpips", "oracle_kept", "oracle_match", "oracle_preservation",
                 "oracle_adherence")
 
@@ -38,7 +37,7 @@ def demo_summary(table):
     return summary.reset_index()
 
 
-def run_demo(out: str | Path = "runs/demo", *, config: str | Path = DEMO_CONFIG, seeds=None, strengths=None,
+def run_demo(out: str | Path = "runs/demo", *, config: str | Path | None = None, seeds=None, strengths=None,
              pipe=None, progress: bool = True):
     """Run the demo study into ``out`` and return the per-strength summary (a DataFrame)."""
     import matplotlib.pyplot as plt
@@ -47,7 +46,7 @@ def run_demo(out: str | Path = "runs/demo", *, config: str | Path = DEMO_CONFIG,
     from img2img_lab.store import atomic_write
     from img2img_lab.sweep import run_sweep
 
-    plan = SweepPlan.from_yaml(config)
+    plan = SweepPlan.from_yaml(example_config("demo") if config is None else config)
     if seeds is not None:
         plan.seeds = list(seeds)
     if strengths is not None:

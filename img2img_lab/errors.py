@@ -15,7 +15,18 @@ class Img2ImgLabError(ValueError):
     ... except Img2ImgLabError as error:
     ...     print(error)
     photo.png: the file is empty (0 bytes). Fix: re-export the image.
+
+    In Jupyter the error shows as its one line, not a traceback (IPython's ``_render_traceback_`` hook); set
+    ``IMG2IMG_LAB_DEBUG=1`` for the traceback.
     """
+
+    def _render_traceback_(self) -> list[str]:
+        import os
+        import traceback
+
+        if os.environ.get("IMG2IMG_LAB_DEBUG"):
+            return traceback.format_exception(type(self), self, self.__traceback__)
+        return [f"{type(self).__name__}: {self}"]
 
 
 class ImageError(Img2ImgLabError):

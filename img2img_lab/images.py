@@ -207,6 +207,30 @@ def fit_to_model(
     return image.resize((target_w, target_h), Image.Resampling.LANCZOS)
 
 
+def check_image_files(paths) -> list[Path]:
+    """Check that each path names a non-empty file (cheap: nothing is decoded), so a sweep reports a missing source
+    before it loads a model; returns the paths. One-line :class:`ImageError` for the first that does not.
+
+    >>> check_image_files(["no/such.png"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    img2img_lab.errors.ImageError: no/such.png: no such file. Fix: check the path (relative paths start at ...).
+    """
+    checked = []
+    for source in paths:
+        if not isinstance(source, (str, os.PathLike)):
+            continue  # in-memory images have nothing to find
+        name, path = _describe(source), Path(source).expanduser()
+        if not path.exists():
+            raise ImageError(f"{name}: no such file. Fix: check the path (relative paths start at {os.getcwd()}).")
+        if path.is_dir():
+            raise ImageError(f"{name}: is a folder, not an image file. Fix: name one image file.")
+        if path.stat().st_size == 0:
+            raise ImageError(f"{name}: the file is empty (0 bytes). Fix: re-export or re-download the image.")
+        checked.append(path)
+    return checked
+
+
 def load_image(
     source: ImageSource,
     *,
@@ -247,13 +271,7 @@ def load_image(
     """
     name = _describe(source)
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise ImageError(f"{name}: no such file. Fix: check the path (relative paths start at {os.getcwd()}).")
-        if path.is_dir():
-            raise ImageError(f"{name}: is a folder, not an image file. Fix: name one image file.")
-        if path.stat().st_size == 0:
-            raise ImageError(f"{name}: the file is empty (0 bytes). Fix: re-export or re-download the image.")
+        path = check_image_files([source])[0]
         image = _open_checked(path, name=name, max_pixels=max_pixels)
     elif isinstance(source, bytes):
         if not source:

@@ -1,8 +1,9 @@
 """LPIPS (Zhang et al. 2018) with torchvision's ImageNet backbones, never a random one in their place.
 
 LPIPS needs the backbone weights in ``$TORCH_HOME/hub/checkpoints`` (``alexnet-owt-7be5be79.pth``,
-``vgg16-397923af.pth``, ``squeezenet1_1-b8a52dc0.pth``); when they are missing the metric is unavailable
-(:class:`~img2img_lab.errors.MetricUnavailable` says which file goes where).
+``vgg16-397923af.pth``, ``squeezenet1_1-b8a52dc0.pth``). Online they download on first use
+(:func:`img2img_lab.weights.fetch_lpips`); offline a missing file makes the metric unavailable
+(:class:`~img2img_lab.errors.MetricUnavailable` says which file goes where and how to seed it).
 
 >>> lpips_status("alex")[0] in (True, False)
 True
@@ -15,45 +16,32 @@ from pathlib import Path
 import numpy as np
 
 import img2img_lab  # noqa: F401  - torchvision shim before lpips
-from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
+from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.images import metric_pair as _pair
+from img2img_lab.weights import (LPIPS_BACKBONE_FILES, fetch_lpips, lpips_checkpoint_dir,  # noqa: F401 - re-exported
+                                 lpips_missing_message, lpips_url, offline_mode)
 
 
-#: torchvision's file names for the ImageNet backbones LPIPS builds on.
-LPIPS_BACKBONE_FILES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
 
 _LPIPS_MODELS: dict[tuple, object] = {}
 
 
-def lpips_checkpoint_dir() -> Path:
-    """Where torchvision looks for backbone weights: ``$TORCH_HOME/hub/checkpoints``."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def lpips_status(net: str = "alex") -> tuple[bool, str]:
-    """``(available, explanation)`` for LPIPS with backbone ``net`` (alex, vgg or squeeze).
+    """``(available, explanation)`` for LPIPS with backbone ``net`` (alex, vgg or squeeze). Online a missing file is
+    available: it downloads on first use.
 
-    >>> lpips_status("alex")  # doctest: +ELLIPSIS
-    (False, 'lpips (alex): backbone weights missing at .../alexnet-owt-7be5be79.pth. Fix: copy ...')
+    >>> available, explanation = lpips_status("alex")  # offline here, and no backbone file
+    >>> available, explanation.split(". Fix: ")[1][:42]
+    (False, 'run `img2img-lab weights fetch lpips` on a')
     """
     if net not in LPIPS_BACKBONE_FILES:
         raise Img2ImgLabError(f"unknown LPIPS backbone {net!r}. Fix: use one of {', '.join(LPIPS_BACKBONE_FILES)}.")
     path = lpips_checkpoint_dir() / LPIPS_BACKBONE_FILES[net]
     if path.is_file():
         return True, f"lpips ({net}): backbone weights at {path}"
-    return False, (
-        f"lpips ({net}): backbone weights missing at {path}. Fix: copy torchvision's ImageNet weights file "
-        f"{LPIPS_BACKBONE_FILES[net]} (from a machine with internet: "
-        f"python -c \"import torchvision; torchvision.models.{ {'alex': 'alexnet', 'vgg': 'vgg16', 'squeeze': 'squeezenet1_1'}[net] }(weights='DEFAULT')\" "
-        f"then look in ~/.cache/torch/hub/checkpoints) into {path.parent}, or set TORCH_HOME to a folder whose "
-        f"hub/checkpoints holds it."
-    )
+    if not offline_mode():
+        return True, f"lpips ({net}): backbone weights download on first use from {lpips_url(net)} into {path.parent}"
+    return False, lpips_missing_message(net, path)
 
 
 def _lpips_model(net: str, device: str, random_backbone: bool):
@@ -65,9 +53,7 @@ def _lpips_model(net: str, device: str, random_backbone: bool):
         import lpips as lpips_package
 
         if not random_backbone:
-            available, explanation = lpips_status(net)
-            if not available:
-                raise MetricUnavailable(explanation)
+            fetch_lpips(net)  # present, or downloaded now (online), or MetricUnavailable with the fix
         with contextlib.redirect_stdout(io.StringIO()):
             model = lpips_package.LPIPS(net=net, pretrained=True, pnet_rand=random_backbone, verbose=False)
         _LPIPS_MODELS[key] = model.eval().to(device)

@@ -45,6 +45,7 @@ import img2img_lab  # noqa: F401  - torchvision shim before lpips
 from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
 from img2img_lab.images import metric_array as _as_array
 from img2img_lab.images import metric_pair as _pair
+from img2img_lab.weights import fetch_lpips
 from img2img_lab.lpips_metric import (LPIPS_BACKBONE_FILES, lpips, lpips_checkpoint_dir,  # noqa: F401
                                       lpips_distances, lpips_status)
 from img2img_lab.metric_registry import (METRICS, MetricSpec, check_metric_names, is_prompt_metric,
@@ -53,7 +54,7 @@ from img2img_lab.metric_registry import (METRICS, MetricSpec, check_metric_names
 
 __all__ = ["DEFAULT_METRICS", "LPIPS_BACKBONE_FILES", "METRICS", "ClipScore", "MetricSpec", "MetricUnavailable", "PromptScorer",
            "check_metric_names", "delta_e", "edge_f1", "edge_map", "load_plugins", "lpips", "lpips_distances",
-           "lpips_checkpoint_dir", "lpips_status", "measure_pair", "measure_pairs", "measure_run", "metric_spec", "metric_status",
+           "lpips_checkpoint_dir", "lpips_status", "measure_pair", "measure_pairs", "prepare_metric", "measure_run", "metric_spec", "metric_status",
            "ms_ssim", "mse", "psnr", "register_pair_metric", "register_prompt_scorer", "ssim", "unregister_metric"]
 
 
@@ -230,11 +231,12 @@ class ClipScore:
     """CLIP score: ``100 * max(cos(image embedding, text embedding), 0)`` (Hessel et al. 2021), in [0, 100].
 
     ``model`` is a local folder or a hub id of a ``CLIPModel`` (default ``$IMG2IMG_LAB_CLIP_MODEL`` or
-    ``openai/clip-vit-base-patch32``); weights must be present locally when offline, else
-    :class:`MetricUnavailable` says how to get them.
+    ``openai/clip-vit-base-patch32``); online, missing weights download into the Hugging Face cache on first use
+    (:func:`img2img_lab.weights.fetch_clip`); offline they must be there, else :class:`MetricUnavailable` says how to
+    seed them.
 
     >>> scorer = ClipScore("openai/clip-vit-base-patch32")  # downloads CLIP  # doctest: +SKIP
-    >>> scorer(image, "a watercolor teapot")  # doctest: +SKIP
+    >>> scorer(image, "a watercolor teapot")  # needs the weights above  # doctest: +SKIP
     31.2
     """
 
@@ -243,10 +245,13 @@ class ClipScore:
     def __init__(self, model: str | None = None, *, device: str | None = None):
         from transformers import CLIPModel, CLIPProcessor
 
+        from img2img_lab.weights import fetch_clip
+
         name = model or os.environ.get("IMG2IMG_LAB_CLIP_MODEL") or self.DEFAULT
+        folder = fetch_clip(name)  # cached, or downloaded now (online), or MetricUnavailable with the fix
         try:
-            self.model = CLIPModel.from_pretrained(name).eval().to(device or "cpu")
-            self.processor = CLIPProcessor.from_pretrained(name)
+            self.model = CLIPModel.from_pretrained(folder).eval().to(device or "cpu")
+            self.processor = CLIPProcessor.from_pretrained(folder)
         except (OSError, ValueError) as error:
             raise MetricUnavailable(
                 f"clip_score: CLIP weights '{name}' are not available here ({str(error).splitlines()[0]}). "
@@ -309,6 +314,23 @@ def metric_status(name: str) -> tuple[bool, str]:
         except MetricUnavailable as error:
             return False, str(error)
     return True, f"{name}: available"
+
+
+def prepare_metric(name: str) -> tuple[bool, str]:
+    """:func:`metric_status`, after fetching what the metric needs where that is allowed: online, a missing LPIPS
+    backbone downloads now (its first use), so a failed download is reported as unavailable, with its fix, before
+    anything is measured. Measuring (``measure_run``, a sweep's ``metrics``) calls this first.
+
+    >>> prepare_metric("ssim"), prepare_metric("lpips")[0]  # offline here, and no backbone file
+    ((True, 'ssim: available'), False)
+    """
+    metric_spec(name)
+    if name in _LPIPS_NETS:
+        try:
+            fetch_lpips(_LPIPS_NETS[name])
+        except MetricUnavailable as error:
+            return False, str(error)
+    return metric_status(name)
 
 
 def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None = None) -> dict[str, np.ndarray]:
@@ -406,7 +428,7 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
     store = RunStore.open(run_dir)
     table = store.read_table()
     report: dict = {"computed": {}, "unavailable": {}}
-    statuses = {name: metric_status(name) for name in names}
+    statuses = {name: prepare_metric(name) for name in names}
     for name, (available, explanation) in statuses.items():
         if not available:
             report["unavailable"][name] = explanation

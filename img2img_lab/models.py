@@ -162,6 +162,7 @@ class ModelHandle:
         self._steps: dict[tuple, StepPlan] = {}
         self._fingerprint: dict | None = None
         self._weights_stamp: str | None = None
+        self.threads_reason = "not chosen by img2img-lab (a pipeline it did not load)"
         _HANDLES[pipe] = self
 
     # ------------------------------------------------------------------ schedulers

@@ -17,9 +17,11 @@ import img2img_lab  # noqa: F401  - installs the torchvision shim before diffuse
 from img2img_lab.errors import ModelError
 from img2img_lab.fingerprint import compute_fingerprint, pipeline_components  # noqa: F401 - re-exported
 from img2img_lab.schedulers import SCHEDULERS, SchedulerSpec, make_scheduler, scheduler_names  # noqa: F401
+from img2img_lab.resources import embedded_model_dir
+from img2img_lab.threads import apply_threads
 
 #: Where the embedded default model lives (issue #4 trains and commits it).
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "models" / "shapes-world"
+EMBEDDED_MODEL_DIR = embedded_model_dir()
 
 #: Environment variable that overrides the default model (hub id or folder).
 DEFAULT_MODEL_ENV = "IMG2IMG_LAB_MODEL"
@@ -97,10 +99,10 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | None]:
     if model is None:
         if not (EMBEDDED_MODEL_DIR / "model_index.json").exists():
             raise ModelError(
-                f"no model given and the embedded default model is not installed at {EMBEDDED_MODEL_DIR}. "
-                f"Fix: pass a diffusers img2img model (a hub id such as 'runwayml/stable-diffusion-v1-5' "
-                f"or a local diffusers folder), set ${DEFAULT_MODEL_ENV}, or train the embedded model with "
-                f"`python -m img2img_lab.shapes.train --out {EMBEDDED_MODEL_DIR}`."
+                f"no model given and the embedded default model is missing at {EMBEDDED_MODEL_DIR}. "
+                f"Fix: reinstall img2img-lab (`pip install --force-reinstall img2img-lab`: the wheel carries it), "
+                f"or pass a diffusers img2img model (a hub id such as 'runwayml/stable-diffusion-v1-5' or a local "
+                f"diffusers folder), or set ${DEFAULT_MODEL_ENV}."
             )
         return "embedded:shapes-world", EMBEDDED_MODEL_DIR
     text = str(model)
@@ -147,17 +149,22 @@ def load_pipeline(
     dtype: str | None = None,
     scheduler: str | None = None,
     variant: str | None = None,
+    threads: int | str | None = "auto",
 ):
     """Load an img2img pipeline from a hub id, a local diffusers folder, or the embedded default.
 
     Uses :class:`diffusers.AutoPipelineForImage2Image`, so any model with an img2img pipeline works
     (Stable Diffusion 1.x/2.x, SDXL, turbo models...). Device/dtype default to CUDA fp16 when a GPU is
-    present, else CPU fp32. The pipeline's inner progress bar is disabled (sweeps show their own).
+    present, else CPU fp32. The pipeline's inner progress bar is disabled (sweeps show their own). On the CPU,
+    ``threads="auto"`` sets torch's thread count for the model (:mod:`img2img_lab.threads`: ``$IMG2IMG_LAB_THREADS``,
+    else half the cores for a small model); an int sets it; None leaves torch's setting alone.
 
     >>> turbo = load_pipeline("stabilityai/sd-turbo", scheduler="euler_a")  # downloads 5 GB  # doctest: +SKIP
     >>> type(load_pipeline()).__name__  # the embedded shapes-world model
     'StableDiffusionImg2ImgPipeline'
     """
+    if threads not in ("auto", None) and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ModelError(f"threads={threads!r} must be 'auto', None or a whole number >= 1. Fix: e.g. threads=2.")
     label, folder = resolve_model(model)
     torch_device, torch_dtype = select_device(device, dtype)
     from diffusers import AutoPipelineForImage2Image
@@ -178,10 +185,23 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     from img2img_lab.models import ModelHandle
 
-    ModelHandle(pipe, label=label, folder=str(folder) if folder else None)  # as_model(pipe) finds it
+    handle = ModelHandle(pipe, label=label, folder=str(folder) if folder else None)  # as_model(pipe) finds it
+    handle.threads_reason = _set_threads(pipe, threads)
     if scheduler is not None:
         set_scheduler(pipe, scheduler)
     return pipe
+
+
+def _set_threads(pipe, threads: int | str | None) -> str:
+    """Apply the ``threads`` choice of :func:`load_pipeline`; return why the count is what it is."""
+    import torch
+
+    if threads == "auto":
+        return apply_threads(pipe)[1]
+    if threads is None:
+        return "left as the caller set it (threads=None)"
+    torch.set_num_threads(threads)
+    return f"threads={threads} given to load_pipeline"
 
 
 def model_label(pipe) -> str:

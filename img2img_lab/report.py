@@ -213,6 +213,23 @@ def table_section(table) -> Section:
     return Section("table", "The tidy table", body)
 
 
+def find_run_folder(run_dir=None, *, search=("runs", "../runs")) -> Path:
+    """``run_dir`` if given, else the newest run folder (by its manifest's time) inside the ``search`` folders;
+    notebook 04 opens what the user ran last. None found: a one-line error saying what to run first.
+
+    >>> find_run_folder().as_posix(), find_run_folder("runs/demo").as_posix()  # the calibration ran last
+    ('runs/calibrate', 'runs/demo')
+    """
+    if run_dir is not None:
+        return Path(run_dir)
+    found = [folder for root in map(Path, search) if root.is_dir() for folder in root.iterdir()
+             if RunStore.is_run_folder(folder)]
+    if not found:
+        raise StoreError(f"no run folder yet in {' or '.join(search)}. Fix: run `img2img-lab demo` (or `make demo` in "
+                         f"a checkout) first, or set RUN_DIR to a run folder.")
+    return max(found, key=lambda folder: RunStore(folder).manifest_path.stat().st_mtime)
+
+
 def report_sections(run_dir) -> dict[str, Section]:
     """The report's sections for a run folder, in order (``manifest``, ``calibration`` when present,
     ``grids``, ``curves``, ``table``).

@@ -146,6 +146,9 @@ class RunStore:
     def open(cls, root: str | os.PathLike) -> "RunStore":
         """Open an existing run folder (for analysis; needs no model)."""
         store = cls(root)
+        if not store.root.exists():
+            raise StoreError(f"run folder '{root}' does not exist. Fix: check the path, or create it with "
+                             f"`img2img-lab sweep CONFIG --out {root}` (or `img2img-lab demo --out {root}`).")
         if not (store.root / MANIFEST).is_file():
             raise StoreError(
                 f"'{root}' is not an img2img-lab run folder (no {MANIFEST}). "

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from img2img_lab.errors import PlanError, StoreError
+from img2img_lab.images import check_image_files
 from img2img_lab.manifest import files_digest, package_versions, registered_models  # noqa: F401 - re-exported
 from img2img_lab.pipelines import load_pipeline
 from img2img_lab.plan import SweepPlan
@@ -179,7 +180,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
         return run_model_axis(plan, out_dir, pipe=pipe, device=device, dtype=dtype, progress=progress,
                               metrics=metrics, on_step=on_step, engine=engine, max_batch_size=max_batch_size,
                               cache=cache)
-    # 1. Check the request.
+    # 1. Check the request (the sources exist before any model loads).
+    check_image_files(plan.images)
     metrics = check_metric_names(metrics)
     if engine not in ("batched", "per-cell"):
         raise PlanError(f"unknown engine {engine!r}. Fix: use 'batched' (default) or 'per-cell'.")

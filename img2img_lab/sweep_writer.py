@@ -95,6 +95,7 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
+        "torch_threads_reason": as_model(pipe).threads_reason,
         "packages": package_versions(),
         "platform": platform.platform(),
         "command": sys.argv,
@@ -206,14 +207,14 @@ class SweepWriter:
              model_axis: bool, progress: bool, on_step) -> "SweepWriter":
         """Prepare the sources, then create (or reopen) the run folder with this sweep's manifest merged into the
         folder's under its lock; store the sources and each source's VAE round trip."""
-        from img2img_lab.metrics import metric_status
+        from img2img_lab.metrics import prepare_metric
 
         model = as_model(pipe)
         sources = prepare_sources(plan, pipe)
         started = _now()
         manifest = build_manifest(plan, pipe, sources, started=started)
         manifest["notes"] += model.check_plan(plan)
-        manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(metric_status, metrics) if not ok]
+        manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
         runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step)
         manifest["engine"] = {"name": runner.name, "reason": reason,
                               "max_batch_size": max_batch_size if runner.batch_limit else None}

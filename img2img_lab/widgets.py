@@ -31,10 +31,9 @@ from pathlib import Path
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError
 from img2img_lab.plan import SweepPlan
+from img2img_lab.resources import bundled_sources  # noqa: F401 - re-exported
 from img2img_lab.schema import SETTING_COLUMNS, row_identity
 
-REPO = Path(__file__).resolve().parent.parent
-BUNDLED_SOURCES = REPO / "data" / "sources"
 VIEWS = ("side by side", "difference", "grid")
 #: Axes that, with the source, define a "setting family": all seeds x strengths of one configuration.
 TABLE_COLUMNS = ("source_name", "prompt", "negative_prompt", "strength", "executed_steps", "seed", "guidance_scale",
@@ -50,15 +49,6 @@ def _require_ipywidgets():
             "'img2img-lab[lab]'`."
         ) from None
     return ipywidgets
-
-
-def bundled_sources() -> dict[str, str]:
-    """The source images shipped in ``data/sources``: ``{name: path}``, sorted by name.
-
-    >>> "red_circle_on_blue" in bundled_sources()
-    True
-    """
-    return {path.stem: str(path) for path in sorted(BUNDLED_SOURCES.glob("*.png"))}
 
 
 def strength_readout(step) -> str:

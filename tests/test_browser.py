@@ -139,6 +139,6 @@ def test_explorer_runs_in_jupyterlab_in_chromium(jupyterlab, chromium, capsys):
     assert "generated" in status
     from img2img_lab.store import RunStore
 
-    table = RunStore.open(tmp_path / "runs" / "explorer").read_table()
+    table = RunStore.open(tmp_path / "notebooks" / "runs" / "explorer").read_table()  # next to the notebook
     assert len(table) == 2 and table["strength"].max() > 0.5
     assert not external, f"the page requested outside hosts: {external[:5]}"

@@ -67,7 +67,7 @@ def test_default_model_missing_gives_the_fix(monkeypatch, tmp_path):
 
     monkeypatch.delenv("IMG2IMG_LAB_MODEL", raising=False)
     monkeypatch.setattr(pipelines, "EMBEDDED_MODEL_DIR", tmp_path / "shapes-world")
-    with pytest.raises(ModelError, match=r"embedded default model is not installed.*img2img_lab\.shapes\.train"):
+    with pytest.raises(ModelError, match=r"embedded default model is missing at .*shapes-world\. Fix: reinstall img2img-lab"):
         load_pipeline()
 
 

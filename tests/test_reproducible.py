@@ -286,7 +286,7 @@ def test_report_notebook_runs_with_papermill_and_converts_without_input(reported
     assert result.returncode == 0, result.stderr[-2000:]
     converted = (tmp_path / "report.html").read_text()
     assert "Comparison grids" in converted and "The tidy table" in converted
-    assert "report_sections(RUN_DIR)" not in converted  # --no-input: no code
+    assert "report_sections(run_dir)" not in converted  # --no-input: no code
 
 
 def test_export_csv_and_parquet(reported_run, tmp_path):

@@ -13,7 +13,7 @@
 Images are generated in batches (one generator per image, seeded per image), so results do not depend on the
 batch size beyond floating-point noise.
 
->>> summary = evaluate_model("data/models/shapes-world", guidance_values=[2.0])  # doctest: +SKIP
+>>> summary = evaluate_model("data/models/shapes-world", guidance_values=[2.0])  # minutes on a CPU  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,0 +1,87 @@
+"""The command line's support: reading its arguments (number lists, ``--where``, config names) and reporting what
+went wrong in one line per error (what, where, the fix), never a traceback unless ``--debug``; and the libraries'
+own chatter turned down."""
+
+from __future__ import annotations
+
+from img2img_lab.errors import Img2ImgLabError
+
+
+#: The fix for the operating-system errors a user meets, by errno name.
+_OS_FIXES = {
+    "ENOSPC": "free disk space (or choose --out on another disk); finished cells are kept, rerun to resume",
+    "EDQUOT": "free space within your disk quota; finished cells are kept, rerun to resume",
+    "EACCES": "choose a path you can write to, or fix its permissions",
+    "EPERM": "choose a path you can write to, or fix its permissions",
+    "EROFS": "the file system is read-only: choose a path on a writable disk",
+    "ENOTDIR": "a part of the path is a file, not a folder: choose another path",
+    "EISDIR": "the path is a folder: give a file name",
+    "EEXIST": "the path exists as a file: choose another path",
+    "ENOENT": "check the path (a folder in it does not exist)",
+    "ENAMETOOLONG": "choose a shorter path",
+}
+
+
+def os_error_message(error: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and the fix.
+
+    >>> import errno
+    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "runs/x/images/a.png"))
+    'runs/x/images/a.png: No space left on device. Fix: free disk space (or choose --out on another disk); finished cells are kept, rerun to resume.'
+    """
+    import errno as errno_names
+
+    name = errno_names.errorcode.get(error.errno or 0, "")
+    fix = _OS_FIXES.get(name, "check the path and the disk, then rerun")
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or one_line(error)}. Fix: {fix}."
+
+
+def quiet_libraries() -> None:
+    """Hide diffusers' and transformers' loading bars and advice; the CLI prints its own progress and errors."""
+    import importlib
+
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            logging = importlib.import_module(name)
+        except ImportError:
+            continue
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, shortened to ``limit`` characters."""
+    text = " ".join(str(error).split()) or "no message"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def number_list(option: str, text: str, kind) -> list:
+    """``0.2,0.5`` as numbers of ``kind``; a one-line error naming the bad item."""
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(kind(item.strip()))
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise Img2ImgLabError(f"{option} {text}: {item.strip()!r} is not {what}. Fix: e.g. {option} "
+                                  f"{'2' if kind is int else '0.2,0.5,0.8'}.") from None
+    return values
+
+
+def parse_where(items) -> dict:
+    where = {}
+    for item in items or []:
+        if "=" not in item:
+            raise Img2ImgLabError(f"--where {item!r} must look like column=value, e.g. --where seed=0.")
+        column, value = item.split("=", 1)
+        where[column.strip()] = value
+    return where
+
+
+def config_path(text: str):
+    """A config argument: an existing file, else the name of a bundled example config
+    (:func:`img2img_lab.resources.find_config`)."""
+    from img2img_lab.resources import find_config
+
+    return find_config(text)
