@@ -43,6 +43,7 @@ from typing import Callable
 import numpy as np
 
 import img2img_lab  # noqa: F401  - torchvision shim first
+from img2img_lab import distributed
 from img2img_lab.errors import PlanError
 from img2img_lab.images import check_image_files
 from img2img_lab.plan import SweepPlan
@@ -166,7 +167,7 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     _add_knees(result)
     result.recommendations = _recommendations(crossings, settings, pipe)
     # 6. Provenance and files in the run folder.
-    if _is_run_folder(out_dir):
+    if _is_run_folder(out_dir) and distributed.current().is_main:  # rank 0 alone writes in a launched job
         if record:
             record_calibration(out_dir, plan, settings, rounds)
         if save:

@@ -30,12 +30,15 @@ system errors (disk full, permission denied, not a directory: the path and the f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 
-from img2img_lab.cli_support import (config_path, number_list, one_line, os_error_message,  # noqa: F401
+from img2img_lab.cli_support import (EXAMPLES, config_path, number_list, one_line, os_error_message,  # noqa: F401
                                      parse_where, quiet_libraries)
+from img2img_lab import distributed
 from img2img_lab.errors import Img2ImgLabError
 
 
@@ -159,7 +162,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from img2img_lab.calibrate import CalibrationSettings, calibrate, load_config
     from img2img_lab.images import check_image_files
-    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.pipelines import load_pipeline, resolve_model
 
     plan, settings = load_config(config_path(args.config))
     plan = _with_model(plan, args.model)
@@ -173,8 +176,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if plan.models:
         return _calibrate_models(plan, settings, out, args, started)
-    pipe = load_pipeline(plan.model, device=args.device, dtype=args.dtype)
-    result = calibrate((plan, settings), out, pipe=pipe, progress=not args.no_progress)
+    context = distributed.current()
+    device = distributed.rank_device(context, args.device)
+    pipe = distributed.load_model(context, lambda: load_pipeline(plan.model, device=device, dtype=args.dtype),
+                                  local=resolve_model(plan.model)[1] is not None)
+    result = calibrate((plan, settings), out, pipe=pipe, progress=not args.no_progress and context.is_main)
     print()
     print(result.to_markdown())
     counts = result.counts
@@ -256,24 +262,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     report = doctor_report(run_dir=args.run_dir)
     print(json.dumps(report, indent=2, default=str) if args.json else format_doctor(report))
     return 0
-
-
-#: One example per command (shown by ``img2img-lab COMMAND --help``). Bundled example configs go by name.
-EXAMPLES = {
-    "sweep": "img2img-lab sweep quick --out runs/quick --metrics ssim,delta_e",
-    "demo": "img2img-lab demo --seeds 1 --strengths 0.2,0.5,0.8",
-    "info": "img2img-lab info stabilityai/sd-turbo",
-    "measure": "img2img-lab measure runs/quick --metrics ssim,lpips",
-    "grid": "img2img-lab grid runs/quick --rows seed --cols strength --annotate ssim --out grid.png",
-    "curves": "img2img-lab curves runs/quick --metric ssim --x log_snr --out curves.png",
-    "calibrate": "img2img-lab calibrate calibrate --out runs/calibrate --rounds 2",
-    "verify": "img2img-lab verify runs/quick --sample 8 --repair",
-    "report": "img2img-lab report runs/quick --out quick.html",
-    "export": "img2img-lab export runs/quick --csv quick.csv",
-    "notebooks": "img2img-lab notebooks ./my-notebooks",
-    "weights": "img2img-lab weights fetch lpips clip --to /shared/weights",
-    "doctor": "img2img-lab doctor > doctor.txt",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,11 +391,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "TORCH_HOME=DIR and HF_HOME=DIR/huggingface where it is used)")
     weights.set_defaults(handler=_cmd_weights)
 
+    consolidate = command("consolidate", "rebuild results.parquet from every row file (after a failed multi-rank job)")
+    add_run_dir(consolidate)
+    consolidate.set_defaults(handler=_cmd_consolidate)
+
     doctor = command("doctor", "one screen about this installation, for a bug report")
     doctor.add_argument("--run-dir", default="runs", help="check that a run folder can be written here (default runs)")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(handler=_cmd_doctor)
     return parser
+
+
+@contextlib.contextmanager
+def _quiet_unless_main(context):
+    """Silence stdout on every rank but 0 of a launched job; leave the job's process group when done."""
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull if not context.is_main else sys.stdout):
+        try:
+            yield
+        finally:
+            distributed.leave()
+
+
+def _cmd_consolidate(args: argparse.Namespace) -> int:
+    from img2img_lab.distributed import consolidate
+
+    rows, before = consolidate(args.run_dir)
+    print(f"consolidated {args.run_dir}: results.parquet holds {rows} rows ({rows - before} from row files not in it "
+          f"before); `img2img-lab verify {args.run_dir}` checks them, a rerun of the sweep completes the rest")
+    return 0
 
 
 def _apply_global_options(args: argparse.Namespace) -> None:
@@ -437,18 +448,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.debug:
         quiet_libraries()
+    context = distributed.context_from_environment()
+    prefix = f"rank {context.rank}: " if context.distributed else ""
     try:
         _apply_global_options(args)
-        return args.handler(args)
+        with _quiet_unless_main(context):  # in a launched job rank 0 alone prints results
+            return args.handler(args)
     except Img2ImgLabError as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{prefix}error: {error}", file=sys.stderr)
         return 2
     except OSError as error:
         if args.debug:
             raise
-        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        print(f"{prefix}error: {os_error_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; rerun the same command to resume.", file=sys.stderr)
@@ -456,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - the CLI never prints a traceback unless asked
         if args.debug:
             raise
-        print(f"error: {args.command} failed: {type(error).__name__}: {one_line(error)} "
+        print(f"{prefix}error: {args.command} failed: {type(error).__name__}: {one_line(error)} "
               f"(rerun with `img2img-lab --debug {args.command} ...` for the traceback)", file=sys.stderr)
         return 2
 

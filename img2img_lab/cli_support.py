@@ -6,6 +6,24 @@ from __future__ import annotations
 
 from img2img_lab.errors import Img2ImgLabError
 
+#: One example per command (shown by ``img2img-lab COMMAND --help``). Bundled example configs go by name.
+EXAMPLES = {
+    "sweep": "img2img-lab sweep quick --out runs/quick --metrics ssim,delta_e",
+    "demo": "img2img-lab demo --seeds 1 --strengths 0.2,0.5,0.8",
+    "info": "img2img-lab info stabilityai/sd-turbo",
+    "measure": "img2img-lab measure runs/quick --metrics ssim,lpips",
+    "grid": "img2img-lab grid runs/quick --rows seed --cols strength --annotate ssim --out grid.png",
+    "curves": "img2img-lab curves runs/quick --metric ssim --x log_snr --out curves.png",
+    "calibrate": "img2img-lab calibrate calibrate --out runs/calibrate --rounds 2",
+    "verify": "img2img-lab verify runs/quick --sample 8 --repair",
+    "report": "img2img-lab report runs/quick --out quick.html",
+    "export": "img2img-lab export runs/quick --csv quick.csv",
+    "notebooks": "img2img-lab notebooks ./my-notebooks",
+    "weights": "img2img-lab weights fetch lpips clip --to /shared/weights",
+    "doctor": "img2img-lab doctor > doctor.txt",
+    "consolidate": "img2img-lab consolidate runs/study",
+}
+
 
 #: The fix for the operating-system errors a user meets, by errno name.
 _OS_FIXES = {

@@ -6,6 +6,7 @@
       manifest.json      plan, model fingerprint, package versions, device, dtype, engine, source hashes
       rows/<key>.json    one row per finished cell, written right after its image (the durable log)
       results.parquet    the consolidated tidy table (every parameter + derived columns + metrics)
+      results.parts/     during a sweep: the rows of each checkpoint since (img2img_lab.table_log), merged in tiers
       images/<key>.png   one PNG per cell, named by the cell's content key
       batches/<id>.json  which cells the batched engine generated together
       configs/*.yaml     every plan swept into the folder (and a calibration's config): what the rerun commands take
@@ -18,8 +19,9 @@ Every file is written atomically: to a hidden temporary file (in ``.tmp/`` for t
 flushed and fsynced, then ``os.replace``-d over the final name. A reader (or a killed run) therefore sees
 either the old complete file or the new complete file, never a partial one; stale temporary files left by a
 killed process are removed when the folder is next opened. Writers in several processes take an exclusive
-``fcntl.flock`` on ``.lock`` to store a cell (the first writer wins) and to consolidate ``results.parquet``
-from the row files, so concurrent sweeps into one folder cannot lose or mix rows.
+``fcntl.flock`` on ``.lock`` to store a cell (the first writer wins), to append a checkpoint's part file and to
+consolidate ``results.parquet`` from the row files (:meth:`RunStore.flush`), so concurrent sweeps into one folder
+cannot lose or mix rows. A checkpoint costs the same at the 100,000th cell as at the first (:meth:`RunStore.checkpoint`).
 
 >>> store = RunStore.create("runs/new", manifest={"plan": {}})
 >>> len(store.read_table())
@@ -37,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from img2img_lab import table_log
 from img2img_lab.atomic import atomic_write, atomic_write_json
 from img2img_lab.errors import StoreError
 from img2img_lab.images import file_pixel_hash
@@ -91,6 +94,7 @@ class RunStore:
         #: Row files that could not be read (path -> why); a reader refuses them, the sweep regenerates them.
         self.damaged_rows: dict[str, str] = {}
         self._intact: set[tuple[str, str]] = set()  # (key, output_hash) pairs whose image file was checked
+        self._unflushed: dict[str, dict] = {}  # rows this store saved since its last flush
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -353,33 +357,8 @@ class RunStore:
         return row
 
     def _read_disk_rows(self) -> dict[str, dict]:
-        """results.parquet plus every row file it does not hold yet (cells finished since the last flush)."""
-        rows: dict[str, dict] = {}
-        path = self.root / RESULTS
-        if path.is_file():
-            import pandas as pd
-
-            try:
-                table = pd.read_parquet(path)
-            except Exception as error:  # noqa: BLE001 - any parquet failure means the same to a user
-                raise StoreError(f"{path}: unreadable ({error}). Fix: delete it; the row files in rows/ "
-                                 f"rebuild it.") from None
-            for row in table.to_dict("records"):
-                rows[row["cell_key"]] = row
-        folder = self.root / ROWS
-        if folder.is_dir():
-            row_files = []
-            for row_file in folder.glob("*.json"):
-                try:
-                    row_files.append((row_file.stat().st_mtime_ns, row_file.name, row_file))
-                except FileNotFoundError:
-                    continue
-            for _, _, row_file in sorted(row_files):  # in the order cells finished
-                if row_file.stem not in rows:
-                    row = self.read_row_file(row_file.stem)
-                    if row is not None:
-                        rows[row_file.stem] = row
-        return rows
+        """Every row on disk (:func:`img2img_lab.table_log.read_rows`)."""
+        return table_log.read_rows(self.root / RESULTS, self.root / ROWS, self.read_row_file)
 
     def _load_rows(self) -> dict[str, dict]:
         if self._rows is None:
@@ -400,6 +379,10 @@ class RunStore:
         truncated or replaced image is not done: the sweep regenerates it)."""
         row = self._load_rows().get(key)
         return row is not None and self.image_matches(key, row["output_hash"])
+
+    def reload(self) -> None:
+        """Forget the rows read so far: the next read sees every row file on disk (other ranks' cells included)."""
+        self._rows, self.damaged_rows = None, {}
 
     def row(self, key: str) -> dict | None:
         return self._load_rows().get(key)
@@ -445,6 +428,7 @@ class RunStore:
             self.damaged_rows.pop(str(self.row_path(key)), None)
         self._intact.add((key, row["output_hash"]))
         self._load_rows()[key] = row
+        self._unflushed[key] = row
         return True
 
     def restore_row_file(self, key: str) -> bool:
@@ -459,22 +443,34 @@ class RunStore:
         return True
 
     def replace_table(self, table) -> None:
-        """Replace every row with those of ``table`` (a DataFrame with a cell_key column) and flush."""
+        """Replace every row with those of ``table`` (a DataFrame with a cell_key column) and consolidate."""
         self._rows = {row["cell_key"]: row for row in table.to_dict("records")}
         self.flush(merge=False)
 
+    def checkpoint(self) -> None:
+        """Make the rows this store saved since its last checkpoint part of the table at a cost that does not grow
+        with the table: one small part file (row files are durable already; see :mod:`img2img_lab.table_log`)."""
+        if not self._unflushed:
+            return
+        with self.locked():
+            table_log.write_part(self.root, list(self._unflushed.values()), temp_dir=self.temp_dir)
+            table_log.merge_tiers(self.root, temp_dir=self.temp_dir)
+        self._unflushed = {}
+
     def flush(self, *, merge: bool = True) -> None:
-        """Rewrite results.parquet atomically under the lock: the rows on disk (other writers' included, when
-        ``merge``) updated with the rows in memory."""
+        """Consolidate: rewrite results.parquet atomically under the lock: the rows on disk (parts and other writers' row files
+        included, when ``merge``) updated with the rows in memory; the parts it took in are removed."""
         import pandas as pd
 
         with self.locked():
+            parts = table_log.part_paths(self.root)
             rows = self._read_disk_rows() if merge else {}
             rows.update(self._load_rows())
             table = pd.DataFrame(list(rows.values()))
             atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False),
                          temp_dir=self.temp_dir)
-            self._rows = rows
+            table_log.remove_parts(parts)
+            self._rows, self._unflushed = rows, {}
 
     def read_table(self, *, allow_damaged: bool = False):
         """The results table as a pandas DataFrame (empty if no cell has finished yet).

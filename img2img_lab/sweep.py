@@ -23,10 +23,11 @@ import json
 import os
 from pathlib import Path
 
+from img2img_lab import distributed
 from img2img_lab.errors import PlanError, StoreError
 from img2img_lab.images import check_image_files
 from img2img_lab.manifest import files_digest, package_versions, registered_models  # noqa: F401 - re-exported
-from img2img_lab.pipelines import load_pipeline
+from img2img_lab.pipelines import load_pipeline, resolve_model
 from img2img_lab.plan import SweepPlan
 from img2img_lab.plan_values import check_batch_size
 from img2img_lab.store import RunStore
@@ -46,7 +47,6 @@ def sweep_signature(plan: SweepPlan, *, metrics, engine: str, max_batch_size, de
     """A hash of everything a finished sweep's cells depend on that can be known without loading the model:
     the plan, the request (metrics, engine, device, dtype), the model folder's files (paths, sizes, mtimes),
     the source files' sizes and mtimes, and the package versions. ``None`` for hub models (not a local folder)."""
-    from img2img_lab.pipelines import resolve_model
 
     label, folder = resolve_model(plan.model)
     if folder is None:
@@ -136,11 +136,13 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     table = pd.concat(tables, ignore_index=True)
-    store = RunStore.open(out_dir)
-    completed = completed_record(store, signature, list(table["cell_key"]), table["source_hash"])
-    store.update_manifest(lambda manifest: {
-        **manifest, "plan": plan.to_dict(), "cells_planned": len(table), "completed": completed,
-        "counts": {**counts, "cells": len(table), "models": len(tables)}})
+    store, context = RunStore.open(out_dir), distributed.current()
+    if context.is_main:  # in a launched job rank 0 alone writes the manifest
+        completed = completed_record(store, signature, list(table["cell_key"]), table["source_hash"])
+        store.update_manifest(lambda manifest: {
+            **manifest, "plan": plan.to_dict(), "cells_planned": len(table), "completed": completed,
+            "counts": {**counts, "cells": len(table), "models": len(tables)}})
+    distributed.barrier(context)
     return table
 
 
@@ -187,27 +189,63 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
         raise PlanError(f"unknown engine {engine!r}. Fix: use 'batched' (default) or 'per-cell'.")
     max_batch_size = check_batch_size(max_batch_size)
     cache_store = _open_cache(cache)
-    # 2. A rerun of a finished sweep answers from the run folder, without loading the model.
-    signature = None
+    # 2. A rerun of a finished sweep answers from the run folder, without loading the model (rank 0 decides).
+    context, signature = distributed.current(), None
     if pipe is None:
         signature = sweep_signature(plan, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
                                     device=device, dtype=dtype)
-        done = finished_table(out_dir, signature=signature)
+        done = _finished_for_every_rank(out_dir, signature, context)
         if done is not None:
-            _answered_from_run_folder(out_dir, len(done))
             return done
-    # 3. Load the model and the sources; create (or reopen) the run folder under its lock.
-    pipe = pipe if pipe is not None else load_pipeline(plan.model, device=device, dtype=dtype)
-    writer = SweepWriter.open(plan, out_dir, pipe, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
-                              cache_store=cache_store, model_axis=model_axis, progress=progress, on_step=on_step)
-    # 4. Key every cell and sort it: done, in the cache, a duplicate strength, or to generate.
-    writer.key_cells()
-    # 5. Copy intact cells from the shared cache, 6. generate the rest, 7. reuse duplicate strengths.
-    writer.copy_from_cache()
+    # 3. Load the model, each rank on its own device (a hub model: rank 0 first, it fills the cache the others read).
+    if pipe is None:
+        device = distributed.rank_device(context, device)
+        pipe = distributed.load_model(context, lambda: load_pipeline(plan.model, device=device, dtype=dtype),
+                                      local=resolve_model(plan.model)[1] is not None)
+    # 4. Create (rank 0) or open the run folder, key every cell (done, in the cache, a duplicate strength, or to
+    #    generate) and 5. copy intact cells from the shared cache (rank 0).
+    writer = distributed.main_first(context, lambda: _open_and_key(
+        plan, out_dir, pipe, context, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
+        cache_store=cache_store, model_axis=model_axis, progress=progress, on_step=on_step))
+    # 6. Generate the rest (in a launched job, each rank its shard of the chunks).
     writer.generate()
-    writer.reuse_duplicates()
-    # 8. Measure rows from earlier runs and record the finished sweep in the manifest.
-    return writer.finish(signature)
+    # 7. Reuse duplicate strengths, 8. measure rows from earlier runs and record the finished sweep (rank 0).
+    return _finish(writer, signature, context)
+
+
+def _open_and_key(plan, out_dir, pipe, context, **options) -> SweepWriter:
+    writer = SweepWriter.open(plan, out_dir, pipe, context=context, **options)
+    writer.key_cells()
+    if context.is_main:
+        writer.copy_from_cache()
+    return writer
+
+
+def _finished_for_every_rank(out_dir, signature, context):
+    """:func:`finished_table`, decided by rank 0 for every rank (they must take the same path)."""
+    done = finished_table(out_dir, signature=signature) if context.is_main else None
+    if not distributed.agree(context, done is not None):
+        return None
+    if context.is_main:
+        _answered_from_run_folder(out_dir, len(done))
+    distributed.barrier(context)
+    return done if context.is_main else finished_table(out_dir, signature=signature)
+
+
+def _finish(writer: SweepWriter, signature, context):
+    """After every rank stored its cells: rank 0 reuses duplicates, consolidates and records; every rank returns the
+    plan's rows in plan order."""
+    if not context.is_main:
+        writer.counts["already_done"] = 0  # every rank counted the cells done before the job; rank 0's count stands
+    writer.counts = distributed.sum_counts(context, writer.counts)  # the job's counts, on every rank
+    if context.is_main:
+        writer.store.reload()  # other ranks' row files
+        writer.reuse_duplicates()
+        table = writer.finish(signature)
+    distributed.barrier(context)
+    if not context.is_main:
+        table = writer.plan_table()
+    return table
 
 
 def _open_cache(cache) -> RunStore | None:

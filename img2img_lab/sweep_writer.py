@@ -37,6 +37,7 @@ from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest,
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.distributed import Context, ShardedRunner
 from img2img_lab.runners import PerCellRunner, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore, atomic_write
@@ -186,7 +187,8 @@ class SweepWriter:
     sources: list
     manifest: dict
     metrics: list
-    runner: object  # a runners.Runner: per-cell or batched
+    runner: object  # a runners.Runner: per-cell or batched (a distributed.ShardedRunner in a launched job)
+    context: Context = field(default_factory=Context)
     cache_store: RunStore | None = None
     on_step: object = None
     progress: bool = True
@@ -199,14 +201,17 @@ class SweepWriter:
     from_cache: list = field(default_factory=list)
     counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
     started_clock: float = field(default_factory=time.perf_counter)
+    _progress_listed: float = 0.0
     bar: object = None
 
     # ------------------------------------------------------------------ 3. open
     @classmethod
     def open(cls, plan: SweepPlan, out_dir, pipe, *, metrics, engine: str, max_batch_size, cache_store,
-             model_axis: bool, progress: bool, on_step) -> "SweepWriter":
+             model_axis: bool, progress: bool, on_step, context: Context | None = None) -> "SweepWriter":
         """Prepare the sources, then create (or reopen) the run folder with this sweep's manifest merged into the
-        folder's under its lock; store the sources and each source's VAE round trip."""
+        folder's under its lock; store the sources and each source's VAE round trip. In a launched job only rank 0
+        writes these; the other ranks open the folder rank 0 made (:mod:`img2img_lab.distributed`)."""
+        context = context or Context()
         from img2img_lab.metrics import prepare_metric
 
         model = as_model(pipe)
@@ -216,6 +221,8 @@ class SweepWriter:
         manifest["notes"] += model.check_plan(plan)
         manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
         runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step)
+        if context.distributed:
+            runner = ShardedRunner(runner, context)
         manifest["engine"] = {"name": runner.name, "reason": reason,
                               "max_batch_size": max_batch_size if runner.batch_limit else None}
         fingerprint = manifest["model_fingerprint"]["fingerprint"]
@@ -224,6 +231,10 @@ class SweepWriter:
         manifest["plans"] = [plan_record(plan, engine=engine, max_batch_size=max_batch_size, metrics=metrics,
                                          fingerprint=fingerprint)]
         manifest["history"] = [{"started": started, "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
+        if not context.is_main:
+            return cls(plan=plan, store=RunStore.open(out_dir), pipe=pipe, sources=sources, manifest=manifest,
+                       metrics=list(metrics), runner=runner, context=context, cache_store=cache_store,
+                       on_step=on_step, progress=False, model_axis=model_axis)
         existed = RunStore.is_run_folder(out_dir)
 
         def merge(previous: dict | None, new: dict) -> dict:
@@ -242,7 +253,7 @@ class SweepWriter:
             store.write_source(source_hash, source)
         write_floor(store, pipe, sources, hashes, plan.seeds, metrics)
         return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
-                   runner=runner, cache_store=cache_store, on_step=on_step,
+                   runner=runner, context=context, cache_store=cache_store, on_step=on_step,
                    progress=progress, model_axis=model_axis)
 
     @property
@@ -283,8 +294,9 @@ class SweepWriter:
                 self.duplicates.append((cell, key))
             else:
                 self.pending.append((cell, key))
-        store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
-                                                                         **labels}})
+        if self.context.is_main:
+            store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
+                                                                             **labels}})
         self.bar = tqdm(total=len(self.cells), initial=self.counts["already_done"], unit="cell",
                         desc=f"sweep {self.plan.name}", disable=not self.progress)
 
@@ -303,7 +315,7 @@ class SweepWriter:
             self.counts["from_cache"] = self.counts.get("from_cache", 0) + 1
             self.bar.update(1)
         if self.from_cache:
-            self.store.flush()
+            self.store.checkpoint()
 
     # ------------------------------------------------------------------ 6. generate
     def generate(self) -> None:
@@ -320,9 +332,18 @@ class SweepWriter:
                 if key in todo:
                     self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
                               batch_id)
-            if batch_id is not None or time.monotonic() - last_flush > 5:
-                self.store.flush()
+            if self.context.is_main and (batch_id is not None or time.monotonic() - last_flush > 5):
+                self.store.checkpoint()  # rank 0 alone writes the table; every rank's row files are durable
                 last_flush = time.monotonic()
+                self._show_job_progress()
+
+    def _show_job_progress(self) -> None:
+        """In a launched job rank 0's bar counts every rank's stored cells (their row files; listed every 10 s at
+        most)."""
+        if self.context.distributed and self.bar is not None and time.monotonic() - self._progress_listed > 10:
+            self._progress_listed = time.monotonic()
+            self.bar.n = len(self.store.row_file_keys() & set(self.keys.values()))
+            self.bar.refresh()
 
     # ------------------------------------------------------------------ 7. duplicates
     def reuse_duplicates(self) -> None:
@@ -383,7 +404,7 @@ class SweepWriter:
         """Flush the table, measure rows from earlier runs, record the finished sweep (merged into the folder's
         manifest under its lock) and return this plan's rows in plan order."""
         store = self.store
-        store.flush()
+        store.flush()  # consolidated: results.parquet holds every row, the part files are gone
         self.bar.close()
         if self.metrics and (self.counts["already_done"] or self.counts.get("from_cache")):
             from img2img_lab.metrics import measure_run
@@ -396,6 +417,14 @@ class SweepWriter:
         store.update_manifest(lambda manifest: {**merge_manifest(manifest, self.manifest), "finished": _now(),
                                                 "counts": counts, "completed": completed})
         return _in_plan_order(store.read_table(allow_damaged=True), plan_keys)
+
+    def plan_table(self):
+        """This plan's rows in plan order, as the folder holds them now (the other ranks' view of the result)."""
+        self.store.reload()
+        if self.bar is not None:
+            self.bar.close()
+        plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
+        return _in_plan_order(self.store.read_table(allow_damaged=True), plan_keys)
 
 
 def _copy_batch_record(origin: RunStore, target: RunStore, batch_id) -> None:
