@@ -289,14 +289,16 @@ def _unet_outputs(pipe, inputs, timestep, embeddings, limit: _BatchSize, counter
 
 
 def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size: int | None = None,
-                      on_step=None, stats: dict | None = None) -> list[CellOutput]:
+                      on_step=None, stats: dict | None = None, on_work=None) -> list[CellOutput]:
     """Generate ``cells`` (one scheduler name and steps value) with the batched runner; return one
     :class:`~img2img_lab.engine.CellOutput` per cell, in order.
 
     ``sources[cell.image_index]`` is each cell's prepared source; all sources must have one size. Zero-step
     cells store the VAE round trip, as in the per-cell runner. ``on_step(done, total)`` is called after every
     timestep of the shared loop. ``stats`` (a dict), if given, receives ``unet_calls``, ``unet_samples``,
-    ``batch_halvings`` and ``seconds``.
+    ``batch_halvings`` and ``seconds``. ``on_work(n)``, if given, is told each unit of work as it is done: a
+    zero-step cell's VAE round trip is 1, and every shared timestep is one per cell it advanced (a sweep's progress
+    in denoising steps, so its ETA holds from the first seconds).
 
     >>> stats = {}
     >>> outputs = run_cells_batched(pipe, plan.cells(), sources, max_batch_size=2, stats=stats)
@@ -329,12 +331,14 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
             began = time.perf_counter()
             image = vae_roundtrip(pipe, sources[cell.image_index], generator=cell_generator(cell.seed))
             outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began, produced=Produced.VAE_ROUNDTRIP.value)
+            if on_work is not None:
+                on_work(1)
     active_cells = [(index, cell) for index, cell in enumerate(cells) if not cell.zero_step]
     if active_cells:
         groups, conditioning = _start_groups(family, pipe.scheduler, active_cells, sources,
                                              steps=cells[0].num_inference_steps)
         _denoise(family, pipe.scheduler, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
-                 steps=cells[0].num_inference_steps)
+                 steps=cells[0].num_inference_steps, on_work=on_work)
         _decode(family, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
     if stats is not None:
         stats.update(counters, batch_halvings=limit.halvings, seconds=time.perf_counter() - started,
@@ -398,7 +402,8 @@ def _model_inputs(family: _TextConditioning, live, conditioning, t):
     return torch.cat(inputs), fields, layout
 
 
-def _denoise(family: _TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int):
+def _denoise(family: _TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int,
+             on_work=None):
     """Step every start group along the common timestep grid; at each timestep one UNet batch for all live cells."""
     import torch
 
@@ -435,6 +440,8 @@ def _denoise(family: _TextConditioning, base, groups, conditioning, *, limit, co
                 member.latents = stepped[row:row + 1]
         if on_step is not None:  # progress over the timesteps this batch actually runs
             on_step(position + 1 - first, total - first)
+        if on_work is not None:  # one denoising step of every cell this timestep advanced
+            on_work(sum(len(group["members"]) for group in live))
 
 
 def _decode(family: _TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):

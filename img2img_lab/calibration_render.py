@@ -122,7 +122,9 @@ def calibration_curves(result, metrics=None, *, x: str = "strength"):
         for guidance in result.guidance_values:
             part = result.summary[np.isclose(result.summary["guidance_scale"], guidance)].sort_values("strength")
             part = part[np.isfinite(part[x])]
-            line, = axis.plot(part[x], part[metric], marker="o", markersize=3, label=f"guidance {guidance:g}")
+            style = ["-", "--", ":", "-."][result.guidance_values.index(guidance) % 4]  # one style per guidance
+            line, = axis.plot(part[x], part[metric], marker="o", markersize=3, linestyle=style,
+                              label=f"guidance {guidance:g} ({len(part)} strengths)")
             axis.fill_between(part[x], part[f"{metric}_ci_low"], part[f"{metric}_ci_high"],
                               color=line.get_color(), alpha=0.18)
             for crossing in result.crossings:
@@ -160,10 +162,15 @@ def calibration_heatmap(result, metric: str | None = None):
     shown = axis.imshow(pivot.to_numpy(), aspect="auto", cmap="viridis", origin="lower")
     axis.set_xticks(range(pivot.shape[1]), [f"{v:g}" for v in pivot.columns], rotation=90, fontsize=8)
     axis.set_yticks(range(pivot.shape[0]), [f"{v:g}" for v in pivot.index])
+    untested = False
     for (row, col), value in np.ndenumerate(pivot.to_numpy()):
         if np.isfinite(value):
             axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
                       color="white" if value < np.nanmean(pivot.to_numpy()) else "black")
+        else:  # a strength tested at another guidance only: hatched, said in the legend
+            untested = True
+            axis.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, facecolor="none", edgecolor="gray",
+                                         hatch="///", linewidth=0, label="not tested"))
     columns = list(pivot.columns)
     for crossing in result.crossings:
         if crossing.target.metric == metric and crossing.reached:
@@ -173,6 +180,9 @@ def calibration_heatmap(result, metric: str | None = None):
     axis.set_xlabel("strength")
     axis.set_ylabel("guidance scale")
     axis.set_title(f"{metric} (mean) over strength × guidance; red: crossing of {metric} targets", fontsize=10)
+    if untested:
+        handles, labels = axis.get_legend_handles_labels()
+        axis.legend(handles[:1], labels[:1], loc="upper left", bbox_to_anchor=(1.12, 1), fontsize=7, frameon=False)
     figure.colorbar(shown, ax=axis, fraction=0.03)
     figure.tight_layout()
     return figure

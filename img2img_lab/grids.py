@@ -1,4 +1,5 @@
-"""Labelled comparison grids, metric-vs-strength curves and difference maps, from a run folder alone.
+"""Labelled comparison grids from a run folder alone (curves and difference maps: :mod:`img2img_lab.plots`, re-exported
+here).
 
 >>> grid = comparison_grid("runs/demo", rows="seed", cols="strength", annotate=["ssim"])
 >>> save_png(grid, "runs/demo/grid.png")
@@ -14,10 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from img2img_lab.errors import Img2ImgLabError
-from img2img_lab.store import RunStore, atomic_write
+from img2img_lab.store import atomic_write
+from img2img_lab.figure_common import (_axis_label, _fit_text, _font, _format_value, _load_table,  # noqa: F401
+                                       _wrap_text, select_rows)
+from img2img_lab.metric_scales import border_position, check_metric_values
+from img2img_lab.plots import (X_AXES, curve_data, difference_array, difference_image,  # noqa: F401 - re-exported
+                               difference_map, strength_curves)
 from img2img_lab.schema import AXIS_COLUMNS
 
 #: Columns a grid's rows/cols may use, and which must be pinned (filtered) when they vary.
@@ -54,65 +60,6 @@ class GridLayout:
         return left, top, left + self.cell_width, top + self.cell_height
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
-
-
-def _format_value(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
-            return "n/a"
-        if math.isinf(value):
-            return "inf"
-        if float(value).is_integer() and abs(value) < 1e6:
-            return f"{value:g}"
-        if abs(value) < 10:
-            return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) >= 0.001 else f"{value:.1e}"
-        return f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-def _axis_label(axis: str, value) -> str:
-    return f"{axis}: {_format_value(value)}"
-
-
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
-    if draw.textlength(text, font=font) <= width:
-        return text
-    while text and draw.textlength(text + "…", font=font) > width:
-        text = text[:-1]
-    return text + "…"
-
-
-def _load_table(run):
-    store = run if isinstance(run, RunStore) else RunStore.open(run)
-    return store, store.read_table()
-
-
-def select_rows(table, where: dict | None):
-    """Filter a results table by ``{column: value}`` (floats compared with a tolerance)."""
-    if not where:
-        return table
-    for column, value in where.items():
-        if column not in table.columns:
-            raise Img2ImgLabError(f"cannot filter on {column!r}: no such column. Fix: use one of {', '.join(table.columns)}.")
-        series = table[column]
-        if series.dtype.kind in "fi":
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise Img2ImgLabError(f"filter {column}={value!r}: {column} is numeric. Fix: give a number.") from None
-            table = table[np.isclose(series.astype(float), number)]
-        else:
-            table = table[series.astype(str) == str(value)]
-    if table.empty:
-        raise Img2ImgLabError(f"no cells match {where}. Fix: check the values (see results.parquet).")
-    return table
-
-
 def _check_unique(table, rows: str, cols: str) -> None:
     if table.duplicated([rows, cols]).any():
         varying = [column for column in AXIS_COLUMNS
@@ -128,7 +75,7 @@ def _check_unique(table, rows: str, cols: str) -> None:
 
 def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate=(), border: str | None = None,
                     where: dict | None = None, scale: int | None = None, font_size: int = 14,
-                    include_source: bool = True) -> Image.Image:
+                    include_source: bool = True, display_width: int = 1000, min_text_px: int = 10) -> Image.Image:
     """A labelled grid: the source, then one column per value of ``cols``; one row per value of ``rows``.
 
     Parameters
@@ -144,12 +91,17 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
         Metric that colours each image's border (red = far from the source, green = close).
     scale : int, optional
         Integer nearest-neighbour upscaling (pixels stay exact); default makes cells >= 160 px.
+    display_width, min_text_px : int
+        Text is drawn large enough to stay ``min_text_px`` tall when the grid is shown ``display_width`` px wide (a
+        notebook or the report scales a wide grid down). Labels wrap instead of being cut.
+
+    Images of different sizes (sources of other aspect ratios) sit centred in cells as large as the largest.
 
     Returns the grid as a PIL image; :func:`grid_layout` gives its geometry.
 
     >>> grid = comparison_grid("runs/demo", rows="prompt", where={"seed": 0})
     >>> grid.size  # the source, then 3 strengths, upscaled to >= 160 px cells with their labels
-    (1064, 260)
+    (1062, 278)
     """
     # 1. The table, checked and pinned to one value of every other varying axis.
     store, table = _load_table(run)
@@ -160,9 +112,13 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
     row_values = sorted(table[rows].unique(), key=lambda v: (str(type(v)), v))
     col_values = sorted(table[cols].unique(), key=lambda v: (str(type(v)), v))
     # 2. The layout and a blank canvas.
-    layout = grid_layout(len(row_values), len(col_values) + int(include_source), store.load_output(table.iloc[0]).size,
-                         annotate=annotate, scale=scale, font_size=font_size,
-                         row_labels=[_axis_label(rows, v) for v in row_values])
+    image_size = ((int(table["width"].max()), int(table["height"].max())) if {"width", "height"} <= set(table.columns)
+                  else store.load_output(table.iloc[0]).size)
+    labels = [_axis_label(rows, v) for v in row_values]
+    for _ in range(2):  # the text size that stays readable at the display width, and the layout it needs
+        layout = grid_layout(len(row_values), len(col_values) + int(include_source), image_size, annotate=annotate,
+                             scale=scale, font_size=font_size, row_labels=labels)
+        font_size = max(font_size, math.ceil(min_text_px * layout.width / display_width))
     canvas = Image.new("RGB", (layout.width, layout.height), "white")
     painter = _GridPainter(ImageDraw.Draw(canvas), layout, font_size, _border_colours(table, border))
     # 3. Column headers, then 4. one row at a time: its label, its source, its cells.
@@ -171,8 +127,8 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
         row_table = table[table[rows] == row_value]
         painter.row_label(r, _axis_label(rows, row_value))
         if include_source:
-            canvas.paste(_scaled(store.load_source(row_table["source_hash"].iloc[0]), layout),
-                         layout.cell_box(r, 0)[:2])
+            _paste_centred(canvas, _scaled(store.load_source(row_table["source_hash"].iloc[0]), layout),
+                           layout.cell_box(r, 0))
         for c, col_value in enumerate(col_values):
             match = row_table[row_table[cols] == col_value]
             box = layout.cell_box(r, c + int(include_source))
@@ -180,8 +136,8 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
                 painter.missing(box)
                 continue
             cell = match.iloc[0]
-            canvas.paste(_scaled(store.load_output(cell), layout), box[:2])
-            painter.decorate(box, cell, border, annotate)
+            image = _scaled(store.load_output(cell), layout)
+            painter.decorate(_paste_centred(canvas, image, box), cell, border, annotate, box)
     return canvas
 
 
@@ -192,25 +148,20 @@ def _check_grid_request(store, table, rows: str, cols: str, metrics: list[str]) 
         if axis not in table.columns:
             raise Img2ImgLabError(f"unknown grid axis {axis!r}. Fix: use one of {', '.join(AXIS_COLUMNS)}.")
     for metric in metrics:
-        if metric not in table.columns:
-            raise Img2ImgLabError(
-                f"metric {metric!r} is not in the run's table. Fix: `img2img-lab measure {store.root} --metrics {metric}`."
-            )
+        check_metric_values(table, metric, store.root)
 
 
 def _border_colours(table, border: str | None):
-    """``colour(value) -> RGB`` for the border metric (red = far from the source, green = close), or ``None``."""
+    """``colour(value) -> RGB`` for the border metric on its fixed scale (:mod:`img2img_lab.metric_scales`: red = far
+    from the source, green = close; the same value is the same colour in every grid), or ``None``."""
     if not border:
         return None
     from matplotlib import colormaps
 
-    colormap = colormaps["RdYlGn"]
-    values = table[border].astype(float)
-    low, high, higher_is_better = np.nanmin(values), np.nanmax(values), _higher_is_better(border)
+    colormap, observed = colormaps["RdYlGn"], table[border].astype(float).to_numpy()
 
     def colour(value: float):
-        position = 0.5 if high == low else (value - low) / (high - low)
-        return tuple(int(255 * channel) for channel in colormap(position if higher_is_better else 1 - position)[:3])
+        return tuple(int(255 * channel) for channel in colormap(border_position(border, value, observed))[:3])
 
     return colour
 
@@ -220,7 +171,7 @@ class _GridPainter:
 
     def __init__(self, draw, layout, font_size: int, border_colour):
         self.draw, self.layout, self.border_colour = draw, layout, border_colour
-        self.font, self.small = _font(font_size), _font(max(8, font_size - 2))
+        self.font = self.small = _font(font_size)  # one size: annotations are as readable as labels
         self.text_height = font_size + 4
 
     def headers(self, table, cols: str, col_values, include_source: bool) -> None:
@@ -228,40 +179,46 @@ class _GridPainter:
         for index, header in enumerate(headers):
             left, _, right, _ = self.layout.cell_box(0, index)
             top = self.layout.margin
-            self.draw.text((left, top), _fit_text(self.draw, header, self.font, right - left), fill="black",
-                           font=self.font)
+            for line, text in enumerate(_wrap_text(self.draw, header, self.font, right - left, max_lines=2)):
+                self.draw.text((left, top + line * self.text_height), text, fill="black", font=self.font)
             if cols == "strength" and index >= int(include_source):
                 strength = col_values[index - int(include_source)]
                 steps = table[np.isclose(table["strength"], strength)]["executed_steps"]
                 counts = sorted({int(value) for value in steps})  # rows of several models may run different steps
-                text = f"{counts[0]} steps" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} steps"
-                self.draw.text((left, top + self.text_height), text, fill="dimgray", font=self.small)
+                text = (f"{counts[0]} step{'' if counts[0] == 1 else 's'}" if len(counts) == 1
+                        else f"{counts[0]}-{counts[-1]} steps")
+                self.draw.text((left, top + 2 * self.text_height), text, fill="dimgray", font=self.small)
 
     def row_label(self, r: int, text: str) -> None:
         _, top, _, bottom = self.layout.cell_box(r, 0)
-        label = _fit_text(self.draw, text, self.font, self.layout.label_width)
-        self.draw.text((self.layout.margin, (top + bottom) // 2 - self.text_height // 2), label, fill="black",
-                       font=self.font)
+        lines = _wrap_text(self.draw, text, self.font, self.layout.label_width - 8,
+                           max_lines=max(1, (bottom - top) // self.text_height))
+        first = (top + bottom) // 2 - len(lines) * self.text_height // 2
+        for index, line in enumerate(lines):
+            self.draw.text((self.layout.margin, first + index * self.text_height), line, fill="black", font=self.font)
 
     def missing(self, box) -> None:
         self.draw.rectangle(box, outline="lightgray")
         self.draw.text((box[0] + 4, box[1] + 4), "missing", fill="gray", font=self.small)
 
-    def decorate(self, box, cell, border: str | None, annotate: list[str]) -> None:
+    def decorate(self, image_box, cell, border: str | None, annotate: list[str], box) -> None:
+        """Frame the image (at ``image_box``) in its border colour and print the annotations under its cell ``box``."""
+        box, cell_box = image_box, box
         if self.border_colour is not None and not math.isnan(float(cell[border])):
             width = max(2, self.layout.gap // 2)
             self.draw.rectangle((box[0] - width, box[1] - width, box[2] + width - 1, box[3] + width - 1),
                                 outline=self.border_colour(float(cell[border])), width=width)
         for line, metric in enumerate(annotate):
-            self.draw.text((box[0], box[3] + 2 + line * self.text_height), f"{metric} {_format_value(cell[metric])}",
-                           fill="black", font=self.small)
+            self.draw.text((cell_box[0], cell_box[3] + 2 + line * self.text_height),
+                           f"{metric} {_format_value(cell[metric])}", fill="black", font=self.small)
 
 
-def _higher_is_better(metric: str) -> bool:
-    from img2img_lab.metric_registry import METRICS, load_plugins
-
-    load_plugins()
-    return METRICS[metric].higher_is_better if metric in METRICS else True
+def _paste_centred(canvas: Image.Image, image: Image.Image, box) -> tuple[int, int, int, int]:
+    """Paste ``image`` centred in the cell ``box``; return where it went."""
+    left = box[0] + (box[2] - box[0] - image.width) // 2
+    top = box[1] + (box[3] - box[1] - image.height) // 2
+    canvas.paste(image, (left, top))
+    return left, top, left + image.width, top + image.height
 
 
 def _scaled(image: Image.Image, layout: GridLayout) -> Image.Image:
@@ -283,11 +240,11 @@ def grid_layout(n_rows: int, n_cols: int, image_size: tuple[int, int], *, annota
         raise Img2ImgLabError(f"scale must be a positive integer, got {scale}.")
     font = _font(font_size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_width = min(240, max([int(probe.textlength(label, font=font)) + 8 for label in row_labels] or [60]))
+    label_width = min(17 * font_size, max([int(probe.textlength(label, font=font)) + 8 for label in row_labels] or [60]))
     text_height = font_size + 4
     return GridLayout(
         n_rows=n_rows, n_cols=n_cols, cell_width=image_size[0] * scale, cell_height=image_size[1] * scale,
-        scale=scale, margin=12, gap=8, label_width=label_width, header_height=2 * text_height,
+        scale=scale, margin=12, gap=8, label_width=label_width, header_height=3 * text_height,
         annotation_height=len(list(annotate)) * text_height + (4 if annotate else 0),
     )
 
@@ -306,7 +263,7 @@ def grid_figure(grid: Image.Image, *, dpi: int = 100):
 
     >>> figure = grid_figure(comparison_grid("runs/demo"))
     >>> figure.get_size_inches().round(2).tolist()
-    [8.78, 4.6]
+    [8.78, 4.78]
     """
     import matplotlib.pyplot as plt
 
@@ -315,156 +272,6 @@ def grid_figure(grid: Image.Image, *, dpi: int = 100):
     axes.imshow(np.asarray(grid), interpolation="nearest")
     axes.axis("off")
     return figure
-
-
-#: Alternative x axes for :func:`strength_curves`.
-X_AXES = {"strength": "strength", "executed_steps": "executed denoising steps",
-          "sqrt_alpha_bar": "signal kept at start (sqrt alpha-bar)", "sigma": "noise level at start (sigma)",
-          "log_snr": "log-SNR of the start latent, any family (axis reversed: noisier to the right)"}
-
-
-def curve_data(table, metric: str, *, x: str = "strength", hue: str | None = "prompt"):
-    """Mean, standard deviation, min, max and count of ``metric`` per (hue, x): the numbers behind a curve.
-
-    >>> curve_data(table, "ssim", hue="guidance_scale").round(3)
-       guidance_scale  strength   mean    std    min    max  count
-    0             2.0       0.0  0.894  0.003  0.892  0.896      2
-    1             2.0       0.5  0.619  0.085  0.559  0.679      2
-    2             2.0       1.0  0.320  0.010  0.313  0.328      2
-    """
-    if metric not in table.columns:
-        raise Img2ImgLabError(f"metric {metric!r} is not in the table. Fix: run `img2img-lab measure` first.")
-    if x not in X_AXES:
-        raise Img2ImgLabError(f"unknown x axis {x!r}. Fix: use one of {', '.join(X_AXES)}.")
-    if x not in table.columns:
-        raise Img2ImgLabError(f"the table has no {x!r} column (recorded by an older img2img-lab). Fix: use "
-                              f"--x strength, or rerun the sweep into a new folder.")
-    keys = ([hue] if hue else []) + [x]
-    data = table.assign(**{metric: table[metric].astype(float).replace([np.inf], np.nan)})
-    data = data[np.isfinite(data[x].astype(float))]  # no noise (+inf log-SNR) or pure noise (-inf) has no place
-    return data.groupby(keys)[metric].agg(["mean", "std", "min", "max", "count"]).reset_index()
-
-
-def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = "prompt", where: dict | None = None,
-                    spread: str = "sd", show_floor: bool = True, label: str | None = None, ax=None):
-    """Plot a metric against strength (or executed steps / noise level): mean line and spread band per ``hue``.
-
-    ``spread`` is ``"sd"`` (mean +- one standard deviation over seeds and other axes), ``"range"`` (min to
-    max) or ``"none"``; bands are clipped to the values observed. The source's VAE round trip (the floor no
-    output can beat) is drawn dashed when measured and ``show_floor``. ``label`` names the line when ``hue``
-    is None (default: the metric).
-    Infinite PSNR values (identical images) are left out of the mean.
-
-    >>> figure = strength_curves("runs/demo", "ssim", hue="guidance_scale")
-    >>> figure.axes[0].get_ylabel()
-    'ssim'
-    """
-    import matplotlib.pyplot as plt
-
-    store, table = _load_table(run)
-    table = select_rows(table, where)
-    data = curve_data(table, metric, x=x, hue=hue)
-    if ax is None:
-        figure, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
-    else:
-        figure = ax.figure
-    if spread not in ("sd", "range", "none"):
-        raise Img2ImgLabError(f"unknown spread {spread!r}. Fix: use 'sd', 'range' or 'none'.")
-    groups = data.groupby(hue) if hue else [(None, data)]
-    for value, group in groups:
-        line_label = _axis_label(hue, value) if hue else (label or metric)
-        ax.plot(group[x], group["mean"], marker="o", label=line_label)
-        if spread == "none":
-            continue
-        low, high = ((group["mean"] - group["std"].fillna(0), group["mean"] + group["std"].fillna(0))
-                     if spread == "sd" else (group["min"], group["max"]))
-        ax.fill_between(group[x], low.clip(lower=group["min"].min()), high.clip(upper=group["max"].max()), alpha=0.2)
-    floor = store.read_floor_of(table)
-    if show_floor and metric in floor.columns and floor[metric].notna().any():
-        level = floor[metric].replace([np.inf], np.nan).mean()
-        if not math.isnan(level):
-            ax.axhline(level, color="gray", linestyle="--", linewidth=1, label="VAE round-trip floor")
-    direction = "higher = closer to source" if _higher_is_better(metric) else "lower = closer to source"
-    ax.set_xlabel(X_AXES[x])
-    if x == "log_snr":
-        ax.invert_xaxis()
-    ax.set_ylabel(metric)
-    band = {"sd": "band: ±1 sd", "range": "band: min-max", "none": "mean"}[spread]
-    ax.set_title(f"{metric} vs {X_AXES[x]} ({direction}; {band})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    figure.tight_layout()
-    return figure
-
-
-def difference_array(source, output, *, kind: str = "abs") -> np.ndarray:
-    """Per-pixel difference map of two RGB images, HxW floats.
-
-    ``kind="abs"``: mean over channels of ``|output - source|`` in [0, 1].
-    ``kind="ssim"``: ``1 - local SSIM`` (0 = structure kept, up to 2).
-
-    >>> black, white = np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8)
-    >>> float(difference_array(black, black).max()), float(difference_array(black, white).min())
-    (0.0, 1.0)
-    """
-    from img2img_lab.images import metric_pair
-
-    a, b = metric_pair(source, output)
-    if kind == "abs":
-        return np.abs(a.astype(np.float64) - b.astype(np.float64)).mean(axis=2) / 255.0
-    if kind == "ssim":
-        from skimage.metrics import structural_similarity
-
-        _, full = structural_similarity(a, b, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                                        use_sample_covariance=False, full=True)
-        return 1.0 - full.mean(axis=2)
-    raise Img2ImgLabError(f"unknown difference kind {kind!r}. Fix: use 'abs' or 'ssim'.")
-
-
-def difference_map(run, cell_key: str, *, kind: str = "abs"):
-    """Figure with the source, the output of ``cell_key`` and their difference map (with a colour bar).
-
-    >>> figure = difference_map("runs/demo", table.cell_key[3], kind="ssim")
-    >>> [axis.get_title() for axis in figure.axes]
-    ['source', 'strength 0, seed 1', '1 - local SSIM', '']
-    """
-    import matplotlib.pyplot as plt
-
-    store, table = _load_table(run)
-    match = table[table["cell_key"] == cell_key]
-    if match.empty:
-        raise Img2ImgLabError(f"no cell {cell_key!r} in {store.root}. Fix: take a cell_key from results.parquet.")
-    row = match.iloc[0]
-    source, output = store.load_source(row["source_hash"]), store.load_output(row)
-    difference = difference_array(source, output, kind=kind)
-    figure, axes = plt.subplots(1, 3, figsize=(10, 3.6), dpi=100)
-    axes[0].imshow(source, interpolation="nearest")
-    axes[0].set_title("source")
-    axes[1].imshow(output, interpolation="nearest")
-    axes[1].set_title(f"strength {row['strength']:g}, seed {row['seed']}")
-    shown = axes[2].imshow(difference, cmap="magma", vmin=0, vmax=1 if kind == "abs" else None, interpolation="nearest")
-    axes[2].set_title("|output - source|" if kind == "abs" else "1 - local SSIM")
-    figure.colorbar(shown, ax=axes[2], fraction=0.046)
-    for axis in axes:
-        axis.axis("off")
-    figure.tight_layout()
-    return figure
-
-
-def difference_image(source, output, *, kind: str = "abs") -> Image.Image:
-    """The difference map of two images as a colour image (magma: black = unchanged, yellow = most changed).
-
-    ``kind="abs"`` maps 0..1 of :func:`difference_array`; ``kind="ssim"`` maps 0..1 of ``1 - local SSIM``
-    (values above 1, anti-correlated structure, saturate).
-
-    >>> difference_image(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)).size
-    (8, 8)
-    """
-    from matplotlib import colormaps
-
-    difference = np.clip(difference_array(source, output, kind=kind), 0.0, 1.0)
-    rgba = colormaps["magma"](difference)
-    return Image.fromarray((rgba[..., :3] * 255).round().astype(np.uint8))
 
 
 def side_by_side(images, labels, *, scale: int | None = None, font_size: int = 14) -> Image.Image:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from img2img_lab.errors import StoreError
 from img2img_lab.store import RunStore
-from img2img_lab.schema import SETTING_LABEL_COLUMNS
+from img2img_lab.schema import AXIS_COLUMNS, COLUMNS, SETTING_LABEL_COLUMNS
 
 #: Metrics drawn as curves when the table has them, in this order.
 CURVE_METRICS = ("ssim", "ms_ssim", "lpips", "psnr", "delta_e", "edge_f1", "clip_score", "oracle_kept",
@@ -203,11 +203,34 @@ def curves_section(store: RunStore, table) -> Section:
     return Section("curves", "Metrics against strength", "\n".join(parts))
 
 
+#: Identifiers people do not read first: shown last.
+HASH_COLUMNS = ("source", "output_path", "cell_key", "source_hash", "output_hash", "model_fingerprint", "batch_id")
+
+
+def readable_table(table, *, max_rows: int = 200):
+    """The tidy table as people read it: the parameters that vary, executed steps and the metrics first, constant
+    columns next, paths and hashes last; at most ``max_rows`` rows. Returns ``(shown, rows left out)``.
+
+    >>> shown, left_out = readable_table(table, max_rows=4)
+    >>> shown.columns[:5].tolist(), left_out
+    (['strength', 'seed', 'executed_steps', 'ssim', 'psnr'], 2)
+    """
+    metrics = [column for column in table.columns if column not in COLUMNS]
+    varying = [column for column in dict.fromkeys(("strength", *AXIS_COLUMNS)) if column in table.columns
+               and table[column].astype(str).nunique() > 1]
+    lead = list(dict.fromkeys([*varying, "executed_steps", *metrics]))
+    lead = [column for column in lead if column in table.columns]
+    tail = [column for column in HASH_COLUMNS if column in table.columns]
+    rest = [column for column in table.columns if column not in lead and column not in tail]
+    return table[lead + rest + tail].head(max_rows), max(0, len(table) - max_rows)
+
+
 def table_section(table) -> Section:
-    shown = table.drop(columns=[column for column in ("source", "model", "model_fingerprint", "output_path",
-                                                      "batch_id") if column in table.columns])
+    shown, left_out = readable_table(table)
+    more = (f" The first {len(shown)} of {len(table)} rows are shown; <code>img2img-lab export RUN_DIR --csv "
+            f"table.csv</code> has them all." if left_out else "")
     body = ("<p class='muted'>One row per generated image (results.parquet; "
-            "<code>img2img-lab export RUN_DIR --csv table.csv</code>).</p><div class='scroll'>"
+            f"<code>img2img-lab export RUN_DIR --csv table.csv</code>).{more}</p><div class='scroll'>"
             + shown.to_html(index=False, border=0, float_format=lambda value: f"{value:.4g}", na_rep="")
             + "</div>")
     return Section("table", "The tidy table", body)

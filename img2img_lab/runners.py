@@ -47,13 +47,21 @@ class Runner(Protocol):
         """UNet samples per call (None: one cell per call)."""
 
 
+def cell_work(steps) -> int:
+    """A cell's share of a sweep's progress, from its :class:`~img2img_lab.models.StepPlan`: the denoiser evaluations
+    it runs (one per timestep of its loop; a zero-step cell's VAE round trip counts 1)."""
+    return 0 if steps is None else max(int(steps.denoiser_evaluations), 1)
+
+
 @dataclass
 class PerCellRunner:
-    """The reference runner: each pending cell alone, in plan order, with a plain pipeline call."""
+    """The reference runner: each pending cell alone, in plan order, with a plain pipeline call. ``on_work(n)`` (both
+    runners) is told each unit of :func:`cell_work` as it is done."""
 
     pipe: object
     sources: list
     on_step: object = None
+    on_work: object = None
     name = "per-cell"
     batch_limit = None
 
@@ -62,7 +70,19 @@ class PerCellRunner:
             yield [(cell, key)], None
 
     def run(self, cells: list[Cell]) -> list[CellOutput]:
-        return [run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=self.on_step) for cell in cells]
+        return [self._run_one(cell) for cell in cells]
+
+    def _run_one(self, cell: Cell) -> CellOutput:
+        def step(done: int, total: int) -> None:
+            if self.on_step is not None:
+                self.on_step(done, total)
+            if self.on_work is not None:
+                self.on_work(1)
+
+        output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=step)
+        if cell.zero_step and self.on_work is not None:
+            self.on_work(1)
+        return output
 
 
 @dataclass
@@ -78,6 +98,7 @@ class BatchedRunner:
     sources: list
     max_batch_size: int | None = None
     on_step: object = None
+    on_work: object = None
     name = "batched"
 
     @property
@@ -105,7 +126,7 @@ class BatchedRunner:
         from img2img_lab.batched import run_cells_batched
 
         return run_cells_batched(self.pipe, cells, self.sources, max_batch_size=self.batch_limit,
-                                 on_step=self.on_step)
+                                 on_step=self.on_step, on_work=self.on_work)
 
 
 def choose_runner(pipe, sources: list, *, engine: str, max_batch_size: int | None = None,

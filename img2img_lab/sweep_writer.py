@@ -38,7 +38,7 @@ from img2img_lab.models import as_model
 from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan
 from img2img_lab.distributed import Context, ShardedRunner
-from img2img_lab.runners import PerCellRunner, choose_runner
+from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore, atomic_write
 
@@ -201,6 +201,7 @@ class SweepWriter:
     from_cache: list = field(default_factory=list)
     counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
     started_clock: float = field(default_factory=time.perf_counter)
+    work: dict = field(default_factory=dict)  # key -> its denoising steps (the progress bar's unit)
     _progress_listed: float = 0.0
     bar: object = None
 
@@ -282,6 +283,8 @@ class SweepWriter:
                            height=source.height, dtype=self.manifest["dtype"], device_type=pipe.device.type,
                            versions=self.manifest["packages"], engine=self.engine)
             self.keys[(cell.group(), cell.strength)] = key
+            self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self.steps_of(
+                cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index))
             labels[key] = cell_label(cell, self.manifest["model"] if self.model_axis else None)
             if cell.duplicate_of is None:
                 self.planned.append((cell, key))
@@ -297,8 +300,14 @@ class SweepWriter:
         if self.context.is_main:
             store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
                                                                              **labels}})
-        self.bar = tqdm(total=len(self.cells), initial=self.counts["already_done"], unit="cell",
-                        desc=f"sweep {self.plan.name}", disable=not self.progress)
+        self._attach_progress(tqdm, done=sum(self.work[key] for key in self.keys.values() if store.has_cell(key)))
+
+    def _attach_progress(self, tqdm, done: int) -> None:
+        """The progress bar counts denoising steps (:func:`img2img_lab.runners.cell_work`; reused duplicate strengths
+        cost none), advanced by the runner as each step is done, so its rate and ETA hold from the first seconds."""
+        self.bar = tqdm(total=sum(self.work.values()), initial=done, unit="step", desc=f"sweep {self.plan.name}",
+                        disable=not self.progress)
+        getattr(self.runner, "runner", self.runner).on_work = self.bar.update
 
     # ------------------------------------------------------------------ 5. cache
     def copy_from_cache(self) -> None:
@@ -313,7 +322,7 @@ class SweepWriter:
             _copy_batch_record(self.cache_store, self.store, row.get("batch_id"))
             self.store.save_cell(key, image, {**row, "output_path": self._output_path(key)})
             self.counts["from_cache"] = self.counts.get("from_cache", 0) + 1
-            self.bar.update(1)
+            self.bar.update(self.work[key])
         if self.from_cache:
             self.store.checkpoint()
 
@@ -342,7 +351,7 @@ class SweepWriter:
         most)."""
         if self.context.distributed and self.bar is not None and time.monotonic() - self._progress_listed > 10:
             self._progress_listed = time.monotonic()
-            self.bar.n = len(self.store.row_file_keys() & set(self.keys.values()))
+            self.bar.n = sum(self.work[key] for key in self.store.row_file_keys() & set(self.keys.values()))
             self.bar.refresh()
 
     # ------------------------------------------------------------------ 7. duplicates
@@ -377,7 +386,6 @@ class SweepWriter:
         if self.cache_store is not None and pair is not None:
             _copy_batch_record(self.store, self.cache_store, pair[1].get("batch_id"))
             self.cache_store.save_cell(key, *pair)
-        self.bar.update(1)
 
     def _output_path(self, key: str) -> str:
         return str(self.store.image_path(key).relative_to(self.store.root))

@@ -439,7 +439,7 @@ class StrengthExplorer:
         columns = [column for column in TABLE_COLUMNS if column in table.columns]
         columns += [metric for metric in self.metrics if metric in table.columns]
         shown = table[columns].sort_values(["source_name", "prompt", "seed", "strength"]).reset_index(drop=True)
-        self.table.value = ("<div style='max-height:260px;overflow:auto'>"
+        self.table.value = ("<div style='max-height:420px;overflow:auto;max-width:100%'>"
                             + shown.to_html(index=False, float_format=lambda value: f"{value:.3f}", border=0)
                             + "</div>")
 

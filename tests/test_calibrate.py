@@ -257,6 +257,13 @@ def test_recommendations_and_renderings(synthetic_result):
     assert [axis.get_xlabel() for axis in figure.axes] == ["strength", "strength"]
     strengths = synthetic_result.summary["strength"].nunique()  # guidance x every strength tested at either guidance
     assert heatmap.axes[0].get_images()[0].get_array().shape == (2, strengths)
+    untested = int(synthetic_result.summary.pivot_table(index="guidance_scale", columns="strength",
+                                                        values="fidelity").isna().to_numpy().sum())
+    hatched = [patch for patch in heatmap.axes[0].patches if patch.get_hatch() == "///"]
+    assert untested > 0 and len(hatched) == untested  # strengths tested at the other guidance only: hatched
+    assert [text.get_text() for text in heatmap.axes[0].get_legend().get_texts()] == ["not tested"]
+    assert {line.get_linestyle() for line in figure.axes[0].get_lines() if line.get_label().startswith("guidance")} \
+        == {"-", "--"}  # one line style per guidance
     import matplotlib.pyplot as plt
 
     plt.close("all")

@@ -1,0 +1,115 @@
+"""Figures a person can read (issue #17): one fixed colour scale per metric for grid borders, the right direction
+in curve titles, and one clear error for a metric with nothing to show."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from img2img_lab.cli import main
+from img2img_lab.errors import Img2ImgLabError
+from img2img_lab.grids import _border_colours, comparison_grid, strength_curves
+from img2img_lab.metric_scales import BORDER_SCALES, border_position, direction_text
+from img2img_lab.store import RunStore
+
+
+def test_border_colours_follow_a_fixed_scale_not_the_grid_s_own_range():
+    import pandas as pd
+
+    low_only = pd.DataFrame({"ssim": [0.15, 0.175, 0.2]})  # a grid whose best SSIM is 0.2
+    colour = _border_colours(low_only, "ssim")
+    red, green = colour(0.175), _border_colours(pd.DataFrame({"ssim": [0.9]}), "ssim")(0.9)
+    assert red[0] > 150 and red[1] < 80, red  # SSIM 0.175 is red, not the dark green the grid's range gave it
+    assert green[1] > 100 and green[0] < 80, green
+    assert colour(0.9) == green  # the same value, the same colour, in any grid
+    assert border_position("delta_e", 40) == 0.0 and border_position("delta_e", 1) == 1.0  # lower is better
+    assert border_position("oracle_kept", 1) == 1.0 and border_position("oracle_match", 0) == 0.0
+    assert set(BORDER_SCALES) >= {"ssim", "psnr", "delta_e", "lpips", "edge_f1"}
+
+
+def test_curve_titles_say_the_direction_of_each_metric():
+    assert direction_text("ssim") == "higher = closer to source"
+    assert direction_text("delta_e") == "lower = closer to source"
+    assert direction_text("oracle_match") == direction_text("oracle_adherence") == "higher = follows the prompt"
+
+
+def _run_with_an_unmeasured_column(tmp_path):
+    store = RunStore.create(tmp_path / "run", {"plan": {}})
+    image = Image.fromarray(np.full((16, 16, 3), 120, np.uint8))
+    from img2img_lab.images import content_hash
+
+    for seed in range(2):
+        key = f"k{seed}"
+        store.save_cell(key, image, {
+            "cell_key": key, "output_hash": content_hash(image), "output_path": f"images/{key}.png", "seed": seed,
+            "strength": 0.5, "executed_steps": 5, "source_name": "s", "source_hash": "h", "prompt": "p",
+            "negative_prompt": "", "guidance_scale": 2.0, "num_inference_steps": 10, "scheduler": "default",
+            "ssim": 0.5, "lpips": float("nan")})
+    store.flush()
+    return store
+
+
+def test_an_unmeasured_metric_is_one_clear_error(tmp_path, capsys):
+    store = _run_with_an_unmeasured_column(tmp_path)
+    with pytest.raises(Img2ImgLabError, match=r"metric 'lpips' has no values in .*could not be computed here "
+                                              r"\(lpips \(alex\): backbone weights missing.*Fix: `img2img-lab measure"):
+        strength_curves(store.root, "lpips")
+    with pytest.raises(Img2ImgLabError, match=r"metric 'delta_e' is not in the run's table\. Fix: `img2img-lab "
+                                              r"measure .* --metrics delta_e`"):
+        comparison_grid(store.root, annotate=["delta_e"])
+    assert main(["curves", str(store.root), "--metric", "lpips", "--out", str(tmp_path / "c.png")]) == 2
+    assert "has no values" in capsys.readouterr().err and not (tmp_path / "c.png").exists()
+    assert main(["grid", str(store.root), "--cols", "seed", "--rows", "strength", "--border", "lpips", "--out",
+                 str(tmp_path / "g.png")]) == 2
+    assert "has no values" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def mixed_sizes_run(tmp_path_factory):
+    """Three sources of 64x64, 64x40 and 40x64 swept by the embedded model into one folder."""
+    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.resources import data_path
+    from img2img_lab.sweep import run_sweep
+
+    folder = tmp_path_factory.mktemp("mixed")
+    base = Image.open(data_path("sources", "red_circle_on_blue.png"))
+    paths = []
+    for name, size in (("square", (64, 64)), ("wide", (64, 40)), ("tall", (40, 64))):
+        path = folder / f"{name}.png"
+        base.convert("RGB").resize(size).save(path)
+        paths.append(str(path))
+    plan = SweepPlan(images=paths, prompts=["a yellow star on a black background"], strengths=[0.5, 1.0],
+                     steps=[4], guidance_scales=[2.0])
+    run_sweep(plan, folder / "run", pipe=load_pipeline(device="cpu"), metrics=["ssim"], progress=False)
+    return folder / "run"
+
+
+def test_a_grid_of_mixed_aspect_ratios_does_not_overlap_and_stays_readable(mixed_sizes_run):
+    from img2img_lab.grids import _scaled, grid_layout
+
+    store = RunStore.open(mixed_sizes_run)
+    table = store.read_table()
+    assert sorted({(w, h) for w, h in zip(table.width, table.height)}) == [(40, 64), (64, 40), (64, 64)]
+    grid = comparison_grid(mixed_sizes_run, rows="source_name", cols="strength", annotate=["ssim"], border="ssim")
+    rows = sorted(table["source_name"].unique())
+    # the text size comparison_grid chose, recovered from its geometry, stays >= 10 px at 1,000 px wide
+    for font_size in range(14, 40):
+        layout = grid_layout(3, 3, (64, 64), annotate=["ssim"], font_size=font_size,
+                             row_labels=[f"source_name: {name}" for name in rows])
+        if (layout.width, layout.height) == grid.size:
+            break
+    else:
+        raise AssertionError(f"no layout matches the grid's size {grid.size}")
+    assert font_size * 1000 / grid.width >= 10, (font_size, grid.width)
+    boxes = [layout.cell_box(r, c) for r in range(3) for c in range(3)]
+    assert all(a == b or a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1] for a in boxes for b in boxes)
+    for r, name in enumerate(rows):  # every image lies whole, centred, inside its own cell
+        for c, strength in enumerate([0.5, 1.0]):
+            row = table[(table.source_name == name) & (table.strength == strength)].iloc[0]
+            image = _scaled(store.load_output(row), layout)
+            left, top, right, bottom = layout.cell_box(r, c + 1)
+            x, y = left + (right - left - image.width) // 2, top + (bottom - top - image.height) // 2
+            inner = grid.crop((x + 3, y + 3, x + image.width - 3, y + image.height - 3))  # inside the border
+            assert inner.tobytes() == image.crop((3, 3, image.width - 3, image.height - 3)).tobytes(), (name, strength)
