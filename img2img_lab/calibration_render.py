@@ -66,7 +66,12 @@ def calibration_markdown(result) -> str:
 
 
 def calibration_html(result, *, embed_images: bool = True) -> str:
-    """A result-contained HTML fragment: recommendations, reference tables with thumbnails, folklore table."""
+    """A self-contained HTML fragment: recommendations, reference tables (each metric's range on one line, its CI
+    below in small type; thumbnails captioned with their source, prompt and seed), folklore table.
+
+    >>> "<figcaption" in calibration_html(result) and "class='ci'" in calibration_html(result)
+    True
+    """
     parts = ["<h2>Recommendations</h2><ul>"]
     for recommendation in result.recommendations.values():
         parts.append(f"<li><b>{html.escape(recommendation.goal)}</b> ({html.escape(recommendation.target)}): "
@@ -82,9 +87,14 @@ def calibration_html(result, *, embed_images: bool = True) -> str:
             for column in columns:
                 value = row[column]
                 if column == "thumbnail":
-                    parts.append(f"<td>{_image_tag(result, value) if embed_images else html.escape(str(value))}</td>")
+                    parts.append(f"<td>{_thumbnail_figure(result, value) if embed_images else html.escape(str(value))}"
+                                 f"</td>")
+                elif " [CI " in str(value):
+                    means, ci = str(value).split(" [CI ", 1)
+                    parts.append(f"<td><div style='white-space:nowrap'>{html.escape(means)}</div><div class='ci' "
+                                 f"style='font-size:80%;color:#666;white-space:nowrap'>CI {html.escape(ci[:-1])}</div></td>")
                 else:
-                    parts.append(f"<td>{html.escape(str(value))}</td>")
+                    parts.append(f"<td style='white-space:nowrap'>{html.escape(str(value))}</td>")
             parts.append("</tr>")
         parts.append("</table>")
         parts.append(f"<h3>Folklore vs measured — guidance {guidance:g}</h3>")
@@ -94,14 +104,42 @@ def calibration_html(result, *, embed_images: bool = True) -> str:
     return "\n".join(parts)
 
 
+def _thumbnail_figure(result, relative: str | None) -> str:
+    """The thumbnail with a caption naming the source, prompt and seed it shows."""
+    image = _image_tag(result, relative)
+    if not image:
+        return ""
+    match = result.table[result.table["output_path"] == relative]
+    caption = "" if match.empty else (f"{match['source_name'].iloc[0]} · “{match['prompt'].iloc[0]}” · seed "
+                                      f"{int(match['seed'].iloc[0])}")
+    return (f"<figure style='margin:0'>{image}<figcaption style='font-size:75%;max-width:160px'>"
+            f"{html.escape(caption)}</figcaption></figure>")
+
+
+#: Thumbnails are embedded at this size (the HTML stays small for any model's resolution); each links to its
+#: full-size image, relative to the run folder.
+THUMBNAIL_PX = 96
+
+
 def _image_tag(result, relative: str | None) -> str:
+    import io
+
+    from PIL import Image
+
     if not relative or result.run_dir is None:
         return ""
     path = Path(result.run_dir) / relative
     if not path.is_file():
         return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"<img src='data:image/png;base64,{data}' width='96' style='image-rendering:pixelated'>"
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if max(image.size) > THUMBNAIL_PX:
+            image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return (f"<a href='{html.escape(relative)}'><img src='data:image/png;base64,{data}' width='{THUMBNAIL_PX}' "
+            f"style='image-rendering:pixelated' alt='{html.escape(relative)}'></a>")
 
 
 def calibration_curves(result, metrics=None, *, x: str = "strength"):

@@ -1,8 +1,8 @@
 """One sweep or calibration across processes, GPUs and hosts, launched by ``torchrun`` (or ``accelerate launch``).
 
 Every rank reads the launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), takes its own device
-(``cuda:LOCAL_RANK``, else the CPU), loads the model once (rank 0 first, the others after it, from the cache it
-filled) and generates its **shard** of the cells. Ranks coordinate only through barriers of a gloo process group
+(``cuda:LOCAL_RANK``, else the CPU), loads the model once (all at once from a local folder; a hub model on rank 0
+first, the others after it from the cache it filled) and generates its **shard** of the cells. Ranks coordinate only through barriers of a gloo process group
 (no tensors move between ranks; gloo runs everywhere, and its barriers get an explicit long timeout,
 :data:`BARRIER_TIMEOUT_S`).
 

@@ -10,7 +10,8 @@ sections (each section object renders itself in Jupyter). Sections:
 * **curves** — every measured metric against strength, one line per prompt, with spread and the VAE floor;
 * **table** — the tidy table, one row per image.
 
-The file references nothing outside itself (no scripts, fonts, stylesheets or images to fetch).
+The file loads nothing from outside itself (no scripts, fonts, stylesheets or images to fetch); the calibration's
+thumbnails are embedded at display size and link to their full-size images, relative to the run folder.
 
 >>> write_report("runs/demo", "runs/demo/report.html")
 PosixPath('runs/demo/report.html')

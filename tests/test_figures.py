@@ -113,3 +113,20 @@ def test_a_grid_of_mixed_aspect_ratios_does_not_overlap_and_stays_readable(mixed
             x, y = left + (right - left - image.width) // 2, top + (bottom - top - image.height) // 2
             inner = grid.crop((x + 3, y + 3, x + image.width - 3, y + image.height - 3))  # inside the border
             assert inner.tobytes() == image.crop((3, 3, image.width - 3, image.height - 3)).tobytes(), (name, strength)
+
+
+def test_calibration_thumbnails_are_embedded_at_display_size_and_link_the_full_image(tmp_path):
+    import base64
+    import io
+    import re
+    from types import SimpleNamespace
+
+    from img2img_lab.calibration_render import THUMBNAIL_PX, _image_tag
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(tmp_path / "images" / "k.png")
+    tag = _image_tag(SimpleNamespace(run_dir=str(tmp_path)), "images/k.png")
+    embedded = Image.open(io.BytesIO(base64.b64decode(re.search(r"base64,([^']+)'", tag).group(1))))
+    assert max(embedded.size) == THUMBNAIL_PX and "<a href='images/k.png'>" in tag
+    assert len(tag) < (tmp_path / "images" / "k.png").stat().st_size / 10  # a 512-px image is not embedded whole
