@@ -275,7 +275,7 @@ class SweepWriter:
         self.steps_of = source_steps(model, self.sources)
         self.cells = self.plan.cells(steps=self.steps_of)
         fingerprint = self.manifest["model_fingerprint"]["fingerprint"]
-        labels = {}
+        labels, done_work = {}, 0
         for cell in self.cells:  # keyed with the scheduler the cell will use; the pipeline's own is left alone
             source = self.sources[cell.image_index]
             key = cell_key(cell, fingerprint=fingerprint, scheduler_config=dict(model.scheduler(cell.scheduler).config),
@@ -290,6 +290,7 @@ class SweepWriter:
                 self.planned.append((cell, key))
             if store.has_cell(key):
                 self.counts["already_done"] += 1
+                done_work += self.work[key]
                 store.restore_row_file(key)  # a deleted or damaged row file comes back from results.parquet
             elif self.cache_store is not None and self.cache_store.has_cell(key):
                 self.from_cache.append((cell, key))
@@ -300,7 +301,7 @@ class SweepWriter:
         if self.context.is_main:
             store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
                                                                              **labels}})
-        self._attach_progress(tqdm, done=sum(self.work[key] for key in self.keys.values() if store.has_cell(key)))
+        self._attach_progress(tqdm, done=done_work)
 
     def _attach_progress(self, tqdm, done: int) -> None:
         """The progress bar counts denoising steps (:func:`img2img_lab.runners.cell_work`; reused duplicate strengths
