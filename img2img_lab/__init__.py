@@ -44,6 +44,7 @@ _LAZY = {
     "strength_curves": "img2img_lab.grids",
     "bundled_sources": "img2img_lab.resources",
     "StrengthExplorer": "img2img_lab.widgets",
+    "GridExplorer": "img2img_lab.grid_explorer",
 }
 
 __all__ = [

@@ -74,21 +74,27 @@ def _load_table(run):
 
 
 def select_rows(table, where: dict | None):
-    """Filter a results table by ``{column: value}`` (floats compared with a tolerance)."""
+    """Filter a results table by ``{column: value}`` (floats compared with a tolerance); a list or tuple of values
+    keeps the rows that match any of them.
+
+    >>> select_rows(table, {"strength": [0.0, 1.0], "seed": 0})["strength"].tolist()
+    [0.0, 1.0]
+    """
     if not where:
         return table
     for column, value in where.items():
         if column not in table.columns:
             raise Img2ImgLabError(f"cannot filter on {column!r}: no such column. Fix: use one of {', '.join(table.columns)}.")
-        series = table[column]
+        series, values = table[column], list(value) if isinstance(value, (list, tuple)) else [value]
         if series.dtype.kind in "fi":
             try:
-                number = float(value)
+                numbers = [float(item) for item in values]
             except (TypeError, ValueError):
                 raise Img2ImgLabError(f"filter {column}={value!r}: {column} is numeric. Fix: give a number.") from None
-            table = table[np.isclose(series.astype(float), number)]
+            keep = np.isclose(series.astype(float).to_numpy()[:, None], np.asarray(numbers)[None, :]).any(axis=1)
+            table = table[keep]
         else:
-            table = table[series.astype(str) == str(value)]
+            table = table[series.astype(str).isin([str(item) for item in values])]
     if table.empty:
         raise Img2ImgLabError(f"no cells match {where}. Fix: check the values (see results.parquet).")
     return table

@@ -167,3 +167,29 @@ def difference_image(source, output, *, kind: str = "abs") -> Image.Image:
     difference = np.clip(difference_array(source, output, kind=kind), 0.0, 1.0)
     rgba = colormaps["magma"](difference)
     return Image.fromarray((rgba[..., :3] * 255).round().astype(np.uint8))
+
+
+def difference_colour_bar(width: int, *, kind: str = "abs", font_size: int = 14) -> Image.Image:
+    """The colour bar of :func:`difference_image`: the magma ramp ``width`` px wide with its scale written under it.
+
+    >>> bar = difference_colour_bar(300)
+    >>> bar.width, bar.getpixel((1, 4)), bar.getpixel((298, 4))  # black = unchanged ... yellow = most changed
+    (300, (0, 0, 4), (252, 253, 191))
+    """
+    from matplotlib import colormaps
+    from PIL import ImageDraw
+
+    from img2img_lab.figure_common import _font
+
+    ramp = colormaps["magma"](np.linspace(0.0, 1.0, width))[:, :3]
+    bar_height, text_height = 12, font_size + 4
+    canvas = Image.new("RGB", (width, bar_height + 2 * text_height + 4), "white")
+    canvas.paste(Image.fromarray((np.repeat(ramp[None], bar_height, axis=0) * 255).round().astype(np.uint8)), (0, 0))
+    draw, font = ImageDraw.Draw(canvas), _font(font_size)
+    high = "1: black vs white" if kind == "abs" else "1+: structure lost"
+    for text, x in (("0: unchanged", 0), ("0.5", width // 2), (high, width)):
+        length = draw.textlength(text, font=font)
+        draw.text((min(max(0, x - length / 2), width - length), bar_height + 2), text, fill="black", font=font)
+    title = "|output - source|, mean over R, G, B" if kind == "abs" else "1 - local SSIM"
+    draw.text((0, bar_height + 2 + text_height), title, fill="dimgray", font=font)
+    return canvas

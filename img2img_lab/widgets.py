@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
-import math
 import time
 from pathlib import Path
 
@@ -33,53 +31,12 @@ from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError
 from img2img_lab.plan import SweepPlan
 from img2img_lab.resources import bundled_sources  # noqa: F401 - re-exported
 from img2img_lab.schema import SETTING_COLUMNS, row_identity
+from img2img_lab.widget_common import figure_png, is_missing, png_bytes, require_ipywidgets, strength_readout  # noqa: F401
 
 VIEWS = ("side by side", "difference", "grid")
 #: Axes that, with the source, define a "setting family": all seeds x strengths of one configuration.
 TABLE_COLUMNS = ("source_name", "prompt", "negative_prompt", "strength", "executed_steps", "seed", "guidance_scale",
                  "num_inference_steps", "scheduler")
-
-
-def _require_ipywidgets():
-    try:
-        import ipywidgets
-    except ImportError:
-        raise Img2ImgLabError(
-            "the strength explorer needs ipywidgets. Fix: `make lab`, or `pip install -c constraints.txt "
-            "'img2img-lab[lab]'`."
-        ) from None
-    return ipywidgets
-
-
-def strength_readout(step) -> str:
-    """One line saying what a strength runs: a :class:`~img2img_lab.models.StepPlan` in words.
-
-    >>> from img2img_lab.models import as_model
-    >>> from img2img_lab.tiny_families import make_tiny_family
-    >>> strength_readout(as_model(make_tiny_family("sd3")).step_plan("default", 4, 0.3, width=32, height=32))
-    'executes 2 of 4 steps · starts at t=602 · noise σ=1.51 (flow σₜ=0.60) · log-SNR -0.83'
-    """
-    total = step.num_inference_steps
-    if step.zero_step:
-        return f"executes 0 of {total} steps · no denoising: the output is the VAE round trip of the source"
-    evaluations = step.denoiser_evaluations
-    calls = "" if evaluations == step.executed_steps else f" ({evaluations} denoiser call{'s' * (evaluations != 1)})"
-    kept = (f"(flow σₜ={step.flow_sigma:.2f})" if step.schedule == "flow"
-            else f"· signal kept √ᾱ={step.sqrt_alpha_bar:.2f}")
-    return (f"executes {step.executed_steps} of {total} steps{calls} · starts at t={step.start_timestep:.0f} · "
-            f"noise σ={step.sigma:.2f} {kept} · log-SNR {step.log_snr:.2f}")
-
-
-def _png_bytes(image) -> bytes:
-    stream = io.BytesIO()
-    image.save(stream, format="PNG")
-    return stream.getvalue()
-
-
-def _figure_png(figure) -> bytes:
-    stream = io.BytesIO()
-    figure.savefig(stream, format="png")
-    return stream.getvalue()
 
 
 def default_metrics(pipe) -> list[str]:
@@ -135,7 +92,7 @@ class StrengthExplorer:
                  sources: dict[str, str] | None = None, source: str | None = None, metrics=None, prompt: str = "", negative_prompt: str = "",
                  strength: float = 0.5, seed: int = 0, guidance_scale: float | None = None, steps: int = 20,
                  scheduler: str = "default", max_side="native", resize_policy: str = "crop"):
-        widgets = _require_ipywidgets()
+        widgets = require_ipywidgets()
         from img2img_lab.metrics import check_metric_names
         from img2img_lab.pipelines import load_pipeline
 
@@ -195,6 +152,7 @@ class StrengthExplorer:
         self.status = widgets.HTML(value="Set the controls and press <b>Generate</b>.")
         self.view = widgets.ToggleButtons(options=list(VIEWS), value=VIEWS[0], description="view")
         self.image = widgets.Image(format="png", layout=layout(max_width="100%"))
+        self.image_caption = widgets.HTML("<i>no image yet: press <b>Generate</b></i>")
         self.curve_metric = widgets.Dropdown(options=self.metrics, value=self.metrics[0], description="curve",
                                              layout=layout(width="260px"))
         self.curve = widgets.Image(format="png", layout=layout(max_width="640px"))
@@ -202,14 +160,14 @@ class StrengthExplorer:
         for widget, name in ((self.strength, "i2i-strength"), (self.steps_label, "i2i-steps-label"),
                              (self.generate_button, "i2i-generate"), (self.status, "i2i-status"),
                              (self.image, "i2i-image"), (self.curve, "i2i-curve"), (self.table, "i2i-table"),
-                             (self.progress, "i2i-progress")):
+                             (self.progress, "i2i-progress"), (self.image_caption, "i2i-image-caption")):
             widget.add_class(name)
 
     def _wire_and_lay_out(self, widgets) -> None:
         """Connect the controls to their handlers and arrange everything in :attr:`ui`."""
         for control in (self.strength, self.steps, self.scheduler, self.source):
             control.observe(self._on_schedule_change, names="value")
-        self.view.observe(lambda change: self.refresh(), names="value")
+        self.view.observe(self._on_view_change, names="value")
         self.curve_metric.observe(lambda change: self._draw_curve(), names="value")
         self.upload.observe(self._on_upload, names="value")
         self.generate_button.on_click(self._on_generate_click)
@@ -220,8 +178,12 @@ class StrengthExplorer:
             self.steps_label, widgets.HBox([self.seed, self.guidance_scale, self.steps]), self.scheduler,
             widgets.HBox([self.generate_button, self.progress]), self.status,
         ])
-        self.ui = widgets.VBox([controls, self.view, self.image, self.curve_metric, self.curve,
-                                widgets.HTML("<b>Generated so far</b>"), self.table])
+        picture = widgets.VBox([self.view, self.image_caption, self.image], layout=widgets.Layout(min_width="420px",
+                                                                                                 flex="1 1 420px"))
+        controls.layout = widgets.Layout(flex="0 0 auto")
+        # controls and the picture side by side (the picture wraps below on a narrow page)
+        self.ui = widgets.VBox([widgets.HBox([controls, picture], layout=widgets.Layout(flex_flow="row wrap")),
+                                self.curve_metric, self.curve, widgets.HTML("<b>Generated so far</b>"), self.table])
         if self._memo:
             self._draw_table()
 
@@ -298,7 +260,8 @@ class StrengthExplorer:
             self.generate_button.disabled = True
             self.progress.value, self.progress.max = 0, max(1, int(settings["steps"][0] * settings["strengths"][0]))
             self.status.value = (f"Generating strength {settings['strengths'][0]:g}, seed {settings['seeds'][0]}… "
-                                 f"(the controls respond again when this image is done)")
+                                 f"(the controls respond again when this image is done: a view picked meanwhile "
+                                 f"shows then)")
             try:
                 table = run_sweep(SweepPlan.from_dict(settings), self.run_dir, pipe=self.pipe, progress=False,
                                   metrics=self.metrics, on_step=self._on_step)
@@ -327,6 +290,13 @@ class StrengthExplorer:
         self._draw_table()
 
     # ------------------------------------------------------------------ callbacks
+    def _on_view_change(self, change) -> None:
+        if self.generate_button.disabled:  # a generation runs: its end draws the new view
+            self.image_caption.value = (f"<span class='i2i-caption-text'><b>{html.escape(change['new'])}</b> shows when "
+                                        f"this image is done</span>")
+            return
+        self.refresh()
+
     def _on_step(self, done: int, total: int) -> None:
         self.progress.max = max(1, total)
         self.progress.value = min(done, total)
@@ -400,7 +370,10 @@ class StrengthExplorer:
         else:
             picture = comparison_grid(store, rows="seed", cols="strength", annotate=self.metrics[:3],
                                       where=self._family())
-        self.image.value = _png_bytes(picture)
+        self.image.value = png_bytes(picture)
+        self.image_caption.value = (f"<span class='i2i-caption-text'>showing <b>{html.escape(self.view.value)}</b> · "
+                                    f"strength {row['strength']:g}, seed {row['seed']} · "
+                                    f"{html.escape(str(row['source_name']))}</span>")
 
     def _draw_curve(self) -> None:
         if self.current is None:
@@ -418,7 +391,7 @@ class StrengthExplorer:
         if len(family) > 1 and values.notna().any():
             data = curve_data(family, metric, hue=None)
             axis.plot(data["strength"], data["mean"], marker="o", label="mean over seeds")
-        current = float(self.current[metric]) if not _is_missing(self.current.get(metric)) else None
+        current = float(self.current[metric]) if not is_missing(self.current.get(metric)) else None
         if current is not None:
             axis.scatter([self.current["strength"]], [current], s=90, facecolors="none", edgecolors="red",
                          label="current")
@@ -429,7 +402,7 @@ class StrengthExplorer:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         figure.tight_layout()
-        self.curve.value = _figure_png(figure)
+        self.curve.value = figure_png(figure)
 
     def _draw_table(self) -> None:
         table = self.rows()
@@ -442,7 +415,3 @@ class StrengthExplorer:
         self.table.value = ("<div style='max-height:420px;overflow:auto;max-width:100%'>"
                             + shown.to_html(index=False, float_format=lambda value: f"{value:.3f}", border=0)
                             + "</div>")
-
-
-def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -287,6 +287,7 @@ def test_report_notebook_runs_with_papermill_and_converts_without_input(reported
     converted = (tmp_path / "report.html").read_text()
     assert "Comparison grids" in converted and "The tidy table" in converted
     assert "report_sections(run_dir)" not in converted  # --no-input: no code
+    assert "i2i-header-text" in converted  # the grid explorer as its static grid
 
 
 def test_export_csv_and_parquet(reported_run, tmp_path):

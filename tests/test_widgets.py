@@ -111,6 +111,24 @@ def test_views_side_by_side_difference_and_grid(explorer):
     explorer.view.value = "grid"
     grid = _decoded(explorer.image.value)
     assert grid.height > side.height * 1.5  # two seed rows
+    assert "showing <b>grid</b>" in explorer.image_caption.value
+
+
+def test_a_view_picked_during_a_generation_shows_when_it_ends(explorer):
+    explorer.generate_button.click()
+    explorer.strength.value = 0.8
+    captions = []
+
+    def pick_difference(change):
+        if change["new"] == 2 and explorer.view.value != "difference":
+            explorer.view.value = "difference"
+            captions.append(explorer.image_caption.value)
+
+    explorer.progress.observe(pick_difference, names="value")
+    explorer.generate_button.click()
+    assert "shows when this image is done" in captions[0]
+    assert "showing <b>difference</b>" in explorer.image_caption.value and "strength 0.8" in explorer.image_caption.value
+    assert _decoded(explorer.image.value).width > 3 * 32 * 2  # three panels of the new image
 
 
 def test_upload_adds_and_selects_a_source(explorer, tmp_path):
