@@ -65,9 +65,10 @@ def calibration_markdown(result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def calibration_html(result, *, embed_images: bool = True) -> str:
+def calibration_html(result, *, embed_images: bool = True, link_from=None) -> str:
     """A self-contained HTML fragment: recommendations, reference tables (each metric's range on one line, its CI
-    below in small type; thumbnails captioned with their source, prompt and seed), folklore table.
+    below in small type; thumbnails captioned with their source, prompt and seed, each linking to its full-size image
+    relative to the folder ``link_from``, default the current one), folklore table.
 
     >>> "<figcaption" in calibration_html(result) and "class='ci'" in calibration_html(result)
     True
@@ -80,19 +81,22 @@ def calibration_html(result, *, embed_images: bool = True) -> str:
     for guidance in result.guidance_values:
         table = reference_table_text(result, guidance)
         parts.append(f"<h2>Strength reference table — guidance {guidance:g}</h2><table class='calibration'><tr>")
-        columns = [c for c in table.columns if c != "guidance_scale"]
+        lead = ["strengths", "thumbnail", "verdict", "goal"]  # what a reader looks for first, never cut off the right
+        columns = lead + [c for c in table.columns if c not in lead and c != "guidance_scale"]
         parts += [f"<th>{html.escape(c)}</th>" for c in columns] + ["</tr>"]
         for _, row in table.iterrows():
             parts.append("<tr>")
             for column in columns:
                 value = row[column]
                 if column == "thumbnail":
-                    parts.append(f"<td>{_thumbnail_figure(result, value) if embed_images else html.escape(str(value))}"
+                    parts.append(f"<td>{_thumbnail_figure(result, value, link_from) if embed_images else html.escape(str(value))}"
                                  f"</td>")
                 elif " [CI " in str(value):
                     means, ci = str(value).split(" [CI ", 1)
                     parts.append(f"<td><div style='white-space:nowrap'>{html.escape(means)}</div><div class='ci' "
                                  f"style='font-size:80%;color:#666;white-space:nowrap'>CI {html.escape(ci[:-1])}</div></td>")
+                elif column == "goal":
+                    parts.append(f"<td style='min-width:150px;max-width:220px'>{html.escape(str(value))}</td>")
                 else:
                     parts.append(f"<td style='white-space:nowrap'>{html.escape(str(value))}</td>")
             parts.append("</tr>")
@@ -104,15 +108,15 @@ def calibration_html(result, *, embed_images: bool = True) -> str:
     return "\n".join(parts)
 
 
-def _thumbnail_figure(result, relative: str | None) -> str:
+def _thumbnail_figure(result, relative: str | None, link_from=None) -> str:
     """The thumbnail with a caption naming the source, prompt and seed it shows."""
-    image = _image_tag(result, relative)
+    image = _image_tag(result, relative, link_from)
     if not image:
         return ""
     match = result.table[result.table["output_path"] == relative]
     caption = "" if match.empty else (f"{match['source_name'].iloc[0]} · “{match['prompt'].iloc[0]}” · seed "
                                       f"{int(match['seed'].iloc[0])}")
-    return (f"<figure style='margin:0'>{image}<figcaption style='font-size:75%;max-width:160px'>"
+    return (f"<figure style='margin:0;width:{THUMBNAIL_PX + 24}px'>{image}<figcaption style='font-size:75%'>"
             f"{html.escape(caption)}</figcaption></figure>")
 
 
@@ -121,8 +125,9 @@ def _thumbnail_figure(result, relative: str | None) -> str:
 THUMBNAIL_PX = 96
 
 
-def _image_tag(result, relative: str | None) -> str:
+def _image_tag(result, relative: str | None, link_from=None) -> str:
     import io
+    import os
 
     from PIL import Image
 
@@ -138,7 +143,8 @@ def _image_tag(result, relative: str | None) -> str:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
     data = base64.b64encode(buffer.getvalue()).decode()
-    return (f"<a href='{html.escape(relative)}'><img src='data:image/png;base64,{data}' width='{THUMBNAIL_PX}' "
+    href = Path(os.path.relpath(path, link_from if link_from is not None else os.curdir)).as_posix()
+    return (f"<a href='{html.escape(href)}'><img src='data:image/png;base64,{data}' width='{THUMBNAIL_PX}' "
             f"style='image-rendering:pixelated' alt='{html.escape(relative)}'></a>")
 
 

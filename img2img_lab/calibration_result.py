@@ -249,11 +249,12 @@ class CalibrationResult:
         return calibration_markdown(self)
 
 
-    def to_html(self, *, embed_images: bool = True) -> str:
-        """A self-contained HTML fragment (:func:`img2img_lab.calibration_render.calibration_html`)."""
+    def to_html(self, *, embed_images: bool = True, link_from=None) -> str:
+        """A self-contained HTML fragment (:func:`img2img_lab.calibration_render.calibration_html`); its thumbnails
+        link to their full-size images relative to the folder ``link_from`` (default: the current one)."""
         from img2img_lab.calibration_render import calibration_html
 
-        return calibration_html(self, embed_images=embed_images)
+        return calibration_html(self, embed_images=embed_images, link_from=link_from)
 
 
 
@@ -302,7 +303,7 @@ class CalibrationResult:
         atomic_write(folder / "calibration.json", lambda s: s.write(json.dumps(document, indent=2, default=_json)),
                      binary=False)
         atomic_write(folder / "calibration.md", lambda s: s.write(self.to_markdown()), binary=False)
-        atomic_write(folder / "calibration.html", lambda s: s.write(self.to_html()), binary=False)
+        atomic_write(folder / "calibration.html", lambda s: s.write(self.to_html(link_from=folder)), binary=False)
         for name, figure in (("curves.png", self.figure()), ("heatmap.png", self.heatmap())):
             atomic_write(folder / name, lambda s: figure.savefig(s, format="png"))
             plt.close(figure)

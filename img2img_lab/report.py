@@ -35,6 +35,11 @@ CURVE_METRICS = ("ssim", "ms_ssim", "lpips", "psnr", "delta_e", "edge_f1", "clip
                  "oracle_match", "oracle_preservation", "oracle_adherence")
 #: Most grids one report draws (one per source x prompt x guidance x steps x scheduler family).
 MAX_GRIDS = 24
+#: Grids are embedded at most this many px wide (:func:`img2img_lab.grids.comparison_grid` draws their text readable
+#: at this width); the report stays small for models of any resolution.
+DISPLAY_WIDTH_PX = 1000
+#: Bytes of embedded grids per report: past it the other families are listed with the command that draws each.
+GRID_BUDGET_BYTES = 2_500_000
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px; color: #222; }
 h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4px; margin-top: 32px; }
@@ -72,6 +77,30 @@ def _png_tag(image_or_figure, *, css_class: str = "", alt: str = "") -> str:
         image_or_figure.save(stream, format="PNG")
     data = base64.b64encode(stream.getvalue()).decode()
     return f"<img class='{css_class}' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def display_image_tag(image, *, alt: str = "", css_class: str = "", max_width: int = DISPLAY_WIDTH_PX) -> str:
+    """``image`` embedded at display size: at most ``max_width`` px wide (Lanczos), as PNG or as JPEG (quality 90),
+    whichever is smaller (pixel-art grids stay PNG, photographs become JPEG).
+
+    >>> from PIL import Image
+    >>> display_image_tag(Image.effect_noise((3000, 600), 60).convert("RGB"))[:55]
+    "<img class='' alt='' width='1000' src='data:image/jpeg;"
+    """
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if image.width > max_width:
+        image = image.resize((max_width, max(1, round(image.height * max_width / image.width))),
+                             Image.Resampling.LANCZOS)
+    encoded = []
+    for kind, options in (("png", {"optimize": True}), ("jpeg", {"quality": 90})):
+        stream = io.BytesIO()
+        image.save(stream, format=kind.upper(), **options)
+        encoded.append((len(stream.getvalue()), kind, stream.getvalue()))
+    _, kind, data = min(encoded)
+    return (f"<img class='{css_class}' alt='{html.escape(alt)}' width='{image.width}' "
+            f"src='data:image/{kind};base64,{base64.b64encode(data).decode()}'>")
 
 
 def _file_tag(path: Path, alt: str) -> str:
@@ -133,27 +162,40 @@ def _provenance(manifest: dict, root) -> str:
     return body
 
 
-def _calibration_body(folder) -> str:
-    body = (folder / "calibration.html").read_text()
+def _rebase_links(text: str, from_dir, to_dir) -> str:
+    """Relative ``href``s written for a file in ``from_dir``, rewritten for a page in ``to_dir``."""
+    import os
+    import re
+
+    def rebase(match):
+        target = Path(from_dir) / match.group(1)
+        return f"href='{Path(os.path.relpath(target, to_dir)).as_posix()}'"
+
+    return re.sub(r"href='(?![a-z]+:|#|/)([^']+)'", rebase, text)
+
+
+def _calibration_body(folder, out_dir) -> str:
+    body = _rebase_links((folder / "calibration.html").read_text(), folder, out_dir)
     for name, alt in (("curves.png", "calibration curves with CI bands"), ("heatmap.png", "strength x guidance")):
         if (folder / name).is_file():
             body += f"<p>{_file_tag(folder / name, alt)}</p>"
     return body
 
 
-def calibration_section(store: RunStore) -> Section | None:
-    """The calibration, or with a ``models`` comparison the side-by-side figure and each model's calibration."""
+def calibration_section(store: RunStore, out_dir=".") -> Section | None:
+    """The calibration, or with a ``models`` comparison the side-by-side figure and each model's calibration (links
+    to full-size images relative to ``out_dir``, where the page is shown)."""
     folder = store.calibration_dir()
     title = "Calibration: the measured strength reference table"
     if (folder / "calibration.html").is_file():
-        return Section("calibration", title, _calibration_body(folder))
+        return Section("calibration", title, _calibration_body(folder, out_dir))
     per_model = sorted(path.parent for path in folder.glob("*/calibration.html"))
     if not per_model:
         return None
     body = ""
     if (folder / "models.png").is_file():
         body += f"<p>{_file_tag(folder / 'models.png', 'the models side by side on log-SNR')}</p>"
-    body += "".join(f"<h3>{html.escape(path.name)}</h3>{_calibration_body(path)}" for path in per_model)
+    body += "".join(f"<h3>{html.escape(path.name)}</h3>{_calibration_body(path, out_dir)}" for path in per_model)
     return Section("calibration", title + " — per model", body)
 
 
@@ -162,14 +204,24 @@ def _annotations(table) -> list[str]:
             if metric in table.columns and table[metric].notna().any()][:3]
 
 
+def _grid_command(store: RunStore, family: dict) -> str:
+    """The command that draws one family's grid at full size."""
+    import shlex
+
+    pins = " ".join(f"--where {shlex.quote(f'{column}={value}')}" for column, value in family.items())
+    return f"img2img-lab grid {shlex.quote(str(store.root))} {pins} --out grid.png"
+
+
 def grids_section(store: RunStore, table) -> Section:
     from img2img_lab.grids import comparison_grid
 
     family_columns = list(SETTING_LABEL_COLUMNS)
     families = table.drop_duplicates(family_columns)[family_columns].to_dict("records")
     several_models = "model" in table.columns and table["model"].nunique() > 1
-    parts = []
+    parts, used, drawn = [], 0, 0
     for family in families[:MAX_GRIDS]:
+        if used > GRID_BUDGET_BYTES:
+            break
         where = dict(family)
         title = (f"{family['source_name']} · “{family['prompt']}”"
                  + (f" · negative “{family['negative_prompt']}”" if family["negative_prompt"] else "")
@@ -180,10 +232,15 @@ def grids_section(store: RunStore, table) -> Section:
             title += f" · seed {where['seed']}, one row per model"
         grid = comparison_grid(store, rows="model" if several_models else "seed", cols="strength",
                                annotate=_annotations(table), where=where)
-        parts.append(f"<h3>{html.escape(title)}</h3><div class='grid'>{_png_tag(grid, alt=title)}</div>")
-    if len(families) > MAX_GRIDS:
-        parts.append(f"<p class='muted'>{len(families) - MAX_GRIDS} more families not drawn (use "
-                     f"<code>img2img-lab grid</code>).</p>")
+        tag = display_image_tag(grid, alt=title)
+        used, drawn = used + len(tag), drawn + 1
+        parts.append(f"<h3>{html.escape(title)}</h3><div class='grid'>{tag}</div>")
+    if len(families) > drawn:
+        commands = "".join(f"<li><code>{html.escape(_grid_command(store, family))}</code></li>"
+                           for family in families[drawn:drawn + 50])
+        parts.append(f"<p class='muted'>{len(families) - drawn} more families are not drawn, so the report stays "
+                     f"small; each command draws one:</p><ul class='muted'>{commands}</ul>"
+                     + ("<p class='muted'>…</p>" if len(families) > drawn + 50 else ""))
     return Section("grids", "Comparison grids", "\n".join(parts))
 
 
@@ -254,9 +311,9 @@ def find_run_folder(run_dir=None, *, search=("runs", "../runs")) -> Path:
     return max(found, key=lambda folder: RunStore(folder).manifest_path.stat().st_mtime)
 
 
-def report_sections(run_dir) -> dict[str, Section]:
+def report_sections(run_dir, *, out_dir=".") -> dict[str, Section]:
     """The report's sections for a run folder, in order (``manifest``, ``calibration`` when present,
-    ``grids``, ``curves``, ``table``).
+    ``grids``, ``curves``, ``table``); links to full-size images are relative to ``out_dir``, where they are shown.
 
     >>> list(report_sections("runs/demo"))
     ['manifest', 'grids', 'curves', 'table']
@@ -266,7 +323,7 @@ def report_sections(run_dir) -> dict[str, Section]:
     if table.empty:
         raise StoreError(f"{store.root}: the run has no finished cells yet. Fix: run the sweep first.")
     sections = {"manifest": manifest_section(store, table)}
-    calibration = calibration_section(store)
+    calibration = calibration_section(store, out_dir)
     if calibration is not None:
         sections["calibration"] = calibration
     sections["grids"] = grids_section(store, table)
@@ -275,10 +332,11 @@ def report_sections(run_dir) -> dict[str, Section]:
     return sections
 
 
-def render_report(run_dir) -> str:
-    """The whole report as one self-contained HTML document (a string)."""
+def render_report(run_dir, *, out_dir=None) -> str:
+    """The whole report as one self-contained HTML document (a string) to be saved in ``out_dir`` (default: the run
+    folder; links to full-size images are relative to it)."""
     store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)
-    sections = report_sections(store)
+    sections = report_sections(store, out_dir=store.root if out_dir is None else out_dir)
     name = store.read_manifest().get("plan", {}).get("name", store.root.name)
     contents = "".join(f"<li><a href='#{key}'>{html.escape(section.title)}</a></li>"
                        for key, section in sections.items())
@@ -299,7 +357,7 @@ def write_report(run_dir, out=None) -> Path:
 
     store = RunStore.open(run_dir)
     out = Path(out) if out is not None else store.root / "report.html"
-    document = render_report(store)
+    document = render_report(store, out_dir=out.parent)
     atomic_write(out, lambda stream: stream.write(document), binary=False)
     return out
 

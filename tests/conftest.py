@@ -84,3 +84,23 @@ def chromium() -> dict:
             pytest.fail(message)
         pytest.skip(message)
     return {"executable_path": path, "headless": True, "args": CHROMIUM_FLAGS}
+
+
+@pytest.fixture(scope="session")
+def small_calibration(tmp_path_factory):
+    """A small calibration of the embedded model: 2 sources x 2 seeds x 2 guidance, one refinement round."""
+    from img2img_lab.calibrate import CalibrationSettings, Target, calibrate
+    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.resources import data_path
+
+    folder = tmp_path_factory.mktemp("small-calibration") / "run"
+    plan = SweepPlan(images=[str(data_path("sources", name)) for name in ("red_circle_on_blue.png",
+                                                                          "green_triangle_on_yellow.png")],
+                     prompts=["a yellow star on a black background"], strengths=[0.0, 0.5, 1.0], seeds=[0, 1],
+                     guidance_scales=[2.0, 3.0], steps=10)
+    settings = CalibrationSettings(metrics=["ssim", "oracle_kept", "oracle_match"],
+                                   keep=[Target("oracle_kept", at_least=0.9)],
+                                   follow=[Target("oracle_match", at_least=0.8)], refine_rounds=1, n_resamples=200)
+    calibrate(plan, folder, settings=settings, pipe=load_pipeline(device="cpu"), progress=False)
+    return folder

@@ -126,7 +126,45 @@ def test_calibration_thumbnails_are_embedded_at_display_size_and_link_the_full_i
     (tmp_path / "images").mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8)).save(tmp_path / "images" / "k.png")
-    tag = _image_tag(SimpleNamespace(run_dir=str(tmp_path)), "images/k.png")
+    tag = _image_tag(SimpleNamespace(run_dir=str(tmp_path)), "images/k.png", tmp_path)
     embedded = Image.open(io.BytesIO(base64.b64decode(re.search(r"base64,([^']+)'", tag).group(1))))
     assert max(embedded.size) == THUMBNAIL_PX and "<a href='images/k.png'>" in tag
+    # the saved calibration.html lives in calibration/: its links climb to the run folder
+    assert "<a href='../images/k.png'>" in _image_tag(SimpleNamespace(run_dir=str(tmp_path)), "images/k.png",
+                                                      tmp_path / "calibration")
     assert len(tag) < (tmp_path / "images" / "k.png").stat().st_size / 10  # a 512-px image is not embedded whole
+
+
+def test_a_report_written_elsewhere_links_every_full_size_image(small_calibration, tmp_path):
+    import re
+
+    from img2img_lab.report import write_report
+
+    for out in (small_calibration / "report.html", tmp_path / "elsewhere" / "report.html"):
+        text = write_report(small_calibration, out).read_text()
+        links = re.findall(r"href='([^'#][^']*)'", text)
+        assert links and all((out.parent / href).is_file() for href in links), links[:3]
+    saved = (RunStore(small_calibration).calibration_dir() / "calibration.html").read_text()
+    assert all((RunStore(small_calibration).calibration_dir() / href).is_file()
+               for href in re.findall(r"href='([^']+)'", saved))  # the saved fragment's links work where it lies
+
+
+def test_report_grids_are_embedded_at_display_size_within_a_byte_budget(small_calibration, tmp_path, monkeypatch,
+                                                                        capsys):
+    import re
+    import shlex
+
+    from img2img_lab import report
+    from img2img_lab.cli import main
+
+    wide = Image.effect_noise((3000, 500), 60).convert("RGB")
+    assert "width='1000'" in report.display_image_tag(wide) and len(report.display_image_tag(wide)) < 1_000_000
+    monkeypatch.setattr(report, "GRID_BUDGET_BYTES", 1)  # one grid, then the commands that draw the others
+    store = RunStore.open(small_calibration)
+    section = report.grids_section(store, store.read_table()).body
+    families = store.read_table().drop_duplicates(["source_name", "guidance_scale"])
+    assert section.count("<img") == 1 and f"{len(families) - 1} more families are not drawn" in section
+    command = re.search(r"<li><code>(img2img-lab grid [^<]+)</code>", section).group(1)
+    arguments = shlex.split(command.replace("&#x27;", "'").replace("&quot;", '"'))[1:]
+    monkeypatch.chdir(tmp_path)
+    assert main(arguments) == 0 and Image.open(tmp_path / "grid.png").width > 64 * 3

@@ -17,26 +17,6 @@ from img2img_lab.grid_explorer import GridExplorer, fit_image  # noqa: E402
 from img2img_lab.store import RunStore  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def calibration_run(tmp_path_factory):
-    """A small calibration of the embedded model: 2 sources x 2 seeds x 2 guidance, one refinement round."""
-    from img2img_lab.calibrate import CalibrationSettings, Target, calibrate
-    from img2img_lab.pipelines import load_pipeline
-    from img2img_lab.plan import SweepPlan
-    from img2img_lab.resources import data_path
-
-    folder = tmp_path_factory.mktemp("grid-explorer") / "run"
-    plan = SweepPlan(images=[str(data_path("sources", name)) for name in ("red_circle_on_blue.png",
-                                                                          "green_triangle_on_yellow.png")],
-                     prompts=["a yellow star on a black background"], strengths=[0.0, 0.5, 1.0], seeds=[0, 1],
-                     guidance_scales=[2.0, 3.0], steps=10)
-    settings = CalibrationSettings(metrics=["ssim", "oracle_kept", "oracle_match"],
-                                   keep=[Target("oracle_kept", at_least=0.9)],
-                                   follow=[Target("oracle_match", at_least=0.8)], refine_rounds=1, n_resamples=200)
-    calibrate(plan, folder, settings=settings, pipe=load_pipeline(device="cpu"), progress=False)
-    return folder
-
-
 def _grid_images(explorer) -> list[bytes]:
     images = []
 
@@ -55,8 +35,8 @@ def _headers(explorer) -> list[str]:
             if type(child).__name__ == "HTML" and "i2i-column-header" in child.value]
 
 
-def test_selecting_a_band_shows_its_strengths_with_their_cis(calibration_run):
-    explorer = GridExplorer(calibration_run, annotate=["oracle_kept"], border="ssim")
+def test_selecting_a_band_shows_its_strengths_with_their_cis(small_calibration):
+    explorer = GridExplorer(small_calibration, annotate=["oracle_kept"], border="ssim")
     saved = explorer.calibration
     assert [value for _, value in explorer.guidance.options] == [2.0, 3.0] and len(explorer.band.options) >= 2
     assert "guidance_scale" not in explorer.pins  # the reference table's guidance dropdown pins it
@@ -78,8 +58,8 @@ def test_selecting_a_band_shows_its_strengths_with_their_cis(calibration_run):
     assert set(shown["guidance_scale"]) == {3.0} and explorer.band.value == 0
 
 
-def test_a_cell_s_details_button_shows_its_row_its_source_and_the_difference_map(calibration_run):
-    explorer = GridExplorer(calibration_run, annotate=["ssim"])
+def test_a_cell_s_details_button_shows_its_row_its_source_and_the_difference_map(small_calibration):
+    explorer = GridExplorer(small_calibration, annotate=["ssim"])
     buttons = []
 
     def walk(widget):
@@ -99,8 +79,8 @@ def test_a_cell_s_details_button_shows_its_row_its_source_and_the_difference_map
     assert Image.open(io.BytesIO(bytes(explorer.detail_image.value))).width > 1.5 * width >= 3 * 256
 
 
-def test_the_recommendations_open_the_cells_they_recommend(calibration_run):
-    explorer = GridExplorer(calibration_run)
+def test_the_recommendations_open_the_cells_they_recommend(small_calibration):
+    explorer = GridExplorer(small_calibration)
     recommended = {key: value for key, value in explorer.calibration.recommendations.items()
                    if value.get("strength") is not None}
     assert recommended and len(explorer.recommendations) == len(recommended)
@@ -111,10 +91,10 @@ def test_the_recommendations_open_the_cells_they_recommend(calibration_run):
         assert recommendation["strength"] in explorer.grid_columns()
 
 
-def test_borders_use_the_fixed_scale_and_mixed_sizes_fit_their_cells(calibration_run):
+def test_borders_use_the_fixed_scale_and_mixed_sizes_fit_their_cells(small_calibration):
     from img2img_lab.grid_cells import border_css
 
-    explorer = GridExplorer(calibration_run, border="ssim")
+    explorer = GridExplorer(small_calibration, border="ssim")
     frames = []
 
     def walk(widget):
@@ -133,11 +113,11 @@ def test_borders_use_the_fixed_scale_and_mixed_sizes_fit_their_cells(calibration
     assert sizes == [(128, 128), (128, 80), (80, 128), (128, 64)]
 
 
-def test_every_other_varying_axis_is_pinned_and_a_sweep_folder_has_no_reference_table(calibration_run, tmp_path):
+def test_every_other_varying_axis_is_pinned_and_a_sweep_folder_has_no_reference_table(small_calibration, tmp_path):
     import shutil
 
     sweep = tmp_path / "sweep"
-    shutil.copytree(calibration_run, sweep)
+    shutil.copytree(small_calibration, sweep)
     shutil.rmtree(RunStore(sweep).calibration_dir())
     explorer = GridExplorer(sweep, rows="source_name", cols="seed")
     assert explorer.calibration is None and not hasattr(explorer, "band")
@@ -149,8 +129,8 @@ def test_every_other_varying_axis_is_pinned_and_a_sweep_folder_has_no_reference_
     assert "strength" not in explorer.pins and "source_name" in explorer.pins
 
 
-def test_static_output_is_the_comparison_grid_of_the_selection(calibration_run):
-    explorer = GridExplorer(calibration_run, annotate=["ssim"])
+def test_static_output_is_the_comparison_grid_of_the_selection(small_calibration):
+    explorer = GridExplorer(small_calibration, annotate=["ssim"])
     bundle = explorer._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle
     static = bundle["text/html"]
@@ -162,12 +142,12 @@ def test_static_output_is_the_comparison_grid_of_the_selection(calibration_run):
     assert grid.width > 3 * 64 and np.asarray(grid).std() > 10
 
 
-def test_bad_requests_are_one_line_errors(calibration_run, tmp_path):
+def test_bad_requests_are_one_line_errors(small_calibration, tmp_path):
     with pytest.raises(Img2ImgLabError, match="cannot use 'colour' as a grid axis here. Fix: use one of"):
-        GridExplorer(calibration_run, rows="colour")
+        GridExplorer(small_calibration, rows="colour")
     with pytest.raises(Img2ImgLabError, match="metric 'lpips' is not measured in .* Fix: use one of ssim"):
-        GridExplorer(calibration_run, annotate=["lpips"])
-    explorer = GridExplorer(calibration_run)
+        GridExplorer(small_calibration, annotate=["lpips"])
+    explorer = GridExplorer(small_calibration)
     explorer.rows.value = "strength"  # the same as the columns
     assert "rows and columns are the same axis" in explorer.status.value
     with pytest.raises(Img2ImgLabError, match="no cell 'nope'"):
