@@ -66,7 +66,10 @@ from img2img_lab.crossings import (Crossing, find_crossing, knee, refinement_str
 def _recommend(goal: str, crossings: list[Crossing], kind: str, preferred_guidance: float | None) -> Recommendation:
     candidates = [c for c in crossings if c.kind == kind]
     if not candidates:
-        return Recommendation(goal, "", None, None, None, None, None, False, "no target given for this goal")
+        key = "keep" if kind == "keep" else "follow"
+        return Recommendation(goal, "", None, None, None, None, None, False,
+                              f"not calibrated: the config gives no {key} target (add one under calibration: {key}:, "
+                              f"e.g. {{metric: ssim, at_least: 0.6}})")
     target = candidates[0].target.describe()
     reached = [c for c in candidates if c.reached]
     if reached:

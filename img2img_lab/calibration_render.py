@@ -49,7 +49,8 @@ def calibration_markdown(result) -> str:
     lines = [f"# Strength calibration ({len(result.table)} images; {result.counts.get('summary', '')})", ""]
     lines += ["## Recommendations", ""]
     for recommendation in result.recommendations.values():
-        lines.append(f"* **{recommendation.goal}** ({recommendation.target}): {recommendation.message}")
+        target = f" ({recommendation.target})" if recommendation.target else ""
+        lines.append(f"* **{recommendation.goal}**{target}: {recommendation.message}")
     for guidance in result.guidance_values:
         table = reference_table_text(result, guidance).drop(columns=["guidance_scale", "thumbnail"])
         lines += ["", f"## Strength reference table — guidance {guidance:g}", "", _markdown_table(table)]
@@ -75,7 +76,8 @@ def calibration_html(result, *, embed_images: bool = True, link_from=None) -> st
     """
     parts = ["<h2>Recommendations</h2><ul>"]
     for recommendation in result.recommendations.values():
-        parts.append(f"<li><b>{html.escape(recommendation.goal)}</b> ({html.escape(recommendation.target)}): "
+        target = f" ({html.escape(recommendation.target)})" if recommendation.target else ""
+        parts.append(f"<li><b>{html.escape(recommendation.goal)}</b>{target}: "
                      f"{html.escape(recommendation.message)}</li>")
     parts.append("</ul>")
     for guidance in result.guidance_values:

@@ -221,3 +221,24 @@ class ShardedRunner:
 
     def run(self, cells):
         return self.runner.run(cells)
+
+
+def job_progress(bar, world_size: int):
+    """``on_work`` for rank 0's progress bar in a job of ``world_size`` ranks: each of its denoising steps stands for
+    one step of every rank (the shards are cost-balanced, so the ranks keep one pace), never past the bar's total; a
+    single process counts its own steps. :meth:`~img2img_lab.sweep_writer.SweepWriter.show_job_progress` corrects
+    it from the cells every rank stored.
+
+    >>> import io
+    >>> from tqdm import tqdm
+    >>> bar = tqdm(total=10, file=io.StringIO()); advance = job_progress(bar, 2)
+    >>> advance(3); advance(3); bar.n
+    10
+    """
+    if world_size == 1:
+        return bar.update
+
+    def advance(steps: int) -> None:
+        bar.update(min(steps * world_size, bar.total - bar.n))
+
+    return advance

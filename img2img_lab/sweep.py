@@ -240,6 +240,7 @@ def _finish(writer: SweepWriter, signature, context):
     writer.counts = distributed.sum_counts(context, writer.counts)  # the job's counts, on every rank
     if context.is_main:
         writer.store.reload()  # other ranks' row files
+        writer.show_job_progress(final=True)
         writer.reuse_duplicates()
         table = writer.finish(signature)
     distributed.barrier(context)

@@ -37,7 +37,7 @@ from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest,
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan
-from img2img_lab.distributed import Context, ShardedRunner
+from img2img_lab.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore, atomic_write
@@ -308,7 +308,7 @@ class SweepWriter:
         cost none), advanced by the runner as each step is done, so its rate and ETA hold from the first seconds."""
         self.bar = tqdm(total=sum(self.work.values()), initial=done, unit="step", desc=f"sweep {self.plan.name}",
                         disable=not self.progress)
-        getattr(self.runner, "runner", self.runner).on_work = self.bar.update
+        getattr(self.runner, "runner", self.runner).on_work = job_progress(self.bar, self.context.world_size)
 
     # ------------------------------------------------------------------ 5. cache
     def copy_from_cache(self) -> None:
@@ -345,14 +345,18 @@ class SweepWriter:
             if self.context.is_main and (batch_id is not None or time.monotonic() - last_flush > 5):
                 self.store.checkpoint()  # rank 0 alone writes the table; every rank's row files are durable
                 last_flush = time.monotonic()
-                self._show_job_progress()
+                self.show_job_progress()
 
-    def _show_job_progress(self) -> None:
-        """In a launched job rank 0's bar counts every rank's stored cells (their row files; listed every 10 s at
-        most)."""
-        if self.context.distributed and self.bar is not None and time.monotonic() - self._progress_listed > 10:
+    def show_job_progress(self, *, final: bool = False) -> None:
+        """In a launched job rank 0's bar is the whole job's: between listings each of its steps stands for one step
+        of every rank (:func:`job_progress`), at a listing (every 10 s at most, and at the end) it catches up with
+        every rank's stored cells (their row files); it never runs backwards."""
+        if not (self.context.distributed and self.bar is not None):
+            return
+        if final or time.monotonic() - self._progress_listed > 10:
             self._progress_listed = time.monotonic()
-            self.bar.n = sum(self.work[key] for key in self.store.row_file_keys() & set(self.keys.values()))
+            stored = sum(self.work[key] for key in self.store.row_file_keys() & set(self.keys.values()))
+            self.bar.n = min(self.bar.total, max(self.bar.n, stored))
             self.bar.refresh()
 
     # ------------------------------------------------------------------ 7. duplicates

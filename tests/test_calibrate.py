@@ -349,3 +349,15 @@ def test_strength_summary_handles_missing_metric_columns():
     table = synthetic_runner({"fidelity": lambda x, g: 1 - x})(_plan([0.2, 0.6]))
     summary = strength_summary(table, ["fidelity", "absent"], n_resamples=200)
     assert "absent" not in summary.columns and len(summary) == 2
+
+
+def test_a_goal_without_a_target_says_so_without_empty_brackets():
+    curves = {"fidelity": lambda x, g: 1 - x**2}
+    settings = CalibrationSettings(keep=[Target("fidelity", at_least=0.8)], metrics=[], rule="mean", refine_rounds=0,
+                                   n_resamples=200)
+    result = calibrate(_plan([0.0, 0.5, 1.0], guidance=(2.0,)), settings=settings, runner=synthetic_runner(curves),
+                       save=False)
+    follow = result.recommendations["follow"]
+    assert follow.strength is None and "no follow target (add one under calibration: follow:" in follow.message
+    for text in (result.to_markdown(), result.to_html(embed_images=False)):
+        assert "follow the prompt" in text and "()" not in text

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,12 +69,12 @@ def _environment() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "IMG2IMG_LAB_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _sweep(config, out, *extra, ranks: int = 0, background: bool = False):
+def _sweep(config, out, *extra, ranks: int = 0, background: bool = False, progress: bool = False):
     """``img2img-lab sweep`` in one process (ranks 0) or under ``torchrun --nproc-per-node ranks``; ``background``:
     return the running process."""
     launcher = ([str(TORCHRUN), "--standalone", f"--nproc-per-node={ranks}", "-m", "img2img_lab"] if ranks else
                 [sys.executable, "-m", "img2img_lab"])
-    command = [*launcher, "sweep", str(config), "--out", str(out), "--no-progress", *extra]
+    command = [*launcher, "sweep", str(config), "--out", str(out), *([] if progress else ["--no-progress"]), *extra]
     if background:
         return subprocess.Popen(command, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600)
@@ -115,9 +116,15 @@ def test_two_ranks_store_every_cell_once_with_the_pixels_of_one_process(engine, 
     _sweep(config, tmp_path / "one", *extra)
     single = time.perf_counter() - started
     started = time.perf_counter()
-    two = _sweep(config, tmp_path / "two", *extra, ranks=2)
+    two = _sweep(config, tmp_path / "two", *extra, ranks=2, progress=True)
     double = time.perf_counter() - started
     assert two.stdout.count("wrote ") == 1  # rank 0 alone prints
+    # rank 0 alone shows a bar, for the whole job: it ends at the job's total, never running backwards
+    counts_shown = [(int(done), int(total)) for done, total in re.findall(r"sweep [^:]*:\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)",
+                                                                          two.stderr)]
+    assert counts_shown and len({total for _, total in counts_shown}) == 1, two.stderr[-2000:]
+    assert counts_shown[-1][0] == counts_shown[-1][1] > 0
+    assert [done for done, _ in counts_shown] == sorted(done for done, _ in counts_shown)
     one_table, two_table = _table(tmp_path / "one"), _table(tmp_path / "two")
     assert list(two_table.index) == list(one_table.index) and len(two_table) == 40
     assert (two_table["output_hash"] == one_table["output_hash"]).all()  # bit for bit, either engine
