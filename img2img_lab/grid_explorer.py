@@ -136,7 +136,7 @@ class GridExplorer:
         self.rows = widgets.Dropdown(options=self.axes, value=rows, description="rows", layout=layout(width="220px"))
         self.cols = widgets.Dropdown(options=self.axes, value=cols, description="columns",
                                      layout=layout(width="220px"))
-        self.annotate = widgets.SelectMultiple(options=self.metrics, value=annotate, rows=min(4, len(self.metrics) or 1),
+        self.annotate = widgets.SelectMultiple(options=self.metrics, value=annotate, rows=min(6, len(self.metrics) or 1),
                                                description="annotate", layout=layout(width="240px"))
         self.border = widgets.Dropdown(options=[NO_BORDER, *self.metrics], value=border or NO_BORDER,
                                        description="border", layout=layout(width="220px"))

@@ -129,20 +129,20 @@ class StrengthExplorer:
                                        layout=layout(width="320px"))
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="upload source")
         self.prompt = widgets.Text(value=prompt, description="prompt", placeholder="what the output should show",
-                                   layout=layout(width="460px"))
+                                   layout=layout(width="440px"))
         self.negative_prompt = widgets.Text(value=negative_prompt, description="negative",
-                                            placeholder="(none)", layout=layout(width="460px"))
+                                            placeholder="(none)", layout=layout(width="440px"))
         self.strength = widgets.FloatSlider(value=strength, min=0.0, max=1.0, step=0.01, description="strength",
                                             continuous_update=True, readout_format=".2f",
-                                            layout=layout(width="460px"))
+                                            layout=layout(width="440px"))
         self.steps_label = widgets.HTML()
         self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**63 - 1, description="seed",
-                                           layout=layout(width="200px"))
+                                           style={"description_width": "initial"}, layout=layout(width="150px"))
         self.guidance_scale = widgets.BoundedFloatText(
             value=recommended_guidance(self.pipe) if guidance_scale is None else guidance_scale, min=0.0, max=50.0,
-            step=0.5, description="guidance", layout=layout(width="200px"))
+            step=0.5, description="guidance", style={"description_width": "initial"}, layout=layout(width="150px"))
         self.steps = widgets.BoundedIntText(value=steps, min=1, max=1000, description="steps",
-                                            layout=layout(width="200px"))
+                                            style={"description_width": "initial"}, layout=layout(width="140px"))
         self.scheduler = widgets.Dropdown(options=scheduler_names(), value=scheduler, description="scheduler",
                                           layout=layout(width="260px"))
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play",
@@ -150,7 +150,8 @@ class StrengthExplorer:
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="progress",
                                             layout=layout(width="320px"))
         self.status = widgets.HTML(value="Set the controls and press <b>Generate</b>.")
-        self.view = widgets.ToggleButtons(options=list(VIEWS), value=VIEWS[0], description="view")
+        self.view = widgets.ToggleButtons(options=list(VIEWS), value=VIEWS[0], description="view",
+                                          style={"button_width": "auto"})
         self.image = widgets.Image(format="png", layout=layout(max_width="100%"))
         self.image_caption = widgets.HTML("<i>no image yet: press <b>Generate</b></i>")
         self.curve_metric = widgets.Dropdown(options=self.metrics, value=self.metrics[0], description="curve",
@@ -178,9 +179,9 @@ class StrengthExplorer:
             self.steps_label, widgets.HBox([self.seed, self.guidance_scale, self.steps]), self.scheduler,
             widgets.HBox([self.generate_button, self.progress]), self.status,
         ])
-        picture = widgets.VBox([self.view, self.image_caption, self.image], layout=widgets.Layout(min_width="420px",
-                                                                                                 flex="1 1 420px"))
-        controls.layout = widgets.Layout(flex="0 0 auto")
+        picture = widgets.VBox([self.view, self.image_caption, self.image], layout=widgets.Layout(min_width="320px",
+                                                                                                 flex="1 1 360px"))
+        controls.layout = widgets.Layout(flex="0 0 auto", width="460px")
         # controls and the picture side by side (the picture wraps below on a narrow page)
         self.ui = widgets.VBox([widgets.HBox([controls, picture], layout=widgets.Layout(flex_flow="row wrap")),
                                 self.curve_metric, self.curve, widgets.HTML("<b>Generated so far</b>"), self.table])
