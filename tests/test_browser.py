@@ -1,9 +1,15 @@
-"""The strength explorer in a real browser: JupyterLab on 127.0.0.1, Debian's chromium driven by Playwright.
+"""The widget apps in a real browser: JupyterLab on 127.0.0.1, Debian's chromium driven by Playwright.
 
-The test serves a copy of ``notebooks/`` with JupyterLab, opens ``02_strength_explorer.ipynb`` in headless
-chromium (``executable_path``, no browser download), runs all cells, drags the strength slider, clicks
-Generate and checks that the executed-steps label and the displayed image changed. Screenshots are saved
-to ``test-artifacts/`` (``explorer_before.png``, ``explorer_after.png``).
+Each test serves a copy of ``notebooks/`` with JupyterLab and runs a notebook in headless chromium
+(``executable_path``, no browser download):
+
+* ``02_strength_explorer.ipynb``: drags the strength slider, clicks Generate and checks that the executed-steps label
+  and the displayed image changed (``explorer_before.png``, ``explorer_after.png``);
+* ``03_strength_calibration.ipynb`` on a small calibration: selects a band in the reference-table widget, checks the
+  grid's pixels and column headers changed, presses a cell's **details** and checks the detail shows that cell's
+  row (``calibration_widget_first_band.png``, ``calibration_widget_last_band.png``, ``calibration_widget_detail.png``).
+
+Screenshots are saved to ``test-artifacts/``.
 
 Chromium comes from Debian (``apt-get install -y chromium``; ``.ci/run`` installs it). Without it the test
 is skipped locally and fails under CI.
@@ -70,6 +76,23 @@ def jupyterlab(tmp_path):
         log.close()
 
 
+def _run_notebook(browser, url: str, token: str, notebook: str, viewport: tuple[int, int]):
+    """Open ``notebook`` in JupyterLab, wait for its kernel, run all cells; return the page and the list that
+    collects every request to a host other than 127.0.0.1."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    external = []
+    page.on("request", lambda request: None if request.url.startswith(("http://127.0.0.1", "blob:", "data:"))
+            else external.append(request.url))
+    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
+    page.wait_for_function(
+        "() => { const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " const kernel = panel && panel.sessionContext && panel.sessionContext.session"
+        " && panel.sessionContext.session.kernel; return kernel && kernel.status === 'idle'; }",
+        timeout=120_000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    return page, external
+
+
 @pytest.mark.slow
 def test_explorer_runs_in_jupyterlab_in_chromium(jupyterlab, chromium, capsys):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -79,17 +102,7 @@ def test_explorer_runs_in_jupyterlab_in_chromium(jupyterlab, chromium, capsys):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(**chromium)
         try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1500})
-            external = []
-            page.on("request", lambda request: None if request.url.startswith(("http://127.0.0.1", "blob:", "data:"))
-                    else external.append(request.url))
-            page.goto(f"{url}/lab/tree/02_strength_explorer.ipynb?token={token}")
-            page.wait_for_function(
-                "() => { const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                " const kernel = panel && panel.sessionContext && panel.sessionContext.session"
-                " && panel.sessionContext.session.kernel; return kernel && kernel.status === 'idle'; }",
-                timeout=120_000)
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page, external = _run_notebook(browser, url, token, "02_strength_explorer.ipynb", (1300, 1500))
 
             image = page.locator("img.i2i-image")
             image.wait_for(state="visible", timeout=240_000)
@@ -176,17 +189,7 @@ def test_reference_table_widget_drives_the_grid_in_jupyterlab(jupyterlab, chromi
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(**chromium)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            external = []
-            page.on("request", lambda request: None if request.url.startswith(("http://127.0.0.1", "blob:", "data:"))
-                    else external.append(request.url))
-            page.goto(f"{url}/lab/tree/03_strength_calibration.ipynb?token={token}")
-            page.wait_for_function(
-                "() => { const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
-                " const kernel = panel && panel.sessionContext && panel.sessionContext.session"
-                " && panel.sessionContext.session.kernel; return kernel && kernel.status === 'idle'; }",
-                timeout=120_000)
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            page, external = _run_notebook(browser, url, token, "03_strength_calibration.ipynb", (1400, 1600))
             bands = page.locator(".i2i-band button")
             bands.first.wait_for(state="visible", timeout=300_000)
             grid = page.locator(".i2i-grid")
