@@ -39,6 +39,7 @@ import time
 from img2img_lab.cli_support import (EXAMPLES, config_path, number_list, one_line, os_error_message,  # noqa: F401
                                      parse_where, quiet_libraries)
 from img2img_lab import distributed
+from img2img_lab.advisories import one_line_warnings
 from img2img_lab.errors import Img2ImgLabError
 
 
@@ -86,7 +87,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
 
     names = args.metrics or ",".join(DEFAULT_METRICS)
     started = time.perf_counter()
-    report = measure_run(args.run_dir, names, device=args.device, progress=not args.no_progress)
+    report = measure_run(args.run_dir, names, device=args.device, progress=not args.no_progress, masks=args.masks)
     computed = ", ".join(f"{name} {count}" for name, count in report["computed"].items()) or "nothing missing"
     print(f"measured {args.run_dir} in {time.perf_counter() - started:.1f} s: {computed}")
     for explanation in report["unavailable"].values():
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_dir(measure)
     measure.add_argument("--metrics", default=None, help="comma-separated (default: ssim,ms_ssim,psnr,delta_e,edge_f1,lpips)")
     measure.add_argument("--device", default=None, help="device for LPIPS / CLIP (default cpu)")
+    measure.add_argument("--masks", default=None, help="subject masks for region metrics (ssim@subject, "
+                         "delta_e@background): auto, oracle (embedded model) or a FOLDER of <source name>.png; "
+                         "default: the folder's stored masks, else auto")
     measure.add_argument("--no-progress", **no_progress)
     measure.set_defaults(handler=_cmd_measure)
 
@@ -452,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"rank {context.rank}: " if context.distributed else ""
     try:
         _apply_global_options(args)
-        with _quiet_unless_main(context):  # in a launched job rank 0 alone prints results
+        with _quiet_unless_main(context), one_line_warnings(sys.stderr):  # rank 0 alone prints; warnings in one line
             return args.handler(args)
     except Img2ImgLabError as error:
         if args.debug:

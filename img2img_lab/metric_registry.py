@@ -47,6 +47,7 @@ class MetricSpec:
     description: str
     needs_prompt: bool = False
     unit: str = ""
+    needs_mask: bool = False  # a region metric (``ssim@subject``, :mod:`img2img_lab.regions`)
     discrete: bool = False
 
     def range_text(self) -> str:
@@ -110,9 +111,24 @@ def metric_spec(name: str) -> MetricSpec:
     """The :class:`MetricSpec` of ``name`` (plugins are loaded first if it is not registered yet)."""
     if name not in METRICS:
         load_plugins()
+    if name not in METRICS and "@" in name:
+        _register_region_metric(name)
     if name not in METRICS:
         raise Img2ImgLabError(f"unknown metric {name!r}. Fix: use one of {', '.join(METRICS)}.")
     return METRICS[name]
+
+
+def _register_region_metric(name: str) -> None:
+    """Register ``<metric>@<region>`` (:mod:`img2img_lab.regions`) with its base metric's direction and range."""
+    from img2img_lab.regions import split_name
+
+    base, region = split_name(name)
+    plain = base.removeprefix("pie_")
+    spec = METRICS.get(plain)
+    higher, value_range = (spec.higher_is_better, spec.value_range) if spec else (True, (0.0, 1.0))
+    how = "PIE-Bench, zero-filled" if base.startswith("pie_") else "only the region's changes count"
+    METRICS[name] = MetricSpec(name, higher, value_range, f"{plain} on the {region} ({how})",
+                               unit=spec.unit if spec else "", needs_mask=True)
 
 
 def check_metric_names(names) -> list[str]:

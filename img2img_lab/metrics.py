@@ -333,8 +333,10 @@ def prepare_metric(name: str) -> tuple[bool, str]:
     return metric_status(name)
 
 
-def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None = None) -> dict[str, np.ndarray]:
-    """Compute metrics for many (source, output) pairs; unavailable metrics come back as NaN arrays.
+def measure_pairs(sources, outputs, names, *, prompts=None, masks=None,
+                  device: str | None = None) -> dict[str, np.ndarray]:
+    """Compute metrics for many (source, output) pairs; unavailable metrics come back as NaN arrays. Region metrics
+    (``ssim@subject``, :mod:`img2img_lab.regions`) need each pair's subject mask in ``masks``.
 
     Returns ``{name: values}``. Use :func:`metric_status` to learn why a metric is NaN.
 
@@ -344,9 +346,12 @@ def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None =
     """
     names = check_metric_names(names)
     sources, outputs = list(sources), list(outputs)
-    results: dict[str, np.ndarray] = {}
+    results: dict[str, np.ndarray] = _region_values(sources, outputs, [n for n in names if metric_spec(n).needs_mask],
+                                                    masks)
     for name in names:
         spec = metric_spec(name)
+        if spec.needs_mask:
+            continue
         if name in _LPIPS_NETS:
             try:
                 results[name] = lpips_distances(sources, outputs, net=_LPIPS_NETS[name], device=device)
@@ -367,20 +372,35 @@ def measure_pairs(sources, outputs, names, *, prompts=None, device: str | None =
     return results
 
 
-def measure_pair(source, output, names, *, prompt: str | None = None, device: str | None = None) -> dict[str, float]:
+def measure_pair(source, output, names, *, prompt: str | None = None, mask=None,
+                 device: str | None = None) -> dict[str, float]:
     """Compute metrics for one pair: ``{name: value}`` (NaN where a metric is unavailable).
 
     >>> measure_pair(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), ["ssim", "mse"])
     {'ssim': 1.0, 'mse': 0.0}
     """
-    values = measure_pairs([source], [output], names, prompts=None if prompt is None else [prompt], device=device)
+    values = measure_pairs([source], [output], names, prompts=None if prompt is None else [prompt],
+                           masks=None if mask is None else [mask], device=device)
     return {name: float(array[0]) for name, array in values.items()}
+
+
+def _region_values(sources, outputs, names, masks) -> dict[str, np.ndarray]:
+    if not names:
+        return {}
+    if masks is None:
+        raise Img2ImgLabError(f"region metrics ({', '.join(names)}) need the subject masks. Fix: measure the run "
+                              f"folder (img2img-lab measure RUN --metrics {names[0]} [--masks auto|oracle|FOLDER]).")
+    from img2img_lab.regions import region_scores
+
+    scores = [region_scores(source, output, mask, names) for source, output, mask in zip(sources, outputs, masks)]
+    return {name: np.asarray([score[name] for score in scores], dtype=np.float64) for name in names}
 
 
 # --------------------------------------------------------------------------- run folders
 
 
-def _fill_missing(frame, names, available, store, *, with_prompts: bool, device, progress: bool) -> dict:
+def _fill_missing(frame, names, available, store, *, with_prompts: bool, device, progress: bool,
+                  masks: dict | None = None) -> dict:
     """Add NaN columns for ``names`` to ``frame`` (in place) and compute the missing values of ``available``.
 
     Each needed image is read once; each metric runs once over all its missing rows (LPIPS in batches).
@@ -405,17 +425,24 @@ def _fill_missing(frame, names, available, store, *, with_prompts: bool, device,
         rows = frame.index[frame[name].isna()]
         values = measure_pairs([sources[frame.at[index, "source_hash"]] for index in rows],
                                [outputs[index] for index in rows], [name],
-                               prompts=list(frame.loc[rows, "prompt"]) if with_prompts else None, device=device)
+                               prompts=list(frame.loc[rows, "prompt"]) if with_prompts else None, device=device,
+                               masks=[masks[frame.at[index, "source_hash"]] for index in rows] if masks else None)
         frame.loc[rows, name] = values[name]
         computed[name] = len(rows)
     return computed
 
 
-def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, progress: bool = True) -> dict:
+def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, progress: bool = True,
+                masks=None) -> dict:
     """Add metric columns to a run folder's results.parquet (and floor.parquet); idempotent.
 
     Only missing values are computed: rerunning costs nothing once every value is present. Unavailable
     metrics stay NaN and get a note in manifest.json (``notes``) with the fix. Needs no model.
+
+    Region metrics (``ssim@subject``) use each source's subject mask (:mod:`img2img_lab.masks`): the one the folder
+    keeps, else made automatically; ``masks`` (``"auto"``, ``"oracle"``, a folder of ``<source name>.png`` or
+    ``{source name: path}``) makes them anew, and the region values of a source whose mask changed are measured
+    again.
 
     Returns ``{"computed": {metric: count}, "unavailable": {metric: explanation}}``.
 
@@ -432,19 +459,24 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
     for name, (available, explanation) in statuses.items():
         if not available:
             report["unavailable"][name] = explanation
+    floor = store.read_floor()
+    from img2img_lab.masks import masks_for_measuring
+
+    source_masks = masks_for_measuring(store, [table, floor], names, masks)
     if not table.empty:
         available = [name for name in names if statuses[name][0]]
         report["computed"] = _fill_missing(table, names, available, store, with_prompts=True, device=device,
-                                           progress=progress)
+                                           progress=progress, masks=source_masks)
         store.replace_table(table)
-    floor = store.read_floor()
     pair_names = [name for name in names if not metric_spec(name).needs_prompt]
     if not floor.empty and pair_names:
         available = [name for name in pair_names if statuses[name][0]]
-        _fill_missing(floor, pair_names, available, store, with_prompts=False, device=device, progress=False)
+        _fill_missing(floor, pair_names, available, store, with_prompts=False, device=device, progress=False,
+                      masks=source_masks)
         store.write_floor(floor)
     if report["unavailable"]:
         added = [f"{explanation} (recorded as NaN)" for explanation in report["unavailable"].values()]
         store.update_manifest(lambda manifest: {**manifest, "notes": list(dict.fromkeys(
             list(manifest.get("notes") or []) + added))})
     return report
+

@@ -53,6 +53,8 @@ UPLOADS = "uploads"
 RESULTS = "results.parquet"
 IMAGES = "images"
 SOURCES = "sources"
+#: Each source's subject mask (region metrics), ``<source hash>.png``, white on the subject.
+MASKS = "masks"
 FLOOR = "floor"
 FLOOR_TABLE = "floor.parquet"
 #: One JSON file per finished cell (the durable log; results.parquet consolidates them).
@@ -231,6 +233,21 @@ class RunStore:
     def load_source(self, source_hash: str):
         """The prepared source image (RGB PIL) with this pixel hash."""
         return self._load_image(self.source_path(source_hash))
+
+    def save_mask(self, source_hash: str, mask) -> Path:
+        """Keep a source's subject mask (a boolean array) so its region metrics reproduce."""
+        from PIL import Image
+
+        image = Image.fromarray((mask.astype("uint8") * 255))
+        return atomic_write(self.root / MASKS / f"{source_hash}.png", lambda stream: image.save(stream, format="PNG"),
+                            temp_dir=self.temp_dir)
+
+    def load_mask(self, source_hash: str):
+        """A source's stored subject mask as a boolean array, or ``None``."""
+        import numpy as np
+
+        path = self.root / MASKS / f"{source_hash}.png"
+        return np.asarray(self._load_image(path).convert("L")) > 127 if path.is_file() else None
 
     def load_output(self, row) -> "Image.Image":  # noqa: F821
         """The generated image of a table row (RGB PIL); a :class:`StoreError` naming the file and the fix when it

@@ -37,6 +37,7 @@ from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest,
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import Cell, SweepPlan
+from img2img_lab.advisories import advise, floor_advisories, sweep_advisories
 from img2img_lab.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
@@ -58,6 +59,21 @@ def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"
         warnings.simplefilter("always", SmallSourceWarning)
         return load_image(path, size_multiple=size_multiple(pipe), max_side=max_side, policy=resize_policy,
                           warn_below=warn_below)
+
+
+def source_fit(path, pipe, *, max_side="native", resize_policy: str = "crop") -> dict | None:
+    """How :func:`prepare_source` sized a source file for the pipeline (its original size, ``max_side``,
+    ``size_multiple``, ``policy``): a mask file of that source is fitted the same way (:mod:`img2img_lab.masks`)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            original = ImageOps.exif_transpose(image).size
+    except (OSError, TypeError, AttributeError):  # bytes, arrays or uploads: no file to fit a mask to
+        return None
+    native = native_resolution(pipe)
+    return {"original": list(original), "max_side": native if max_side == "native" else max_side,
+            "size_multiple": size_multiple(pipe), "policy": resize_policy}
 
 
 def prepare_sources(plan: SweepPlan, pipe) -> list:
@@ -101,7 +117,8 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
         "platform": platform.platform(),
         "command": sys.argv,
         "sources": [
-            {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height}
+            {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height,
+             "fit": source_fit(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)}
             for path, image in zip(plan.images, sources)
         ],
         "notes": [],
@@ -132,15 +149,18 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
             atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=store.temp_dir)
             row = {"source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
                    "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
-            row.update(measure_pair(source, image, [name for name in metrics if not _needs_prompt(name)]))
+            row.update(measure_pair(source, image, [name for name in metrics if not _needs(name, "prompt", "mask")]))
             rows.append(row)
     store.write_floor(pd.DataFrame(rows))
 
 
-def _needs_prompt(name: str) -> bool:
+def _needs(name: str, *what: str) -> bool:
+    """Whether metric ``name`` needs any of ``what`` (``"prompt"``, ``"mask"``: region metrics are measured on the
+    folder at the end of a sweep, with the sources' masks)."""
     from img2img_lab.metrics import metric_spec
 
-    return metric_spec(name).needs_prompt
+    spec = metric_spec(name)
+    return any(getattr(spec, f"needs_{item}") for item in what)
 
 
 def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
@@ -232,6 +252,8 @@ class SweepWriter:
         manifest["plans"] = [plan_record(plan, engine=engine, max_batch_size=max_batch_size, metrics=metrics,
                                          fingerprint=fingerprint)]
         manifest["history"] = [{"started": started, "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
+        if context.is_main:  # the model is the wrong tool: said once, in one line (advisories.py)
+            manifest["notes"] += advise(sweep_advisories(plan, pipe, manifest["sources"], sources))
         if not context.is_main:
             return cls(plan=plan, store=RunStore.open(out_dir), pipe=pipe, sources=sources, manifest=manifest,
                        metrics=list(metrics), runner=runner, context=context, cache_store=cache_store,
@@ -253,6 +275,9 @@ class SweepWriter:
         for source_hash, source in zip(hashes, sources):
             store.write_source(source_hash, source)
         write_floor(store, pipe, sources, hashes, plan.seeds, metrics)
+        notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
+        if notes:
+            store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
         return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
                    runner=runner, context=context, cache_store=cache_store, on_step=on_step,
                    progress=progress, model_axis=model_axis)
@@ -380,7 +405,8 @@ class SweepWriter:
 
         row = self._row(cell, key, image, produced, seconds, nsfw, batch_id)
         if self.metrics:
-            row.update(measure_pair(self.sources[cell.image_index], image, self.metrics, prompt=cell.prompt,
+            row.update(measure_pair(self.sources[cell.image_index], image,
+                                    [name for name in self.metrics if not _needs(name, "mask")], prompt=cell.prompt,
                                     device=str(self.pipe.device)))
         if self.store.save_cell(key, image, row):
             self.counts["reused" if is_duplicate(produced) else "generated"] += 1
@@ -419,7 +445,8 @@ class SweepWriter:
         store = self.store
         store.flush()  # consolidated: results.parquet holds every row, the part files are gone
         self.bar.close()
-        if self.metrics and (self.counts["already_done"] or self.counts.get("from_cache")):
+        if self.metrics and (self.counts["already_done"] or self.counts.get("from_cache")
+                             or any(_needs(name, "mask") for name in self.metrics)):
             from img2img_lab.metrics import measure_run
 
             measure_run(store.root, self.metrics, device=str(self.pipe.device), progress=False)

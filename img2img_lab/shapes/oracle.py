@@ -82,24 +82,14 @@ def read_image(image) -> Reading:
     'star'
     """
     from scipy import ndimage
-    from skimage.measure import label, regionprops
+    from skimage.measure import regionprops
 
     array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image).astype(np.float64)
-    border = np.concatenate([array[:2].reshape(-1, 3), array[-2:].reshape(-1, 3), array[:, :2].reshape(-1, 3),
-                             array[:, -2:].reshape(-1, 3)])
-    background_rgb = np.median(border, axis=0)
+    background_rgb, region = shape_region(array)
     background, background_confidence = _nearest_colour(background_rgb)
-    distance = np.linalg.norm(array - background_rgb, axis=2)
-    mask = distance > FOREGROUND_DISTANCE
-    labels = label(mask, connectivity=2)
-    if labels.max() == 0:
+    if region is None:
         return Reading(None, None, background, 0.0, 0.0, background_confidence)
-    sizes = np.bincount(labels.ravel())[1:]
-    region = labels == (int(np.argmax(sizes)) + 1)
-    region = ndimage.binary_fill_holes(region)
     area = int(region.sum())
-    if area < MIN_SHAPE_PIXELS:
-        return Reading(None, None, background, 0.0, 0.0, background_confidence)
     interior = ndimage.binary_erosion(region)
     pixels = array[interior] if interior.sum() >= 4 else array[region]
     colour, colour_confidence = _nearest_colour(np.median(pixels, axis=0), exclude=background)
@@ -120,6 +110,23 @@ def read_image(image) -> Reading:
         shape, margin = "triangle", min((SQUARE_FILL - fill) / 0.11, (solidity - STAR_SOLIDITY) / 0.22)
     return Reading(shape, colour, background, float(np.clip(margin, 0, 1)), colour_confidence,
                    background_confidence, solidity=solidity, fill=float(fill))
+
+
+def shape_region(array: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(background RGB, shape pixels)`` of an HxWx3 float image: the background is the median of the 2-px border,
+    the shape the largest region farther than :data:`FOREGROUND_DISTANCE` from it, holes filled (``None`` when
+    there is none of at least :data:`MIN_SHAPE_PIXELS` pixels)."""
+    from scipy import ndimage
+    from skimage.measure import label
+
+    border = np.concatenate([array[:2].reshape(-1, 3), array[-2:].reshape(-1, 3), array[:, :2].reshape(-1, 3),
+                             array[:, -2:].reshape(-1, 3)])
+    background_rgb = np.median(border, axis=0)
+    labels = label(np.linalg.norm(array - background_rgb, axis=2) > FOREGROUND_DISTANCE, connectivity=2)
+    if labels.max() == 0:
+        return background_rgb, None
+    region = ndimage.binary_fill_holes(labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1))
+    return background_rgb, (region if region.sum() >= MIN_SHAPE_PIXELS else None)
 
 
 def adherence(image, prompt: str) -> float:
