@@ -102,6 +102,55 @@ def _recommend(goal: str, crossings: list[Crossing], kind: str, preferred_guidan
     return Recommendation(goal, target, None, None, None, best.best_value, None, False, message)
 
 
+#: The per-image column "every keep and follow target met at once", and the share of images a recommendation for
+#: both goals at once needs (by the settings' rule: its CI's lower end, or its mean).
+JOINT = "goal_both"
+JOINT_RATE = 0.8
+
+
+def joint_indicator(table, targets) -> np.ndarray:
+    """1.0 for each image that meets every target, else 0.0 (NaN where a target's metric is missing).
+
+    >>> table[["strength", "seed"]].assign(both=joint_indicator(table, [Target("ssim", at_least=0.5)])).values.tolist()
+    [[0.0, 0.0, 1.0], [0.5, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.5, 1.0, 1.0], [1.0, 1.0, 0.0]]
+    """
+    values = np.ones(len(table))
+    for target in targets:
+        column = table[target.metric].to_numpy(dtype=np.float64)
+        met = column >= target.at_least if target.at_least is not None else column <= target.at_most
+        values = np.where(np.isnan(column), np.nan, values * met)
+    return values
+
+
+def recommend_both(summary, settings: CalibrationSettings, pipe=None) -> Recommendation:
+    """The lowest strength (the recommended guidance first) at which at least :data:`JOINT_RATE` of the images meet
+    every keep and follow target at once — by the CI's lower end (rule ``confident``) or the mean; else the best
+    joint rate measured, said as such."""
+    from img2img_lab.pipelines import recommended_guidance
+
+    preferred = recommended_guidance(pipe) if pipe is not None else None
+    goal = "keep the subject and follow the prompt"
+    described = " and ".join(t.describe() for t in settings.keep + settings.follow)
+    target = f"{described} in ≥ {JOINT_RATE:.0%} of images"
+    evidence = summary[f"{JOINT}_ci_low"] if settings.rule == "confident" else summary[JOINT]
+    holding = summary[evidence >= JOINT_RATE]
+    if len(holding):
+        order = holding.assign(other=~np.isclose(holding["guidance_scale"], preferred if preferred else -1))
+        best = order.sort_values(["strength", "other", "guidance_scale"]).iloc[0]
+        low, high = float(best[f"{JOINT}_ci_low"]), float(best[f"{JOINT}_ci_high"])
+        message = (f"strength {best['strength']:g} at guidance {best['guidance_scale']:g} "
+                   f"({int(best['executed_steps'])} steps): both hold in {best[JOINT]:.0%} of images [{low:.0%}, "
+                   f"{high:.0%}]")
+        return Recommendation(goal, target, float(best["strength"]), float(best["guidance_scale"]),
+                              int(best["executed_steps"]), float(best[JOINT]), (low, high),
+                              settings.rule == "confident", message)
+    best = summary.sort_values(JOINT, ascending=False).iloc[0]
+    message = (f"no calibrated strength meets {described} at once in {JOINT_RATE:.0%} of images; the best is "
+               f"{best[JOINT]:.0%} [{best[f'{JOINT}_ci_low']:.0%}, {best[f'{JOINT}_ci_high']:.0%}] at strength "
+               f"{best['strength']:g}, guidance {best['guidance_scale']:g}")
+    return Recommendation(goal, target, None, None, None, float(best[JOINT]), None, False, message)
+
+
 def _model_step_counter(pipe, plan) -> Callable:
     """``executed(N, strength)`` on the plan's model, scheduler and first source (the pipeline's own count)."""
     from img2img_lab.models import as_model
@@ -163,12 +212,17 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     table, crossings = _refine(plan, settings, table, runner, rounds, executed=executed)
     # 5. The summary with CIs, knees and recommendations.
     floor = RunStore.open(out_dir).read_floor_of(table) if _is_run_folder(out_dir) else None
-    summary = strength_summary(table, settings.metrics, floor=floor, **_bootstrap_options(settings))
+    joint = [JOINT] if settings.keep and settings.follow else []
+    if joint:  # per image: every keep and follow target met at once ("swap the background": subject kept AND ...)
+        table = table.assign(**{JOINT: joint_indicator(table, settings.keep + settings.follow)})
+    summary = strength_summary(table, settings.metrics + joint, floor=floor, **_bootstrap_options(settings))
     result = CalibrationResult(table=table, summary=summary, crossings=crossings, knees={}, recommendations={},
                                settings=settings, counts=_counts(table, rounds), run_dir=str(out_dir) if out_dir
                                else None, floor=floor)
     _add_knees(result)
     result.recommendations = _recommendations(crossings, settings, pipe)
+    if joint:
+        result.recommendations["both"] = recommend_both(summary, settings, pipe)
     # 6. Provenance and files in the run folder.
     if _is_run_folder(out_dir) and distributed.current().is_main:  # rank 0 alone writes in a launched job
         if record:
@@ -324,23 +378,27 @@ def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, pro
     steps = [int(result.table["num_inference_steps"].iloc[0])]
     schedulers = [str(result.table["scheduler"].iloc[0])]
     rows = []
-    for key, targets in (("keep", result.settings.keep), ("follow", result.settings.follow)):
+    settings = result.settings
+    goals = [("keep", settings.keep[:1]), ("follow", settings.follow[:1])]
+    if "both" in result.recommendations:  # every keep and follow target at once, per image
+        goals.append(("both", settings.keep + settings.follow))
+    for key, targets in goals:
         recommendation = result.recommendations.get(key)
         if recommendation is None or recommendation.strength is None or not targets:
             continue
-        target = targets[0]
         tables = []
         for image, prompt in pairs:
             plan = SweepPlan.from_dict({"images": [str(image)], "prompts": [prompt], "seeds": list(seeds),
                                         "strengths": [recommendation.strength], "steps": steps,
                                         "schedulers": schedulers, "guidance_scales": [recommendation.guidance_scale],
                                         "name": f"validate-{key}"})
-            tables.append(run_sweep(plan, out_dir, pipe=pipe, metrics=[target.metric], progress=progress))
+            tables.append(run_sweep(plan, out_dir, pipe=pipe, metrics=[t.metric for t in targets], progress=progress))
         table = pd.concat(tables, ignore_index=True)
-        mean, low, high = bootstrap_ci(table[target.metric].to_numpy(), groups=unit_labels(table).to_numpy(),
-                                       n_resamples=result.settings.n_resamples, seed=result.settings.seed)
+        values = (joint_indicator(table, targets) if key == "both" else table[targets[0].metric].to_numpy())
+        mean, low, high = bootstrap_ci(values, groups=unit_labels(table).to_numpy(),
+                                       n_resamples=settings.n_resamples, seed=settings.seed)
         rows.append({"goal": recommendation.goal, "strength": recommendation.strength,
-                     "guidance_scale": recommendation.guidance_scale, "target": target.describe(),
+                     "guidance_scale": recommendation.guidance_scale, "target": recommendation.target,
                      "held_out_mean": mean, "ci_low": low, "ci_high": high, "runs": len(table),
-                     "holds": target.met(mean)})
+                     "holds": mean >= JOINT_RATE if key == "both" else targets[0].met(mean)})
     return pd.DataFrame(rows)

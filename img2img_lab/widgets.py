@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import html
 import time
+import warnings
 from pathlib import Path
 
 import img2img_lab  # noqa: F401  - torchvision shim first
@@ -109,6 +110,7 @@ class StrengthExplorer:
         self.current: dict | None = None
         self.last_seconds: float | None = None
         self.generated = 0
+        self.advisories: list[str] = []  # the last generation's one-line warnings (advisories.py)
         self._load_existing()
 
         if source is not None and source not in sources:
@@ -264,10 +266,14 @@ class StrengthExplorer:
                                  f"(the controls respond again when this image is done: a view picked meanwhile "
                                  f"shows then)")
             try:
-                table = run_sweep(SweepPlan.from_dict(settings), self.run_dir, pipe=self.pipe, progress=False,
-                                  metrics=self.metrics, on_step=self._on_step)
+                with warnings.catch_warnings(record=True) as caught:  # said in the status line, once, in words
+                    warnings.simplefilter("always")
+                    table = run_sweep(SweepPlan.from_dict(settings), self.run_dir, pipe=self.pipe, progress=False,
+                                      metrics=self.metrics, on_step=self._on_step)
             finally:
                 self.generate_button.disabled = False
+            self.advisories = list(dict.fromkeys(str(item.message) for item in caught
+                                                 if item.category.__module__.startswith("img2img_lab")))
             row = table.iloc[0].to_dict()
             self._memo[row_identity(row)] = row
             self.generated += 1
@@ -278,7 +284,9 @@ class StrengthExplorer:
         self.progress.value = self.progress.max
         self.current = row
         self.status.value = (f"{how} in {self.last_seconds:.2f} s · {row['executed_steps']} denoising steps · "
-                             f"{len(self._memo)} images cached in <code>{html.escape(str(self.run_dir))}</code>")
+                             f"{len(self._memo)} images cached in <code>{html.escape(str(self.run_dir))}</code>"
+                             + "".join(f"<br><span class='i2i-advisory' style='color:#9a6700'>⚠ {html.escape(text)}"
+                                       f"</span>" for text in self.advisories))
         self.refresh()
         return row
 

@@ -361,3 +361,20 @@ def test_a_goal_without_a_target_says_so_without_empty_brackets():
     assert follow.strength is None and "no follow target (add one under calibration: follow:" in follow.message
     for text in (result.to_markdown(), result.to_html(embed_images=False)):
         assert "follow the prompt" in text and "()" not in text
+
+
+def test_both_goals_at_once_is_the_lowest_strength_where_most_images_meet_every_target(synthetic_result):
+    from img2img_lab.calibrate import JOINT, JOINT_RATE, joint_indicator
+
+    table = synthetic_result.table
+    expected = ((table["fidelity"] >= 0.8) & (table["rate"] >= 0.7)).astype(float).to_numpy()
+    assert (joint_indicator(table, synthetic_result.settings.keep + synthetic_result.settings.follow)
+            == expected).all()
+    both = synthetic_result.recommendations["both"]
+    summary = synthetic_result.summary
+    holding = summary[summary[JOINT] >= JOINT_RATE]  # the synthetic calibration decides on the mean
+    if holding.empty:
+        assert both.strength is None and "no calibrated strength meets" in both.message
+    else:
+        assert both.strength == holding["strength"].min() and both.expected >= JOINT_RATE
+    assert "fidelity ≥ 0.8 and rate ≥ 0.7" in both.target

@@ -174,3 +174,10 @@ def test_strength_readout_zero_step_and_pndm_single_call(tiny_pipe):
     # PNDM: diffusers counts 0 steps at 0.04 but keeps one timestep, so the UNet runs once (not a round trip)
     assert strength_readout(model.step_plan("default", 20, 0.04, width=32, height=32)).startswith(
         "executes 0 of 20 steps (1 denoiser call) · starts at t=")
+
+
+def test_the_status_line_says_when_the_model_is_the_wrong_tool(explorer):
+    explorer.prompt.value = "a red disc on a velvet cushion " * 3  # longer than the tiny model's tokenizer reads
+    explorer.generate_button.click()
+    assert any("cut off" in advisory for advisory in explorer.advisories)
+    assert "i2i-advisory" in explorer.status.value and "cut off" in explorer.status.value

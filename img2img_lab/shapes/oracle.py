@@ -9,12 +9,14 @@ shape's pixels (those far from the background, largest connected region, holes f
   triangle 3*sqrt(3)/(4*pi) ~ 0.41.
 
 Its exactness on clean generated images is measured by the tests (>= 99%). Through
-:mod:`img2img_lab.metrics` it provides four metrics for shapes-world prompts:
+:mod:`img2img_lab.metrics` it provides six metrics for shapes-world prompts:
 
 * ``oracle_adherence`` (prompt): fraction of the prompt's three attributes the output shows, in [0, 1];
 * ``oracle_match`` (prompt): 1 when all three match, else 0;
 * ``oracle_preservation`` (pair): fraction of the source's attributes the output keeps, in [0, 1];
-* ``oracle_kept`` (pair): 1 when all three are kept, else 0.
+* ``oracle_kept`` (pair): 1 when all three are kept, else 0;
+* ``oracle_subject_kept`` (pair) and ``oracle_background_match`` (prompt): a background swap's two halves, the
+  source's shape and colour kept, the prompt's background shown.
 
 >>> from img2img_lab.shapes.world import Scene, render
 >>> read_image(render(Scene("triangle", "yellow", "black", radius=0.33))).attributes()
@@ -168,6 +170,33 @@ def kept(source, output) -> float:
     return float(preservation(source, output) == 1.0)
 
 
+def subject_kept(source, output) -> float:
+    """1.0 when the output keeps the source's shape and colour (whatever its background), else 0.0: "keep the
+    product" of a background swap.
+
+    >>> from img2img_lab.shapes.world import Scene, render
+    >>> subject_kept(render(Scene("circle", "red", "blue")), render(Scene("circle", "red", "white")))
+    1.0
+    """
+    a, b = read_image(source), read_image(output)
+    return float(a.shape is not None and (a.shape, a.colour) == (b.shape, b.colour))
+
+
+def background_match(image, prompt: str) -> float:
+    """1.0 when the image shows the prompt's background colour, else 0.0 (NaN: not a world prompt): "change the
+    background" of a background swap.
+
+    >>> from img2img_lab.shapes.world import Scene, render
+    >>> background_match(render(Scene("circle", "red", "white")), "a red circle on a white background")
+    1.0
+    """
+    try:
+        wanted = parse_caption(prompt)[2]
+    except ValueError:
+        return float("nan")
+    return float(read_image(image).background == wanted)
+
+
 def register() -> None:
     """Register the oracle metrics (a built-in plugin: :func:`img2img_lab.metric_registry.load_plugins` runs this
     the first time a metric name is looked up that is not registered yet)."""
@@ -181,3 +210,7 @@ def register() -> None:
                          description="shapes-world oracle: share of the source's attributes kept")
     register_pair_metric("oracle_kept", kept, higher_is_better=True, value_range=(0, 1), discrete=True,
                          description="shapes-world oracle: all three source attributes kept")
+    register_pair_metric("oracle_subject_kept", subject_kept, higher_is_better=True, value_range=(0, 1),
+                         discrete=True, description="shapes-world oracle: the source's shape and colour kept")
+    register_prompt_scorer("oracle_background_match", lambda: background_match, value_range=(0, 1), discrete=True,
+                           description="shapes-world oracle: the prompt's background shown")
