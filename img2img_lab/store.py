@@ -11,6 +11,7 @@
       batches/<id>.json  which cells the batched engine generated together
       configs/*.yaml     every plan swept into the folder (and a calibration's config): what the rerun commands take
       sources/<hash>.png the prepared sources (as the model saw them), named by their pixel hash
+      masks/<hash>.png   each source's subject mask (region metrics), its origin in the manifest
       floor/<hash>-<seed>.png, floor.parquet
                          each source's VAE round trip per seed: the closest any output can get
       .lock, .tmp/       the writers' lock file and temporary files

@@ -204,3 +204,22 @@ def test_measure_region_metrics_with_stored_masks_and_a_mask_folder(photo_sweep,
     assert main(["measure", str(run), "--metrics", "ssim@colour"]) == 2
     assert "unknown region 'colour' in metric 'ssim@colour'. Fix: use ssim@subject or ssim@background." in \
         capsys.readouterr().err
+
+
+def test_catalogue_consistency_falls_as_the_prompt_takes_over(small_calibration, capsys):
+    from img2img_lab.consistency import catalogue_consistency, consistency_curve
+
+    table = catalogue_consistency(small_calibration, masks="oracle")
+    assert (table["sources"] == 2).all() and (table["seeds"] == 2).all()
+    for _, part in table.groupby("guidance_scale"):
+        part = part.sort_values("strength")
+        first, last = part.iloc[0], part.iloc[-1]
+        # strength 0 keeps each source's backdrop; strength 1 paints the prompt's black backdrop behind every product
+        assert abs(first["background_spread"] - first["source_spread"]) < 5
+        assert last["strength"] == 1.0 and last["background_spread"] < first["background_spread"] / 4
+    with capsys.disabled():
+        print("\n[consistency] background spread (ΔE2000) by strength at guidance 2: " + ", ".join(
+            f"{row.strength:g}: {row.background_spread:.1f}" for row in table[table.guidance_scale == 2.0].itertuples())
+            + f"; the sources' own spread {table.source_spread.iloc[0]:.1f}")
+    figure = consistency_curve(table)
+    assert figure.axes[0].get_xlabel() == "strength"
