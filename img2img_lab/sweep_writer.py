@@ -450,6 +450,7 @@ class SweepWriter:
             from img2img_lab.metrics import measure_run
 
             measure_run(store.root, self.metrics, device=str(self.pipe.device), progress=False)
+            store.reload()  # the table measure_run wrote, not this store's cached rows
         plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
         completed = completed_record(store, signature, plan_keys, self.source_hashes)
         counts = {**self.counts, "cells": len(self.cells),

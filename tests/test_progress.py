@@ -25,7 +25,7 @@ class _RecordingBar(tqdm.auto.tqdm):
 
 @pytest.mark.parametrize("engine", ["batched", "per-cell"])
 def test_progress_counts_denoising_steps_and_the_eta_holds_early(engine, tiny_pipe, sources_dir, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, capsys):
     unet, forward = tiny_pipe.unet, tiny_pipe.unet.forward
 
     def slow_forward(sample, *args, **kwargs):
@@ -47,4 +47,7 @@ def test_progress_counts_denoising_steps_and_the_eta_holds_early(engine, tiny_pi
     assert done > 0
     eta = (when - started) * (total - done) / done
     remaining = ended - when
+    with capsys.disabled():
+        print(f"\n[progress] {engine}: after {when - started:.1f} s of {ended - started:.1f} s the bar shows "
+              f"{done}/{total} steps; ETA {eta:.1f} s vs {remaining:.1f} s left ({eta / remaining:.2f}x)")
     assert 0.5 * remaining <= eta <= 2 * remaining, (eta, remaining, done, total)

@@ -223,3 +223,26 @@ def test_catalogue_consistency_falls_as_the_prompt_takes_over(small_calibration,
             + f"; the sources' own spread {table.source_spread.iloc[0]:.1f}")
     figure = consistency_curve(table)
     assert figure.axes[0].get_xlabel() == "strength"
+
+
+def test_a_calibration_can_target_regions(tmp_path):
+    from img2img_lab.calibrate import CalibrationSettings, Target, calibrate
+    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.resources import data_path
+
+    plan = SweepPlan(images=[str(data_path("sources", "red_circle_on_blue.png")),
+                             str(data_path("sources", "green_triangle_on_yellow.png"))],
+                     prompts=["a yellow star on a black background"], strengths=[0.0, 0.5, 1.0], seeds=[0, 1],
+                     guidance_scales=[2.0], steps=10)
+    settings = CalibrationSettings(metrics=["ssim@subject", "delta_e@background", "oracle_background_match"],
+                                   keep=[Target("ssim@subject", at_least=0.6)],
+                                   follow=[Target("oracle_background_match", at_least=0.8)], refine_rounds=0,
+                                   n_resamples=200)
+    result = calibrate(plan, tmp_path / "run", settings=settings, pipe=load_pipeline(device="cpu"), progress=False)
+    summary = result.summary.set_index("strength")
+    assert summary.loc[0.0, "ssim@subject"] > summary.loc[1.0, "ssim@subject"]
+    assert summary.loc[1.0, "delta_e@background"] > summary.loc[0.0, "delta_e@background"]
+    assert {"keep", "follow", "both"} <= set(result.recommendations)
+    assert "ssim@subject" in result.reference_table().columns[5:].str.removesuffix("_min").tolist()
+    assert RunStore.open(tmp_path / "run").read_manifest()["masks"]  # the automatic masks, kept with their origin

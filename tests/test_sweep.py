@@ -152,3 +152,19 @@ def test_console_script_is_installed():
     result = subprocess.run([str(Path(sys.executable).parent / "img2img-lab"), "--help"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0 and "sweep" in result.stdout and "info" in result.stdout
+
+
+def test_a_rerun_with_a_new_metric_returns_the_values_it_measured(tiny_pipe, sources_dir, tmp_path):
+    """The rows done before are measured at the end of the rerun; the table it returns holds those values (it used
+    to return the rows cached before the measurement: NaN for every earlier cell)."""
+    from img2img_lab.store import RunStore
+
+    base = dict(images=[str(sources_dir / "source0.png")], prompts=["a cat"], seeds=[0], guidance_scales=[2.0],
+                steps=[4], schedulers=["ddim"])
+    run_sweep(SweepPlan(strengths=[0.5, 1.0], **base), tmp_path / "run", pipe=tiny_pipe, metrics=["ssim"],
+              progress=False)
+    table = run_sweep(SweepPlan(strengths=[0.5, 0.8, 1.0], **base), tmp_path / "run", pipe=tiny_pipe,
+                      metrics=["ssim", "delta_e"], progress=False)
+    assert table["delta_e"].notna().all()
+    stored = RunStore.open(tmp_path / "run").read_table().set_index("cell_key")
+    assert (table.set_index("cell_key")["delta_e"] == stored.loc[table["cell_key"], "delta_e"]).all()
