@@ -119,7 +119,8 @@ def merge_manifest(previous: dict | None, new: dict) -> dict:
     """``new`` on top of ``previous`` (``None``: none, or unreadable), the accumulated keys merged.
 
     ``plans``, ``history`` and ``notes`` are appended (each entry once), ``planned`` is the union of both,
-    ``models`` keeps one entry per fingerprint, and ``created`` is the first writer's.
+    ``models`` keeps one entry per fingerprint, ``sources`` one per pixel hash (the newest: how each source file was
+    fitted, which a mask file of it follows), and ``created`` is the first writer's.
     """
     if previous is None:
         return dict(new)
@@ -128,6 +129,8 @@ def merge_manifest(previous: dict | None, new: dict) -> dict:
     for key in ("plans", "history", "notes"):
         merged[key] = _unique(list(previous.get(key) or []) + list(new.get(key) or []))
     merged["planned"] = {**(previous.get("planned") or {}), **(new.get("planned") or {})}
+    merged["sources"] = list({entry["hash"]: entry for entry in [*(previous.get("sources") or []),
+                                                                 *(new.get("sources") or [])]}.values())
     models = {entry["fingerprint"]: entry for entry in registered_models(previous)}
     models.update({entry["fingerprint"]: entry for entry in new.get("models") or []})
     merged["models"] = list(models.values())

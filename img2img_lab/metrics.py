@@ -46,6 +46,7 @@ from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
 from img2img_lab.images import metric_array as _as_array
 from img2img_lab.images import metric_pair as _pair
 from img2img_lab.weights import fetch_lpips
+from img2img_lab.masks import masks_for_measuring
 from img2img_lab.lpips_metric import (LPIPS_BACKBONE_FILES, lpips, lpips_checkpoint_dir,  # noqa: F401
                                       lpips_distances, lpips_status)
 from img2img_lab.metric_registry import (METRICS, MetricSpec, check_metric_names, is_prompt_metric,
@@ -460,8 +461,6 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
         if not available:
             report["unavailable"][name] = explanation
     floor = store.read_floor()
-    from img2img_lab.masks import masks_for_measuring
-
     source_masks = masks_for_measuring(store, [table, floor], names, masks)
     if not table.empty:
         available = [name for name in names if statuses[name][0]]
@@ -479,4 +478,3 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
         store.update_manifest(lambda manifest: {**manifest, "notes": list(dict.fromkeys(
             list(manifest.get("notes") or []) + added))})
     return report
-
