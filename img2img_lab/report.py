@@ -204,12 +204,12 @@ def _annotations(table) -> list[str]:
             if metric in table.columns and table[metric].notna().any()][:3]
 
 
-def _grid_command(store: RunStore, family: dict) -> str:
+def _grid_command(store: RunStore, family: dict, *, rows: str = "seed") -> str:
     """The command that draws one family's grid at full size."""
     import shlex
 
     pins = " ".join(f"--where {shlex.quote(f'{column}={value}')}" for column, value in family.items())
-    return f"img2img-lab grid {shlex.quote(str(store.root))} {pins} --out grid.png"
+    return f"img2img-lab grid {shlex.quote(str(store.root))} --rows {rows} {pins} --out grid.png"
 
 
 def grids_section(store: RunStore, table) -> Section:
@@ -218,6 +218,7 @@ def grids_section(store: RunStore, table) -> Section:
     family_columns = list(SETTING_LABEL_COLUMNS)
     families = table.drop_duplicates(family_columns)[family_columns].to_dict("records")
     several_models = "model" in table.columns and table["model"].nunique() > 1
+    rows = "model" if several_models else "seed"
     parts, used, drawn = [], 0, 0
     for family in families[:MAX_GRIDS]:
         if used > GRID_BUDGET_BYTES:
@@ -230,14 +231,14 @@ def grids_section(store: RunStore, table) -> Section:
         if several_models:  # a models comparison: one row per model, at the first seed
             where["seed"] = int(table["seed"].min())
             title += f" · seed {where['seed']}, one row per model"
-        grid = comparison_grid(store, rows="model" if several_models else "seed", cols="strength",
-                               annotate=_annotations(table), where=where)
+        grid = comparison_grid(store, rows=rows, cols="strength", annotate=_annotations(table), where=where)
         tag = display_image_tag(grid, alt=title)
         used, drawn = used + len(tag), drawn + 1
         parts.append(f"<h3>{html.escape(title)}</h3><div class='grid'>{tag}</div>")
     if len(families) > drawn:
-        commands = "".join(f"<li><code>{html.escape(_grid_command(store, family))}</code></li>"
-                           for family in families[drawn:drawn + 50])
+        first_seed = {"seed": int(table["seed"].min())} if several_models else {}
+        commands = "".join(f"<li><code>{html.escape(_grid_command(store, {**family, **first_seed}, rows=rows))}"
+                           f"</code></li>" for family in families[drawn:drawn + 50])
         parts.append(f"<p class='muted'>{len(families) - drawn} more families are not drawn, so the report stays "
                      f"small; each command draws one:</p><ul class='muted'>{commands}</ul>"
                      + ("<p class='muted'>…</p>" if len(families) > drawn + 50 else ""))
