@@ -210,8 +210,8 @@ class ShardedRunner:
     def batch_limit(self):
         return self.runner.batch_limit
 
-    def chunks(self, planned, pending):
-        chunks = list(self.runner.chunks(planned, pending))
+    def chunks(self, planned, pending, recorded=()):
+        chunks = list(self.runner.chunks(planned, pending, recorded))
         costed = [([key for _, key in chunk], chunk_cost([cell for cell, _ in chunk])) for chunk, _ in chunks]
         shards = shard_chunks(costed, self.context.world_size)
         wanted = {tuple(keys) for keys, _ in shards[self.context.rank]}

@@ -6,8 +6,8 @@
 2. orphan images (no row) that no recorded plan names are removed (they cannot be told apart from debris);
 3. every plan the manifest records (``manifest["plans"]``: the sweeps, extensions and calibration rounds) is swept
    again into the folder with its engine, batch cap and metrics. The sweep keeps every intact cell and regenerates
-   the rest: missing cells, damaged or replaced images, unreadable rows, deleted sources. A batched chunk is
-   recomputed whole, so a regenerated cell comes from the same batch composition as before.
+   the rest: missing cells, damaged or replaced images, unreadable rows, deleted sources. A damaged cell's recorded
+   batch runs again whole, so a regenerated cell comes from the same batch composition as before.
 
 What it cannot repair it reports: an unreadable manifest (rerun the sweep with its config), or a plan whose source
 files are gone (restore them, then repair again).

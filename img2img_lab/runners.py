@@ -3,16 +3,21 @@ diffusers call per cell, :func:`img2img_lab.engine.run_cell`) and :class:`Batche
 :func:`img2img_lab.batched.run_cells_batched`).
 
 A runner splits the cells to generate into **chunks** and **runs** a chunk, returning one
-:class:`~img2img_lab.engine.CellOutput` per cell. A batched chunk is fixed by the plan, not by what is left to do,
-and named by its ``batch_id`` (the pixels of a batched cell depend on its batch, which the run folder records so
-``verify`` can regenerate it); a per-cell chunk is one cell with no batch.
+:class:`~img2img_lab.engine.CellOutput` per cell. A batched chunk holds only cells to generate — an extension of a
+finished sweep (a new strength, seed, prompt or source) generates exactly its new cells — and is named by its
+``batch_id``. The pixels of a batched cell depend on its batch, which the run folder records before the batch runs:
+a recorded batch that is not wholly stored (a killed sweep, a damaged image) runs again whole, with the same
+composition, so a resumed or repaired sweep stores the same pixels; a per-cell chunk is one cell with no batch.
 
 >>> runner, reason = choose_runner(pipe, sources, engine="batched")
 >>> runner.name, reason
 ('batched', 'StableDiffusionImg2ImgPipeline')
 >>> planned = [(cell, f"key{index}") for index, cell in enumerate(cells) if cell.duplicate_of is None]
 >>> [(len(chunk), batch_id is not None) for chunk, batch_id in runner.chunks(planned, planned[:1])]
-[(6, True)]
+[(1, True)]
+>>> recorded = [{"keys": [key for _, key in planned], "max_batch_size": runner.batch_limit}]  # a killed sweep's batch
+>>> [len(chunk) for chunk, _ in runner.chunks(planned, planned[:1], recorded)]
+[6]
 >>> [output.produced for output in PerCellRunner(pipe, sources).run(cells[:2])]
 ['vae_roundtrip', 'diffusion']
 """
@@ -36,8 +41,10 @@ class Runner(Protocol):
 
     name: str
 
-    def chunks(self, planned: list[tuple[Cell, str]], pending: list[tuple[Cell, str]]) -> Iterator[Chunk]:
-        """The chunks that generate every ``pending`` cell (``planned``: every non-duplicate cell of the plan)."""
+    def chunks(self, planned: list[tuple[Cell, str]], pending: list[tuple[Cell, str]],
+               recorded=()) -> Iterator[Chunk]:
+        """The chunks that generate every ``pending`` cell (``planned``: every non-duplicate cell of the plan;
+        ``recorded``: the run folder's batch records that hold a pending cell)."""
 
     def run(self, cells: list[Cell]) -> list[CellOutput]:
         """Generate one chunk's cells; one output per cell, in order."""
@@ -65,7 +72,7 @@ class PerCellRunner:
     name = "per-cell"
     batch_limit = None
 
-    def chunks(self, planned, pending) -> Iterator[Chunk]:
+    def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
         for cell, key in pending:
             yield [(cell, key)], None
 
@@ -87,11 +94,12 @@ class PerCellRunner:
 
 @dataclass
 class BatchedRunner:
-    """The batched runner: chunks of up to ``max(2 * limit, 32)`` planned cells per scheduler, steps and size.
+    """The batched runner: chunks of up to ``max(2 * limit, 32)`` cells to generate per scheduler, steps and size.
 
-    Chunks are fixed by the plan (every non-duplicate cell, in plan order), not by what is left to do: a chunk missing
-    any cell is recomputed whole, so every image comes from the same batch composition whether the sweep ran in one
-    go, resumed after a kill or was rerun.
+    First every recorded batch that holds a cell to generate runs again whole (its recorded composition: a killed or
+    damaged batch stores the same pixels as before); the other cells to generate are chunked in plan order. A fresh
+    sweep and its resumption therefore store the same images, and an extension generates only its new cells (batched
+    among themselves: within the engine's tolerance of a fresh sweep of the extended plan).
     """
 
     pipe: object
@@ -107,20 +115,26 @@ class BatchedRunner:
 
         return self.max_batch_size or DEFAULT_MAX_BATCH.get(self.pipe.device.type, 16)
 
-    def chunks(self, planned, pending) -> Iterator[Chunk]:
-        todo = {key for _, key in pending}
-        groups: dict[tuple, list[tuple[Cell, str]]] = {}
-        for cell, key in planned:
-            size = self.sources[cell.image_index].size
-            groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
-        limit = self.batch_limit
+    def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
+        limit, todo = self.batch_limit, {key for _, key in pending}
+        known = {key: (cell, key) for cell, key in planned}
+        replayed: set[str] = set()
+        for record in sorted(recorded, key=lambda record: record["keys"]):  # 1. recorded batches, whole
+            keys = list(record["keys"])
+            if (record["max_batch_size"] == limit and todo & set(keys) and all(key in known for key in keys)
+                    and not replayed & set(keys)):
+                replayed |= set(keys)
+                yield [known[key] for key in keys], _batch_id(keys, limit)
+        groups: dict[tuple, list[tuple[Cell, str]]] = {}  # 2. the rest of the cells to generate, in plan order
+        for cell, key in pending:
+            if key not in replayed:
+                size = self.sources[cell.image_index].size
+                groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
         chunk_cells = max(2 * limit, 32)
         for members in groups.values():
             for first in range(0, len(members), chunk_cells):
                 chunk = members[first:first + chunk_cells]
-                if any(key in todo for _, key in chunk):
-                    keys = [key for _, key in chunk]
-                    yield chunk, hashlib.sha256(json.dumps([keys, limit]).encode()).hexdigest()[:16]
+                yield chunk, _batch_id([key for _, key in chunk], limit)
 
     def run(self, cells: list[Cell]) -> list[CellOutput]:
         from img2img_lab.batched import run_cells_batched
@@ -141,3 +155,8 @@ def choose_runner(pipe, sources: list, *, engine: str, max_batch_size: int | Non
             return BatchedRunner(pipe, sources, max_batch_size=max_batch_size, on_step=on_step), reason
         return PerCellRunner(pipe, sources, on_step=on_step), reason
     return PerCellRunner(pipe, sources, on_step=on_step), "per-cell runner requested"
+
+
+def _batch_id(keys: list[str], limit: int) -> str:
+    """A batch's name: its cells' keys in order and its UNet cap, hashed."""
+    return hashlib.sha256(json.dumps([keys, limit]).encode()).hexdigest()[:16]

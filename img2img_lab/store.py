@@ -340,6 +340,10 @@ class RunStore:
                               temp_dir=self.temp_dir)
         return path
 
+    def batch_ids(self) -> list[str]:
+        """The ids of every recorded batch."""
+        return sorted(path.stem for path in (self.root / BATCHES).glob("*.json"))
+
     def read_batch(self, batch_id: str) -> dict | None:
         """A recorded batch (``{"keys", "max_batch_size"}``), or ``None`` if it is missing or unreadable."""
         try:

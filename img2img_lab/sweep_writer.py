@@ -359,7 +359,7 @@ class SweepWriter:
         chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds."""
         todo = {key for _, key in self.pending}
         last_flush = time.monotonic()
-        for chunk, batch_id in self.runner.chunks(self.planned, self.pending):
+        for chunk, batch_id in self.runner.chunks(self.planned, self.pending, self._recorded_batches()):
             if batch_id is not None:
                 self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
             outputs = self.runner.run([cell for cell, _ in chunk])
@@ -371,6 +371,14 @@ class SweepWriter:
                 self.store.checkpoint()  # rank 0 alone writes the table; every rank's row files are durable
                 last_flush = time.monotonic()
                 self.show_job_progress()
+
+    def _recorded_batches(self) -> list[dict]:
+        """The folder's batch records that hold a cell to generate: a killed or damaged batch runs again whole."""
+        todo = {key for _, key in self.pending}
+        if not todo or self.runner.batch_limit is None:
+            return []
+        records = (self.store.read_batch(batch_id) for batch_id in self.store.batch_ids())
+        return [record for record in records if record is not None and todo & set(record["keys"])]
 
     def show_job_progress(self, *, final: bool = False) -> None:
         """In a launched job rank 0's bar is the whole job's: between listings each of its steps stands for one step

@@ -168,3 +168,44 @@ def test_a_rerun_with_a_new_metric_returns_the_values_it_measured(tiny_pipe, sou
     assert table["delta_e"].notna().all()
     stored = RunStore.open(tmp_path / "run").read_table().set_index("cell_key")
     assert (table.set_index("cell_key")["delta_e"] == stored.loc[table["cell_key"], "delta_e"]).all()
+
+
+@pytest.mark.slow
+def test_extending_a_finished_sweep_generates_exactly_the_new_cells(tmp_path, capsys, monkeypatch):
+    """Batches hold only cells to generate (issue #19): one more strength of a 40-cell embedded sweep runs its 4 cells
+    through the model, one more seed its 11 (it used to run whole plan-fixed chunks again: 44 and more), and verify
+    passes on what they made."""
+    import img2img_lab.batched as batched
+    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.resources import data_path
+    from img2img_lab.verify import verify_run
+
+    pipe = load_pipeline(device="cpu")
+    ran, original = [], batched.run_cells_batched
+
+    def counting(pipe, cells, *args, **kwargs):
+        ran.append(len(cells))
+        return original(pipe, cells, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "run_cells_batched", counting)
+    base = dict(images=[str(data_path("sources", "red_circle_on_blue.png"))],
+                prompts=["a yellow star on a black background"], guidance_scales=[2.0], steps=[20])
+    strengths = [round(0.1 * step, 1) for step in range(1, 11)]
+
+    def generated(plan) -> int:
+        ran.clear()
+        run_sweep(plan, tmp_path / "run", pipe=pipe, progress=False, max_batch_size=4)
+        stored = json.loads((tmp_path / "run" / "manifest.json").read_text())["counts"]["generated"]
+        assert stored == sum(ran), (stored, ran)  # every cell run through the model is a new cell, stored
+        return sum(ran)
+
+    assert generated(SweepPlan(strengths=strengths, seeds=[0, 1, 2, 3], **base)) == 40
+    assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3], **base)) == 4
+    assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3, 4], **base)) == 11
+    assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3, 4], **base)) == 0
+    monkeypatch.setattr(batched, "run_cells_batched", original)
+    report = verify_run(tmp_path / "run", sample=3)
+    with capsys.disabled():
+        print(f"\n[extend] 40 cells; +1 strength generated 4, +1 seed generated 11 (11 strengths), rerun 0; "
+              f"verify {'OK' if report.ok else 'FAILED'}")
+    assert report.ok
