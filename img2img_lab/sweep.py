@@ -218,6 +218,7 @@ def _open_and_key(plan, out_dir, pipe, context, **options) -> SweepWriter:
     writer.key_cells()
     if context.is_main:
         writer.copy_from_cache()
+    writer.note_recorded_batches()  # inside main_first: no rank has begun to write batches
     return writer
 
 

@@ -222,6 +222,7 @@ class SweepWriter:
     counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
     started_clock: float = field(default_factory=time.perf_counter)
     work: dict = field(default_factory=dict)  # key -> its denoising steps (the progress bar's unit)
+    recorded: list = field(default_factory=list)  # batch records holding a cell to generate
     _progress_listed: float = 0.0
     bar: object = None
 
@@ -359,7 +360,7 @@ class SweepWriter:
         chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds."""
         todo = {key for _, key in self.pending}
         last_flush = time.monotonic()
-        for chunk, batch_id in self.runner.chunks(self.planned, self.pending, self._recorded_batches()):
+        for chunk, batch_id in self.runner.chunks(self.planned, self.pending, self.recorded):
             if batch_id is not None:
                 self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
             outputs = self.runner.run([cell for cell, _ in chunk])
@@ -372,13 +373,14 @@ class SweepWriter:
                 last_flush = time.monotonic()
                 self.show_job_progress()
 
-    def _recorded_batches(self) -> list[dict]:
-        """The folder's batch records that hold a cell to generate: a killed or damaged batch runs again whole."""
+    def note_recorded_batches(self) -> None:
+        """Remember the folder's batch records that hold a cell to generate (a killed or damaged batch runs again
+        whole). Taken before any rank generates, so every rank of a job chunks the same way."""
         todo = {key for _, key in self.pending}
         if not todo or self.runner.batch_limit is None:
-            return []
+            return
         records = (self.store.read_batch(batch_id) for batch_id in self.store.batch_ids())
-        return [record for record in records if record is not None and todo & set(record["keys"])]
+        self.recorded = [record for record in records if record is not None and todo & set(record["keys"])]
 
     def show_job_progress(self, *, final: bool = False) -> None:
         """In a launched job rank 0's bar is the whole job's: between listings each of its steps stands for one step
