@@ -35,7 +35,6 @@ direction and numeric range; the embedded model's oracle is a plugin it loads on
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Protocol
 
@@ -43,8 +42,9 @@ import numpy as np
 
 import img2img_lab  # noqa: F401  - torchvision shim before lpips
 from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
+from img2img_lab.fidelity import (FIDELITY_METRICS, MS_SSIM_WEIGHTS, ReferenceCache, delta_e, edge_f1,  # noqa: F401
+                                  edge_map, fidelity_values, ms_ssim, mse, psnr, ssim)
 from img2img_lab.images import metric_array as _as_array
-from img2img_lab.images import metric_pair as _pair
 from img2img_lab.weights import fetch_lpips
 from img2img_lab.masks import masks_for_measuring
 from img2img_lab.lpips_metric import (LPIPS_BACKBONE_FILES, lpips, lpips_checkpoint_dir,  # noqa: F401
@@ -57,166 +57,6 @@ __all__ = ["DEFAULT_METRICS", "LPIPS_BACKBONE_FILES", "METRICS", "ClipScore", "M
            "check_metric_names", "delta_e", "edge_f1", "edge_map", "load_plugins", "lpips", "lpips_distances",
            "lpips_checkpoint_dir", "lpips_status", "measure_pair", "measure_pairs", "prepare_metric", "measure_run", "metric_spec", "metric_status",
            "ms_ssim", "mse", "psnr", "register_pair_metric", "register_prompt_scorer", "ssim", "unregister_metric"]
-
-
-# --------------------------------------------------------------------------- classical metrics
-
-
-def ssim(source, output, *, data_range: float = 255.0) -> float:
-    """Structural similarity (Wang et al. 2004) over RGB, mean over channels; in [-1, 1], 1 = identical.
-
-    Gaussian 11x11 window (sigma 1.5), population covariances, K1 = 0.01, K2 = 0.03: the paper's settings,
-    as ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
-    use_sample_covariance=False)``. Images need sides of at least 11 px.
-
-    >>> black, white = np.zeros((16, 16, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8)
-    >>> ssim(black, black), round(ssim(black, white), 4)
-    (1.0, 0.0001)
-    """
-    from skimage.metrics import structural_similarity
-
-    a, b = _pair(source, output)
-    return float(structural_similarity(a, b, data_range=data_range, channel_axis=-1, gaussian_weights=True,
-                                       sigma=1.5, use_sample_covariance=False))
-
-
-#: MS-SSIM scale weights from Wang, Simoncelli & Bovik (2003).
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def _ssim_components(a: np.ndarray, b: np.ndarray, data_range: float) -> tuple[float, float]:
-    """Mean SSIM and mean contrast-structure term over channels (Gaussian 11x11, sigma 1.5, valid region)."""
-    from scipy.ndimage import gaussian_filter
-
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    pad = 5
-    full, cs = [], []
-    for channel in range(a.shape[2]):
-        x, y = a[..., channel].astype(np.float64), b[..., channel].astype(np.float64)
-        blur = lambda image: gaussian_filter(image, sigma=1.5, truncate=3.5)  # noqa: E731 - 11 taps
-        mu_x, mu_y = blur(x), blur(y)
-        var_x = blur(x * x) - mu_x**2
-        var_y = blur(y * y) - mu_y**2
-        cov = blur(x * y) - mu_x * mu_y
-        contrast_structure = (2 * cov + c2) / (var_x + var_y + c2)
-        luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
-        crop = (slice(pad, -pad), slice(pad, -pad))
-        full.append(float((luminance * contrast_structure)[crop].mean()))
-        cs.append(float(contrast_structure[crop].mean()))
-    return float(np.mean(full)), float(np.mean(cs))
-
-
-def ms_ssim(source, output, *, data_range: float = 255.0, scales: int | None = None) -> float:
-    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003); in [0, 1], 1 = identical.
-
-    Uses as many of the paper's five scales as the image allows (each scale halves the image by 2x2
-    averaging; the coarsest must keep sides >= 11 px) and renormalises the weights of the scales used:
-    a 64 px image uses 3 scales, 256 px and larger all 5. Negative contrast-structure terms are clamped
-    at 0 so the product stays defined.
-
-    >>> ms_ssim(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8))
-    1.0
-    """
-    a, b = _pair(source, output)
-    available = 1
-    side = min(a.shape[:2])
-    while available < 5 and side // 2 ** available >= 11:
-        available += 1
-    if side < 11:
-        raise Img2ImgLabError(f"ms_ssim needs images of at least 11 px; got {a.shape[1]}x{a.shape[0]}.")
-    count = available if scales is None else min(scales, available)
-    weights = np.asarray(MS_SSIM_WEIGHTS[:count])
-    weights = weights / weights.sum()
-    x, y = a.astype(np.float64), b.astype(np.float64)
-    value = 1.0
-    for scale in range(count):
-        full, cs = _ssim_components(x, y, data_range)
-        term = full if scale == count - 1 else cs
-        value *= max(term, 0.0) ** weights[scale]
-        if scale < count - 1:
-            h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
-            x = x[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
-            y = y[:h, :w].reshape(h // 2, 2, w // 2, 2, -1).mean(axis=(1, 3))
-    return float(value)
-
-
-def mse(source, output) -> float:
-    """Mean squared error of intensities scaled to [0, 1]; in [0, 1], 0 = identical.
-
-    >>> mse(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8))
-    1.0
-    """
-    a, b = _pair(source, output)
-    return float(np.mean(((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2))
-
-
-def psnr(source, output) -> float:
-    """Peak signal-to-noise ratio in dB for 8-bit images: ``10 log10(255^2 / MSE)``.
-
-    Identical images give ``inf`` (documented, not an error): aggregate PSNR with care, e.g. cap it.
-
-    >>> round(psnr(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 3), 255, np.uint8)), 6)
-    0.0
-    """
-    error = mse(source, output)
-    return math.inf if error == 0 else float(10.0 * math.log10(1.0 / error))
-
-
-def delta_e(source, output) -> float:
-    """Mean CIEDE2000 colour difference (Sharma, Wu & Dalal 2005) in CIELAB (D65); 0 = identical.
-
-    Rules of thumb: < 1 invisible, 2-3 just noticeable side by side, > 10 clearly different colours.
-    This is the "keep the product colour" measure.
-
-    >>> delta_e(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2, 3), np.uint8))
-    0.0
-    """
-    from skimage.color import deltaE_ciede2000, rgb2lab
-
-    a, b = _pair(source, output)
-    lab_a, lab_b = rgb2lab(a.astype(np.float64) / 255.0), rgb2lab(b.astype(np.float64) / 255.0)
-    return float(np.mean(deltaE_ciede2000(lab_a, lab_b)))
-
-
-def edge_map(image, *, sigma: float = 1.0) -> np.ndarray:
-    """Canny edges of an RGB image (boolean HxW): the union of each channel's edges.
-
-    Per-channel edges catch colour boundaries that luminance misses (yellow on white, blue on black).
-
-    >>> square = np.zeros((32, 32, 3), np.uint8); square[8:24, 8:24] = (0, 0, 255)
-    >>> bool(edge_map(square).any())
-    True
-    """
-    from skimage.feature import canny
-
-    array = _as_array(image).astype(np.float64) / 255.0
-    edges = np.zeros(array.shape[:2], bool)
-    for channel in range(3):
-        edges |= canny(array[..., channel], sigma=sigma)
-    return edges
-
-
-def edge_f1(source, output, *, sigma: float = 1.0, tolerance: int = 1) -> float:
-    """F1 score of the output's Canny edges against the source's, matching within ``tolerance`` pixels.
-
-    In [0, 1], 1 = every source edge kept and no new edge drawn: the "keep the composition" measure.
-    Two edge-free images score 1.
-
-    >>> edge_f1(np.zeros((32, 32, 3), np.uint8), np.zeros((32, 32, 3), np.uint8))
-    1.0
-    """
-    from scipy.ndimage import binary_dilation
-
-    a, b = _pair(source, output)
-    edges_a, edges_b = edge_map(a, sigma=sigma), edge_map(b, sigma=sigma)
-    if not edges_a.any() and not edges_b.any():
-        return 1.0
-    if not edges_a.any() or not edges_b.any():
-        return 0.0
-    structure = np.ones((2 * tolerance + 1, 2 * tolerance + 1), bool)
-    precision = float((edges_b & binary_dilation(edges_a, structure)).sum() / edges_b.sum())
-    recall = float((edges_a & binary_dilation(edges_b, structure)).sum() / edges_a.sum())
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
 
 
 # --------------------------------------------------------------------------- prompt adherence
@@ -334,10 +174,14 @@ def prepare_metric(name: str) -> tuple[bool, str]:
     return metric_status(name)
 
 
-def measure_pairs(sources, outputs, names, *, prompts=None, masks=None,
-                  device: str | None = None) -> dict[str, np.ndarray]:
+def measure_pairs(sources, outputs, names, *, prompts=None, masks=None, device: str | None = None,
+                  references: ReferenceCache | None = None) -> dict[str, np.ndarray]:
     """Compute metrics for many (source, output) pairs; unavailable metrics come back as NaN arrays. Region metrics
     (``ssim@subject``, :mod:`img2img_lab.regions`) need each pair's subject mask in ``masks``.
+
+    The fidelity metrics (:mod:`img2img_lab.fidelity`) run on ``device`` in batches per source, each source's side
+    computed once: pass the same source object for its pairs (a run folder's loaded sources are), and a
+    :class:`~img2img_lab.fidelity.ReferenceCache` in ``references`` to keep that work across calls (a sweep does).
 
     Returns ``{name: values}``. Use :func:`metric_status` to learn why a metric is NaN.
 
@@ -349,9 +193,12 @@ def measure_pairs(sources, outputs, names, *, prompts=None, masks=None,
     sources, outputs = list(sources), list(outputs)
     results: dict[str, np.ndarray] = _region_values(sources, outputs, [n for n in names if metric_spec(n).needs_mask],
                                                     masks)
+    fidelity_names = [name for name in names if _is_builtin_fidelity(name)]
+    results.update(_fidelity_by_source(sources, outputs, fidelity_names,
+                                       references or ReferenceCache(device=device)))
     for name in names:
         spec = metric_spec(name)
-        if spec.needs_mask:
+        if spec.needs_mask or name in fidelity_names:
             continue
         if name in _LPIPS_NETS:
             try:
@@ -370,18 +217,39 @@ def measure_pairs(sources, outputs, names, *, prompts=None, masks=None,
         else:
             function = pair_function(name)
             results[name] = np.asarray([function(a, b) for a, b in zip(sources, outputs)], dtype=np.float64)
+    return {name: results[name] for name in names}
+
+
+def _is_builtin_fidelity(name: str) -> bool:
+    """Whether ``name`` is registered as this library's fidelity metric (a plugin may have replaced it)."""
+    return name in FIDELITY_METRICS and pair_function(name) is globals()[name]
+
+
+def _fidelity_by_source(sources, outputs, names, references: ReferenceCache) -> dict[str, np.ndarray]:
+    """Fidelity metrics of every pair, one batch of outputs per source object."""
+    if not names:
+        return {}
+    results = {name: np.full(len(outputs), np.nan) for name in names}
+    groups: dict[int, list[int]] = {}
+    for index, source in enumerate(sources):
+        groups.setdefault(id(source), []).append(index)
+    for indices in groups.values():
+        values = fidelity_values(references.get(sources[indices[0]]), [outputs[i] for i in indices], names)
+        for name in names:
+            results[name][indices] = values[name]
+        references.trim()
     return results
 
 
-def measure_pair(source, output, names, *, prompt: str | None = None, mask=None,
-                 device: str | None = None) -> dict[str, float]:
+def measure_pair(source, output, names, *, prompt: str | None = None, mask=None, device: str | None = None,
+                 references: ReferenceCache | None = None) -> dict[str, float]:
     """Compute metrics for one pair: ``{name: value}`` (NaN where a metric is unavailable).
 
     >>> measure_pair(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), ["ssim", "mse"])
     {'ssim': 1.0, 'mse': 0.0}
     """
     values = measure_pairs([source], [output], names, prompts=None if prompt is None else [prompt],
-                           masks=None if mask is None else [mask], device=device)
+                           masks=None if mask is None else [mask], device=device, references=references)
     return {name: float(array[0]) for name, array in values.items()}
 
 
@@ -404,8 +272,8 @@ def _fill_missing(frame, names, available, store, *, with_prompts: bool, device,
                   masks: dict | None = None) -> dict:
     """Add NaN columns for ``names`` to ``frame`` (in place) and compute the missing values of ``available``.
 
-    Each needed image is read once; each metric runs once over all its missing rows (LPIPS in batches).
-    Returns ``{metric: values computed}``.
+    Each needed image is read once; rows missing the same metrics are measured together (LPIPS in batches, the
+    fidelity metrics sharing their work and each source's side computed once). Returns ``{metric: values computed}``.
     """
     from tqdm.auto import tqdm
 
@@ -421,15 +289,20 @@ def _fill_missing(frame, names, available, store, *, with_prompts: bool, device,
         if row["source_hash"] not in sources:
             sources[row["source_hash"]] = store.load_source(row["source_hash"])
         outputs[index] = store.load_output(row)
-    computed = {}
-    for name in todo:
-        rows = frame.index[frame[name].isna()]
+    computed = {name: int(frame[name].isna().sum()) for name in todo}
+    if not todo:
+        return computed
+    references = ReferenceCache(device=device)
+    for gaps, missing in frame.loc[needed, todo].isna().groupby(todo):
+        group = [name for name, gap in zip(todo, gaps if isinstance(gaps, tuple) else (gaps,)) if gap]
+        rows = missing.index
         values = measure_pairs([sources[frame.at[index, "source_hash"]] for index in rows],
-                               [outputs[index] for index in rows], [name],
+                               [outputs[index] for index in rows], group,
                                prompts=list(frame.loc[rows, "prompt"]) if with_prompts else None, device=device,
-                               masks=[masks[frame.at[index, "source_hash"]] for index in rows] if masks else None)
-        frame.loc[rows, name] = values[name]
-        computed[name] = len(rows)
+                               masks=[masks[frame.at[index, "source_hash"]] for index in rows] if masks else None,
+                               references=references)
+        for name in group:
+            frame.loc[rows, name] = values[name]
     return computed
 
 

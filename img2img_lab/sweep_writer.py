@@ -223,6 +223,7 @@ class SweepWriter:
     started_clock: float = field(default_factory=time.perf_counter)
     work: dict = field(default_factory=dict)  # key -> its denoising steps (the progress bar's unit)
     recorded: list = field(default_factory=list)  # batch records holding a cell to generate
+    references: object = None  # fidelity.ReferenceCache: each source's side of the metrics, computed once
     _progress_listed: float = 0.0
     bar: object = None
 
@@ -411,13 +412,14 @@ class SweepWriter:
     def save(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw,
              batch_id: str | None = None) -> None:
         """Store one finished cell (first writer wins) and hand the pair this folder now holds to the cache."""
-        from img2img_lab.metrics import measure_pair
+        from img2img_lab.metrics import ReferenceCache, measure_pair
 
         row = self._row(cell, key, image, produced, seconds, nsfw, batch_id)
         if self.metrics:
+            self.references = self.references or ReferenceCache(device=str(self.pipe.device))
             row.update(measure_pair(self.sources[cell.image_index], image,
                                     [name for name in self.metrics if not _needs(name, "mask")], prompt=cell.prompt,
-                                    device=str(self.pipe.device)))
+                                    device=str(self.pipe.device), references=self.references))
         if self.store.save_cell(key, image, row):
             self.counts["reused" if is_duplicate(produced) else "generated"] += 1
             pair = (image, row)
