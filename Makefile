@@ -29,7 +29,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/metrics_speed.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/felt_speed.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sweep_speed.py
 
 # Re-freeze the lock from the current venv (after changing dependencies and running `make test`).

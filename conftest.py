@@ -22,6 +22,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # loaded by load_pipeline (and CLI subprocesses) take the same count through IMG2IMG_LAB_THREADS.
 TEST_THREADS = int(os.environ.get("IMG2IMG_LAB_TEST_THREADS", min(2, os.cpu_count() or 1)))
 os.environ["IMG2IMG_LAB_THREADS"] = str(TEST_THREADS)
+# Kept model descriptions (img2img-lab info) go to a scratch folder, never the user's ~/.cache.
+import tempfile  # noqa: E402
+
+os.environ["IMG2IMG_LAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="img2img-lab-test-cache-")
 
 import pytest  # noqa: E402
 

@@ -95,11 +95,10 @@ def floor_advisory(name: str, floor_ssim: float, model: str) -> list[str]:
     """
     if not floor_ssim < FLOOR_SSIM:
         return []
+    fix = (f"use a real model: --model stable-diffusion-v1-5/stable-diffusion-v1-5 ({model} draws only its shapes "
+           f"world)" if model.startswith("embedded") else "use a model trained on such images (--model ...)")
     return [f"{name}: the model cannot represent this image: its VAE round trip reaches SSIM {floor_ssim:.2f} (no output "
-            f"can score higher). Fix: use a real model: --model stable-diffusion-v1-5/stable-diffusion-v1-5 "
-            f"({model} draws only its shapes world)" if model.startswith("embedded") else
-            f"{name}: the model cannot represent this image: its VAE round trip reaches SSIM {floor_ssim:.2f} (no output "
-            f"can score higher). Fix: use a model trained on such images (--model ...)"]
+            f"can score higher). Fix: {fix}"]
 
 
 def sweep_advisories(plan, pipe, sources_manifest: list[dict], sources) -> list[str]:

@@ -37,10 +37,11 @@ import sys
 import time
 
 from img2img_lab.cli_support import (EXAMPLES, config_path, number_list, one_line, os_error_message,  # noqa: F401
-                                     parse_where, quiet_libraries)
+                                     parse_where)
 from img2img_lab import distributed
 from img2img_lab.advisories import one_line_warnings
 from img2img_lab.errors import Img2ImgLabError
+from img2img_lab.quiet import quiet_model_libraries
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -120,10 +121,9 @@ def _cmd_curves(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from img2img_lab.pipelines import describe_pipeline, load_pipeline, recommended_guidance
+    from img2img_lab.model_info import describe_model
 
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
-    info = describe_pipeline(pipe)
+    info = describe_model(args.model, device=args.device, dtype=args.dtype, reload=args.reload)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -133,7 +133,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"scheduler:         {info['scheduler']}")
     print(f"size multiple:     {info['size_multiple']} px")
     print(f"native resolution: {info['native_resolution']} px")
-    print(f"guidance:          {recommended_guidance(pipe):g} recommended (pipeline default {info['default_guidance']})")
+    print(f"guidance:          {info['recommended_guidance']:g} recommended (pipeline default {info['default_guidance']})")
     for argument, why in info["ignored_arguments"].items():
         print(f"ignores:           {argument} ({why})")
     print(f"device / dtype:    {info['device']} / {info['dtype']}")
@@ -318,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = command("info", "describe a model: components, size, scheduler, size rules")
     info.add_argument("model", nargs="?", default=None, help="hub id or diffusers folder (default: embedded model)")
     info.add_argument("--json", action="store_true", help="print JSON")
+    info.add_argument("--reload", action="store_true",
+                      help="load the model even if its description is kept from an earlier info (files unchanged)")
     add_model_options(info)
     info.set_defaults(handler=_cmd_info)
 
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.debug:
-        quiet_libraries()
+        quiet_model_libraries()  # the CLI prints its own progress and errors
     context = distributed.context_from_environment()
     prefix = f"rank {context.rank}: " if context.distributed else ""
     try:

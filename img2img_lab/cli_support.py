@@ -55,19 +55,6 @@ def os_error_message(error: OSError) -> str:
     return f"{where}{error.strerror or one_line(error)}. Fix: {fix}."
 
 
-def quiet_libraries() -> None:
-    """Hide diffusers' and transformers' loading bars and advice; the CLI prints its own progress and errors."""
-    import importlib
-
-    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
-        try:
-            logging = importlib.import_module(name)
-        except ImportError:
-            continue
-        logging.disable_progress_bar()
-        logging.set_verbosity_error()
-
-
 def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, shortened to ``limit`` characters."""
     text = " ".join(str(error).split()) or "no message"

@@ -25,6 +25,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
+from img2img_lab.ciede2000 import ciede2000_means, lab_from_pixels
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.images import metric_array, metric_pair
 
@@ -37,9 +38,6 @@ FIDELITY_METRICS = ("ssim", "ms_ssim", "psnr", "mse", "delta_e", "edge_f1")
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: The SSIM window: Gaussian, sigma 1.5, 11 taps (Wang et al. 2004; scipy's truncate=3.5).
 WINDOW_SIGMA, WINDOW_RADIUS = 1.5, 5
-#: sRGB -> XYZ (D65) and the D65 2-degree white point, as scikit-image's ``rgb2lab``.
-XYZ_FROM_RGB = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
-D65_WHITE = (0.95047, 1.0, 1.08883)
 #: Pixels per batch: 16 images of 512x512 on an accelerator; on the CPU one (smaller batches stay in its caches:
 #: 8 images of 512x512 in one batch take 40 % longer each).
 BATCH_PIXELS = {"cpu": 512 * 512, "accelerator": 16 * 512 * 512}
@@ -75,7 +73,7 @@ class SourceReference:
         c1, c2 = (0.01 * self.data_range) ** 2, (0.03 * self.data_range) ** 2
         while len(self._levels) < count:
             if not self._levels:
-                x = _as_batch([self.array], self.device) - self.data_range / 2
+                x = _as_images([self.array], self.device) - self.data_range / 2
             else:
                 x = _halve(self._levels[-1]["x"])
             mu, square = _blur(x), _blur(x * x)
@@ -86,7 +84,7 @@ class SourceReference:
 
     @cached_property
     def lab(self):
-        return _lab(_as_batch([self.array], self.device, channels_last=True))
+        return lab_from_pixels(_as_pixels([self.array], self.device))
 
     @cached_property
     def edges(self) -> np.ndarray:
@@ -99,8 +97,10 @@ class SourceReference:
     @property
     def nbytes(self) -> int:
         """Memory held now (what :class:`ReferenceCache` budgets)."""
-        tensors = [tensor for level in self._levels for tensor in level.values()] + ([self.lab] if "lab" in self.__dict__ else [])
-        return self.array.nbytes + sum(t.numel() * t.element_size() for t in tensors) + 2 * self.array[..., 0].size
+        tensors = [tensor for level in self._levels for tensor in level.values()]
+        tensors += [self.lab] if "lab" in self.__dict__ else []  # cached_property: computed already?
+        edge_maps = 2 * self.array[..., 0].size  # edges and edges_grown, one byte a pixel
+        return self.array.nbytes + sum(t.numel() * t.element_size() for t in tensors) + edge_maps
 
 
 class ReferenceCache:
@@ -167,7 +167,7 @@ def _batch_values(reference: SourceReference, arrays: list, names) -> dict[str, 
         values["mse"] = error
         values["psnr"] = np.where(error == 0, math.inf, 10.0 * np.log10(1.0 / np.maximum(error, 1e-300)))
     if "delta_e" in names:
-        differences = _ciede2000(reference.lab, _lab(_as_batch(arrays, reference.device, channels_last=True)))
+        differences = ciede2000_means(reference.lab, lab_from_pixels(_as_pixels(arrays, reference.device)))
         values["delta_e"] = np.where(_identical(reference, arrays), 0.0, differences)  # exactly, whatever the batch
     if "edge_f1" in names:
         values["edge_f1"] = np.asarray([_edge_f1(reference, array) for array in arrays], dtype=np.float64)
@@ -275,13 +275,19 @@ def edge_f1(source, output, *, sigma: float = 1.0, tolerance: int = 1) -> float:
 # --------------------------------------------------------------------------- kernels
 
 
-def _as_batch(arrays, device, *, channels_last: bool = False):
-    """uint8 HxWx3 arrays as one tensor on ``device``: float32 Nx3xHxW in channels-last memory (what the SSIM
-    blurs want), or the uint8 NxHxWx3 array itself with ``channels_last``."""
+def _as_pixels(arrays, device):
+    """uint8 HxWx3 arrays as one uint8 NxHxWx3 tensor on ``device``."""
     import torch
 
-    batch = torch.from_numpy(np.stack(arrays)).to(device)
-    return batch if channels_last else batch.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+    return torch.from_numpy(np.stack(arrays)).to(device)
+
+
+def _as_images(arrays, device):
+    """uint8 HxWx3 arrays as one float32 Nx3xHxW tensor on ``device``, in channels-last memory (what the SSIM
+    blurs want)."""
+    import torch
+
+    return _as_pixels(arrays, device).permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
 
 
 @lru_cache(maxsize=16)
@@ -333,7 +339,7 @@ def _structural(reference: SourceReference, arrays, *, want_ssim: bool, want_ms:
     """SSIM (scale 0's mean SSIM map) and MS-SSIM (contrast-structure at scales 0..n-2, SSIM at n-1)."""
     count = _scale_count(*reference.shape[:2], scales if want_ms else 1)
     c1, c2 = (0.01 * reference.data_range) ** 2, (0.03 * reference.data_range) ** 2
-    y = _as_batch(arrays, reference.device) - reference.data_range / 2
+    y = _as_images(arrays, reference.device) - reference.data_range / 2
     weights = np.asarray(MS_SSIM_WEIGHTS[:count]) / sum(MS_SSIM_WEIGHTS[:count])
     values: dict[str, np.ndarray] = {}
     product = np.ones(len(arrays))
@@ -376,65 +382,6 @@ def _mse(reference: SourceReference, arrays) -> np.ndarray:
     outputs = torch.from_numpy(np.stack(arrays)).to(reference.device).to(torch.int32)
     squares = ((outputs - source) ** 2).double().sum(dim=(1, 2, 3)).cpu().numpy()
     return squares / (reference.array.size * 255.0**2)
-
-
-def _lab(batch):
-    """CIELAB (D65, 2 degrees) of NxHxWx3 uint8 as float32, by scikit-image's formulas; sRGB decoding by a table."""
-    import torch
-
-    levels = torch.arange(256, dtype=torch.float64) / 255.0
-    linear = torch.where(levels > 0.04045, ((levels + 0.055) / 1.055) ** 2.4, levels / 12.92)
-    rgb = linear.float().to(batch.device)[batch.long()]
-    xyz = rgb @ torch.tensor(XYZ_FROM_RGB, device=batch.device).T / torch.tensor(D65_WHITE, device=batch.device)
-    f = torch.where(xyz > 0.008856, xyz.clamp_min(0) ** (1 / 3), 7.787 * xyz + 16.0 / 116.0)
-    return torch.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]), 200.0 * (f[..., 1] - f[..., 2])], -1)
-
-
-def _ciede2000(lab_source, lab_outputs) -> np.ndarray:
-    """Mean CIEDE2000 per output (Sharma, Wu & Dalal 2005), term for term as scikit-image's ``deltaE_ciede2000``."""
-    import torch
-
-    (l1, a1, b1), (l2, a2, b2) = lab_source.unbind(-1), lab_outputs.unbind(-1)
-    mean_chroma = 0.5 * (torch.hypot(a1, b1) + torch.hypot(a2, b2))
-    stretch = 1.5 - 0.5 * _chroma_weight(mean_chroma)
-    chroma1, chroma2 = torch.hypot(a1 * stretch, b1), torch.hypot(a2 * stretch, b2)
-    hue1, hue2 = _hue(b1, a1 * stretch), _hue(b2, a2 * stretch)
-    mean_l = 0.5 * (l1 + l2)
-    lightness_offset = (mean_l - 50) * (mean_l - 50)
-    lightness_term = (l2 - l1) / (1 + 0.015 * lightness_offset / torch.sqrt(20 + lightness_offset))
-    mean_c = 0.5 * (chroma1 + chroma2)
-    chroma_term = (chroma2 - chroma1) / (1 + 0.045 * mean_c)
-    hue_diff, hue_sum, chroma_product = hue2 - hue1, hue1 + hue2, chroma1 * chroma2
-    coloured = (chroma_product != 0).float()  # 0 where a colour is grey: hue difference 0, mean hue the sum
-    wraps = (hue_diff.abs() > math.pi).float() * coloured
-    d_hue = (hue_diff - 2 * math.pi * torch.sign(hue_diff) * wraps) * coloured
-    mean_hue = (hue_sum + wraps * (2 * math.pi) * (1 - 2 * (hue_sum >= 2 * math.pi).float())) * (1 - 0.5 * coloured)
-    t = (1 - 0.17 * torch.cos(mean_hue - math.radians(30)) + 0.24 * torch.cos(2 * mean_hue)
-         + 0.32 * torch.cos(3 * mean_hue + math.radians(6)) - 0.20 * torch.cos(4 * mean_hue - math.radians(63)))
-    hue_term = 2 * torch.sqrt(chroma_product) * torch.sin(d_hue / 2) / (1 + 0.015 * mean_c * t)
-    rotation = 2 * _chroma_weight(mean_c)
-    angle_offset = (torch.rad2deg(mean_hue) - 275) / 25
-    angle = math.radians(30) * torch.exp(-angle_offset * angle_offset)
-    rotation_term = -torch.sin(2 * angle) * rotation * chroma_term * hue_term
-    squared = lightness_term * lightness_term + chroma_term * chroma_term + hue_term * hue_term + rotation_term
-    return torch.sqrt(squared.clamp_min(0)).double().mean(dim=(1, 2)).cpu().numpy()
-
-
-def _chroma_weight(chroma):
-    """``sqrt(C^7 / (C^7 + 25^7))``, CIEDE2000's chroma weighting."""
-    import torch
-
-    square = chroma * chroma
-    seventh = square * square * square * chroma
-    return torch.sqrt(seventh / (seventh + 25.0**7))
-
-
-def _hue(b, a):
-    """Hue angle in [0, 2 pi)."""
-    import torch
-
-    angle = torch.atan2(b, a)
-    return torch.where(angle < 0, angle + 2 * math.pi, angle)
 
 
 def _grow(edges: np.ndarray, tolerance: int) -> np.ndarray:

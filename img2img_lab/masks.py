@@ -36,6 +36,10 @@ from img2img_lab.errors import ImageError
 MIN_SUBJECT_DELTA = 12.0
 
 
+class MaskWarning(UserWarning):
+    """An automatic mask that may be wrong (said once, in one line, by the CLI and the manifest)."""
+
+
 @dataclass
 class MaskEstimate:
     """An automatic mask and what makes it doubtful (empty when it looks sound)."""
@@ -210,7 +214,3 @@ def masks_for_measuring(store, frames, names, how) -> dict | None:
                 if columns and not frame.empty:
                     frame.loc[frame["source_hash"] == source_hash, columns] = np.nan
     return masks
-
-
-class MaskWarning(UserWarning):
-    """An automatic mask that may be wrong (said once, in one line, by the CLI and the manifest)."""

@@ -86,8 +86,10 @@ class ClipScore:
     def __init__(self, model: str | None = None, *, device: str | None = None):
         from transformers import CLIPModel, CLIPProcessor
 
+        from img2img_lab.quiet import apply_quiet
         from img2img_lab.weights import fetch_clip
 
+        apply_quiet()
         name = model or os.environ.get("IMG2IMG_LAB_CLIP_MODEL") or self.DEFAULT
         folder = fetch_clip(name)  # cached, or downloaded now (online), or MetricUnavailable with the fix
         try:

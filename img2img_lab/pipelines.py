@@ -153,7 +153,8 @@ def load_pipeline(
 ):
     """Load an img2img pipeline from a hub id, a local diffusers folder, or the embedded default.
 
-    Uses :class:`diffusers.AutoPipelineForImage2Image`, so any model with an img2img pipeline works
+    Imports only the img2img pipeline class the model names (:func:`img2img_pipeline_class`), else goes through
+    :class:`diffusers.AutoPipelineForImage2Image`, so any model with an img2img pipeline works
     (Stable Diffusion 1.x/2.x, SDXL, turbo models...). Device/dtype default to CUDA fp16 when a GPU is
     present, else CPU fp32. The pipeline's inner progress bar is disabled (sweeps show their own). On the CPU,
     ``threads="auto"`` sets torch's thread count for the model (:mod:`img2img_lab.threads`: ``$IMG2IMG_LAB_THREADS``,
@@ -167,15 +168,14 @@ def load_pipeline(
         raise ModelError(f"threads={threads!r} must be 'auto', None or a whole number >= 1. Fix: e.g. threads=2.")
     label, folder = resolve_model(model)
     torch_device, torch_dtype = select_device(device, dtype)
-    from diffusers import AutoPipelineForImage2Image
-
+    pipeline_class = img2img_pipeline_class(label, folder)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if variant:
         kwargs["variant"] = variant
     if folder is None and _hub_offline():
         kwargs["local_files_only"] = True
     try:
-        pipe = AutoPipelineForImage2Image.from_pretrained(str(folder) if folder else label, **kwargs)
+        pipe = pipeline_class.from_pretrained(str(folder) if folder else label, **kwargs)
     except (OSError, ValueError, KeyError, EnvironmentError) as error:
         raise ModelError(
             f"could not load '{label}' as a diffusers img2img pipeline: {error}. "
@@ -190,6 +190,52 @@ def load_pipeline(
     if scheduler is not None:
         set_scheduler(pipe, scheduler)
     return pipe
+
+
+#: The img2img pipeline of each text-to-image pipeline a model may name, for the families this toolkit adapts
+#: (:mod:`img2img_lab.families`); diffusers' AutoPipelineForImage2Image holds the same pairs, and more.
+IMG2IMG_PIPELINE_OF = {
+    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusion3Pipeline": "StableDiffusion3Img2ImgPipeline",
+    "FluxPipeline": "FluxImg2ImgPipeline",
+    "LatentConsistencyModelPipeline": "LatentConsistencyModelImg2ImgPipeline",
+}
+
+
+def img2img_pipeline_class(label: str, folder: Path | None):
+    """The img2img pipeline class for a model: the one its ``model_index.json`` names (``_class_name``, or that
+    pipeline's img2img sibling from :data:`IMG2IMG_PIPELINE_OF`), imported alone; else (another pipeline, or a hub
+    model not downloaded yet) ``AutoPipelineForImage2Image``, whose import costs 1-2 s more (every ControlNet).
+
+    >>> img2img_pipeline_class("embedded:shapes-world", EMBEDDED_MODEL_DIR).__name__
+    'StableDiffusionImg2ImgPipeline'
+    """
+    import diffusers
+
+    from img2img_lab.quiet import apply_quiet
+
+    index = Path(folder) / "model_index.json" if folder is not None else _cached_model_index(label)
+    try:
+        named = json.loads(index.read_text()).get("_class_name") if index is not None else None
+    except (OSError, ValueError, AttributeError):
+        named = None
+    name = named if isinstance(named, str) and named.endswith("Img2ImgPipeline") else IMG2IMG_PIPELINE_OF.get(named)
+    pipeline_class = getattr(diffusers, name) if name and hasattr(diffusers, name) else \
+        diffusers.AutoPipelineForImage2Image
+    apply_quiet()  # diffusers and transformers are imported now
+    return pipeline_class
+
+
+def _cached_model_index(label: str) -> Path | None:
+    """A hub model's ``model_index.json`` in the Hugging Face cache, if it is there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(label, "model_index.json")
+    except ValueError:  # not a repository id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def _set_threads(pipe, threads: int | str | None) -> str:

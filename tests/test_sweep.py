@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -192,20 +193,22 @@ def test_extending_a_finished_sweep_generates_exactly_the_new_cells(tmp_path, ca
                 prompts=["a yellow star on a black background"], guidance_scales=[2.0], steps=[20])
     strengths = [round(0.1 * step, 1) for step in range(1, 11)]
 
-    def generated(plan) -> int:
+    def generated(plan, folder="run") -> int:
         ran.clear()
-        run_sweep(plan, tmp_path / "run", pipe=pipe, progress=False, max_batch_size=4)
-        stored = json.loads((tmp_path / "run" / "manifest.json").read_text())["counts"]["generated"]
+        run_sweep(plan, tmp_path / folder, pipe=pipe, progress=False, max_batch_size=4)
+        stored = json.loads((tmp_path / folder / "manifest.json").read_text())["counts"]["generated"]
         assert stored == sum(ran), (stored, ran)  # every cell run through the model is a new cell, stored
         return sum(ran)
 
     assert generated(SweepPlan(strengths=strengths, seeds=[0, 1, 2, 3], **base)) == 40
+    shutil.copytree(tmp_path / "run", tmp_path / "run-seed")
+    assert generated(SweepPlan(strengths=strengths, seeds=[0, 1, 2, 3, 4], **base), "run-seed") == 10
     assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3], **base)) == 4
     assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3, 4], **base)) == 11
     assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3, 4], **base)) == 0
     monkeypatch.setattr(batched, "run_cells_batched", original)
     report = verify_run(tmp_path / "run", sample=3)
     with capsys.disabled():
-        print(f"\n[extend] 40 cells; +1 strength generated 4, +1 seed generated 11 (11 strengths), rerun 0; "
+        print(f"\n[extend] 40 cells; +1 seed generated 10; +1 strength generated 4, then +1 seed 11, rerun 0; "
               f"verify {'OK' if report.ok else 'FAILED'}")
     assert report.ok
