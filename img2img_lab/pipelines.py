@@ -169,6 +169,9 @@ def load_pipeline(
     label, folder = resolve_model(model)
     torch_device, torch_dtype = select_device(device, dtype)
     pipeline_class = img2img_pipeline_class(label, folder)
+    from img2img_lab.quiet import apply_quiet
+
+    apply_quiet()  # diffusers and transformers are imported now: their loading bars stay off if the CLI asked
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if variant:
         kwargs["variant"] = variant
@@ -213,18 +216,15 @@ def img2img_pipeline_class(label: str, folder: Path | None):
     """
     import diffusers
 
-    from img2img_lab.quiet import apply_quiet
-
     index = Path(folder) / "model_index.json" if folder is not None else _cached_model_index(label)
     try:
         named = json.loads(index.read_text()).get("_class_name") if index is not None else None
     except (OSError, ValueError, AttributeError):
         named = None
     name = named if isinstance(named, str) and named.endswith("Img2ImgPipeline") else IMG2IMG_PIPELINE_OF.get(named)
-    pipeline_class = getattr(diffusers, name) if name and hasattr(diffusers, name) else \
-        diffusers.AutoPipelineForImage2Image
-    apply_quiet()  # diffusers and transformers are imported now
-    return pipeline_class
+    if name and hasattr(diffusers, name):
+        return getattr(diffusers, name)
+    return diffusers.AutoPipelineForImage2Image
 
 
 def _cached_model_index(label: str) -> Path | None:

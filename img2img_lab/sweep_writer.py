@@ -416,7 +416,8 @@ class SweepWriter:
 
         row = self._row(cell, key, image, produced, seconds, nsfw, batch_id)
         if self.metrics:
-            self.references = self.references or ReferenceCache(device=str(self.pipe.device))
+            if self.references is None:
+                self.references = ReferenceCache(device=str(self.pipe.device))
             row.update(measure_pair(self.sources[cell.image_index], image,
                                     [name for name in self.metrics if not _needs(name, "mask")], prompt=cell.prompt,
                                     device=str(self.pipe.device), references=self.references))
