@@ -25,7 +25,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from img2img_lab.ciede2000 import ciede2000_means, lab_from_pixels
+from img2img_lab.ciede2000 import ciede2000_means, lab_from_pixels, per_image_means
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.images import metric_array, metric_pair
 
@@ -370,7 +370,7 @@ def _identical(reference: SourceReference, arrays) -> np.ndarray:
 def _mean_at_most_one(maps, identical: np.ndarray) -> np.ndarray:
     """Per-image means of SSIM-type maps, exactly 1 for an output identical to its source and never above 1
     (float32 rounding of the moments would otherwise leave 1 +- 1e-8 there)."""
-    means = np.minimum(maps.double().mean(dim=(1, 2, 3)).cpu().numpy(), 1.0)
+    means = np.minimum(per_image_means(maps), 1.0)
     return np.where(identical, 1.0, means)
 
 
@@ -380,8 +380,8 @@ def _mse(reference: SourceReference, arrays) -> np.ndarray:
 
     source = torch.tensor(reference.array, dtype=torch.int32, device=reference.device)
     outputs = torch.from_numpy(np.stack(arrays)).to(reference.device).to(torch.int32)
-    squares = ((outputs - source) ** 2).double().sum(dim=(1, 2, 3)).cpu().numpy()
-    return squares / (reference.array.size * 255.0**2)
+    squares = ((outputs - source) ** 2).sum(dim=(1, 2, 3), dtype=torch.int64).cpu().numpy()
+    return squares.astype(np.float64) / (reference.array.size * 255.0**2)
 
 
 def _grow(edges: np.ndarray, tolerance: int) -> np.ndarray:
