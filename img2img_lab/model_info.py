@@ -1,7 +1,7 @@
 """``img2img-lab info``'s description of a model, kept while the model's files stay the same.
 
-Loading any diffusers pipeline costs 3.5-4 s of imports on a small CPU (torch, its compiler, transformers) before a
-byte of weights is read, so describing a model loads it once and keeps the description (components, parameter
+Loading any diffusers pipeline costs about 5 s of imports on a small CPU (torch, its compiler, diffusers,
+transformers) before a byte of weights is read, so describing a model loads it once and keeps the description (components, parameter
 counts, family, fingerprint...) in ``$IMG2IMG_LAB_CACHE_DIR/model-info`` (default ``~/.cache/img2img-lab``), keyed
 by every file's path, size and modification time, the device and dtype asked for, and the library versions. A
 changed, added or removed file, another device or another version describes the model anew; ``--reload`` always
