@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -266,6 +267,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``img2img-lab`` parser: the global options, then the commands that make a study, read a run folder, and
+    look after the installation."""
     from img2img_lab import __version__
 
     parser = argparse.ArgumentParser(
@@ -280,39 +283,51 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads for torch (sets IMG2IMG_LAB_THREADS; default: half the cores for small models)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      help="`img2img-lab COMMAND --help` shows its options and an example")
+    _add_study_commands(commands)
+    _add_run_folder_commands(commands)
+    _add_tool_commands(commands)
+    return parser
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def add_model_options(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
-        sub.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp16 on GPU)")
+def _command(commands, name: str, help: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=help, description=help, epilog=f"example:\n  {EXAMPLES[name]}",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    def add_run_dir(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("run_dir", help="a run folder written by sweep, demo or calibrate")
 
-    no_progress = {"action": "store_true", "help": "hide the progress bar"}
-    config_help = "YAML config file, or the name of a bundled example (quick, demo, guidance, calibrate)"
+def _add_model_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or mps (default: best available)")
+    sub.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp16 on GPU)")
 
+
+def _add_run_dir(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("run_dir", help="a run folder written by sweep, demo or calibrate")
+
+
+_NO_PROGRESS = {"action": "store_true", "help": "hide the progress bar"}
+_CONFIG_HELP = "YAML config file, or the name of a bundled example (quick, demo, guidance, calibrate)"
+
+
+def _add_study_commands(commands) -> None:
+    """sweep, demo, info: the commands that load a model."""
+    command = functools.partial(_command, commands)
     sweep = command("sweep", "run a strength sweep from a YAML config into a run folder")
-    sweep.add_argument("config", help=config_help)
+    sweep.add_argument("config", help=_CONFIG_HELP)
     sweep.add_argument("--out", required=True, help="run folder to write (rerun to resume or extend)")
     sweep.add_argument("--model", default=None, help="override the config's model (hub id or folder)")
-    sweep.add_argument("--no-progress", **no_progress)
+    sweep.add_argument("--no-progress", **_NO_PROGRESS)
     sweep.add_argument("--metrics", default="", help="measure as the sweep goes, e.g. ssim,psnr,delta_e")
     sweep.add_argument("--engine", default="batched", choices=["batched", "per-cell"],
                        help="batched (default; within 1/255 of per-cell, faster) or the per-cell reference")
     sweep.add_argument("--max-batch", type=int, default=None, help="UNet samples per call (default by device)")
     sweep.add_argument("--cache", default=None, help="shared cache folder: reuse cells any run put there, add new ones")
-    add_model_options(sweep)
+    _add_model_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
     demo = command("demo", "offline demo on the embedded model: sweep, measure, grids, curves")
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     demo.add_argument("--seeds", default=None, help="number of seeds, at least 1 (default: the config's 3)")
     demo.add_argument("--strengths", default=None, help="comma-separated strengths in [0, 1] (default: the config's 8)")
-    demo.add_argument("--no-progress", **no_progress)
+    demo.add_argument("--no-progress", **_NO_PROGRESS)
     demo.set_defaults(handler=_cmd_demo)
 
     info = command("info", "describe a model: components, size, scheduler, size rules")
@@ -320,21 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.add_argument("--reload", action="store_true",
                       help="load the model even if its description is kept from an earlier info (files unchanged)")
-    add_model_options(info)
+    _add_model_options(info)
     info.set_defaults(handler=_cmd_info)
 
+
+def _add_run_folder_commands(commands) -> None:
+    """measure, grid, curves, calibrate, verify, report, export: the commands over a run folder."""
+    command = functools.partial(_command, commands)
     measure = command("measure", "add metric columns to a run folder (only missing values)")
-    add_run_dir(measure)
+    _add_run_dir(measure)
     measure.add_argument("--metrics", default=None, help="comma-separated (default: ssim,ms_ssim,psnr,delta_e,edge_f1,lpips)")
     measure.add_argument("--device", default=None, help="device for LPIPS / CLIP (default cpu)")
     measure.add_argument("--masks", default=None, help="subject masks for region metrics (ssim@subject, "
                          "delta_e@background): auto, oracle (embedded model) or a FOLDER of <source name>.png; "
                          "default: the folder's stored masks, else auto")
-    measure.add_argument("--no-progress", **no_progress)
+    measure.add_argument("--no-progress", **_NO_PROGRESS)
     measure.set_defaults(handler=_cmd_measure)
 
     grid = command("grid", "draw a labelled comparison grid PNG from a run folder")
-    add_run_dir(grid)
+    _add_run_dir(grid)
     grid.add_argument("--rows", default="seed", help="table column for rows (default seed)")
     grid.add_argument("--cols", default="strength", help="table column for columns (default strength)")
     grid.add_argument("--annotate", default="", help="comma-separated metrics printed under each image")
@@ -345,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(handler=_cmd_grid)
 
     curves = command("curves", "plot a metric against strength (mean and spread over seeds)")
-    add_run_dir(curves)
+    _add_run_dir(curves)
     curves.add_argument("--metric", required=True, help="a measured metric column, e.g. ssim")
     curves.add_argument("--x", default="strength", help="strength, executed_steps, sqrt_alpha_bar, sigma or log_snr (any family)")
     curves.add_argument("--hue", default="prompt", help="one line per value of this column ('' for none)")
@@ -354,18 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     curves.set_defaults(handler=_cmd_curves)
 
     calibrate = command("calibrate", "measure the strength reference table and recommend strengths")
-    calibrate.add_argument("config", help="calibration config: " + config_help)
+    calibrate.add_argument("config", help="calibration config: " + _CONFIG_HELP)
     calibrate.add_argument("--out", default=None, help="run folder (default runs/<config name>); a cache")
     calibrate.add_argument("--model", default=None, help="override the config's model (hub id or folder)")
     calibrate.add_argument("--rounds", type=int, default=None, help="refinement rounds (default: the config's)")
     calibrate.add_argument("--rule", default=None, choices=["confident", "mean"], help="decide on the CI or the mean")
     calibrate.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 2000)")
-    calibrate.add_argument("--no-progress", **no_progress)
-    add_model_options(calibrate)
+    calibrate.add_argument("--no-progress", **_NO_PROGRESS)
+    _add_model_options(calibrate)
     calibrate.set_defaults(handler=_cmd_calibrate)
 
     verify = command("verify", "check a run folder's files and regenerate a sample of cells")
-    add_run_dir(verify)
+    _add_run_dir(verify)
     verify.add_argument("--sample", type=int, default=8, help="cells to regenerate (0: check files only)")
     verify.add_argument("--seed", type=int, default=0, help="which cells are sampled")
     verify.add_argument("--device", default=None, help="default: the device the run used")
@@ -374,16 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(handler=_cmd_verify)
 
     report = command("report", "write one self-contained HTML report of a run folder")
-    add_run_dir(report)
+    _add_run_dir(report)
     report.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
     report.set_defaults(handler=_cmd_report)
 
     export = command("export", "write the tidy table as CSV and/or Parquet")
-    add_run_dir(export)
+    _add_run_dir(export)
     export.add_argument("--csv", default=None, help="CSV file to write")
     export.add_argument("--parquet", default=None, help="Parquet file to write")
     export.set_defaults(handler=_cmd_export)
 
+
+def _add_tool_commands(commands) -> None:
+    """notebooks, weights, consolidate, doctor: the installation and the folder's upkeep."""
+    command = functools.partial(_command, commands)
     notebooks = command("notebooks", "copy the bundled notebooks into a folder (they find the bundled data themselves)")
     notebooks.add_argument("folder", nargs="?", default="img2img-lab-notebooks",
                            help="where to copy them (default ./img2img-lab-notebooks; created if needed)")
@@ -398,14 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     weights.set_defaults(handler=_cmd_weights)
 
     consolidate = command("consolidate", "rebuild results.parquet from every row file (after a failed multi-rank job)")
-    add_run_dir(consolidate)
+    _add_run_dir(consolidate)
     consolidate.set_defaults(handler=_cmd_consolidate)
 
     doctor = command("doctor", "one screen about this installation, for a bug report")
     doctor.add_argument("--run-dir", default="runs", help="check that a run folder can be written here (default runs)")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     doctor.set_defaults(handler=_cmd_doctor)
-    return parser
 
 
 @contextlib.contextmanager

@@ -160,15 +160,17 @@ def fidelity_values(source, outputs, names, *, device=None) -> dict[str, np.ndar
 def _batch_values(reference: SourceReference, arrays: list, names) -> dict[str, np.ndarray]:
     """The metrics of one batch of outputs (same shape as the source)."""
     values: dict[str, np.ndarray] = {}
+    identical = _identical(reference, arrays)  # exactly 1 (SSIM) and 0 (delta E) for these, whatever the batch
     if "ssim" in names or "ms_ssim" in names:
-        values.update(_structural(reference, arrays, want_ssim="ssim" in names, want_ms="ms_ssim" in names))
+        values.update(_structural(reference, arrays, want_ssim="ssim" in names, want_ms="ms_ssim" in names,
+                                  identical=identical))
     if "mse" in names or "psnr" in names:
         error = _mse(reference, arrays)
         values["mse"] = error
         values["psnr"] = np.where(error == 0, math.inf, 10.0 * np.log10(1.0 / np.maximum(error, 1e-300)))
     if "delta_e" in names:
         differences = ciede2000_means(reference.lab, lab_from_pixels(_as_pixels(arrays, reference.device)))
-        values["delta_e"] = np.where(_identical(reference, arrays), 0.0, differences)  # exactly, whatever the batch
+        values["delta_e"] = np.where(identical, 0.0, differences)
     if "edge_f1" in names:
         values["edge_f1"] = np.asarray([_edge_f1(reference, array) for array in arrays], dtype=np.float64)
     return {name: values[name] for name in names}
@@ -334,8 +336,8 @@ def _scale_count(height: int, width: int, scales: int | None) -> int:
     return available if scales is None else max(1, min(scales, available))
 
 
-def _structural(reference: SourceReference, arrays, *, want_ssim: bool, want_ms: bool,
-                scales: int | None = None) -> dict[str, np.ndarray]:
+def _structural(reference: SourceReference, arrays, *, want_ssim: bool, want_ms: bool, scales: int | None = None,
+                identical: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """SSIM (scale 0's mean SSIM map) and MS-SSIM (contrast-structure at scales 0..n-2, SSIM at n-1)."""
     count = _scale_count(*reference.shape[:2], scales if want_ms else 1)
     c1, c2 = (0.01 * reference.data_range) ** 2, (0.03 * reference.data_range) ** 2
@@ -343,7 +345,7 @@ def _structural(reference: SourceReference, arrays, *, want_ssim: bool, want_ms:
     weights = np.asarray(MS_SSIM_WEIGHTS[:count]) / sum(MS_SSIM_WEIGHTS[:count])
     values: dict[str, np.ndarray] = {}
     product = np.ones(len(arrays))
-    identical = _identical(reference, arrays)
+    identical = _identical(reference, arrays) if identical is None else identical
     for scale, source in enumerate(reference.levels(count)):
         if scale:
             y = _halve(y)

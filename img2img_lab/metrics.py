@@ -41,6 +41,7 @@ from typing import Protocol
 import numpy as np
 
 import img2img_lab  # noqa: F401  - torchvision shim before lpips
+from img2img_lab import fidelity
 from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
 from img2img_lab.fidelity import (FIDELITY_METRICS, MS_SSIM_WEIGHTS, ReferenceCache, delta_e, edge_f1,  # noqa: F401
                                   edge_map, fidelity_values, ms_ssim, mse, psnr, ssim)
@@ -224,7 +225,7 @@ def measure_pairs(sources, outputs, names, *, prompts=None, masks=None, device: 
 
 def _is_builtin_fidelity(name: str) -> bool:
     """Whether ``name`` is registered as this library's fidelity metric (a plugin may have replaced it)."""
-    return name in FIDELITY_METRICS and pair_function(name) is globals()[name]
+    return name in FIDELITY_METRICS and pair_function(name) is getattr(fidelity, name)
 
 
 def _fidelity_by_source(sources, outputs, names, references: ReferenceCache) -> dict[str, np.ndarray]:
