@@ -68,9 +68,9 @@ def cache_dir() -> Path:
 def _description_path(label: str, folder, device, dtype) -> Path | None:
     """Where the description of this model, as asked for, is kept; ``None`` when its files are not local."""
     if folder is None:
-        from img2img_lab.pipelines import _cached_model_index
+        from img2img_lab.pipelines import cached_model_index
 
-        index = _cached_model_index(label)
+        index = cached_model_index(label)
         folder = index.parent if index is not None else None
     if folder is None:
         return None

@@ -129,16 +129,12 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | None]:
             f"model folder '{text}' does not exist. Fix: check the path, or pass a hub id such as "
             f"'runwayml/stable-diffusion-v1-5'."
         )
-    if _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(text, "model_index.json")
-        if not isinstance(cached, str):
-            raise ModelError(
-                f"'{text}' is not a local folder and is not in the Hugging Face cache, and offline mode is on "
-                f"(HF_HUB_OFFLINE=1). Fix: download it once while online (`hf download {text}`), or pass the "
-                f"path of a local diffusers folder."
-            )
+    if _hub_offline() and cached_model_index(text) is None:
+        raise ModelError(
+            f"'{text}' is not a local folder and is not in the Hugging Face cache, and offline mode is on "
+            f"(HF_HUB_OFFLINE=1). Fix: download it once while online (`hf download {text}`), or pass the "
+            f"path of a local diffusers folder."
+        )
     return text, None
 
 
@@ -216,7 +212,7 @@ def img2img_pipeline_class(label: str, folder: Path | None):
     """
     import diffusers
 
-    index = Path(folder) / "model_index.json" if folder is not None else _cached_model_index(label)
+    index = Path(folder) / "model_index.json" if folder is not None else cached_model_index(label)
     try:
         named = json.loads(index.read_text()).get("_class_name") if index is not None else None
     except (OSError, ValueError, AttributeError):
@@ -227,8 +223,12 @@ def img2img_pipeline_class(label: str, folder: Path | None):
     return diffusers.AutoPipelineForImage2Image
 
 
-def _cached_model_index(label: str) -> Path | None:
-    """A hub model's ``model_index.json`` in the Hugging Face cache, if it is there."""
+def cached_model_index(label: str) -> Path | None:
+    """A hub model's ``model_index.json`` in the Hugging Face cache, if it is there (else ``None``).
+
+    >>> cached_model_index("no-such-owner/no-such-model") is None
+    True
+    """
     from huggingface_hub import try_to_load_from_cache
 
     try:
