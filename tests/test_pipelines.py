@@ -129,6 +129,22 @@ def test_fingerprint_is_stable_and_sensitive(tiny_model_dir):
     assert changed["components"]["vae"] == a["components"]["vae"]
 
 
+def test_fingerprint_of_a_tensor_over_two_to_the_24_values(tiny_model_dir):
+    """SD 1.5's up-block convolutions hold 2560x1280x3x3 = 29.5M weights: the stamp's float32 sample positions
+    rounded the last one past the end (IndexError on the CPU, a device-side assert on CUDA) and every sweep of a
+    real-size model crashed."""
+    import torch
+
+    from img2img_lab.fingerprint import weights_stamp
+
+    pipe = load_pipeline(str(tiny_model_dir), device="cpu")
+    before = weights_stamp(pipe)
+    pipe.unet.register_buffer("large", torch.zeros(2**24 + 4, dtype=torch.float16))
+    stamp = weights_stamp(pipe)
+    assert stamp != before and stamp == weights_stamp(pipe)
+    assert len(model_fingerprint(pipe, refresh=True)["fingerprint"]) == 64
+
+
 def test_torchvision_shim_is_conditional():
     """The shim is active exactly when torchvision's compiled extension cannot load, and either way the
     stack (torchvision, diffusers, transformers, lpips) imports."""
