@@ -114,7 +114,9 @@ def sweep_advisories(plan, pipe, sources_manifest: list[dict], sources) -> list[
 
 
 def floor_advisories(store, sources_manifest: list[dict], model: str) -> list[str]:
-    """The sources whose stored VAE round trip (first seed) stays below :data:`FLOOR_SSIM`."""
+    """The sources whose stored VAE round trip (first seed) stays below :data:`FLOOR_SSIM` (its recorded SSIM, where
+    the sweep measured it)."""
+    import math
     from pathlib import Path
 
     from img2img_lab.metrics import ssim
@@ -124,7 +126,9 @@ def floor_advisories(store, sources_manifest: list[dict], model: str) -> list[st
     for entry in sources_manifest:
         rows = floor[floor["source_hash"] == entry["hash"]].sort_values("seed") if len(floor) else floor
         if len(rows):
-            value = ssim(store.load_source(entry["hash"]), store.load_output(rows.iloc[0]))
+            recorded = float(rows.iloc[0]["ssim"]) if "ssim" in rows.columns else math.nan
+            value = recorded if math.isfinite(recorded) else ssim(store.load_source(entry["hash"]),
+                                                                   store.load_output(rows.iloc[0]))
             messages += floor_advisory(Path(str(entry["path"])).name, value, model)
     return messages
 

@@ -2,8 +2,8 @@
 
 The work that depends on the source alone (its blurred moments per MS-SSIM scale, its CIELAB values, its Canny edges)
 is done once per source by a :class:`SourceReference`; :func:`fidelity_values` then measures a batch of that source's
-outputs in torch on any device (the pipeline's GPU during a sweep), except Canny edges, which stay scikit-image's
-on the CPU so that they are exactly the reference's. The arithmetic is float32: intensities are shifted by half the
+outputs in torch on any device (the pipeline's GPU during a sweep); Canny edges are scikit-image's on the CPU and
+the same bits in torch on a GPU (:mod:`img2img_lab.edges`). The arithmetic is float32: intensities are shifted by half the
 data range before the blurred second moments are taken (which keeps the variances' cancellation error small), and the
 2x2 averages of the MS-SSIM pyramid are exact. Measured against the reference implementations
 (``tests/test_fidelity.py``): SSIM, MS-SSIM and CIEDE2000 agree with scikit-image / the float64 paper
@@ -26,6 +26,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from img2img_lab.ciede2000 import ciede2000_means, lab_from_pixels, per_image_means
+from img2img_lab.edges import TORCH_EDGE_DEVICES, dilate, edge_f1_from_counts, edge_map, edge_maps, grow
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.images import metric_array, metric_pair
 
@@ -47,7 +48,9 @@ class SourceReference:
     """What every output of one source is compared with, computed once, lazily, per metric family.
 
     ``levels(n)``: the shifted source and its blurred first and second moments at MS-SSIM scales 0..n-1; ``lab``:
-    CIELAB values; ``edges`` and ``edges_grown``: Canny edges and their ``tolerance`` dilation.
+    CIELAB values; ``edges`` and ``edges_grown``: Canny edges and their ``tolerance`` dilation (numpy), and
+    ``edge_tensors``: the same two on the device (where :data:`~img2img_lab.edges.TORCH_EDGE_DEVICES` computes
+    edges in torch).
 
     >>> reference = SourceReference(np.zeros((16, 16, 3), np.uint8))
     >>> bool(reference.edges.any()), len(reference.levels(1)), reference.nbytes > 0
@@ -92,7 +95,12 @@ class SourceReference:
 
     @cached_property
     def edges_grown(self) -> np.ndarray:
-        return _grow(self.edges, self.tolerance)
+        return grow(self.edges, self.tolerance)
+
+    @cached_property
+    def edge_tensors(self) -> tuple:
+        edges = edge_maps(_as_pixels([self.array], self.device), sigma=self.sigma)
+        return edges, dilate(edges, self.tolerance)
 
     @property
     def nbytes(self) -> int:
@@ -171,7 +179,9 @@ def _batch_values(reference: SourceReference, arrays: list, names) -> dict[str, 
     if "delta_e" in names:
         differences = ciede2000_means(reference.lab, lab_from_pixels(_as_pixels(arrays, reference.device)))
         values["delta_e"] = np.where(identical, 0.0, differences)
-    if "edge_f1" in names:
+    if "edge_f1" in names and reference.device.type in TORCH_EDGE_DEVICES:
+        values["edge_f1"] = _edge_f1_on_device(reference, arrays)
+    elif "edge_f1" in names:
         values["edge_f1"] = np.asarray([_edge_f1(reference, array) for array in arrays], dtype=np.float64)
     return {name: values[name] for name in names}
 
@@ -241,24 +251,6 @@ def delta_e(source, output) -> float:
     0.0
     """
     return float(fidelity_values(source, [output], ["delta_e"])["delta_e"][0])
-
-
-def edge_map(image, *, sigma: float = 1.0) -> np.ndarray:
-    """Canny edges of an RGB image (boolean HxW): the union of each channel's edges.
-
-    Per-channel edges catch colour boundaries that luminance misses (yellow on white, blue on black).
-
-    >>> square = np.zeros((32, 32, 3), np.uint8); square[8:24, 8:24] = (0, 0, 255)
-    >>> bool(edge_map(square).any())
-    True
-    """
-    from skimage.feature import canny
-
-    array = metric_array(image).astype(np.float64) / 255.0
-    edges = np.zeros(array.shape[:2], bool)
-    for channel in range(3):
-        edges |= canny(array[..., channel], sigma=sigma)
-    return edges
 
 
 def edge_f1(source, output, *, sigma: float = 1.0, tolerance: int = 1) -> float:
@@ -386,18 +378,20 @@ def _mse(reference: SourceReference, arrays) -> np.ndarray:
     return squares.astype(np.float64) / (reference.array.size * 255.0**2)
 
 
-def _grow(edges: np.ndarray, tolerance: int) -> np.ndarray:
-    from scipy.ndimage import binary_dilation
-
-    return binary_dilation(edges, np.ones((2 * tolerance + 1, 2 * tolerance + 1), bool))
-
-
 def _edge_f1(reference: SourceReference, array: np.ndarray) -> float:
     source_edges, edges = reference.edges, edge_map(array, sigma=reference.sigma)
-    if not source_edges.any() and not edges.any():
-        return 1.0
-    if not source_edges.any() or not edges.any():
-        return 0.0
-    precision = float((edges & reference.edges_grown).sum() / edges.sum())
-    recall = float((source_edges & _grow(edges, reference.tolerance)).sum() / source_edges.sum())
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return edge_f1_from_counts(int(source_edges.sum()), int(edges.sum()), int((edges & reference.edges_grown).sum()),
+                               int((source_edges & grow(edges, reference.tolerance)).sum()))
+
+
+def _edge_f1_on_device(reference: SourceReference, arrays) -> np.ndarray:
+    """The edge F1 of a batch with torch edge maps on the reference's device: the same pixel counts as
+    :func:`_edge_f1`, hence the same values."""
+    import torch
+
+    source_edges, source_grown = reference.edge_tensors
+    edges = edge_maps(_as_pixels(arrays, reference.device), sigma=reference.sigma)
+    counts = torch.stack([edges.sum(dim=(1, 2)), (edges & source_grown).sum(dim=(1, 2)),
+                          (source_edges & dilate(edges, reference.tolerance)).sum(dim=(1, 2))], dim=1).tolist()
+    source_count = int(source_edges.sum())
+    return np.asarray([edge_f1_from_counts(source_count, *row) for row in counts], dtype=np.float64)

@@ -161,7 +161,7 @@ class ModelHandle:
         self._schedulers: dict[str, Any] = {}
         self._steps: dict[tuple, StepPlan] = {}
         self._fingerprint: dict | None = None
-        self._weights_stamp: str | None = None
+        self._stamps: dict[str, str] = {}
         self.threads_reason = "not chosen by img2img-lab (a pipeline it did not load)"
         _HANDLES[pipe] = self
 
@@ -289,14 +289,19 @@ class ModelHandle:
     # ------------------------------------------------------------------ identity
     def fingerprint(self, *, refresh: bool = False) -> dict:
         """Hashes of every component's config and weights (see :func:`img2img_lab.fingerprint.compute_fingerprint`),
-        cached while the weights stay the same (:func:`~img2img_lab.fingerprint.weights_stamp`): a LoRA fused or a
-        weight changed in place since gives a new fingerprint, so cells are never keyed by the old weights."""
-        from img2img_lab.fingerprint import compute_fingerprint, weights_stamp
+        cached while the weights stay the same (:func:`~img2img_lab.fingerprint.component_stamps`): a LoRA fused or a
+        weight changed in place since gives a new fingerprint, so cells are never keyed by the old weights. Only the
+        components whose stamp changed are hashed again (a float16 VAE upcast for decoding: the VAE, not the UNet)."""
+        from img2img_lab.fingerprint import component_stamps, compute_fingerprint
 
-        stamp = weights_stamp(self.pipe)
-        if self._fingerprint is None or refresh or stamp != self._weights_stamp:
-            self._fingerprint = compute_fingerprint(self.pipe, self.label, scheduler_config=self.base_scheduler_config)
-            self._weights_stamp = stamp
+        stamps = component_stamps(self.pipe)
+        if self._fingerprint is None or refresh or stamps != self._stamps:
+            kept = {} if refresh or self._fingerprint is None else {
+                name: entry for name, entry in self._fingerprint["components"].items()
+                if name in stamps and stamps[name] == self._stamps.get(name)}
+            self._fingerprint = compute_fingerprint(self.pipe, self.label, scheduler_config=self.base_scheduler_config,
+                                                    reuse=kept)
+            self._stamps = stamps
         return self._fingerprint
 
     def describe(self) -> dict:

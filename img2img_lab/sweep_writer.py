@@ -41,7 +41,7 @@ from img2img_lab.advisories import advise, floor_advisories, sweep_advisories
 from img2img_lab.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
-from img2img_lab.store import RunStore, atomic_write
+from img2img_lab.store import RunStore
 
 
 
@@ -126,8 +126,10 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
 
 
 def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
-                metrics: list[str]) -> None:
-    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked."""
+                metrics: list[str], *, references=None) -> None:
+    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
+    (on the pipeline's device; ``references``, a :class:`~img2img_lab.fidelity.ReferenceCache`, keeps each source's
+    side for the cells)."""
     import pandas as pd
 
     from img2img_lab.metrics import measure_pair
@@ -146,10 +148,11 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
                 continue
             image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
             path = store.floor_path(source_hash, seed, fingerprint)
-            atomic_write(path, lambda stream: image.save(stream, format="PNG"), temp_dir=store.temp_dir)
+            store.write_png(path, image)
             row = {"source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
                    "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
-            row.update(measure_pair(source, image, [name for name in metrics if not _needs(name, "prompt", "mask")]))
+            row.update(measure_pair(source, image, [name for name in metrics if not _needs(name, "prompt", "mask")],
+                                    device=str(pipe.device), references=references))
             rows.append(row)
     store.write_floor(pd.DataFrame(rows))
 
@@ -276,13 +279,16 @@ class SweepWriter:
         hashes = [entry["hash"] for entry in manifest["sources"]]
         for source_hash, source in zip(hashes, sources):
             store.write_source(source_hash, source)
-        write_floor(store, pipe, sources, hashes, plan.seeds, metrics)
+        from img2img_lab.fidelity import ReferenceCache
+
+        references = ReferenceCache(device=str(pipe.device)) if metrics else None
+        write_floor(store, pipe, sources, hashes, plan.seeds, metrics, references=references)
         notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
         if notes:
             store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
         return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
                    runner=runner, context=context, cache_store=cache_store, on_step=on_step,
-                   progress=progress, model_axis=model_axis)
+                   progress=progress, model_axis=model_axis, references=references)
 
     @property
     def source_hashes(self) -> list[str]:

@@ -162,6 +162,26 @@ def test_benchmark_script_runs_its_gpu_path_on_cpu_tiny():
     assert "batched / naive" in result.stdout and "of the best batched UNet throughput" in result.stdout
 
 
+def test_gpu_benchmark_runs_every_part_on_cpu_tiny():
+    """benchmarks/gpu_speed.py (SD 1.5 / SDXL architectures on a GPU) at toy widths on the CPU: every part runs, and
+    the metrics it times agree with the references there too."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--tiny", "--pairs", "1", "--sweeps", "1", "--steps", "4",
+                             "--only", "engine,metrics,sweeps,profile"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for model in ("StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"):
+        assert model in result.stdout
+    assert result.stdout.count("ratio min") == 2 and result.stdout.count("with the five") == 2
+    assert "run_sweep" in result.stdout  # the profile
+    gaps = [float(value) for value in re.findall(r"(?:ssim|delta_e|edge_f1) (\d\.\de[-+]\d+)", result.stdout)]
+    assert len(gaps) == 8 and max(gaps) < 1e-4
+
+
 @pytest.fixture(scope="module")
 def tiny_sdxl(tmp_path_factory):
     """A tiny random SDXL pipeline saved and loaded back through load_pipeline."""

@@ -140,6 +140,35 @@ def test_at_512_px_the_metrics_agree_in_float32_as_well():
         assert values[name][0] == pytest.approx(reference(source, output), abs=TOLERANCE), name
 
 
+def test_torch_canny_gives_scikit_images_edge_maps_bit_for_bit():
+    """A GPU's edge maps (img2img_lab.edges, float64 in scipy's order of operations) are the reference's pixels."""
+    import torch
+
+    from img2img_lab.edges import edge_map, edge_maps
+
+    checked = 0
+    for kind, height, width in CASES + [("shapes", 512, 512)]:
+        rng = np.random.default_rng(height * 1000 + width)
+        source = _source(kind, height, width, rng)
+        images = [source, *_outputs(source, rng)][: 3 if height == 512 else None]
+        maps = edge_maps(torch.from_numpy(np.stack(images))).numpy()
+        for image, edges in zip(images, maps):
+            assert np.array_equal(edges, edge_map(image)), (kind, height, width)
+            checked += int(edges.sum())
+    assert checked > 10_000  # edges were there to compare
+
+
+def test_edge_f1_on_a_torch_edge_device_equals_the_cpu_path(monkeypatch):
+    rng = np.random.default_rng(7)
+    source = _source("shapes", 130, 97, rng)
+    outputs = _outputs(source, rng)
+    on_cpu = fidelity_values(source, outputs, ["edge_f1"])["edge_f1"]
+    monkeypatch.setattr(fidelity, "TORCH_EDGE_DEVICES", frozenset({"cpu"}))
+    monkeypatch.setattr(fidelity, "edge_map", lambda *a, **k: pytest.fail("scikit-image's Canny ran"))
+    in_torch = fidelity_values(source, outputs, ["edge_f1"])["edge_f1"]
+    assert in_torch.tolist() == on_cpu.tolist() and len(set(on_cpu.tolist())) > 3
+
+
 def test_the_source_side_is_computed_once_per_source(monkeypatch):
     rng = np.random.default_rng(0)
     sources = [_source("shapes", 48, 48, rng), _source("gradient", 48, 48, rng)]

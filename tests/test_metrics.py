@@ -288,6 +288,27 @@ def test_sweep_measures_as_it_goes(tiny_pipe, sources_dir, tmp_path):
     assert table.ssim[0] == pytest.approx(ssim(source, output))
 
 
+def test_a_sweep_measures_its_floor_and_cells_with_one_reference_per_source(tiny_pipe, sources_dir, tmp_path,
+                                                                            monkeypatch):
+    """The floor (each source's VAE round trip per seed) was measured with a reference of its own, on the CPU even
+    where the pipeline is on a GPU; it now shares the cells' references, on the pipeline's device."""
+    import img2img_lab.fidelity as fidelity
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.store import RunStore
+    from img2img_lab.sweep import run_sweep
+
+    devices = []
+    real_init = fidelity.SourceReference.__init__
+    monkeypatch.setattr(fidelity.SourceReference, "__init__",
+                        lambda self, *a, **k: (devices.append(k.get("device")), real_init(self, *a, **k))[1])
+    plan = SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["p"], strengths=[0.3, 0.9], seeds=[0, 1],
+                     steps=[10], schedulers=["euler"], guidance_scales=[1.0])
+    run_sweep(plan, tmp_path / "run", pipe=tiny_pipe, progress=False, metrics=["ssim", "edge_f1"])
+    floor = RunStore.open(tmp_path / "run").read_floor()
+    assert len(floor) == 2 and floor[["ssim", "edge_f1"]].notna().all().all()
+    assert devices == [str(tiny_pipe.device)]  # one source, one reference: floors and cells alike
+
+
 def test_the_registry_loads_plugins_on_first_use_without_an_import_circle():
     probe = ("import sys, img2img_lab.metrics as metrics\n"
              "print(sorted(name for name in sys.modules if name.startswith('img2img_lab.shapes')))\n"

@@ -145,6 +145,29 @@ def test_fingerprint_of_a_tensor_over_two_to_the_24_values(tiny_model_dir):
     assert len(model_fingerprint(pipe, refresh=True)["fingerprint"]) == 64
 
 
+def test_a_vae_dtype_round_trip_rehashes_the_vae_alone(tiny_model_dir, monkeypatch):
+    """A float16 sweep upcasts the VAE to decode (force_upcast) and casts it back: new storage, same weights. Every
+    sweep hashed all weights again (SDXL: 2.6B UNet parameters, seconds per sweep); now only the VAE's."""
+    import torch
+
+    import img2img_lab.fingerprint as fingerprint
+
+    reused = []
+    real = fingerprint.compute_fingerprint
+    monkeypatch.setattr(fingerprint, "compute_fingerprint",
+                        lambda *a, reuse=None, **k: (reused.append(sorted(reuse or {})), real(*a, reuse=reuse, **k))[1])
+    pipe = load_pipeline(str(tiny_model_dir), device="cpu")
+    first = model_fingerprint(pipe)
+    assert model_fingerprint(pipe) is first and len(reused) == 1  # unchanged weights: not hashed again
+    pipe.vae.to(torch.float64).to(torch.float32)
+    again = model_fingerprint(pipe)
+    assert reused[-1] == ["text_encoder", "tokenizer", "unet"]  # the VAE alone hashed again (and the scheduler's config)
+    assert again == first == model_fingerprint(pipe, refresh=True)
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias.data.add_(1.0)
+    assert model_fingerprint(pipe)["components"]["vae"]["weights_hash"] != first["components"]["vae"]["weights_hash"]
+
+
 def test_torchvision_shim_is_conditional():
     """The shim is active exactly when torchvision's compiled extension cannot load, and either way the
     stack (torchvision, diffusers, transformers, lpips) imports."""
