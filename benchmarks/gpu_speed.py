@@ -1,6 +1,6 @@
 """GPU figures (issue #19): SD 1.5- and SDXL-sized random-weight pipelines, fp16, at 512² and 1024²:
 
-    python benchmarks/gpu_speed.py [--models sd15,sdxl] [--pairs 3] [--sweeps 2] [--only engine,metrics,sweeps,profile]
+    python benchmarks/gpu_speed.py [--models sd15,sdxl] [--pairs 3] [--sweeps 2] [--only engine,pixels,metrics,sweeps,profile]
                                    [--steps 20] [--tiny [--side 64]]
 
 Each model is built offline from its released architecture (UNet, VAE and CLIP text encoders at full size, random
@@ -8,6 +8,8 @@ weights; a byte-level tokenizer), on the GPU in fp16. Per model, in this one run
 
 * engine: ``strengths x seeds`` cells (20 steps unless ``--steps``), a plain diffusers loop (``pipe(...)`` per cell) against the
   batched runner, ``--pairs`` interleaved pairs: seconds per image, min and median ratio;
+* pixels: the batched outputs against the per-cell reference's (``verify``'s documented tolerance) and each runner
+  run twice (bit-identical?);
 * metrics: the five default fidelity metrics per image on the GPU (source side once, as a sweep does) and on the
   CPU, their share of the batched and the plain per-image generation time, and the GPU values' largest gap to the
   reference implementations (scikit-image, scipy) on two outputs;
@@ -103,7 +105,7 @@ def build_sdxl(tiny: bool):
         force_zeros_for_empty_prompt=True)
 
 
-def _build(name: str, *, tiny: bool, device: str):
+def _build(name: str, *, tiny: bool, device: str, dtype: str = "float16"):
     import torch
 
     from img2img_lab.quiet import apply_quiet
@@ -112,7 +114,7 @@ def _build(name: str, *, tiny: bool, device: str):
     with torch.device(device):
         pipe = (build_sd15 if name == "sd15" else build_sdxl)(tiny)
     apply_quiet()  # diffusers is imported now
-    pipe.to(device, torch.float16 if device == "cuda" else torch.float32)
+    pipe.to(device, getattr(torch, dtype) if device == "cuda" else torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -173,6 +175,31 @@ def engine(pipe, cells, source, pairs: int) -> tuple[list, float, float]:
           f"({', '.join(f'{r:.2f}' for r in ratios)}); UNet {stats['unet_calls']} calls for {stats['unet_samples']} "
           f"samples (max batch {stats['max_batch_size']}, halvings {stats['batch_halvings']})", flush=True)
     return [output.image for output in outputs], min(plain), min(batched)
+
+
+def pixels(pipe, cells, source, batched_images) -> None:
+    """What ``verify`` relies on, on this device: the batched runner against the per-cell reference (the documented
+    tolerance), and each runner run twice (bit-identical?)."""
+    import numpy as np
+
+    from img2img_lab.batched import batched_tolerance, run_cells_batched
+    from img2img_lab.engine import run_cell
+
+    def arrays(images):
+        return [np.asarray(image, dtype=np.int16) for image in images]
+
+    def gaps(first, second):
+        return [int(np.abs(a - b).max()) for a, b in zip(first, second)]
+
+    alone = arrays([run_cell(pipe, cell, source).image for cell in cells])
+    alone_again = arrays([run_cell(pipe, cell, source).image for cell in cells])
+    again = arrays([output.image for output in run_cells_batched(pipe, cells, [source])])
+    versus, tolerance = gaps(arrays(batched_images), alone), batched_tolerance(pipe.dtype)
+    print(f"  pixels: batched vs per cell, largest gap {max(versus)}/255 (cells over the documented "
+          f"{tolerance}/255 for {str(pipe.dtype).replace('torch.', '')}: {sum(g > tolerance for g in versus)} of "
+          f"{len(cells)}; median gap "
+          f"{statistics.median(versus)}); batched twice: largest gap {max(gaps(arrays(batched_images), again))}; "
+          f"per cell twice: {max(gaps(alone, alone_again))}", flush=True)
 
 
 def metrics(images, source, device: str, plain: float, batched: float) -> None:
@@ -238,8 +265,10 @@ def main() -> None:
     parser.add_argument("--sweeps", type=int, default=2, help="interleaved sweep pairs (with / without metrics)")
     parser.add_argument("--tiny", action="store_true", help="shrunken widths, CPU allowed (a smoke test)")
     parser.add_argument("--side", type=int, help="image side (default: 512 for sd15, 1024 for sdxl; 64 with --tiny)")
-    parser.add_argument("--only", default="engine,metrics,sweeps", help="parts to run (and 'profile')")
+    parser.add_argument("--only", default="engine,pixels,metrics,sweeps", help="parts to run (and 'profile')")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per cell")
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                        help="the pipeline's dtype on a GPU (float32 on the CPU)")
     args = parser.parse_args()
 
     import torch
@@ -259,7 +288,7 @@ def main() -> None:
             setting = MODELS[name]
             side = args.side or (64 if args.tiny else setting["side"])
             started = time.perf_counter()
-            pipe = _build(name, tiny=args.tiny, device=device)
+            pipe = _build(name, tiny=args.tiny, device=device, dtype=args.dtype)
             parameters = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
             print(f"{name}: {type(pipe).__name__}, UNet {parameters:.0f}M parameters, {pipe.unet.dtype}, {side}² "
                   f"(built in {time.perf_counter() - started:.1f} s)", flush=True)
@@ -267,8 +296,10 @@ def main() -> None:
             image = Path(scratch) / f"{name}-source.png"
             source.save(image)
             plan = _plan(image, setting, args.steps)
-            if "engine" in args.only or "metrics" in args.only:
+            if any(part in args.only for part in ("engine", "metrics", "pixels")):
                 images, plain, batched = engine(pipe, plan.cells(), source, args.pairs)
+            if "pixels" in args.only:
+                pixels(pipe, plan.cells(), source, images)
             if "metrics" in args.only:
                 metrics(images, source, device, plain, batched)
             if "sweeps" in args.only:

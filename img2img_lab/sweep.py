@@ -159,7 +159,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every denoising step of every
     generated cell (see :func:`img2img_lab.engine.run_cell`).
 
-    ``engine="batched"`` (default) runs cells with :mod:`img2img_lab.batched` (same pixels within 1/255,
+    ``engine="batched"`` (default) runs cells with :mod:`img2img_lab.batched` (same pixels within 1/255 in float32,
     several times faster) where the pipeline supports it, else per cell; ``engine="per-cell"`` forces the
     reference runner. ``max_batch_size`` caps UNet samples per call (default by device). The manifest's
     ``engine`` entry records which ran and why.

@@ -18,7 +18,7 @@ convolution, and so a pixel by one level):
   count, was made by another batch;
 * a batched cell whose batch cannot be regenerated (its record, or a member's row, is not in this folder: a cell
   copied from a cache) alone with the per-cell reference, compared within the engine's documented tolerance
-  (:data:`img2img_lab.batched.BATCHED_TOLERANCE` levels of 255).
+  (:data:`img2img_lab.batched.BATCHED_TOLERANCE` levels of 255 for the row's dtype: 1 in float32, 8 in float16).
 
 ``repair=True`` first repairs what it can (:func:`repair_run_folder`) and says what it cannot.
 
@@ -170,7 +170,7 @@ class _Regeneration:
                 f"from the stored image by up to {difference}/255" + (f" (tolerance {tolerance})" if tolerance else ""))
 
     def run(self, key: str) -> None:
-        from img2img_lab.batched import BATCHED_TOLERANCE, run_cells_batched
+        from img2img_lab.batched import batched_tolerance, run_cells_batched
 
         row, rows = self.rows[key], self.rows
         batch_id = row.get("batch_id")
@@ -183,7 +183,9 @@ class _Regeneration:
         batch = self.store.read_batch(batch_id)
         if batch is None or any(member not in rows for member in batch["keys"]):
             self.report.within_tolerance += 1
-            self.compare(row, self.alone(row), tolerance=BATCHED_TOLERANCE)
+            dtype = row.get("dtype")  # older rows may not say: the regenerating pipeline's (the manifest's) dtype
+            self.compare(row, self.alone(row), tolerance=batched_tolerance(dtype if isinstance(dtype, str)
+                                                                           else self.pipe.dtype))
             return
         members = [rows[member] for member in batch["keys"]]
         outputs = run_cells_batched(self.pipe, [self.cell(member) for member in members], self.sources,

@@ -110,6 +110,42 @@ def embedded_pipe():
     return load_pipeline(None, device="cpu")
 
 
+def test_verify_compares_a_batchless_cell_within_its_dtypes_tolerance(embedded_pipe, tmp_path, monkeypatch):
+    """Where a batched cell's batch cannot be regenerated, verify compares it with the per-cell reference within the
+    engine's tolerance. On a GPU in float16 batched and per-cell pixels differ by up to 4/255 (an H100, SD 1.5-sized):
+    the float32 tolerance (1/255) flagged such cells as mismatches; the row's dtype now sets the tolerance."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    import img2img_lab.verify as verify
+
+    run = tmp_path / "run"
+    run_sweep(SweepPlan(images=SOURCES[:1], prompts=["a yellow star"], strengths=[0.5, 1.0], seeds=[0],
+                        guidance_scales=[3.0], steps=[6]), run, pipe=embedded_pipe, progress=False)
+    shutil.rmtree(run / "batches")  # the batch records are elsewhere (cells copied from a cache)
+
+    def three_levels_off(self, row):  # what a float16 batch does to a cell: a few levels here and there
+        array = np.asarray(self.store.load_output(row)).astype(np.int16)
+        array[0, 0] = np.where(array[0, 0] > 127, array[0, 0] - 3, array[0, 0] + 3)
+        return Image.fromarray(array.astype(np.uint8))
+
+    monkeypatch.setattr(verify._Regeneration, "alone", three_levels_off)
+    as_float32 = verify_run(run, sample=2, pipe=embedded_pipe)
+    assert not as_float32.ok and as_float32.within_tolerance == 2
+    assert "up to 3/255 (tolerance 1)" in as_float32.mismatches[0]
+    real_run = verify._Regeneration.run
+
+    def run_as_float16(self, key):  # the rows a float16 sweep records
+        self.rows[key] = {**self.rows[key], "dtype": "float16"}
+        real_run(self, key)
+
+    monkeypatch.setattr(verify._Regeneration, "run", run_as_float16)
+    as_float16 = verify_run(run, sample=2, pipe=embedded_pipe)
+    assert as_float16.ok and as_float16.within_tolerance == 2, as_float16.summary()
+
+
 def test_verify_after_extending_by_a_seed_and_an_overlapping_sweep(embedded_pipe, tmp_path):
     """A batched cell's pixels depend on its batch and on the CPU thread count (max 1/255): verify regenerates a
     cell with the batch and the thread count that made it."""
