@@ -1,13 +1,14 @@
 """GPU figures (issue #19): SD 1.5- and SDXL-sized random-weight pipelines, fp16, at 512² and 1024²:
 
-    python benchmarks/gpu_speed.py [--models sd15,sdxl] [--pairs 3] [--sweeps 2] [--only engine,pixels,metrics,sweeps,profile]
-                                   [--steps 20] [--tiny [--side 64]]
+    python benchmarks/gpu_speed.py [--models sd15,sdxl] [--pairs 3] [--sweeps 2] [--steps 20]
+                                   [--only engine,pixels,metrics,sweeps,profile] [--dtype float16]
+                                   [--tiny [--side 64]]
 
 Each model is built offline from its released architecture (UNet, VAE and CLIP text encoders at full size, random
 weights; a byte-level tokenizer), on the GPU in fp16. Per model, in this one run:
 
-* engine: ``strengths x seeds`` cells (20 steps unless ``--steps``), a plain diffusers loop (``pipe(...)`` per cell) against the
-  batched runner, ``--pairs`` interleaved pairs: seconds per image, min and median ratio;
+* engine: ``strengths x seeds`` cells (20 steps unless ``--steps``), a plain diffusers loop (``pipe(...)`` per
+  cell) against the batched runner, ``--pairs`` interleaved pairs: seconds per image, min and median ratio;
 * pixels: the batched outputs against the per-cell reference's (``verify``'s documented tolerance) and each runner
   run twice (bit-identical?);
 * metrics: the five default fidelity metrics per image on the GPU (source side once, as a sweep does) and on the
@@ -170,8 +171,8 @@ def engine(pipe, cells, source, pairs: int) -> tuple[list, float, float]:
         plain.append(seconds[0] / len(cells))
         batched.append(seconds[1] / len(cells))
         ratios.append(seconds[0] / seconds[1])
-    print(f"  engine ({len(cells)} cells, {cells[0].num_inference_steps} steps, strengths 0.25-1.0): plain {min(plain):.3f} s/image, batched "
-          f"{min(batched):.3f} s/image; ratio min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x "
+    print(f"  engine ({len(cells)} cells, {cells[0].num_inference_steps} steps, strengths 0.25-1.0): plain "
+          f"{min(plain):.3f} s/image, batched {min(batched):.3f} s/image; ratio min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x "
           f"({', '.join(f'{r:.2f}' for r in ratios)}); UNet {stats['unet_calls']} calls for {stats['unet_samples']} "
           f"samples (max batch {stats['max_batch_size']}, halvings {stats['batch_halvings']})", flush=True)
     return [output.image for output in outputs], min(plain), min(batched)

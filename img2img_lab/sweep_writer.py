@@ -238,6 +238,7 @@ class SweepWriter:
         folder's under its lock; store the sources and each source's VAE round trip. In a launched job only rank 0
         writes these; the other ranks open the folder rank 0 made (:mod:`img2img_lab.distributed`)."""
         context = context or Context()
+        from img2img_lab.fidelity import ReferenceCache
         from img2img_lab.metrics import prepare_metric
 
         model = as_model(pipe)
@@ -279,8 +280,6 @@ class SweepWriter:
         hashes = [entry["hash"] for entry in manifest["sources"]]
         for source_hash, source in zip(hashes, sources):
             store.write_source(source_hash, source)
-        from img2img_lab.fidelity import ReferenceCache
-
         references = ReferenceCache(device=str(pipe.device)) if metrics else None
         write_floor(store, pipe, sources, hashes, plan.seeds, metrics, references=references)
         notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))

@@ -161,7 +161,7 @@ def test_a_vae_dtype_round_trip_rehashes_the_vae_alone(tiny_model_dir, monkeypat
     assert model_fingerprint(pipe) is first and len(reused) == 1  # unchanged weights: not hashed again
     pipe.vae.to(torch.float64).to(torch.float32)
     again = model_fingerprint(pipe)
-    assert reused[-1] == ["text_encoder", "tokenizer", "unet"]  # the VAE alone hashed again (and the scheduler's config)
+    assert reused[-1] == ["text_encoder", "tokenizer", "unet"]  # the VAE alone hashed again (and the scheduler)
     assert again == first == model_fingerprint(pipe, refresh=True)
     with torch.no_grad():
         pipe.vae.decoder.conv_out.bias.data.add_(1.0)
