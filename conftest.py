@@ -52,7 +52,7 @@ def doctest_world(tmp_path_factory) -> dict:
     from img2img_lab.plan import SweepPlan
     from img2img_lab.store import RunStore
     from img2img_lab.sweep import run_sweep
-    from img2img_lab.sweep_writer import prepare_source
+    from img2img_lab.sweep_sources import prepare_source
 
     torch.set_num_threads(TEST_THREADS)
     folder = tmp_path_factory.mktemp("doctest-world")

@@ -37,7 +37,7 @@ def main() -> None:
 
     from img2img_lab.pipelines import load_pipeline
     from img2img_lab.resources import bundled_sources
-    from img2img_lab.sweep_writer import prepare_source
+    from img2img_lab.sweep_sources import prepare_source
     from img2img_lab.threads import threads_for
 
     torch_default = torch.get_num_threads()

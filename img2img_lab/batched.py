@@ -22,8 +22,8 @@ Supported: ``StableDiffusionImg2ImgPipeline`` (SD 1.x/2.x and fine-tunes, the em
 ``StableDiffusionXLImg2ImgPipeline`` (SDXL and Turbo: each sample also carries its pooled text embedding and
 added time ids; the VAE is upcast where the model asks). Flow-matching families (SD3, FLUX.1) and UNets with a
 guidance embedding (LCM) use the per-cell runner; :func:`batching_supported` says which and why (the manifest
-records it). The family-specific parts are :class:`_TextConditioning` subclasses: how a prompt is encoded, how a
-VAE latent becomes the initial latent, and how latents are decoded.
+records it). The family-specific parts live in :mod:`img2img_lab.batched_conditioning`: how a prompt is encoded,
+how a VAE latent becomes the initial latent, and how latents are decoded.
 
 >>> outputs = run_cells_batched(pipe, cells, sources)
 >>> [output.produced for output in outputs[:3]]
@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 
 import img2img_lab  # noqa: F401  - torchvision shim first
+from img2img_lab.batched_conditioning import CONDITIONING, TextConditioning
 from img2img_lab.engine import CellOutput, cell_generator, use_scheduler, vae_roundtrip
 from img2img_lab.plan import Cell
 from img2img_lab.schema import Produced
@@ -69,9 +70,9 @@ def batching_supported(pipe) -> tuple[bool, str]:
     >>> batching_supported(pipe)
     (True, 'StableDiffusionImg2ImgPipeline')
     """
-    if type(pipe).__name__ not in _CONDITIONING:
+    if type(pipe).__name__ not in CONDITIONING:
         return False, (f"{type(pipe).__name__} is run per cell (batching covers "
-                       f"{' and '.join(_CONDITIONING)}; flow-matching and LCM pipelines are not batched)")
+                       f"{' and '.join(CONDITIONING)}; flow-matching and LCM pipelines are not batched)")
     if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
         return False, "the UNet has a guidance embedding (LCM-style): run per cell"
     if getattr(pipe, "cross_attention_kwargs", None) or getattr(pipe, "_cross_attention_kwargs", None):
@@ -96,159 +97,6 @@ class _Active:
 def _accepts(function, name: str) -> bool:
     return name in set(inspect.signature(function).parameters)
 
-
-def _sample_latent(distribution, generator):
-    """Exactly ``retrieve_latents(encoder_output, generator)``: mean + std * randn(generator)."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    sample = randn_tensor(distribution.mean.shape, generator=generator, device=distribution.parameters.device,
-                          dtype=distribution.parameters.dtype)
-    return distribution.mean + distribution.std * sample
-
-
-class _TextConditioning:
-    """Stable Diffusion 1.x/2.x: what the batched loop needs of a family, as the pipeline's ``__call__`` does it.
-
-    ``encode`` returns per (prompt, negative) the tensors each sample of that prompt sends to the UNet, as
-    ``{"positive": {...}, "negative": {...}}`` (``encoder_hidden_states`` here); ``initial_latents`` turns a
-    source's VAE distribution into the scaled initial latent (``prepare_latents``); ``decode`` turns final latents
-    into images and NSFW flags.
-    """
-
-    added_fields: tuple[str, ...] = ()
-
-    def __init__(self, pipe, device, dtype):
-        self.pipe, self.device, self.dtype = pipe, device, dtype
-
-    def encode(self, keys, size) -> dict:
-        import torch
-
-        conditioning = {}
-        with torch.no_grad():
-            for prompt, negative in keys:
-                positive, negative_embeds = self.pipe.encode_prompt(prompt, self.device, 1, True, negative or None)
-                conditioning[(prompt, negative)] = {"positive": {"encoder_hidden_states": positive},
-                                                    "negative": {"encoder_hidden_states": negative_embeds}}
-        return conditioning
-
-    def encode_source(self, source):
-        """The VAE's latent distribution of a prepared source (one encoder pass)."""
-        import torch
-
-        pixels = self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype)
-        with torch.no_grad():
-            return self.pipe.vae.encode(pixels).latent_dist
-
-    def initial_latents(self, distribution, generator):
-        return self.pipe.vae.config.scaling_factor * _sample_latent(distribution, generator)
-
-    def decode(self, latents, conditioning_dtype):
-        import torch
-
-        with torch.no_grad():
-            decoded = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor, return_dict=False)[0]
-            return self.pipe.run_safety_checker(decoded, self.device, conditioning_dtype)
-
-
-class _SDXLConditioning(_TextConditioning):
-    """SDXL (and Turbo): two text encoders, a pooled embedding and added time ids per sample; the VAE runs in
-    float32 where ``force_upcast`` says so; latents may be normalised by ``latents_mean``/``latents_std``."""
-
-    added_fields = ("text_embeds", "time_ids")
-
-    def encode(self, keys, size) -> dict:
-        import inspect
-
-        import torch
-
-        defaults = {name: parameter.default
-                    for name, parameter in inspect.signature(type(self.pipe).__call__).parameters.items()}
-        width, height = size
-        text_projection = (self.pipe.text_encoder_2.config.projection_dim if self.pipe.text_encoder_2 is not None
-                           else None)
-        conditioning = {}
-        with torch.no_grad():
-            for prompt, negative in keys:
-                positive, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
-                    prompt=prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                    negative_prompt=negative or None)
-                time_ids, negative_time_ids = self.pipe._get_add_time_ids(
-                    (height, width), defaults["crops_coords_top_left"], (height, width), defaults["aesthetic_score"],
-                    defaults["negative_aesthetic_score"], (height, width), defaults["negative_crops_coords_top_left"],
-                    (height, width), dtype=positive.dtype,
-                    text_encoder_projection_dim=text_projection or int(pooled.shape[-1]))
-                conditioning[(prompt, negative)] = {
-                    "positive": {"encoder_hidden_states": positive, "text_embeds": pooled,
-                                 "time_ids": time_ids.to(self.device)},
-                    "negative": {"encoder_hidden_states": negative_embeds, "text_embeds": negative_pooled,
-                                 "time_ids": negative_time_ids.to(self.device)}}
-        return conditioning
-
-    def _upcast(self) -> bool:
-        """Whether the VAE must run in float32 (``force_upcast``) while the model runs in a lower precision."""
-        import torch
-
-        return bool(self.pipe.vae.config.force_upcast) and self.dtype != torch.float32
-
-    def encode_source(self, source):
-        import torch
-
-        vae = self.pipe.vae
-        pixels = self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype)
-        with torch.no_grad():
-            if self._upcast():  # prepare_latents: image.float(), the VAE in float32, back afterwards
-                vae.to(dtype=torch.float32)
-                try:
-                    return vae.encode(pixels.float()).latent_dist
-                finally:
-                    vae.to(self.dtype)
-            return vae.encode(pixels).latent_dist
-
-    def _latent_statistics(self):
-        config = self.pipe.vae.config
-        if getattr(config, "latents_mean", None) is None or getattr(config, "latents_std", None) is None:
-            return None
-        import torch
-
-        return (torch.tensor(config.latents_mean).view(1, 4, 1, 1).to(self.device, self.dtype),
-                torch.tensor(config.latents_std).view(1, 4, 1, 1).to(self.device, self.dtype))
-
-    def initial_latents(self, distribution, generator):
-        latents = _sample_latent(distribution, generator).to(self.dtype)
-        statistics, scale = self._latent_statistics(), self.pipe.vae.config.scaling_factor
-        if statistics is None:
-            return scale * latents
-        mean, std = statistics
-        return (latents - mean) * scale / std
-
-    def decode(self, latents, conditioning_dtype):
-        import torch
-
-        vae = self.pipe.vae
-        upcast = vae.dtype == torch.float16 and self._upcast()
-        with torch.no_grad():
-            if upcast:
-                vae.to(dtype=torch.float32)
-                latents = latents.to(torch.float32)
-            try:
-                statistics, scale = self._latent_statistics(), vae.config.scaling_factor
-                if statistics is None:
-                    latents = latents / scale
-                else:
-                    mean, std = (value.to(latents.dtype) for value in statistics)
-                    latents = latents * std / scale + mean
-                decoded = vae.decode(latents, return_dict=False)[0]
-            finally:
-                if upcast:
-                    vae.to(dtype=torch.float16)
-        if getattr(self.pipe, "watermark", None) is not None:
-            decoded = self.pipe.watermark.apply_watermark(decoded)
-        return decoded, None
-
-
-#: Pipeline class name -> its batched conditioning.
-_CONDITIONING = {"StableDiffusionImg2ImgPipeline": _TextConditioning,
-                 "StableDiffusionXLImg2ImgPipeline": _SDXLConditioning}
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -336,7 +184,7 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
     started = time.perf_counter()
     use_scheduler(pipe, cells[0].scheduler)
     device = pipe._execution_device
-    family = _CONDITIONING[type(pipe).__name__](pipe, device, pipe.unet.dtype)
+    family = CONDITIONING[type(pipe).__name__](pipe, device, pipe.unet.dtype)
     outputs: list[CellOutput | None] = [None] * len(cells)
     limit = _BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
     counters = {"unet_calls": 0, "unet_samples": 0}
@@ -363,7 +211,7 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
     return outputs
 
 
-def _start_groups(family: _TextConditioning, base, active_cells, sources, *, steps: int):
+def _start_groups(family: TextConditioning, base, active_cells, sources, *, steps: int):
     """Encode prompts and sources once; give every cell its initial latent (VAE sample, then noise, from its own
     generator, as ``prepare_latents`` does) in a start group: one scheduler per ``t_start``, set up as the pipeline
     sets it up for that strength. Returns ``(groups, conditioning)``."""
@@ -397,7 +245,7 @@ def _start_groups(family: _TextConditioning, base, active_cells, sources, *, ste
     return groups, conditioning
 
 
-def _model_inputs(family: _TextConditioning, live, conditioning, t):
+def _model_inputs(family: TextConditioning, live, conditioning, t):
     """Every live sample's scaled latent and conditioning, in one batch (CFG cells send two samples)."""
     import torch
 
@@ -417,7 +265,7 @@ def _model_inputs(family: _TextConditioning, live, conditioning, t):
     return torch.cat(inputs), fields, layout
 
 
-def _denoise(family: _TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int,
+def _denoise(family: TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int,
              on_work=None):
     """Step every start group along the common timestep grid; at each timestep one UNet batch for all live cells."""
     import torch
@@ -459,7 +307,7 @@ def _denoise(family: _TextConditioning, base, groups, conditioning, *, limit, co
             on_work(sum(len(group["members"]) for group in live))
 
 
-def _decode(family: _TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):
+def _decode(family: TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):
     """Decode every cell's final latent in chunks (halving on CUDA out-of-memory) into ``outputs``."""
     import torch
 

@@ -32,8 +32,8 @@ from img2img_lab.plan import SweepPlan
 from img2img_lab.plan_values import check_batch_size
 from img2img_lab.store import RunStore
 from img2img_lab.schema import COLUMNS, cell_key  # noqa: F401 - re-exported
-from img2img_lab.sweep_writer import (SweepWriter, _in_plan_order, build_manifest, completed_record,  # noqa: F401
-                                      prepare_source, prepare_sources, source_steps, write_floor)
+from img2img_lab.sweep_sources import prepare_source, prepare_sources, source_steps, write_floor  # noqa: F401
+from img2img_lab.sweep_writer import SweepWriter, _in_plan_order, build_manifest, completed_record  # noqa: F401
 
 __all__ = ["COLUMNS", "cell_key", "package_versions", "prepare_source", "prepare_sources", "registered_models",
            "run_model_axis", "run_sweep", "source_steps", "sweep_signature", "write_floor"]

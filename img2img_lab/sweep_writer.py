@@ -5,9 +5,8 @@ what is done, what the shared cache holds, and the counts. Its methods are the s
 :meth:`~SweepWriter.open`, :meth:`~SweepWriter.key_cells`, :meth:`~SweepWriter.copy_from_cache`,
 :meth:`~SweepWriter.generate`, :meth:`~SweepWriter.reuse_duplicates`, :meth:`~SweepWriter.finish`.
 
-The parts a sweep is made of live here too: a cell's content key (:func:`cell_key`), the sources prepared for the
-model (:func:`prepare_sources`), what a strength runs (:func:`source_steps`), the sweep's manifest
-(:func:`build_manifest`) and the VAE floor (:func:`write_floor`); :mod:`img2img_lab.sweep` re-exports them.
+The sweep's manifest (:func:`build_manifest`) is made here; its sources, what a strength runs and the VAE floor in
+:mod:`img2img_lab.sweep_sources`; :mod:`img2img_lab.sweep` re-exports them.
 
 A stored cell is an image and its row, written or adopted together: the first writer of a key wins, a later writer
 adopts that writer's image *and* row, and the shared cache receives exactly the pair this folder holds. Copies in
@@ -25,76 +24,22 @@ import platform
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from img2img_lab.engine import cell_generator, vae_roundtrip
-from img2img_lab.images import SmallSourceWarning, content_hash, load_image
+from img2img_lab.images import content_hash
 from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest, package_versions, plan_config,
                                   plan_record)
 from img2img_lab.models import as_model
-from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
+from img2img_lab.pipelines import model_fingerprint, model_label
 from img2img_lab.plan import Cell, SweepPlan
 from img2img_lab.advisories import advise, floor_advisories, sweep_advisories
 from img2img_lab.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore
-
-
-
-
-def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
-    """Load one source image sized for the pipeline exactly as a sweep does (see :mod:`img2img_lab.images`).
-
-    >>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
-    (64, 64)
-    """
-    native = native_resolution(pipe)
-    max_side = native if max_side == "native" else max_side
-    warn_below = min(256, native) if native else 256
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", SmallSourceWarning)
-        return load_image(path, size_multiple=size_multiple(pipe), max_side=max_side, policy=resize_policy,
-                          warn_below=warn_below)
-
-
-def source_fit(path, pipe, *, max_side="native", resize_policy: str = "crop") -> dict | None:
-    """How :func:`prepare_source` sized a source file for the pipeline (its original size, ``max_side``,
-    ``size_multiple``, ``policy``): a mask file of that source is fitted the same way (:mod:`img2img_lab.masks`)."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            original = ImageOps.exif_transpose(image).size
-    except (OSError, TypeError, AttributeError):  # bytes, arrays or uploads: no file to fit a mask to
-        return None
-    native = native_resolution(pipe)
-    return {"original": list(original), "max_side": native if max_side == "native" else max_side,
-            "size_multiple": size_multiple(pipe), "policy": resize_policy}
-
-
-def prepare_sources(plan: SweepPlan, pipe) -> list:
-    """Load every source image of the plan, sized for the pipeline (see :func:`prepare_source`)."""
-    return [prepare_source(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
-            for path in plan.images]
-
-
-def source_steps(model, sources: list):
-    """``steps(scheduler, num_inference_steps, strength, image_index)`` for :meth:`SweepPlan.cells`: what a
-    strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
-
-    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))
-    >>> [(cell.strength, cell.executed_steps) for cell in cells[:3]]
-    [(0.0, 0), (0.5, 5), (1.0, 10)]
-    """
-    def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
-        source = sources[image_index]
-        return model.step_plan(scheduler, num_inference_steps, strength, width=source.width, height=source.height)
-
-    return steps
+from img2img_lab.sweep_sources import _needs, prepare_sources, source_fit, source_steps, write_floor
 
 
 def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dict:
@@ -123,47 +68,6 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
         ],
         "notes": [],
     }
-
-
-def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
-                metrics: list[str], *, references=None) -> None:
-    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
-    (on the pipeline's device; ``references``, a :class:`~img2img_lab.fidelity.ReferenceCache`, keeps each source's
-    side for the cells)."""
-    import pandas as pd
-
-    from img2img_lab.metrics import measure_pair
-
-    fingerprint = model_fingerprint(pipe)["fingerprint"]
-    floor = store.read_floor()
-    if len(floor) and "model_fingerprint" not in floor.columns:  # older single-model folders: this model's floor
-        floor["model_fingerprint"] = fingerprint
-    done = {(row["source_hash"], row["seed"], row["model_fingerprint"]) for row in floor.to_dict("records")
-            if (store.root / row["output_path"]).is_file()}
-    rows = [row for row in floor.to_dict("records")
-            if (row["source_hash"], row["seed"], row["model_fingerprint"]) in done]
-    for source, source_hash in zip(sources, source_hashes):
-        for seed in seeds:
-            if (source_hash, seed, fingerprint) in done:
-                continue
-            image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
-            path = store.floor_path(source_hash, seed, fingerprint)
-            store.write_png(path, image)
-            row = {"source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
-                   "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
-            row.update(measure_pair(source, image, [name for name in metrics if not _needs(name, "prompt", "mask")],
-                                    device=str(pipe.device), references=references))
-            rows.append(row)
-    store.write_floor(pd.DataFrame(rows))
-
-
-def _needs(name: str, *what: str) -> bool:
-    """Whether metric ``name`` needs any of ``what`` (``"prompt"``, ``"mask"``: region metrics are measured on the
-    folder at the end of a sweep, with the sources' masks)."""
-    from img2img_lab.metrics import metric_spec
-
-    spec = metric_spec(name)
-    return any(getattr(spec, f"needs_{item}") for item in what)
 
 
 def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:

@@ -212,3 +212,42 @@ def test_extending_a_finished_sweep_generates_exactly_the_new_cells(tmp_path, ca
         print(f"\n[extend] 40 cells; +1 seed generated 10; +1 strength generated 4, then +1 seed 11, rerun 0; "
               f"verify {'OK' if report.ok else 'FAILED'}")
     assert report.ok
+
+
+def test_extending_by_a_prompt_or_a_source_generates_exactly_the_new_cells(tiny_pipe, sources_dir, tmp_path,
+                                                                          monkeypatch):
+    """The other two axes of issue #19's extension: a new prompt, then a new source, run exactly their cells; the
+    cells already stored keep their pixels, and the folder matches a fresh sweep of the whole plan within the batched
+    engine's tolerance (its batches were composed differently)."""
+    import numpy as np
+
+    import img2img_lab.batched as batched
+    from img2img_lab.images import file_pixel_hash
+
+    ran, original = [], batched.run_cells_batched
+
+    def counting(pipe, cells, *args, **kwargs):
+        ran.append(len(cells))
+        return original(pipe, cells, *args, **kwargs)
+
+    monkeypatch.setattr(batched, "run_cells_batched", counting)
+    base = dict(strengths=[0.3, 0.8], seeds=[0, 1], guidance_scales=[2.0], steps=[10], schedulers=["ddim"])
+    plans = [SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["a red circle"], **base),
+             SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["a red circle", "a blue square"], **base),
+             SweepPlan(images=[str(sources_dir / "source0.png"), str(sources_dir / "source1.png")],
+                       prompts=["a red circle", "a blue square"], **base)]
+    generated, pixels = [], {}
+    for plan in plans:
+        ran.clear()
+        table = run_sweep(plan, tmp_path / "run", pipe=tiny_pipe, progress=False, max_batch_size=4)
+        generated.append(sum(ran))
+        store = RunStore.open(tmp_path / "run")
+        assert {key: file_pixel_hash(store.image_path(key)) for key in pixels} == pixels  # kept as they were
+        pixels = {row.cell_key: row.output_hash for row in table.itertuples()}
+    assert generated == [4, 4, 8]
+    fresh = run_sweep(plans[-1], tmp_path / "fresh", pipe=tiny_pipe, progress=False, max_batch_size=4)
+    extended = RunStore.open(tmp_path / "run")
+    worst = max(int(np.abs(np.asarray(extended.load_output(row), dtype=int)
+                           - np.asarray(RunStore.open(tmp_path / "fresh").load_output(row), dtype=int)).max())
+                for row in fresh.to_dict("records"))
+    assert worst <= batched.BATCHED_TOLERANCE["float32"], worst

@@ -1,0 +1,111 @@
+"""A sweep's sources: each image prepared for the model as the sweep feeds it, what a strength runs on it, and its
+VAE floor (the round trip per seed: the closest any output can get to the source).
+
+:mod:`img2img_lab.sweep` re-exports these; :class:`img2img_lab.sweep_writer.SweepWriter` calls them in its steps.
+
+>>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
+(64, 64)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from img2img_lab.engine import cell_generator, vae_roundtrip
+from img2img_lab.images import SmallSourceWarning, content_hash, load_image
+from img2img_lab.pipelines import model_fingerprint, native_resolution, size_multiple
+from img2img_lab.plan import SweepPlan
+from img2img_lab.store import RunStore
+
+
+def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
+    """Load one source image sized for the pipeline exactly as a sweep does (see :mod:`img2img_lab.images`).
+
+    >>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
+    (64, 64)
+    """
+    native = native_resolution(pipe)
+    max_side = native if max_side == "native" else max_side
+    warn_below = min(256, native) if native else 256
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SmallSourceWarning)
+        return load_image(path, size_multiple=size_multiple(pipe), max_side=max_side, policy=resize_policy,
+                          warn_below=warn_below)
+
+
+def source_fit(path, pipe, *, max_side="native", resize_policy: str = "crop") -> dict | None:
+    """How :func:`prepare_source` sized a source file for the pipeline (its original size, ``max_side``,
+    ``size_multiple``, ``policy``): a mask file of that source is fitted the same way (:mod:`img2img_lab.masks`)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            original = ImageOps.exif_transpose(image).size
+    except (OSError, TypeError, AttributeError):  # bytes, arrays or uploads: no file to fit a mask to
+        return None
+    native = native_resolution(pipe)
+    return {"original": list(original), "max_side": native if max_side == "native" else max_side,
+            "size_multiple": size_multiple(pipe), "policy": resize_policy}
+
+
+def prepare_sources(plan: SweepPlan, pipe) -> list:
+    """Load every source image of the plan, sized for the pipeline (see :func:`prepare_source`)."""
+    return [prepare_source(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
+            for path in plan.images]
+
+
+def source_steps(model, sources: list):
+    """``steps(scheduler, num_inference_steps, strength, image_index)`` for :meth:`SweepPlan.cells`: what a
+    strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
+
+    >>> from img2img_lab.models import as_model
+    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))
+    >>> [(cell.strength, cell.executed_steps) for cell in cells[:3]]
+    [(0.0, 0), (0.5, 5), (1.0, 10)]
+    """
+    def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
+        source = sources[image_index]
+        return model.step_plan(scheduler, num_inference_steps, strength, width=source.width, height=source.height)
+
+    return steps
+
+
+def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
+                metrics: list[str], *, references=None) -> None:
+    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
+    (on the pipeline's device; ``references``, a :class:`~img2img_lab.fidelity.ReferenceCache`, keeps each source's
+    side for the cells)."""
+    import pandas as pd
+
+    from img2img_lab.metrics import measure_pair
+
+    fingerprint = model_fingerprint(pipe)["fingerprint"]
+    floor = store.read_floor()
+    if len(floor) and "model_fingerprint" not in floor.columns:  # older single-model folders: this model's floor
+        floor["model_fingerprint"] = fingerprint
+    done = {(row["source_hash"], row["seed"], row["model_fingerprint"]) for row in floor.to_dict("records")
+            if (store.root / row["output_path"]).is_file()}
+    rows = [row for row in floor.to_dict("records")
+            if (row["source_hash"], row["seed"], row["model_fingerprint"]) in done]
+    for source, source_hash in zip(sources, source_hashes):
+        for seed in seeds:
+            if (source_hash, seed, fingerprint) in done:
+                continue
+            image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
+            path = store.floor_path(source_hash, seed, fingerprint)
+            store.write_png(path, image)
+            row = {"source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
+                   "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
+            row.update(measure_pair(source, image, [name for name in metrics if not _needs(name, "prompt", "mask")],
+                                    device=str(pipe.device), references=references))
+            rows.append(row)
+    store.write_floor(pd.DataFrame(rows))
+
+
+def _needs(name: str, *what: str) -> bool:
+    """Whether metric ``name`` needs any of ``what`` (``"prompt"``, ``"mask"``: region metrics are measured on the
+    folder at the end of a sweep, with the sources' masks)."""
+    from img2img_lab.metrics import metric_spec
+
+    spec = metric_spec(name)
+    return any(getattr(spec, f"needs_{item}") for item in what)
