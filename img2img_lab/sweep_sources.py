@@ -9,6 +9,7 @@ VAE floor (the round trip per seed: the closest any output can get to the source
 
 from __future__ import annotations
 
+import math
 import warnings
 
 from img2img_lab.engine import cell_generator, vae_roundtrip
@@ -74,32 +75,46 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
                 metrics: list[str], *, references=None) -> None:
     """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
     (on the pipeline's device; ``references``, a :class:`~img2img_lab.fidelity.ReferenceCache`, keeps each source's
-    side for the cells)."""
+    side for the cells). A round trip stored by an earlier sweep is kept, and measured now for the metrics it lacks.
+
+    >>> write_floor(store, pipe, sources, [row["source_hash"]], [0], ["ssim", "delta_e"])  # runs/demo: ssim, psnr
+    >>> floor = store.read_floor()
+    >>> [bool(floor.loc[floor.seed == seed, "delta_e"].notna().all()) for seed in (0, 1)]
+    [True, False]
+    """
     import pandas as pd
 
-    from img2img_lab.metrics import measure_pair
+    from img2img_lab.metrics import measure_pair, metric_status
 
     fingerprint = model_fingerprint(pipe)["fingerprint"]
     floor = store.read_floor()
     if len(floor) and "model_fingerprint" not in floor.columns:  # older single-model folders: this model's floor
         floor["model_fingerprint"] = fingerprint
-    done = {(row["source_hash"], row["seed"], row["model_fingerprint"]) for row in floor.to_dict("records")
+    kept = {(row["source_hash"], row["seed"], row["model_fingerprint"]): row for row in floor.to_dict("records")
             if (store.root / row["output_path"]).is_file()}
-    rows = [row for row in floor.to_dict("records")
-            if (row["source_hash"], row["seed"], row["model_fingerprint"]) in done]
+    names = [name for name in metrics if not _needs(name, "prompt", "mask")]
     for source, source_hash in zip(sources, source_hashes):
         for seed in seeds:
-            if (source_hash, seed, fingerprint) in done:
-                continue
-            image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
-            path = store.floor_path(source_hash, seed, fingerprint)
-            store.write_png(path, image)
-            row = {"source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
-                   "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
-            row.update(measure_pair(source, image, [name for name in metrics if not _needs(name, "prompt", "mask")],
-                                    device=str(pipe.device), references=references))
-            rows.append(row)
-    store.write_floor(pd.DataFrame(rows))
+            row = kept.get((source_hash, seed, fingerprint))
+            if row is None:
+                image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
+                path = store.floor_path(source_hash, seed, fingerprint)
+                store.write_png(path, image)
+                row = kept[(source_hash, seed, fingerprint)] = {
+                    "source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
+                    "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
+                missing = names
+            else:  # an earlier sweep's round trip: the metrics it was not measured with (and can be now)
+                missing = [name for name in names if _unmeasured(row.get(name)) and metric_status(name)[0]]
+                image = store.load_output(row) if missing else None
+            if missing:
+                row.update(measure_pair(source, image, missing, device=str(pipe.device), references=references))
+    store.write_floor(pd.DataFrame(list(kept.values())))
+
+
+def _unmeasured(value) -> bool:
+    """Whether a table value holds no measurement (absent or NaN)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _needs(name: str, *what: str) -> bool:

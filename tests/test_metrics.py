@@ -309,6 +309,30 @@ def test_a_sweep_measures_its_floor_and_cells_with_one_reference_per_source(tiny
     assert devices == [str(tiny_pipe.device)]  # one source, one reference: floors and cells alike
 
 
+def test_a_sweep_with_metrics_measures_the_floor_an_earlier_sweep_stored_unmeasured(tiny_pipe, sources_dir, tmp_path):
+    """A folder first swept without metrics, then extended by a sweep with metrics and only new cells: the floor
+    it found stayed unmeasured (no `ssim_floor` in a calibration, no floor line in the curves). Now the sweep measures
+    the round trips it finds for the metrics they lack, with the values a fresh measurement gives."""
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.store import RunStore
+    from img2img_lab.sweep import run_sweep
+
+    base = dict(images=[str(sources_dir / "source0.png")], prompts=["p"], seeds=[0, 1], steps=[10],
+                schedulers=["ddim"], guidance_scales=[1.0])
+    run_sweep(SweepPlan(strengths=[0.3], **base), tmp_path / "run", pipe=tiny_pipe, progress=False)
+    store = RunStore.open(tmp_path / "run")
+    assert "ssim" not in store.read_floor().columns
+    table = run_sweep(SweepPlan(strengths=[0.9], **base), tmp_path / "run", pipe=tiny_pipe, progress=False,
+                      metrics=["ssim", "psnr"])
+    assert table[["ssim", "psnr"]].notna().all().all()
+    floor = store.read_floor()
+    assert len(floor) == 2 and floor[["ssim", "psnr"]].notna().all().all()
+    for row in floor.to_dict("records"):
+        expected = measure_pair(store.load_source(row["source_hash"]), store.load_output(row), ["ssim", "psnr"])
+        assert row["ssim"] == pytest.approx(expected["ssim"], abs=1e-12)
+        assert row["psnr"] == pytest.approx(expected["psnr"], abs=1e-9)
+
+
 def test_the_registry_loads_plugins_on_first_use_without_an_import_circle():
     probe = ("import sys, img2img_lab.metrics as metrics\n"
              "print(sorted(name for name in sys.modules if name.startswith('img2img_lab.shapes')))\n"
