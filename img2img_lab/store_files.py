@@ -102,11 +102,21 @@ class RunFolderFiles:
         return self.root / FLOOR / f"{source_hash[:20]}-{seed}{model}.png"
 
     def read_floor_of(self, table):
-        """The floor rows of the models whose cells are in ``table`` (a run folder may compare several models)."""
+        """The floor rows of the cells in ``table``: their sources' round trips for their seeds, by their models (a
+        run folder may hold other sources, seeds and models, whose floors are not these cells').
+
+        >>> store.read_floor_of(table[table.seed == 1])["seed"].tolist()
+        [1]
+        """
+        import pandas as pd
+
         floor = self.read_floor()
-        if "model_fingerprint" not in floor.columns or "model_fingerprint" not in getattr(table, "columns", []):
+        keys = [column for column in ("source_hash", "seed", "model_fingerprint")
+                if column in floor.columns and column in getattr(table, "columns", [])]
+        if floor.empty or not keys:
             return floor
-        return floor[floor["model_fingerprint"].isin(set(table["model_fingerprint"]))]
+        wanted = pd.MultiIndex.from_frame(table[keys].drop_duplicates())
+        return floor[pd.MultiIndex.from_frame(floor[keys]).isin(wanted)].reset_index(drop=True)
 
     def read_floor(self):
         """The VAE round-trip table (one row per source and seed), empty if the run has none."""

@@ -168,3 +168,28 @@ def test_report_grids_are_embedded_at_display_size_within_a_byte_budget(small_ca
     arguments = shlex.split(command.replace("&#x27;", "'").replace("&quot;", '"'))[1:]
     monkeypatch.chdir(tmp_path)
     assert main(arguments) == 0 and Image.open(tmp_path / "grid.png").width > 64 * 3
+
+
+def test_a_figure_s_floor_is_the_floor_of_the_cells_it_shows(tiny_pipe, sources_dir, tmp_path):
+    """A curve filtered to one source drew the floor of every source in the folder (embedded model: 0.885 for a
+    source whose own floor is 0.894), and a calibration's ``<metric>_floor`` took in other sweeps' sources and seeds.
+    Both now use the floor of the cells they show: their sources, seeds and models."""
+    from img2img_lab.calibration_stats import strength_summary
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.sweep import run_sweep
+
+    plan = SweepPlan(images=[str(sources_dir / "source0.png"), str(sources_dir / "source1.png")], prompts=["p"],
+                     strengths=[0.3, 0.9], seeds=[0, 1], steps=[10], schedulers=["ddim"], guidance_scales=[1.0])
+    table = run_sweep(plan, tmp_path / "run", pipe=tiny_pipe, progress=False, metrics=["ssim"])
+    store = RunStore.open(tmp_path / "run")
+    floor = store.read_floor()
+    per_source = floor.groupby("source_hash")["ssim"].mean()
+    assert per_source.max() - per_source.min() > 0.003  # the two sources' floors differ (0.027, 0.023)
+    for source_hash, name in table.groupby("source_hash")["source_name"].first().items():
+        figure = strength_curves(tmp_path / "run", "ssim", where={"source_name": name}, hue=None)
+        line = next(line for line in figure.axes[0].get_lines() if line.get_label() == "VAE round-trip floor")
+        assert line.get_ydata()[0] == pytest.approx(per_source[source_hash], abs=1e-12)
+    one = table[(table.source_hash == table.source_hash[0]) & (table.seed == 0)]
+    summary = strength_summary(one, ["ssim"], floor=store.read_floor_of(one), n_resamples=10)
+    expected = floor[(floor.source_hash == table.source_hash[0]) & (floor.seed == 0)]["ssim"].item()
+    assert summary["ssim_floor"].tolist() == pytest.approx([expected] * 2, abs=1e-12)
