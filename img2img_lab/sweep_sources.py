@@ -75,7 +75,8 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
                 metrics: list[str], *, references=None) -> None:
     """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
     (on the pipeline's device; ``references``, a :class:`~img2img_lab.fidelity.ReferenceCache`, keeps each source's
-    side for the cells). A round trip stored by an earlier sweep is kept, and measured now for the metrics it lacks.
+    side for the cells). A round trip stored by an earlier sweep is kept, and measured now for the metrics it lacks
+    (made again if its image does not hold the pixels its row records).
 
     >>> write_floor(store, pipe, sources, [row["source_hash"]], [0], ["ssim", "delta_e"])  # runs/demo: ssim, psnr
     >>> floor = store.read_floor()
@@ -95,7 +96,12 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
     names = [name for name in metrics if not _needs(name, "prompt", "mask")]
     for source, source_hash in zip(sources, source_hashes):
         for seed in seeds:
-            row = kept.get((source_hash, seed, fingerprint))
+            row, image, missing = kept.get((source_hash, seed, fingerprint)), None, names
+            if row is not None:  # an earlier sweep's round trip: the metrics it was not measured with (and can be now)
+                missing = [name for name in names if _unmeasured(row.get(name)) and metric_status(name)[0]]
+                image = _intact_image(store, row) if missing else None
+                if missing and image is None:
+                    row, missing = None, names
             if row is None:
                 image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
                 path = store.floor_path(source_hash, seed, fingerprint)
@@ -103,10 +109,6 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
                 row = kept[(source_hash, seed, fingerprint)] = {
                     "source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
                     "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
-                missing = names
-            else:  # an earlier sweep's round trip: the metrics it was not measured with (and can be now)
-                missing = [name for name in names if _unmeasured(row.get(name)) and metric_status(name)[0]]
-                image = store.load_output(row) if missing else None
             if missing:
                 row.update(measure_pair(source, image, missing, device=str(pipe.device), references=references))
     store.write_floor(pd.DataFrame(list(kept.values())))
@@ -115,6 +117,17 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
 def _unmeasured(value) -> bool:
     """Whether a table value holds no measurement (absent or NaN)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _intact_image(store: RunStore, row: dict):
+    """The stored image of a floor row if it holds the pixels the row records, else ``None``."""
+    from img2img_lab.errors import StoreError
+
+    try:
+        image = store.load_output(row)
+    except StoreError:
+        return None
+    return image if content_hash(image) == row["output_hash"] else None
 
 
 def _needs(name: str, *what: str) -> bool:

@@ -312,7 +312,9 @@ def test_a_sweep_measures_its_floor_and_cells_with_one_reference_per_source(tiny
 def test_a_sweep_with_metrics_measures_the_floor_an_earlier_sweep_stored_unmeasured(tiny_pipe, sources_dir, tmp_path):
     """A folder first swept without metrics, then extended by a sweep with metrics and only new cells: the floor
     it found stayed unmeasured (no `ssim_floor` in a calibration, no floor line in the curves). Now the sweep measures
-    the round trips it finds for the metrics they lack, with the values a fresh measurement gives."""
+    the round trips it finds for the metrics they lack, with the values a fresh measurement gives (one whose image
+    was damaged is made again, not an error)."""
+    from img2img_lab.images import content_hash
     from img2img_lab.plan import SweepPlan
     from img2img_lab.store import RunStore
     from img2img_lab.sweep import run_sweep
@@ -322,12 +324,15 @@ def test_a_sweep_with_metrics_measures_the_floor_an_earlier_sweep_stored_unmeasu
     run_sweep(SweepPlan(strengths=[0.3], **base), tmp_path / "run", pipe=tiny_pipe, progress=False)
     store = RunStore.open(tmp_path / "run")
     assert "ssim" not in store.read_floor().columns
+    damaged = store.root / store.read_floor().output_path[1]
+    damaged.write_bytes(damaged.read_bytes()[:40])  # a truncated PNG
     table = run_sweep(SweepPlan(strengths=[0.9], **base), tmp_path / "run", pipe=tiny_pipe, progress=False,
                       metrics=["ssim", "psnr"])
     assert table[["ssim", "psnr"]].notna().all().all()
     floor = store.read_floor()
     assert len(floor) == 2 and floor[["ssim", "psnr"]].notna().all().all()
     for row in floor.to_dict("records"):
+        assert content_hash(store.load_output(row)) == row["output_hash"]
         expected = measure_pair(store.load_source(row["source_hash"]), store.load_output(row), ["ssim", "psnr"])
         assert row["ssim"] == pytest.approx(expected["ssim"], abs=1e-12)
         assert row["psnr"] == pytest.approx(expected["psnr"], abs=1e-9)
