@@ -5,8 +5,8 @@
   unknown token: the embedded shapes-world model knows 21 words) or that it truncates (the embedded model reads 16
   tokens);
 * a source downscaled for the model (an 800-px photo becomes 64 px for the embedded model);
-* a source the model cannot represent: its VAE round trip (the closest any output can get) reaches SSIM below
-  :data:`FLOOR_SSIM`, so every measurement is dominated by what the model cannot draw.
+* a source the model cannot represent: its VAE round trip (what strength 0 stores; outputs seldom get closer)
+  reaches SSIM below :data:`FLOOR_SSIM`, so every measurement is dominated by what the model cannot draw.
 
 >>> from img2img_lab.pipelines import load_pipeline
 >>> for advisory in prompt_advisories(pipe, "a red star on a velvet cushion"):
@@ -91,14 +91,14 @@ def floor_advisory(name: str, floor_ssim: float, model: str) -> list[str]:
     """A source whose VAE round trip stays below :data:`FLOOR_SSIM`, in words.
 
     >>> print(*floor_advisory("photo.jpg", 0.31, "embedded:shapes-world"))
-    photo.jpg: the model cannot represent this image: its VAE round trip reaches SSIM 0.31 (no output can score higher). Fix: use a real model: --model stable-diffusion-v1-5/stable-diffusion-v1-5 (embedded:shapes-world draws only its shapes world)
+    photo.jpg: the model cannot represent this image: its VAE round trip reaches SSIM 0.31 (outputs seldom score higher). Fix: use a real model: --model stable-diffusion-v1-5/stable-diffusion-v1-5 (embedded:shapes-world draws only its shapes world)
     """
     if not floor_ssim < FLOOR_SSIM:
         return []
     fix = (f"use a real model: --model stable-diffusion-v1-5/stable-diffusion-v1-5 ({model} draws only its shapes "
            f"world)" if model.startswith("embedded") else "use a model trained on such images (--model ...)")
-    return [f"{name}: the model cannot represent this image: its VAE round trip reaches SSIM {floor_ssim:.2f} (no output "
-            f"can score higher). Fix: {fix}"]
+    return [f"{name}: the model cannot represent this image: its VAE round trip reaches SSIM {floor_ssim:.2f} (outputs "
+            f"seldom score higher). Fix: {fix}"]
 
 
 def sweep_advisories(plan, pipe, sources_manifest: list[dict], sources) -> list[str]:

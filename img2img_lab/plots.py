@@ -9,6 +9,7 @@ them).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -16,12 +17,39 @@ from PIL import Image
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab.figure_common import _axis_label, _load_table, select_rows
 from img2img_lab.metric_scales import check_metric_values, direction_text
+from img2img_lab.schema import CONDITION_COLUMNS
 
 
 #: Alternative x axes for :func:`strength_curves`.
 X_AXES = {"strength": "strength", "executed_steps": "executed denoising steps",
           "sqrt_alpha_bar": "signal kept at start (sqrt alpha-bar)", "sigma": "noise level at start (sigma)",
           "log_snr": "log-SNR of the start latent, any family (axis reversed: noisier to the right)"}
+#: What one line of a curve must not mix: a strength means something else for each model, guidance scale, number of
+#: steps and scheduler (a calibration decides each apart); seeds, sources and prompts are the line's spread.
+CURVE_CONDITIONS = ("model", *CONDITION_COLUMNS)
+
+
+class CurveWarning(UserWarning):
+    """A curve's lines mix conditions a strength means something else in (one line; the CLI prints it once)."""
+
+
+def pooled_conditions(table, hue: str | None = None) -> dict[str, list]:
+    """The :data:`CURVE_CONDITIONS` that take several values within one line of a curve of ``table`` drawn with
+    ``hue``, with their values.
+
+    >>> pooled_conditions(table.assign(guidance_scale=[1.0, 2.0] * 3), hue="prompt")
+    {'guidance_scale': [1.0, 2.0]}
+    >>> pooled_conditions(table.assign(guidance_scale=[1.0, 2.0] * 3), hue="guidance_scale")
+    {}
+    """
+    pooled = {}
+    for column in CURVE_CONDITIONS:
+        if column == hue or column not in table.columns:
+            continue
+        counts = table.groupby(hue)[column].nunique() if hue else [table[column].nunique()]
+        if max(counts, default=0) > 1:
+            pooled[column] = sorted(table[column].dropna().unique().tolist())
+    return pooled
 
 
 def curve_data(table, metric: str, *, x: str = "strength", hue: str | None = "prompt"):
@@ -51,8 +79,8 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
     """Plot a metric against strength (or executed steps / noise level): mean line and spread band per ``hue``.
 
     ``spread`` is ``"sd"`` (mean +- one standard deviation over seeds and other axes), ``"range"`` (min to
-    max) or ``"none"``; bands are clipped to the values observed. The source's VAE round trip (the floor no
-    output can beat) is drawn dashed when measured and ``show_floor``. ``label`` names the line when ``hue``
+    max) or ``"none"``; bands are clipped to the values observed. The source's VAE round trip (what strength 0
+    stores; outputs seldom get closer) is drawn dashed when measured and ``show_floor``. ``label`` names the line when ``hue``
     is None (default: the metric).
     Infinite PSNR values (identical images) are left out of the mean.
 
@@ -66,6 +94,9 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
     table = select_rows(table, where)
     check_metric_values(table, metric, store.root)
     data = curve_data(table, metric, x=x, hue=hue)
+    pooled = pooled_conditions(table, hue)
+    if pooled:
+        warnings.warn(CurveWarning(_pooled_message(metric, pooled)), stacklevel=2)
     if ax is None:
         figure, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     else:
@@ -92,11 +123,22 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
         ax.invert_xaxis()
     ax.set_ylabel(metric)
     band = {"sd": "band: ±1 sd", "range": "band: min-max", "none": "mean"}[spread]
-    ax.set_title(f"{metric} vs {X_AXES[x]} ({direction}; {band})")
+    pinned = ", ".join(f"{column} {value}" for column, value in (where or {}).items())
+    ax.set_title(f"{metric} vs {X_AXES[x]} ({direction}; {band})" + (f"\n{pinned}" if pinned else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def _pooled_message(metric: str, pooled: dict[str, list]) -> str:
+    def text(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    mixed = "; ".join(f"{column} {', '.join(map(text, values))}" for column, values in pooled.items())
+    column, values = next(iter(pooled.items()))
+    return (f"each line of the {metric} curve mixes {mixed} (a strength means something else in each). Fix: one "
+            f"line per value (--hue {column}) or one value (--where {column}={text(values[0])}).")
 
 
 def difference_array(source, output, *, kind: str = "abs") -> np.ndarray:

@@ -245,18 +245,45 @@ def grids_section(store: RunStore, table) -> Section:
     return Section("grids", "Comparison grids", "\n".join(parts))
 
 
+#: The most curve figures per metric and axis a report draws (one per combination of the conditions that differ).
+MAX_CURVE_VIEWS = 4
+
+
+def curve_views(table) -> list[tuple[str | None, dict]]:
+    """The report's curves as ``(hue, where)`` pairs, so that no line mixes conditions: one line per value of the
+    first condition that differs (model, guidance, steps, scheduler; else per prompt), one figure per combination of
+    the other conditions that differ.
+
+    >>> curve_views(table.assign(guidance_scale=[1.0, 2.0] * 3, scheduler=["ddim"] * 3 + ["euler"] * 3))
+    [('guidance_scale', {'scheduler': 'ddim'}), ('guidance_scale', {'scheduler': 'euler'})]
+    """
+    from img2img_lab.plots import CURVE_CONDITIONS
+
+    varying = [column for column in CURVE_CONDITIONS if column in table.columns and table[column].nunique() > 1]
+    hue = varying[0] if varying else ("prompt" if table["prompt"].nunique() > 1 else None)
+    if len(varying) < 2:
+        return [(hue, {})]
+    others = varying[1:]
+    return [(hue, where) for where in table[others].drop_duplicates().sort_values(others).to_dict("records")]
+
+
 def curves_section(store: RunStore, table) -> Section:
     from img2img_lab.grids import strength_curves
 
     parts = []
     several_models = "model" in table.columns and table["model"].nunique() > 1
-    hue = "model" if several_models else ("prompt" if table["prompt"].nunique() > 1 else None)
     axes = ("strength", "log_snr") if several_models and "log_snr" in table.columns else ("strength",)
+    views = curve_views(table)
     for metric in CURVE_METRICS:
         if metric in table.columns and table[metric].notna().any():
             for x in axes:  # models compare on the family-independent noise axis too
-                figure = strength_curves(store, metric, x=x, hue=hue)
-                parts.append(_png_tag(figure, alt=f"{metric} vs {x}"))
+                for hue, where in views[:MAX_CURVE_VIEWS]:
+                    figure = strength_curves(store, metric, x=x, hue=hue, where=where or None)
+                    parts.append(_png_tag(figure, alt=f"{metric} vs {x}"))
+    if len(views) > MAX_CURVE_VIEWS and parts:
+        parts.append(f"<p class='muted'>{len(views) - MAX_CURVE_VIEWS} more combinations of conditions are not drawn; "
+                     f"<code>img2img-lab curves RUN_DIR --metric METRIC --hue {html.escape(str(views[0][0]))} --where "
+                     f"COLUMN=VALUE</code> draws any one.</p>")
     if not parts:
         parts.append("<p class='muted'>No metric measured yet: <code>img2img-lab measure RUN_DIR</code>.</p>")
     return Section("curves", "Metrics against strength", "\n".join(parts))

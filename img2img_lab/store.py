@@ -13,7 +13,7 @@
       sources/<hash>.png the prepared sources (as the model saw them), named by their pixel hash
       masks/<hash>.png   each source's subject mask (region metrics), its origin in the manifest
       floor/<hash>-<seed>.png, floor.parquet
-                         each source's VAE round trip per seed: the closest any output can get
+                         each source's VAE round trip per seed: what strength 0 stores (the fidelity floor)
       .lock, .tmp/       the writers' lock file and temporary files
 
 Every file is written atomically: to a hidden temporary file (in ``.tmp/`` for the store's own files),

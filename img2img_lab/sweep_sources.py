@@ -1,5 +1,5 @@
 """A sweep's sources: each image prepared for the model as the sweep feeds it, what a strength runs on it, and its
-VAE floor (the round trip per seed: the closest any output can get to the source).
+VAE floor (the round trip per seed: what strength 0 stores, about as close as outputs get to the source).
 
 :mod:`img2img_lab.sweep` re-exports these; :class:`img2img_lab.sweep_writer.SweepWriter` calls them in its steps.
 

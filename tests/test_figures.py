@@ -193,3 +193,33 @@ def test_a_figure_s_floor_is_the_floor_of_the_cells_it_shows(tiny_pipe, sources_
     summary = strength_summary(one, ["ssim"], floor=store.read_floor_of(one), n_resamples=10)
     expected = floor[(floor.source_hash == table.source_hash[0]) & (floor.seed == 0)]["ssim"].item()
     assert summary["ssim_floor"].tolist() == pytest.approx([expected] * 2, abs=1e-12)
+
+
+def test_a_curve_that_mixes_guidance_scales_says_so_and_the_report_draws_one_line_each(tiny_pipe, sources_dir,
+                                                                                       tmp_path, capsys):
+    """A strength x guidance study's curves drew one line per prompt, each the mean over every guidance scale (the
+    report's too): the study's whole question averaged away, without a word. Now a curve whose lines mix models,
+    guidance scales, steps or schedulers warns (one line, with the fix), and the report draws one line per guidance
+    scale."""
+    import warnings
+
+    from img2img_lab.plan import SweepPlan
+    from img2img_lab.plots import CurveWarning
+    from img2img_lab.report import curve_views
+    from img2img_lab.sweep import run_sweep
+
+    plan = SweepPlan(images=[str(sources_dir / "source0.png")], prompts=["p"], strengths=[0.3, 0.9], seeds=[0, 1],
+                     steps=[10], schedulers=["ddim"], guidance_scales=[1.0, 3.0])
+    table = run_sweep(plan, tmp_path / "run", pipe=tiny_pipe, progress=False, metrics=["ssim"])
+    with pytest.warns(CurveWarning, match=r"mixes guidance_scale 1, 3 .* Fix: one line per value \(--hue "
+                                          r"guidance_scale\) or one value \(--where guidance_scale=1\)"):
+        strength_curves(tmp_path / "run", "ssim", hue="prompt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CurveWarning)
+        strength_curves(tmp_path / "run", "ssim", hue="guidance_scale")
+        figure = strength_curves(tmp_path / "run", "ssim", hue=None, where={"guidance_scale": 3.0})
+    assert figure.axes[0].get_title().endswith("\nguidance_scale 3.0")  # a pinned figure says what it shows
+    assert curve_views(table) == [("guidance_scale", {})]
+    assert main(["curves", str(tmp_path / "run"), "--metric", "ssim", "--out", str(tmp_path / "c.png")]) == 0
+    errors = capsys.readouterr().err
+    assert errors.count("warning: each line of the ssim curve mixes guidance_scale 1, 3") == 1, errors
