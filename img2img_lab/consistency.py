@@ -19,8 +19,10 @@ import numpy as np
 
 from img2img_lab.errors import Img2ImgLabError
 
-#: What one consistency row is about (everything of a catalogue's setting but the source).
-GROUP_COLUMNS = ("prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler", "strength")
+#: What one consistency row is about (everything of a catalogue's setting but the source; the model too, where a
+#: folder compares models).
+GROUP_COLUMNS = ("model", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler",
+                 "strength")
 
 
 def background_colour(image, mask) -> np.ndarray:
@@ -74,10 +76,11 @@ def catalogue_consistency(run, *, masks=None):
     colours = [background_colour(store.load_output(row), source_masks[row["source_hash"]])
                for row in table.to_dict("records")]
     table = table.assign(_colour=colours)
+    keys = [column for column in GROUP_COLUMNS if column in table.columns]  # folders before the model column
     rows = []
-    for key, group in table.groupby(list(GROUP_COLUMNS), sort=True):
+    for key, group in table.groupby(keys, sort=True):
         spreads = [colour_spread(list(per_seed["_colour"])) for _, per_seed in group.groupby("seed")]
-        rows.append({**dict(zip(GROUP_COLUMNS, key)), "sources": group["source_hash"].nunique(),
+        rows.append({**dict(zip(keys, key)), "sources": group["source_hash"].nunique(),
                      "seeds": group["seed"].nunique(), "background_spread": float(np.nanmean(spreads)),
                      "spread_sd": float(np.nanstd(spreads)),
                      "source_spread": colour_spread([source_colours[h] for h in group["source_hash"].unique()])})
@@ -85,14 +88,19 @@ def catalogue_consistency(run, *, masks=None):
 
 
 def consistency_curve(consistency):
-    """Background spread against strength, one line per prompt (and guidance), the sources' own spread dashed."""
+    """Background spread against strength, one line per setting (prompt, guidance and whatever else differs: model,
+    negative prompt, steps, scheduler), the sources' own spread dashed."""
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 3.8), dpi=100)
-    for (prompt, guidance), part in consistency.groupby(["prompt", "guidance_scale"]):
+    setting = [column for column in GROUP_COLUMNS if column in consistency.columns and column != "strength"]
+    shown = [column for column in setting if column in ("prompt", "guidance_scale")
+             or consistency[column].nunique() > 1]
+    for key, part in consistency.groupby(setting, sort=True):
+        values = dict(zip(setting, key if isinstance(key, tuple) else (key,)))
         part = part.sort_values("strength")
         line, = axis.plot(part["strength"], part["background_spread"], marker="o",
-                          label=f"“{prompt}” · guidance {guidance:g}")
+                          label=" · ".join(_setting_text(column, values[column]) for column in shown))
         axis.fill_between(part["strength"], part["background_spread"] - part["spread_sd"],
                           part["background_spread"] + part["spread_sd"], color=line.get_color(), alpha=0.15)
     axis.axhline(consistency["source_spread"].iloc[0], color="gray", linestyle="--", label="the sources' spread")
@@ -104,3 +112,14 @@ def consistency_curve(consistency):
     axis.legend(fontsize=7)
     figure.tight_layout()
     return figure
+
+
+def _setting_text(column: str, value) -> str:
+    """A setting's value as a legend says it.
+
+    >>> _setting_text("guidance_scale", 2.0), _setting_text("num_inference_steps", 20), _setting_text("prompt", "a cat")
+    ('guidance 2', '20 steps', '“a cat”')
+    """
+    texts = {"prompt": "“{}”", "negative_prompt": "not “{}”", "guidance_scale": "guidance {:g}",
+             "num_inference_steps": "{} steps"}
+    return texts.get(column, "{}").format(value)

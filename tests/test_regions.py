@@ -225,6 +225,32 @@ def test_catalogue_consistency_falls_as_the_prompt_takes_over(small_calibration,
     assert figure.axes[0].get_xlabel() == "strength"
 
 
+def test_catalogue_consistency_keeps_the_models_of_a_folder_apart(small_calibration, tmp_path):
+    """A folder that compares models held every model's outputs in one group per prompt and strength: the spread
+    mixed the models' backdrops. Each model is its own row now, with the values it has alone."""
+    import shutil
+
+    import pandas as pd
+
+    from img2img_lab.consistency import catalogue_consistency, consistency_curve
+    from img2img_lab.store import RunStore
+
+    alone = catalogue_consistency(small_calibration, masks="oracle")
+    shutil.copytree(small_calibration, tmp_path / "two-models")
+    store = RunStore.open(tmp_path / "two-models")
+    table = store.read_table()
+    untouched = table[table.strength == table.strength.min()].set_index("source_hash")["output_path"]
+    other = table.assign(model="another model", cell_key=table.cell_key + "-b",  # its outputs: the sources kept
+                         output_path=table.source_hash.map(untouched.groupby(level=0).first()))
+    store.replace_table(pd.concat([table, other], ignore_index=True))
+    both = catalogue_consistency(tmp_path / "two-models", masks="oracle")
+    assert sorted(both.model.unique()) == sorted([table.model.iloc[0], "another model"])
+    mine = both[both.model == table.model.iloc[0]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine[alone.columns], alone)
+    labels = [text.get_text() for text in consistency_curve(both).axes[0].get_legend().get_texts()]
+    assert any("another model" in label for label in labels)
+
+
 def test_a_calibration_can_target_regions(tmp_path):
     from img2img_lab.calibrate import CalibrationSettings, Target, calibrate
     from img2img_lab.pipelines import load_pipeline
