@@ -80,8 +80,9 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
 
     ``spread`` is ``"sd"`` (mean +- one standard deviation over seeds and other axes), ``"range"`` (min to
     max) or ``"none"``; bands are clipped to the values observed. The source's VAE round trip (what strength 0
-    stores; outputs seldom get closer) is drawn dashed when measured and ``show_floor``. ``label`` names the line when ``hue``
-    is None (default: the metric).
+    stores; outputs seldom get closer) is drawn dashed when measured and ``show_floor``. ``label`` names the line
+    when ``hue`` is None (default: the metric). A line that would mix models, guidance scales, steps or schedulers
+    warns (:class:`CurveWarning`, with the fix); ``where``'s values are printed under the title.
     Infinite PSNR values (identical images) are left out of the mean.
 
     >>> figure = strength_curves("runs/demo", "ssim", hue="guidance_scale")
