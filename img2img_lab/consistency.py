@@ -92,6 +92,8 @@ def consistency_curve(consistency):
     negative prompt, steps, scheduler), the sources' own spread dashed."""
     import matplotlib.pyplot as plt
 
+    from img2img_lab.figure_common import _axis_label
+
     figure, axis = plt.subplots(figsize=(6.4, 3.8), dpi=100)
     setting = [column for column in GROUP_COLUMNS if column in consistency.columns and column != "strength"]
     shown = [column for column in setting if column in ("prompt", "guidance_scale")
@@ -100,7 +102,7 @@ def consistency_curve(consistency):
         values = dict(zip(setting, key if isinstance(key, tuple) else (key,)))
         part = part.sort_values("strength")
         line, = axis.plot(part["strength"], part["background_spread"], marker="o",
-                          label=" · ".join(_setting_text(column, values[column]) for column in shown))
+                          label=" · ".join(_axis_label(column, values[column]) for column in shown))
         axis.fill_between(part["strength"], part["background_spread"] - part["spread_sd"],
                           part["background_spread"] + part["spread_sd"], color=line.get_color(), alpha=0.15)
     axis.axhline(consistency["source_spread"].iloc[0], color="gray", linestyle="--", label="the sources' spread")
@@ -113,13 +115,3 @@ def consistency_curve(consistency):
     figure.tight_layout()
     return figure
 
-
-def _setting_text(column: str, value) -> str:
-    """A setting's value as a legend says it.
-
-    >>> _setting_text("guidance_scale", 2.0), _setting_text("num_inference_steps", 20), _setting_text("prompt", "a cat")
-    ('guidance 2', '20 steps', '“a cat”')
-    """
-    texts = {"prompt": "“{}”", "negative_prompt": "not “{}”", "guidance_scale": "guidance {:g}",
-             "num_inference_steps": "{} steps"}
-    return texts.get(column, "{}").format(value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from enum import Enum
 from pathlib import Path
 
@@ -64,6 +65,15 @@ class Produced(str, Enum):
 def is_duplicate(produced) -> bool:
     """Whether a ``produced`` value (a row's) marks a reused image."""
     return str(produced).startswith("duplicate:")
+
+
+def is_missing(value) -> bool:
+    """Whether a table value holds nothing (absent, or NaN: a metric not measured).
+
+    >>> is_missing(None), is_missing(float("nan")), is_missing(0.0)
+    (True, True, False)
+    """
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def cell_parameters(cell: Cell, source_hash: str) -> dict:

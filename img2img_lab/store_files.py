@@ -16,7 +16,7 @@ from pathlib import Path
 
 from img2img_lab.atomic import atomic_write
 from img2img_lab.errors import StoreError
-from img2img_lab.images import file_pixel_hash
+from img2img_lab.images import content_hash, file_pixel_hash
 
 IMAGES = "images"
 SOURCES = "sources"
@@ -85,6 +85,18 @@ class RunFolderFiles:
         """The generated image of a table row (RGB PIL); a :class:`StoreError` naming the file and the fix when it
         is missing or unreadable."""
         return self._load_image(self.root / (row["output_path"] if isinstance(row, dict) else row.output_path))
+
+    def intact_output(self, row: dict):
+        """The image of a row (a cell's or a floor's) if it holds the pixels the row records, else ``None``.
+
+        >>> store.intact_output(row).size, store.intact_output({**row, "output_hash": "0" * 64})
+        ((64, 64), None)
+        """
+        try:
+            image = self.load_output(row)
+        except StoreError:
+            return None
+        return image if content_hash(image) == row["output_hash"] else None
 
     def _load_image(self, path: Path):
         from PIL import Image

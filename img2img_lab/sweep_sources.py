@@ -9,13 +9,13 @@ VAE floor (the round trip per seed: what strength 0 stores, about as close as ou
 
 from __future__ import annotations
 
-import math
 import warnings
 
 from img2img_lab.engine import cell_generator, vae_roundtrip
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.pipelines import model_fingerprint, native_resolution, size_multiple
 from img2img_lab.plan import SweepPlan
+from img2img_lab.schema import is_missing
 from img2img_lab.store import RunStore
 
 
@@ -98,8 +98,8 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
         for seed in seeds:
             row, image, missing = kept.get((source_hash, seed, fingerprint)), None, names
             if row is not None:  # an earlier sweep's round trip: the metrics it was not measured with (and can be now)
-                missing = [name for name in names if _unmeasured(row.get(name)) and metric_status(name)[0]]
-                image = _intact_image(store, row) if missing else None
+                missing = [name for name in names if is_missing(row.get(name)) and metric_status(name)[0]]
+                image = store.intact_output(row) if missing else None
                 if missing and image is None:
                     row, missing = None, names
             if row is None:
@@ -112,22 +112,6 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
             if missing:
                 row.update(measure_pair(source, image, missing, device=str(pipe.device), references=references))
     store.write_floor(pd.DataFrame(list(kept.values())))
-
-
-def _unmeasured(value) -> bool:
-    """Whether a table value holds no measurement (absent or NaN)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def _intact_image(store: RunStore, row: dict):
-    """The stored image of a floor row if it holds the pixels the row records, else ``None``."""
-    from img2img_lab.errors import StoreError
-
-    try:
-        image = store.load_output(row)
-    except StoreError:
-        return None
-    return image if content_hash(image) == row["output_hash"] else None
 
 
 def _needs(name: str, *what: str) -> bool:

@@ -9,7 +9,6 @@ b'\x89PNG'
 from __future__ import annotations
 
 import io
-import math
 
 from img2img_lab.errors import Img2ImgLabError
 
@@ -55,7 +54,3 @@ def figure_png(figure) -> bytes:
     stream = io.BytesIO()
     figure.savefig(stream, format="png")
     return stream.getvalue()
-
-
-def is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

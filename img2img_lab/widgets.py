@@ -32,7 +32,8 @@ from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError
 from img2img_lab.plan import SweepPlan
 from img2img_lab.resources import bundled_sources  # noqa: F401 - re-exported
 from img2img_lab.schema import SETTING_COLUMNS, row_identity
-from img2img_lab.widget_common import figure_png, is_missing, png_bytes, require_ipywidgets, strength_readout  # noqa: F401
+from img2img_lab.schema import is_missing
+from img2img_lab.widget_common import figure_png, png_bytes, require_ipywidgets, strength_readout  # noqa: F401
 
 VIEWS = ("side by side", "difference", "grid")
 #: Axes that, with the source, define a "setting family": all seeds x strengths of one configuration.
