@@ -105,19 +105,18 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
     if spread not in ("sd", "range", "none"):
         raise Img2ImgLabError(f"unknown spread {spread!r}. Fix: use 'sd', 'range' or 'none'.")
     groups = data.groupby(hue) if hue else [(None, data)]
+    colours = {}
     for value, group in groups:
         line_label = _axis_label(hue, value) if hue else (label or metric)
-        ax.plot(group[x], group["mean"], marker="o", label=line_label)
+        line, = ax.plot(group[x], group["mean"], marker="o", label=line_label)
+        colours[value] = line.get_color()
         if spread == "none":
             continue
         low, high = ((group["mean"] - group["std"].fillna(0), group["mean"] + group["std"].fillna(0))
                      if spread == "sd" else (group["min"], group["max"]))
         ax.fill_between(group[x], low.clip(lower=group["min"].min()), high.clip(upper=group["max"].max()), alpha=0.2)
-    floor = store.read_floor_of(table)
-    if show_floor and metric in floor.columns and floor[metric].notna().any():
-        level = floor[metric].replace([np.inf], np.nan).mean()
-        if not math.isnan(level):
-            ax.axhline(level, color="gray", linestyle="--", linewidth=1, label="VAE round-trip floor")
+    if show_floor:
+        _draw_floors(ax, store.read_floor_of(table), table, metric, colours=colours if hue == "model" else {})
     direction = direction_text(metric)
     ax.set_xlabel(X_AXES[x])
     if x == "log_snr":
@@ -130,6 +129,25 @@ def strength_curves(run, metric: str, *, x: str = "strength", hue: str | None = 
     ax.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def _draw_floors(ax, floor, table, metric: str, *, colours: dict) -> None:
+    """The VAE round-trip floor, dashed: one line per model where the cells come from several (in its curve's
+    colour where the lines are the models), never one level averaged over models."""
+    if metric not in floor.columns or not floor[metric].notna().any():
+        return
+    levels = floor[metric].replace([np.inf], np.nan)
+    models = {}
+    if {"model", "model_fingerprint"} <= set(table.columns) and "model_fingerprint" in floor.columns:
+        models = dict(zip(table["model_fingerprint"], table["model"]))
+    if len(models) < 2:
+        if not math.isnan(levels.mean()):
+            ax.axhline(levels.mean(), color="gray", linestyle="--", linewidth=1, label="VAE round-trip floor")
+        return
+    for fingerprint, level in levels.groupby(floor["model_fingerprint"]).mean().items():
+        if fingerprint in models and not math.isnan(level):
+            ax.axhline(level, color=colours.get(models[fingerprint], "gray"), linestyle="--", linewidth=1,
+                       label=f"VAE round-trip floor · {models[fingerprint]}")
 
 
 def _pooled_message(metric: str, pooled: dict[str, list]) -> str:

@@ -54,6 +54,13 @@ def test_cli_sweep_with_two_models_into_one_folder(two_models, source_png, tmp_p
                  "--out", str(tmp_path / "grid.png")]) == 0
     assert main(["curves", str(out), "--metric", "ssim", "--x", "log_snr", "--hue", "model",
                  "--out", str(tmp_path / "curves.png")]) == 0
+    from img2img_lab.grids import strength_curves
+
+    lines = strength_curves(out, "ssim", hue="model").axes[0].get_lines()  # each model's own floor, not their mean
+    drawn = {line.get_label(): line.get_ydata()[0] for line in lines if "floor" in line.get_label()}
+    names = dict(zip(table["model_fingerprint"], table["model"]))
+    assert drawn == pytest.approx({f"VAE round-trip floor · {names[fingerprint]}": level for fingerprint, level
+                                   in floor.groupby("model_fingerprint")["ssim"].mean().items()}, abs=1e-12)
     single = tmp_path / "single.yaml"
     single.write_text(config.read_text().replace(f"models: [{sd}, {sdxl}]", f"model: {sdxl}"))
     assert main(["sweep", str(single), "--out", str(out), "--no-progress"]) == 0
