@@ -257,9 +257,9 @@ def curve_views(table) -> list[tuple[str | None, dict]]:
     >>> curve_views(table.assign(guidance_scale=[1.0, 2.0] * 3, scheduler=["ddim"] * 3 + ["euler"] * 3))
     [('guidance_scale', {'scheduler': 'ddim'}), ('guidance_scale', {'scheduler': 'euler'})]
     """
-    from img2img_lab.plots import CURVE_CONDITIONS
+    from img2img_lab.plots import pooled_conditions
 
-    varying = [column for column in CURVE_CONDITIONS if column in table.columns and table[column].nunique() > 1]
+    varying = list(pooled_conditions(table))  # what one line over the whole table would mix
     hue = varying[0] if varying else ("prompt" if table["prompt"].nunique() > 1 else None)
     if len(varying) < 2:
         return [(hue, {})]
