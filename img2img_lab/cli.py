@@ -15,7 +15,7 @@
                      --out curves.png
     img2img-lab calibrate CONFIG.yaml [--out RUN_DIR] [--model M] [--rounds N] [--rule confident|mean]
                      [--bootstrap B]
-    img2img-lab verify RUN_DIR [--sample 8] [--seed 0] [--repair]
+    img2img-lab verify RUN_DIR [--sample 8] [--seed 0] [--repair [--yes]]
     img2img-lab report RUN_DIR [--out report.html]
     img2img-lab export RUN_DIR [--csv table.csv] [--parquet table.parquet]
     img2img-lab notebooks [FOLDER] [--force]
@@ -169,6 +169,8 @@ def _add_run_folder_commands(commands) -> None:
     verify.add_argument("--device", default=None, help="default: the device the run used")
     verify.add_argument("--repair", action="store_true",
                         help="first regenerate or re-adopt what is missing or damaged (says what it cannot)")
+    verify.add_argument("--yes", action="store_true",
+                        help="let --repair sweep more than 50 plans or regenerate more than 500 cells")
     verify.set_defaults(handler=handlers.cmd_verify)
 
     report = command("report", "write one self-contained HTML report of a run folder")
@@ -262,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{prefix}error: {os_error_message(error)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated (SIGTERM): finished cells are saved; rerun the same command to resume.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; rerun the same command to resume.", file=sys.stderr)
         return 130
@@ -273,5 +278,39 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is (a scheduler's or ``kill``'s stop ends like Ctrl-C: one line, exit 143)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _exit_on_signal(signum, frame):
+    """A signal after the command's work is done (the interpreter is exiting): one line, no traceback."""
+    import signal
+
+    os.write(2, b"interrupted while exiting: the command had finished; everything is saved.\n")
+    os._exit(130 if signum == signal.SIGINT else 143)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The console script (``img2img-lab``, ``python -m img2img_lab``): :func:`main` with SIGTERM ending like Ctrl-C,
+    and a Ctrl-C or SIGTERM that lands while the interpreter exits ending in one line instead of a traceback."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        code = main(argv)
+    except KeyboardInterrupt as interruption:  # landed between main's own handlers (at its very end)
+        terminated = isinstance(interruption, Terminated)
+        print("terminated (SIGTERM)" if terminated else "interrupted", "as the command ended; finished cells are "
+              "saved.", file=sys.stderr)
+        code = 143 if terminated else 130
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

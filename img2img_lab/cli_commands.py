@@ -187,7 +187,8 @@ def _calibrate_models(plan, settings, out: str, args: argparse.Namespace, starte
 def cmd_verify(args: argparse.Namespace) -> int:
     from img2img_lab.verify import main as verify_main
 
-    return verify_main(args.run_dir, sample=args.sample, seed=args.seed, device=args.device, repair=args.repair)
+    return verify_main(args.run_dir, sample=args.sample, seed=args.seed, device=args.device, repair=args.repair,
+                       yes=args.yes)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -222,7 +223,8 @@ def cmd_weights(args: argparse.Namespace) -> int:
         for name, path in fetch(args.names or ["lpips"], to=args.to):
             print(f"{name}: {path}")
         if args.to:
-            print(f"on every machine that uses them: export TORCH_HOME={args.to} HF_HOME={args.to}/huggingface")
+            print(f"on every machine that uses them: export IMG2IMG_LAB_WEIGHTS_DIR={args.to} TORCH_HOME={args.to} "
+                  f"HF_HOME={args.to}/huggingface")
         return 0
     for row in weights_table(to=args.to):
         if not args.names or row["name"] in args.names:

@@ -28,12 +28,16 @@ DEMO_METRICS = ("ssim", "delta_e", "edge_f1", "lpips", "oracle_kept", "oracle_ma
 
 
 def demo_summary(table):
-    """Per strength: executed steps, mean SSIM / Delta E, and the share of outputs that keep the source
-    (all three attributes) and that match the prompt (all three)."""
+    """Per strength: executed steps, mean SSIM / Delta E / LPIPS, and the share of outputs that keep the source
+    (all three attributes) and that match the prompt (all three).
+
+    >>> demo_summary(table.assign(delta_e=2.0, lpips=0.25, oracle_kept=1.0, oracle_match=0.0)).columns.tolist()
+    ['strength', 'steps', 'ssim', 'delta_e', 'lpips', 'kept_source', 'matches_prompt', 'images']
+    """
     grouped = table.groupby("strength")
     summary = grouped.agg(steps=("executed_steps", "first"), ssim=("ssim", "mean"), delta_e=("delta_e", "mean"),
-                          kept_source=("oracle_kept", "mean"), matches_prompt=("oracle_match", "mean"),
-                          images=("cell_key", "count"))
+                          lpips=("lpips", "mean"), kept_source=("oracle_kept", "mean"),
+                          matches_prompt=("oracle_match", "mean"), images=("cell_key", "count"))
     return summary.reset_index()
 
 
@@ -85,7 +89,7 @@ def main(out: str, *, seeds=None, strengths=None, progress: bool = True) -> int:
     print("  grids: grid_<source>.png   curves: curves_oracle.png, curves_ssim.png   table: results.parquet\n")
     formatted = summary.assign(
         ssim=summary["ssim"].map("{:.3f}".format), delta_e=summary["delta_e"].map("{:.1f}".format),
-        kept_source=summary["kept_source"].map("{:.0%}".format),
+        lpips=summary["lpips"].map("{:.3f}".format), kept_source=summary["kept_source"].map("{:.0%}".format),
         matches_prompt=summary["matches_prompt"].map("{:.0%}".format))
     print(formatted.to_string(index=False))
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import Union
@@ -57,6 +58,21 @@ def _describe(source: ImageSource) -> str:
     return f"<{type(source).__name__}>"
 
 
+_PILLOW_GUARD = threading.Lock()
+
+
+def _open_header(stream) -> Image.Image:
+    """``Image.open`` (the header only) with Pillow's own bomb guard off: it raises at ~179 Mpx with its own advice,
+    before the caller's documented ``max_pixels`` check can say the size and the fix. Decoding (``load``) comes after
+    that check."""
+    with _PILLOW_GUARD:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(stream)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _open_checked(data: bytes | str | os.PathLike, *, name: str, max_pixels: int) -> Image.Image:
     """Open lazily, check the header's size, then decode. Raises ImageError for anything unreadable."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
@@ -64,11 +80,12 @@ def _open_checked(data: bytes | str | os.PathLike, *, name: str, max_pixels: int
         # PIL's own bomb guard warns above its limit and raises at twice it; ours comes first.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(stream)
-        except Image.DecompressionBombError as error:
+            image = _open_header(stream)
+        except Image.DecompressionBombError:
             raise ImageError(
-                f"{name}: the image header declares more pixels than allowed ({error}). "
-                f"Fix: downscale the image before using it, or raise max_pixels if you trust the file."
+                f"{name}: the image header declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit "
+                f"of {max_pixels:,} (a guard against decompression bombs). Fix: downscale the image (img2img models "
+                f"work at 512-1024 px)."
             ) from None
         except UnidentifiedImageError:
             raise ImageError(
@@ -83,7 +100,7 @@ def _open_checked(data: bytes | str | os.PathLike, *, name: str, max_pixels: int
             raise ImageError(
                 f"{name}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
                 f"{max_pixels:,} (a guard against decompression bombs). Fix: downscale the image "
-                f"(img2img models work at 512-1024 px), or pass max_pixels={width * height} if you trust it."
+                f"(img2img models work at 512-1024 px)."
             )
         try:
             image.load()
@@ -100,8 +117,8 @@ def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = (255, 255, 
 
     Rules: transparency (RGBA, LA, PA, P with a ``transparency`` entry) is composited over the
     opaque ``background`` colour (default white, what a viewer shows); 16-bit and 32-bit greyscale
-    (``I;16``, ``I``) are scaled linearly from their full range to 0-255; float images (``F``) are
-    assumed to lie in [0, 1]; CMYK, YCbCr, LAB, HSV and palette images use Pillow's conversion.
+    (``I;16``, ``I``) are scaled linearly from their full range to 0-255; float images (``F``) must lie in
+    [0, 1] (others are an :class:`ImageError`, not clipped); CMYK, YCbCr, LAB, HSV and palette images use Pillow's conversion.
 
     >>> to_rgb(Image.new("RGBA", (2, 2), (255, 0, 0, 0))).getpixel((0, 0))
     (255, 255, 255)
@@ -112,7 +129,12 @@ def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = (255, 255, 
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(image).astype(np.float64)
         if mode == "F":
-            scaled = np.clip(values, 0.0, 1.0) * 255.0
+            low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+            if not (np.isfinite(low) and np.isfinite(high) and low >= 0.0 and high <= 1.0):
+                raise ImageError(f"a float image (mode F) must lie in [0, 1]; this one spans [{low:.4g}, {high:.4g}] "
+                                 f"(clipping would turn it white). Fix: rescale it to [0, 1], or save it as 8- or "
+                                 f"16-bit.")
+            scaled = values * 255.0
         elif mode == "I":
             peak = 65535.0 if values.max(initial=0) <= 65535 else float(np.iinfo(np.int32).max)
             scaled = np.clip(values, 0, None) / peak * 255.0
@@ -291,6 +313,10 @@ def load_image(
             f"{name}: cannot load an image from a {type(source).__name__}. "
             f"Fix: pass a file path, bytes, a PIL image or a NumPy array."
         )
+    frames = getattr(image, "n_frames", 1)
+    if isinstance(frames, int) and frames > 1:
+        raise ImageError(f"{name}: an animation of {frames} frames; img2img-lab takes still images (it would use "
+                         f"frame 1 only). Fix: export the frame you want as a PNG.")
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not reject an otherwise fine image

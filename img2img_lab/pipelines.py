@@ -217,6 +217,10 @@ def img2img_pipeline_class(label: str, folder: Path | None):
         named = json.loads(index.read_text()).get("_class_name") if index is not None else None
     except (OSError, ValueError, AttributeError):
         named = None
+    if named is not None and not isinstance(named, str):
+        raise ModelError(f"{index}: _class_name is {json.dumps(named)[:120]}, not a pipeline class name (a list names "
+                         f"a custom pipeline's code, which img2img-lab does not run). Fix: use a model whose "
+                         f"model_index.json names a diffusers pipeline, e.g. \"StableDiffusionPipeline\".")
     name = named if isinstance(named, str) and named.endswith("Img2ImgPipeline") else IMG2IMG_PIPELINE_OF.get(named)
     if name and hasattr(diffusers, name):
         return getattr(diffusers, name)

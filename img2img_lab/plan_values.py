@@ -124,11 +124,27 @@ def check_batch_size(value: Any) -> int | None:
 
 
 def check_text(value: Any, what: str) -> str:
-    """Text (``None`` is ""; a path is accepted for image paths and models), at most MAX_TEXT characters."""
+    """Text (``None`` is "" for a negative prompt; a path is accepted for image paths and models), at most MAX_TEXT
+    characters.
+
+    >>> check_text(None, "negative prompt")
+    ''
+    >>> check_text(None, "prompt")
+    Traceback (most recent call last):
+    ...
+    img2img_lab.errors.PlanError: prompt None is no prompt (a config's bare `~` or empty entry). Fix: write "" for the empty prompt, or the prompt in quotes.
+    """
+    if value is None and what == "prompt":
+        raise PlanError('prompt None is no prompt (a config\'s bare `~` or empty entry). Fix: write "" for the empty '
+                        'prompt, or the prompt in quotes.')
     if value is None:
         return ""
     if isinstance(value, os.PathLike) and what in ("image path", "model"):
         value = os.fspath(value)
+    if what == "image path" and _is_image(value):
+        raise PlanError(f"image path {shown(value)} is an image, not a file: a plan records its sources as files (the "
+                        f"manifest, configs and rerun commands name them). Fix: save it as a PNG and pass its path "
+                        f"(load_image and run_cell take arrays and PIL images directly).")
     if not isinstance(value, str):
         raise PlanError(f"{what} {shown(value)} is not text. Fix: quote it in the config.")
     if len(value) > MAX_TEXT:
@@ -137,8 +153,19 @@ def check_text(value: Any, what: str) -> str:
     return value
 
 
+def _is_image(value: Any) -> bool:
+    """Whether ``value`` is an image in memory: an array of two or more dimensions, or a PIL image."""
+    module = type(value).__module__
+    if module.startswith("numpy"):
+        return getattr(value, "ndim", 0) >= 2
+    return module.startswith("PIL") and hasattr(value, "mode") and hasattr(value, "size")
+
+
 def shown(value: Any, limit: int = 60) -> str:
     """A value as a message shows it: its repr, shortened (a config value can be huge)."""
+    if _is_image(value):
+        return (f"<array {value.dtype} {tuple(value.shape)}>" if hasattr(value, "shape")
+                else f"<PIL image {value.mode} {value.size[0]}x{value.size[1]}>")
     text = repr(value.item() if hasattr(value, "item") and is_number(value) else value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

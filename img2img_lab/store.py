@@ -5,7 +5,8 @@
     RUN_DIR/
       manifest.json      plan, model fingerprint, package versions, device, dtype, engine, source hashes
       rows/<key>.json    one row per finished cell, written right after its image (the durable log)
-      results.parquet    the consolidated tidy table (every parameter + derived columns + metrics)
+      measurements/      what `measure` added after the sweep, one file per run (the durable log's measured values)
+      results.parquet    the consolidated tidy table (every parameter + derived columns + metrics): a cache of the log
       results.parts/     during a sweep: the rows of each checkpoint since (img2img_lab.table_log), merged in tiers
       images/<key>.png   one PNG per cell, named by the cell's content key
       batches/<id>.json  which cells the batched engine generated together
@@ -25,6 +26,9 @@ consolidate ``results.parquet`` from the row files (:meth:`RunStore.flush`), so 
 cannot lose or mix rows. A checkpoint costs the same at the 100,000th cell as at the first (:meth:`RunStore.checkpoint`).
 The image files and configs are :class:`img2img_lab.store_files.RunFolderFiles`' part of the store.
 
+A run folder may come from someone else: every key and path is checked to have the project's form and to stay
+inside the folder before it is read, written or deleted (:mod:`img2img_lab.folder_rules`).
+
 >>> store = RunStore.create("runs/new", manifest={"plan": {}})
 >>> len(store.read_table())
 0
@@ -35,15 +39,18 @@ The image files and configs are :class:`img2img_lab.store_files.RunFolderFiles`'
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 import os
+import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from img2img_lab import table_log
 from img2img_lab.atomic import atomic_write, atomic_write_json
 from img2img_lab.errors import StoreError
+from img2img_lab.folder_rules import (UnsafeEntryError, check_cell_key, escaping_entries, expected_output_path,
+                                      is_cell_key)
 from img2img_lab.images import file_pixel_hash
 from img2img_lab.schema import LEGACY_COLUMNS
 from img2img_lab.store_files import FLOOR, IMAGES, SOURCES, RunFolderFiles, repair_hint
@@ -64,6 +71,8 @@ CALIBRATION = "calibration"
 LOCK = ".lock"
 #: Temporary files of the run folder's atomic writes (never inside images/, rows/ or sources/).
 TEMP = ".tmp"
+#: A batch's id (:func:`img2img_lab.runners._batch_id`): 16 hex digits of a SHA-256.
+BATCH_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class RunStore(RunFolderFiles):
@@ -81,6 +90,9 @@ class RunStore(RunFolderFiles):
         self._rows: dict[str, dict] | None = None
         #: Row files that could not be read (path -> why); a reader refuses them, the sweep regenerates them.
         self.damaged_rows: dict[str, str] = {}
+        #: Rows and row files of a form the project never writes (a key that is no key, an image path that is not
+        #: the row's own, a file that leads outside the folder): never used; a reader refuses them, verify reports them.
+        self.hostile_rows: dict[str, str] = {}
         self._intact: set[tuple[str, str]] = set()  # (key, output_hash) pairs whose image file was checked
         self._unflushed: dict[str, dict] = {}  # rows this store saved since its last flush
 
@@ -102,6 +114,9 @@ class RunStore(RunFolderFiles):
         if store.root.exists() and not store.root.is_dir():
             raise StoreError(f"run folder '{root}' is a file. Fix: choose another --out path.")
         store.root.mkdir(parents=True, exist_ok=True)
+        store.refuse_escaping_entries()
+        if (store.root / MANIFEST).is_file():
+            store.refuse_hostile_rows()
         with store.locked():
             foreign = [entry for entry in store.root.iterdir() if entry.name not in (UPLOADS, LOCK, TEMP)]
             if foreign and not (store.root / MANIFEST).exists():
@@ -117,6 +132,25 @@ class RunStore(RunFolderFiles):
             store.write_manifest(manifest)
         return store
 
+    def refuse_escaping_entries(self) -> None:
+        """An :class:`~img2img_lab.folder_rules.UnsafeEntryError` naming the first entry that leads outside the folder
+        (a writer checks before it writes anything)."""
+        escaping = escaping_entries(self.root)
+        if escaping:
+            more = f" (and {len(escaping) - 1} more)" if len(escaping) > 1 else ""
+            raise UnsafeEntryError(f"{escaping[0]}{more}: nothing is written into this folder. Fix: remove that "
+                                   f"entry, or sweep into a new --out folder.")
+
+    def refuse_hostile_rows(self) -> None:
+        """An :class:`~img2img_lab.folder_rules.UnsafeEntryError` naming the first row of a form the project never
+        writes (readers and writers refuse the folder; ``verify`` lists them all)."""
+        self._load_rows()
+        if self.hostile_rows:
+            entry, reason = next(iter(self.hostile_rows.items()))
+            more = f" (and {len(self.hostile_rows) - 1} more)" if len(self.hostile_rows) > 1 else ""
+            raise UnsafeEntryError(f"{self.root}: {reason.split('. Fix:')[0]}{more}. Fix: remove that entry (or ask "
+                                   f"whoever prepared the folder); `img2img-lab verify {self.root}` lists them all.")
+
     @staticmethod
     def is_run_folder(root) -> bool:
         """Whether ``root`` is a run folder (it has a manifest file, readable or not).
@@ -128,11 +162,11 @@ class RunStore(RunFolderFiles):
 
     def calibration_dir(self, subfolder: str | None = None) -> Path:
         """Where a calibration's files go (``calibration/`` or ``calibration/<subfolder>/``, one per model)."""
-        return self.root / CALIBRATION / (subfolder or "")
+        return self.entry(Path(CALIBRATION) / (subfolder or ""))
 
     @property
     def manifest_path(self) -> Path:
-        return self.root / MANIFEST
+        return self.entry(MANIFEST)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> "RunStore":
@@ -157,7 +191,7 @@ class RunStore(RunFolderFiles):
         cutoff = time.time() - 60
         for folder in (self.root, self.images_dir, self.root / SOURCES, self.root / FLOOR, self.root / ROWS,
                        self.temp_dir):
-            if not folder.is_dir():
+            if not folder.is_dir() or not self._stays_inside(folder):
                 continue
             for temp in folder.glob(".*.tmp"):
                 try:
@@ -168,10 +202,17 @@ class RunStore(RunFolderFiles):
                     pass
         return removed
 
+    def _stays_inside(self, path: Path) -> bool:
+        try:
+            self.entry(path.relative_to(self.root))
+        except UnsafeEntryError:
+            return False
+        return True
+
     # ------------------------------------------------------------------ manifest
     def read_manifest(self) -> dict:
         """The manifest (a JSON object); a :class:`StoreError` naming the file and the fix if it is unreadable."""
-        path = self.root / MANIFEST
+        path = self.entry(MANIFEST)
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -191,7 +232,8 @@ class RunStore(RunFolderFiles):
             return None
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.root / MANIFEST, manifest, temp_dir=self.temp_dir)
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+        self._write(self.root / MANIFEST, lambda stream: stream.write(text), binary=False)
 
     def update_manifest(self, change: Callable[[dict], dict]) -> dict:
         """Read, change and rewrite the manifest under the lock (concurrent writers never lose each other's
@@ -203,8 +245,8 @@ class RunStore(RunFolderFiles):
 
     def row_file_keys(self) -> set[str]:
         """The keys of every row file in ``rows/`` (readable or not)."""
-        folder = self.root / ROWS
-        return {path.stem for path in folder.glob("*.json")} if folder.is_dir() else set()
+        folder = self.entry(ROWS)
+        return {path.stem for path in folder.glob("*.json") if is_cell_key(path.stem)} if folder.is_dir() else set()
 
     # ------------------------------------------------------------------ locking and batches
     @contextmanager
@@ -217,7 +259,7 @@ class RunStore(RunFolderFiles):
         import fcntl
 
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK, "a+") as handle:
+        with open(self.entry(LOCK), "a+") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -226,21 +268,28 @@ class RunStore(RunFolderFiles):
 
     def write_batch(self, batch_id: str, keys: list[str], *, max_batch_size: int) -> Path:
         """Record which cells the batched runner generated together (``batches/<id>.json``), once."""
-        path = self.root / BATCHES / f"{batch_id}.json"
+        path = self._batch_path(batch_id)
         if self.read_batch(batch_id) is None:
-            atomic_write_json(path, {"batch_id": batch_id, "keys": list(keys), "max_batch_size": int(max_batch_size)},
-                              temp_dir=self.temp_dir)
+            record = json.dumps({"batch_id": batch_id, "keys": list(keys), "max_batch_size": int(max_batch_size)},
+                                indent=2, sort_keys=True)
+            self._write(path, lambda stream: stream.write(record), binary=False)
         return path
+
+    def _batch_path(self, batch_id: str) -> Path:
+        if not (isinstance(batch_id, str) and BATCH_ID.fullmatch(batch_id)):
+            raise UnsafeEntryError(f"batch_id {batch_id!r} is not a batch id img2img-lab writes (16 lower-case hex "
+                                   f"digits). Fix: remove the row that names it.")
+        return self.entry(f"{BATCHES}/{batch_id}.json")
 
     def batch_ids(self) -> list[str]:
         """The ids of every recorded batch."""
-        return sorted(path.stem for path in (self.root / BATCHES).glob("*.json"))
+        return sorted(path.stem for path in self.entry(BATCHES).glob("*.json") if BATCH_ID.fullmatch(path.stem))
 
     def read_batch(self, batch_id: str) -> dict | None:
         """A recorded batch (``{"keys", "max_batch_size"}``), or ``None`` if it is missing or unreadable."""
         try:
-            batch = json.loads((self.root / BATCHES / f"{batch_id}.json").read_text())
-        except (OSError, ValueError):
+            batch = json.loads(self._batch_path(batch_id).read_text())
+        except (OSError, ValueError):  # UnsafeEntryError is a ValueError: a hostile id is no batch
             return None
         valid = isinstance(batch, dict) and isinstance(batch.get("keys"), list) and isinstance(
             batch.get("max_batch_size"), int)
@@ -252,12 +301,16 @@ class RunStore(RunFolderFiles):
 
     # ------------------------------------------------------------------ rows
     def row_path(self, key: str) -> Path:
-        return self.root / ROWS / f"{key}.json"
+        return self.entry(f"{ROWS}/{check_cell_key(key)}.json")
 
     def read_row_file(self, key: str) -> dict | None:
         """The row file of ``key`` if it exists and is a valid row (a JSON object naming this key and a pixel
         hash); else ``None`` (and a damaged file is noted in :attr:`damaged_rows`)."""
-        path = self.row_path(key)
+        try:
+            path = self.row_path(key)
+        except UnsafeEntryError as error:
+            self.hostile_rows[f"{ROWS}/{key}.json"] = str(error)
+            return None
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -271,8 +324,18 @@ class RunStore(RunFolderFiles):
         return row
 
     def _read_disk_rows(self) -> dict[str, dict]:
-        """Every row on disk (:func:`img2img_lab.table_log.read_rows`)."""
-        return table_log.read_rows(self.root / RESULTS, self.root / ROWS, self.read_row_file)
+        """Every row on disk (:func:`img2img_lab.table_log.read_rows`) of the form the project writes; others are
+        noted in :attr:`hostile_rows` and left out."""
+        for name in (RESULTS, ROWS, table_log.PARTS, table_log.MEASUREMENTS):
+            self.entry(name)
+        rows = table_log.read_rows(self.root / RESULTS, self.root / ROWS, self.read_row_file)
+        for key, row in list(rows.items()):
+            try:
+                expected_output_path(row)
+            except UnsafeEntryError as error:
+                self.hostile_rows[f"{RESULTS} row {key!r}"[:120]] = str(error)
+                del rows[key]
+        return rows
 
     def _load_rows(self) -> dict[str, dict]:
         if self._rows is None:
@@ -296,7 +359,7 @@ class RunStore(RunFolderFiles):
 
     def reload(self) -> None:
         """Forget the rows read so far: the next read sees every row file on disk (other ranks' cells included)."""
-        self._rows, self.damaged_rows = None, {}
+        self._rows, self.damaged_rows, self.hostile_rows = None, {}, {}
 
     def row(self, key: str) -> dict | None:
         return self._load_rows().get(key)
@@ -337,8 +400,8 @@ class RunStore(RunFolderFiles):
                 self._load_rows()[key] = existing
                 return False
             self.write_image(key, image)
-            atomic_write(self.row_path(key), lambda stream: stream.write(json.dumps(row, default=_json_value)),
-                         binary=False, temp_dir=self.temp_dir)
+            self._write(self.row_path(key), lambda stream: stream.write(json.dumps(row, default=_json_value)),
+                        binary=False)
             self.damaged_rows.pop(str(self.row_path(key)), None)
         self._intact.add((key, row["output_hash"]))
         self._load_rows()[key] = row
@@ -351,10 +414,22 @@ class RunStore(RunFolderFiles):
         if row is None or self.read_row_file(key) is not None:
             return False
         with self.locked():
-            atomic_write(self.row_path(key), lambda stream: stream.write(json.dumps(row, default=_json_value)),
-                         binary=False, temp_dir=self.temp_dir)
+            self._write(self.row_path(key), lambda stream: stream.write(json.dumps(row, default=_json_value)),
+                        binary=False)
         self.damaged_rows.pop(str(self.row_path(key)), None)
         return True
+
+    def record_measurements(self, before, after) -> Path | None:
+        """Log the values ``after`` adds to ``before`` (a table read from this store, then measured) in
+        ``measurements/``, where every reader finds them again (:func:`img2img_lab.table_log.measured_changes`):
+        losing results.parquet loses no measured value. Returns the log's path (``None``: nothing new)."""
+        changes = table_log.measured_changes(before, after)
+        if changes.empty:
+            return None
+        self.entry(table_log.MEASUREMENTS)
+        self.entry(TEMP)
+        with self.locked():
+            return table_log.write_measurements(self.root, changes, temp_dir=self.temp_dir)
 
     def replace_table(self, table) -> None:
         """Replace every row with those of ``table`` (a DataFrame with a cell_key column) and consolidate."""
@@ -381,20 +456,23 @@ class RunStore(RunFolderFiles):
             rows = self._read_disk_rows() if merge else {}
             rows.update(self._load_rows())
             table = pd.DataFrame(list(rows.values()))
-            atomic_write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False),
-                         temp_dir=self.temp_dir)
+            self._write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False))
             table_log.remove_parts(parts)
             self._rows, self._unflushed = rows, {}
 
-    def read_table(self, *, allow_damaged: bool = False):
+    def read_table(self, *, allow_damaged: bool = False, allow_hostile: bool = False):
         """The results table as a pandas DataFrame (empty if no cell has finished yet).
 
         A damaged row file raises a :class:`StoreError` naming it and the fix, unless ``allow_damaged`` (a
-        sweep regenerates those cells; verify reports them).
+        sweep regenerates those cells; verify reports them). A row of a form the project never writes (see
+        :mod:`img2img_lab.folder_rules`) raises an :class:`~img2img_lab.folder_rules.UnsafeEntryError` naming it,
+        unless ``allow_hostile`` (verify, which reports it); such rows are never in the table.
         """
         import pandas as pd
 
         rows = self._load_rows()
+        if not allow_hostile:
+            self.refuse_hostile_rows()
         if self.damaged_rows and not allow_damaged:
             path, reason = next(iter(self.damaged_rows.items()))
             more = f" (and {len(self.damaged_rows) - 1} more)" if len(self.damaged_rows) > 1 else ""

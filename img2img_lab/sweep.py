@@ -148,7 +148,8 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
 
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
               dtype: str | None = None, progress: bool = True, metrics=(), on_step=None, engine: str = "batched",
-              max_batch_size: int | None = None, cache: str | os.PathLike | None = None, model_axis: bool = False):
+              max_batch_size: int | None = None, cache: str | os.PathLike | None = None, model_axis: bool = False,
+              sources_from_folder: bool = False):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder (an intact image with the pixels its row records) are skipped (resume and
@@ -169,6 +170,9 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     added to it, image and row together, under the cache's lock, so several run folders (and concurrent sweeps)
     share one set of computed cells.
 
+    ``sources_from_folder`` takes the sources from the copies ``out_dir`` keeps instead of the plan's files (what
+    ``verify --repair`` does: it reads nothing outside the folder).
+
     A plan with a ``models`` axis is handed to :func:`run_model_axis`. A folder holding another model's cells is
     refused unless ``model_axis`` (set by :func:`run_model_axis`): one folder compares models only by plan.
 
@@ -183,7 +187,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
                               metrics=metrics, on_step=on_step, engine=engine, max_batch_size=max_batch_size,
                               cache=cache)
     # 1. Check the request (the sources exist before any model loads).
-    check_image_files(plan.images)
+    if not sources_from_folder:
+        check_image_files(plan.images)
     metrics = check_metric_names(metrics)
     if engine not in ("batched", "per-cell"):
         raise PlanError(f"unknown engine {engine!r}. Fix: use 'batched' (default) or 'per-cell'.")
@@ -206,7 +211,8 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     #    generate) and 5. copy intact cells from the shared cache (rank 0).
     writer = distributed.main_first(context, lambda: _open_and_key(
         plan, out_dir, pipe, context, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
-        cache_store=cache_store, model_axis=model_axis, progress=progress, on_step=on_step))
+        cache_store=cache_store, model_axis=model_axis, progress=progress, on_step=on_step,
+        sources_from_folder=sources_from_folder))
     # 6. Generate the rest (in a launched job, each rank its shard of the chunks).
     writer.generate()
     # 7. Reuse duplicate strengths, 8. measure rows from earlier runs and record the finished sweep (rank 0).

@@ -55,6 +55,35 @@ def prepare_sources(plan: SweepPlan, pipe) -> list:
             for path in plan.images]
 
 
+def folder_sources(plan: SweepPlan, store) -> tuple[list, list[dict]]:
+    """The plan's sources as the run folder keeps them (``sources/<hash>.png``, found through the manifest's record of
+    each path), with their recorded entries: what a repair sweeps, so it never reads a file outside the folder. A
+    :class:`~img2img_lab.errors.PlanError` names a source the folder has no intact copy of.
+
+    >>> images, entries = folder_sources(plan, store)
+    >>> images[0].size, entries[0]["hash"] == content_hash(images[0])
+    ((64, 64), True)
+    """
+    from img2img_lab.errors import PlanError, StoreError
+    from img2img_lab.folder_rules import is_pixel_hash
+
+    recorded = {entry.get("path"): entry for entry in store.read_manifest().get("sources") or []
+                if isinstance(entry, dict) and is_pixel_hash(entry.get("hash"))}
+    images, entries = [], []
+    for path in plan.images:
+        entry = recorded.get(path)
+        try:
+            image = store.load_source(entry["hash"]) if entry is not None else None
+        except StoreError:
+            image = None
+        if image is None or content_hash(image) != entry["hash"]:
+            raise PlanError(f"source {path}: the run folder keeps no intact copy of it in sources/ (a repair uses only "
+                            f"what the folder holds)")
+        images.append(image)
+        entries.append({**entry, "path": path})
+    return images, entries
+
+
 def source_steps(model, sources: list):
     """``steps(scheduler, num_inference_steps, strength, image_index)`` for :meth:`SweepPlan.cells`: what a
     strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).

@@ -39,11 +39,12 @@ from img2img_lab.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore
-from img2img_lab.sweep_sources import _needs, prepare_sources, source_fit, source_steps, write_floor
+from img2img_lab.sweep_sources import _needs, folder_sources, prepare_sources, source_fit, source_steps, write_floor
 
 
-def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dict:
-    """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.manifest`)."""
+def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str, recorded_sources: list | None = None) -> dict:
+    """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.manifest`);
+    ``recorded_sources``: the folder's own entries of sources taken from it (a repair reads no outside file)."""
     import torch
 
     return {
@@ -61,7 +62,7 @@ def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str) -> dic
         "packages": package_versions(),
         "platform": platform.platform(),
         "command": sys.argv,
-        "sources": [
+        "sources": recorded_sources or [
             {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height,
              "fit": source_fit(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)}
             for path, image in zip(plan.images, sources)
@@ -137,20 +138,27 @@ class SweepWriter:
     # ------------------------------------------------------------------ 3. open
     @classmethod
     def open(cls, plan: SweepPlan, out_dir, pipe, *, metrics, engine: str, max_batch_size, cache_store,
-             model_axis: bool, progress: bool, on_step, context: Context | None = None) -> "SweepWriter":
-        """Prepare the sources, then create (or reopen) the run folder with this sweep's manifest merged into the
-        folder's under its lock; store the sources and each source's VAE round trip. In a launched job only rank 0
-        writes these; the other ranks open the folder rank 0 made (:mod:`img2img_lab.distributed`)."""
+             model_axis: bool, progress: bool, on_step, context: Context | None = None,
+             sources_from_folder: bool = False) -> "SweepWriter":
+        """Prepare the sources (``sources_from_folder``: the copies the run folder keeps, for a repair), then create
+        (or reopen) the run folder with this sweep's manifest merged into the folder's under its lock; store the
+        sources and each source's VAE round trip. In a launched job only rank 0 writes these; the other ranks open
+        the folder rank 0 made (:mod:`img2img_lab.distributed`)."""
         context = context or Context()
         from img2img_lab.fidelity import ReferenceCache
-        from img2img_lab.metrics import prepare_metric
+        from img2img_lab.metrics import metric_weights, prepare_metric
 
         model = as_model(pipe)
-        sources = prepare_sources(plan, pipe)
+        recorded = None
+        if sources_from_folder:
+            sources, recorded = folder_sources(plan, RunStore.open(out_dir))
+        else:
+            sources = prepare_sources(plan, pipe)
         started = _now()
-        manifest = build_manifest(plan, pipe, sources, started=started)
+        manifest = build_manifest(plan, pipe, sources, started=started, recorded_sources=recorded)
         manifest["notes"] += model.check_plan(plan)
         manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
+        manifest["metric_weights"] = metric_weights(metrics)
         runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step)
         if context.distributed:
             runner = ShardedRunner(runner, context)

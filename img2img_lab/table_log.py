@@ -8,6 +8,9 @@ and each row is rewritten O(log n) times, not n / chunk times. The end of a swee
 ``results.parquet`` and removes the parts it read. Readers take ``results.parquet``, then the parts in time order,
 then row files none of them hold; a folder with no parts (every folder written before) reads as before.
 
+Values that ``measure`` adds after a sweep are logged too (:func:`write_measurements`): results.parquet is a cache of
+the row files, the parts and the measurements, so losing it loses nothing.
+
 >>> part_name(1700000000000000000, 4242, 32)
 'part-1700000000000000000-4242-32.parquet'
 >>> part_rows("part-1700000000000000000-4242-32.parquet"), size_tier(32), size_tier(128)
@@ -21,6 +24,9 @@ import time
 from pathlib import Path
 
 PARTS = "results.parts"
+#: ``measure``'s values, one file per run: ``measurements/measured-<time ns>-<pid>.parquet`` (cell_key, output_hash and
+#: the columns it measured). Part of the durable log: a reader applies them to the rows of those very pixels.
+MEASUREMENTS = "measurements"
 #: Parts of one size tier that are merged into one part of the next tier.
 MERGE_FANOUT = 4
 
@@ -126,11 +132,25 @@ def read_rows(results: Path, rows_folder: Path, read_row_file) -> dict[str, dict
             raise StoreError(f"{results}: unreadable ({error}). Fix: delete it; the row files in rows/ "
                              f"rebuild it.") from None
         for row in table.to_dict("records"):
-            rows[row["cell_key"]] = row
+            rows[row.get("cell_key")] = row
     root = results.parent
-    rows.update((row["cell_key"], row) for row in read_parts(part_paths(root)))
-    if not rows_folder.is_dir() or rows_folder_is_consolidated(root, results, rows_folder):
-        return rows
+    rows.update((row.get("cell_key"), row) for row in read_parts(part_paths(root)))
+    if rows_folder.is_dir() and not rows_folder_is_consolidated(root, results, rows_folder):
+        _add_row_files(rows, rows_folder, read_row_file)
+    apply_measurements(rows, _measurements_since(root, results))
+    return rows
+
+
+def _measurements_since(root: Path, results: Path) -> list[Path]:
+    """The measurement logs results.parquet may not hold (all of them when it is missing)."""
+    try:
+        written = results.stat().st_mtime_ns
+    except FileNotFoundError:
+        return measurement_paths(root)
+    return [path for path in measurement_paths(root) if path.stat().st_mtime_ns >= written]
+
+
+def _add_row_files(rows: dict[str, dict], rows_folder: Path, read_row_file) -> None:
     row_files = []
     for row_file in rows_folder.glob("*.json"):
         try:
@@ -142,7 +162,69 @@ def read_rows(results: Path, rows_folder: Path, read_row_file) -> dict[str, dict
             row = read_row_file(row_file.stem)
             if row is not None:
                 rows[row_file.stem] = row
-    return rows
+
+
+def measured_changes(before, after):
+    """The values ``after`` holds that ``before`` did not (new columns, or values that changed; NaN equals NaN): a
+    table of cell_key, output_hash and the changed columns, one row per changed cell.
+
+    >>> import pandas as pd
+    >>> before = pd.DataFrame({"cell_key": ["a", "b"], "output_hash": ["x", "y"], "ssim": [0.5, float("nan")]})
+    >>> after = before.assign(ssim=[0.5, 0.25], psnr=[30.0, 20.0])
+    >>> measured_changes(before, after).to_dict("records")
+    [{'cell_key': 'a', 'output_hash': 'x', 'ssim': 0.5, 'psnr': 30.0}, {'cell_key': 'b', 'output_hash': 'y', 'ssim': 0.25, 'psnr': 20.0}]
+    """
+    import pandas as pd
+
+    identity = ["cell_key", "output_hash"]
+    if after.empty:
+        return pd.DataFrame(columns=identity)
+    previous = before.set_index("cell_key").reindex(after["cell_key"]) if len(before) else None
+    changed_columns, changed_rows = [], pd.Series(False, index=range(len(after)))
+    for column in after.columns.drop(identity, errors="ignore"):
+        values = after[column].reset_index(drop=True)
+        if previous is None or column not in previous.columns:
+            differs = values.notna()
+        else:
+            old = previous[column].reset_index(drop=True)
+            differs = ~((values == old) | (values.isna() & old.isna())).astype(bool)
+        if differs.any():
+            changed_columns.append(column)
+            changed_rows |= differs
+    if not changed_columns:
+        return pd.DataFrame(columns=identity)
+    return after.reset_index(drop=True).loc[changed_rows, identity + changed_columns].reset_index(drop=True)
+
+
+def write_measurements(root: Path, changes, *, temp_dir: Path, time_ns: int | None = None) -> Path | None:
+    """Log measured values (:func:`measured_changes`) as one new file in ``measurements/`` (atomically); ``None``
+    when there is nothing to log."""
+    from img2img_lab.atomic import atomic_write
+
+    if changes is None or changes.empty:
+        return None
+    stamp = time.time_ns() if time_ns is None else time_ns
+    path = root / MEASUREMENTS / f"measured-{stamp}-{os.getpid()}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda stream: changes.to_parquet(stream, index=False), temp_dir=temp_dir)
+    return path
+
+
+def measurement_paths(root: Path) -> list[Path]:
+    """The measurement logs of a run folder, oldest first."""
+    folder = root / MEASUREMENTS
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("measured-*.parquet"), key=lambda path: int(path.name.split("-")[1]))
+
+
+def apply_measurements(rows: dict[str, dict], paths: list[Path]) -> None:
+    """Apply measurement logs to ``rows`` in time order, each value only to the row of the pixels it measured (a cell
+    regenerated since has another output hash, and keeps its own values)."""
+    for record in read_parts(paths):
+        row = rows.get(record.get("cell_key"))
+        if row is not None and row.get("output_hash") == record.get("output_hash"):
+            row.update((name, value) for name, value in record.items() if name not in ("cell_key", "output_hash"))
 
 
 def rows_folder_is_consolidated(root: Path, results: Path, rows_folder: Path) -> bool:

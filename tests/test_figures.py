@@ -40,17 +40,18 @@ def _run_with_an_unmeasured_column(tmp_path):
     from img2img_lab.images import content_hash
 
     for seed in range(2):
-        key = f"k{seed}"
+        key = f"{seed:020x}"
         store.save_cell(key, image, {
             "cell_key": key, "output_hash": content_hash(image), "output_path": f"images/{key}.png", "seed": seed,
-            "strength": 0.5, "executed_steps": 5, "source_name": "s", "source_hash": "h", "prompt": "p",
+            "strength": 0.5, "executed_steps": 5, "source_name": "s", "source_hash": "ab" * 32, "prompt": "p",
             "negative_prompt": "", "guidance_scale": 2.0, "num_inference_steps": 10, "scheduler": "default",
             "ssim": 0.5, "lpips": float("nan")})
     store.flush()
     return store
 
 
-def test_an_unmeasured_metric_is_one_clear_error(tmp_path, capsys):
+def test_an_unmeasured_metric_is_one_clear_error(tmp_path, capsys, monkeypatch, no_converted_weights):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # LPIPS unavailable here
     store = _run_with_an_unmeasured_column(tmp_path)
     with pytest.raises(Img2ImgLabError, match=r"metric 'lpips' has no values in .*could not be computed here "
                                               r"\(lpips \(alex\): backbone weights missing.*Fix: `img2img-lab measure"):

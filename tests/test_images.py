@@ -53,15 +53,37 @@ def test_text_file_named_png(tmp_path):
 
 def test_decompression_bomb_header_is_rejected_before_decoding(tmp_path):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header_only(30000, 30000))
-    with pytest.raises(ImageError, match=r"bomb\.png: .*(900,000,000 pixels|more pixels than allowed).*Fix: downscale"):
+    path.write_bytes(_png_header_only(30000, 30000))  # 900 Mpx: past Pillow's own guard (~179 Mpx)
+    with pytest.raises(ImageError, match=r"bomb\.png: 30000x30000 = 900,000,000 pixels exceeds the limit of "
+                                         r"67,108,864 .*Fix: downscale"):
         load_image(path)
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's guard is back for everyone else
+
+
+def test_an_animation_is_refused_not_cut_to_its_first_frame(tmp_path):
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue", "green")]
+    for suffix in ("gif", "webp"):
+        path = tmp_path / f"animated.{suffix}"
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+        with pytest.raises(ImageError, match=rf"animated\.{suffix}: an animation of 3 frames.*Fix: export the frame"):
+            load_image(path, warn_below=0)
+    frames[0].save(tmp_path / "still.gif")
+    assert load_image(tmp_path / "still.gif", warn_below=0).size == (64, 64)
+
+
+def test_a_float_tiff_outside_0_1_is_refused_not_clipped_to_white(tmp_path):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.linspace(0, 1000, 64 * 64, dtype=np.float32).reshape(64, 64), mode="F").save(path)
+    with pytest.raises(ImageError, match=r"spans \[0, 1000\].*Fix: rescale it to \[0, 1\]"):
+        load_image(path, warn_below=0)
+    Image.fromarray(np.full((64, 64), 0.5, np.float32), mode="F").save(path)
+    assert load_image(path, warn_below=0).getpixel((0, 0)) == (128, 128, 128)
 
 
 def test_header_over_custom_limit_names_size_and_fix(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (300, 200)).save(path)
-    with pytest.raises(ImageError, match=r"300x200 = 60,000 pixels exceeds the limit of 50,000.*max_pixels=60000"):
+    with pytest.raises(ImageError, match=r"300x200 = 60,000 pixels exceeds the limit of 50,000.*Fix: downscale"):
         load_image(path, max_pixels=50_000)
 
 

@@ -347,7 +347,9 @@ def test_an_alias_bomb_is_refused_fast_and_small(tmp_path, capsys):
     seconds = float(output.split("seconds ")[1].split()[0])
     traced = float(output.split("traced_mb ")[1].split()[0])
     peak = float(output.split("peak_mb ")[1].split()[0])
-    assert seconds < 1 and traced < 100 and peak < 100, output
+    # memory, not seconds (issue #28: no test asserts on wall-clock time); the seconds are printed
+    print(f"alias bomb refused in {seconds:.3f} s")
+    assert traced < 100 and peak < 100, output
     with capsys.disabled():
         print(f"\n[alias bomb] refused in {seconds * 1000:.1f} ms; Python allocations peaked at {traced:.2f} MB, "
               f"the process's peak RSS grew by {peak:.1f} MB")

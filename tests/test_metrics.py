@@ -147,7 +147,7 @@ def test_bad_inputs():
         measure_pair(np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16, 3), np.uint8), ["sharpness"])
 
 
-def test_lpips_missing_backbone_names_the_file(monkeypatch, tmp_path):
+def test_lpips_missing_backbone_names_the_file(monkeypatch, tmp_path, no_converted_weights):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(lpips_metric, "_LPIPS_MODELS", {})
     available, explanation = lpips_status("alex")
@@ -161,10 +161,9 @@ def test_lpips_missing_backbone_names_the_file(monkeypatch, tmp_path):
         assert name in lpips_status(net)[1]
 
 
-def test_lpips_planted_backbone_loads_offline(monkeypatch, tmp_path):
-    """A backbone file of torchvision's name in $TORCH_HOME/hub/checkpoints is what LPIPS loads (no download).
-
-    The planted weights are random, so the numbers here are wiring checks, not LPIPS values."""
+def test_lpips_planted_backbone_of_another_hash_is_refused(monkeypatch, tmp_path, no_converted_weights):
+    """A file of torchvision's name in $TORCH_HOME/hub/checkpoints whose SHA-256 is not the one its name carries (here
+    random weights) is never used: LPIPS is unavailable with the reason (it used to load silently)."""
     import torchvision
 
     checkpoints = tmp_path / "torch-home" / "hub" / "checkpoints"
@@ -173,16 +172,10 @@ def test_lpips_planted_backbone_loads_offline(monkeypatch, tmp_path):
     torch.save(torchvision.models.alexnet().state_dict(), checkpoints / LPIPS_BACKBONE_FILES["alex"])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(lpips_metric, "_LPIPS_MODELS", {})
-    assert lpips_status("alex")[0] is True
-    assert metric_status("lpips")[0] is True
-    a = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
-    b = _noisy(a, 30)
-    distances = lpips_distances([a, a], [a, b])
-    assert distances[0] == pytest.approx(0.0, abs=1e-7) and distances[1] > 0
-    # the planted weights really are the backbone in use
-    model = lpips_metric._LPIPS_MODELS[("alex", "cpu", False)]
-    planted = torch.load(checkpoints / LPIPS_BACKBONE_FILES["alex"])
-    assert torch.equal(model.net.slice1[0].weight, planted["features.0.weight"])
+    available, explanation = metric_status("lpips")
+    assert not available and "SHA-256 does not start with 7be5be79" in explanation and "not used" in explanation
+    with pytest.raises(MetricUnavailable, match="SHA-256 does not start with 7be5be79"):
+        lpips_distances([np.zeros((32, 32, 3), np.uint8)], [np.zeros((32, 32, 3), np.uint8)])
 
 
 def test_clip_score_unavailable_offline_and_wired_with_local_weights(tmp_path):
@@ -236,7 +229,8 @@ def test_prompt_scorer_hook():
     assert metric_status("never") == (False, "never: no weights. Fix: none")
 
 
-def test_measure_run_is_idempotent_and_notes_unavailable_metrics(tiny_pipe, sources_dir, tmp_path, monkeypatch):
+def test_measure_run_is_idempotent_and_notes_unavailable_metrics(tiny_pipe, sources_dir, tmp_path, monkeypatch,
+                                                                 no_converted_weights):
     from img2img_lab.plan import SweepPlan
     from img2img_lab.sweep import run_sweep
 

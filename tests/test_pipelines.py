@@ -179,3 +179,12 @@ def test_torchvision_shim_is_conditional():
     assert result.returncode == 0, result.stderr[-2000:]
     state = json.loads(result.stdout.strip().splitlines()[-1])
     assert state["active"] is (state["extension"] is False)
+
+
+def test_a_class_name_list_is_refused_in_one_line(tmp_path):
+    from img2img_lab.pipelines import img2img_pipeline_class
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": ["pipeline", "MyPipeline"]}))
+    with pytest.raises(ModelError, match=r'_class_name is \["pipeline", "MyPipeline"\], not a pipeline class name.*'
+                                         r"custom pipeline's code"):
+        img2img_pipeline_class(str(tmp_path), tmp_path)

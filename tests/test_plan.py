@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -182,3 +183,16 @@ def test_pndm_repeats_a_timestep_and_runs_one_call_where_diffusers_counts_zero_s
     zero = model.step_plan("ddim", 20, 0.0, width=32, height=32)  # DDIM keeps no timestep: nothing runs
     assert (zero.executed_steps, zero.denoiser_evaluations, zero.start_timestep, zero.sigma) == (0, 0, None, 0.0)
     assert zero.zero_step and zero.log_snr == math.inf
+
+
+def test_a_missing_prompt_and_an_in_memory_image_are_named_with_their_fix():
+    import numpy as np
+    from PIL import Image
+
+    with pytest.raises(PlanError, match=r'prompt None is no prompt.*Fix: write "" for the empty prompt'):
+        SweepPlan(images=["a.png"], prompts=[None], strengths=[0.5])
+    assert SweepPlan(images=["a.png"], prompts=[""], strengths=[0.5], negative_prompts=[None]).negative_prompts == [""]
+    for image, shown in ((np.zeros((8, 8, 3), np.uint8), "<array uint8 (8, 8, 3)>"),
+                         (Image.new("RGB", (8, 8)), "<PIL image RGB 8x8>")):
+        with pytest.raises(PlanError, match=re.escape(shown) + r" is an image, not a file.*Fix: save it as a PNG"):
+            SweepPlan(images=[image], prompts=["p"], strengths=[0.5])

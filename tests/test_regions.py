@@ -228,6 +228,7 @@ def test_catalogue_consistency_falls_as_the_prompt_takes_over(small_calibration,
 def test_catalogue_consistency_keeps_the_models_of_a_folder_apart(small_calibration, tmp_path):
     """A folder that compares models held every model's outputs in one group per prompt and strength: the spread
     mixed the models' backdrops. Each model is its own row now, with the values it has alone."""
+    import hashlib
     import shutil
 
     import pandas as pd
@@ -239,9 +240,12 @@ def test_catalogue_consistency_keeps_the_models_of_a_folder_apart(small_calibrat
     shutil.copytree(small_calibration, tmp_path / "two-models")
     store = RunStore.open(tmp_path / "two-models")
     table = store.read_table()
-    untouched = table[table.strength == table.strength.min()].set_index("source_hash")["output_path"]
-    other = table.assign(model="another model", cell_key=table.cell_key + "-b",  # its outputs: the sources kept
-                         output_path=table.source_hash.map(untouched.groupby(level=0).first()))
+    untouched = table[table.strength == table.strength.min()].groupby("source_hash").first()
+    keys = table.cell_key.map(lambda key: hashlib.sha256(f"{key}-b".encode()).hexdigest()[:20])
+    other = table.assign(model="another model", cell_key=keys, output_path="images/" + keys + ".png",
+                         output_hash=table.source_hash.map(untouched["output_hash"]))  # its outputs: the sources kept
+    for key, source_hash in zip(keys, table.source_hash):  # each in its own file, as a run folder holds it
+        shutil.copy(store.root / untouched.loc[source_hash, "output_path"], store.root / "images" / f"{key}.png")
     store.replace_table(pd.concat([table, other], ignore_index=True))
     both = catalogue_consistency(tmp_path / "two-models", masks="oracle")
     assert sorted(both.model.unique()) == sorted([table.model.iloc[0], "another model"])

