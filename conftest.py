@@ -32,6 +32,8 @@ os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
 import tempfile  # noqa: E402
 
 os.environ["IMG2IMG_LAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="img2img-lab-test-cache-")
+# Exported datasets loaded back (img2img_lab.export) are cached there too, not in ~/.cache/huggingface/datasets.
+os.environ["HF_DATASETS_CACHE"] = os.path.join(os.environ["IMG2IMG_LAB_CACHE_DIR"], "datasets")
 
 import pytest  # noqa: E402
 

@@ -133,9 +133,11 @@ def _image_tag(result, relative: str | None, link_from=None) -> str:
 
     from PIL import Image
 
+    from img2img_lab.folder_rules import inside
+
     if not relative or result.run_dir is None:
         return ""
-    path = Path(result.run_dir) / relative
+    path = inside(result.run_dir, relative)  # an image that leads outside the run folder is refused, never embedded
     if not path.is_file():
         return ""
     with Image.open(path) as image:

@@ -17,7 +17,7 @@
                      [--bootstrap B]
     img2img-lab verify RUN_DIR [--sample 8] [--seed 0] [--repair [--yes]]
     img2img-lab report RUN_DIR [--out report.html]
-    img2img-lab export RUN_DIR [--csv table.csv] [--parquet table.parquet]
+    img2img-lab export RUN_DIR [--csv table.csv] [--parquet table.parquet] [--to hf-dataset DIR | mlflow | wandb]
     img2img-lab notebooks [FOLDER] [--force]
     img2img-lab weights fetch|list [lpips] [lpips-vgg] [lpips-squeeze] [clip] [--to DIR]
     img2img-lab doctor [--json] [--run-dir runs]
@@ -178,10 +178,15 @@ def _add_run_folder_commands(commands) -> None:
     report.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
     report.set_defaults(handler=handlers.cmd_report)
 
-    export = command("export", "write the tidy table as CSV and/or Parquet")
+    export = command("export", "write the tidy table as CSV / Parquet, or the study with its images to a Hugging "
+                               "Face dataset, an MLflow run or a W&B table")
     _add_run_dir(export)
     export.add_argument("--csv", default=None, help="CSV file to write")
     export.add_argument("--parquet", default=None, help="Parquet file to write")
+    export.add_argument("--to", nargs="+", metavar=("TARGET", "DIR"), default=None,
+                        help="hf-dataset DIR, mlflow, or wandb [DIR] (needs the 'export' extra)")
+    export.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLflow's own)")
+    export.add_argument("--project", default="img2img-lab", help="W&B project")
     export.set_defaults(handler=handlers.cmd_export)
 
 

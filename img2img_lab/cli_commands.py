@@ -202,8 +202,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from img2img_lab.report import export_table
 
-    for path in export_table(args.run_dir, csv=args.csv, parquet=args.parquet):
-        print(f"wrote {path}")
+    if args.csv is not None or args.parquet is not None or args.to is None:
+        for path in export_table(args.run_dir, csv=args.csv, parquet=args.parquet):
+            print(f"wrote {path}")
+    if args.to is not None:
+        from img2img_lab.export import export_run
+
+        if len(args.to) > 2:
+            raise Img2ImgLabError(f"--to takes a target and at most one folder, not {len(args.to)} values. Fix: "
+                                  f"e.g. --to hf-dataset exported/study.")
+        target, folder = args.to[0], (args.to[1] if len(args.to) > 1 else None)
+        where = export_run(args.run_dir, target, to=folder, tracking_uri=args.tracking_uri, project=args.project)
+        said = {"hf-dataset": f"a Hugging Face dataset at {where} (datasets.load_dataset({where!r}))",
+                "mlflow": f"MLflow run {where} in experiment 'img2img-lab'",
+                "wandb": f"a W&B run at {where} (upload it with `wandb sync {where}` unless it ran online)"}[target]
+        print(f"exported {args.run_dir} to {said}")
     return 0
 
 

@@ -174,11 +174,14 @@ def _rebase_links(text: str, from_dir, to_dir) -> str:
     return re.sub(r"href='(?![a-z]+:|#|/)([^']+)'", rebase, text)
 
 
-def _calibration_body(folder, out_dir) -> str:
-    body = _rebase_links((folder / "calibration.html").read_text(), folder, out_dir)
+def _calibration_body(store: RunStore, folder, out_dir) -> str:
+    """A saved calibration's page and figures, each file checked to stay inside the run folder (a symlinked figure
+    is refused in one line, never embedded)."""
+    page = store.entry((folder / "calibration.html").relative_to(store.root))
+    body = _rebase_links(page.read_text(), folder, out_dir)
     for name, alt in (("curves.png", "calibration curves with CI bands"), ("heatmap.png", "strength x guidance")):
         if (folder / name).is_file():
-            body += f"<p>{_file_tag(folder / name, alt)}</p>"
+            body += f"<p>{_file_tag(store.entry((folder / name).relative_to(store.root)), alt)}</p>"
     return body
 
 
@@ -188,14 +191,16 @@ def calibration_section(store: RunStore, out_dir=".") -> Section | None:
     folder = store.calibration_dir()
     title = "Calibration: the measured strength reference table"
     if (folder / "calibration.html").is_file():
-        return Section("calibration", title, _calibration_body(folder, out_dir))
+        return Section("calibration", title, _calibration_body(store, folder, out_dir))
     per_model = sorted(path.parent for path in folder.glob("*/calibration.html"))
     if not per_model:
         return None
     body = ""
     if (folder / "models.png").is_file():
-        body += f"<p>{_file_tag(folder / 'models.png', 'the models side by side on log-SNR')}</p>"
-    body += "".join(f"<h3>{html.escape(path.name)}</h3>{_calibration_body(path, out_dir)}" for path in per_model)
+        models = store.entry((folder / "models.png").relative_to(store.root))
+        body += f"<p>{_file_tag(models, 'the models side by side on log-SNR')}</p>"
+    body += "".join(f"<h3>{html.escape(path.name)}</h3>{_calibration_body(store, path, out_dir)}"
+                    for path in per_model)
     return Section("calibration", title + " — per model", body)
 
 

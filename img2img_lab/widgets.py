@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import img2img_lab  # noqa: F401  - torchvision shim first
-from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError
+from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError, StoreError
 from img2img_lab.plan import SweepPlan
 from img2img_lab.resources import bundled_sources  # noqa: F401 - re-exported
 from img2img_lab.schema import SETTING_COLUMNS, row_identity
@@ -198,7 +198,6 @@ class StrengthExplorer:
     # ------------------------------------------------------------------ state
     def _load_existing(self) -> None:
         """Remember the cells an earlier session left in ``run_dir`` (same model only)."""
-        from img2img_lab.errors import StoreError
         from img2img_lab.pipelines import model_fingerprint
         from img2img_lab.store import RunStore
 
@@ -342,15 +341,16 @@ class StrengthExplorer:
         name = Path(upload.get("name") or "upload.png").name
         from img2img_lab.store import UPLOADS
 
-        folder = self.run_dir / UPLOADS / hashlib.sha256(content).hexdigest()[:16]
-        path = folder / name
-        try:
+        from img2img_lab.folder_rules import inside
+
+        try:  # uploads/ (or a file in it) linked outside the run folder is refused, never written through
+            path = inside(self.run_dir, Path(UPLOADS) / hashlib.sha256(content).hexdigest()[:16] / name)
             if not path.is_file():
                 from img2img_lab.store import atomic_write
 
                 atomic_write(path, lambda stream: stream.write(content))
             self._prepared(str(path))  # refuses unreadable files with the reason
-        except (ImageError, PlanError) as error:
+        except (ImageError, PlanError, StoreError) as error:
             self.status.value = f"<span style='color:#b00'>upload refused: {html.escape(str(error))}</span>"
             return
         options = dict(self.source.options)

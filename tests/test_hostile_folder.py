@@ -238,3 +238,16 @@ def test_a_regenerated_cell_keeps_no_stale_measurement(world, capsys):
     rows = RunStore.open(run).read_table().set_index("cell_key")
     assert np.isnan(rows.loc[key, "psnr"])
     assert rows.drop(index=key)["psnr"].notna().all()
+
+
+def test_a_symlinked_calibration_figure_is_never_embedded(world, capsys):
+    """A saved calibration's figure linked to a private picture: the report embedded it (base64); now it is refused."""
+    calibration = world["run"] / "calibration"
+    calibration.mkdir()
+    (calibration / "calibration.html").write_text("<p>a calibration</p>")
+    (calibration / "curves.png").symlink_to(world["victim"] / "private.png")
+    out = world["out"] / "report.html"
+    code, text = _run(["report", str(world["run"]), "--out", str(out)], capsys)
+    assert code == 2 and "calibration/curves.png: leads outside the run folder" in text and not out.exists()
+    code, text = _run(["verify", str(world["run"]), "--sample", "0"], capsys)
+    assert code == 1 and "calibration/curves.png: leads outside the run folder" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from datetime import datetime, timezone
 
 import pytest
@@ -146,6 +147,24 @@ def test_upload_of_a_broken_file_is_refused_with_the_reason(explorer):
     explorer.upload.value = ({"name": "notes.png", "type": "image/png", "size": 5, "content": memoryview(b"hello"),
                               "last_modified": datetime.now(timezone.utc)},)
     assert "upload refused" in explorer.status.value and explorer.source.value == before
+
+
+def test_an_upload_never_writes_through_a_linked_uploads_folder(explorer, tmp_path):
+    """uploads/ linked to a folder outside the run folder: the upload is refused in the status line, nothing is
+    written there (issue #28)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    uploads = explorer.run_dir / "uploads"
+    if uploads.exists():
+        shutil.rmtree(uploads)
+    uploads.parent.mkdir(parents=True, exist_ok=True)
+    uploads.symlink_to(outside)
+    stream = io.BytesIO()
+    structured_image(48, seed=6).save(stream, format="PNG")
+    explorer.upload.value = ({"name": "mine.png", "type": "image/png", "size": len(stream.getvalue()),
+                              "content": memoryview(stream.getvalue()), "last_modified": datetime.now(timezone.utc)},)
+    assert "upload refused" in explorer.status.value and "leads outside the run folder" in explorer.status.value
+    assert list(outside.iterdir()) == []
 
 
 def test_bad_settings_show_an_error_and_generate_nothing(explorer, tmp_path):
