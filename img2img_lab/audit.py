@@ -102,7 +102,8 @@ def audit_run_folder(store: RunStore, report: VerifyReport):
     for key in sorted(store.image_keys() - keys):
         report.files_checked += 1
         report.file_failures.append(f"images/{key}.png: no row records it (an orphan image)")
-    for key, label in sorted((manifest.get("planned") or {}).items()):
+    planned = manifest.get("planned") if isinstance(manifest.get("planned"), dict) else {}
+    for key, label in sorted(planned.items()):
         if not is_cell_key(key):
             report.file_failures.append(f"manifest.json: planned cell {key[:80]!r} is not a key img2img-lab writes "
                                         f"(never used)")

@@ -47,7 +47,7 @@ def _recorded_plans(manifest: dict) -> list[dict]:
     >>> len(_recorded_plans({"plans": [record] * 20000}))
     1
     """
-    if manifest.get("plans"):
+    if isinstance(manifest.get("plans"), list) and manifest["plans"]:
         records = [record for record in manifest["plans"] if isinstance(record, dict)]
     elif manifest.get("plan"):
         engine = manifest.get("engine") or {}
@@ -88,7 +88,7 @@ def repair_run_folder(store: RunStore, report, *, pipe=None, device: str | None 
     for key in (table["cell_key"] if len(table) else []):
         if store.restore_row_file(key):
             report.repaired.append(f"rows/{key}.json rewritten from results.parquet")
-    planned = set(manifest.get("planned") or {})
+    planned = set(manifest.get("planned") or {}) if isinstance(manifest.get("planned"), (dict, list)) else set()
     known = set(table["cell_key"]) if len(table) else set()
     for key in sorted(store.image_keys() - known - planned):
         store.image_path(key).unlink(missing_ok=True)
