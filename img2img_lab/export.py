@@ -161,13 +161,19 @@ def _log_wandb_run(wandb, store: RunStore, table, *, project: str, directory: Pa
 
 
 def _json_safe(table):
-    """The table with values every tracker can store: lists and arrays as JSON text."""
+    """The table with values every tracker can store: lists and arrays (a row's ``timesteps``) as JSON text.
+
+    >>> import numpy as np, pandas as pd
+    >>> _json_safe(pd.DataFrame({"timesteps": [np.array([999, 499])], "seed": [0]}))["timesteps"].tolist()
+    ['[999, 499]']
+    """
+    import numpy as np
+
     frame = table.copy()
     for column in frame.columns:
-        if frame[column].map(lambda value: isinstance(value, (list, tuple, dict)) or hasattr(value, "tolist")
-                             and not hasattr(value, "item")).any():
-            frame[column] = frame[column].map(lambda value: json.dumps(value.tolist() if hasattr(value, "tolist")
-                                                                       else value, default=str))
+        if frame[column].map(lambda value: isinstance(value, (list, tuple, dict, np.ndarray))).any():
+            frame[column] = frame[column].map(lambda value: json.dumps(
+                value.tolist() if isinstance(value, np.ndarray) else value, default=str))
     return frame
 
 
