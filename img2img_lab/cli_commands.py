@@ -202,17 +202,19 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from img2img_lab.report import export_table
 
-    if args.csv is not None or args.parquet is not None or args.to is None:
+    to = getattr(args, "to", None)  # a Namespace built by hand (the API, the doctest) may not carry the new options
+    if args.csv is not None or args.parquet is not None or to is None:
         for path in export_table(args.run_dir, csv=args.csv, parquet=args.parquet):
             print(f"wrote {path}")
-    if args.to is not None:
+    if to is not None:
         from img2img_lab.export import export_run
 
-        if len(args.to) > 2:
-            raise Img2ImgLabError(f"--to takes a target and at most one folder, not {len(args.to)} values. Fix: "
+        if len(to) > 2:
+            raise Img2ImgLabError(f"--to takes a target and at most one folder, not {len(to)} values. Fix: "
                                   f"e.g. --to hf-dataset exported/study.")
-        target, folder = args.to[0], (args.to[1] if len(args.to) > 1 else None)
-        where = export_run(args.run_dir, target, to=folder, tracking_uri=args.tracking_uri, project=args.project)
+        target, folder = to[0], (to[1] if len(to) > 1 else None)
+        where = export_run(args.run_dir, target, to=folder, tracking_uri=getattr(args, "tracking_uri", None),
+                           project=getattr(args, "project", "img2img-lab"))
         said = {"hf-dataset": f"a Hugging Face dataset at {where} (datasets.load_dataset({where!r}))",
                 "mlflow": f"MLflow run {where} in experiment 'img2img-lab'",
                 "wandb": f"a W&B run at {where} (upload it with `wandb sync {where}` unless it ran online)"}[target]
