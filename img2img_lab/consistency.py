@@ -21,7 +21,7 @@ from img2img_lab.errors import Img2ImgLabError
 
 #: What one consistency row is about (everything of a catalogue's setting but the source; the model too, where a
 #: folder compares models).
-GROUP_COLUMNS = ("model", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler",
+GROUP_COLUMNS = ("model", "mode", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler",
                  "strength")
 
 

@@ -65,15 +65,17 @@ def vae_roundtrip(pipe, source, *, generator=None):
         try:
             work_dtype = torch.float32 if upcast else dtype
             pixels = pipe.image_processor.preprocess(source).to(device=vae.device, dtype=work_dtype)
-            latents = retrieve_latents(vae.encode(pixels), generator=generator)
+            video = type(vae).__name__ == "AutoencoderKLQwenImage"  # a video VAE: one frame, (B, C, T, H, W)
+            latents = retrieve_latents(vae.encode(pixels.unsqueeze(2) if video else pixels), generator=generator)
             decoded = vae.decode(latents, return_dict=False)[0]
+            decoded = decoded[:, :, 0] if video else decoded
         finally:
             if upcast:
                 vae.to(dtype)
     return pipe.image_processor.postprocess(decoded.float(), output_type="pil")[0]
 
 
-def pipeline_kwargs(pipe, cell: Cell, source) -> dict:
+def pipeline_kwargs(pipe, cell: Cell, source, condition: dict | None = None) -> dict:
     """The keyword arguments of the plain diffusers call that generates ``cell`` (see the module doc).
 
     >>> arguments = pipeline_kwargs(pipe, cell, source)
@@ -82,13 +84,14 @@ def pipeline_kwargs(pipe, cell: Cell, source) -> dict:
     >>> pipe(**arguments).images[0].size
     (64, 64)
     """
-    return as_model(pipe).call_arguments(cell, source)
+    return as_model(pipe).for_mode(cell.mode).call_arguments(cell, source, condition)
 
 
-def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
+def run_cell(pipe, cell: Cell, source, *, on_step=None, condition: dict | None = None) -> CellOutput:
     """Generate one cell with the reference (per-cell) runner.
 
-    ``source`` is the prepared RGB PIL image (:func:`img2img_lab.images.load_image`). ``on_step``, if
+    ``source`` is the prepared RGB PIL image (:func:`img2img_lab.images.load_image`); ``condition`` its
+    ``mask_image`` / ``control_image`` where the cell's mode and pipeline take them. ``on_step``, if
     given, is called as ``on_step(done, total)`` after every denoising step (diffusers'
     ``callback_on_step_end``, which leaves the latents untouched), e.g. to drive a progress bar.
 
@@ -96,19 +99,20 @@ def run_cell(pipe, cell: Cell, source, *, on_step=None) -> CellOutput:
     >>> output.produced, output.image.size
     ('diffusion', (64, 64))
     """
-    use_scheduler(pipe, cell.scheduler)
+    runner = as_model(pipe).for_mode(cell.mode)
+    runner.use_scheduler(cell.scheduler)
     started = time.perf_counter()
     if cell.zero_step:
-        image = vae_roundtrip(pipe, source, generator=cell_generator(cell.seed))
+        image = vae_roundtrip(runner.pipe, source, generator=cell_generator(cell.seed))
         return CellOutput(image=image, seconds=time.perf_counter() - started, produced=Produced.VAE_ROUNDTRIP.value)
-    kwargs = pipeline_kwargs(pipe, cell, source)
+    kwargs = runner.call_arguments(cell, source, condition)
     if on_step is not None:
         def report_step(pipeline, index, timestep, tensors):
             on_step(index + 1, int(getattr(pipeline, "num_timesteps", 0) or cell.executed_steps))
             return tensors
 
         kwargs["callback_on_step_end"] = report_step
-    result = pipe(**kwargs)
+    result = runner.pipe(**kwargs)
     flagged = getattr(result, "nsfw_content_detected", None)
     return CellOutput(
         image=result.images[0],

@@ -1,20 +1,27 @@
-"""Family adapters: what one diffusers img2img family means for sizes, call arguments and timestep preparation.
+"""Family adapters: what one diffusers img2img or inpainting pipeline means for sizes, call arguments and timesteps.
 
-Each adapter wraps a pipeline and answers only what differs between families; the model handle
-(:mod:`img2img_lab.models`) asks it. :data:`FAMILIES` maps a pipeline class name to its adapter; any other
-pipeline gets :class:`Family` itself, the generic Stable Diffusion path.
+diffusers' image-conditioned pipelines map the strength dial to denoising steps by one of a few **timestep rules**
+(read from diffusers 0.42.1's source; ``../shared/DESIGN.md``). An adapter is chosen per pipeline class
+(:mod:`img2img_lab.family_registry`) and answers only what differs: the arguments of the pipeline's
+``retrieve_timesteps``, whether ``get_timesteps`` follows, the size multiple, the call's extra arguments and the
+arguments the model ignores. The **noise formula** belongs to the scheduler class, not the pipeline
+(:func:`schedule_of`): flow matching ``x_t = (1-σ) x0 + σ ε`` or variance preserving ``x_t = √ᾱ x0 + √(1-ᾱ) ε``.
 
 ========  =============================================  ======================  ==========================
-family    retrieve_timesteps arguments                   then get_timesteps      size multiple
+rule      retrieve_timesteps arguments                   then get_timesteps      size multiple
 ========  =============================================  ======================  ==========================
-sd, sdxl  none                                           yes (``int(N*s)``)      VAE factor
+sd        none                                           yes (``int(N*s)``)      VAE factor
 sd3       ``mu`` from the token count (dynamic shift)    yes (``N*s``, no int)   VAE factor x patch size
 flux      ``sigmas=linspace(1, 1/N, N)``, ``mu``         yes (``N*s``, no int)   VAE factor x 2 (packing)
+z-image   float32 ``torch.linspace`` sigmas, ``mu``      yes (``N*s``, no int)   VAE factor x 2
 lcm       ``strength`` (LCM shortens its own schedule)   no                      VAE factor
 ========  =============================================  ======================  ==========================
 
+Chroma and QwenImage follow the flux rule; Chroma runs true classifier-free guidance through ``guidance_scale``,
+QwenImage through ``true_cfg_scale`` (img2img-lab passes the cell's guidance there, with the negative prompt).
+
 >>> from img2img_lab.tiny_families import make_tiny_family
->>> FAMILIES["FluxImg2ImgPipeline"](make_tiny_family("flux-schnell")).ignored_arguments()["guidance_scale"]
+>>> FluxFamily(make_tiny_family("flux-schnell")).ignored_arguments()["guidance_scale"]
 'this FLUX.1 transformer has no guidance embedding (schnell-style)'
 """
 
@@ -25,6 +32,28 @@ from types import SimpleNamespace
 
 #: Noise schedules: variance preserving (x_t = √ᾱ x0 + √(1-ᾱ) ε) and rectified flow (x_t = (1-σ) x0 + σ ε).
 VP, FLOW = "vp", "flow"
+
+
+#: Scheduler classes whose ``add_noise`` is variance preserving (they read ``alphas_cumprod``, or k-diffusion σ).
+VP_SCHEDULERS = frozenset({
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+    "HeunDiscreteScheduler", "LMSDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler", "KDPM2DiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler", "LCMScheduler", "TCDScheduler"})
+
+
+def schedule_of(scheduler) -> str | None:
+    """The noise formula of a scheduler, by its class: :data:`FLOW` (``FlowMatch*``), :data:`VP`, or ``None`` when
+    img2img-lab does not know it (it then records no noise it cannot vouch for: the sweep is refused).
+
+    >>> from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+    >>> schedule_of(DDIMScheduler()), schedule_of(FlowMatchEulerDiscreteScheduler())
+    ('vp', 'flow')
+    """
+    name = type(scheduler).__name__
+    if name.startswith("FlowMatch"):
+        return FLOW
+    return VP if name in VP_SCHEDULERS else None
 
 
 def call_parameters(pipe) -> dict:
@@ -41,8 +70,7 @@ class Family:
     """
 
     name = "generic"
-    label = "unknown img2img pipeline (generic Stable Diffusion path)"
-    schedule = VP
+    label = "a pipeline img2img-lab has no adapter for (its own get_timesteps, checked)"
     applies_get_timesteps = True
     #: Scheduler names the family can run (``None``: every name in pipelines.SCHEDULERS).
     schedulers: tuple[str, ...] | None = None
@@ -72,6 +100,37 @@ class Family:
         """``height``/``width`` for pipelines whose ``__call__`` takes them (else they follow the image)."""
         parameters = call_parameters(self.pipe)
         return {"height": height, "width": width} if "height" in parameters and "width" in parameters else {}
+
+    def call_extras(self, guidance_scale: float, negative_prompt: str) -> dict:
+        """Arguments beyond image, prompt, strength, steps and generator: guidance and negative prompt as this
+        pipeline takes them (here ``guidance_scale`` and, where ``__call__`` has one, ``negative_prompt``)."""
+        extras = {"guidance_scale": guidance_scale}
+        if "negative_prompt" in call_parameters(self.pipe):
+            extras["negative_prompt"] = negative_prompt or None
+        return extras
+
+    def refuses_zero_steps(self) -> bool:
+        """Whether ``__call__`` raises where no step is left (the inpainting pipelines' "number of pipeline steps is
+        0 which is < 1"), even where a scheduler keeps a timestep (PNDM): such a strength is then zero-step."""
+        import inspect as _inspect
+
+        try:
+            return "which is < 1" in _inspect.getsource(type(self.pipe).__call__)
+        except (OSError, TypeError):
+            return False
+
+    # ------------------------------------------------------------------ inpainting
+    def inpaint_method(self) -> str:
+        """How this inpainting pipeline keeps the unmasked region: ``"latent blend"`` (the noised source's latents
+        replace the denoised ones outside the mask after every step: 4-channel UNets, FLUX.1, SD3 with 16 channels)
+        or ``"masked-image channels"`` (the denoiser takes the mask and the masked source as extra input channels:
+        9-channel inpainting UNets)."""
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        channels = getattr(getattr(denoiser, "config", None), "in_channels", None)
+        latent = getattr(getattr(getattr(self.pipe, "vae", None), "config", None), "latent_channels", 4)
+        if getattr(self.pipe, "unet", None) is not None or type(self).__name__ == "SD3Family":
+            return "latent blend" if channels == latent else "masked-image channels"
+        return "latent blend"
 
     # ------------------------------------------------------------------ what the model uses
     def default_guidance(self) -> float | None:
@@ -122,7 +181,7 @@ class SDXLFamily(Family):
 
 
 class SD3Family(Family):
-    name, label, schedule = "sd3", "Stable Diffusion 3 / 3.5", FLOW
+    name, label = "sd3", "Stable Diffusion 3 / 3.5"
     schedulers = ("default",)
 
     def size_multiple(self) -> int:
@@ -137,7 +196,7 @@ class SD3Family(Family):
 
 
 class FluxFamily(Family):
-    name, label, schedule = "flux", "FLUX.1", FLOW
+    name, label = "flux", "FLUX.1"
     schedulers = ("default",)
 
     def size_multiple(self) -> int:
@@ -162,6 +221,54 @@ class FluxFamily(Family):
                 "mu": _calculate_shift(scheduler.config, tokens, 1.15)}
 
 
+class ChromaFamily(FluxFamily):
+    """Chroma: the FLUX.1 rule; true classifier-free guidance through ``guidance_scale`` with a negative prompt."""
+
+    name, label = "chroma", "Chroma"
+
+    def guidance_used(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1.0
+
+    def ignored_arguments(self) -> dict[str, str]:
+        return Family.ignored_arguments(self)
+
+
+class QwenImageFamily(FluxFamily):
+    """QwenImage: the FLUX.1 rule on 16-px packed latents; true CFG through ``true_cfg_scale`` and a negative prompt
+    (the cell's guidance goes there; an empty negative prompt is sent as ``" "``, as the pipeline's docs ask, so
+    guidance above 1 always guides)."""
+
+    name, label = "qwenimage", "Qwen-Image"
+
+    def guidance_used(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1.0
+
+    def ignored_arguments(self) -> dict[str, str]:
+        return {}
+
+    def call_extras(self, guidance_scale: float, negative_prompt: str) -> dict:
+        return {"true_cfg_scale": guidance_scale, "negative_prompt": negative_prompt or " "}
+
+
+class ZImageFamily(FluxFamily):
+    """Z-Image: float32 ``torch.linspace`` sigmas and ``mu`` always passed (``get_default_z_image_sigmas``)."""
+
+    name, label = "z-image", "Z-Image"
+
+    def guidance_used(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1.0
+
+    def ignored_arguments(self) -> dict[str, str]:
+        return Family.ignored_arguments(self)
+
+    def timestep_arguments(self, scheduler, num_inference_steps, strength, width, height):
+        import torch
+
+        arguments = super().timestep_arguments(scheduler, num_inference_steps, strength, width, height)
+        arguments["sigmas"] = torch.linspace(1.0, 1 / num_inference_steps, num_inference_steps).tolist()
+        return arguments
+
+
 class LCMFamily(Family):
     name, label = "lcm", "Latent Consistency Model"
     applies_get_timesteps = False
@@ -176,13 +283,3 @@ class LCMFamily(Family):
 
     def timestep_arguments(self, scheduler, num_inference_steps, strength, width, height):
         return {"strength": strength}
-
-
-#: diffusers pipeline class name -> family adapter.
-FAMILIES: dict[str, type[Family]] = {
-    "StableDiffusionImg2ImgPipeline": StableDiffusionFamily,
-    "StableDiffusionXLImg2ImgPipeline": SDXLFamily,
-    "StableDiffusion3Img2ImgPipeline": SD3Family,
-    "FluxImg2ImgPipeline": FluxFamily,
-    "LatentConsistencyModelImg2ImgPipeline": LCMFamily,
-}

@@ -12,8 +12,10 @@ pipeline's own timestep preparation (its ``retrieve_timesteps`` with the family'
 ``get_timesteps``) on a fresh copy of the scheduler and records what would run (:class:`StepPlan`).
 Zero-step and duplicate flags come from those sequences. A family adapter (:class:`Family`) adds the rest:
 native size and size multiple, the call's ``height``/``width``, which arguments the model ignores, and the
-pipeline's default guidance. Unknown pipelines get :class:`Family` itself (the Stable Diffusion path, with a
-manifest note).
+pipeline's default guidance (:mod:`img2img_lab.family_registry` picks it by class; a class it does not know runs
+only where its own ``get_timesteps`` can be checked, else it is refused, as are pipelines with no strength dial).
+For inpainting on an img2img pipeline, :meth:`ModelHandle.for_mode` hands down diffusers' inpainting pipeline of
+the same components.
 
 >>> from img2img_lab.tiny_families import make_tiny_family
 >>> model = as_model(make_tiny_family("sd3"))
@@ -27,102 +29,16 @@ from __future__ import annotations
 import math
 import sys
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import img2img_lab  # noqa: F401  - torchvision shim first
-from img2img_lab.errors import PlanError
+from img2img_lab.errors import ModelError, PlanError
 
-from img2img_lab.families import FAMILIES, FLOW, VP, Family, call_parameters  # noqa: F401 - VP/FLOW re-exported
+from img2img_lab.families import FLOW, VP, Family, call_parameters, schedule_of  # noqa: F401 - VP/FLOW re-exported
+from img2img_lab.family_registry import FAMILIES, refusal
 
-
-@dataclass(frozen=True)
-class StepPlan:
-    """What one strength runs on one model, scheduler, step count and image size.
-
-    ``executed_steps`` is the number of denoising steps the pipeline runs (0: none — img2img-lab then stores
-    the VAE round trip), ``t_start`` the index on the scheduler's grid where it starts, ``timesteps`` every
-    timestep the denoiser is called at (a 2nd-order scheduler repeats some). The start latent's noise:
-
-    * ``sigma``: noise-to-signal ratio of the start latent, the same quantity in both schedules (VP:
-      ``√((1-ᾱ)/ᾱ)``, k-diffusion's σ; flow: ``σ_t / (1-σ_t)``); 0 for zero-step cells;
-    * ``log_snr``: ``log(signal² / noise²) = -2·log(sigma)`` (VP: ``log(ᾱ/(1-ᾱ))``; flow:
-      ``2·log((1-σ_t)/σ_t)``), the family-independent noise axis; ``+inf`` without noise, ``-inf`` from pure noise;
-    * ``sqrt_alpha_bar``: VP only (the share of the source signal kept), else NaN;
-    * ``flow_sigma``: flow only (σ_t, the noise weight of ``x_t = (1-σ_t) x0 + σ_t ε``), else NaN.
-    """
-
-    num_inference_steps: int
-    strength: float
-    executed_steps: int
-    t_start: int
-    timesteps: tuple[float, ...]
-    schedule: str = VP
-    start_timestep: float | None = None
-    sigma: float = 0.0
-    log_snr: float = math.inf
-    sqrt_alpha_bar: float = 1.0
-    flow_sigma: float = math.nan
-
-    @property
-    def zero_step(self) -> bool:
-        """No denoiser call runs (PNDM still calls it once where the pipeline counts 0 steps)."""
-        return not self.timesteps
-
-    @property
-    def denoiser_evaluations(self) -> int:
-        """Denoiser calls per image and guidance branch (``len(timesteps)``)."""
-        return len(self.timesteps)
-
-    @property
-    def run_signature(self) -> tuple:
-        """Two strengths with equal signatures run the same denoising, hence give the same image."""
-        return (self.t_start, self.timesteps)
-
-    def timesteps_text(self) -> str:
-        """The timesteps as a compact comma-separated string (what the table stores)."""
-        return ",".join(f"{value:.6g}" for value in self.timesteps)
-
-
-def zero_step_plan(num_inference_steps: int, strength: float, schedule: str = VP) -> StepPlan:
-    """The plan of a strength that runs no denoising step (the output is the source's VAE round trip)."""
-    flow = schedule == FLOW
-    return StepPlan(num_inference_steps, strength, 0, num_inference_steps, (), schedule,
-                    sqrt_alpha_bar=math.nan if flow else 1.0, flow_sigma=0.0 if flow else math.nan)
-
-
-def noise_at_start(scheduler, timesteps, begin_index: int, schedule: str) -> dict:
-    """The start latent's noise (see :class:`StepPlan`) as the pipeline's ``add_noise``/``scale_noise`` makes it.
-
-    >>> from diffusers import DDIMScheduler
-    >>> s = DDIMScheduler(); s.set_timesteps(20)
-    >>> round(noise_at_start(s, s.timesteps[10:], 10, VP)["sqrt_alpha_bar"], 3)
-    0.355
-    """
-    start = float(timesteps[0])
-    sigmas = getattr(scheduler, "sigmas", None)
-    if schedule == FLOW:
-        flow_sigma = float(sigmas[begin_index])
-        sigma = flow_sigma / (1.0 - flow_sigma) if flow_sigma < 1.0 else math.inf
-        return {"start_timestep": start, "flow_sigma": flow_sigma, "sigma": sigma,
-                "log_snr": -2.0 * math.log(sigma) if 0 < sigma < math.inf else (-math.inf if sigma else math.inf),
-                "sqrt_alpha_bar": math.nan}
-    if sigmas is not None and len(sigmas) > begin_index:  # k-diffusion style schedulers keep σ per step
-        sigma = float(sigmas[begin_index])
-        alpha_bar = 1.0 / (1.0 + sigma**2)
-    else:  # DDIM, PNDM, DDPM, LCM: add_noise reads alphas_cumprod at the timestep
-        alpha_bar = float(scheduler.alphas_cumprod[int(round(start))])
-        sigma = math.sqrt((1.0 - alpha_bar) / alpha_bar)
-    return {"start_timestep": start, "sigma": sigma, "sqrt_alpha_bar": math.sqrt(alpha_bar),
-            "log_snr": math.log(alpha_bar / (1.0 - alpha_bar)) if alpha_bar < 1.0 else math.inf,
-            "flow_sigma": math.nan}
-
-
-def _sd_rule_timesteps(scheduler, num_inference_steps: int, strength: float):
-    """Stable Diffusion's ``get_timesteps`` for pipelines that have none (generic path)."""
-    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
-    t_start = max(num_inference_steps - init_steps, 0)
-    return scheduler.timesteps[t_start * scheduler.order:], num_inference_steps - t_start
+from img2img_lab.plan_conditions import MODES
+from img2img_lab.step_plans import StepPlan, noise_at_start, zero_step_plan  # noqa: F401 - re-exported
 
 
 def _retrieve_timesteps(pipe):
@@ -157,7 +73,10 @@ class ModelHandle:
         self.label = label or str(getattr(pipe, "name_or_path", "") or "in-memory")
         self.folder = folder
         self.base_scheduler_config = {**dict(pipe.scheduler.config), "_class_name": type(pipe.scheduler).__name__}
+        self.refusal = refusal(pipe)  # why this pipeline cannot be swept (None: it can)
         self.family: Family = FAMILIES.get(type(pipe).__name__, Family)(pipe)
+        self.parent: ModelHandle | None = None
+        self._modes: dict[str, ModelHandle] = {}
         self._schedulers: dict[str, Any] = {}
         self._steps: dict[tuple, StepPlan] = {}
         self._fingerprint: dict | None = None
@@ -190,19 +109,78 @@ class ModelHandle:
     def native_resolution(self) -> int | None:
         return self.family.native_resolution()
 
-    def call_arguments(self, cell, source) -> dict:
+    def call_arguments(self, cell, source, condition: dict | None = None) -> dict:
         """The keyword arguments of the plain diffusers call that generates ``cell`` from ``source``.
+
+        ``condition`` holds the source's ``mask_image`` (inpainting: white is repainted) and ``control_image``
+        (ControlNet) where the cell needs them; the cell's ControlNet settings are passed where ``__call__`` takes
+        them.
 
         >>> model.pipe(**model.call_arguments(cell, source)).images[0].size
         (64, 64)
         """
         arguments = {"image": source, "prompt": cell.prompt, "strength": cell.strength,
-                     "num_inference_steps": cell.num_inference_steps, "guidance_scale": cell.guidance_scale,
-                     "generator": cell_generator(cell.seed)}
-        if "negative_prompt" in call_parameters(self.pipe):
-            arguments["negative_prompt"] = cell.negative_prompt or None
+                     "num_inference_steps": cell.num_inference_steps, "generator": cell_generator(cell.seed)}
+        arguments.update(self.family.call_extras(cell.guidance_scale, cell.negative_prompt))
+        parameters = call_parameters(self.pipe)
+        for name, value in (condition or {}).items():
+            if name in parameters:
+                arguments[name] = value
+        for name, value in (("controlnet_conditioning_scale", cell.controlnet_conditioning_scale),
+                            ("control_guidance_start", cell.control_guidance_start),
+                            ("control_guidance_end", cell.control_guidance_end)):
+            if value is not None and name in parameters:
+                arguments[name] = value
         arguments.update(self.family.size_arguments(source.width, source.height))
         return arguments
+
+    # ------------------------------------------------------------------ modes
+    @property
+    def inpaints(self) -> bool:
+        """Whether this pipeline inpaints (its ``__call__`` takes a ``mask_image``)."""
+        return "mask_image" in call_parameters(self.pipe)
+
+    @property
+    def needs_control_image(self) -> bool:
+        """Whether this pipeline needs a control image (ControlNet / Flux Control)."""
+        return "control_image" in call_parameters(self.pipe)
+
+    def for_mode(self, mode: str) -> "ModelHandle":
+        """The handle that runs ``mode``: this one where the pipeline already does it, else (inpainting on an img2img
+        pipeline) diffusers' inpainting pipeline of the same components (``AutoPipelineForInpainting.from_pipe``:
+        a 4-channel UNet inpaints by latent blending), made once."""
+        if mode not in MODES:
+            raise PlanError(f"unknown mode {mode!r}. Fix: use one of {', '.join(MODES)}.")
+        if (mode == "inpaint") == self.inpaints:
+            return self
+        if self.parent is not None:
+            return self.parent.for_mode(mode)
+        if mode == "img2img":
+            raise PlanError(f"{type(self.pipe).__name__} is an inpainting pipeline: it cannot run plain img2img. "
+                            f"Fix: use modes: [inpaint], or load the model's img2img pipeline.")
+        if mode not in self._modes:
+            self._modes[mode] = self._derived_inpainting()
+        return self._modes[mode]
+
+    def _derived_inpainting(self) -> "ModelHandle":
+        from diffusers import AutoPipelineForInpainting
+
+        try:
+            inpaint = AutoPipelineForInpainting.from_pipe(self.pipe)
+        except (ValueError, KeyError, TypeError) as error:
+            raise PlanError(f"{type(self.pipe).__name__} has no inpainting pipeline in diffusers ({error}). Fix: "
+                            f"remove 'inpaint' from modes, or load an inpainting pipeline.") from None
+        inpaint.set_progress_bar_config(disable=True)
+        handle = ModelHandle(inpaint, label=self.label, folder=self.folder)
+        handle.parent, handle.threads_reason = self, self.threads_reason
+        handle.base_scheduler_config = self.base_scheduler_config
+        return handle
+
+    def check_sweepable(self) -> None:
+        """Raise :class:`ModelError` (one line: the class and what it does instead) where this pipeline cannot be
+        swept; called before a run folder is touched."""
+        if self.refusal is not None:
+            raise ModelError(self.refusal)
 
     def default_guidance(self) -> float | None:
         return self.family.default_guidance()
@@ -225,26 +203,32 @@ class ModelHandle:
         family = self.family
         base = self.scheduler(scheduler_name)
         scheduler = type(base).from_config(base.config)
+        schedule = schedule_of(scheduler)
+        if schedule is None:
+            raise PlanError(f"scheduler {type(scheduler).__name__} has a noise formula img2img-lab does not know. "
+                            f"Fix: use a scheduler by name (ddim, euler, dpmpp_2m...).")
         try:
             arguments = family.timestep_arguments(scheduler, steps, strength, width, height)
             timesteps, executed = _retrieve_timesteps(self.pipe)(scheduler, steps, "cpu", **arguments)
             if family.applies_get_timesteps and hasattr(type(self.pipe), "get_timesteps"):
                 timesteps, executed = family.get_timesteps(scheduler, executed, strength)
-            elif family.applies_get_timesteps:
-                timesteps, executed = _sd_rule_timesteps(scheduler, executed, strength)
         except ValueError as error:
             if strength == 0:  # e.g. LCM: no schedule at all; strength 0 means "keep the source"
-                return zero_step_plan(steps, strength, family.schedule)
+                return zero_step_plan(steps, strength, schedule)
             raise PlanError(f"strength {strength:g} with {steps} steps cannot run on {family.label}: {error} "
                             f"Fix: choose a higher strength or fewer steps.") from None
-        if len(timesteps) == 0:
-            return zero_step_plan(steps, strength, family.schedule)
+        if len(timesteps) == 0 or (int(executed) < 1 and family.refuses_zero_steps()):
+            return zero_step_plan(steps, strength, schedule)
         t_start = steps - int(executed) if family.applies_get_timesteps else 0
         begin = getattr(scheduler, "begin_index", None)
         begin = t_start * scheduler.order if begin is None else begin
-        noise = noise_at_start(scheduler, timesteps, begin, family.schedule)
-        return StepPlan(steps, strength, int(executed), t_start, tuple(float(t) for t in timesteps),
-                        family.schedule, **noise)
+        noise = noise_at_start(scheduler, timesteps, begin, schedule)
+        if self.inpaints and strength == 1.0:  # diffusers' is_strength_max: the start latent is pure noise
+            noise = {**noise, "sigma": math.inf, "log_snr": -math.inf,
+                     "sqrt_alpha_bar": math.nan if schedule == FLOW else 0.0,
+                     "flow_sigma": 1.0 if schedule == FLOW else math.nan}
+        return StepPlan(steps, strength, int(executed), t_start, tuple(float(t) for t in timesteps), schedule,
+                        **noise)
 
     # ------------------------------------------------------------------ plans
     def check_plan(self, plan) -> list[str]:
@@ -282,8 +266,8 @@ class ModelHandle:
 
     def _family_notes(self) -> list[str]:
         if type(self.family) is Family:
-            return [f"{type(self.pipe).__name__} is not a family img2img-lab knows; its steps were computed with "
-                    f"the pipeline's own get_timesteps (Stable Diffusion rules where it has none)."]
+            return [f"{type(self.pipe).__name__} has no img2img-lab adapter; its steps were computed with the "
+                    f"pipeline's own get_timesteps (checked on a copy of its scheduler)."]
         return []
 
     # ------------------------------------------------------------------ identity
@@ -306,7 +290,7 @@ class ModelHandle:
 
     def describe(self) -> dict:
         """Family, sizes and default guidance (merged into :func:`img2img_lab.pipelines.describe_pipeline`)."""
-        return {"family": self.family.name, "family_label": self.family.label,
+        return {"family": self.family.name, "family_label": self.family.label, "sweepable": self.refusal or "yes",
                 "size_multiple": self.size_multiple(), "native_resolution": self.native_resolution(),
                 "default_guidance": self.default_guidance(), "ignored_arguments": self.family.ignored_arguments()}
 

@@ -199,12 +199,16 @@ IMG2IMG_PIPELINE_OF = {
     "StableDiffusion3Pipeline": "StableDiffusion3Img2ImgPipeline",
     "FluxPipeline": "FluxImg2ImgPipeline",
     "LatentConsistencyModelPipeline": "LatentConsistencyModelImg2ImgPipeline",
+    "ChromaPipeline": "ChromaImg2ImgPipeline",
+    "QwenImagePipeline": "QwenImageImg2ImgPipeline",
+    "ZImagePipeline": "ZImageImg2ImgPipeline",
 }
 
 
 def img2img_pipeline_class(label: str, folder: Path | None):
-    """The img2img pipeline class for a model: the one its ``model_index.json`` names (``_class_name``, or that
-    pipeline's img2img sibling from :data:`IMG2IMG_PIPELINE_OF`), imported alone; else (another pipeline, or a hub
+    """The img2img pipeline class for a model: the one its ``model_index.json`` names (``_class_name``: an img2img,
+    inpainting or ControlNet pipeline, or one img2img-lab refuses by name; else that pipeline's img2img sibling from
+    :data:`IMG2IMG_PIPELINE_OF`), imported alone; else (another pipeline, or a hub
     model not downloaded yet) ``AutoPipelineForImage2Image``, whose import costs 1-2 s more (every ControlNet).
 
     >>> img2img_pipeline_class("embedded:shapes-world", EMBEDDED_MODEL_DIR).__name__
@@ -221,7 +225,11 @@ def img2img_pipeline_class(label: str, folder: Path | None):
         raise ModelError(f"{index}: _class_name is {json.dumps(named)[:120]}, not a pipeline class name (a list names "
                          f"a custom pipeline's code, which img2img-lab does not run). Fix: use a model whose "
                          f"model_index.json names a diffusers pipeline, e.g. \"StableDiffusionPipeline\".")
-    name = named if isinstance(named, str) and named.endswith("Img2ImgPipeline") else IMG2IMG_PIPELINE_OF.get(named)
+    from img2img_lab.family_registry import FAMILIES, NO_STRENGTH, REFUSED
+
+    known = isinstance(named, str) and (named.endswith("Img2ImgPipeline") or named in FAMILIES or named in NO_STRENGTH
+                                        or named in REFUSED)  # an inpainting, ControlNet or reference pipeline
+    name = named if known else IMG2IMG_PIPELINE_OF.get(named)
     if name and hasattr(diffusers, name):
         return getattr(diffusers, name)
     return diffusers.AutoPipelineForImage2Image

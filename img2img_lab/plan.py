@@ -69,6 +69,10 @@ class Cell:
     t_start: int
     zero_step: bool
     duplicate_of: float | None = None
+    mode: str = "img2img"
+    controlnet_conditioning_scale: float | None = None
+    control_guidance_start: float | None = None
+    control_guidance_end: float | None = None
 
     @property
     def init_steps(self) -> int:
@@ -78,7 +82,12 @@ class Cell:
     def group(self) -> tuple:
         """Everything but the strength: cells of one group differ only in strength."""
         return (self.image_index, self.prompt, self.negative_prompt, self.seed, self.guidance_scale,
-                self.num_inference_steps, self.scheduler)
+                self.num_inference_steps, self.scheduler, *self.conditioning())
+
+    def conditioning(self) -> tuple:
+        """The mode and ControlNet settings (``("img2img", None, None, None)`` for a plain img2img cell)."""
+        return (self.mode, self.controlnet_conditioning_scale, self.control_guidance_start,
+                self.control_guidance_end)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,8 +118,16 @@ class _RuleSteps:
         return self.t_start
 
 
-def _stable_diffusion_steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
+def _stable_diffusion_steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int,
+                            mode: str = "img2img"):
     return _RuleSteps(*strength_steps(num_inference_steps, strength))
+
+
+def _control_count(control) -> int:
+    if not isinstance(control, dict):
+        return 1
+    return math.prod(len(as_list(control.get(axis, [None]))) for axis in ("conditioning_scales", "guidance_starts",
+                                                                          "guidance_ends"))
 
 
 @dataclass
@@ -147,6 +164,13 @@ class SweepPlan:
         How sources reach the model's size multiple (see :func:`img2img_lab.images.fit_to_model`).
     name : str
         A label for the study.
+    modes : list of {"img2img", "inpaint"}
+        Each cell runs in one mode (:mod:`img2img_lab.plan_conditions`).
+    inpaint : dict, optional
+        ``{mask: auto | oracle | folder | {name: file}, repaint: background | subject}`` for the inpaint mode.
+    control : dict, optional
+        ``{image: canny | folder | {name: file}, conditioning_scales, guidance_starts, guidance_ends}`` for
+        ControlNet pipelines; the three lists are axes.
 
     >>> plan = SweepPlan(images=["a.png"], prompts=["a cat"], strengths=[0.2, 0.5], seeds=[0, 1])
     >>> len(plan.cells())
@@ -166,6 +190,9 @@ class SweepPlan:
     max_side: int | str | None = "native"
     resize_policy: str = "crop"
     name: str = "sweep"
+    modes: list[str] = field(default_factory=lambda: ["img2img"])
+    inpaint: dict | None = None
+    control: dict | None = None
 
     def __post_init__(self) -> None:
         self.images = [check_text(image, "image path") for image in as_list(self.images, "images")]
@@ -183,7 +210,8 @@ class SweepPlan:
             if not values:
                 raise PlanError(f"the plan's '{axis}' axis is empty. Fix: give at least one value.")
             check_unique(values, axis)
-        cells = math.prod(len(getattr(self, axis)) for axis in AXES) * len(as_list(self.models, "models") or [None])
+        cells = (math.prod(len(getattr(self, axis)) for axis in AXES) * len(as_list(self.models, "models") or [None])
+                 * len(as_list(self.modes, "modes") or [None]) * _control_count(self.control))
         if cells > MAX_CELLS:
             raise PlanError(f"the plan has {cells:,} cells (at most {MAX_CELLS:,}). Fix: shrink an axis or split the "
                             f"study into several sweeps.")
@@ -194,6 +222,9 @@ class SweepPlan:
             self.max_side = int(self.max_side)
         if self.resize_policy not in ("crop", "resize"):
             raise PlanError(f"resize_policy {shown(self.resize_policy)} must be 'crop' or 'resize'.")
+        from img2img_lab.plan_conditions import check_conditions
+
+        self.modes, self.inpaint, self.control = check_conditions(self.modes, self.inpaint, self.control)
         if self.model is not None:
             self.model = check_text(self.model, "model")
         if self.models is not None:
@@ -221,7 +252,8 @@ class SweepPlan:
         known = {item.name for item in fields(cls)}
         aliases = {"image": "images", "prompt": "prompts", "negative_prompt": "negative_prompts",
                    "strength": "strengths", "seed": "seeds", "guidance_scale": "guidance_scales",
-                   "guidance": "guidance_scales", "num_inference_steps": "steps", "scheduler": "schedulers"}
+                   "guidance": "guidance_scales", "num_inference_steps": "steps", "scheduler": "schedulers",
+                   "mode": "modes"}
         values: dict[str, Any] = {}
         for key, value in data.items():
             name = aliases.get(key, key)
@@ -241,6 +273,12 @@ class SweepPlan:
                 path = Path(str(image)).expanduser()
                 images.append(str(path if path.is_absolute() else (Path(base_dir) / path)))
             values["images"] = images
+            from img2img_lab.plan_conditions import MASK_SOURCES, resolve_paths
+
+            if isinstance(values.get("inpaint"), dict):
+                values["inpaint"] = resolve_paths(values["inpaint"], "mask", MASK_SOURCES, base_dir)
+            if isinstance(values.get("control"), dict):
+                values["control"] = resolve_paths(values["control"], "image", ("canny",), base_dir)
         return cls(**values)
 
     @classmethod
@@ -264,8 +302,15 @@ class SweepPlan:
             raise PlanError(f"{path}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as plain data (what the manifest stores); ``from_dict`` inverts it."""
-        return asdict(self)
+        """The plan as plain data (what the manifest stores); ``from_dict`` inverts it. A plain img2img plan leaves
+        out ``modes``, ``inpaint`` and ``control`` (its record reads as before they existed)."""
+        data = asdict(self)
+        if data["modes"] == ["img2img"]:
+            del data["modes"]
+        for name in ("inpaint", "control"):
+            if data[name] is None:
+                del data[name]
+        return data
 
     # ---------------------------------------------------------------- expansion
     def cells(self, steps: Callable | None = None) -> list[Cell]:
@@ -281,20 +326,25 @@ class SweepPlan:
         >>> [cell.zero_step for cell in plan.cells()]
         [True, False]
         """
+        from img2img_lab.plan_conditions import control_settings
+
         steps = steps or _stable_diffusion_steps
         cells: list[Cell] = []
-        groups = itertools.product(enumerate(self.images), self.prompts, self.negative_prompts,
-                                   self.guidance_scales, self.steps, self.schedulers, self.seeds)
-        for (image_index, image), prompt, negative, guidance, count, scheduler, seed in groups:
+        groups = itertools.product(self.modes, enumerate(self.images), self.prompts, self.negative_prompts,
+                                   self.guidance_scales, self.steps, self.schedulers, control_settings(self.control),
+                                   self.seeds)
+        for mode, (image_index, image), prompt, negative, guidance, count, scheduler, control, seed in groups:
             first_by_run: dict[Any, float] = {}
             for strength in self.strengths:
-                run = steps(scheduler, count, strength, image_index)
+                run = steps(scheduler, count, strength, image_index, mode=mode) if mode != "img2img" else \
+                    steps(scheduler, count, strength, image_index)
                 duplicate_of = first_by_run.setdefault(run.run_signature, strength)
                 cells.append(Cell(image=image, image_index=image_index, prompt=prompt, negative_prompt=negative,
                                   strength=strength, seed=seed, guidance_scale=guidance, num_inference_steps=count,
                                   scheduler=scheduler, executed_steps=run.executed_steps, t_start=run.t_start,
                                   zero_step=run.zero_step,
-                                  duplicate_of=None if duplicate_of == strength else duplicate_of))
+                                  duplicate_of=None if duplicate_of == strength else duplicate_of, mode=mode,
+                                  **control))
         return cells
 
     def model_plans(self) -> list["SweepPlan"]:
@@ -314,4 +364,5 @@ class SweepPlan:
         """One line: the size of each axis and the number of cells."""
         sizes = " x ".join(f"{len(getattr(self, axis))} {axis}" for axis in AXES)
         models = f" x {len(self.models)} models" if self.models else ""
+        models += f" x {len(self.modes)} modes" if len(self.modes) > 1 else ""
         return f"{sizes}{models} = {len(self.cells()) * len(self.models or [None])} cells"

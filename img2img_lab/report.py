@@ -220,7 +220,8 @@ def _grid_command(store: RunStore, family: dict, *, rows: str = "seed") -> str:
 def grids_section(store: RunStore, table) -> Section:
     from img2img_lab.grids import comparison_grid
 
-    family_columns = list(SETTING_LABEL_COLUMNS)
+    family_columns = list(SETTING_LABEL_COLUMNS) + (["mode"] if "mode" in table.columns and table["mode"].nunique() > 1
+                                                    else [])  # one grid per mode: a strength means another thing
     families = table.drop_duplicates(family_columns)[family_columns].to_dict("records")
     several_models = "model" in table.columns and table["model"].nunique() > 1
     rows = "model" if several_models else "seed"
@@ -232,7 +233,7 @@ def grids_section(store: RunStore, table) -> Section:
         title = (f"{family['source_name']} · “{family['prompt']}”"
                  + (f" · negative “{family['negative_prompt']}”" if family["negative_prompt"] else "")
                  + f" · guidance {family['guidance_scale']:g} · {family['num_inference_steps']} steps · "
-                   f"{family['scheduler']}")
+                   f"{family['scheduler']}" + (f" · {family['mode']}" if "mode" in family else ""))
         if several_models:  # a models comparison: one row per model, at the first seed
             where["seed"] = int(table["seed"].min())
             title += f" · seed {where['seed']}, one row per model"

@@ -76,7 +76,7 @@ def bundled_sources() -> dict[str, str]:
 
 
 def example_config(name: str) -> Path:
-    """The bundled example config ``name`` (``quick``, ``demo``, ``guidance``, ``calibrate``; ``.yaml`` optional)."""
+    """The bundled example config ``name`` (``quick``, ``demo``, ``guidance``, ``calibrate``, ``inpaint``; ``.yaml`` optional)."""
     stem = name[:-5] if name.endswith(".yaml") else name
     path = data_path("configs", f"{stem}.yaml")
     if not path.is_file():

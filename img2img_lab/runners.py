@@ -69,6 +69,7 @@ class PerCellRunner:
     sources: list
     on_step: object = None
     on_work: object = None
+    conditions: list | None = None  # sweep_conditions.SourceCondition per source (masks, control images)
     name = "per-cell"
     batch_limit = None
 
@@ -86,7 +87,8 @@ class PerCellRunner:
             if self.on_work is not None:
                 self.on_work(1)
 
-        output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=step)
+        condition = None if self.conditions is None else self.conditions[cell.image_index].call_inputs(cell.mode)
+        output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=step, condition=condition)
         if cell.zero_step and self.on_work is not None:
             self.on_work(1)
         return output
@@ -144,9 +146,13 @@ class BatchedRunner:
 
 
 def choose_runner(pipe, sources: list, *, engine: str, max_batch_size: int | None = None,
-                  on_step=None) -> tuple[Runner, str]:
+                  on_step=None, conditions: list | None = None) -> tuple[Runner, str]:
     """``(runner, reason)``: the batched runner where ``engine="batched"`` and the pipeline supports it (the reason
-    names the pipeline), else the per-cell reference (the reason says why)."""
+    names the pipeline), else the per-cell reference (the reason says why). Cells with a mask or a control image
+    (``conditions``) run per cell: the batched engine reproduces plain img2img calls only."""
+    if conditions is not None:
+        return (PerCellRunner(pipe, sources, on_step=on_step, conditions=conditions),
+                "inpainting and ControlNet cells run per cell (the batched engine reproduces plain img2img calls only)")
     if engine == "batched":
         from img2img_lab.batched import batching_supported
 

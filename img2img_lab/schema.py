@@ -10,7 +10,7 @@
 * :class:`Produced`: how a cell's image was made.
 
 >>> COLUMNS[:3], len(COLUMNS)
-(['cell_key', 'source', 'source_name'], 37)
+(['cell_key', 'source', 'source_name'], 46)
 >>> Produced.duplicate("diffusion"), is_duplicate("duplicate:diffusion")
 ('duplicate:diffusion', True)
 """
@@ -26,9 +26,13 @@ from pathlib import Path
 from img2img_lab.plan import Cell
 
 PARAMETER_COLUMNS = ("source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
-                     "guidance_scale", "num_inference_steps", "scheduler")
+                     "guidance_scale", "num_inference_steps", "scheduler", "mode", "repaint", "mask_hash",
+                     "control_hash", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+#: What a strength means in a cell's mode: ``start_from`` ("noised source", "pure noise" — inpainting at strength 1 —
+#: or "source": no step) and ``inpaint_method`` ("latent blend" / "masked-image channels"; None for img2img).
 STEP_COLUMNS = ("width", "height", "executed_steps", "t_start", "unet_evaluations", "start_timestep",
-                "timesteps", "sigma", "log_snr", "sqrt_alpha_bar", "flow_sigma", "zero_step", "duplicate_of")
+                "timesteps", "sigma", "log_snr", "sqrt_alpha_bar", "flow_sigma", "zero_step", "duplicate_of",
+                "start_from", "inpaint_method")
 OUTPUT_COLUMNS = ("produced", "seconds", "output_path", "output_hash", "nsfw_flagged")
 PROVENANCE_COLUMNS = ("model", "model_family", "model_fingerprint", "device", "dtype", "torch_threads", "engine",
                       "batch_id")
@@ -46,7 +50,7 @@ SETTING_LABEL_COLUMNS = ("source_name", *SETTING_COLUMNS[1:])
 #: What a calibration decides separately: one strength reference table per guidance, steps and scheduler.
 CONDITION_COLUMNS = SETTING_COLUMNS[3:]
 #: The axes a study varies, as grids, curves and the CLI's ``--rows/--cols/--hue`` name them.
-AXIS_COLUMNS = ("model", *SETTING_LABEL_COLUMNS, "seed", "strength")
+AXIS_COLUMNS = ("model", "mode", *SETTING_LABEL_COLUMNS, "seed", "strength")
 
 
 class Produced(str, Enum):
@@ -76,8 +80,9 @@ def is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def cell_parameters(cell: Cell, source_hash: str) -> dict:
-    """A cell's parameter columns (:data:`PARAMETER_COLUMNS`).
+def cell_parameters(cell: Cell, source_hash: str, condition: dict | None = None) -> dict:
+    """A cell's parameter columns (:data:`PARAMETER_COLUMNS`); ``condition``: its source's ``repaint``,
+    ``mask_hash`` and ``control_hash`` (:meth:`img2img_lab.sweep_conditions.SourceCondition.columns`).
 
     >>> cell_parameters(Cell("src/cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False), "h")["source_name"]
     'cat'
@@ -85,7 +90,10 @@ def cell_parameters(cell: Cell, source_hash: str) -> dict:
     return {"source": cell.image, "source_name": Path(cell.image).stem, "source_hash": source_hash,
             "prompt": cell.prompt, "negative_prompt": cell.negative_prompt, "strength": cell.strength,
             "seed": cell.seed, "guidance_scale": cell.guidance_scale,
-            "num_inference_steps": cell.num_inference_steps, "scheduler": cell.scheduler}
+            "num_inference_steps": cell.num_inference_steps, "scheduler": cell.scheduler, "mode": cell.mode,
+            "repaint": None, "mask_hash": None, "control_hash": None, **(condition or {}),
+            "controlnet_conditioning_scale": cell.controlnet_conditioning_scale,
+            "control_guidance_start": cell.control_guidance_start, "control_guidance_end": cell.control_guidance_end}
 
 
 def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
@@ -97,18 +105,44 @@ def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
     >>> cell_from_row(row, 0, _stable_diffusion_steps).executed_steps
     6
     """
-    steps = steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
-    return Cell(image=str(row["source"]), image_index=image_index, prompt=row["prompt"],
+    mode = _text(row.get("mode")) or "img2img"
+    control = {name: None if _absent(row.get(name)) else float(row[name])
+               for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")}
+    steps = (steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
+             if mode == "img2img" else steps_of(row["scheduler"], int(row["num_inference_steps"]),
+                                                 float(row["strength"]), image_index, mode=mode))
+    return Cell(mode=mode, **control, image=str(row["source"]), image_index=image_index, prompt=row["prompt"],
                 negative_prompt=row["negative_prompt"], strength=float(row["strength"]), seed=int(row["seed"]),
                 guidance_scale=float(row["guidance_scale"]), num_inference_steps=int(row["num_inference_steps"]),
                 scheduler=row["scheduler"], executed_steps=steps.executed_steps, t_start=steps.t_start,
                 zero_step=steps.zero_step)
 
 
+def _absent(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(value) -> str | None:
+    return None if _absent(value) else str(value)
+
+
+def row_conditioning(row: dict) -> tuple:
+    """A row's mode and conditioning (``("img2img", None, ...)`` for plain img2img and rows of earlier versions)."""
+    return (_text(row.get("mode")) or "img2img", _text(row.get("repaint")), _text(row.get("mask_hash")),
+            _text(row.get("control_hash")),
+            *(None if _absent(row.get(name)) else round(float(row[name]), 6)
+              for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")))
+
+
+def _conditioned(row: dict) -> tuple:
+    conditioning = row_conditioning(row)
+    return () if conditioning == ("img2img",) + (None,) * 6 else conditioning
+
+
 def row_group(row: dict) -> tuple:
     """The cells of one model that differ only in strength share this (a row's :meth:`Cell.group`)."""
     return (*(row[column] for column in UNIT_COLUMNS), int(row["seed"]), float(row["guidance_scale"]),
-            int(row["num_inference_steps"]), row["scheduler"], row.get("model_fingerprint"))
+            int(row["num_inference_steps"]), row["scheduler"], row.get("model_fingerprint"), *row_conditioning(row))
 
 
 def row_identity(row: dict) -> tuple:
@@ -120,15 +154,18 @@ def row_identity(row: dict) -> tuple:
     """
     return (row["source_hash"], row["prompt"], row["negative_prompt"], round(float(row["strength"]), 6),
             int(row["seed"]), round(float(row["guidance_scale"]), 6), int(row["num_inference_steps"]),
-            row["scheduler"])
+            row["scheduler"]) + _conditioned(row)
 
 
 def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
-             dtype: str, device_type: str, versions: dict[str, str], engine: str = "per-cell") -> str:
+             dtype: str, device_type: str, versions: dict[str, str], engine: str = "per-cell",
+             conditioning: dict | None = None) -> str:
     """A 20-hex-digit content key over everything that determines a cell's pixels.
 
     The batched engine's pixels match the per-cell runner's within 1/255, not bit for bit, so its cells are
-    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference.
+    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference. The mode (unless
+    img2img), ``conditioning`` (the hashes of the source's mask and control image:
+    :meth:`~img2img_lab.sweep_conditions.SourceCondition.key_part`) and the ControlNet settings enter it where set.
 
     >>> cell = Cell("cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False)
     >>> len(cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64,
@@ -154,5 +191,11 @@ def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_has
     }
     if engine != "per-cell":
         payload["engine"] = engine
+    if cell.mode != "img2img":  # plain img2img cells keep the keys of earlier versions
+        payload["mode"] = cell.mode
+    payload.update(conditioning or {})
+    for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end"):
+        if getattr(cell, name) is not None:
+            payload[name] = repr(float(getattr(cell, name)))
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]

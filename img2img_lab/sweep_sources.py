@@ -9,11 +9,15 @@ VAE floor (the round trip per seed: what strength 0 stores, about as close as ou
 
 from __future__ import annotations
 
+import platform
+import sys
 import warnings
 
 from img2img_lab.engine import cell_generator, vae_roundtrip
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
-from img2img_lab.pipelines import model_fingerprint, native_resolution, size_multiple
+from img2img_lab.manifest import package_versions
+from img2img_lab.models import as_model
+from img2img_lab.pipelines import model_fingerprint, model_label, native_resolution, size_multiple
 from img2img_lab.plan import SweepPlan
 from img2img_lab.schema import is_missing
 from img2img_lab.store import RunStore
@@ -85,7 +89,7 @@ def folder_sources(plan: SweepPlan, store) -> tuple[list, list[dict]]:
 
 
 def source_steps(model, sources: list):
-    """``steps(scheduler, num_inference_steps, strength, image_index)`` for :meth:`SweepPlan.cells`: what a
+    """``steps(scheduler, num_inference_steps, strength, image_index, mode)`` for :meth:`SweepPlan.cells`: what a
     strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
 
     >>> from img2img_lab.models import as_model
@@ -93,9 +97,10 @@ def source_steps(model, sources: list):
     >>> [(cell.strength, cell.executed_steps) for cell in cells[:3]]
     [(0.0, 0), (0.5, 5), (1.0, 10)]
     """
-    def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int):
+    def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int, mode: str = "img2img"):
         source = sources[image_index]
-        return model.step_plan(scheduler, num_inference_steps, strength, width=source.width, height=source.height)
+        return model.for_mode(mode).step_plan(scheduler, num_inference_steps, strength, width=source.width,
+                                              height=source.height)
 
     return steps
 
@@ -150,3 +155,32 @@ def _needs(name: str, *what: str) -> bool:
 
     spec = metric_spec(name)
     return any(getattr(spec, f"needs_{item}") for item in what)
+
+
+def build_manifest(plan, pipe, sources: list, *, started: str, recorded_sources: list | None = None) -> dict:
+    """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.manifest`);
+    ``recorded_sources``: the folder's own entries of sources taken from it (a repair reads no outside file)."""
+    import torch
+
+    return {
+        "format": "img2img-lab run folder v1",
+        "created": started,
+        "plan": plan.to_dict(),
+        "cells_planned": len(plan.cells()),
+        "model": model_label(pipe),
+        "model_fingerprint": model_fingerprint(pipe),
+        "model_family": as_model(pipe).describe(),
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "torch_threads_reason": as_model(pipe).threads_reason,
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "sources": recorded_sources or [
+            {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height,
+             "fit": source_fit(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)}
+            for path, image in zip(plan.images, sources)
+        ],
+        "notes": [],
+    }

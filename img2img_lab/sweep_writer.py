@@ -5,7 +5,7 @@ what is done, what the shared cache holds, and the counts. Its methods are the s
 :meth:`~SweepWriter.open`, :meth:`~SweepWriter.key_cells`, :meth:`~SweepWriter.copy_from_cache`,
 :meth:`~SweepWriter.generate`, :meth:`~SweepWriter.reuse_duplicates`, :meth:`~SweepWriter.finish`.
 
-The sweep's manifest (:func:`build_manifest`) is made here; its sources, what a strength runs and the VAE floor in
+The sweep's manifest is made by :func:`img2img_lab.sweep_sources.build_manifest`; its sources, what a strength runs and the VAE floor in
 :mod:`img2img_lab.sweep_sources`; :mod:`img2img_lab.sweep` re-exports them.
 
 A stored cell is an image and its row, written or adopted together: the first writer of a key wins, a later writer
@@ -20,7 +20,6 @@ both directions are hash-checked (:meth:`img2img_lab.store.RunStore.stored_cell`
 
 from __future__ import annotations
 
-import platform
 import sys
 import time
 import uuid
@@ -29,46 +28,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from img2img_lab.images import content_hash
-from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest, package_versions, plan_config,
-                                  plan_record)
+from img2img_lab.manifest import (check_one_model, files_digest, merge_manifest, package_versions,  # noqa: F401
+                                  plan_config, plan_record)
 from img2img_lab.models import as_model
-from img2img_lab.pipelines import model_fingerprint, model_label
+from img2img_lab.pipelines import model_label
 from img2img_lab.plan import Cell, SweepPlan
 from img2img_lab.advisories import advise, floor_advisories, sweep_advisories
 from img2img_lab.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore
-from img2img_lab.sweep_sources import _needs, folder_sources, prepare_sources, source_fit, source_steps, write_floor
-
-
-def build_manifest(plan: SweepPlan, pipe, sources: list, *, started: str, recorded_sources: list | None = None) -> dict:
-    """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.manifest`);
-    ``recorded_sources``: the folder's own entries of sources taken from it (a repair reads no outside file)."""
-    import torch
-
-    return {
-        "format": "img2img-lab run folder v1",
-        "created": started,
-        "plan": plan.to_dict(),
-        "cells_planned": len(plan.cells()),
-        "model": model_label(pipe),
-        "model_fingerprint": model_fingerprint(pipe),
-        "model_family": as_model(pipe).describe(),
-        "device": str(pipe.device),
-        "dtype": str(pipe.dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(),
-        "torch_threads_reason": as_model(pipe).threads_reason,
-        "packages": package_versions(),
-        "platform": platform.platform(),
-        "command": sys.argv,
-        "sources": recorded_sources or [
-            {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height,
-             "fit": source_fit(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)}
-            for path, image in zip(plan.images, sources)
-        ],
-        "notes": [],
-    }
+from img2img_lab.sweep_conditions import conditions_for_sweep, record_conditions, strength_meaning
+from img2img_lab.sweep_sources import (_needs, build_manifest, folder_sources, prepare_sources, source_steps,  # noqa
+                                       write_floor)
 
 
 def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
@@ -102,6 +74,9 @@ def cell_label(cell: Cell, model: str | None = None) -> str:
     prompt = cell.prompt if len(cell.prompt) <= 40 else cell.prompt[:39] + "…"
     text = (f"{Path(cell.image).name} · {prompt!r} · strength {cell.strength:g} · seed {cell.seed} · guidance "
             f"{cell.guidance_scale:g} · {cell.num_inference_steps} steps · {cell.scheduler}")
+    text += "".join(f" · {name} {value:g}" for name, value in zip(
+        ("control scale", "control start", "control end"), cell.conditioning()[1:]) if value is not None)
+    text += f" · {cell.mode}" if cell.mode != "img2img" else ""
     return text + (f" · {model}" if model else "")
 
 
@@ -132,6 +107,7 @@ class SweepWriter:
     work: dict = field(default_factory=dict)  # key -> its denoising steps (the progress bar's unit)
     recorded: list = field(default_factory=list)  # batch records holding a cell to generate
     references: object = None  # fidelity.ReferenceCache: each source's side of the metrics, computed once
+    conditions: list | None = None  # sweep_conditions.SourceCondition per source (None: plain img2img)
     _progress_listed: float = 0.0
     bar: object = None
 
@@ -149,6 +125,7 @@ class SweepWriter:
         from img2img_lab.metrics import metric_weights, prepare_metric
 
         model = as_model(pipe)
+        model.check_sweepable()  # a pipeline with no strength dial is refused before anything is written
         recorded = None
         if sources_from_folder:
             sources, recorded = folder_sources(plan, RunStore.open(out_dir))
@@ -156,10 +133,14 @@ class SweepWriter:
             sources = prepare_sources(plan, pipe)
         started = _now()
         manifest = build_manifest(plan, pipe, sources, started=started, recorded_sources=recorded)
+        conditions = conditions_for_sweep(plan, model, sources, manifest["sources"],
+                                          RunStore.open(out_dir) if sources_from_folder else None)
         manifest["notes"] += model.check_plan(plan)
+        plan.cells(steps=source_steps(model, sources))  # a strength the model cannot run: refused before writing
         manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
         manifest["metric_weights"] = metric_weights(metrics)
-        runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step)
+        runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step,
+                                       conditions=conditions)
         if context.distributed:
             runner = ShardedRunner(runner, context)
         manifest["engine"] = {"name": runner.name, "reason": reason,
@@ -175,7 +156,7 @@ class SweepWriter:
         if not context.is_main:
             return cls(plan=plan, store=RunStore.open(out_dir), pipe=pipe, sources=sources, manifest=manifest,
                        metrics=list(metrics), runner=runner, context=context, cache_store=cache_store,
-                       on_step=on_step, progress=False, model_axis=model_axis)
+                       on_step=on_step, progress=False, model_axis=model_axis, conditions=conditions)
         existed = RunStore.is_run_folder(out_dir)
 
         def merge(previous: dict | None, new: dict) -> dict:
@@ -193,13 +174,15 @@ class SweepWriter:
         for source_hash, source in zip(hashes, sources):
             store.write_source(source_hash, source)
         references = ReferenceCache(device=str(pipe.device)) if metrics else None
+        if conditions is not None:
+            record_conditions(store, conditions, hashes)
         write_floor(store, pipe, sources, hashes, plan.seeds, metrics, references=references)
         notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
         if notes:
             store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
         return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
                    runner=runner, context=context, cache_store=cache_store, on_step=on_step,
-                   progress=progress, model_axis=model_axis, references=references)
+                   progress=progress, model_axis=model_axis, references=references, conditions=conditions)
 
     @property
     def source_hashes(self) -> list[str]:
@@ -225,10 +208,10 @@ class SweepWriter:
             key = cell_key(cell, fingerprint=fingerprint, scheduler_config=dict(model.scheduler(cell.scheduler).config),
                            source_hash=self.source_hashes[cell.image_index], width=source.width,
                            height=source.height, dtype=self.manifest["dtype"], device_type=pipe.device.type,
-                           versions=self.manifest["packages"], engine=self.engine)
+                           versions=self.manifest["packages"], engine=self.engine,
+                           conditioning=self._condition(cell).key_part(cell.mode))
             self.keys[(cell.group(), cell.strength)] = key
-            self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self.steps_of(
-                cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index))
+            self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self._steps(cell))
             labels[key] = cell_label(cell, self.manifest["model"] if self.model_axis else None)
             if cell.duplicate_of is None:
                 self.planned.append((cell, key))
@@ -348,19 +331,29 @@ class SweepWriter:
             _copy_batch_record(self.store, self.cache_store, pair[1].get("batch_id"))
             self.cache_store.save_cell(key, *pair)
 
+    def _steps(self, cell: Cell):
+        return self.steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index, mode=cell.mode)
+
+    def _condition(self, cell: Cell):
+        from img2img_lab.sweep_conditions import SourceCondition
+
+        return SourceCondition() if self.conditions is None else self.conditions[cell.image_index]
+
     def _output_path(self, key: str) -> str:
         return str(self.store.image_path(key).relative_to(self.store.root))
 
     def _row(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw, batch_id) -> dict:
-        steps = self.steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index)
-        manifest = self.manifest
+        steps = self._steps(cell)
+        manifest, condition = self.manifest, self._condition(cell)
         return {
-            "cell_key": key, **cell_parameters(cell, self.source_hashes[cell.image_index]), "width": image.width, "height": image.height,
+            "cell_key": key, **cell_parameters(cell, self.source_hashes[cell.image_index], condition.columns(cell.mode)),
+            "width": image.width, "height": image.height,
             "executed_steps": steps.executed_steps, "t_start": steps.t_start,
             "unet_evaluations": steps.denoiser_evaluations, "start_timestep": steps.start_timestep,
             "timesteps": steps.timesteps_text(), "sigma": steps.sigma, "log_snr": steps.log_snr,
             "sqrt_alpha_bar": steps.sqrt_alpha_bar, "flow_sigma": steps.flow_sigma, "zero_step": steps.zero_step,
-            "duplicate_of": cell.duplicate_of, "produced": produced, "seconds": seconds,
+            "duplicate_of": cell.duplicate_of, **strength_meaning(as_model(self.pipe), cell, steps),
+            "produced": produced, "seconds": seconds,
             "output_path": self._output_path(key), "output_hash": content_hash(image), "nsfw_flagged": nsfw,
             "model": manifest["model"], "model_family": manifest["model_family"]["family"],
             "model_fingerprint": manifest["model_fingerprint"]["fingerprint"], "device": manifest["device"],

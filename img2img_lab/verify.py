@@ -137,8 +137,10 @@ class _Regeneration:
 
     def alone(self, row: dict):
         from img2img_lab.engine import run_cell
+        from img2img_lab.sweep_conditions import row_condition
 
-        return run_cell(self.pipe, self.cell(row), self.sources[self.index_of[row["source_hash"]]]).image
+        source = self.sources[self.index_of[row["source_hash"]]]
+        return run_cell(self.pipe, self.cell(row), source, condition=row_condition(self.store, row, source)).image
 
     def compare(self, row: dict, image, *, tolerance: int = 0) -> None:
         import numpy as np
