@@ -7,6 +7,7 @@
                      [--max-batch N] [--cache DIR] [--device cpu|cuda] [--dtype ...]
     img2img-lab demo [--out runs/demo] [--seeds N] [--strengths 0.2,0.5]
     img2img-lab info [MODEL] [--json]
+    img2img-lab strength MODEL --steps N [--strength S] [--size PX] [--from TOOL --to TOOL] [--plot map.png]
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
     img2img-lab grid RUN_DIR [--rows seed] [--cols strength] [--annotate ssim,lpips] [--border ssim]
                      [--where prompt="a cat"] --out grid.png
@@ -116,6 +117,17 @@ def _add_study_commands(commands) -> None:
                       help="load the model even if its description is kept from an earlier info (files unchanged)")
     _add_model_options(info)
     info.set_defaults(handler=handlers.cmd_info)
+
+    strength = command("strength", "what a strength runs in diffusers, AUTOMATIC1111/Forge, ComfyUI and InvokeAI")
+    strength.add_argument("model", help="a bundled scheduler (sd15, sd21, sdxl, sdxl-turbo, sd35, flux-dev, flux-schnell, "
+                                        "qwen-image), a diffusers folder or a cached hub id")
+    strength.add_argument("--steps", type=int, required=True, help="the tool's steps setting")
+    strength.add_argument("--strength", type=float, default=None, help="strength / denoise to translate")
+    strength.add_argument("--size", type=int, default=None, help="image side in px (FLUX.1's shift depends on it)")
+    strength.add_argument("--from", dest="source", default=None, help="the tool the strength is for (with --to)")
+    strength.add_argument("--to", dest="target", default=None, help="the tool to translate it to (nearest log-SNR)")
+    strength.add_argument("--plot", default=None, help="PNG: start log-SNR and executed steps against strength")
+    strength.set_defaults(handler=handlers.cmd_strength)
 
 
 def _add_run_folder_commands(commands) -> None:

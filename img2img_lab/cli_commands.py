@@ -120,6 +120,44 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_strength(args: argparse.Namespace) -> int:
+    """``img2img-lab strength``: the table of one strength under every tool, a translation, or the map figure."""
+    from img2img_lab.errors import PlanError
+    from img2img_lab.strength_map import ALL_TOOLS, strength_map, strength_map_figure, translate
+
+    if args.steps < 1:
+        raise PlanError(f"--steps {args.steps} must be at least 1.")
+    if args.strength is not None and not 0 <= args.strength <= 1:
+        raise PlanError(f"--strength {args.strength:g} must be in [0, 1].")
+    if (args.source is None) != (args.target is None) or (args.source and args.strength is None):
+        raise PlanError("--from and --to go together, with --strength. Fix: e.g. --strength 0.6 --from comfyui --to "
+                        "diffusers.")
+    for tool in (args.source, args.target):
+        if tool is not None and tool not in ALL_TOOLS:
+            raise PlanError(f"unknown tool {tool!r}. Fix: use one of {', '.join(ALL_TOOLS)}.")
+    if args.source:
+        answer = translate(args.model, steps=args.steps, strength=args.strength, source=args.source,
+                           target=args.target, size=args.size)
+        print(f"{args.source} {args.strength:g} ({answer['source_executed_steps']} steps, start log-SNR "
+              f"{answer['source_log_snr']:.3f}) = {args.target} {answer['strength']:g} ({answer['executed_steps']} "
+              f"steps, start log-SNR {answer['log_snr']:.3f}) on {args.model} at {args.steps} steps")
+    elif args.strength is not None:
+        table = strength_map(args.model, steps=args.steps, strengths=[args.strength], size=args.size)
+        print(f"strength {args.strength:g}, {args.steps} steps, {args.model}:")
+        print(table[["tool", "executed_steps", "start_sigma", "log_snr"]].to_string(index=False,
+                                                                                    float_format="{:.4f}".format))
+    else:  # the map: executed steps / start log-SNR of each tool at strengths 0.1 ... 1.0
+        table = strength_map(args.model, steps=args.steps, strengths=[k / 10 for k in range(1, 11)], size=args.size)
+        table["run"] = [f"{steps} / {snr:.2f}" for steps, snr in zip(table.executed_steps, table.log_snr)]
+        print(f"executed steps / start log-SNR, {args.steps} steps, {args.model}:")
+        print(table.pivot(index="strength", columns="tool", values="run")[list(dict.fromkeys(table.tool))].to_string())
+    if args.plot:
+        figure = strength_map_figure([args.model], steps=args.steps, size=args.size)
+        figure.savefig(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from img2img_lab.demo import main as demo_main
 

@@ -11,6 +11,7 @@ EXAMPLES = {
     "sweep": "img2img-lab sweep quick --out runs/quick --metrics ssim,delta_e",
     "demo": "img2img-lab demo --seeds 1 --strengths 0.2,0.5,0.8",
     "info": "img2img-lab info stabilityai/sd-turbo",
+    "strength": "img2img-lab strength sdxl --steps 30 --strength 0.6 --from comfyui --to diffusers",
     "measure": "img2img-lab measure runs/quick --metrics ssim,ssim@subject,delta_e@background --masks auto",
     "grid": "img2img-lab grid runs/quick --rows seed --cols strength --annotate ssim --out grid.png",
     "curves": "img2img-lab curves runs/quick --metric ssim --x log_snr --out curves.png",
