@@ -232,7 +232,7 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     return result
 
 
-def _plan_and_settings(config, settings):
+def _plan_and_settings(config, settings, *, allow_modes: bool = False):
     if isinstance(config, (str, os.PathLike)):
         plan, file_settings = load_config(config)
         settings = settings or file_settings
@@ -244,6 +244,9 @@ def _plan_and_settings(config, settings):
     if len(plan.steps) != 1 or len(plan.schedulers) != 1:
         raise PlanError(f"calibration needs one steps value and one scheduler (got steps {plan.steps}, "
                         f"schedulers {plan.schedulers}). Fix: calibrate each steps/scheduler separately.")
+    if len(plan.modes) > 1 and not allow_modes:
+        raise PlanError(f"one calibration covers one mode, and this plan has {plan.modes}. Fix: run `img2img-lab "
+                        f"calibrate` on the config (it builds the mode table), or call mode_table.calibrate_modes.")
     if 1.0 not in plan.strengths:
         plan = SweepPlan.from_dict({**plan.to_dict(), "strengths": sorted(plan.strengths + [1.0])})
     return plan, settings
@@ -359,10 +362,12 @@ def record_calibration(out_dir, plan: SweepPlan, settings: CalibrationSettings, 
     return command
 
 
-def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, progress: bool = False):
+def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, progress: bool = False,
+             modes=("img2img",), inpaint: dict | None = None):
     """Check the recommendations on held-out (source image, prompt) pairs: run each goal's recommended
     (strength, guidance) on every pair x seed and measure the goal's metric.
 
+    ``modes`` / ``inpaint``: the mode the result was calibrated in (:mod:`img2img_lab.mode_table`).
     Returns a DataFrame per goal: recommended strength and guidance, the target, the held-out mean with its
     bootstrap CI (two-stage over pairs and seeds), the number of runs, and whether the target holds.
 
@@ -391,7 +396,8 @@ def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, pro
             plan = SweepPlan.from_dict({"images": [str(image)], "prompts": [prompt], "seeds": list(seeds),
                                         "strengths": [recommendation.strength], "steps": steps,
                                         "schedulers": schedulers, "guidance_scales": [recommendation.guidance_scale],
-                                        "name": f"validate-{key}"})
+                                        "name": f"validate-{key}", "modes": list(modes),
+                                        "inpaint": inpaint if "inpaint" in modes else None})
             tables.append(run_sweep(plan, out_dir, pipe=pipe, metrics=[t.metric for t in targets], progress=progress))
         table = pd.concat(tables, ignore_index=True)
         values = (joint_indicator(table, targets) if key == "both" else table[targets[0].metric].to_numpy())

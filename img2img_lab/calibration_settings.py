@@ -95,6 +95,9 @@ class CalibrationSettings:
         Bisection rounds after the coarse grid (0 disables refinement).
     n_resamples, confidence, seed
         Bootstrap resamples, CI level, and the bootstrap's random seed (results are reproducible).
+    held_out : list of {image, prompt}
+        Pairs not used for calibrating, on which a mode table validates each recommendation
+        (:mod:`img2img_lab.mode_table`); image paths are relative to the config file.
     """
 
     keep: list = field(default_factory=lambda: [Target("ssim", at_least=0.7)])
@@ -105,6 +108,7 @@ class CalibrationSettings:
     n_resamples: int = 2000
     confidence: float = 0.95
     seed: int = 0
+    held_out: list = field(default_factory=list)
 
     def __post_init__(self):
         self.keep = [Target.from_dict(item) for item in self.keep]
@@ -119,6 +123,9 @@ class CalibrationSettings:
             raise PlanError(f"n_resamples {self.n_resamples!r} is too few for a CI. Fix: use >= 1000.")
         if int(self.refine_rounds) < 0:
             raise PlanError("refine_rounds must be >= 0.")
+        for pair in self.held_out:
+            if not isinstance(pair, dict) or set(pair) != {"image", "prompt"}:
+                raise PlanError(f"held_out entry {pair!r} must be {{image: FILE, prompt: TEXT}}.")
         names = list(dict.fromkeys(list(self.metrics) + [t.metric for t in self.keep + self.follow]))
         from img2img_lab.metrics import check_metric_names
 
@@ -127,7 +134,7 @@ class CalibrationSettings:
     @classmethod
     def from_dict(cls, data: dict | None) -> "CalibrationSettings":
         data = dict(data or {})
-        known = {"keep", "follow", "metrics", "rule", "refine_rounds", "n_resamples", "confidence", "seed"}
+        known = {"keep", "follow", "metrics", "rule", "refine_rounds", "n_resamples", "confidence", "seed", "held_out"}
         unknown = set(data) - known
         if unknown:
             raise PlanError(f"unknown calibration key(s) {sorted(unknown)}. Fix: use {', '.join(sorted(known))}.")
@@ -157,6 +164,10 @@ def load_config(path: str | os.PathLike, *, overrides: dict | None = None) -> tu
     calibration_keys = {item for item in CalibrationSettings.__dataclass_fields__}
     for key, value in (overrides or {}).items():
         (block if key in calibration_keys else data)[key] = value
+    if isinstance(block.get("held_out"), list):  # held-out images are relative to the config, like its sources
+        block["held_out"] = [{**pair, "image": str(path.parent / pair["image"])}
+                             if isinstance(pair, dict) and isinstance(pair.get("image"), str)
+                             and not Path(pair["image"]).is_absolute() else pair for pair in block["held_out"]]
     try:
         return SweepPlan.from_dict(data, base_dir=path.parent), CalibrationSettings.from_dict(block)
     except PlanError as error:

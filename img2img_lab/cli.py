@@ -84,7 +84,7 @@ def _add_run_dir(sub: argparse.ArgumentParser) -> None:
 
 
 _NO_PROGRESS = {"action": "store_true", "help": "hide the progress bar"}
-_CONFIG_HELP = "YAML config file, or the name of a bundled example (quick, demo, guidance, calibrate, inpaint)"
+_CONFIG_HELP = "YAML config file, or the name of a bundled example (quick, demo, guidance, calibrate, inpaint, modes)"
 
 
 def _add_study_commands(commands) -> None:

@@ -189,6 +189,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if plan.models:
         return _calibrate_models(plan, settings, out, args, started)
+    if len(plan.modes) > 1:
+        return _calibrate_modes(plan, settings, out, args, started)
     context = distributed.current()
     device = distributed.rank_device(context, args.device)
     pipe = distributed.load_model(context, lambda: load_pipeline(plan.model, device=device, dtype=args.dtype),
@@ -200,6 +202,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"wrote {out}/calibration/ (reference_table.csv, calibration.md/.html/.json, curves.png, heatmap.png): "
           f"{counts['coarse_cells']} coarse + {counts['refinement_cells']} refinement cells in "
           f"{counts['refinement_rounds']} rounds, {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _calibrate_modes(plan, settings, out: str, args: argparse.Namespace, started: float) -> int:
+    from img2img_lab.mode_table import calibrate_modes
+    from img2img_lab.pipelines import load_pipeline
+
+    pipe = load_pipeline(plan.model, device=args.device, dtype=args.dtype)
+    modes = calibrate_modes((plan, settings), out, pipe=pipe, progress=not args.no_progress)
+    print("\n# Mode reference table\n")
+    print(modes.to_markdown())
+    if modes.validation is not None and len(modes.validation):
+        print(modes.validation[["mode", "goal", "strength", "held_out_mean", "ci_low", "ci_high", "runs",
+                                "holds"]].to_string(index=False, float_format=lambda value: f"{value:.2f}"))
+    print(f"wrote {out}/calibration/: {', '.join(f'{mode}/' for mode in modes.results)} modes.csv, modes.md in "
+          f"{time.perf_counter() - started:.1f} s")
     return 0
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import img2img_lab  # noqa: F401  - torchvision shim first
 from img2img_lab.errors import Img2ImgLabError, StoreError
 from img2img_lab.figure_common import _format_value, select_rows
+from img2img_lab.grid_modes import ModeControls, read_mode_table
 from img2img_lab.saved_calibration import read_saved_calibration
 from img2img_lab.schema import AXIS_COLUMNS, COLUMNS
 from img2img_lab.store import RunStore
@@ -109,6 +110,10 @@ class GridExplorer:
         if self.table.empty:
             raise StoreError(f"{self.store.root}: the run has no finished cells yet. Fix: run the sweep first.")
         self.calibration = read_saved_calibration(self.store)
+        self.mode_controls = None  # a mode calibration's goal and mode buttons (grid_modes.py)
+        mode_table = read_mode_table(self.store)
+        if mode_table is not None and self.calibration is not None:
+            self.mode_controls = ModeControls(self, widgets, mode_table)
         self.axes, self.metrics = grid_axes(self.table), measured_metrics(self.table)
         for axis in (rows, cols):
             if axis not in self.axes:
@@ -169,7 +174,10 @@ class GridExplorer:
                 continue
             if axis == "guidance_scale" and self.calibration is not None:
                 continue  # the reference table's guidance dropdown pins it
-            value = where.get(axis, kept.get(axis, values[0]))
+            if axis == "mode" and self.mode_controls is not None:
+                continue  # the mode buttons pin it
+            value = where.get(axis, kept.get(axis, self.table[axis].iloc[0]))  # the first cell's: a combination
+            #                                                                     that exists (held-out pairs do not cross)
             value = min(values, key=lambda v: _distance(v, value))
             self.pins[axis] = widgets.Dropdown(options=[(_format_value(v), v) for v in values], value=value,
                                                description=axis, style={"description_width": "initial"},
@@ -185,8 +193,18 @@ class GridExplorer:
                                          description="guidance", layout=widgets.Layout(width="200px"))
         self.band = widgets.ToggleButtons(options=[("", 0)], description="band", style={"button_width": "auto"})
         self.band_table = widgets.HTML()
+        self.recommendation_box = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.refresh_recommendations()
+        for widget, name in ((self.guidance, "i2i-guidance"), (self.band, "i2i-band"),
+                             (self.band_table, "i2i-reference-table")):
+            widget.add_class(name)
+        self._set_band_options()
+
+    def refresh_recommendations(self) -> None:
+        """One button per recommendation of the current calibration (opens its cell)."""
+        widgets = require_ipywidgets()
         self.recommendations = []
-        for key, recommendation in saved.recommendations.items():
+        for key, recommendation in self.calibration.recommendations.items():
             if recommendation.get("strength") is None:
                 continue
             button = widgets.Button(description=(f"{recommendation['goal']}: strength {recommendation['strength']:g} "
@@ -195,10 +213,7 @@ class GridExplorer:
             button.add_class("i2i-recommendation")
             button.on_click(lambda _, key=key: self.show_recommendation(key))
             self.recommendations.append(button)
-        for widget, name in ((self.guidance, "i2i-guidance"), (self.band, "i2i-band"),
-                             (self.band_table, "i2i-reference-table")):
-            widget.add_class(name)
-        self._set_band_options()
+        self.recommendation_box.children = tuple(self.recommendations)
 
     def _set_band_options(self) -> None:
         bands = self.calibration.bands(self.guidance.value)
@@ -224,8 +239,10 @@ class GridExplorer:
             parts.append(widgets.VBox([
                 widgets.HTML("<b>The strength reference table</b> — pick a guidance and a band; the grid shows the "
                              "band's strengths"), widgets.HBox([self.guidance]), self.band, self.band_table,
-                widgets.HTML("<b>Recommended</b> (opens the cell):"),
-                widgets.HBox(self.recommendations, layout=widgets.Layout(flex_flow="row wrap"))]))
+                widgets.HTML("<b>Recommended</b> (opens the cell):"), self.recommendation_box]))
+        if self.mode_controls is not None:
+            self.mode_controls.wire()
+            parts.insert(0, self.mode_controls.ui)
         controls = widgets.VBox([widgets.HBox([self.rows, self.cols, self.border, self.cell_px]),
                                  widgets.HBox([self.annotate, self.scale_note]), self.pin_box])
         scroller = widgets.Box([self.grid], layout=widgets.Layout(overflow="auto", max_width="100%"))
@@ -245,6 +262,8 @@ class GridExplorer:
     def selection(self) -> dict:
         """The pins as ``where`` (plus the selected band's strengths when strength is an axis of the grid)."""
         where = {axis: pin.value for axis, pin in self.pins.items()}
+        if self.mode_controls is not None and "mode" not in (self.rows.value, self.cols.value):
+            where["mode"] = self.mode_controls.mode.value
         if self.calibration is not None:
             if "guidance_scale" not in (self.rows.value, self.cols.value):
                 where["guidance_scale"] = self.guidance.value

@@ -350,7 +350,7 @@ def report_sections(run_dir, *, out_dir=".") -> dict[str, Section]:
     ``grids``, ``curves``, ``table``); links to full-size images are relative to ``out_dir``, where they are shown.
 
     >>> list(report_sections("runs/demo"))
-    ['manifest', 'grids', 'curves', 'table']
+    ['manifest', 'grids', 'curves', 'strength', 'table']
     """
     store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)
     table = store.read_table()
@@ -362,6 +362,11 @@ def report_sections(run_dir, *, out_dir=".") -> dict[str, Section]:
         sections["calibration"] = calibration
     sections["grids"] = grids_section(store, table)
     sections["curves"] = curves_section(store, table)
+    from img2img_lab.report_strength import strength_section
+
+    strength = strength_section(store, table)
+    if strength is not None:
+        sections["strength"] = strength
     sections["table"] = table_section(table)
     return sections
 
