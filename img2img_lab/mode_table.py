@@ -11,7 +11,10 @@ The goals are the calibration's: **keep** (the first keep target, e.g. ``oracle_
 (the first follow target, e.g. ``oracle_background_match >= 0.8``: the restyle / new background) and **both** (every
 keep and follow target in at least 80% of the images: "swap the background, keep the product").
 
->>> table = mode_reference_table({"img2img": img2img_result, "inpaint": inpaint_result})  # doctest: +SKIP
+>>> plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], modes=["img2img", "inpaint"],
+...                  inpaint={"mask": "oracle"})
+>>> {mode: (sub.modes, sub.inpaint is not None) for mode, sub in mode_plans(plan).items()}
+{'img2img': (['img2img'], False), 'inpaint': (['inpaint'], True)}
 """
 
 from __future__ import annotations

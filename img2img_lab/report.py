@@ -362,11 +362,11 @@ def report_sections(run_dir, *, out_dir=".") -> dict[str, Section]:
         sections["calibration"] = calibration
     sections["grids"] = grids_section(store, table)
     sections["curves"] = curves_section(store, table)
-    from img2img_lab.report_strength import strength_section
+    from img2img_lab.report_strength import strength_section_body
 
-    strength = strength_section(store, table)
+    strength = strength_section_body(store, table)
     if strength is not None:
-        sections["strength"] = strength
+        sections["strength"] = Section("strength", "What the strength dial runs, per tool", strength)
     sections["table"] = table_section(table)
     return sections
 

@@ -22,10 +22,25 @@ def _model_specs(store) -> list[str]:
     return list(dict.fromkeys(specs))
 
 
-def strength_section(store, table):
-    """The section (``None`` when no model's scheduler config can be read here)."""
+def _figure_tag(figure, alt: str) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    stream = io.BytesIO()
+    figure.savefig(stream, format="png")
+    plt.close(figure)
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(stream.getvalue()).decode()}'>"
+
+
+def strength_section_body(store, table) -> str | None:
+    """The section's HTML (``None`` when no model's scheduler config can be read here).
+
+    >>> "comfyui" in strength_section_body(store, table)  # the embedded model's DDIM config, 10 steps
+    True
+    """
     from img2img_lab.errors import Img2ImgLabError
-    from img2img_lab.report import Section, _png_tag
     from img2img_lab.strength_map import strength_map, strength_map_figure
 
     steps = int(table["num_inference_steps"].mode().iloc[0])
@@ -46,5 +61,5 @@ def strength_section(store, table):
     if not shown:
         return None
     figure = strength_map_figure(shown, steps=steps, size=size)
-    parts.insert(0, _png_tag(figure, alt="start log-SNR and executed steps against strength, per tool"))
-    return Section("strength", "What the strength dial runs, per tool", "\n".join(parts))
+    parts.insert(0, _figure_tag(figure, "start log-SNR and executed steps against strength, per tool"))
+    return "\n".join(parts)
