@@ -68,6 +68,38 @@ class ModeCalibration:
                          binary=False)
         atomic_write(folder / "modes.md", lambda s: s.write("# Mode reference table\n\n" + self.to_markdown()),
                      binary=False)
+        figure = self.figure()
+        atomic_write(folder / "modes.png", lambda stream: figure.savefig(stream, format="png"))
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def figure(self):
+        """Each goal's metric (mean and 95% CI band) against strength, one line per mode, the targets dashed."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        first = next(iter(self.results.values()))
+        targets = first.settings.keep[:1] + first.settings.follow[:1]
+        figure, axes = plt.subplots(1, len(targets), figsize=(5.2 * len(targets), 4.0), dpi=110, squeeze=False)
+        for axis, target in zip(axes[0], targets):
+            for mode, result in self.results.items():
+                summary = result.summary.sort_values("strength")
+                summary = summary[summary["guidance_scale"] == summary["guidance_scale"].iloc[0]]
+                line = axis.plot(summary["strength"], summary[target.metric], marker="o", label=mode)[0]
+                axis.fill_between(summary["strength"], summary[f"{target.metric}_ci_low"],
+                                  summary[f"{target.metric}_ci_high"], color=line.get_color(), alpha=0.2)
+            axis.axhline(target.threshold, color="grey", linestyle="--", linewidth=1, label=f"target {target.describe()}")
+            axis.set_xlabel("strength")
+            axis.set_ylabel(target.metric)
+            axis.set_ylim(-0.05, 1.05)
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+        figure.suptitle("Which mode? Each goal's metric against strength (95% CI bands)")
+        figure.tight_layout()
+        return figure
 
 
 def _nan(value) -> bool:

@@ -55,6 +55,7 @@ def test_the_mode_table_has_every_goal_per_mode_validation_and_folklore(mode_run
         best = part[part.best].iloc[0]
         assert best.strength == (part.strength.max() if goal == "keep" else part.strength.min())
     assert (run / "calibration" / "img2img" / "calibration.json").is_file()
+    assert (run / "calibration" / "modes.png").stat().st_size > 10_000
     assert (run / "calibration" / "inpaint" / "calibration.json").is_file()
     validation = pd.read_csv(run / "calibration" / "modes_validation.csv")
     assert set(validation["mode"]) <= {"img2img", "inpaint"} and (validation.runs == 3).all()  # 1 pair x 3 seeds
