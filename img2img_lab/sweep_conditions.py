@@ -202,20 +202,25 @@ def conditions_for_sweep(plan, model, sources: list, entries: list[dict], folder
     return prepare_conditions(plan, model, sources, entries)
 
 
+def with_controls(entries: list[dict], conditions: list[SourceCondition] | None) -> list[dict]:
+    """The manifest's source entries with each source's control image (``{"hash", "origin"}``) recorded: what a
+    repair finds the control image by."""
+    if conditions is None:
+        return entries
+    return [{**entry, "control": {"hash": condition.control_hash,
+                                  "origin": condition.origins.get("control", (entry.get("control") or {}).get("origin",
+                                                                                                          "stored"))}}
+            if condition.control_hash else entry for entry, condition in zip(entries, conditions)]
+
+
 def record_conditions(store, conditions: list[SourceCondition], source_hashes: list[str]) -> None:
-    """Store the conditions (:func:`store_conditions`) and record their origins in the manifest: subject masks under
-    ``masks`` (as the region metrics record theirs), control images under each source entry's ``control``."""
+    """Store the conditions (:func:`store_conditions`) and record the subject masks' origins under the manifest's
+    ``masks`` (as the region metrics record theirs); control images are recorded in the source entries
+    (:func:`with_controls`, before the folder is created)."""
     records = store_conditions(store, conditions, source_hashes)
-
-    def update(manifest: dict) -> dict:
-        masks = {**(manifest.get("masks") or {}),
-                 **{source_hash: record["mask"] for source_hash, record in records.items() if "mask" in record}}
-        sources = [{**entry, **({"control": records[entry["hash"]]["control"]}
-                                if "control" in records.get(entry.get("hash"), {}) else {})}
-                   for entry in manifest.get("sources", [])]
-        return {**manifest, "masks": masks, "sources": sources}
-
-    store.update_manifest(update)
+    masks = {source_hash: record["mask"] for source_hash, record in records.items() if "mask" in record}
+    if masks:
+        store.update_manifest(lambda manifest: {**manifest, "masks": {**(manifest.get("masks") or {}), **masks}})
 
 
 def strength_meaning(model, cell, steps) -> dict:

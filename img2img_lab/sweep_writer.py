@@ -38,7 +38,7 @@ from img2img_lab.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store import RunStore
-from img2img_lab.sweep_conditions import conditions_for_sweep, record_conditions, strength_meaning
+from img2img_lab.sweep_conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
 from img2img_lab.sweep_sources import (_needs, build_manifest, folder_sources, prepare_sources, source_steps,  # noqa
                                        write_floor)
 
@@ -135,6 +135,7 @@ class SweepWriter:
         manifest = build_manifest(plan, pipe, sources, started=started, recorded_sources=recorded)
         conditions = conditions_for_sweep(plan, model, sources, manifest["sources"],
                                           RunStore.open(out_dir) if sources_from_folder else None)
+        manifest["sources"] = with_controls(manifest["sources"], conditions)
         manifest["notes"] += model.check_plan(plan)
         plan.cells(steps=source_steps(model, sources))  # a strength the model cannot run: refused before writing
         manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]

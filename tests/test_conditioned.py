@@ -366,6 +366,14 @@ def test_control_axes_are_keyed_and_passed_only_where_the_pipeline_takes_them(so
                  generator=torch.Generator("cpu").manual_seed(0)).images[0]
     stored = Image.open(tmp_path / "run" / row["output_path"]).convert("RGB")
     assert np.array_equal(np.asarray(stored), np.asarray(plain))
+    # a repair finds the control image in the folder by the hash the manifest records (it was lost before)
+    from img2img_lab.verify import verify_run
+
+    victim = tmp_path / "run" / row["output_path"]
+    expected = victim.read_bytes()
+    victim.unlink()
+    assert verify_run(tmp_path / "run", sample=0, pipe=pipe, repair=True).ok
+    assert victim.read_bytes() == expected
     # a pipeline without controlnet_conditioning_scale refuses the axis
     from img2img_lab.sweep_conditions import check_conditions_fit
 
