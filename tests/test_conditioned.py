@@ -382,3 +382,36 @@ def test_control_axes_are_keyed_and_passed_only_where_the_pipeline_takes_them(so
                                 {"__call__": lambda self, image, control_image, prompt, strength: None})
     with pytest.raises(PlanError, match="has no controlnet_conditioning_scale, so control conditioning_scales"):
         check_conditions_fit(plan, model)
+
+
+def test_the_embedded_model_inpaints_like_a_plain_inpainting_pipeline_of_its_components(tmp_path):
+    """modes: [inpaint] on an img2img pipeline: every cell equals StableDiffusionInpaintPipeline(**components) called
+    with the oracle's background mask, bit for bit; strength 1 starts from pure noise."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    from img2img_lab.masks import oracle_subject_mask
+
+    source_path = "data/sources/red_circle_on_blue.png"
+    pipe = load_pipeline(threads=1)
+    plan = SweepPlan(images=[source_path], prompts=["a red circle on a yellow background"], strengths=STRENGTHS,
+                     seeds=[0, 1], guidance_scales=[2.0], steps=[STEPS], modes=["inpaint"],
+                     inpaint={"mask": "oracle", "repaint": "background"})
+    table = run_sweep(plan, tmp_path / "run", pipe=pipe, progress=False)
+    plain = StableDiffusionInpaintPipeline(**pipe.components)
+    plain.set_progress_bar_config(disable=True)
+    source = Image.open(source_path).convert("RGB")
+    mask = Image.fromarray((~oracle_subject_mask(source)).astype(np.uint8) * 255, mode="L")
+    compared = 0
+    for row in table.to_dict("records"):
+        if row["zero_step"]:
+            assert row["start_from"] == "source" and row["executed_steps"] == 0
+            continue
+        image = plain(image=source, mask_image=mask, prompt=row["prompt"], strength=row["strength"],
+                      num_inference_steps=STEPS, guidance_scale=2.0,
+                      generator=torch.Generator("cpu").manual_seed(int(row["seed"]))).images[0]
+        stored = Image.open(tmp_path / "run" / row["output_path"]).convert("RGB")
+        assert np.array_equal(np.asarray(stored), np.asarray(image)), (row["strength"], row["seed"])
+        compared += 1
+    assert compared >= 8
+    assert set(table.loc[table.strength == 1.0, "start_from"]) == {"pure noise"}
+    assert set(table["inpaint_method"]) == {"latent blend"}
