@@ -45,6 +45,15 @@ _LAZY = {
     "bundled_sources": "img2img_lab.resources",
     "StrengthExplorer": "img2img_lab.widgets",
     "GridExplorer": "img2img_lab.grid_explorer",
+    "measure_pairs": "img2img_lab.metrics",
+    "describe_pipeline": "img2img_lab.pipelines",
+    "calibrate": "img2img_lab.calibrate",
+    "load_config": "img2img_lab.calibrate",
+    "CalibrationResult": "img2img_lab.calibrate",
+    "calibrate_modes": "img2img_lab.mode_table",
+    "write_report": "img2img_lab.report",
+    "strength_map": "img2img_lab.strength_map",
+    "translate": "img2img_lab.strength_map",
 }
 
 __all__ = [
@@ -65,3 +74,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'img2img_lab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (lazy names included), so ``dir()`` and tab completion list it."""
+    return sorted(set(__all__) | set(globals()))

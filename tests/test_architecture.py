@@ -62,3 +62,21 @@ def test_no_import_cycle_in_the_package():
     graph = import_graph()
     assert len(graph) > 30 and "img2img_lab.shapes.oracle" in graph
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_public_face_lists_the_api_and_imports_no_torch():
+    """`dir(img2img_lab)` names the whole lazy API (tab completion), every name resolves, and importing the package
+    imports neither torch nor diffusers (issue #32's public face, in part)."""
+    import subprocess
+    import sys
+
+    import img2img_lab
+
+    names = dir(img2img_lab)
+    for name in ("SweepPlan", "load_pipeline", "run_sweep", "measure_run", "calibrate", "CalibrationResult",
+                 "calibrate_modes", "write_report", "measure_pairs", "describe_pipeline", "load_config",
+                 "strength_map", "translate", "GridExplorer"):
+        assert name in names and getattr(img2img_lab, name) is not None, name
+    printed = subprocess.run([sys.executable, "-c", "import sys, img2img_lab; print('torch' in sys.modules, "
+                              "'diffusers' in sys.modules)"], capture_output=True, text=True, check=True).stdout
+    assert printed.split() == ["False", "False"]
