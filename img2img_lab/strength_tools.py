@@ -68,6 +68,10 @@ class DiscreteSigmas:
 
     sigmas: np.ndarray
     num_train_timesteps: int
+    log_sigmas: np.ndarray = field(default=None, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "log_sigmas", np.log(self.sigmas))
 
     @classmethod
     def from_config(cls, config: dict) -> "DiscreteSigmas":
@@ -90,8 +94,7 @@ class DiscreteSigmas:
         t = min(max(float(t), 0.0), len(self.sigmas) - 1.0)
         low, high = math.floor(t), math.ceil(t)
         weight = t - low
-        log_sigmas = np.log(self.sigmas)
-        return float(math.exp((1 - weight) * log_sigmas[low] + weight * log_sigmas[high]))
+        return float(math.exp((1 - weight) * self.log_sigmas[low] + weight * self.log_sigmas[high]))
 
     def schedule(self, steps: int, name: str = "normal") -> list[float]:
         """``steps`` sigmas, high to low, then 0 (``normal``, ``karras`` or ``simple``)."""
