@@ -193,7 +193,7 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     [0.0, 0.5, 0.7, 1.0]
     """
     # 1. The plan and settings (strength 1.0, the text-to-image reference, always included).
-    plan, settings = _plan_and_settings(config, settings)
+    plan, settings = plan_and_settings(config, settings)
     if runner is None:
         check_image_files(plan.images)  # before the model loads
     # 2. The runner: run_sweep into the run folder with the settings' metrics (tests pass a synthetic one).
@@ -232,7 +232,13 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     return result
 
 
-def _plan_and_settings(config, settings, *, allow_modes: bool = False):
+def plan_and_settings(config, settings, *, allow_modes: bool = False):
+    """The plan and settings of a calibration ``config`` (a YAML path, a plan, or ``(plan, settings)``), strength 1.0
+    added; one steps value and one scheduler; several modes only with ``allow_modes`` (:mod:`img2img_lab.mode_table`).
+
+    >>> plan_and_settings(SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5]), None)[0].strengths
+    [0.5, 1.0]
+    """
     if isinstance(config, (str, os.PathLike)):
         plan, file_settings = load_config(config)
         settings = settings or file_settings

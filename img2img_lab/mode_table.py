@@ -119,9 +119,9 @@ def calibrate_modes(config, out_dir: str | os.PathLike, *, settings=None, pipe=N
     recommendations are validated on the settings' ``held_out`` pairs (``held_out_seeds`` each)."""
     import pandas as pd
 
-    from img2img_lab.calibrate import _plan_and_settings, calibrate, record_calibration, validate
+    from img2img_lab.calibrate import plan_and_settings, calibrate, record_calibration, validate
 
-    plan, settings = _plan_and_settings(config, settings, allow_modes=True)
+    plan, settings = plan_and_settings(config, settings, allow_modes=True)
     if len(plan.modes) < 2:
         raise PlanError("a mode table needs at least two modes. Fix: add modes: [img2img, inpaint] to the config.")
     if pipe is None:

@@ -27,7 +27,7 @@ name                   diffusers class                                   notes
 from __future__ import annotations
 
 import img2img_lab  # noqa: F401  - torchvision shim first
-from img2img_lab.tiny_families import _vae, make_tiny_family, tiny_t5
+from img2img_lab.tiny_families import make_tiny_family, tiny_t5, tiny_vae
 
 TINY_CONDITIONED = ("chroma-dynamic", "chroma-constant", "sd-controlnet", "sdxl-controlnet", "flux-controlnet",
                     "sd-inpaint", "sd-inpaint-9", "sdxl-inpaint", "sd3-inpaint", "flux-inpaint", "flux-kontext")
@@ -46,7 +46,7 @@ def _chroma(*, dynamic: bool):
                                                     max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
     else:
         scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    return ChromaImg2ImgPipeline(scheduler=scheduler, vae=_vae(4, flow=True), text_encoder=text_encoder,
+    return ChromaImg2ImgPipeline(scheduler=scheduler, vae=tiny_vae(4, flow=True), text_encoder=text_encoder,
                                  tokenizer=tokenizer, transformer=transformer)
 
 
@@ -123,7 +123,7 @@ def _sd3_inpaint():
                                         joint_attention_dim=32, pooled_projection_dim=64, out_channels=16)
     components = {name: value for name, value in base.components.items() if name not in ("image_encoder",
                                                                                            "feature_extractor")}
-    return StableDiffusion3InpaintPipeline(**{**components, "transformer": transformer, "vae": _vae(16, flow=True)})
+    return StableDiffusion3InpaintPipeline(**{**components, "transformer": transformer, "vae": tiny_vae(16, flow=True)})
 
 
 def _from(family: str, class_name: str, **extra):

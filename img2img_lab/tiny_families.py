@@ -69,7 +69,12 @@ def _clip(hidden: int = 32, *, projection: bool = False, max_length: int = 16):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config), tokenizer
 
 
-def _vae(latent_channels: int, *, blocks=(8, 16), flow: bool = False):
+def tiny_vae(latent_channels: int, *, blocks=(8, 16), flow: bool = False):
+    """A random 2-block ``AutoencoderKL`` (VAE factor 2); ``flow``: FLUX.1/SD3-style shift and scaling, no quant convs.
+
+    >>> tiny_vae(16, flow=True).config.latent_channels
+    16
+    """
     from diffusers import AutoencoderKL
 
     extra = {"shift_factor": 0.0609, "scaling_factor": 1.5035, "use_quant_conv": False,
@@ -93,7 +98,7 @@ def _sdxl():
         cross_attention_dim=64, norm_num_groups=8)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        steps_offset=1, timestep_spacing="leading", interpolation_type="linear")
-    return StableDiffusionXLImg2ImgPipeline(vae=_vae(4), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+    return StableDiffusionXLImg2ImgPipeline(vae=tiny_vae(4), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                             tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
                                             scheduler=scheduler, requires_aesthetics_score=False,
                                             force_zeros_for_empty_prompt=True)
@@ -109,7 +114,7 @@ def _sd3():
                                         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
                                         joint_attention_dim=32, pooled_projection_dim=64, out_channels=4)
     return StableDiffusion3Img2ImgPipeline(
-        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(4, flow=True),
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=tiny_vae(4, flow=True),
         text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
 
@@ -127,7 +132,7 @@ def _flux(*, guidance: bool):
                                                     max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
     else:  # FLUX.1-schnell's
         scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    return FluxImg2ImgPipeline(scheduler=scheduler, vae=_vae(4, flow=True), text_encoder=text_encoder,
+    return FluxImg2ImgPipeline(scheduler=scheduler, vae=tiny_vae(4, flow=True), text_encoder=text_encoder,
                                tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
                                transformer=transformer)
 
@@ -142,7 +147,7 @@ def _lcm():
                                 time_cond_proj_dim=32, norm_num_groups=8, attention_head_dim=4)
     scheduler = LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                              original_inference_steps=50, set_alpha_to_one=True, timestep_spacing="leading")
-    return LatentConsistencyModelImg2ImgPipeline(vae=_vae(4), text_encoder=text_encoder, tokenizer=tokenizer,
+    return LatentConsistencyModelImg2ImgPipeline(vae=tiny_vae(4), text_encoder=text_encoder, tokenizer=tokenizer,
                                                  unet=unet, scheduler=scheduler, safety_checker=None,
                                                  feature_extractor=None, requires_safety_checker=False)
 
