@@ -221,10 +221,9 @@ class FluxFamily(Family):
                 "mu": _calculate_shift(scheduler.config, tokens, 1.15)}
 
 
-class ChromaFamily(FluxFamily):
-    """Chroma: the FLUX.1 rule; true classifier-free guidance through ``guidance_scale`` with a negative prompt."""
-
-    name, label = "chroma", "Chroma"
+class TrueCFGFluxFamily(FluxFamily):
+    """The FLUX.1 rule with true classifier-free guidance: guidance above 1 runs a negative branch, and the negative
+    prompt is used wherever ``__call__`` takes one (FLUX.1 itself uses it only with ``true_cfg_scale``)."""
 
     def guidance_used(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0
@@ -233,33 +232,27 @@ class ChromaFamily(FluxFamily):
         return Family.ignored_arguments(self)
 
 
-class QwenImageFamily(FluxFamily):
+class ChromaFamily(TrueCFGFluxFamily):
+    """Chroma: the FLUX.1 rule; true classifier-free guidance through ``guidance_scale`` with a negative prompt."""
+
+    name, label = "chroma", "Chroma"
+
+
+class QwenImageFamily(TrueCFGFluxFamily):
     """QwenImage: the FLUX.1 rule on 16-px packed latents; true CFG through ``true_cfg_scale`` and a negative prompt
     (the cell's guidance goes there; an empty negative prompt is sent as ``" "``, as the pipeline's docs ask, so
     guidance above 1 always guides)."""
 
     name, label = "qwenimage", "Qwen-Image"
 
-    def guidance_used(self, guidance_scale: float) -> bool:
-        return guidance_scale > 1.0
-
-    def ignored_arguments(self) -> dict[str, str]:
-        return {}
-
     def call_extras(self, guidance_scale: float, negative_prompt: str) -> dict:
         return {"true_cfg_scale": guidance_scale, "negative_prompt": negative_prompt or " "}
 
 
-class ZImageFamily(FluxFamily):
+class ZImageFamily(TrueCFGFluxFamily):
     """Z-Image: float32 ``torch.linspace`` sigmas and ``mu`` always passed (``get_default_z_image_sigmas``)."""
 
     name, label = "z-image", "Z-Image"
-
-    def guidance_used(self, guidance_scale: float) -> bool:
-        return guidance_scale > 1.0
-
-    def ignored_arguments(self) -> dict[str, str]:
-        return Family.ignored_arguments(self)
 
     def timestep_arguments(self, scheduler, num_inference_steps, strength, width, height):
         import torch

@@ -7,6 +7,9 @@ pinned to the rows a figure shows (used by :mod:`img2img_lab.grids` and :mod:`im
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import math
 
 import numpy as np
@@ -98,3 +101,21 @@ def select_rows(table, where: dict | None):
     if table.empty:
         raise Img2ImgLabError(f"no cells match {where}. Fix: check the values (see results.parquet).")
     return table
+
+
+def png_tag(image_or_figure, *, css_class: str = "", alt: str = "") -> str:
+    """An ``<img>`` holding a PIL image or a matplotlib figure (closed after) as an inline PNG.
+
+    >>> png_tag(Image.new("RGB", (2, 2)), alt="x")[:40]
+    "<img class='' alt='x' src='data:image/pn"
+    """
+    stream = io.BytesIO()
+    if hasattr(image_or_figure, "savefig"):
+        import matplotlib.pyplot as plt
+
+        image_or_figure.savefig(stream, format="png")
+        plt.close(image_or_figure)
+    else:
+        image_or_figure.save(stream, format="PNG")
+    data = base64.b64encode(stream.getvalue()).decode()
+    return f"<img class='{css_class}' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"

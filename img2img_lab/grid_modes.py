@@ -11,9 +11,9 @@ table, the bands and the grid to that mode.
 from __future__ import annotations
 
 import html
-import math
 
 from img2img_lab.saved_calibration import read_saved_calibration
+from img2img_lab.schema import is_missing
 
 GOAL_LABELS = {"keep": "keep the subject", "follow": "follow the prompt", "both": "both at once"}
 
@@ -99,13 +99,13 @@ class ModeControls:
 
 
 def _number(value, digits: int | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if is_missing(value):
         return "–"
     return f"{value:.{digits}f}" if digits is not None else f"{value:g}"
 
 
 def _ci(row) -> str:
     low, high = row.get("ci_low"), row.get("ci_high")
-    if low is None or (isinstance(low, float) and math.isnan(low)):
+    if is_missing(low):
         return ""
     return f" [{low:.2f}, {high:.2f}]"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from img2img_lab.errors import PlanError
 from img2img_lab.plan import SweepPlan
+from img2img_lab.schema import is_missing
 
 GOALS = ("keep", "follow", "both")
 
@@ -44,11 +45,11 @@ class ModeCalibration:
         lines = ["| goal | mode | strength | guidance | value [95% CI] | holds | best mode |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for row in self.table.to_dict("records"):
-            value = ("–" if row["value"] is None or _nan(row["value"]) else
+            value = ("–" if is_missing(row["value"]) else
                      f"{row['value']:.2f}" + (f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
-                                               if not _nan(row["ci_low"]) else ""))
-            strength = "–" if _nan(row["strength"]) else f"{row['strength']:g}"
-            guidance = "–" if _nan(row["guidance_scale"]) else f"{row['guidance_scale']:g}"
+                                               if not is_missing(row["ci_low"]) else ""))
+            strength = "–" if is_missing(row["strength"]) else f"{row['strength']:g}"
+            guidance = "–" if is_missing(row["guidance_scale"]) else f"{row['guidance_scale']:g}"
             lines.append(f"| {row['goal']} | {row['mode']} | {strength} | {guidance} | {value} | "
                          f"{'yes' if row['holds'] else 'no'} | {'**yes**' if row['best'] else ''} |")
         lines += ["", "| folklore row | verdict | measured |", "| --- | --- | --- |"]
@@ -100,10 +101,6 @@ class ModeCalibration:
         figure.suptitle("Which mode? Each goal's metric against strength (95% CI bands)")
         figure.tight_layout()
         return figure
-
-
-def _nan(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def mode_plans(plan: SweepPlan) -> dict[str, SweepPlan]:

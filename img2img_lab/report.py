@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from img2img_lab.errors import StoreError
+from img2img_lab.figure_common import png_tag
 from img2img_lab.store import RunStore
 from img2img_lab.schema import AXIS_COLUMNS, COLUMNS, SETTING_LABEL_COLUMNS
 
@@ -64,19 +65,6 @@ class Section:
 
     def _repr_html_(self) -> str:
         return self.to_html()
-
-
-def _png_tag(image_or_figure, *, css_class: str = "", alt: str = "") -> str:
-    stream = io.BytesIO()
-    if hasattr(image_or_figure, "savefig"):
-        import matplotlib.pyplot as plt
-
-        image_or_figure.savefig(stream, format="png")
-        plt.close(image_or_figure)
-    else:
-        image_or_figure.save(stream, format="PNG")
-    data = base64.b64encode(stream.getvalue()).decode()
-    return f"<img class='{css_class}' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
 def display_image_tag(image, *, alt: str = "", css_class: str = "", max_width: int = DISPLAY_WIDTH_PX) -> str:
@@ -285,7 +273,7 @@ def curves_section(store: RunStore, table) -> Section:
             for x in axes:  # models compare on the family-independent noise axis too
                 for hue, where in views[:MAX_CURVE_VIEWS]:
                     figure = strength_curves(store, metric, x=x, hue=hue, where=where or None)
-                    parts.append(_png_tag(figure, alt=f"{metric} vs {x}"))
+                    parts.append(png_tag(figure, alt=f"{metric} vs {x}"))
     if len(views) > MAX_CURVE_VIEWS and parts:
         parts.append(f"<p class='muted'>{len(views) - MAX_CURVE_VIEWS} more combinations of conditions are not drawn; "
                      f"<code>img2img-lab curves RUN_DIR --metric METRIC --hue {html.escape(str(views[0][0]))} --where "

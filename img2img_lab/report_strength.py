@@ -22,18 +22,6 @@ def _model_specs(store) -> list[str]:
     return list(dict.fromkeys(specs))
 
 
-def _figure_tag(figure, alt: str) -> str:
-    import base64
-    import io
-
-    import matplotlib.pyplot as plt
-
-    stream = io.BytesIO()
-    figure.savefig(stream, format="png")
-    plt.close(figure)
-    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(stream.getvalue()).decode()}'>"
-
-
 def strength_section_body(store, table) -> str | None:
     """The section's HTML (``None`` when no model's scheduler config can be read here).
 
@@ -41,6 +29,7 @@ def strength_section_body(store, table) -> str | None:
     True
     """
     from img2img_lab.errors import Img2ImgLabError
+    from img2img_lab.figure_common import png_tag
     from img2img_lab.strength_map import strength_map, strength_map_figure
 
     steps = int(table["num_inference_steps"].mode().iloc[0])
@@ -61,5 +50,5 @@ def strength_section_body(store, table) -> str | None:
     if not shown:
         return None
     figure = strength_map_figure(shown, steps=steps, size=size)
-    parts.insert(0, _figure_tag(figure, "start log-SNR and executed steps against strength, per tool"))
+    parts.insert(0, png_tag(figure, alt="start log-SNR and executed steps against strength, per tool"))
     return "\n".join(parts)

@@ -106,7 +106,7 @@ def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
     6
     """
     mode = _text(row.get("mode")) or "img2img"
-    control = {name: None if _absent(row.get(name)) else float(row[name])
+    control = {name: None if is_missing(row.get(name)) else float(row[name])
                for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")}
     steps = (steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
              if mode == "img2img" else steps_of(row["scheduler"], int(row["num_inference_steps"]),
@@ -118,19 +118,15 @@ def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
                 zero_step=steps.zero_step)
 
 
-def _absent(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
 def _text(value) -> str | None:
-    return None if _absent(value) else str(value)
+    return None if is_missing(value) else str(value)
 
 
 def row_conditioning(row: dict) -> tuple:
     """A row's mode and conditioning (``("img2img", None, ...)`` for plain img2img and rows of earlier versions)."""
     return (_text(row.get("mode")) or "img2img", _text(row.get("repaint")), _text(row.get("mask_hash")),
             _text(row.get("control_hash")),
-            *(None if _absent(row.get(name)) else round(float(row[name]), 6)
+            *(None if is_missing(row.get(name)) else round(float(row[name]), 6)
               for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")))
 
 

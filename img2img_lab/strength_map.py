@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -91,7 +92,7 @@ def tool_run(record: dict, tool: str, *, steps: int, strength: float, size: int 
     if str(config.get("_class_name", "")).startswith("FlowMatch"):
         raise PlanError(f"{tool} runs flow-matching models ({record['source']}) through its own model sampling code, "
                         f"which img2img-lab does not translate. Fix: compare diffusers settings (steps, --size) for this model.")
-    table = DiscreteSigmas.from_config(config)
+    table = _sigma_table(json.dumps(config, sort_keys=True))
     if tool in ("a1111", "a1111-fixed-steps"):
         return a1111_run(table, steps=steps, strength=strength, fixed_steps=tool == "a1111-fixed-steps")
     if tool == "comfyui":
@@ -102,6 +103,12 @@ def tool_run(record: dict, tool: str, *, steps: int, strength: float, size: int 
         scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
         return invokeai_run(scheduler, table, steps=steps, strength=strength)
     raise PlanError(f"unknown tool {tool!r}. Fix: use one of {', '.join(ALL_TOOLS)}.")
+
+
+@lru_cache(maxsize=16)
+def _sigma_table(config_json: str) -> DiscreteSigmas:
+    """A scheduler config's training sigmas, made once (:func:`translate` asks for them a thousand times)."""
+    return DiscreteSigmas.from_config(json.loads(config_json))
 
 
 def strength_map(model: str, *, steps: int, strengths, size: int | None = None, tools=ALL_TOOLS):

@@ -130,10 +130,9 @@ def _named_file(how, name: str, what: str) -> Path:
     return Path(files[name])
 
 
-def prepare_conditions(plan, model, sources: list, entries: list[dict]) -> list[SourceCondition]:
-    """Every source's conditions, checked against the model before anything is written: a ControlNet pipeline
-    needs ``control:``, a pipeline without a control image refuses it (one line each)."""
-    check_conditions_fit(plan, model)
+def prepare_conditions(plan, sources: list, entries: list[dict]) -> list[SourceCondition]:
+    """Every source's conditions, made from the plan's settings and files (the plan is checked against the model by
+    :func:`check_conditions_fit` first, in :func:`conditions_for_sweep`)."""
     return [make_condition(source, Path(path).stem, inpaint=plan.inpaint, control=plan.control,
                            fit=entry.get("fit"))
             for path, source, entry in zip(plan.images, sources, entries)]
@@ -199,7 +198,7 @@ def conditions_for_sweep(plan, model, sources: list, entries: list[dict], folder
         return None
     if folder_store is not None:
         return folder_conditions(plan, folder_store, sources, entries)
-    return prepare_conditions(plan, model, sources, entries)
+    return prepare_conditions(plan, sources, entries)
 
 
 def with_controls(entries: list[dict], conditions: list[SourceCondition] | None) -> list[dict]:

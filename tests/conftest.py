@@ -31,6 +31,46 @@ def structured_image(size: int = 32, *, seed: int = 0) -> Image.Image:
     image[disc] = rng.uniform(0, 255, size=3)
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
 
+class ZeroStepCall(Exception):
+    """Raised by :func:`hooked_call`'s hook where diffusers would crash: no timestep left to start from."""
+
+
+def hooked_call(pipe, **kwargs):
+    """``pipe(**kwargs)`` with the scheduler's ``add_noise`` / ``scale_noise`` and the step callback hooked: returns
+    ``(image, seen)``; ``seen`` holds every timestep the denoiser ran, and of the first noise call (the start latent,
+    or an inpainting re-blend) its timestep (``start``), σ for flow schedulers (``flow_sigma``) and how many steps
+    had run before it (``noise_after_step``)."""
+    seen = {"timesteps": [], "start": None, "flow_sigma": None, "noise_after_step": None}
+    scheduler = pipe.scheduler
+    for name in ("add_noise", "scale_noise"):
+        original = getattr(scheduler, name, None)
+        if original is None:
+            continue
+
+        def hooked(*args, _original=original, _name=name, **hook_kwargs):
+            timestep = hook_kwargs.get("timestep", args[1] if _name == "scale_noise" else args[2])
+            if timestep.numel() == 0:
+                raise ZeroStepCall("the pipeline was asked to add noise at no timestep")
+            if seen["noise_after_step"] is None:
+                seen["noise_after_step"] = len(seen["timesteps"])
+                seen["start"] = float(timestep.flatten()[0])
+                if _name == "scale_noise":
+                    seen["flow_sigma"] = float(scheduler.sigmas[scheduler.begin_index])
+            return _original(*args, **hook_kwargs)
+
+        setattr(scheduler, name, hooked)
+
+    def on_step(pipeline, index, timestep, tensors):
+        seen["timesteps"].append(float(timestep))
+        return tensors
+
+    try:
+        image = pipe(**kwargs, callback_on_step_end=on_step).images[0]
+    finally:
+        for name in ("add_noise", "scale_noise"):
+            scheduler.__dict__.pop(name, None)
+    return image, seen
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import structured_image
+from conftest import ZeroStepCall, hooked_call, structured_image
 from img2img_lab.edges import edge_map
 from img2img_lab.models import as_model
 from img2img_lab.pipelines import load_pipeline
@@ -32,10 +32,6 @@ SWEPT = ("chroma-dynamic", "chroma-constant", "sd-controlnet", "sdxl-controlnet"
          "sd-inpaint-9", "sdxl-inpaint", "sd3-inpaint", "flux-inpaint")
 
 
-class ZeroStepCall(Exception):
-    """Raised by the hook where diffusers would crash: no timestep left to start from."""
-
-
 @pytest.fixture(scope="module")
 def source_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("conditioned-source")
@@ -48,45 +44,16 @@ def source_files(tmp_path_factory):
 
 
 def _plain_call(pipe, source, strength, seed, *, mask=None, control=None):
-    """A plain diffusers call, hooked: returns (image, what ran)."""
-    seen = {"timesteps": [], "start": None, "flow_sigma": None, "noise_after_step": None}
-    scheduler = pipe.scheduler
-    for name in ("add_noise", "scale_noise"):
-        original = getattr(scheduler, name, None)
-        if original is None:
-            continue
-
-        def hooked(*args, _original=original, _name=name, **kwargs):
-            timestep = kwargs.get("timestep", args[1] if _name == "scale_noise" else args[2])
-            if timestep.numel() == 0:
-                raise ZeroStepCall("the pipeline was asked to add noise at no timestep")
-            if seen["noise_after_step"] is None:  # the first call: the start latent (or an inpainting re-blend)
-                seen["noise_after_step"] = len(seen["timesteps"])
-                seen["start"] = float(timestep.flatten()[0])
-                if _name == "scale_noise":
-                    seen["flow_sigma"] = float(scheduler.sigmas[scheduler.begin_index])
-            return _original(*args, **kwargs)
-
-        setattr(scheduler, name, hooked)
-
-    def on_step(pipeline, index, timestep, tensors):
-        seen["timesteps"].append(float(timestep))
-        return tensors
-
+    """A plain diffusers call, hooked (:func:`conftest.hooked_call`): returns (image, what ran)."""
     kwargs = dict(image=source, prompt="a red cat", strength=strength, num_inference_steps=STEPS, guidance_scale=3.0,
-                  generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step)
+                  generator=torch.Generator("cpu").manual_seed(seed))
     if type(pipe).__name__.startswith(SIZED):
         kwargs.update(height=source.height, width=source.width)
     if mask is not None:
         kwargs["mask_image"] = mask
     if control is not None:
         kwargs["control_image"] = control
-    try:
-        image = pipe(**kwargs).images[0]
-    finally:
-        for name in ("add_noise", "scale_noise"):
-            scheduler.__dict__.pop(name, None)
-    return image, seen
+    return hooked_call(pipe, **kwargs)
 
 
 @pytest.mark.parametrize("name", SWEPT)

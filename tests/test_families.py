@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import structured_image
+from conftest import ZeroStepCall, hooked_call, structured_image
 from img2img_lab.cli import main
 from img2img_lab.errors import PlanError
 from img2img_lab.models import as_model
@@ -46,45 +46,13 @@ def source_path(tmp_path_factory):
     return path
 
 
-class ZeroStepCall(Exception):
-    """Raised by the hook where diffusers would crash: no timestep left to start from."""
-
-
 def _plain_call(pipe, source, strength, seed, guidance):
-    """A plain diffusers call, hooked: returns (image, timesteps run, start timestep, start flow sigma)."""
-    seen = {"timesteps": [], "start": None, "flow_sigma": None}
-    scheduler = pipe.scheduler
-    for name in ("add_noise", "scale_noise"):
-        original = getattr(scheduler, name, None)
-        if original is None:
-            continue
-
-        def hooked(*args, _original=original, _name=name, **kwargs):
-            timestep = kwargs.get("timestep", args[1] if _name == "scale_noise" else args[2])
-            if timestep.numel() == 0:
-                raise ZeroStepCall("the pipeline was asked to add noise at no timestep")
-            seen["start"] = float(timestep.flatten()[0])
-            if _name == "scale_noise":
-                seen["flow_sigma"] = float(scheduler.sigmas[scheduler.begin_index])
-            return _original(*args, **kwargs)
-
-        setattr(scheduler, name, hooked)
-
-    def on_step(pipeline, index, timestep, tensors):
-        seen["timesteps"].append(float(timestep))
-        return tensors
-
+    """A plain diffusers call, hooked (:func:`conftest.hooked_call`): returns (image, what ran)."""
     kwargs = dict(image=source, prompt="a red cat", strength=strength, num_inference_steps=STEPS,
-                  guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed),
-                  callback_on_step_end=on_step)
+                  guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed))
     if type(pipe).__name__ in ("StableDiffusion3Img2ImgPipeline", "FluxImg2ImgPipeline"):
         kwargs.update(height=source.height, width=source.width)
-    try:
-        image = pipe(**kwargs).images[0]
-    finally:
-        for name in ("add_noise", "scale_noise"):
-            scheduler.__dict__.pop(name, None)
-    return image, seen
+    return hooked_call(pipe, **kwargs)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
