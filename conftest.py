@@ -32,7 +32,7 @@ os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
 import tempfile  # noqa: E402
 
 os.environ["IMG2IMG_LAB_CACHE_DIR"] = tempfile.mkdtemp(prefix="img2img-lab-test-cache-")
-# Exported datasets loaded back (img2img_lab.export) are cached there too, not in ~/.cache/huggingface/datasets.
+# Exported datasets loaded back (img2img_lab.figures.export) are cached there too, not in ~/.cache/huggingface/datasets.
 os.environ["HF_DATASETS_CACHE"] = os.path.join(os.environ["IMG2IMG_LAB_CACHE_DIR"], "datasets")
 
 import pytest  # noqa: E402
@@ -53,14 +53,14 @@ def doctest_world(tmp_path_factory) -> dict:
 
     import torch
 
-    from img2img_lab.calibrate import CalibrationSettings, Target, calibrate
-    from img2img_lab.grids import comparison_grid
-    from img2img_lab.models import as_model
-    from img2img_lab.pipelines import load_pipeline
-    from img2img_lab.plan import SweepPlan
-    from img2img_lab.store import RunStore
-    from img2img_lab.sweep import run_sweep
-    from img2img_lab.sweep_sources import prepare_source
+    from img2img_lab.calibration.procedure import CalibrationSettings, Target, calibrate
+    from img2img_lab.figures.grids import comparison_grid
+    from img2img_lab.models.handle import as_model
+    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.plan.sweep_plan import SweepPlan
+    from img2img_lab.store.run_store import RunStore
+    from img2img_lab.sweep.run import run_sweep
+    from img2img_lab.sweep.sources import prepare_source
 
     torch.set_num_threads(TEST_THREADS)
     folder = tmp_path_factory.mktemp("doctest-world")

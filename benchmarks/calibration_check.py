@@ -62,9 +62,9 @@ def main() -> None:
 
     import torch
 
-    from img2img_lab.calibrate import CalibrationSettings, calibrate, load_config, strength_for_steps, validate
-    from img2img_lab.pipelines import load_pipeline
-    from img2img_lab.plan import SweepPlan
+    from img2img_lab.calibration.procedure import CalibrationSettings, calibrate, load_config, strength_for_steps, validate
+    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.shapes.world import caption, parse_caption, Scene
 
     torch.set_num_threads(args.threads)

@@ -34,7 +34,7 @@ PROMPT = "a yellow star on a black background"
 
 
 def _plan(strengths: int = 10, seeds: int = 4, **extra):
-    from img2img_lab.plan import SweepPlan
+    from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.resources import data_path
 
     return SweepPlan(images=[str(data_path("sources", "red_circle_on_blue.png"))], prompts=[PROMPT],
@@ -49,8 +49,8 @@ def _timed(function) -> float:
 
 
 def extension(pipe, folder: Path) -> None:
-    from img2img_lab.store import RunStore
-    from img2img_lab.sweep import run_sweep
+    from img2img_lab.store.run_store import RunStore
+    from img2img_lab.sweep.run import run_sweep
 
     def sweep(plan, out) -> tuple[float, int]:
         seconds = _timed(lambda: run_sweep(plan, folder / out, pipe=pipe, progress=False))
@@ -71,14 +71,14 @@ def metrics(pipe, folder: Path) -> None:
     import torch
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
     from test_fidelity import REFERENCES  # the reference implementations the agreement test holds
 
-    from img2img_lab.engine import run_cell
+    from img2img_lab.engine.reference import run_cell
     from img2img_lab.images import fit_to_model
-    from img2img_lab.metrics import measure_pairs
+    from img2img_lab.metrics.measure import measure_pairs
     from img2img_lab.resources import data_path
-    from img2img_lab.sweep import run_sweep
+    from img2img_lab.sweep.run import run_sweep
 
     torch.set_num_threads(1)
     photo = Image.open(data_path("sources", "red_circle_on_blue.png")).convert("RGB")
@@ -128,9 +128,9 @@ def engine(pipe, pairs: int) -> None:
     import torch
     from PIL import Image
 
-    from img2img_lab.batched import run_cells_batched
+    from img2img_lab.engine.batched import run_cells_batched
     from img2img_lab.images import fit_to_model
-    from img2img_lab.models import cell_generator
+    from img2img_lab.models.handle import cell_generator
     from img2img_lab.resources import data_path
 
     cells = _plan().cells()
@@ -166,7 +166,7 @@ def main() -> None:
 
     import torch
 
-    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.models.loading import load_pipeline
 
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
     pipe = load_pipeline(None, device="cpu", threads=2) if set(parts) - {"startup"} else None

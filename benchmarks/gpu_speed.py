@@ -42,7 +42,7 @@ MODELS = {"sd15": {"side": 512, "seeds": 4, "guidance": 7.5}, "sdxl": {"side": 1
 def _clip(hidden: int, layers: int, heads: int, *, projection: bool, act: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from img2img_lab.testing import write_byte_level_tokenizer
+    from img2img_lab.testing.tiny_sd import write_byte_level_tokenizer
 
     with tempfile.TemporaryDirectory() as folder:
         tokenizer = CLIPTokenizer.from_pretrained(write_byte_level_tokenizer(folder, model_max_length=77))
@@ -109,7 +109,7 @@ def build_sdxl(tiny: bool):
 def _build(name: str, *, tiny: bool, device: str, dtype: str = "float16"):
     import torch
 
-    from img2img_lab.quiet import apply_quiet
+    from img2img_lab._utils.quiet import apply_quiet
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -142,7 +142,7 @@ def _source(side: int):
 
 
 def _plan(image: Path, setting: dict, steps: int = 20):
-    from img2img_lab.plan import SweepPlan
+    from img2img_lab.plan.sweep_plan import SweepPlan
 
     return SweepPlan(images=[str(image)], prompts=[PROMPT], strengths=[0.25, 0.5, 0.75, 1.0],
                      seeds=list(range(setting["seeds"])), guidance_scales=[setting["guidance"]], steps=[steps],
@@ -151,8 +151,8 @@ def _plan(image: Path, setting: dict, steps: int = 20):
 
 def engine(pipe, cells, source, pairs: int) -> tuple[list, float, float]:
     """Interleaved plain-loop / batched pairs; return (the batched outputs, plain and batched s per image)."""
-    from img2img_lab.batched import run_cells_batched
-    from img2img_lab.models import cell_generator
+    from img2img_lab.engine.batched import run_cells_batched
+    from img2img_lab.models.handle import cell_generator
 
     def plain_loop():
         for cell in cells:
@@ -183,8 +183,8 @@ def pixels(pipe, cells, source, batched_images) -> None:
     tolerance), and each runner run twice (bit-identical?)."""
     import numpy as np
 
-    from img2img_lab.batched import batched_tolerance, run_cells_batched
-    from img2img_lab.engine import run_cell
+    from img2img_lab.engine.batched import batched_tolerance, run_cells_batched
+    from img2img_lab.engine.reference import run_cell
 
     def arrays(images):
         return [np.asarray(image, dtype=np.int16) for image in images]
@@ -207,11 +207,11 @@ def metrics(images, source, device: str, plain: float, batched: float) -> None:
     """Per-image metric cost on the GPU and the CPU, its share of generation, and agreement with the references."""
     import numpy as np
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
     from test_fidelity import REFERENCES
 
-    from img2img_lab.fidelity import ReferenceCache
-    from img2img_lab.metrics import measure_pairs
+    from img2img_lab.metrics.fidelity import ReferenceCache
+    from img2img_lab.metrics.measure import measure_pairs
 
     source_array = np.asarray(source)
     outputs = [np.asarray(image) for image in images]
@@ -234,7 +234,7 @@ def metrics(images, source, device: str, plain: float, batched: float) -> None:
 
 
 def sweeps(pipe, plan, folder: Path, count: int) -> None:
-    from img2img_lab.sweep import run_sweep
+    from img2img_lab.sweep.run import run_sweep
 
     run_sweep(plan, folder / "warm-up", pipe=pipe, progress=False, metrics=METRICS)  # first-sweep costs out
     plain, measured = [], []
@@ -252,7 +252,7 @@ def profile_sweep(pipe, plan, folder: Path, lines: int = 30) -> None:
     import cProfile
     import pstats
 
-    from img2img_lab.sweep import run_sweep
+    from img2img_lab.sweep.run import run_sweep
 
     profiler = cProfile.Profile()
     profiler.runcall(run_sweep, plan, folder / "profiled", pipe=pipe, progress=False, metrics=METRICS)
@@ -274,7 +274,7 @@ def main() -> None:
 
     import torch
 
-    from img2img_lab.quiet import quiet_model_libraries
+    from img2img_lab._utils.quiet import quiet_model_libraries
 
     quiet_model_libraries()
     warnings.simplefilter("ignore")  # a random model's advisories (unknown words, low fidelity floor)

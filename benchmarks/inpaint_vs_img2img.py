@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 import img2img_lab  # noqa: F401
-from img2img_lab.pipelines import load_pipeline
-from img2img_lab.plan import SweepPlan
-from img2img_lab.sweep import run_sweep
+from img2img_lab.models.loading import load_pipeline
+from img2img_lab.plan.sweep_plan import SweepPlan
+from img2img_lab.sweep.run import run_sweep
 
 SOURCES = {"red_circle_on_blue": ["a red circle on a yellow background", "a red circle on a white background"],
            "green_triangle_on_yellow": ["a green triangle on a blue background",

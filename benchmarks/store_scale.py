@@ -29,7 +29,7 @@ def one_size(cells: int, folder: Path) -> dict:
     from PIL import Image
 
     from img2img_lab.images import content_hash
-    from img2img_lab.store import RunStore
+    from img2img_lab.store.run_store import RunStore
 
     store = RunStore.create(folder, {"plan": {}})
     image = Image.new("RGB", (8, 8), "red")

@@ -76,11 +76,11 @@ def main() -> None:
 
     import torch
 
-    from img2img_lab.calibrate import CalibrationSettings, Target, calibrate, validate
-    from img2img_lab.metrics import measure_run
-    from img2img_lab.pipelines import load_pipeline
-    from img2img_lab.plan import SweepPlan
-    from img2img_lab.store import RunStore
+    from img2img_lab.calibration.procedure import CalibrationSettings, Target, calibrate, validate
+    from img2img_lab.metrics.measure import measure_run
+    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.plan.sweep_plan import SweepPlan
+    from img2img_lab.store.run_store import RunStore
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

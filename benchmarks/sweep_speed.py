@@ -69,16 +69,16 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from img2img_lab.batched import DEFAULT_MAX_BATCH, run_cells_batched
-    from img2img_lab.engine import run_cell
+    from img2img_lab.engine.batched import DEFAULT_MAX_BATCH, run_cells_batched
+    from img2img_lab.engine.reference import run_cell
     from img2img_lab.images import fit_to_model
-    from img2img_lab.pipelines import load_pipeline, recommended_guidance
-    from img2img_lab.plan import SweepPlan
-    from img2img_lab.widgets import bundled_sources
+    from img2img_lab.models.loading import load_pipeline, recommended_guidance
+    from img2img_lab.plan.sweep_plan import SweepPlan
+    from img2img_lab.widgets.strength_explorer import bundled_sources
 
     torch.set_num_threads(args.threads)
     if args.gpu_sd15:
-        from img2img_lab.testing import make_sd15_sized_pipeline
+        from img2img_lab.testing.tiny_sd import make_sd15_sized_pipeline
 
         device = torch.device(args.device or "cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -91,7 +91,7 @@ def main() -> None:
         steps, guidance = args.steps or 30, args.guidance or 7.5
         prompts = ["a watercolor painting of a lighthouse"]
     elif args.sdxl:
-        from img2img_lab.tiny_families import make_tiny_family
+        from img2img_lab.testing.tiny_families import make_tiny_family
 
         device = torch.device(args.device or "cpu")
         pipe = make_tiny_family("sdxl").to(device)

@@ -35,10 +35,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.models.loading import load_pipeline
     from img2img_lab.resources import bundled_sources
-    from img2img_lab.sweep_sources import prepare_source
-    from img2img_lab.threads import threads_for
+    from img2img_lab.sweep.sources import prepare_source
+    from img2img_lab.models.threads import threads_for
 
     torch_default = torch.get_num_threads()
     pipe = load_pipeline(threads=None)

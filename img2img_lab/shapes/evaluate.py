@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-import img2img_lab  # noqa: F401
 from img2img_lab.shapes.oracle import read_image
 from img2img_lab.shapes.world import COLOURS, SHAPES, Scene, all_combinations, caption, random_scene, render
 
@@ -131,7 +130,7 @@ def summarise(t2i, i2i) -> dict:
 def evaluate_model(model_dir, *, guidance_values=(2.0,), device: str | None = None, t2i_seeds=(0, 1),
                    i2i_seeds=(0, 1, 2), pair_count: int = 48, steps: int = 20) -> dict:
     """Evaluate a model folder at each guidance value; returns ``{guidance: summary}`` plus timing."""
-    from img2img_lab.pipelines import load_pipeline
+    from img2img_lab.models.loading import load_pipeline
 
     pipe = load_pipeline(str(model_dir), device=device, dtype="float32")
     pairs = evaluation_pairs(pair_count)

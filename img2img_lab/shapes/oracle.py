@@ -9,7 +9,7 @@ shape's pixels (those far from the background, largest connected region, holes f
   triangle 3*sqrt(3)/(4*pi) ~ 0.41.
 
 Its exactness on clean generated images is measured by the tests (>= 99%). Through
-:mod:`img2img_lab.metrics` it provides six metrics for shapes-world prompts:
+:mod:`img2img_lab.metrics.measure` it provides six metrics for shapes-world prompts:
 
 * ``oracle_adherence`` (prompt): fraction of the prompt's three attributes the output shows, in [0, 1];
 * ``oracle_match`` (prompt): 1 when all three match, else 0;
@@ -197,10 +197,27 @@ def background_match(image, prompt: str) -> float:
     return float(read_image(image).background == wanted)
 
 
+def subject_mask(image) -> np.ndarray:
+    """The shape region of ``image`` (exact on an embedded-model source; all False without a shape).
+
+    >>> from img2img_lab.shapes.world import Scene, render, shape_mask
+    >>> scene = Scene("star", "white", "red")
+    >>> int((subject_mask(render(scene)) & (shape_mask(scene) > 0.5)).sum()) > 0
+    True
+    """
+    from img2img_lab.images import metric_array
+
+    array = metric_array(image)
+    region = shape_region(array.astype(np.float64))[1]
+    return np.zeros(array.shape[:2], bool) if region is None else region
+
+
 def register() -> None:
-    """Register the oracle metrics (a built-in plugin: :func:`img2img_lab.metric_registry.load_plugins` runs this
+    """Register the oracle metrics (a built-in plugin: :func:`img2img_lab.metrics.registry.load_plugins` runs this
     the first time a metric name is looked up that is not registered yet)."""
-    from img2img_lab.metric_registry import register_pair_metric, register_prompt_scorer
+    from img2img_lab.metrics.registry import register_mask_provider, register_pair_metric, register_prompt_scorer
+
+    register_mask_provider("oracle", subject_mask)
 
     register_prompt_scorer("oracle_adherence", lambda: adherence, value_range=(0, 1),
                            description="shapes-world oracle: share of the prompt's attributes shown")

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 
-import img2img_lab  # noqa: F401  - torchvision shim before diffusers
 from img2img_lab.shapes.tokenizer import MODEL_MAX_LENGTH, write_tokenizer
 from img2img_lab.shapes.world import IMAGE_SIZE, make_dataset
 

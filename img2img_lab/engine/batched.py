@@ -1,0 +1,346 @@
+"""The batched runner: many img2img cells stepped together, reproducing the per-cell runner.
+
+A strength sweep run one cell at a time leaves the hardware mostly idle: a 64-pixel image, or even one
+512-pixel image, does not fill a GPU (or a CPU's vector units). :func:`run_cells_batched` runs all cells that
+share a model, image size, number of steps and scheduler configuration along their common timestep grid:
+
+* every source is VAE-encoded once and every (prompt, negative prompt) text-encoded once;
+* each cell joins the loop at its own ``t_start`` (its strength); cells with the same ``t_start`` form a
+  *start group* stepped by its own scheduler instance, so multistep (DPM++, UniPC, PNDM) and ancestral
+  (Euler a, DDPM) schedulers keep correct per-group state;
+* at each timestep every active cell goes into one UNet call (chunked by ``max_batch_size`` samples), with
+  its own prompt embeddings and guidance scale; cells with guidance <= 1 skip the unconditional half;
+* every cell has its own CPU generator consuming random numbers in exactly the per-cell order (VAE latent
+  sample, initial noise, then the scheduler's per-step noise), so seeds mean the same thing;
+* decoding is batched; on CUDA out-of-memory the batch size is halved and the step retried.
+
+The result equals :func:`img2img_lab.engine.reference.run_cell` up to floating-point differences of batched kernels
+(tests, float32: max |difference| <= 1/255 per pixel for DDIM, Euler, Euler a, DPM++ 2M, PNDM and UniPC; half
+precision on a GPU differs more, see :data:`BATCHED_TOLERANCE`).
+
+Supported: ``StableDiffusionImg2ImgPipeline`` (SD 1.x/2.x and fine-tunes, the embedded model) and
+``StableDiffusionXLImg2ImgPipeline`` (SDXL and Turbo: each sample also carries its pooled text embedding and
+added time ids; the VAE is upcast where the model asks). Flow-matching families (SD3, FLUX.1) and UNets with a
+guidance embedding (LCM) use the per-cell runner; :func:`batching_supported` says which and why (the manifest
+records it). The family-specific parts live in :mod:`img2img_lab.engine.batched_conditioning`: how a prompt is encoded,
+how a VAE latent becomes the initial latent, and how latents are decoded.
+
+>>> outputs = run_cells_batched(pipe, cells, sources)
+>>> [output.produced for output in outputs[:3]]
+['vae_roundtrip', 'diffusion', 'diffusion']
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+
+from img2img_lab.engine.batched_conditioning import CONDITIONING, TextConditioning
+from img2img_lab.engine.reference import CellOutput, cell_generator, use_scheduler, vae_roundtrip
+from img2img_lab.plan.sweep_plan import Cell
+from img2img_lab.plan.schema import Produced
+
+#: Default UNet samples per call (a cell with guidance > 1 is two samples).
+DEFAULT_MAX_BATCH = {"cuda": 32, "cpu": 16, "mps": 8}
+#: The engine's documented tolerance, per dtype: a batched cell's pixels differ from the per-cell reference's by at
+#: most this many levels (of 255). Measured worst cells: float32 1/255 (CPU: the embedded model, every tiny family);
+#: float16 4/255 and bfloat16 31/255 (an H100, random-weight SD 1.5- and SDXL-sized pipelines, 20 steps,
+#: ``benchmarks/gpu_speed.py``: half precision rounds differently in each batch's kernels and the steps amplify it),
+#: so half precision's entries are twice the worst seen. Regenerating a batched cell with its recorded batch is
+#: bit-identical (on that H100 as well); ``verify`` applies this tolerance only where the recorded batch cannot be
+#: regenerated (its record or a member's row is elsewhere).
+BATCHED_TOLERANCE = {"float32": 1, "float64": 1, "float16": 8, "bfloat16": 62}
+
+
+def batched_tolerance(dtype) -> int:
+    """:data:`BATCHED_TOLERANCE` for a dtype (a torch dtype or its name; an unknown one gets the largest).
+
+    >>> import torch
+    >>> batched_tolerance(torch.float32), batched_tolerance("float16"), batched_tolerance("torch.bfloat16")
+    (1, 8, 62)
+    """
+    return BATCHED_TOLERANCE.get(str(dtype).replace("torch.", ""), max(BATCHED_TOLERANCE.values()))
+
+
+def batching_supported(pipe) -> tuple[bool, str]:
+    """``(supported, reason)``: whether :func:`run_cells_batched` reproduces this pipeline's calls.
+
+    >>> batching_supported(pipe)
+    (True, 'StableDiffusionImg2ImgPipeline')
+    """
+    if type(pipe).__name__ not in CONDITIONING:
+        return False, (f"{type(pipe).__name__} is run per cell (batching covers "
+                       f"{' and '.join(CONDITIONING)}; flow-matching and LCM pipelines are not batched)")
+    if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
+        return False, "the UNet has a guidance embedding (LCM-style): run per cell"
+    if getattr(pipe, "cross_attention_kwargs", None) or getattr(pipe, "_cross_attention_kwargs", None):
+        return False, "cross-attention kwargs (LoRA scale) are set: run per cell"
+    if getattr(pipe, "image_encoder", None) is not None and getattr(pipe, "_ip_adapter_loaded", False):
+        return False, "an IP-Adapter is loaded: run per cell"
+    return True, type(pipe).__name__
+
+
+@dataclass
+class _Active:
+    """One cell in flight."""
+
+    index: int  # position in the caller's list
+    cell: Cell
+    generator: object
+    prompt_key: tuple
+    cfg: bool
+    latents: object = None
+
+
+@dataclass
+class _StartGroup:
+    """The cells that start at one ``t_start``: their own scheduler, set up as the pipeline sets it up for that
+    strength (``set_timesteps`` then ``set_begin_index``), stepped together once the common grid reaches them."""
+
+    scheduler: object
+    offset: int  # position on the common timestep grid where these cells start
+    timesteps: object  # the scheduler's timesteps from ``offset``
+    step_arguments: dict  # ``eta`` where ``scheduler.step`` takes it
+    uses_generator: bool  # whether ``scheduler.step`` takes the cells' generators
+    members: list[_Active] = field(default_factory=list)
+
+
+def _accepts(function, name: str) -> bool:
+    return name in set(inspect.signature(function).parameters)
+
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+class _BatchSize:
+    """The current UNet batch limit; halves on CUDA out-of-memory."""
+
+    def __init__(self, value: int):
+        self.value = max(1, int(value))
+        self.halvings = 0
+
+    def halve(self) -> None:
+        import torch
+
+        if self.value == 1:
+            raise RuntimeError("out of memory even with a batch of one sample")
+        self.value = max(1, self.value // 2)
+        self.halvings += 1
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _unet_outputs(pipe, inputs, timestep, embeddings, limit: _BatchSize, counters: dict, added: dict | None = None):
+    """Run the UNet over ``inputs`` (N, C, H, W) with ``embeddings`` (N, L, D) in chunks of ``limit.value``;
+    ``added`` holds per-sample ``added_cond_kwargs`` tensors (SDXL's pooled text embeddings and time ids)."""
+    import torch
+
+    outputs, start = [], 0
+    while start < inputs.shape[0]:
+        size = limit.value
+        extra = {}
+        if added:
+            extra["added_cond_kwargs"] = {name: value[start:start + size] for name, value in added.items()}
+        try:
+            with torch.no_grad():
+                chunk = pipe.unet(inputs[start:start + size], timestep,
+                                  encoder_hidden_states=embeddings[start:start + size], return_dict=False,
+                                  **extra)[0]
+        except (RuntimeError, MemoryError) as error:
+            if pipe.device.type == "cuda" and _is_oom(error):
+                limit.halve()
+                continue
+            raise
+        outputs.append(chunk)
+        counters["unet_calls"] += 1
+        counters["unet_samples"] += chunk.shape[0]
+        start += size
+    return torch.cat(outputs)
+
+
+def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size: int | None = None,
+                      on_step=None, stats: dict | None = None, on_work=None) -> list[CellOutput]:
+    """Generate ``cells`` (one scheduler name and steps value) with the batched runner; return one
+    :class:`~img2img_lab.engine.reference.CellOutput` per cell, in order.
+
+    ``sources[cell.image_index]`` is each cell's prepared source; all sources must have one size. Zero-step
+    cells store the VAE round trip, as in the per-cell runner. ``on_step(done, total)`` is called after every
+    timestep of the shared loop. ``stats`` (a dict), if given, receives ``unet_calls``, ``unet_samples``,
+    ``batch_halvings`` and ``seconds``. ``on_work(n)``, if given, is told each unit of work as it is done: a
+    zero-step cell's VAE round trip is 1, and every shared timestep is one per cell it advanced (a sweep's progress
+    in denoising steps, so its ETA holds from the first seconds).
+
+    >>> stats = {}
+    >>> outputs = run_cells_batched(pipe, plan.cells(), sources, max_batch_size=2, stats=stats)
+    >>> len(outputs), outputs[1].image.size, stats["unet_samples"] >= stats["unet_calls"]
+    (6, (64, 64), True)
+    """
+    import torch
+
+    if not cells:
+        return []
+    supported, reason = batching_supported(pipe)
+    if not supported:
+        raise ValueError(f"batched runner: {reason}")
+    names = {cell.scheduler for cell in cells}
+    steps_values = {cell.num_inference_steps for cell in cells}
+    sizes = {sources[cell.image_index].size for cell in cells}
+    if len(names) != 1 or len(steps_values) != 1 or len(sizes) != 1:
+        raise ValueError("run_cells_batched needs one scheduler, one steps value and one image size per call "
+                         f"(got {sorted(names)}, {sorted(steps_values)}, {sorted(sizes)}); group cells first.")
+    started = time.perf_counter()
+    use_scheduler(pipe, cells[0].scheduler)
+    device = pipe._execution_device
+    family = CONDITIONING[type(pipe).__name__](pipe, device, pipe.unet.dtype)
+    outputs: list[CellOutput | None] = [None] * len(cells)
+    limit = _BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
+    counters = {"unet_calls": 0, "unet_samples": 0}
+
+    for index, cell in enumerate(cells):  # zero-step cells: the VAE round trip, exactly as per cell
+        if cell.zero_step:
+            began = time.perf_counter()
+            image = vae_roundtrip(pipe, sources[cell.image_index], generator=cell_generator(cell.seed))
+            outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began, produced=Produced.VAE_ROUNDTRIP.value)
+            if on_work is not None:
+                on_work(1)
+    active_cells = [(index, cell) for index, cell in enumerate(cells) if not cell.zero_step]
+    if active_cells:
+        groups, conditioning = _start_groups(family, pipe.scheduler, active_cells, sources,
+                                             steps=cells[0].num_inference_steps)
+        _denoise(family, pipe.scheduler, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
+                 steps=cells[0].num_inference_steps, on_work=on_work)
+        _decode(family, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
+    if stats is not None:
+        stats.update(counters, batch_halvings=limit.halvings, seconds=time.perf_counter() - started,
+                     max_batch_size=limit.value)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return outputs
+
+
+# Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.prepare_latents (noise from each cell's generator)
+def _start_groups(family: TextConditioning, base, active_cells, sources, *, steps: int):
+    """Encode prompts and sources once; give every cell its initial latent (VAE sample, then noise, from its own
+    generator, as ``prepare_latents`` does) in a start group: one scheduler per ``t_start``, set up as the pipeline
+    sets it up for that strength. Returns ``(groups, conditioning)``."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    size = sources[active_cells[0][1].image_index].size
+    conditioning = family.encode(sorted({(cell.prompt, cell.negative_prompt) for _, cell in active_cells}), size)
+    distributions = {cell.image_index: family.encode_source(sources[cell.image_index]) for _, cell in active_cells}
+    groups: dict[int, _StartGroup] = {}
+    for index, cell in active_cells:
+        group = groups.get(cell.t_start)
+        if group is None:
+            scheduler = type(base).from_config(base.config)
+            scheduler.set_timesteps(steps, device=family.device)
+            offset = cell.t_start * scheduler.order
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(offset)
+            group = groups[cell.t_start] = _StartGroup(
+                scheduler=scheduler, offset=offset, timesteps=scheduler.timesteps[offset:],
+                step_arguments={"eta": 0.0} if _accepts(scheduler.step, "eta") else {},
+                uses_generator=_accepts(scheduler.step, "generator"))
+        member = _Active(index=index, cell=cell, generator=cell_generator(cell.seed),
+                         prompt_key=(cell.prompt, cell.negative_prompt), cfg=cell.guidance_scale > 1.0)
+        with torch.no_grad():
+            init_latents = family.initial_latents(distributions[cell.image_index], member.generator)
+            noise = randn_tensor(init_latents.shape, generator=member.generator, device=family.device,
+                                 dtype=family.dtype)
+            member.latents = group.scheduler.add_noise(init_latents, noise, group.timesteps[:1])
+        group.members.append(member)
+    return groups, conditioning
+
+
+def _model_inputs(family: TextConditioning, live, conditioning, t):
+    """Every live sample's scaled latent and conditioning, in one batch (CFG cells send two samples)."""
+    import torch
+
+    inputs, fields, layout = [], {}, []
+    for group in live:
+        members = group.members
+        scaled = group.scheduler.scale_model_input(torch.cat([member.latents for member in members]), t)
+        for row, member in enumerate(members):
+            text = conditioning[member.prompt_key]
+            branches = [text["negative"], text["positive"]] if member.cfg else [text["positive"]]
+            for branch in branches:
+                inputs.append(scaled[row:row + 1])
+                for name, value in branch.items():
+                    fields.setdefault(name, []).append(value)
+            layout.append((member, len(branches)))
+    fields = {name: torch.cat(values) for name, values in fields.items()}
+    return torch.cat(inputs), fields, layout
+
+
+# Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.__call__ (step 9: the denoising loop, classifier-free guidance)
+def _denoise(family: TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int,
+             on_work=None):
+    """Step every start group along the common timestep grid; at each timestep one UNet batch for all live cells."""
+    import torch
+
+    grid_scheduler = type(base).from_config(base.config)
+    grid_scheduler.set_timesteps(steps, device=family.device)
+    grid = grid_scheduler.timesteps
+    total, first = len(grid), min(group.offset for group in groups.values())
+    for position in range(first, total):
+        live = [group for group in groups.values() if group.offset <= position]
+        t = grid[position]
+        inputs, fields, layout = _model_inputs(family, live, conditioning, t)
+        embeddings = fields.pop("encoder_hidden_states")
+        noise = _unet_outputs(family.pipe, inputs, t, embeddings, limit, counters,
+                              added={name: fields[name] for name in family.added_fields})
+        predictions, cursor = {}, 0
+        for member, width in layout:
+            if width == 2:
+                uncond, text = noise[cursor:cursor + 1], noise[cursor + 1:cursor + 2]
+                predictions[member.index] = uncond + member.cell.guidance_scale * (text - uncond)
+            else:
+                predictions[member.index] = noise[cursor:cursor + 1]
+            cursor += width
+        for group in live:
+            members = group.members
+            kwargs = dict(group.step_arguments)
+            if group.uses_generator:
+                kwargs["generator"] = [member.generator for member in members] if len(members) > 1 \
+                    else members[0].generator
+            with torch.no_grad():
+                stepped = group.scheduler.step(torch.cat([predictions[member.index] for member in members]), t,
+                                                  torch.cat([member.latents for member in members]), **kwargs,
+                                                  return_dict=False)[0]
+            for row, member in enumerate(members):
+                member.latents = stepped[row:row + 1]
+        if on_step is not None:  # progress over the timesteps this batch actually runs
+            on_step(position + 1 - first, total - first)
+        if on_work is not None:  # one denoising step of every cell this timestep advanced
+            on_work(sum(len(group.members) for group in live))
+
+
+def _decode(family: TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):
+    """Decode every cell's final latent in chunks (halving on CUDA out-of-memory) into ``outputs``."""
+    import torch
+
+    members = [member for group in groups.values() for member in group.members]
+    decode_size, start = max(1, limit.value // 2), 0
+    while start < len(members):
+        chunk = members[start:start + decode_size]
+        text_dtype = conditioning[chunk[0].prompt_key]["positive"]["encoder_hidden_states"].dtype
+        try:
+            decoded, flagged = family.decode(torch.cat([member.latents for member in chunk]), text_dtype)
+        except (RuntimeError, MemoryError) as error:
+            if family.device.type == "cuda" and _is_oom(error) and decode_size > 1:
+                decode_size //= 2
+                continue
+            raise
+        denormalize = [True] * decoded.shape[0] if flagged is None else [not value for value in flagged]
+        images = family.pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
+        share = seconds / max(1, len(members))
+        for row, (member, image) in enumerate(zip(chunk, images)):
+            outputs[member.index] = CellOutput(image=image, seconds=share, produced=Produced.DIFFUSION.value,
+                                               nsfw_flagged=None if flagged is None else bool(flagged[row]))
+        start += len(chunk)

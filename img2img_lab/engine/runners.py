@@ -1,0 +1,168 @@
+"""The runners a sweep generates with, behind one protocol: :class:`PerCellRunner` (the reference: one plain
+diffusers call per cell, :func:`img2img_lab.engine.reference.run_cell`) and :class:`BatchedRunner` (many cells per UNet call,
+:func:`img2img_lab.engine.batched.run_cells_batched`).
+
+A runner splits the cells to generate into **chunks** and **runs** a chunk, returning one
+:class:`~img2img_lab.engine.reference.CellOutput` per cell. A batched chunk holds only cells to generate — an extension of a
+finished sweep (a new strength, seed, prompt or source) generates exactly its new cells — and is named by its
+``batch_id``. The pixels of a batched cell depend on its batch, which the run folder records before the batch runs:
+a recorded batch that is not wholly stored (a killed sweep, a damaged image) runs again whole, with the same
+composition, so a resumed or repaired sweep stores the same pixels; a per-cell chunk is one cell with no batch.
+
+>>> runner, reason = choose_runner(pipe, sources, engine="batched")
+>>> runner.name, reason
+('batched', 'StableDiffusionImg2ImgPipeline')
+>>> planned = [(cell, f"key{index}") for index, cell in enumerate(cells) if cell.duplicate_of is None]
+>>> [(len(chunk), batch_id is not None) for chunk, batch_id in runner.chunks(planned, planned[:1])]
+[(1, True)]
+>>> recorded = [{"keys": [key for _, key in planned], "max_batch_size": runner.batch_limit}]  # a killed sweep's batch
+>>> [len(chunk) for chunk, _ in runner.chunks(planned, planned[:1], recorded)]
+[6]
+>>> [output.produced for output in PerCellRunner(pipe, sources).run(cells[:2])]
+['vae_roundtrip', 'diffusion']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+from img2img_lab.engine.reference import CellOutput, run_cell
+from img2img_lab.plan.sweep_plan import Cell
+
+#: A chunk: the (cell, key) pairs run together, and the id of their batch (None for a per-cell chunk).
+Chunk = tuple[list[tuple[Cell, str]], "str | None"]
+
+
+class Runner(Protocol):
+    """What a sweep needs of a runner (see the module doc)."""
+
+    name: str
+
+    def chunks(self, planned: list[tuple[Cell, str]], pending: list[tuple[Cell, str]],
+               recorded=()) -> Iterator[Chunk]:
+        """The chunks that generate every ``pending`` cell (``planned``: every non-duplicate cell of the plan;
+        ``recorded``: the run folder's batch records that hold a pending cell)."""
+
+    def run(self, cells: list[Cell]) -> list[CellOutput]:
+        """Generate one chunk's cells; one output per cell, in order."""
+
+    @property
+    def batch_limit(self) -> int | None:
+        """UNet samples per call (None: one cell per call)."""
+
+
+def cell_work(steps) -> int:
+    """A cell's share of a sweep's progress, from its :class:`~img2img_lab.models.handle.StepPlan`: the denoiser evaluations
+    it runs (one per timestep of its loop; a zero-step cell's VAE round trip counts 1)."""
+    return 0 if steps is None else max(int(steps.denoiser_evaluations), 1)
+
+
+@dataclass
+class PerCellRunner:
+    """The reference runner: each pending cell alone, in plan order, with a plain pipeline call. ``on_work(n)`` (both
+    runners) is told each unit of :func:`cell_work` as it is done."""
+
+    pipe: object
+    sources: list
+    on_step: object = None
+    on_work: object = None
+    conditions: list | None = None  # sweep_conditions.SourceCondition per source (masks, control images)
+    name = "per-cell"
+    batch_limit = None
+
+    def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
+        for cell, key in pending:
+            yield [(cell, key)], None
+
+    def run(self, cells: list[Cell]) -> list[CellOutput]:
+        return [self._run_one(cell) for cell in cells]
+
+    def _run_one(self, cell: Cell) -> CellOutput:
+        def step(done: int, total: int) -> None:
+            if self.on_step is not None:
+                self.on_step(done, total)
+            if self.on_work is not None:
+                self.on_work(1)
+
+        condition = None if self.conditions is None else self.conditions[cell.image_index].call_inputs(cell.mode)
+        output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=step, condition=condition)
+        if cell.zero_step and self.on_work is not None:
+            self.on_work(1)
+        return output
+
+
+@dataclass
+class BatchedRunner:
+    """The batched runner: chunks of up to ``max(2 * limit, 32)`` cells to generate per scheduler, steps and size.
+
+    First every recorded batch that holds a cell to generate runs again whole (its recorded composition: a killed or
+    damaged batch stores the same pixels as before); the other cells to generate are chunked in plan order. A fresh
+    sweep and its resumption therefore store the same images, and an extension generates only its new cells (batched
+    among themselves: within the engine's tolerance of a fresh sweep of the extended plan).
+    """
+
+    pipe: object
+    sources: list
+    max_batch_size: int | None = None
+    on_step: object = None
+    on_work: object = None
+    name = "batched"
+
+    @property
+    def batch_limit(self) -> int:
+        from img2img_lab.engine.batched import DEFAULT_MAX_BATCH
+
+        return self.max_batch_size or DEFAULT_MAX_BATCH.get(self.pipe.device.type, 16)
+
+    def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
+        limit, todo = self.batch_limit, {key for _, key in pending}
+        known = {key: (cell, key) for cell, key in planned}
+        replayed: set[str] = set()
+        for record in sorted(recorded, key=lambda record: record["keys"]):  # 1. recorded batches, whole
+            keys = list(record["keys"])
+            if (record["max_batch_size"] == limit and todo & set(keys) and all(key in known for key in keys)
+                    and not replayed & set(keys)):
+                replayed |= set(keys)
+                yield [known[key] for key in keys], _batch_id(keys, limit)
+        groups: dict[tuple, list[tuple[Cell, str]]] = {}  # 2. the rest of the cells to generate, in plan order
+        for cell, key in pending:
+            if key not in replayed:
+                size = self.sources[cell.image_index].size
+                groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
+        chunk_cells = max(2 * limit, 32)
+        for members in groups.values():
+            for first in range(0, len(members), chunk_cells):
+                chunk = members[first:first + chunk_cells]
+                yield chunk, _batch_id([key for _, key in chunk], limit)
+
+    def run(self, cells: list[Cell]) -> list[CellOutput]:
+        from img2img_lab.engine.batched import run_cells_batched
+
+        return run_cells_batched(self.pipe, cells, self.sources, max_batch_size=self.batch_limit,
+                                 on_step=self.on_step, on_work=self.on_work)
+
+
+def choose_runner(pipe, sources: list, *, engine: str, max_batch_size: int | None = None,
+                  on_step=None, conditions: list | None = None) -> tuple[Runner, str]:
+    """``(runner, reason)``: the batched runner where ``engine="batched"`` and the pipeline supports it (the reason
+    names the pipeline), else the per-cell reference (the reason says why). Cells with a mask or a control image
+    (``conditions``) run per cell: the batched engine reproduces plain img2img calls only."""
+    if conditions is not None:
+        return (PerCellRunner(pipe, sources, on_step=on_step, conditions=conditions),
+                "inpainting and ControlNet cells run per cell (the batched engine reproduces plain img2img calls only)")
+    if engine == "batched":
+        from img2img_lab.engine.batched import batching_supported
+
+        supported, reason = batching_supported(pipe)
+        if supported:
+            return BatchedRunner(pipe, sources, max_batch_size=max_batch_size, on_step=on_step), reason
+        return PerCellRunner(pipe, sources, on_step=on_step), reason
+    return PerCellRunner(pipe, sources, on_step=on_step), "per-cell runner requested"
+
+
+def _batch_id(keys: list[str], limit: int) -> str:
+    """A batch's name: its cells' keys in order and its UNet cap, hashed."""
+    return hashlib.sha256(json.dumps([keys, limit]).encode()).hexdigest()[:16]

@@ -1,0 +1,321 @@
+"""The model handle: one loaded img2img pipeline and what its family means for every recorded number.
+
+diffusers' img2img families map the strength dial to denoising steps differently (``../shared/DESIGN.md``):
+
+* SD 1.x/2.x, SDXL: ``t_start = N - min(int(N * s), N)``, so 0.30 and 0.34 at 20 steps run the same steps;
+* SD3 / SD3.5, Flux: ``t_start = int(N - min(N * s, N))`` (no ``int`` on ``N * s``), and Flux builds its grid
+  from ``sigmas = linspace(1, 1/N, N)`` shifted by ``mu``, which depends on the image size;
+* LCM: the strength enters ``LCMScheduler.set_timesteps`` itself and every strength runs ``N`` steps.
+
+A :class:`ModelHandle` therefore never re-derives these rules: :meth:`ModelHandle.step_plan` runs the
+pipeline's own timestep preparation (its ``retrieve_timesteps`` with the family's arguments, then its
+``get_timesteps``) on a fresh copy of the scheduler and records what would run (:class:`StepPlan`).
+Zero-step and duplicate flags come from those sequences. A family adapter (:class:`Family`) adds the rest:
+native size and size multiple, the call's ``height``/``width``, which arguments the model ignores, and the
+pipeline's default guidance (:mod:`img2img_lab.models.registry` picks it by class; a class it does not know runs
+only where its own ``get_timesteps`` can be checked, else it is refused, as are pipelines with no strength dial).
+For inpainting on an img2img pipeline, :meth:`ModelHandle.for_mode` hands down diffusers' inpainting pipeline of
+the same components.
+
+>>> from img2img_lab.testing.tiny_families import make_tiny_family
+>>> model = as_model(make_tiny_family("sd3"))
+>>> step = model.step_plan("default", 4, 0.3, width=32, height=32)
+>>> model.family.name, step.executed_steps, step.t_start   # SD arithmetic would say 1 step from index 3
+('sd3', 2, 2)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import weakref
+from typing import Any
+
+from img2img_lab.errors import ModelError, PlanError
+
+from img2img_lab.models.families import FLOW, VP, Family, call_parameters, schedule_of  # noqa: F401 - VP/FLOW re-exported
+from img2img_lab.models.registry import FAMILIES, refusal
+
+from img2img_lab.plan.conditions import MODES
+from img2img_lab.models.step_plans import StepPlan, noise_at_start, zero_step_plan  # noqa: F401 - re-exported
+
+
+def _retrieve_timesteps(pipe):
+    """The pipeline module's own ``retrieve_timesteps`` (each diffusers pipeline module carries a copy)."""
+    own = getattr(sys.modules.get(type(pipe).__module__), "retrieve_timesteps", None)
+    if own is not None:
+        return own
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
+
+    return retrieve_timesteps
+
+
+_HANDLES: "weakref.WeakKeyDictionary[Any, ModelHandle]" = weakref.WeakKeyDictionary()
+
+
+class ModelHandle:
+    """A loaded diffusers img2img pipeline plus its family adapter, name, folder and scheduler cache.
+
+    Everything the rest of img2img-lab asks about a model goes through this object: sizes
+    (:meth:`size_multiple`, :meth:`native_resolution`), what a strength runs (:meth:`step_plan`), which plans
+    make sense (:meth:`check_plan`), the arguments of a plain call (:meth:`call_arguments`) and the fingerprint.
+    ``pipe`` stays an ordinary diffusers pipeline: nothing is stored on it.
+
+    >>> from img2img_lab.testing.tiny_families import make_tiny_family
+    >>> model = as_model(make_tiny_family("flux-dev"))
+    >>> model.family.name, model.size_multiple(), model.native_resolution()
+    ('flux', 4, 256)
+    """
+
+    def __init__(self, pipe, *, label: str | None = None, folder: str | None = None):
+        self.pipe = pipe
+        self.label = label or str(getattr(pipe, "name_or_path", "") or "in-memory")
+        self.folder = folder
+        self.base_scheduler_config = {**dict(pipe.scheduler.config), "_class_name": type(pipe.scheduler).__name__}
+        self.refusal = refusal(pipe)  # why this pipeline cannot be swept (None: it can)
+        self.family: Family = FAMILIES.get(type(pipe).__name__, Family)(pipe)
+        self.parent: ModelHandle | None = None
+        self._modes: dict[str, ModelHandle] = {}
+        self._schedulers: dict[str, Any] = {}
+        self._steps: dict[tuple, StepPlan] = {}
+        self._fingerprint: dict | None = None
+        self._stamps: dict[str, str] = {}
+        self.threads_reason = "not chosen by img2img-lab (a pipeline it did not load)"
+        _HANDLES[pipe] = self
+
+    # ------------------------------------------------------------------ schedulers
+    def scheduler(self, name: str):
+        """The scheduler instance for ``name`` (one per name, built from the model's own config)."""
+        from img2img_lab.schedulers import make_scheduler
+
+        allowed = self.family.schedulers
+        if allowed is not None and name not in allowed:
+            raise PlanError(f"scheduler {name!r} cannot run {self.family.label} ({type(self.pipe).__name__}). "
+                            f"Fix: use {' or '.join(repr(value) for value in allowed)}.")
+        if name not in self._schedulers:
+            self._schedulers[name] = make_scheduler(self.base_scheduler_config, name)
+        return self._schedulers[name]
+
+    def use_scheduler(self, name: str):
+        """Put the named scheduler on the pipeline (reusing one instance per name, as a user would)."""
+        self.pipe.scheduler = self.scheduler(name)
+        return self.pipe.scheduler
+
+    # ------------------------------------------------------------------ sizes and arguments
+    def size_multiple(self) -> int:
+        return self.family.size_multiple()
+
+    def native_resolution(self) -> int | None:
+        return self.family.native_resolution()
+
+    def call_arguments(self, cell, source, condition: dict | None = None) -> dict:
+        """The keyword arguments of the plain diffusers call that generates ``cell`` from ``source``.
+
+        ``condition`` holds the source's ``mask_image`` (inpainting: white is repainted) and ``control_image``
+        (ControlNet) where the cell needs them; the cell's ControlNet settings are passed where ``__call__`` takes
+        them.
+
+        >>> model.pipe(**model.call_arguments(cell, source)).images[0].size
+        (64, 64)
+        """
+        arguments = {"image": source, "prompt": cell.prompt, "strength": cell.strength,
+                     "num_inference_steps": cell.num_inference_steps, "generator": cell_generator(cell.seed)}
+        arguments.update(self.family.call_extras(cell.guidance_scale, cell.negative_prompt))
+        parameters = call_parameters(self.pipe)
+        for name, value in (condition or {}).items():
+            if name in parameters:
+                arguments[name] = value
+        for name, value in (("controlnet_conditioning_scale", cell.controlnet_conditioning_scale),
+                            ("control_guidance_start", cell.control_guidance_start),
+                            ("control_guidance_end", cell.control_guidance_end)):
+            if value is not None and name in parameters:
+                arguments[name] = value
+        arguments.update(self.family.size_arguments(source.width, source.height))
+        return arguments
+
+    # ------------------------------------------------------------------ modes
+    @property
+    def inpaints(self) -> bool:
+        """Whether this pipeline inpaints (its ``__call__`` takes a ``mask_image``)."""
+        return "mask_image" in call_parameters(self.pipe)
+
+    @property
+    def needs_control_image(self) -> bool:
+        """Whether this pipeline needs a control image (ControlNet / Flux Control)."""
+        return "control_image" in call_parameters(self.pipe)
+
+    def for_mode(self, mode: str) -> "ModelHandle":
+        """The handle that runs ``mode``: this one where the pipeline already does it, else (inpainting on an img2img
+        pipeline) diffusers' inpainting pipeline of the same components (``AutoPipelineForInpainting.from_pipe``:
+        a 4-channel UNet inpaints by latent blending), made once."""
+        if mode not in MODES:
+            raise PlanError(f"unknown mode {mode!r}. Fix: use one of {', '.join(MODES)}.")
+        if (mode == "inpaint") == self.inpaints:
+            return self
+        if self.parent is not None:
+            return self.parent.for_mode(mode)
+        if mode == "img2img":
+            raise PlanError(f"{type(self.pipe).__name__} is an inpainting pipeline: it cannot run plain img2img. "
+                            f"Fix: use modes: [inpaint], or load the model's img2img pipeline.")
+        if mode not in self._modes:
+            self._modes[mode] = self._derived_inpainting()
+        return self._modes[mode]
+
+    def _derived_inpainting(self) -> "ModelHandle":
+        from diffusers import AutoPipelineForInpainting
+
+        try:
+            inpaint = AutoPipelineForInpainting.from_pipe(self.pipe)
+        except (ValueError, KeyError, TypeError) as error:
+            raise PlanError(f"{type(self.pipe).__name__} has no inpainting pipeline in diffusers ({error}). Fix: "
+                            f"remove 'inpaint' from modes, or load an inpainting pipeline.") from None
+        inpaint.set_progress_bar_config(disable=True)
+        handle = ModelHandle(inpaint, label=self.label, folder=self.folder)
+        handle.parent, handle.threads_reason = self, self.threads_reason
+        handle.base_scheduler_config = self.base_scheduler_config
+        return handle
+
+    def check_sweepable(self) -> None:
+        """Raise :class:`ModelError` (one line: the class and what it does instead) where this pipeline cannot be
+        swept; called before a run folder is touched."""
+        if self.refusal is not None:
+            raise ModelError(self.refusal)
+
+    def default_guidance(self) -> float | None:
+        return self.family.default_guidance()
+
+    # ------------------------------------------------------------------ strength -> steps
+    def step_plan(self, scheduler_name: str, num_inference_steps: int, strength: float, *, width: int,
+                  height: int) -> StepPlan:
+        """What ``strength`` runs: the pipeline's own timestep preparation on a fresh copy of the scheduler.
+
+        Where no timestep is left (strength 0 on most schedulers; PNDM keeps one) the plan is zero-step: the
+        pipeline is never called. A strength the family cannot run (LCM below ``num_inference_steps /
+        original_inference_steps``; strength 0 there is zero-step) raises :class:`PlanError` naming the fix.
+        """
+        key = (scheduler_name, int(num_inference_steps), float(strength), int(width), int(height))
+        if key not in self._steps:
+            self._steps[key] = self._compute_step_plan(*key)
+        return self._steps[key]
+
+    def _compute_step_plan(self, scheduler_name, steps, strength, width, height) -> StepPlan:
+        family = self.family
+        base = self.scheduler(scheduler_name)
+        scheduler = type(base).from_config(base.config)
+        schedule = schedule_of(scheduler)
+        if schedule is None:
+            raise PlanError(f"scheduler {type(scheduler).__name__} has a noise formula img2img-lab does not know. "
+                            f"Fix: use a scheduler by name (ddim, euler, dpmpp_2m...).")
+        try:
+            arguments = family.timestep_arguments(scheduler, steps, strength, width, height)
+            timesteps, executed = _retrieve_timesteps(self.pipe)(scheduler, steps, "cpu", **arguments)
+            if family.applies_get_timesteps and hasattr(type(self.pipe), "get_timesteps"):
+                timesteps, executed = family.get_timesteps(scheduler, executed, strength)
+        except ValueError as error:
+            if strength == 0:  # e.g. LCM: no schedule at all; strength 0 means "keep the source"
+                return zero_step_plan(steps, strength, schedule)
+            raise PlanError(f"strength {strength:g} with {steps} steps cannot run on {family.label}: {error} "
+                            f"Fix: choose a higher strength or fewer steps.") from None
+        if len(timesteps) == 0 or (int(executed) < 1 and family.refuses_zero_steps()):
+            return zero_step_plan(steps, strength, schedule)
+        t_start = steps - int(executed) if family.applies_get_timesteps else 0
+        begin = getattr(scheduler, "begin_index", None)
+        begin = t_start * scheduler.order if begin is None else begin
+        noise = noise_at_start(scheduler, timesteps, begin, schedule)
+        if self.inpaints and strength == 1.0:  # diffusers' is_strength_max: the start latent is pure noise
+            noise = {**noise, "sigma": math.inf, "log_snr": -math.inf,
+                     "sqrt_alpha_bar": math.nan if schedule == FLOW else 0.0,
+                     "flow_sigma": 1.0 if schedule == FLOW else math.nan}
+        return StepPlan(steps, strength, int(executed), t_start, tuple(float(t) for t in timesteps), schedule,
+                        **noise)
+
+    # ------------------------------------------------------------------ plans
+    def check_plan(self, plan) -> list[str]:
+        """Refuse a plan whose cells would repeat one image under several keys; return notes for the manifest.
+
+        Raises :class:`PlanError` for more steps than a scheduler has timesteps, and when the plan varies (or sets)
+        an argument this model ignores: a negative prompt
+        on LCM or FLUX.1, several guidance values where guidance does nothing, several negative prompts where
+        classifier-free guidance is off, or a scheduler the family cannot run.
+        """
+        family, ignored, notes = self.family, self.family.ignored_arguments(), []
+        for name in plan.schedulers:
+            trained = self.scheduler(name).config.get("num_train_timesteps")
+            if isinstance(trained, int) and max(plan.steps) > trained:
+                raise PlanError(f"steps {max(plan.steps)} is more than scheduler {name!r} of this model accepts "
+                                f"(it was trained on {trained} timesteps). Fix: use at most {trained} steps.")
+        if "negative_prompt" in ignored and any(plan.negative_prompts):
+            raise PlanError(f"this model ignores negative prompts ({ignored['negative_prompt']}), so the plan's "
+                            f"negative prompts would change nothing. Fix: remove negative_prompts from the config.")
+        if "guidance_scale" in ignored:
+            if len(plan.guidance_scales) > 1:
+                raise PlanError(f"this model ignores the guidance scale ({ignored['guidance_scale']}), so "
+                                f"{plan.guidance_scales} give identical images. Fix: list one guidance value.")
+            notes.append(f"guidance_scale is recorded but not used: {ignored['guidance_scale']}")
+            return notes + self._family_notes()
+        unused = [value for value in plan.guidance_scales if not family.guidance_used(value)]
+        if len(unused) > 1:
+            raise PlanError(f"guidance scales {unused} all leave classifier-free guidance off on this model (it runs "
+                            f"only above 1), so they give identical images. Fix: keep one of them.")
+        if unused and len(plan.negative_prompts) > 1 and "negative_prompt" not in ignored:
+            raise PlanError(f"at guidance {unused[0]:g} classifier-free guidance is off, so the negative prompts "
+                            f"{plan.negative_prompts} give identical images there. Fix: use guidance > 1, or sweep "
+                            f"negative prompts in a separate config.")
+        return notes + self._family_notes()
+
+    def _family_notes(self) -> list[str]:
+        if type(self.family) is Family:
+            return [f"{type(self.pipe).__name__} has no img2img-lab adapter; its steps were computed with the "
+                    f"pipeline's own get_timesteps (checked on a copy of its scheduler)."]
+        return []
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self, *, refresh: bool = False) -> dict:
+        """Hashes of every component's config and weights (see :func:`img2img_lab.models.fingerprint.compute_fingerprint`),
+        cached while the weights stay the same (:func:`~img2img_lab.models.fingerprint.component_stamps`): a LoRA fused or a
+        weight changed in place since gives a new fingerprint, so cells are never keyed by the old weights. Only the
+        components whose stamp changed are hashed again (a float16 VAE upcast for decoding: the VAE, not the UNet)."""
+        from img2img_lab.models.fingerprint import component_stamps, compute_fingerprint
+
+        stamps = component_stamps(self.pipe)
+        if self._fingerprint is None or refresh or stamps != self._stamps:
+            kept = {} if refresh or self._fingerprint is None else {
+                name: entry for name, entry in self._fingerprint["components"].items()
+                if name in stamps and stamps[name] == self._stamps.get(name)}
+            self._fingerprint = compute_fingerprint(self.pipe, self.label, scheduler_config=self.base_scheduler_config,
+                                                    reuse=kept)
+            self._stamps = stamps
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        """Family, sizes and default guidance (merged into :func:`img2img_lab.models.loading.describe_pipeline`)."""
+        return {"family": self.family.name, "family_label": self.family.label, "sweepable": self.refusal or "yes",
+                "size_multiple": self.size_multiple(), "native_resolution": self.native_resolution(),
+                "default_guidance": self.default_guidance(), "ignored_arguments": self.family.ignored_arguments()}
+
+
+def cell_generator(seed: int):
+    """The per-cell generator: CPU, seeded with the cell's seed (diffusers' reproducible recipe).
+
+    >>> float(cell_generator(0).initial_seed())
+    0.0
+    """
+    import torch
+
+    return torch.Generator("cpu").manual_seed(int(seed))
+
+
+def as_model(pipe_or_model) -> ModelHandle:
+    """The :class:`ModelHandle` of a pipeline (the one :func:`~img2img_lab.models.loading.load_pipeline` made, else a
+    new one); a handle is returned as is.
+
+    >>> from img2img_lab.testing.tiny_families import make_tiny_family
+    >>> pipe = make_tiny_family("lcm")
+    >>> as_model(pipe) is as_model(pipe), as_model(pipe).family.name
+    (True, 'lcm')
+    """
+    if isinstance(pipe_or_model, ModelHandle):
+        return pipe_or_model
+    handle = _HANDLES.get(pipe_or_model)
+    return handle if handle is not None else ModelHandle(pipe_or_model)
+

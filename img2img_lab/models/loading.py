@@ -1,0 +1,361 @@
+"""Load any diffusers img2img pipeline, pick device and dtype, swap schedulers, fingerprint the model.
+
+>>> sd15 = load_pipeline("runwayml/stable-diffusion-v1-5", scheduler="euler")  # downloads 4 GB  # doctest: +SKIP
+>>> describe_pipeline(pipe)["size_multiple"]  # the embedded model's VAE downsamples 4x
+4
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from img2img_lab.errors import ModelError
+from img2img_lab.models.fingerprint import compute_fingerprint, pipeline_components  # noqa: F401 - re-exported
+from img2img_lab.schedulers import SCHEDULERS, SchedulerSpec, make_scheduler, scheduler_names  # noqa: F401
+from img2img_lab.resources import embedded_model_dir
+from img2img_lab.models.threads import apply_threads
+
+#: Where the embedded default model lives (issue #4 trains and commits it).
+EMBEDDED_MODEL_DIR = embedded_model_dir()
+
+#: Environment variable that overrides the default model (hub id or folder).
+DEFAULT_MODEL_ENV = "IMG2IMG_LAB_MODEL"
+
+
+def set_scheduler(pipe, name: str | None):
+    """Swap a pipeline's scheduler by name (in place) and return the pipeline.
+
+    >>> type(set_scheduler(pipe, "dpmpp_2m").scheduler).__name__
+    'DPMSolverMultistepScheduler'
+    >>> type(set_scheduler(pipe, None).scheduler).__name__  # the model's own
+    'DDIMScheduler'
+    """
+    from img2img_lab.models.handle import as_model
+
+    as_model(pipe).use_scheduler("default" if name is None else str(name).lower())
+    return pipe
+
+
+def select_device(device: str | None = None, dtype: str | None = None):
+    """Resolve ``(torch.device, torch.dtype)``: CUDA fp16 where available, else Apple MPS fp16, else CPU fp32.
+
+    >>> select_device("cpu")
+    (device(type='cpu'), torch.float32)
+    """
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ModelError(f"unknown device {device!r} ({error}). Fix: use 'cpu', 'cuda', 'cuda:1' or 'mps'.") from None
+    if torch_device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but torch sees no CUDA GPU. Fix: use device='cpu'.")
+    dtypes = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+              "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype is None:
+        torch_dtype = torch.float16 if torch_device.type in ("cuda", "mps") else torch.float32
+    elif isinstance(dtype, torch.dtype):
+        torch_dtype = dtype
+    elif str(dtype) in dtypes:
+        torch_dtype = dtypes[str(dtype)]
+    else:
+        raise ModelError(f"unknown dtype {dtype!r}. Fix: use one of {', '.join(dtypes)}.")
+    return torch_device, torch_dtype
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+
+
+def _hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | None]:
+    """Decide what ``model`` names: ``(label, local_folder_or_None_for_hub)``. Fast; loads nothing.
+
+    Raises :class:`ModelError` for a missing folder, a folder that is not a diffusers pipeline,
+    a malformed hub id, or a hub id that is not cached while offline.
+
+    >>> resolve_model("./no/such/folder")
+    Traceback (most recent call last):
+    ...
+    img2img_lab.errors.ModelError: model folder './no/such/folder' does not exist. ...
+    """
+    if model is None:
+        model = os.environ.get(DEFAULT_MODEL_ENV) or None
+    if model is None:
+        if not (EMBEDDED_MODEL_DIR / "model_index.json").exists():
+            raise ModelError(
+                f"no model given and the embedded default model is missing at {EMBEDDED_MODEL_DIR}. "
+                f"Fix: reinstall img2img-lab (`pip install --force-reinstall img2img-lab`: the wheel carries it), "
+                f"or pass a diffusers img2img model (a hub id such as 'runwayml/stable-diffusion-v1-5' or a local "
+                f"diffusers folder), or set ${DEFAULT_MODEL_ENV}."
+            )
+        return "embedded:shapes-world", EMBEDDED_MODEL_DIR
+    text = str(model)
+    path = Path(text).expanduser()
+    # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
+    looks_like_path = (
+        isinstance(model, os.PathLike)
+        or text.startswith((".", "/", "~"))
+        or text.endswith("/")
+        or text.count("/") > 1
+        or "\\" in text
+    )
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model path '{text}' is a file; a diffusers model is a folder. Fix: pass the folder.")
+        if not (path / "model_index.json").exists():
+            raise ModelError(
+                f"folder '{text}' is not a diffusers pipeline (no model_index.json in it). "
+                f"Fix: pass the folder written by pipeline.save_pretrained(...), e.g. a hub snapshot folder."
+            )
+        return text, path.resolve()
+    if looks_like_path or not _HUB_ID.match(text):
+        raise ModelError(
+            f"model folder '{text}' does not exist. Fix: check the path, or pass a hub id such as "
+            f"'runwayml/stable-diffusion-v1-5'."
+        )
+    if _hub_offline() and cached_model_index(text) is None:
+        raise ModelError(
+            f"'{text}' is not a local folder and is not in the Hugging Face cache, and offline mode is on "
+            f"(HF_HUB_OFFLINE=1). Fix: download it once while online (`hf download {text}`), or pass the "
+            f"path of a local diffusers folder."
+        )
+    return text, None
+
+
+def load_pipeline(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    scheduler: str | None = None,
+    variant: str | None = None,
+    threads: int | str | None = "auto",
+):
+    """Load an img2img pipeline from a hub id, a local diffusers folder, or the embedded default.
+
+    Imports only the img2img pipeline class the model names (:func:`img2img_pipeline_class`), else goes through
+    :class:`diffusers.AutoPipelineForImage2Image`, so any model with an img2img pipeline works
+    (Stable Diffusion 1.x/2.x, SDXL, turbo models...). Device/dtype default to CUDA fp16 when a GPU is
+    present, else CPU fp32. The pipeline's inner progress bar is disabled (sweeps show their own). On the CPU,
+    ``threads="auto"`` sets torch's thread count for the model (:mod:`img2img_lab.models.threads`: ``$IMG2IMG_LAB_THREADS``,
+    else half the cores for a small model); an int sets it; None leaves torch's setting alone.
+
+    >>> turbo = load_pipeline("stabilityai/sd-turbo", scheduler="euler_a")  # downloads 5 GB  # doctest: +SKIP
+    >>> type(load_pipeline()).__name__  # the embedded shapes-world model
+    'StableDiffusionImg2ImgPipeline'
+    """
+    if threads not in ("auto", None) and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ModelError(f"threads={threads!r} must be 'auto', None or a whole number >= 1. Fix: e.g. threads=2.")
+    label, folder = resolve_model(model)
+    torch_device, torch_dtype = select_device(device, dtype)
+    pipeline_class = img2img_pipeline_class(label, folder)
+    from img2img_lab._utils.quiet import apply_quiet
+
+    apply_quiet()  # diffusers and transformers are imported now: their loading bars stay off if the CLI asked
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if variant:
+        kwargs["variant"] = variant
+    if folder is None and _hub_offline():
+        kwargs["local_files_only"] = True
+    try:
+        pipe = pipeline_class.from_pretrained(str(folder) if folder else label, **kwargs)
+    except (OSError, ValueError, KeyError, EnvironmentError) as error:
+        raise ModelError(
+            f"could not load '{label}' as a diffusers img2img pipeline: {error}. "
+            f"Fix: check that the model has an img2img pipeline and all its files are present."
+        ) from error
+    pipe = pipe.to(torch_device)
+    pipe.set_progress_bar_config(disable=True)
+    from img2img_lab.models.handle import ModelHandle
+
+    handle = ModelHandle(pipe, label=label, folder=str(folder) if folder else None)  # as_model(pipe) finds it
+    handle.threads_reason = _set_threads(pipe, threads)
+    if scheduler is not None:
+        set_scheduler(pipe, scheduler)
+    return pipe
+
+
+#: The img2img pipeline of each text-to-image pipeline a model may name, for the families this toolkit adapts
+#: (:mod:`img2img_lab.models.families`); diffusers' AutoPipelineForImage2Image holds the same pairs, and more.
+IMG2IMG_PIPELINE_OF = {
+    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
+    "StableDiffusion3Pipeline": "StableDiffusion3Img2ImgPipeline",
+    "FluxPipeline": "FluxImg2ImgPipeline",
+    "LatentConsistencyModelPipeline": "LatentConsistencyModelImg2ImgPipeline",
+    "ChromaPipeline": "ChromaImg2ImgPipeline",
+    "QwenImagePipeline": "QwenImageImg2ImgPipeline",
+    "ZImagePipeline": "ZImageImg2ImgPipeline",
+}
+
+
+def img2img_pipeline_class(label: str, folder: Path | None):
+    """The img2img pipeline class for a model: the one its ``model_index.json`` names (``_class_name``: an img2img,
+    inpainting or ControlNet pipeline, or one img2img-lab refuses by name; else that pipeline's img2img sibling from
+    :data:`IMG2IMG_PIPELINE_OF`), imported alone; else (another pipeline, or a hub
+    model not downloaded yet) ``AutoPipelineForImage2Image``, whose import costs 1-2 s more (every ControlNet).
+
+    >>> img2img_pipeline_class("embedded:shapes-world", EMBEDDED_MODEL_DIR).__name__
+    'StableDiffusionImg2ImgPipeline'
+    """
+    import diffusers
+
+    index = Path(folder) / "model_index.json" if folder is not None else cached_model_index(label)
+    try:
+        named = json.loads(index.read_text()).get("_class_name") if index is not None else None
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if named is not None and not isinstance(named, str):
+        raise ModelError(f"{index}: _class_name is {json.dumps(named)[:120]}, not a pipeline class name (a list names "
+                         f"a custom pipeline's code, which img2img-lab does not run). Fix: use a model whose "
+                         f"model_index.json names a diffusers pipeline, e.g. \"StableDiffusionPipeline\".")
+    from img2img_lab.models.registry import FAMILIES, NO_STRENGTH, REFUSED
+
+    known = isinstance(named, str) and (named.endswith("Img2ImgPipeline") or named in FAMILIES or named in NO_STRENGTH
+                                        or named in REFUSED)  # an inpainting, ControlNet or reference pipeline
+    name = named if known else IMG2IMG_PIPELINE_OF.get(named)
+    if name and hasattr(diffusers, name):
+        return getattr(diffusers, name)
+    return diffusers.AutoPipelineForImage2Image
+
+
+def cached_model_index(label: str) -> Path | None:
+    """A hub model's ``model_index.json`` in the Hugging Face cache, if it is there (else ``None``).
+
+    >>> cached_model_index("no-such-owner/no-such-model") is None
+    True
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(label, "model_index.json")
+    except ValueError:  # not a repository id
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _set_threads(pipe, threads: int | str | None) -> str:
+    """Apply the ``threads`` choice of :func:`load_pipeline`; return why the count is what it is."""
+    import torch
+
+    if threads == "auto":
+        return apply_threads(pipe)[1]
+    if threads is None:
+        return "left as the caller set it (threads=None)"
+    torch.set_num_threads(threads)
+    return f"threads={threads} given to load_pipeline"
+
+
+def model_label(pipe) -> str:
+    """The name a pipeline was loaded under (hub id, folder, or ``embedded:shapes-world``)."""
+    from img2img_lab.models.handle import as_model
+
+    return as_model(pipe).label
+
+
+#: Guidance used when a model says nothing better (Stable Diffusion's customary value).
+DEFAULT_GUIDANCE = 7.5
+
+
+def recommended_guidance(pipe) -> float:
+    """The guidance scale the model's own evaluation recommends, else its pipeline's default, else
+    :data:`DEFAULT_GUIDANCE`.
+
+    A model folder may hold ``evaluation.json`` with ``recommended_guidance`` (the embedded model's
+    does: 2.0, measured by :mod:`img2img_lab.shapes.evaluate`). Otherwise the pipeline's ``__call__`` default
+    is used (SDXL 5.0, SD3 7.0, FLUX.1 3.5, LCM 8.5).
+
+    >>> recommended_guidance(pipe)  # the embedded model
+    2.0
+    """
+    from img2img_lab.models.handle import as_model
+
+    model = as_model(pipe)
+    folder = model.folder
+    if folder:
+        path = Path(folder) / "evaluation.json"
+        if path.is_file():
+            try:
+                return float(json.loads(path.read_text())["recommended_guidance"])
+            except (ValueError, KeyError, TypeError):
+                pass
+    default = model.default_guidance()
+    return DEFAULT_GUIDANCE if default is None else default
+
+
+def size_multiple(pipe) -> int:
+    """Each image side must be a multiple of this: the VAE factor, times the patch size (SD3) or the 2x2
+    latent packing (FLUX.1). See :class:`img2img_lab.models.handle.Family`.
+
+    >>> size_multiple(pipe)  # 8 for Stable Diffusion, 16 for SD3 and FLUX.1, 4 for the embedded model
+    4
+    """
+    from img2img_lab.models.handle import as_model
+
+    return as_model(pipe).size_multiple()
+
+
+def native_resolution(pipe) -> int | None:
+    """The side length the model was trained at (UNet or transformer sample size x VAE factor), if known."""
+    from img2img_lab.models.handle import as_model
+
+    return as_model(pipe).native_resolution()
+
+
+def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
+    """Fingerprint a loaded pipeline: hashes of every component's config and weights (cached on its handle).
+
+    >>> len(model_fingerprint(pipe)["fingerprint"])
+    64
+    """
+    from img2img_lab.models.handle import as_model
+
+    return as_model(pipe).fingerprint(refresh=refresh)
+
+
+def describe_pipeline(pipe) -> dict:
+    """A summary of a loaded pipeline: components, parameter counts, sizes, scheduler, size rules.
+
+    >>> describe_pipeline(pipe)["scheduler"]
+    'DDIMScheduler'
+    """
+    components = {}
+    total_bytes = 0
+    for name, component in sorted(pipeline_components(pipe).items()):
+        entry: dict[str, Any] = {"class": type(component).__name__}
+        if hasattr(component, "parameters") and callable(component.parameters):
+            params = list(component.parameters())
+            entry["parameters"] = sum(p.numel() for p in params)
+            entry["megabytes"] = round(sum(p.numel() * p.element_size() for p in params) / 1e6, 2)
+            total_bytes += sum(p.numel() * p.element_size() for p in params)
+        components[name] = entry
+    from img2img_lab.models.handle import as_model
+
+    device = getattr(pipe, "device", None)
+    dtype = getattr(pipe, "dtype", None)
+    return {
+        "model": model_label(pipe),
+        "pipeline_class": type(pipe).__name__,
+        **as_model(pipe).describe(),
+        "components": components,
+        "megabytes": round(total_bytes / 1e6, 2),
+        "scheduler": type(pipe.scheduler).__name__,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "fingerprint": model_fingerprint(pipe)["fingerprint"],
+    }

@@ -1,0 +1,192 @@
+"""The strength translator: what one strength runs under each tool's rule, and the strength of another tool that
+starts from the same noise.
+
+``img2img-lab strength MODEL --steps 30 --strength 0.6`` (and :func:`strength_map`) print, for a model's scheduler,
+the executed steps, the start σ and the start log-SNR of that strength under diffusers (the pipeline's own timestep
+code, :meth:`img2img_lab.models.handle.ModelHandle.step_plan`), AUTOMATIC1111 / Forge with and without fixed steps, ComfyUI's
+``denoise`` and InvokeAI (rules and their sources: :mod:`img2img_lab.strength.tools`). :func:`translate` answers "ComfyUI
+denoise 0.6 on SDXL at 30 steps = diffusers strength ?" by the nearest start log-SNR.
+
+``MODEL`` is a bundled scheduler config (:data:`BUNDLED`: the public ``scheduler/scheduler_config.json`` of SD 1.5,
+SD 2.1, SDXL, SDXL-Turbo, SD 3.5, FLUX.1-dev, FLUX.1-schnell and Qwen-Image, each file naming its source), a diffusers
+model folder, or a hub id whose configs are in the local Hugging Face cache; nothing is downloaded or loaded.
+
+>>> row = strength_map("sdxl", steps=30, strengths=[0.6]).set_index("tool").loc["comfyui"]
+>>> int(row.executed_steps), round(float(row.start_sigma), 4)
+(30, 2.2143)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from types import SimpleNamespace
+
+from img2img_lab.errors import ModelError, PlanError
+from img2img_lab.strength.tools import DiscreteSigmas, ToolRun, a1111_run, comfyui_run, invokeai_run
+
+#: Bundled scheduler configs (``data/schedulers/<name>.json``).
+BUNDLED = ("sd15", "sd21", "sdxl", "sdxl-turbo", "sd35", "flux-dev", "flux-schnell", "qwen-image")
+ALL_TOOLS = ("diffusers", "a1111", "a1111-fixed-steps", "comfyui", "invokeai")
+
+
+def scheduler_record(model: str) -> dict:
+    """``{"source", "pipeline", "native_size", "scheduler"}`` for a bundled name, a model folder or a cached hub id.
+
+    >>> scheduler_record("flux-dev")["scheduler"]["use_dynamic_shifting"]
+    True
+    """
+    from img2img_lab.resources import data_path
+
+    if model in BUNDLED:
+        return json.loads(data_path("schedulers", f"{model}.json").read_text())
+    folder = Path(model).expanduser()
+    files = {name: folder / name for name in ("model_index.json", "scheduler/scheduler_config.json")}
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            files = {name: try_to_load_from_cache(model, name) for name in files}
+        except ValueError:
+            files = {}
+    if not files or not all(isinstance(path, (str, Path)) and Path(path).is_file() for path in files.values()):
+        raise ModelError(f"no scheduler config for {model!r}: not a bundled name, a diffusers folder or a hub model in "
+                         f"the local cache. Fix: use one of {', '.join(BUNDLED)}, or a model folder.")
+    named = json.loads(Path(files["model_index.json"]).read_text()).get("_class_name")
+    from img2img_lab.models.loading import IMG2IMG_PIPELINE_OF
+
+    return {"source": str(model), "pipeline": IMG2IMG_PIPELINE_OF.get(named, named), "native_size": None,
+            "scheduler": json.loads(Path(files["scheduler/scheduler_config.json"]).read_text())}
+
+
+def _stub_model(record: dict):
+    """A model handle over the record's pipeline class with no weights: its own timestep code, nothing else."""
+    import diffusers
+
+    import img2img_lab  # noqa: F401 - torchvision shim first
+    from img2img_lab.models.handle import ModelHandle
+
+    pipeline_class = getattr(diffusers, str(record["pipeline"]), None)
+    config = dict(record["scheduler"])
+    scheduler_class = getattr(diffusers, str(config.get("_class_name")), None)
+    if pipeline_class is None or scheduler_class is None:
+        raise ModelError(f"{record['source']}: pipeline {record['pipeline']!r} or scheduler {config.get('_class_name')!r}"
+                         f" is not a diffusers class. Fix: check the model's model_index.json and scheduler config.")
+    pipe = object.__new__(pipeline_class)
+    for name, value in (("scheduler", scheduler_class.from_config(config)), ("vae_scale_factor", 8),
+                        ("transformer", SimpleNamespace(config=SimpleNamespace(patch_size=2)))):
+        object.__setattr__(pipe, name, value)
+    return ModelHandle(pipe, label=str(record["source"]))
+
+
+def tool_run(record: dict, tool: str, *, steps: int, strength: float, size: int | None = None,
+             model=None) -> ToolRun:
+    """What ``strength`` runs in ``tool`` (one of :data:`ALL_TOOLS`) on the record's model at ``size`` px."""
+    if tool == "diffusers":
+        side = int(size or record.get("native_size") or 1024)
+        plan = (model or _stub_model(record)).step_plan("default", steps, strength, width=side, height=side)
+        return ToolRun("diffusers", strength, steps, plan.executed_steps, (plan.sigma,) if plan.timesteps else ())
+    config = dict(record["scheduler"])
+    if str(config.get("_class_name", "")).startswith("FlowMatch"):
+        raise PlanError(f"{tool} runs flow-matching models ({record['source']}) through its own model sampling code, "
+                        f"which img2img-lab does not translate. Fix: compare diffusers settings (steps, --size) for this model.")
+    table = _sigma_table(json.dumps(config, sort_keys=True))
+    if tool in ("a1111", "a1111-fixed-steps"):
+        return a1111_run(table, steps=steps, strength=strength, fixed_steps=tool == "a1111-fixed-steps")
+    if tool == "comfyui":
+        return comfyui_run(table, steps=steps, denoise=strength)
+    if tool == "invokeai":
+        import diffusers
+
+        scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+        return invokeai_run(scheduler, table, steps=steps, strength=strength)
+    raise PlanError(f"unknown tool {tool!r}. Fix: use one of {', '.join(ALL_TOOLS)}.")
+
+
+@lru_cache(maxsize=16)
+def _sigma_table(config_json: str) -> DiscreteSigmas:
+    """A scheduler config's training sigmas, made once (:func:`translate` asks for them a thousand times)."""
+    return DiscreteSigmas.from_config(json.loads(config_json))
+
+
+def strength_map(model: str, *, steps: int, strengths, size: int | None = None, tools=ALL_TOOLS):
+    """A tidy table (tool, strength, executed_steps, start_sigma, log_snr) of ``strengths`` under ``tools``; tools that
+    cannot translate the model (flow matching outside diffusers) are left out."""
+    import pandas as pd
+
+    record, rows = scheduler_record(model), []
+    stub = _stub_model(record) if "diffusers" in tools else None
+    for tool in tools:
+        for strength in strengths:
+            try:
+                run = tool_run(record, tool, steps=steps, strength=float(strength), size=size, model=stub)
+            except PlanError:
+                break
+            rows.append({"model": model, "tool": tool, "strength": float(strength), "steps": steps,
+                         "executed_steps": run.executed_steps, "start_sigma": run.start_sigma,
+                         "log_snr": run.log_snr})
+    return pd.DataFrame(rows)
+
+
+def translate(model: str, *, steps: int, strength: float, source: str, target: str, size: int | None = None) -> dict:
+    """The ``target`` strength (0.001 grid) whose start log-SNR is nearest the one ``source`` starts from at
+    ``strength`` (ties: the same executed steps first, then the lower strength).
+
+    >>> answer = translate("sdxl", steps=30, strength=0.6, source="comfyui", target="diffusers")
+    >>> answer["strength"], answer["executed_steps"], answer["source_executed_steps"]
+    (0.634, 19, 30)
+    """
+    record = scheduler_record(model)
+    stub = _stub_model(record)
+    start = tool_run(record, source, steps=steps, strength=strength, size=size, model=stub)
+    best = None
+    for k in range(0, 1001):
+        candidate = tool_run(record, target, steps=steps, strength=k / 1000, size=size, model=stub)
+        if not candidate.executed_steps:
+            continue
+        gap = abs(candidate.log_snr - start.log_snr) if math.isfinite(start.log_snr) else math.inf
+        order = (round(gap, 9), candidate.executed_steps != start.executed_steps, k)
+        if best is None or order < best[0]:
+            best = (order, candidate)
+    if best is None:
+        raise PlanError(f"{target} runs no step at any strength with {steps} steps. Fix: use more steps.")
+    found = best[1]
+    return {"model": model, "steps": steps, "source": source, "source_strength": strength,
+            "source_executed_steps": start.executed_steps, "source_log_snr": start.log_snr, "target": target,
+            "strength": found.strength, "executed_steps": found.executed_steps, "log_snr": found.log_snr}
+
+
+def strength_map_figure(models, *, steps: int, size: int | None = None, tools=ALL_TOOLS):
+    """Start log-SNR (top) and executed steps (bottom) against strength, one line per model and tool: the cliffs
+    (a jump) and plateaus (several strengths, one start) of each rule, on one axis.
+
+    >>> strength_map_figure(["sdxl"], steps=20).axes[0].get_ylabel()
+    'start log-SNR (higher: less noise)'
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    strengths = np.round(np.linspace(0.02, 1.0, 50), 3)
+    styles = {"diffusers": "-", "a1111": "--", "a1111-fixed-steps": ":", "comfyui": "-.", "invokeai": (0, (1, 3))}
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.4), dpi=110, sharex=True)
+    for model in models:
+        table = strength_map(model, steps=steps, strengths=strengths, size=size, tools=tools)
+        for tool, rows in table.groupby("tool", sort=False):
+            label = f"{model} · {tool}"
+            style = {"linestyle": styles.get(tool, "-"), "linewidth": 1.6}
+            top.step(rows.strength, rows.log_snr.clip(lower=-12, upper=12), where="mid", label=label, **style)
+            bottom.step(rows.strength, rows.executed_steps, where="mid", label=label, **style)
+    top.set_ylabel("start log-SNR (higher: less noise)")
+    bottom.set_ylabel(f"executed steps (of {steps})")
+    bottom.set_xlabel("strength / denoise")
+    top.legend(fontsize=8, ncol=2)
+    top.grid(alpha=0.3)
+    bottom.grid(alpha=0.3)
+    top.set_title(f"What the strength dial runs, {steps} steps" + (f", {size} px" if size else ""))
+    figure.tight_layout()
+    return figure

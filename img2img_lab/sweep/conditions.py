@@ -1,0 +1,258 @@
+"""Each source's conditioning images: the inpainting mask (what is repainted) and the ControlNet control image.
+
+They are made once per source before anything is written (:func:`prepare_conditions`), kept in the run folder —
+the subject mask in ``masks/`` (the region metrics use the same mask by default), the control image in
+``sources/`` under its pixel hash — and their hashes enter every cell key that uses them, so a changed mask or
+control image never reuses an old cell. A repair takes them from the folder alone (:func:`folder_conditions`).
+
+* inpainting masks: ``auto`` (:func:`img2img_lab.metrics.masks.auto_subject_mask`), ``oracle`` (the shapes-world oracle:
+  exact on embedded-model sources) or files; ``repaint: background`` repaints everything but the subject,
+  ``subject`` the subject. diffusers reads the mask image as white = repaint.
+* control images: ``canny`` — the source's Canny edges (:func:`img2img_lab.metrics.edges.edge_map`, white on black, the
+  input ``lllyasviel/sd-controlnet-canny`` was trained on); or files. Depth, pose or segmentation maps need
+  networks img2img-lab cannot download offline: give them as files.
+
+>>> from img2img_lab.shapes.world import Scene, render
+>>> source = render(Scene("circle", "red", "blue", radius=0.3))
+>>> condition = make_condition(source, "s", inpaint={"mask": "oracle", "repaint": "background"},
+...                            control={"image": "canny"})
+>>> condition.mask_image.mode, condition.control_image.mode, len(condition.mask_hash)
+('L', 'RGB', 64)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from img2img_lab.errors import ImageError, PlanError
+
+
+@dataclass
+class SourceCondition:
+    """One source's conditioning images, their pixel hashes and origins (``None`` where the plan has none)."""
+
+    subject: np.ndarray | None = None
+    repaint: str | None = None
+    mask_image: object = None
+    mask_hash: str | None = None
+    control_image: object = None
+    control_hash: str | None = None
+    origins: dict = field(default_factory=dict)
+
+    def call_inputs(self, mode: str) -> dict:
+        """The pipeline arguments for a cell of ``mode``: ``mask_image`` (inpainting) and ``control_image``."""
+        inputs = {"mask_image": self.mask_image} if mode == "inpaint" else {}
+        if self.control_image is not None:
+            inputs["control_image"] = self.control_image
+        return inputs
+
+    def key_part(self, mode: str) -> dict:
+        """What enters the cell key of a cell of ``mode`` besides its settings (empty for plain img2img)."""
+        part = {"mask": [self.mask_hash, self.repaint]} if mode == "inpaint" else {}
+        if self.control_hash is not None:
+            part["control"] = self.control_hash
+        return part
+
+    def columns(self, mode: str) -> dict:
+        """The table's conditioning columns for a cell of ``mode``."""
+        return {"repaint": self.repaint if mode == "inpaint" else None,
+                "mask_hash": self.mask_hash if mode == "inpaint" else None, "control_hash": self.control_hash}
+
+
+def make_condition(source, name: str, *, inpaint: dict | None, control: dict | None, fit: dict | None = None,
+                   subject: np.ndarray | None = None, control_image=None) -> SourceCondition:
+    """The conditions of one prepared source (``subject``/``control_image``: already made, e.g. from a run folder)."""
+    from img2img_lab.images import content_hash
+
+    condition = SourceCondition()
+    if inpaint is not None:
+        if subject is None:
+            subject, condition.origins["mask"] = _subject_mask(source, name, inpaint["mask"], fit)
+        if not subject.any():
+            raise ImageError(f"{name}: the {condition.origins.get('mask', 'stored')} subject mask is empty, so there "
+                             f"is nothing to keep or repaint. Fix: give a mask file (inpaint: {{mask: FOLDER}}).")
+        from PIL import Image
+
+        repainted = ~subject if inpaint["repaint"] == "background" else subject
+        condition.subject, condition.repaint = subject, inpaint["repaint"]
+        condition.mask_image = Image.fromarray(repainted.astype(np.uint8) * 255, mode="L")
+        condition.mask_hash = content_hash(condition.mask_image)
+    if control is not None:
+        if control_image is None:
+            control_image, condition.origins["control"] = _control_image(source, name, control["image"], fit)
+        condition.control_image, condition.control_hash = control_image, content_hash(control_image)
+    return condition
+
+
+def _subject_mask(source, name: str, how, fit) -> tuple[np.ndarray, str]:
+    from img2img_lab.metrics.masks import auto_subject_mask, load_mask, oracle_subject_mask
+
+    if how == "auto":
+        estimate = auto_subject_mask(source)
+        return estimate.mask, "auto" + (f" ({'; '.join(estimate.warnings)})" if estimate.warnings else "")
+    if how == "oracle":
+        return oracle_subject_mask(source), "oracle"
+    path = _named_file(how, name, "mask")
+    return load_mask(path, fit=fit, size=source.size), f"file {path}"
+
+
+def _control_image(source, name: str, how, fit):
+    from PIL import Image
+
+    if how == "canny":
+        from img2img_lab.metrics.edges import edge_map
+
+        edges = edge_map(source).astype(np.uint8) * 255
+        return Image.fromarray(np.stack([edges] * 3, axis=-1), mode="RGB"), "canny (edges of the source)"
+    from img2img_lab.images import fit_to_model, load_image
+
+    path = _named_file(how, name, "control image")
+    image = load_image(path)
+    if fit is not None and image.size == tuple(fit["original"]):
+        image = fit_to_model(image, size_multiple=fit["size_multiple"], max_side=fit["max_side"],
+                             policy=fit["policy"], name=str(path))
+    if image.size != source.size:
+        raise ImageError(f"{path}: the control image is {image.width}x{image.height} but its source is "
+                         f"{source.width}x{source.height}. Fix: make it from the source image itself.")
+    return image, f"file {path}"
+
+
+def _named_file(how, name: str, what: str) -> Path:
+    files = how if isinstance(how, dict) else {path.stem: path for path in sorted(Path(how).glob("*.png"))}
+    if not isinstance(how, dict) and not Path(how).is_dir():
+        raise PlanError(f"{what} source {how!r} is neither a known name nor a folder. Fix: give a folder of "
+                        f"<source name>.png files.")
+    if name not in files:
+        raise ImageError(f"no {what} for source {name!r} in {how}. Fix: add {name}.png.")
+    return Path(files[name])
+
+
+def prepare_conditions(plan, sources: list, entries: list[dict]) -> list[SourceCondition]:
+    """Every source's conditions, made from the plan's settings and files (the plan is checked against the model by
+    :func:`check_conditions_fit` first, in :func:`conditions_for_sweep`)."""
+    return [make_condition(source, Path(path).stem, inpaint=plan.inpaint, control=plan.control,
+                           fit=entry.get("fit"))
+            for path, source, entry in zip(plan.images, sources, entries)]
+
+
+def check_conditions_fit(plan, model) -> None:
+    """Refuse a plan whose conditions do not fit the pipeline (before anything is written)."""
+    name = type(model.pipe).__name__
+    if model.needs_control_image and plan.control is None:
+        raise PlanError(f"{name} needs a control image per source. Fix: add control: {{image: canny}} to the "
+                        f"config (or a folder of <source name>.png control images).")
+    if plan.control is not None and not model.needs_control_image:
+        raise PlanError(f"{name} takes no control image, so control: would change nothing. Fix: remove control: "
+                        f"or load a ControlNet img2img pipeline.")
+    from img2img_lab.models.families import call_parameters
+    from img2img_lab.plan.conditions import CONTROL_AXES
+
+    for axis, argument in CONTROL_AXES.items():
+        if plan.control is not None and axis in plan.control and argument not in call_parameters(model.pipe):
+            raise PlanError(f"{name}.__call__ has no {argument}, so control {axis} would give identical images. Fix: "
+                            f"remove {axis} from control:.")
+    for mode in plan.modes:
+        model.for_mode(mode)
+
+
+def folder_conditions(plan, store, sources: list, entries: list[dict]) -> list[SourceCondition]:
+    """The conditions a run folder keeps (its stored subject masks and control images): what a repair uses."""
+    conditions = []
+    for path, source, entry in zip(plan.images, sources, entries):
+        subject = store.load_mask(entry["hash"]) if plan.inpaint is not None else None
+        control_hash = (entry.get("control") or {}).get("hash")
+        control = store.load_source(control_hash) if plan.control is not None and control_hash else None
+        if (plan.inpaint is not None and subject is None) or (plan.control is not None and control is None):
+            raise ImageError(f"the run folder lost the mask or control image of {Path(path).stem}. Fix: sweep again "
+                             f"from the original files instead of repairing.")
+        conditions.append(make_condition(source, Path(path).stem, inpaint=plan.inpaint, control=plan.control,
+                                         subject=subject, control_image=control))
+    return conditions
+
+
+def store_conditions(store, conditions: list[SourceCondition], source_hashes: list[str]) -> dict:
+    """Keep each source's subject mask and control image in the run folder; return the manifest's records
+    ``{source hash: {"mask": origin, "control": {"hash", "origin"}}}``."""
+    records = {}
+    for condition, source_hash in zip(conditions, source_hashes):
+        record = {}
+        if condition.subject is not None:
+            store.save_mask(source_hash, condition.subject)
+            record["mask"] = condition.origins.get("mask", "stored")
+        if condition.control_image is not None:
+            store.write_source(condition.control_hash, condition.control_image)
+            record["control"] = {"hash": condition.control_hash, "origin": condition.origins.get("control", "stored")}
+        if record:
+            records[source_hash] = record
+    return records
+
+
+def conditions_for_sweep(plan, model, sources: list, entries: list[dict], folder_store=None):
+    """The sweep's conditions (``None`` for a plain img2img plan on a pipeline that needs none): from the plan's
+    files, or from the run folder (``folder_store``: a repair)."""
+    check_conditions_fit(plan, model)
+    if plan.modes == ["img2img"] and plan.control is None:
+        return None
+    if folder_store is not None:
+        return folder_conditions(plan, folder_store, sources, entries)
+    return prepare_conditions(plan, sources, entries)
+
+
+def with_controls(entries: list[dict], conditions: list[SourceCondition] | None) -> list[dict]:
+    """The manifest's source entries with each source's control image (``{"hash", "origin"}``) recorded: what a
+    repair finds the control image by."""
+    if conditions is None:
+        return entries
+    return [{**entry, "control": {"hash": condition.control_hash,
+                                  "origin": condition.origins.get("control", (entry.get("control") or {}).get("origin",
+                                                                                                          "stored"))}}
+            if condition.control_hash else entry for entry, condition in zip(entries, conditions)]
+
+
+def record_conditions(store, conditions: list[SourceCondition], source_hashes: list[str]) -> None:
+    """Store the conditions (:func:`store_conditions`) and record the subject masks' origins under the manifest's
+    ``masks`` (as the region metrics record theirs); control images are recorded in the source entries
+    (:func:`with_controls`, before the folder is created)."""
+    records = store_conditions(store, conditions, source_hashes)
+    masks = {source_hash: record["mask"] for source_hash, record in records.items() if "mask" in record}
+    if masks:
+        store.update_manifest(lambda manifest: {**manifest, "masks": {**(manifest.get("masks") or {}), **masks}})
+
+
+def strength_meaning(model, cell, steps) -> dict:
+    """What the strength meant for this cell: ``start_from`` and ``inpaint_method`` (see
+    :data:`img2img_lab.plan.schema.STEP_COLUMNS`)."""
+    runner = model.for_mode(cell.mode)
+    if steps.zero_step:
+        start = "source"
+    elif runner.inpaints and cell.strength == 1.0:
+        start = "pure noise"
+    else:
+        start = "noised source"
+    return {"start_from": start, "inpaint_method": runner.family.inpaint_method() if runner.inpaints else None}
+
+
+def row_condition(store, row: dict, source) -> dict | None:
+    """The ``mask_image`` / ``control_image`` a stored row was generated with, rebuilt from the run folder (what
+    ``verify`` regenerates with); ``None`` for a plain img2img row. A mask whose pixels no longer hash to the row's
+    ``mask_hash`` (a mask made anew since) raises :class:`ImageError` naming the cell."""
+    from img2img_lab.plan.schema import row_conditioning
+
+    mode, repaint, mask_hash, control_hash = row_conditioning(row)[:4]
+    if mode == "img2img" and control_hash is None:
+        return None
+    subject = store.load_mask(row["source_hash"]) if mode == "inpaint" else None
+    control = store.load_source(control_hash) if control_hash is not None else None
+    if mode == "inpaint" and subject is None:
+        raise ImageError(f"{row['cell_key']}: the run folder has no mask for its source. Fix: sweep it again.")
+    condition = make_condition(source, str(row.get("source_name", "")),
+                               inpaint={"mask": "stored", "repaint": repaint} if mode == "inpaint" else None,
+                               control={"image": "stored"} if control is not None else None, subject=subject,
+                               control_image=control)
+    if mode == "inpaint" and condition.mask_hash != mask_hash:
+        raise ImageError(f"{row['cell_key']}: the stored mask of its source changed since the cell was made (a mask "
+                         f"made anew by measure --masks?). Fix: sweep the inpainting cells again.")
+    return condition.call_inputs(mode)

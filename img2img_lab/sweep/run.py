@@ -1,0 +1,266 @@
+"""Run a sweep plan into a run folder: plan -> engine -> store.
+
+:func:`run_sweep` loads the model and the sources, expands the plan, and for each cell either finds it
+already in the run folder (resume / extension), reuses the image of the strength it duplicates, or runs
+it with the reference runner; after every cell the image and the table row are written atomically.
+
+Each cell has a content key (:func:`img2img_lab.plan.schema.cell_key`): a hash of everything that determines its pixels, so
+rerunning a sweep, or extending it by a strength or a seed, computes only what is missing.
+
+>>> quick = SweepPlan.from_yaml("data/configs/quick.yaml")
+>>> plan = SweepPlan(images=quick.images, prompts=quick.prompts, strengths=[0.0, 0.5], steps=10)
+>>> table = run_sweep(plan, "runs/quick", pipe=pipe, progress=False)
+>>> table[["strength", "executed_steps", "produced"]]
+   strength  executed_steps       produced
+0       0.0               0  vae_roundtrip
+1       0.5               5      diffusion
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from img2img_lab.sweep import distributed as distributed
+from img2img_lab.errors import PlanError, StoreError
+from img2img_lab.images import check_image_files
+from img2img_lab.store.manifest import files_digest, package_versions, registered_models  # noqa: F401 - re-exported
+from img2img_lab.models.loading import load_pipeline, resolve_model
+from img2img_lab.plan.sweep_plan import SweepPlan
+from img2img_lab.plan.values import check_batch_size
+from img2img_lab.store.run_store import RunStore
+from img2img_lab.plan.schema import COLUMNS, cell_key  # noqa: F401 - re-exported
+from img2img_lab.sweep.sources import prepare_source, prepare_sources, source_steps, write_floor  # noqa: F401
+from img2img_lab.sweep.session import SweepWriter, in_plan_order, build_manifest, completed_record  # noqa: F401
+
+__all__ = ["COLUMNS", "cell_key", "package_versions", "prepare_source", "prepare_sources", "registered_models",
+           "run_model_axis", "run_sweep", "source_steps", "sweep_signature", "write_floor"]
+
+def _file_stats(folder: Path) -> list:
+    return sorted((str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
+                  for path in folder.rglob("*") if path.is_file())
+
+
+def sweep_signature(plan: SweepPlan, *, metrics, engine: str, max_batch_size, device, dtype) -> str | None:
+    """A hash of everything a finished sweep's cells depend on that can be known without loading the model:
+    the plan, the request (metrics, engine, device, dtype), the model folder's files (paths, sizes, mtimes),
+    the source files' sizes and mtimes, and the package versions. ``None`` for hub models (not a local folder)."""
+
+    label, folder = resolve_model(plan.model)
+    if folder is None:
+        return None
+    sources = []
+    for image in plan.images:
+        try:
+            stat = Path(image).stat()
+        except OSError:
+            return None  # the normal path reports the missing or unreadable source with its fix
+        sources.append((image, stat.st_size, stat.st_mtime_ns))
+    payload = {"plan": plan.to_dict(), "metrics": sorted(metrics), "engine": engine, "max_batch_size": max_batch_size,
+               "device": device, "dtype": dtype, "model": [label, str(folder), _file_stats(Path(folder))],
+               "sources": sources, "packages": package_versions()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_table(out_dir, *, signature: str | None):
+    """The table of a run folder that already holds this exact sweep, finished and untouched; else ``None``.
+
+    This is how rerunning a finished sweep answers without loading the model: the manifest's ``completed``
+    record must carry the same :func:`sweep_signature` and the same :func:`~img2img_lab.store.manifest.files_digest`
+    (every image, row file and source still there with the size and time it had when the sweep finished).
+    """
+    if signature is None or not RunStore.is_run_folder(out_dir):
+        return None
+    store = RunStore.open(out_dir)
+    completed = (store.read_manifest_or_none() or {}).get("completed") or {}
+    keys = completed.get("keys") or []
+    if completed.get("signature") != signature or not keys:
+        return None
+    if files_digest(store, keys, completed.get("sources") or []) != completed.get("files"):
+        return None
+    table = store.read_table(allow_damaged=True)
+    if table.empty:
+        return None
+    table = in_plan_order(table, keys)
+    return table if len(table) == len(keys) else None
+
+
+def _answered_from_run_folder(out_dir, cells: int) -> None:
+    """Record in the manifest that a rerun found the sweep finished and generated nothing."""
+    counts = {"generated": 0, "reused": 0, "already_done": cells, "cells": cells, "seconds": 0.0,
+              "answered_from_run_folder": True}
+    RunStore.open(out_dir).update_manifest(lambda manifest: {**manifest, "counts": counts})
+
+
+def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
+    """Run a plan with a ``models`` axis into one run folder: each model loaded in turn (one in memory at a time),
+    every cell run on each; returns the combined table (models in plan order). ``options`` as for :func:`run_sweep`.
+
+    Rerunning a finished multi-model sweep answers from the run folder without loading any model.
+
+    >>> from img2img_lab.testing.tiny_sd import save_tiny_pipeline
+    >>> tiny = str(save_tiny_pipeline("tiny-sd"))
+    >>> plan = SweepPlan(images=["data/sources/red_circle_on_blue.png"], prompts=["a star"], strengths=[0.5],
+    ...                  models=["embedded", tiny], steps=4)
+    >>> run_model_axis(plan, "runs/compare", progress=False).groupby("model").size().tolist()
+    [1, 1]
+    """
+    import gc
+
+    import pandas as pd
+    import torch
+
+    from img2img_lab.metrics.measure import check_metric_names
+
+    if options.pop("pipe", None) is not None:
+        raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "
+                        "one model.")
+    metrics = check_metric_names(options.get("metrics", ()))
+    parts = [sweep_signature(sub, metrics=metrics, engine=options.get("engine", "batched"),
+                             max_batch_size=options.get("max_batch_size"), device=options.get("device"),
+                             dtype=options.get("dtype")) for sub in plan.model_plans()]
+    signature = None if None in parts else hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    done = finished_table(out_dir, signature=signature)
+    if done is not None:
+        _answered_from_run_folder(out_dir, len(done))
+        return done
+    tables, counts = [], {}
+    for sub in plan.model_plans():
+        tables.append(run_sweep(sub, out_dir, model_axis=True, **options))
+        for name, value in RunStore.open(out_dir).read_manifest().get("counts", {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                counts[name] = counts.get(name, 0) + value
+        gc.collect()  # the model of this part is released before the next one loads
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    table = pd.concat(tables, ignore_index=True)
+    store, context = RunStore.open(out_dir), distributed.current()
+    if context.is_main:  # in a launched job rank 0 alone writes the manifest
+        completed = completed_record(store, signature, list(table["cell_key"]), table["source_hash"])
+        store.update_manifest(lambda manifest: {
+            **manifest, "plan": plan.to_dict(), "cells_planned": len(table), "completed": completed,
+            "counts": {**counts, "cells": len(table), "models": len(tables)}})
+    distributed.barrier(context)
+    return table
+
+
+def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
+              dtype: str | None = None, progress: bool = True, metrics=(), on_step=None, engine: str = "batched",
+              max_batch_size: int | None = None, cache: str | os.PathLike | None = None, model_axis: bool = False,
+              sources_from_folder: bool = False):
+    """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
+
+    Cells already in the folder (an intact image with the pixels its row records) are skipped (resume and
+    extension); a damaged one is regenerated; duplicate strengths reuse the image of the strength they duplicate;
+    zero-step cells store the VAE round trip. The table has one row per cell with the columns in
+    :data:`COLUMNS`, plus one column per metric in ``metrics`` (measured as the sweep goes, see
+    :mod:`img2img_lab.metrics.measure`). Each source's VAE round trip (the fidelity floor) is stored per seed in
+    ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every denoising step of every
+    generated cell (see :func:`img2img_lab.engine.reference.run_cell`).
+
+    ``engine="batched"`` (default) runs cells with :mod:`img2img_lab.engine.batched` (same pixels within 1/255 in float32,
+    several times faster) where the pipeline supports it, else per cell; ``engine="per-cell"`` forces the
+    reference runner. ``max_batch_size`` caps UNet samples per call (default by device). The manifest's
+    ``engine`` entry records which ran and why.
+
+    ``cache`` names a shared cache folder (``images/<key>.png`` + ``rows/<key>.json``, the run folder's own
+    layout): intact cells found there are copied in instead of generated, and every cell this folder stores is
+    added to it, image and row together, under the cache's lock, so several run folders (and concurrent sweeps)
+    share one set of computed cells.
+
+    ``sources_from_folder`` takes the sources from the copies ``out_dir`` keeps instead of the plan's files (what
+    ``verify --repair`` does: it reads nothing outside the folder).
+
+    A plan with a ``models`` axis is handed to :func:`run_model_axis`. A folder holding another model's cells is
+    refused unless ``model_axis`` (set by :func:`run_model_axis`): one folder compares models only by plan.
+
+    >>> table = run_sweep(plan, "runs/study", pipe=pipe, progress=False)
+    >>> table.groupby("strength").executed_steps.first().tolist()
+    [0, 5, 10]
+    """
+    from img2img_lab.metrics.measure import check_metric_names
+
+    if plan.models:
+        return run_model_axis(plan, out_dir, pipe=pipe, device=device, dtype=dtype, progress=progress,
+                              metrics=metrics, on_step=on_step, engine=engine, max_batch_size=max_batch_size,
+                              cache=cache)
+    # 1. Check the request (the sources exist before any model loads).
+    if not sources_from_folder:
+        check_image_files(plan.images)
+    metrics = check_metric_names(metrics)
+    if engine not in ("batched", "per-cell"):
+        raise PlanError(f"unknown engine {engine!r}. Fix: use 'batched' (default) or 'per-cell'.")
+    max_batch_size = check_batch_size(max_batch_size)
+    cache_store = _open_cache(cache)
+    # 2. A rerun of a finished sweep answers from the run folder, without loading the model (rank 0 decides).
+    context, signature = distributed.current(), None
+    if pipe is None:
+        signature = sweep_signature(plan, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
+                                    device=device, dtype=dtype)
+        done = _finished_for_every_rank(out_dir, signature, context)
+        if done is not None:
+            return done
+    # 3. Load the model, each rank on its own device (a hub model: rank 0 first, it fills the cache the others read).
+    if pipe is None:
+        device = distributed.rank_device(context, device)
+        pipe = distributed.load_model(context, lambda: load_pipeline(plan.model, device=device, dtype=dtype),
+                                      local=resolve_model(plan.model)[1] is not None)
+    # 4. Create (rank 0) or open the run folder, key every cell (done, in the cache, a duplicate strength, or to
+    #    generate) and 5. copy intact cells from the shared cache (rank 0).
+    writer = distributed.main_first(context, lambda: _open_and_key(
+        plan, out_dir, pipe, context, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
+        cache_store=cache_store, model_axis=model_axis, progress=progress, on_step=on_step,
+        sources_from_folder=sources_from_folder))
+    # 6. Generate the rest (in a launched job, each rank its shard of the chunks).
+    writer.generate()
+    # 7. Reuse duplicate strengths, 8. measure rows from earlier runs and record the finished sweep (rank 0).
+    return _finish(writer, signature, context)
+
+
+def _open_and_key(plan, out_dir, pipe, context, **options) -> SweepWriter:
+    writer = SweepWriter.open(plan, out_dir, pipe, context=context, **options)
+    writer.key_cells()
+    if context.is_main:
+        writer.copy_from_cache()
+    writer.note_recorded_batches()  # inside main_first: no rank has begun to write batches
+    return writer
+
+
+def _finished_for_every_rank(out_dir, signature, context):
+    """:func:`finished_table`, decided by rank 0 for every rank (they must take the same path)."""
+    done = finished_table(out_dir, signature=signature) if context.is_main else None
+    if not distributed.agree(context, done is not None):
+        return None
+    if context.is_main:
+        _answered_from_run_folder(out_dir, len(done))
+    distributed.barrier(context)
+    return done if context.is_main else finished_table(out_dir, signature=signature)
+
+
+def _finish(writer: SweepWriter, signature, context):
+    """After every rank stored its cells: rank 0 reuses duplicates, consolidates and records; every rank returns the
+    plan's rows in plan order."""
+    if not context.is_main:
+        writer.counts["already_done"] = 0  # every rank counted the cells done before the job; rank 0's count stands
+    writer.counts = distributed.sum_counts(context, writer.counts)  # the job's counts, on every rank
+    if context.is_main:
+        writer.store.reload()  # other ranks' row files
+        writer.show_job_progress(final=True)
+        writer.reuse_duplicates()
+        table = writer.finish(signature)
+    distributed.barrier(context)
+    if not context.is_main:
+        table = writer.plan_table()
+    return table
+
+
+def _open_cache(cache) -> RunStore | None:
+    if cache is None:
+        return None
+    path = Path(cache)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"--cache '{cache}' is a file, not a folder. Fix: pass a folder (it is created if it is "
+                         f"missing).")
+    return RunStore(path)

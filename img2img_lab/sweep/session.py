@@ -1,0 +1,400 @@
+"""One sweep writing into one run folder (the steps of :func:`img2img_lab.sweep.run.run_sweep`).
+
+:class:`SweepWriter` holds what a sweep knows about its folder: the model, the prepared sources, every cell's key,
+what is done, what the shared cache holds, and the counts. Its methods are the sweep's steps, in order:
+:meth:`~SweepWriter.open`, :meth:`~SweepWriter.key_cells`, :meth:`~SweepWriter.copy_from_cache`,
+:meth:`~SweepWriter.generate`, :meth:`~SweepWriter.reuse_duplicates`, :meth:`~SweepWriter.finish`.
+
+The sweep's manifest is made by :func:`img2img_lab.sweep.sources.build_manifest`; its sources, what a strength runs and the VAE floor in
+:mod:`img2img_lab.sweep.sources`; :mod:`img2img_lab.sweep.run` re-exports them.
+
+A stored cell is an image and its row, written or adopted together: the first writer of a key wins, a later writer
+adopts that writer's image *and* row, and the shared cache receives exactly the pair this folder holds. Copies in
+both directions are hash-checked (:meth:`img2img_lab.store.run_store.RunStore.stored_cell`).
+
+>>> writer = SweepWriter.open(plan, "runs/demo", pipe, metrics=[], engine="batched", max_batch_size=None,
+...                           cache_store=None, model_axis=False, progress=False, on_step=None)
+>>> type(writer).__name__
+'SweepWriter'
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from img2img_lab.images import content_hash
+from img2img_lab.store.manifest import (check_one_model, files_digest, merge_manifest, package_versions,  # noqa: F401
+                                  plan_config, plan_record)
+from img2img_lab.models.handle import as_model
+from img2img_lab.models.loading import model_label
+from img2img_lab.plan.sweep_plan import Cell, SweepPlan
+from img2img_lab.sweep.advisories import advise, floor_advisories, sweep_advisories
+from img2img_lab.sweep.distributed import Context, ShardedRunner, job_progress
+from img2img_lab.engine.runners import PerCellRunner, cell_work, choose_runner
+from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
+from img2img_lab.store.run_store import RunStore
+from img2img_lab.sweep.conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
+from img2img_lab.sweep.sources import (metric_needs, build_manifest, folder_sources, prepare_sources, source_steps,  # noqa
+                                       write_floor)
+
+
+def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
+    """The manifest's ``completed`` entry of a finished sweep (``None`` without a signature)."""
+    if signature is None:
+        return None
+    sources = sorted(set(source_hashes))
+    return {"signature": signature, "keys": keys, "sources": sources, "files": files_digest(store, keys, sources)}
+
+
+def in_plan_order(table, keys: list[str]):
+    """The rows of ``keys`` in that order, columns in :data:`COLUMNS` order (metrics after)."""
+    order = {key: index for index, key in enumerate(keys)}
+    table = table[table["cell_key"].isin(order)]
+    table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)
+    return table[[column for column in COLUMNS if column in table.columns]
+                 + [column for column in table.columns if column not in COLUMNS]]
+
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_label(cell: Cell, model: str | None = None) -> str:
+    """A short human name for a planned cell (what ``verify`` prints for a missing one).
+
+    >>> cell_label(Cell("src/cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False))
+    "cat.png · 'a cat' · strength 0.3 · seed 1 · guidance 7.5 · 20 steps · ddim"
+    """
+    prompt = cell.prompt if len(cell.prompt) <= 40 else cell.prompt[:39] + "…"
+    text = (f"{Path(cell.image).name} · {prompt!r} · strength {cell.strength:g} · seed {cell.seed} · guidance "
+            f"{cell.guidance_scale:g} · {cell.num_inference_steps} steps · {cell.scheduler}")
+    text += "".join(f" · {name} {value:g}" for name, value in zip(
+        ("control scale", "control start", "control end"), cell.conditioning()[1:]) if value is not None)
+    text += f" · {cell.mode}" if cell.mode != "img2img" else ""
+    return text + (f" · {model}" if model else "")
+
+
+@dataclass
+class SweepWriter:
+    """The state of one sweep into one run folder; see the module doc for its steps."""
+
+    plan: SweepPlan
+    store: RunStore
+    pipe: object
+    sources: list
+    manifest: dict
+    metrics: list
+    runner: object  # a runners.Runner: per-cell or batched (a distributed.ShardedRunner in a launched job)
+    context: Context = field(default_factory=Context)
+    cache_store: RunStore | None = None
+    on_step: object = None
+    progress: bool = True
+    model_axis: bool = False
+    keys: dict = field(default_factory=dict)
+    cells: list = field(default_factory=list)
+    planned: list = field(default_factory=list)   # every non-duplicate cell (fixes the batched runner's chunks)
+    pending: list = field(default_factory=list)   # (cell, key) to generate
+    duplicates: list = field(default_factory=list)
+    from_cache: list = field(default_factory=list)
+    counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
+    started_clock: float = field(default_factory=time.perf_counter)
+    work: dict = field(default_factory=dict)  # key -> its denoising steps (the progress bar's unit)
+    recorded: list = field(default_factory=list)  # batch records holding a cell to generate
+    references: object = None  # fidelity.ReferenceCache: each source's side of the metrics, computed once
+    conditions: list | None = None  # sweep_conditions.SourceCondition per source (None: plain img2img)
+    _progress_listed: float = 0.0
+    bar: object = None
+
+    # ------------------------------------------------------------------ 3. open
+    @classmethod
+    def open(cls, plan: SweepPlan, out_dir, pipe, *, metrics, engine: str, max_batch_size, cache_store,
+             model_axis: bool, progress: bool, on_step, context: Context | None = None,
+             sources_from_folder: bool = False) -> "SweepWriter":
+        """Prepare the sources (``sources_from_folder``: the copies the run folder keeps, for a repair), then create
+        (or reopen) the run folder with this sweep's manifest merged into the folder's under its lock; store the
+        sources and each source's VAE round trip. In a launched job only rank 0 writes these; the other ranks open
+        the folder rank 0 made (:mod:`img2img_lab.sweep.distributed`)."""
+        context = context or Context()
+        from img2img_lab.metrics.fidelity import ReferenceCache
+        from img2img_lab.metrics.measure import metric_weights, prepare_metric
+
+        model = as_model(pipe)
+        model.check_sweepable()  # a pipeline with no strength dial is refused before anything is written
+        recorded = None
+        if sources_from_folder:
+            sources, recorded = folder_sources(plan, RunStore.open(out_dir))
+        else:
+            sources = prepare_sources(plan, pipe)
+        started = _now()
+        manifest = build_manifest(plan, pipe, sources, started=started, recorded_sources=recorded)
+        conditions = conditions_for_sweep(plan, model, sources, manifest["sources"],
+                                          RunStore.open(out_dir) if sources_from_folder else None)
+        manifest["sources"] = with_controls(manifest["sources"], conditions)
+        manifest["notes"] += model.check_plan(plan)
+        plan.cells(steps=source_steps(model, sources))  # a strength the model cannot run: refused before writing
+        manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
+        manifest["metric_weights"] = metric_weights(metrics)
+        runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step,
+                                       conditions=conditions)
+        if context.distributed:
+            runner = ShardedRunner(runner, context)
+        manifest["engine"] = {"name": runner.name, "reason": reason,
+                              "max_batch_size": max_batch_size if runner.batch_limit else None}
+        fingerprint = manifest["model_fingerprint"]["fingerprint"]
+        manifest["models"] = [{"spec": plan.model, "model": model_label(pipe), "fingerprint": fingerprint,
+                               "family": model.family.name}]
+        manifest["plans"] = [plan_record(plan, engine=engine, max_batch_size=max_batch_size, metrics=metrics,
+                                         fingerprint=fingerprint)]
+        manifest["history"] = [{"started": started, "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
+        if context.is_main:  # the model is the wrong tool: said once, in one line (advisories.py)
+            manifest["notes"] += advise(sweep_advisories(plan, pipe, manifest["sources"], sources))
+        if not context.is_main:
+            return cls(plan=plan, store=RunStore.open(out_dir), pipe=pipe, sources=sources, manifest=manifest,
+                       metrics=list(metrics), runner=runner, context=context, cache_store=cache_store,
+                       on_step=on_step, progress=False, model_axis=model_axis, conditions=conditions)
+        existed = RunStore.is_run_folder(out_dir)
+
+        def merge(previous: dict | None, new: dict) -> dict:
+            if not model_axis:
+                check_one_model(previous, fingerprint, model_label(pipe), out_dir)
+            if previous is None and existed:
+                new = {**new, "notes": new["notes"] + ["manifest.json was unreadable; this sweep wrote a new one "
+                                                       "(the plans and history before it are lost)"]}
+            return merge_manifest(previous, new)
+
+        store = RunStore.create(out_dir, manifest, merge=merge)
+        record = manifest["plans"][0]
+        store.write_config(Path(record["config"]).stem, plan_config(record["plan"]))
+        hashes = [entry["hash"] for entry in manifest["sources"]]
+        for source_hash, source in zip(hashes, sources):
+            store.write_source(source_hash, source)
+        references = ReferenceCache(device=str(pipe.device)) if metrics else None
+        if conditions is not None:
+            record_conditions(store, conditions, hashes)
+        write_floor(store, pipe, sources, hashes, plan.seeds, metrics, references=references)
+        notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
+        if notes:
+            store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
+        return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
+                   runner=runner, context=context, cache_store=cache_store, on_step=on_step,
+                   progress=progress, model_axis=model_axis, references=references, conditions=conditions)
+
+    @property
+    def source_hashes(self) -> list[str]:
+        return [entry["hash"] for entry in self.manifest["sources"]]
+
+    @property
+    def engine(self) -> str:
+        return self.manifest["engine"]["name"]
+
+    # ------------------------------------------------------------------ 4. key
+    def key_cells(self) -> None:
+        """Key every cell and sort it: done (an intact stored pair), in the shared cache, a duplicate strength,
+        or to generate; record the planned keys in the manifest (``verify`` names a missing one)."""
+        from tqdm.auto import tqdm
+
+        pipe, store, model = self.pipe, self.store, as_model(self.pipe)
+        self.steps_of = source_steps(model, self.sources)
+        self.cells = self.plan.cells(steps=self.steps_of)
+        fingerprint = self.manifest["model_fingerprint"]["fingerprint"]
+        labels, done_work = {}, 0
+        for cell in self.cells:  # keyed with the scheduler the cell will use; the pipeline's own is left alone
+            source = self.sources[cell.image_index]
+            key = cell_key(cell, fingerprint=fingerprint, scheduler_config=dict(model.scheduler(cell.scheduler).config),
+                           source_hash=self.source_hashes[cell.image_index], width=source.width,
+                           height=source.height, dtype=self.manifest["dtype"], device_type=pipe.device.type,
+                           versions=self.manifest["packages"], engine=self.engine,
+                           conditioning=self._condition(cell).key_part(cell.mode))
+            self.keys[(cell.group(), cell.strength)] = key
+            self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self._steps(cell))
+            labels[key] = cell_label(cell, self.manifest["model"] if self.model_axis else None)
+            if cell.duplicate_of is None:
+                self.planned.append((cell, key))
+            if store.has_cell(key):
+                self.counts["already_done"] += 1
+                done_work += self.work[key]
+                store.restore_row_file(key)  # a deleted or damaged row file comes back from results.parquet
+            elif self.cache_store is not None and self.cache_store.has_cell(key):
+                self.from_cache.append((cell, key))
+            elif cell.duplicate_of is not None:
+                self.duplicates.append((cell, key))
+            else:
+                self.pending.append((cell, key))
+        if self.context.is_main:
+            store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
+                                                                             **labels}})
+        self._attach_progress(tqdm, done=done_work)
+
+    def _attach_progress(self, tqdm, done: int) -> None:
+        """The progress bar counts denoising steps (:func:`img2img_lab.engine.runners.cell_work`; reused duplicate strengths
+        cost none), advanced by the runner as each step is done, so its rate and ETA hold from the first seconds."""
+        self.bar = tqdm(total=sum(self.work.values()), initial=done, unit="step", desc=f"sweep {self.plan.name}",
+                        disable=not self.progress)
+        getattr(self.runner, "runner", self.runner).on_work = job_progress(self.bar, self.context.world_size)
+
+    # ------------------------------------------------------------------ 5. cache
+    def copy_from_cache(self) -> None:
+        """Copy intact cells (image and row together, hash-checked) from the shared cache; a cache cell damaged
+        since it was keyed is generated instead."""
+        for cell, key in self.from_cache:
+            pair = self.cache_store.stored_cell(key)
+            if pair is None:
+                (self.duplicates if cell.duplicate_of is not None else self.pending).append((cell, key))
+                continue
+            image, row = pair
+            _copy_batch_record(self.cache_store, self.store, row.get("batch_id"))
+            self.store.save_cell(key, image, {**row, "output_path": self._output_path(key)})
+            self.counts["from_cache"] = self.counts.get("from_cache", 0) + 1
+            self.bar.update(self.work[key])
+        if self.from_cache:
+            self.store.checkpoint()
+
+    # ------------------------------------------------------------------ 6. generate
+    def generate(self) -> None:
+        """Generate every pending cell with the sweep's runner (:mod:`img2img_lab.engine.runners`), chunk by chunk. Each
+        batched chunk is recorded before it runs and saved before the next starts, so a crash loses at most one
+        chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds."""
+        todo = {key for _, key in self.pending}
+        last_flush = time.monotonic()
+        for chunk, batch_id in self.runner.chunks(self.planned, self.pending, self.recorded):
+            if batch_id is not None:
+                self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
+            outputs = self.runner.run([cell for cell, _ in chunk])
+            for (cell, key), output in zip(chunk, outputs):
+                if key in todo:
+                    self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
+                              batch_id)
+            if self.context.is_main and (batch_id is not None or time.monotonic() - last_flush > 5):
+                self.store.checkpoint()  # rank 0 alone writes the table; every rank's row files are durable
+                last_flush = time.monotonic()
+                self.show_job_progress()
+
+    def note_recorded_batches(self) -> None:
+        """Remember the folder's batch records that hold a cell to generate (a killed or damaged batch runs again
+        whole). Taken before any rank generates, so every rank of a job chunks the same way."""
+        todo = {key for _, key in self.pending}
+        if not todo or self.runner.batch_limit is None:
+            return
+        records = (self.store.read_batch(batch_id) for batch_id in self.store.batch_ids())
+        self.recorded = [record for record in records if record is not None and todo & set(record["keys"])]
+
+    def show_job_progress(self, *, final: bool = False) -> None:
+        """In a launched job rank 0's bar is the whole job's: between listings each of its steps stands for one step
+        of every rank (:func:`job_progress`), at a listing (every 10 s at most, and at the end) it catches up with
+        every rank's stored cells (their row files); it never runs backwards."""
+        if not (self.context.distributed and self.bar is not None):
+            return
+        if final or time.monotonic() - self._progress_listed > 10:
+            self._progress_listed = time.monotonic()
+            stored = sum(self.work[key] for key in self.store.row_file_keys() & set(self.keys.values()))
+            self.bar.n = min(self.bar.total, max(self.bar.n, stored))
+            self.bar.refresh()
+
+    # ------------------------------------------------------------------ 7. duplicates
+    def reuse_duplicates(self) -> None:
+        """Strengths that run the same steps as a lower one reuse its stored image."""
+        for cell, key in self.duplicates:
+            canonical = self.store.row(self.keys[(cell.group(), cell.duplicate_of)])
+            pair = self.store.stored_cell(canonical["cell_key"]) if canonical is not None else None
+            if pair is not None:
+                image, canonical = pair
+                self.save(cell, key, image, Produced.duplicate(canonical["produced"]), 0.0, canonical["nsfw_flagged"])
+            else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
+                output = PerCellRunner(self.pipe, self.sources, on_step=self.on_step).run([cell])[0]
+                self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
+
+    # ------------------------------------------------------------------ saving one cell
+    def save(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw,
+             batch_id: str | None = None) -> None:
+        """Store one finished cell (first writer wins) and hand the pair this folder now holds to the cache."""
+        from img2img_lab.metrics.measure import ReferenceCache, measure_pair
+
+        row = self._row(cell, key, image, produced, seconds, nsfw, batch_id)
+        if self.metrics:
+            if self.references is None:
+                self.references = ReferenceCache(device=str(self.pipe.device))
+            row.update(measure_pair(self.sources[cell.image_index], image,
+                                    [name for name in self.metrics if not metric_needs(name, "mask")], prompt=cell.prompt,
+                                    device=str(self.pipe.device), references=self.references))
+        if self.store.save_cell(key, image, row):
+            self.counts["reused" if is_duplicate(produced) else "generated"] += 1
+            pair = (image, row)
+        else:  # a concurrent sweep into this folder stored it first: its image and row are kept, together
+            self.counts["stored_by_another_writer"] = self.counts.get("stored_by_another_writer", 0) + 1
+            pair = self.store.stored_cell(key)
+        if self.cache_store is not None and pair is not None:
+            _copy_batch_record(self.store, self.cache_store, pair[1].get("batch_id"))
+            self.cache_store.save_cell(key, *pair)
+
+    def _steps(self, cell: Cell):
+        return self.steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index, mode=cell.mode)
+
+    def _condition(self, cell: Cell):
+        from img2img_lab.sweep.conditions import SourceCondition
+
+        return SourceCondition() if self.conditions is None else self.conditions[cell.image_index]
+
+    def _output_path(self, key: str) -> str:
+        return str(self.store.image_path(key).relative_to(self.store.root))
+
+    def _row(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw, batch_id) -> dict:
+        steps = self._steps(cell)
+        manifest, condition = self.manifest, self._condition(cell)
+        return {
+            "cell_key": key, **cell_parameters(cell, self.source_hashes[cell.image_index], condition.columns(cell.mode)),
+            "width": image.width, "height": image.height,
+            "executed_steps": steps.executed_steps, "t_start": steps.t_start,
+            "unet_evaluations": steps.denoiser_evaluations, "start_timestep": steps.start_timestep,
+            "timesteps": steps.timesteps_text(), "sigma": steps.sigma, "log_snr": steps.log_snr,
+            "sqrt_alpha_bar": steps.sqrt_alpha_bar, "flow_sigma": steps.flow_sigma, "zero_step": steps.zero_step,
+            "duplicate_of": cell.duplicate_of, **strength_meaning(as_model(self.pipe), cell, steps),
+            "produced": produced, "seconds": seconds,
+            "output_path": self._output_path(key), "output_hash": content_hash(image), "nsfw_flagged": nsfw,
+            "model": manifest["model"], "model_family": manifest["model_family"]["family"],
+            "model_fingerprint": manifest["model_fingerprint"]["fingerprint"], "device": manifest["device"],
+            "dtype": manifest["dtype"], "torch_threads": manifest["torch_threads"], "engine": self.engine,
+            "batch_id": batch_id,
+        }
+
+    # ------------------------------------------------------------------ 8. finish
+    def finish(self, signature: str | None):
+        """Flush the table, measure rows from earlier runs, record the finished sweep (merged into the folder's
+        manifest under its lock) and return this plan's rows in plan order."""
+        store = self.store
+        store.flush()  # consolidated: results.parquet holds every row, the part files are gone
+        self.bar.close()
+        if self.metrics and (self.counts["already_done"] or self.counts.get("from_cache")
+                             or any(metric_needs(name, "mask") for name in self.metrics)):
+            from img2img_lab.metrics.measure import measure_run
+
+            measure_run(store.root, self.metrics, device=str(self.pipe.device), progress=False)
+            store.reload()  # the table measure_run wrote, not this store's cached rows
+        plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
+        completed = completed_record(store, signature, plan_keys, self.source_hashes)
+        counts = {**self.counts, "cells": len(self.cells),
+                  "seconds": round(time.perf_counter() - self.started_clock, 3)}
+        store.update_manifest(lambda manifest: {**merge_manifest(manifest, self.manifest), "finished": _now(),
+                                                "counts": counts, "completed": completed})
+        return in_plan_order(store.read_table(allow_damaged=True), plan_keys)
+
+    def plan_table(self):
+        """This plan's rows in plan order, as the folder holds them now (the other ranks' view of the result)."""
+        self.store.reload()
+        if self.bar is not None:
+            self.bar.close()
+        plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
+        return in_plan_order(self.store.read_table(allow_damaged=True), plan_keys)
+
+
+def _copy_batch_record(origin: RunStore, target: RunStore, batch_id) -> None:
+    """Copy the record of the batch that made a cell (verify regenerates a batched cell with its batch)."""
+    if isinstance(batch_id, str):
+        batch = origin.read_batch(batch_id)
+        if batch is not None:
+            target.write_batch(batch_id, batch["keys"], max_batch_size=batch["max_batch_size"])

@@ -1,0 +1,186 @@
+"""A sweep's sources: each image prepared for the model as the sweep feeds it, what a strength runs on it, and its
+VAE floor (the round trip per seed: what strength 0 stores, about as close as outputs get to the source).
+
+:mod:`img2img_lab.sweep.run` re-exports these; :class:`img2img_lab.sweep.session.SweepWriter` calls them in its steps.
+
+>>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
+(64, 64)
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import warnings
+
+from img2img_lab.engine.reference import cell_generator, vae_roundtrip
+from img2img_lab.images import SmallSourceWarning, content_hash, load_image
+from img2img_lab.store.manifest import package_versions
+from img2img_lab.models.handle import as_model
+from img2img_lab.models.loading import model_fingerprint, model_label, native_resolution, size_multiple
+from img2img_lab.plan.sweep_plan import SweepPlan
+from img2img_lab.plan.schema import is_missing
+from img2img_lab.store.run_store import RunStore
+
+
+def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
+    """Load one source image sized for the pipeline exactly as a sweep does (see :mod:`img2img_lab.images`).
+
+    >>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
+    (64, 64)
+    """
+    native = native_resolution(pipe)
+    max_side = native if max_side == "native" else max_side
+    warn_below = min(256, native) if native else 256
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SmallSourceWarning)
+        return load_image(path, size_multiple=size_multiple(pipe), max_side=max_side, policy=resize_policy,
+                          warn_below=warn_below)
+
+
+def source_fit(path, pipe, *, max_side="native", resize_policy: str = "crop") -> dict | None:
+    """How :func:`prepare_source` sized a source file for the pipeline (its original size, ``max_side``,
+    ``size_multiple``, ``policy``): a mask file of that source is fitted the same way (:mod:`img2img_lab.metrics.masks`)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            original = ImageOps.exif_transpose(image).size
+    except (OSError, TypeError, AttributeError):  # bytes, arrays or uploads: no file to fit a mask to
+        return None
+    native = native_resolution(pipe)
+    return {"original": list(original), "max_side": native if max_side == "native" else max_side,
+            "size_multiple": size_multiple(pipe), "policy": resize_policy}
+
+
+def prepare_sources(plan: SweepPlan, pipe) -> list:
+    """Load every source image of the plan, sized for the pipeline (see :func:`prepare_source`)."""
+    return [prepare_source(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
+            for path in plan.images]
+
+
+def folder_sources(plan: SweepPlan, store) -> tuple[list, list[dict]]:
+    """The plan's sources as the run folder keeps them (``sources/<hash>.png``, found through the manifest's record of
+    each path), with their recorded entries: what a repair sweeps, so it never reads a file outside the folder. A
+    :class:`~img2img_lab.errors.PlanError` names a source the folder has no intact copy of.
+
+    >>> images, entries = folder_sources(plan, store)
+    >>> images[0].size, entries[0]["hash"] == content_hash(images[0])
+    ((64, 64), True)
+    """
+    from img2img_lab.errors import PlanError, StoreError
+    from img2img_lab.store.folder_rules import is_pixel_hash
+
+    recorded = {entry.get("path"): entry for entry in store.read_manifest().get("sources") or []
+                if isinstance(entry, dict) and is_pixel_hash(entry.get("hash"))}
+    images, entries = [], []
+    for path in plan.images:
+        entry = recorded.get(path)
+        try:
+            image = store.load_source(entry["hash"]) if entry is not None else None
+        except StoreError:
+            image = None
+        if image is None or content_hash(image) != entry["hash"]:
+            raise PlanError(f"source {path}: the run folder keeps no intact copy of it in sources/ (a repair uses only "
+                            f"what the folder holds)")
+        images.append(image)
+        entries.append({**entry, "path": path})
+    return images, entries
+
+
+def source_steps(model, sources: list):
+    """``steps(scheduler, num_inference_steps, strength, image_index, mode)`` for :meth:`SweepPlan.cells`: what a
+    strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
+
+    >>> from img2img_lab.models.handle import as_model
+    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))
+    >>> [(cell.strength, cell.executed_steps) for cell in cells[:3]]
+    [(0.0, 0), (0.5, 5), (1.0, 10)]
+    """
+    def steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int, mode: str = "img2img"):
+        source = sources[image_index]
+        return model.for_mode(mode).step_plan(scheduler, num_inference_steps, strength, width=source.width,
+                                              height=source.height)
+
+    return steps
+
+
+def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
+                metrics: list[str], *, references=None) -> None:
+    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
+    (on the pipeline's device; ``references``, a :class:`~img2img_lab.metrics.fidelity.ReferenceCache`, keeps each source's
+    side for the cells). A round trip stored by an earlier sweep is kept, and measured now for the metrics it lacks
+    (made again if its image does not hold the pixels its row records).
+
+    >>> write_floor(store, pipe, sources, [row["source_hash"]], [0], ["ssim", "delta_e"])  # runs/demo: ssim, psnr
+    >>> floor = store.read_floor()
+    >>> [bool(floor.loc[floor.seed == seed, "delta_e"].notna().all()) for seed in (0, 1)]
+    [True, False]
+    """
+    import pandas as pd
+
+    from img2img_lab.metrics.measure import measure_pair, metric_status
+
+    fingerprint = model_fingerprint(pipe)["fingerprint"]
+    floor = store.read_floor()
+    if len(floor) and "model_fingerprint" not in floor.columns:  # older single-model folders: this model's floor
+        floor["model_fingerprint"] = fingerprint
+    kept = {(row["source_hash"], row["seed"], row["model_fingerprint"]): row for row in floor.to_dict("records")
+            if (store.root / row["output_path"]).is_file()}
+    names = [name for name in metrics if not metric_needs(name, "prompt", "mask")]
+    for source, source_hash in zip(sources, source_hashes):
+        for seed in seeds:
+            row, image, missing = kept.get((source_hash, seed, fingerprint)), None, names
+            if row is not None:  # an earlier sweep's round trip: the metrics it was not measured with (and can be now)
+                missing = [name for name in names if is_missing(row.get(name)) and metric_status(name)[0]]
+                image = store.intact_output(row) if missing else None
+                if missing and image is None:
+                    row, missing = None, names
+            if row is None:
+                image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
+                path = store.floor_path(source_hash, seed, fingerprint)
+                store.write_png(path, image)
+                row = kept[(source_hash, seed, fingerprint)] = {
+                    "source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
+                    "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
+            if missing:
+                row.update(measure_pair(source, image, missing, device=str(pipe.device), references=references))
+    store.write_floor(pd.DataFrame(list(kept.values())))
+
+
+def metric_needs(name: str, *what: str) -> bool:
+    """Whether metric ``name`` needs any of ``what`` (``"prompt"``, ``"mask"``: region metrics are measured on the
+    folder at the end of a sweep, with the sources' masks)."""
+    from img2img_lab.metrics.measure import metric_spec
+
+    spec = metric_spec(name)
+    return any(getattr(spec, f"needs_{item}") for item in what)
+
+
+def build_manifest(plan, pipe, sources: list, *, started: str, recorded_sources: list | None = None) -> dict:
+    """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.store.manifest`);
+    ``recorded_sources``: the folder's own entries of sources taken from it (a repair reads no outside file)."""
+    import torch
+
+    return {
+        "format": "img2img-lab run folder v1",
+        "created": started,
+        "plan": plan.to_dict(),
+        "cells_planned": len(plan.cells()),
+        "model": model_label(pipe),
+        "model_fingerprint": model_fingerprint(pipe),
+        "model_family": as_model(pipe).describe(),
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "torch_threads_reason": as_model(pipe).threads_reason,
+        "packages": package_versions(),
+        "platform": platform.platform(),
+        "command": sys.argv,
+        "sources": recorded_sources or [
+            {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height,
+             "fit": source_fit(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)}
+            for path, image in zip(plan.images, sources)
+        ],
+        "notes": [],
+    }

@@ -1,0 +1,252 @@
+"""The batched runner reproduces the per-cell runner (within 1/255) and is what sweeps use by default."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import structured_image
+from img2img_lab.engine.batched import _BatchSize, _unet_outputs, batching_supported, run_cells_batched
+from img2img_lab.engine.reference import run_cell
+from img2img_lab.plan.sweep_plan import SweepPlan
+
+#: Largest per-pixel difference seen per scheduler (printed at the end of the module's tests).
+MAX_SEEN: dict[str, int] = {}
+
+
+def _difference(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "unipc"])
+def test_batched_equals_per_cell_within_one_level(tiny_pipe, scheduler, capsys):
+    sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
+    # Mixed strengths, incl. 0.3 / 0.34 (same executed steps at 10 steps) and a zero-step cell (0.05).
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc", "a blue square"],
+                     strengths=[0.05, 0.3, 0.34, 0.6, 1.0], seeds=[0, 1, 2], guidance_scales=[1.0, 3.5],
+                     steps=[10], schedulers=[scheduler])
+    cells = [cell for cell in plan.cells() if cell.image_index == 0 or cell.seed == 0]
+    stats = {}
+    batched = run_cells_batched(tiny_pipe, cells, sources, stats=stats, max_batch_size=12)
+    worst = 0
+    for cell, output in zip(cells, batched):
+        reference = run_cell(tiny_pipe, cell, sources[cell.image_index])
+        assert output.produced == reference.produced
+        difference = _difference(output.image, reference.image)
+        if cell.zero_step:
+            assert difference == 0  # the VAE round trip is the same call
+        worst = max(worst, difference)
+    MAX_SEEN[scheduler] = worst
+    with capsys.disabled():
+        print(f"\n[batched] {scheduler}: {len(cells)} cells, max |batched - per-cell| = {worst}/255, "
+              f"{stats['unet_calls']} UNet calls, {stats['unet_samples']} UNet samples")
+    assert worst <= 1
+    # Every cell's UNet evaluations ran exactly once: guidance-1 cells send one sample, guidance-3.5 cells two.
+    from img2img_lab.models.handle import as_model
+
+    model = as_model(tiny_pipe)
+    assert stats["unet_samples"] == sum(
+        (2 if c.guidance_scale > 1 else 1)
+        * model.step_plan(scheduler, 10, c.strength, width=32, height=32).denoiser_evaluations
+        for c in cells if not c.zero_step)
+
+
+def test_per_cell_generators_make_cells_independent_of_their_batch(tiny_pipe):
+    """A cell's image does not depend on which other cells share its batch (ancestral noise included)."""
+    sources = [structured_image(32, seed=0)]
+    plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.5, 0.8], seeds=[0, 1, 2],
+                     guidance_scales=[3.0], steps=[10], schedulers=["euler_a"])
+    cells = plan.cells()
+    together = run_cells_batched(tiny_pipe, cells, sources)
+    alone = run_cells_batched(tiny_pipe, [cells[3]], sources)
+    assert _difference(together[3].image, alone[0].image) <= 1
+    assert _difference(together[0].image, together[2].image) > 1  # different seeds differ
+
+
+def test_unet_chunks_halve_on_cuda_out_of_memory():
+    import torch
+
+    calls = []
+
+    class FakeUnet:
+        def __call__(self, sample, timestep, encoder_hidden_states, return_dict):
+            calls.append(sample.shape[0])
+            if sample.shape[0] > 4:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return (sample * 2,)
+
+    class FakePipe:
+        unet = FakeUnet()
+        device = torch.device("cuda")
+
+    inputs = torch.arange(10.0).reshape(10, 1, 1, 1)
+    limit, counters = _BatchSize(16), {"unet_calls": 0, "unet_samples": 0}
+    output = _unet_outputs(FakePipe(), inputs, 1, torch.zeros(10, 1, 1), limit, counters)
+    assert torch.equal(output, inputs * 2)
+    assert limit.value == 4 and limit.halvings == 2 and calls[:3] == [10, 8, 4]
+    assert counters == {"unet_calls": 3, "unet_samples": 10}
+
+    class CpuPipe(FakePipe):
+        device = torch.device("cpu")
+
+    with pytest.raises(RuntimeError, match="out of memory"):  # only CUDA OOM is retried
+        _unet_outputs(CpuPipe(), inputs, 1, torch.zeros(10, 1, 1), _BatchSize(16), counters)
+
+
+def test_batching_supported_says_why_not():
+    supported, reason = batching_supported(object())
+    assert not supported and "per cell" in reason
+
+
+def test_run_cells_batched_refuses_mixed_groups(tiny_pipe):
+    plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], steps=[10, 12], schedulers=["ddim"])
+    with pytest.raises(ValueError, match="one scheduler, one steps value"):
+        run_cells_batched(tiny_pipe, plan.cells(), [structured_image(32)])
+
+
+def test_sweep_uses_the_batched_engine_by_default_and_records_it(tiny_model_dir, source_png, tmp_path):
+    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.store.run_store import RunStore
+    from img2img_lab.sweep.run import run_sweep
+
+    pipe = load_pipeline(str(tiny_model_dir), device="cpu")
+    plan = SweepPlan(images=[str(source_png)], prompts=["a red disc"], strengths=[0.0, 0.3, 0.34, 0.7, 1.0],
+                     seeds=[0, 1], guidance_scales=[3.0], steps=[10], schedulers=["euler_a"])
+    batched = run_sweep(plan, tmp_path / "batched", pipe=pipe, progress=False)
+    per_cell = run_sweep(plan, tmp_path / "per-cell", pipe=pipe, progress=False, engine="per-cell")
+    manifest = RunStore.open(tmp_path / "batched").read_manifest()
+    assert manifest["engine"]["name"] == "batched" and set(batched["engine"]) == {"batched"}
+    assert RunStore.open(tmp_path / "per-cell").read_manifest()["engine"]["name"] == "per-cell"
+    assert not set(batched["cell_key"]) & set(per_cell["cell_key"])  # cached separately
+    for (_, a), (_, b) in zip(batched.iterrows(), per_cell.iterrows()):
+        assert (a["strength"], a["seed"]) == (b["strength"], b["seed"])
+        image_a = Image.open(tmp_path / "batched" / a["output_path"])
+        image_b = Image.open(tmp_path / "per-cell" / b["output_path"])
+        assert _difference(image_a, image_b) <= 1
+    duplicate = batched[batched["strength"] == 0.34].iloc[0]
+    assert duplicate["duplicate_of"] == 0.3 and duplicate["produced"].startswith("duplicate:")
+    assert RunStore.open(tmp_path / "batched").read_manifest()["counts"]["reused"] == 2
+    # Rerun: nothing generated.
+    run_sweep(plan, tmp_path / "batched", pipe=pipe, progress=False)
+    assert RunStore.open(tmp_path / "batched").read_manifest()["counts"]["generated"] == 0
+
+
+def test_sd15_sized_pipeline_path_runs_tiny_on_cpu():
+    """The --gpu-sd15 benchmark's pipeline, at toy widths: same structure; batched within 2/255 of per-cell
+    (random weights at guidance 7.5 amplify batched-kernel rounding more than the 1/255 seen at guidance <= 3.5)."""
+    from img2img_lab.testing.tiny_sd import make_sd15_sized_pipeline
+
+    pipe = make_sd15_sized_pipeline(tiny=True)
+    assert pipe.unet.config.layers_per_block == 2 and len(pipe.unet.config.block_out_channels) == 4
+    assert pipe.tokenizer.model_max_length == 77
+    plan = SweepPlan(images=["a.png"], prompts=["a cat"], strengths=[0.5, 1.0], seeds=[0], guidance_scales=[7.5],
+                     steps=[4], schedulers=["pndm"])
+    source = [structured_image(64)]
+    batched = run_cells_batched(pipe, plan.cells(), source)
+    for cell, output in zip(plan.cells(), batched):
+        assert _difference(output.image, run_cell(pipe, cell, source[0]).image) <= 2
+
+
+def test_benchmark_script_runs_its_gpu_path_on_cpu_tiny():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--gpu-sd15", "--tiny", "--device", "cpu", "--strengths", "3",
+                             "--seeds", "2", "--steps", "4", "--threads", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "batched / naive" in result.stdout and "of the best batched UNet throughput" in result.stdout
+
+
+def test_gpu_benchmark_runs_every_part_on_cpu_tiny():
+    """benchmarks/gpu_speed.py (SD 1.5 / SDXL architectures on a GPU) at toy widths on the CPU: every part runs, and
+    the metrics it times agree with the references there too."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--tiny", "--pairs", "1", "--sweeps", "1", "--steps", "4",
+                             "--only", "engine,metrics,sweeps,profile"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for model in ("StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"):
+        assert model in result.stdout
+    assert result.stdout.count("ratio min") == 2 and result.stdout.count("with the five") == 2
+    assert "run_sweep" in result.stdout  # the profile
+    gaps = [float(value) for value in re.findall(r"(?:ssim|delta_e|edge_f1) (\d\.\de[-+]\d+)", result.stdout)]
+    assert len(gaps) == 8 and max(gaps) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(tmp_path_factory):
+    """A tiny random SDXL pipeline saved and loaded back through load_pipeline."""
+    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.testing.tiny_families import save_tiny_family
+
+    return load_pipeline(str(save_tiny_family("sdxl", tmp_path_factory.mktemp("sdxl") / "sdxl")), device="cpu")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "ddim"])
+def test_batched_sdxl_equals_per_cell_within_one_level(tiny_sdxl, scheduler, capsys):
+    """SDXL: pooled embeddings and added time ids per sample; guidance 0 and 1 (no CFG, Turbo-style) and 5."""
+    from img2img_lab.models.handle import as_model
+    from img2img_lab.sweep.run import source_steps
+
+    assert batching_supported(tiny_sdxl) == (True, "StableDiffusionXLImg2ImgPipeline")
+    sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc", "a blue square"],
+                     strengths=[0.05, 0.3, 0.6, 1.0], seeds=[0, 1], guidance_scales=[0.0, 1.0, 5.0], steps=[10],
+                     schedulers=[scheduler])
+    cells = [cell for cell in plan.cells(steps=source_steps(as_model(tiny_sdxl), sources))
+             if cell.image_index == 0 or (cell.seed == 0 and cell.prompt == "a red disc")]
+    stats = {}
+    batched = run_cells_batched(tiny_sdxl, cells, sources, stats=stats, max_batch_size=12)
+    worst = max(_difference(output.image, run_cell(tiny_sdxl, cell, sources[cell.image_index]).image)
+                for cell, output in zip(cells, batched))
+    with capsys.disabled():
+        print(f"\n[batched sdxl] {scheduler}: {len(cells)} cells, max |batched - per-cell| = {worst}/255, "
+              f"{stats['unet_calls']} UNet calls")
+    assert worst <= 1
+
+
+def test_flow_matching_and_lcm_pipelines_are_run_per_cell_with_the_reason():
+    from img2img_lab.testing.tiny_families import make_tiny_family
+
+    for family in ("sd3", "flux-dev", "lcm"):
+        supported, reason = batching_supported(make_tiny_family(family))
+        assert not supported and "per cell" in reason, (family, reason)
+
+
+def test_benchmark_script_runs_its_sdxl_path():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep_speed.py"
+    result = subprocess.run([sys.executable, str(script), "--sdxl", "--strengths", "2", "--seeds", "2", "--steps", "4",
+                             "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tiny random SDXL" in result.stdout and "max |batched - naive| = " in result.stdout
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m"])
+def test_batched_sdxl_is_exact_in_float64(scheduler):
+    """In float64 the batched SDXL loop gives the per-cell images exactly: what float32 leaves (<= 1-2/255 on
+    random weights) is batched-kernel rounding, not a different computation."""
+    import torch
+
+    from img2img_lab.testing.tiny_families import make_tiny_family
+
+    pipe = make_tiny_family("sdxl").to(dtype=torch.float64)
+    source = [structured_image(32, seed=1)]
+    plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.3, 0.7, 1.0], seeds=[0, 1],
+                     guidance_scales=[1.0, 5.0], steps=[12], schedulers=[scheduler])
+    cells = plan.cells()
+    for cell, output in zip(cells, run_cells_batched(pipe, cells, source, max_batch_size=8)):
+        assert _difference(output.image, run_cell(pipe, cell, source[0]).image) == 0, cell
