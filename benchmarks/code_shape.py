@@ -1,19 +1,23 @@
-"""The shape of the package, measured (issue #32's before/after): modules at the top level, subpackages, import
-edges, import levels and the longest import chain, and private names imported across modules.
+"""The shape of the package, measured (issue #32's before/after): modules at the package's top level,
+subpackages, import edges, import levels and the longest import chain, and private names imported across modules.
 
 An edge is an ``import`` of another ``img2img_lab`` module anywhere in a module (functions included: they run too).
 A module's level is 0 when it imports no other package module, else one more than the highest level it imports; the
-longest chain is a path through the most levels. Run: ``python benchmarks/code_shape.py [PACKAGE_DIR]``.
+longest chain is a path through the most levels. Works on any checkout, old (flat) or new (subpackages):
+``python benchmarks/code_shape.py [PACKAGE_DIR]``; ``--readme`` prints README's architecture section instead,
+generated from :mod:`img2img_lab._utils.layout` and each subpackage's docstring.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "img2img_lab"
+ARGS = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
+PACKAGE = Path(ARGS[0]) if ARGS else Path(__file__).resolve().parent.parent / "img2img_lab"
 
 
 def module_name(path: Path) -> str:
@@ -40,7 +44,7 @@ def graph_and_private_imports() -> tuple[dict[str, set[str]], list[tuple[str, st
     return graph, private
 
 
-def main() -> None:
+def measure() -> None:
     graph, private = graph_and_private_imports()
 
     @lru_cache(maxsize=None)
@@ -53,16 +57,48 @@ def main() -> None:
             return (node,)
         return (node, *max((chain(successor) for successor in graph[node]), key=len))
 
-    top = [name for name in graph if name.count(".") == 1]
-    packages = sorted({name.split(".")[1] for name in graph if name.count(".") >= 2})
+    top = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
+    packages = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
+    rooms = {name: (name.split(".")[1] if "." in name else "") for name in graph}
+    room_edges = {(rooms[a], rooms[b]) for a, targets in graph.items() for b in targets if rooms[a] != rooms[b]}
     longest = max((chain(node) for node in graph), key=len)
-    print(f"modules: {len(graph)} ({len(top)} at the top level); subpackages: {len(packages)} {packages}")
-    print(f"import edges: {sum(len(edges) for edges in graph.values())}; levels: {max(map(level, graph)) + 1}")
-    print(f"longest chain ({len(longest)} modules): {' -> '.join(longest)}")
+    room_graph = {room: {b for a, b in room_edges if a == room} for room in set(rooms.values()) - {""}}
+
+    @lru_cache(maxsize=None)
+    def room_level(node: str) -> int:  # a cycle between rooms (the flat layout has some) counts once
+        seen.add(node)
+        below = [room_level(other) for other in room_graph.get(node, ()) if other not in seen and other]
+        seen.discard(node)
+        return 1 + max(below, default=0)
+
+    seen: set = set()
+    print(f"modules: {len(graph)}; at the package's top level: {len(top)} ({', '.join(top)})")
+    print(f"subpackages: {len(packages)} ({', '.join(packages)})")
+    print(f"import edges between modules: {sum(len(edges) for edges in graph.values())}; between rooms "
+          f"(subpackages and top-level modules): {len(room_edges)}")
+    print(f"import levels (modules): {max(map(level, graph)) + 1}; (rooms): "
+          f"{max(room_level(room) for room in room_graph if room not in ('__main__',))}")
+    print(f"longest import chain ({len(longest)} modules): {' -> '.join(longest)}")
     print(f"private names imported across modules: {len(private)}")
     for importer, module, alias in sorted(private):
         print(f"  {importer} imports {module}.{alias}")
 
 
+def readme_section() -> str:
+    """README's architecture table: one row per layer, bottom to top, each room with its docstring's first line."""
+    sys.path.insert(0, str(PACKAGE.parent))
+    from img2img_lab._utils.layout import LAYERS
+
+    rows = ["| layer | subpackage or module | what it holds |", "| --- | --- | --- |"]
+    for index, names in reversed(list(enumerate(LAYERS, 1))):
+        for name in names:
+            path = PACKAGE / name / "__init__.py" if (PACKAGE / name).is_dir() else PACKAGE / f"{name}.py"
+            doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+            first = re.sub(r":\w+:`~?\.?([^`]+)`", r"`\1`", " ".join(doc.split("\n\n")[0].split())).replace("``", "`")
+            shown = f"`{name}/`" if path.name == "__init__.py" else f"`{name}.py`"
+            rows.append(f"| {index} | {shown} | {first} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    main()
+    print(readme_section()) if "--readme" in sys.argv else measure()

@@ -42,7 +42,7 @@ from typing import Callable
 
 import numpy as np
 
-from img2img_lab.sweep import distributed as distributed
+from img2img_lab.sweep import distributed
 from img2img_lab.errors import PlanError
 from img2img_lab.images import check_image_files
 from img2img_lab.plan.sweep_plan import SweepPlan

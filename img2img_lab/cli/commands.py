@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from img2img_lab.sweep import distributed as distributed
+from img2img_lab.sweep import distributed
 from img2img_lab.cli.support import config_path, number_list, parse_where
 from img2img_lab.errors import Img2ImgLabError
 

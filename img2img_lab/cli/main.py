@@ -39,7 +39,7 @@ import os
 import sys
 
 from img2img_lab.cli import commands as handlers
-from img2img_lab.sweep import distributed as distributed
+from img2img_lab.sweep import distributed
 from img2img_lab.cli.support import EXAMPLES, one_line, os_error_message
 from img2img_lab.sweep.advisories import one_line_warnings
 from img2img_lab.errors import Img2ImgLabError

@@ -41,7 +41,7 @@ from typing import Protocol
 
 import numpy as np
 
-from img2img_lab.metrics import fidelity as fidelity
+from img2img_lab.metrics import fidelity
 from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
 from img2img_lab.metrics.fidelity import (FIDELITY_METRICS, MS_SSIM_WEIGHTS, ReferenceCache, delta_e, edge_f1,  # noqa: F401
                                   edge_map, fidelity_values, ms_ssim, mse, psnr, ssim)
@@ -336,7 +336,8 @@ def _fill_missing(frame, names, available, store, *, with_prompts: bool, device,
 
 def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, progress: bool = True,
                 masks=None) -> dict:
-    """Add metric columns to a run folder's results.parquet (and floor.parquet); idempotent.
+    """Add metric columns to a run folder's results.parquet (and floor.parquet); idempotent. ``run_dir``: the
+    folder, or its open :class:`~img2img_lab.store.run_store.RunStore`.
 
     Only missing values are computed: rerunning costs nothing once every value is present. Unavailable
     metrics stay NaN and get a note in manifest.json (``notes``) with the fix. Needs no model.
@@ -354,7 +355,7 @@ def measure_run(run_dir, names=DEFAULT_METRICS, *, device: str | None = None, pr
     from img2img_lab.store.run_store import RunStore
 
     names = check_metric_names(names)
-    store = RunStore.open(run_dir)
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore.open(run_dir)  # a sweep hands its open store
     table = store.read_table()
     report: dict = {"computed": {}, "unavailable": {}}
     statuses = {name: prepare_metric(name) for name in names}

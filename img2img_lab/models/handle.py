@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import sys
-import weakref
 from typing import Any
 
 from img2img_lab.errors import ModelError, PlanError
@@ -50,7 +49,8 @@ def _retrieve_timesteps(pipe):
     return retrieve_timesteps
 
 
-_HANDLES: "weakref.WeakKeyDictionary[Any, ModelHandle]" = weakref.WeakKeyDictionary()
+#: The attribute a pipeline carries its handle under (set once, by the handle itself).
+HANDLE_ATTRIBUTE = "img2img_lab_model"
 
 
 class ModelHandle:
@@ -59,7 +59,9 @@ class ModelHandle:
     Everything the rest of img2img-lab asks about a model goes through this object: sizes
     (:meth:`size_multiple`, :meth:`native_resolution`), what a strength runs (:meth:`step_plan`), which plans
     make sense (:meth:`check_plan`), the arguments of a plain call (:meth:`call_arguments`) and the fingerprint.
-    ``pipe`` stays an ordinary diffusers pipeline: nothing is stored on it.
+    ``pipe`` stays an ordinary diffusers pipeline; it carries only a reference to its handle
+    (``pipe.img2img_lab_model``), so a caller who holds the pipeline and passes it back (``pipe=``) gets the same
+    handle at the API's edge (:func:`as_model`); inside, the handle is handed down.
 
     >>> from img2img_lab.testing.tiny_families import make_tiny_family
     >>> model = as_model(make_tiny_family("flux-dev"))
@@ -67,7 +69,8 @@ class ModelHandle:
     ('flux', 4, 256)
     """
 
-    def __init__(self, pipe, *, label: str | None = None, folder: str | None = None):
+    def __init__(self, pipe, *, label: str | None = None, folder: str | None = None,
+                 threads_reason: str = "not chosen by img2img-lab (a pipeline it did not load)"):
         self.pipe = pipe
         self.label = label or str(getattr(pipe, "name_or_path", "") or "in-memory")
         self.folder = folder
@@ -80,8 +83,8 @@ class ModelHandle:
         self._steps: dict[tuple, StepPlan] = {}
         self._fingerprint: dict | None = None
         self._stamps: dict[str, str] = {}
-        self.threads_reason = "not chosen by img2img-lab (a pipeline it did not load)"
-        _HANDLES[pipe] = self
+        self.threads_reason = threads_reason
+        setattr(pipe, HANDLE_ATTRIBUTE, self)
 
     # ------------------------------------------------------------------ schedulers
     def scheduler(self, name: str):
@@ -170,8 +173,8 @@ class ModelHandle:
             raise PlanError(f"{type(self.pipe).__name__} has no inpainting pipeline in diffusers ({error}). Fix: "
                             f"remove 'inpaint' from modes, or load an inpainting pipeline.") from None
         inpaint.set_progress_bar_config(disable=True)
-        handle = ModelHandle(inpaint, label=self.label, folder=self.folder)
-        handle.parent, handle.threads_reason = self, self.threads_reason
+        handle = ModelHandle(inpaint, label=self.label, folder=self.folder, threads_reason=self.threads_reason)
+        handle.parent = self
         handle.base_scheduler_config = self.base_scheduler_config
         return handle
 
@@ -316,6 +319,6 @@ def as_model(pipe_or_model) -> ModelHandle:
     """
     if isinstance(pipe_or_model, ModelHandle):
         return pipe_or_model
-    handle = _HANDLES.get(pipe_or_model)
-    return handle if handle is not None else ModelHandle(pipe_or_model)
+    handle = getattr(pipe_or_model, HANDLE_ATTRIBUTE, None)
+    return handle if isinstance(handle, ModelHandle) and handle.pipe is pipe_or_model else ModelHandle(pipe_or_model)
 

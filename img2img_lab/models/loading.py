@@ -146,7 +146,27 @@ def load_pipeline(
     variant: str | None = None,
     threads: int | str | None = "auto",
 ):
-    """Load an img2img pipeline from a hub id, a local diffusers folder, or the embedded default.
+    """Load an img2img pipeline (a plain diffusers pipeline): :func:`load_model`'s ``.pipe``; every function that
+    takes ``pipe=`` finds the handle it was loaded with (name, folder, thread choice) through
+    :func:`~img2img_lab.models.handle.as_model`.
+
+    >>> type(load_pipeline()).__name__  # the embedded shapes-world model
+    'StableDiffusionImg2ImgPipeline'
+    """
+    return load_model(model, device=device, dtype=dtype, scheduler=scheduler, variant=variant, threads=threads).pipe
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    scheduler: str | None = None,
+    variant: str | None = None,
+    threads: int | str | None = "auto",
+):
+    """Load an img2img pipeline from a hub id, a local diffusers folder, or the embedded default, as a
+    :class:`~img2img_lab.models.handle.ModelHandle` (``.pipe`` is the diffusers pipeline).
 
     Imports only the img2img pipeline class the model names (:func:`img2img_pipeline_class`), else goes through
     :class:`diffusers.AutoPipelineForImage2Image`, so any model with an img2img pipeline works
@@ -155,9 +175,9 @@ def load_pipeline(
     ``threads="auto"`` sets torch's thread count for the model (:mod:`img2img_lab.models.threads`: ``$IMG2IMG_LAB_THREADS``,
     else half the cores for a small model); an int sets it; None leaves torch's setting alone.
 
-    >>> turbo = load_pipeline("stabilityai/sd-turbo", scheduler="euler_a")  # downloads 5 GB  # doctest: +SKIP
-    >>> type(load_pipeline()).__name__  # the embedded shapes-world model
-    'StableDiffusionImg2ImgPipeline'
+    >>> turbo = load_model("stabilityai/sd-turbo", scheduler="euler_a")  # downloads 5 GB  # doctest: +SKIP
+    >>> load_model().family.name  # the embedded shapes-world model
+    'sd'
     """
     if threads not in ("auto", None) and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ModelError(f"threads={threads!r} must be 'auto', None or a whole number >= 1. Fix: e.g. threads=2.")
@@ -183,11 +203,11 @@ def load_pipeline(
     pipe.set_progress_bar_config(disable=True)
     from img2img_lab.models.handle import ModelHandle
 
-    handle = ModelHandle(pipe, label=label, folder=str(folder) if folder else None)  # as_model(pipe) finds it
-    handle.threads_reason = _set_threads(pipe, threads)
+    handle = ModelHandle(pipe, label=label, folder=str(folder) if folder else None,
+                         threads_reason=_set_threads(pipe, threads))
     if scheduler is not None:
-        set_scheduler(pipe, scheduler)
-    return pipe
+        handle.use_scheduler(str(scheduler).lower())
+    return handle
 
 
 #: The img2img pipeline of each text-to-image pipeline a model may name, for the families this toolkit adapts

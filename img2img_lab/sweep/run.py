@@ -23,17 +23,18 @@ import json
 import os
 from pathlib import Path
 
-from img2img_lab.sweep import distributed as distributed
+from img2img_lab.sweep import distributed
 from img2img_lab.errors import PlanError, StoreError
 from img2img_lab.images import check_image_files
 from img2img_lab.store.manifest import files_digest, package_versions, registered_models  # noqa: F401 - re-exported
-from img2img_lab.models.loading import load_pipeline, resolve_model
+from img2img_lab.models.handle import ModelHandle, as_model
+from img2img_lab.models.loading import load_model, resolve_model
 from img2img_lab.plan.sweep_plan import SweepPlan
-from img2img_lab.plan.values import check_batch_size
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.plan.schema import COLUMNS, cell_key  # noqa: F401 - re-exported
 from img2img_lab.sweep.sources import prepare_source, prepare_sources, source_steps, write_floor  # noqa: F401
-from img2img_lab.sweep.session import SweepWriter, in_plan_order, build_manifest, completed_record  # noqa: F401
+from img2img_lab.sweep.options import SweepOptions
+from img2img_lab.sweep.session import SweepSession, build_manifest, completed_record, in_plan_order  # noqa: F401
 
 __all__ = ["COLUMNS", "cell_key", "package_versions", "prepare_source", "prepare_sources", "registered_models",
            "run_model_axis", "run_sweep", "source_steps", "sweep_signature", "write_floor"]
@@ -43,7 +44,7 @@ def _file_stats(folder: Path) -> list:
                   for path in folder.rglob("*") if path.is_file())
 
 
-def sweep_signature(plan: SweepPlan, *, metrics, engine: str, max_batch_size, device, dtype) -> str | None:
+def sweep_signature(plan: SweepPlan, options: SweepOptions) -> str | None:
     """A hash of everything a finished sweep's cells depend on that can be known without loading the model:
     the plan, the request (metrics, engine, device, dtype), the model folder's files (paths, sizes, mtimes),
     the source files' sizes and mtimes, and the package versions. ``None`` for hub models (not a local folder)."""
@@ -58,22 +59,29 @@ def sweep_signature(plan: SweepPlan, *, metrics, engine: str, max_batch_size, de
         except OSError:
             return None  # the normal path reports the missing or unreadable source with its fix
         sources.append((image, stat.st_size, stat.st_mtime_ns))
-    payload = {"plan": plan.to_dict(), "metrics": sorted(metrics), "engine": engine, "max_batch_size": max_batch_size,
-               "device": device, "dtype": dtype, "model": [label, str(folder), _file_stats(Path(folder))],
+    payload = {"plan": plan.to_dict(), "metrics": sorted(options.metrics), "engine": options.engine,
+               "max_batch_size": options.max_batch_size, "device": options.device, "dtype": options.dtype,
+               "model": [label, str(folder), _file_stats(Path(folder))],
                "sources": sources, "packages": package_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def finished_table(out_dir, *, signature: str | None):
-    """The table of a run folder that already holds this exact sweep, finished and untouched; else ``None``.
+    """The table of a run folder (a path or an open store) that already holds this exact sweep, finished and
+    untouched; else ``None``.
 
     This is how rerunning a finished sweep answers without loading the model: the manifest's ``completed``
     record must carry the same :func:`sweep_signature` and the same :func:`~img2img_lab.store.manifest.files_digest`
     (every image, row file and source still there with the size and time it had when the sweep finished).
     """
-    if signature is None or not RunStore.is_run_folder(out_dir):
+    if isinstance(out_dir, RunStore):
+        store = out_dir
+    elif signature is None or not RunStore.is_run_folder(out_dir):
         return None
-    store = RunStore.open(out_dir)
+    else:
+        store = RunStore.open(out_dir)
+    if signature is None:
+        return None
     completed = (store.read_manifest_or_none() or {}).get("completed") or {}
     keys = completed.get("keys") or []
     if completed.get("signature") != signature or not keys:
@@ -87,16 +95,21 @@ def finished_table(out_dir, *, signature: str | None):
     return table if len(table) == len(keys) else None
 
 
-def _answered_from_run_folder(out_dir, cells: int) -> None:
+def _answered_from_run_folder(store: RunStore, cells: int) -> None:
     """Record in the manifest that a rerun found the sweep finished and generated nothing."""
     counts = {"generated": 0, "reused": 0, "already_done": cells, "cells": cells, "seconds": 0.0,
               "answered_from_run_folder": True}
-    RunStore.open(out_dir).update_manifest(lambda manifest: {**manifest, "counts": counts})
+    store.update_manifest(lambda manifest: {**manifest, "counts": counts})
 
 
-def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
+def _open_if_run_folder(out_dir) -> RunStore | None:
+    return RunStore.open(out_dir) if RunStore.is_run_folder(out_dir) else None
+
+
+def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, options: SweepOptions):
     """Run a plan with a ``models`` axis into one run folder: each model loaded in turn (one in memory at a time),
-    every cell run on each; returns the combined table (models in plan order). ``options`` as for :func:`run_sweep`.
+    every cell run on each; returns the combined table (models in plan order). :func:`run_sweep` calls it for a
+    plan with ``models``.
 
     Rerunning a finished multi-model sweep answers from the run folder without loading any model.
 
@@ -104,7 +117,7 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
     >>> tiny = str(save_tiny_pipeline("tiny-sd"))
     >>> plan = SweepPlan(images=["data/sources/red_circle_on_blue.png"], prompts=["a star"], strengths=[0.5],
     ...                  models=["embedded", tiny], steps=4)
-    >>> run_model_axis(plan, "runs/compare", progress=False).groupby("model").size().tolist()
+    >>> run_sweep(plan, "runs/compare", progress=False).groupby("model").size().tolist()
     [1, 1]
     """
     import gc
@@ -112,31 +125,25 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, **options):
     import pandas as pd
     import torch
 
-    from img2img_lab.metrics.measure import check_metric_names
-
-    if options.pop("pipe", None) is not None:
-        raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "
-                        "one model.")
-    metrics = check_metric_names(options.get("metrics", ()))
-    parts = [sweep_signature(sub, metrics=metrics, engine=options.get("engine", "batched"),
-                             max_batch_size=options.get("max_batch_size"), device=options.get("device"),
-                             dtype=options.get("dtype")) for sub in plan.model_plans()]
+    parts = [sweep_signature(sub, options) for sub in plan.model_plans()]
     signature = None if None in parts else hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-    done = finished_table(out_dir, signature=signature)
+    existing = _open_if_run_folder(out_dir) if signature is not None else None
+    done = finished_table(existing, signature=signature) if existing is not None else None
     if done is not None:
-        _answered_from_run_folder(out_dir, len(done))
+        _answered_from_run_folder(existing, len(done))
         return done
     tables, counts = [], {}
     for sub in plan.model_plans():
-        tables.append(run_sweep(sub, out_dir, model_axis=True, **options))
-        for name, value in RunStore.open(out_dir).read_manifest().get("counts", {}).items():
+        table, store = _sweep_one_model(sub, out_dir, options, model=None, allow_other_models=True)
+        tables.append(table)
+        for name, value in (store.read_manifest().get("counts") or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 counts[name] = counts.get(name, 0) + value
         gc.collect()  # the model of this part is released before the next one loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     table = pd.concat(tables, ignore_index=True)
-    store, context = RunStore.open(out_dir), distributed.current()
+    context = distributed.current()
     if context.is_main:  # in a launched job rank 0 alone writes the manifest
         completed = completed_record(store, signature, list(table["cell_key"]), table["source_hash"])
         store.update_manifest(lambda manifest: {
@@ -180,79 +187,88 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     >>> table.groupby("strength").executed_steps.first().tolist()
     [0, 5, 10]
     """
-    from img2img_lab.metrics.measure import check_metric_names
-
-    if plan.models:
-        return run_model_axis(plan, out_dir, pipe=pipe, device=device, dtype=dtype, progress=progress,
-                              metrics=metrics, on_step=on_step, engine=engine, max_batch_size=max_batch_size,
-                              cache=cache)
     # 1. Check the request (the sources exist before any model loads).
-    if not sources_from_folder:
+    options = SweepOptions(device=device, dtype=dtype, progress=progress, metrics=metrics, on_step=on_step,
+                           engine=engine, max_batch_size=max_batch_size, cache=cache,
+                           sources_from_folder=sources_from_folder).checked()
+    if plan.models:
+        if pipe is not None:
+            raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "
+                            "one model.")
+        return run_model_axis(plan, out_dir, options)
+    model = None if pipe is None else as_model(pipe)  # the one place a caller's pipeline becomes a handle
+    return _sweep_one_model(plan, out_dir, options, model=model, allow_other_models=model_axis)[0]
+
+
+def _sweep_one_model(plan: SweepPlan, out_dir, options: SweepOptions, *, model: ModelHandle | None,
+                     allow_other_models: bool):
+    """Steps 1–8 of :func:`run_sweep` for one model; returns ``(table, open run store)``."""
+    if not options.sources_from_folder:
         check_image_files(plan.images)
-    metrics = check_metric_names(metrics)
-    if engine not in ("batched", "per-cell"):
-        raise PlanError(f"unknown engine {engine!r}. Fix: use 'batched' (default) or 'per-cell'.")
-    max_batch_size = check_batch_size(max_batch_size)
-    cache_store = _open_cache(cache)
+    cache_store = _open_cache(options.cache)
     # 2. A rerun of a finished sweep answers from the run folder, without loading the model (rank 0 decides).
     context, signature = distributed.current(), None
-    if pipe is None:
-        signature = sweep_signature(plan, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
-                                    device=device, dtype=dtype)
-        done = _finished_for_every_rank(out_dir, signature, context)
+    if model is None:
+        signature = sweep_signature(plan, options)
+        done, store = _finished_for_every_rank(out_dir, signature, context)
         if done is not None:
-            return done
+            return done, store
     # 3. Load the model, each rank on its own device (a hub model: rank 0 first, it fills the cache the others read).
-    if pipe is None:
-        device = distributed.rank_device(context, device)
-        pipe = distributed.load_model(context, lambda: load_pipeline(plan.model, device=device, dtype=dtype),
-                                      local=resolve_model(plan.model)[1] is not None)
+    if model is None:
+        device = distributed.rank_device(context, options.device)
+        model = distributed.load_model(context, lambda: load_model(plan.model, device=device, dtype=options.dtype),
+                                       local=resolve_model(plan.model)[1] is not None)
     # 4. Create (rank 0) or open the run folder, key every cell (done, in the cache, a duplicate strength, or to
     #    generate) and 5. copy intact cells from the shared cache (rank 0).
-    writer = distributed.main_first(context, lambda: _open_and_key(
-        plan, out_dir, pipe, context, metrics=metrics, engine=engine, max_batch_size=max_batch_size,
-        cache_store=cache_store, model_axis=model_axis, progress=progress, on_step=on_step,
-        sources_from_folder=sources_from_folder))
+    session = distributed.main_first(context, lambda: _open_and_key(
+        plan, out_dir, model, options, context=context, cache_store=cache_store,
+        allow_other_models=allow_other_models))
     # 6. Generate the rest (in a launched job, each rank its shard of the chunks).
-    writer.generate()
+    session.generate()
     # 7. Reuse duplicate strengths, 8. measure rows from earlier runs and record the finished sweep (rank 0).
-    return _finish(writer, signature, context)
+    return _finish(session, signature, context), session.store
 
 
-def _open_and_key(plan, out_dir, pipe, context, **options) -> SweepWriter:
-    writer = SweepWriter.open(plan, out_dir, pipe, context=context, **options)
-    writer.key_cells()
+def _open_and_key(plan, out_dir, model, options, *, context, cache_store, allow_other_models) -> SweepSession:
+    session = SweepSession.open(plan, out_dir, model, options, context=context, cache_store=cache_store,
+                                allow_other_models=allow_other_models)
+    session.key_cells()
     if context.is_main:
-        writer.copy_from_cache()
-    writer.note_recorded_batches()  # inside main_first: no rank has begun to write batches
-    return writer
+        session.copy_from_cache()
+    session.note_recorded_batches()  # inside main_first: no rank has begun to write batches
+    return session
 
 
 def _finished_for_every_rank(out_dir, signature, context):
-    """:func:`finished_table`, decided by rank 0 for every rank (they must take the same path)."""
-    done = finished_table(out_dir, signature=signature) if context.is_main else None
+    """:func:`finished_table`, decided by rank 0 for every rank (they must take the same path); ``(table, store)``
+    or ``(None, None)``."""
+    store = _open_if_run_folder(out_dir) if signature is not None else None
+    done = finished_table(store, signature=signature) if context.is_main and store is not None else None
     if not distributed.agree(context, done is not None):
-        return None
+        return None, None
     if context.is_main:
-        _answered_from_run_folder(out_dir, len(done))
+        _answered_from_run_folder(store, len(done))
     distributed.barrier(context)
-    return done if context.is_main else finished_table(out_dir, signature=signature)
+    if not context.is_main:
+        store = RunStore.open(out_dir)
+        done = finished_table(store, signature=signature)
+    return done, store
 
 
-def _finish(writer: SweepWriter, signature, context):
+def _finish(session: SweepSession, signature, context):
     """After every rank stored its cells: rank 0 reuses duplicates, consolidates and records; every rank returns the
     plan's rows in plan order."""
     if not context.is_main:
-        writer.counts["already_done"] = 0  # every rank counted the cells done before the job; rank 0's count stands
-    writer.counts = distributed.sum_counts(context, writer.counts)  # the job's counts, on every rank
+        session.counts["already_done"] = 0  # every rank counted the cells done before the job; rank 0's count stands
+    session.counts = distributed.sum_counts(context, session.counts)  # the job's counts, on every rank
     if context.is_main:
-        writer.store.reload()  # other ranks' row files
-        writer.show_job_progress(final=True)
-        writer.reuse_duplicates()
-        table = writer.finish(signature)
+        session.store.reload()  # other ranks' row files
+        session.show_job_progress(final=True)
+        session.reuse_duplicates()
+        table = session.finish(signature)
     distributed.barrier(context)
     if not context.is_main:
-        table = writer.plan_table()
+        table = session.plan_table()
     return table
 
 

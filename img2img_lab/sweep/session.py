@@ -1,21 +1,25 @@
-"""One sweep writing into one run folder (the steps of :func:`img2img_lab.sweep.run.run_sweep`).
+"""One sweep into one run folder: the session behind :func:`img2img_lab.sweep.run.run_sweep`.
 
-:class:`SweepWriter` holds what a sweep knows about its folder: the model, the prepared sources, every cell's key,
-what is done, what the shared cache holds, and the counts. Its methods are the sweep's steps, in order:
-:meth:`~SweepWriter.open`, :meth:`~SweepWriter.key_cells`, :meth:`~SweepWriter.copy_from_cache`,
-:meth:`~SweepWriter.generate`, :meth:`~SweepWriter.reuse_duplicates`, :meth:`~SweepWriter.finish`.
+:class:`SweepSession` holds what a sweep knows about its folder: the model handle, the options, the open run store,
+the prepared sources, every cell's key, what is done, what the shared cache holds, and the counts. ``run_sweep``'s
+numbered steps are these (1–3 happen before a session exists):
 
-The sweep's manifest is made by :func:`img2img_lab.sweep.sources.build_manifest`; its sources, what a strength runs and the VAE floor in
-:mod:`img2img_lab.sweep.sources`; :mod:`img2img_lab.sweep.run` re-exports them.
+1. check the request (:class:`~img2img_lab.sweep.options.SweepOptions`), 2. answer a finished sweep from the folder,
+3. load the model; then the session's methods: 4. :meth:`~SweepSession.open` (create or reopen the folder) and
+:meth:`~SweepSession.key_cells`, 5. :meth:`~SweepSession.copy_from_cache`, 6. :meth:`~SweepSession.generate`,
+7. :meth:`~SweepSession.reuse_duplicates`, 8. :meth:`~SweepSession.finish` (measure, record, return the table).
+
+The sweep's manifest is made by :func:`img2img_lab.sweep.sources.build_manifest`; its sources, what a strength runs
+and the VAE floor in :mod:`img2img_lab.sweep.sources`.
 
 A stored cell is an image and its row, written or adopted together: the first writer of a key wins, a later writer
 adopts that writer's image *and* row, and the shared cache receives exactly the pair this folder holds. Copies in
 both directions are hash-checked (:meth:`img2img_lab.store.run_store.RunStore.stored_cell`).
 
->>> writer = SweepWriter.open(plan, "runs/demo", pipe, metrics=[], engine="batched", max_batch_size=None,
-...                           cache_store=None, model_axis=False, progress=False, on_step=None)
->>> type(writer).__name__
-'SweepWriter'
+>>> from img2img_lab.sweep.options import SweepOptions
+>>> session = SweepSession.open(plan, "runs/demo", model, SweepOptions(progress=False))
+>>> type(session).__name__, session.engine
+('SweepSession', 'batched')
 """
 
 from __future__ import annotations
@@ -23,21 +27,21 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from img2img_lab.images import content_hash
 from img2img_lab.store.manifest import (check_one_model, files_digest, merge_manifest, package_versions,  # noqa: F401
                                   plan_config, plan_record)
-from img2img_lab.models.handle import as_model
-from img2img_lab.models.loading import model_label
+from img2img_lab.models.handle import ModelHandle
 from img2img_lab.plan.sweep_plan import Cell, SweepPlan
 from img2img_lab.sweep.advisories import advise, floor_advisories, sweep_advisories
 from img2img_lab.sweep.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.engine.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store.run_store import RunStore
+from img2img_lab.sweep.options import SweepOptions
 from img2img_lab.sweep.conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
 from img2img_lab.sweep.sources import (metric_needs, build_manifest, folder_sources, prepare_sources, source_steps,  # noqa
                                        write_floor)
@@ -81,109 +85,69 @@ def cell_label(cell: Cell, model: str | None = None) -> str:
 
 
 @dataclass
-class SweepWriter:
+class SweepSession:
     """The state of one sweep into one run folder; see the module doc for its steps."""
 
     plan: SweepPlan
-    store: RunStore
-    pipe: object
-    sources: list
-    manifest: dict
-    metrics: list
+    model: ModelHandle
+    options: SweepOptions
+    store: RunStore  # opened once, by :meth:`open`, and handed to the metrics at the end
+    sources: list  # prepared PIL images, in plan order
+    manifest: dict  # this sweep's manifest (merged into the folder's)
     runner: object  # a runners.Runner: per-cell or batched (a distributed.ShardedRunner in a launched job)
     context: Context = field(default_factory=Context)
     cache_store: RunStore | None = None
-    on_step: object = None
-    progress: bool = True
-    model_axis: bool = False
-    keys: dict = field(default_factory=dict)
+    allow_other_models: bool = False  # a models-axis plan puts several models' cells in one folder
+    conditions: list | None = None  # conditions.SourceCondition per source (None: plain img2img)
+    references: object = None  # fidelity.ReferenceCache: each source's side of the metrics, computed once
+    # filled by key_cells
+    steps_of: object = None  # sources.source_steps: (scheduler, steps, strength, image, mode) -> StepPlan
+    keys: dict = field(default_factory=dict)  # (cell group, strength) -> cell key
     cells: list = field(default_factory=list)
     planned: list = field(default_factory=list)   # every non-duplicate cell (fixes the batched runner's chunks)
     pending: list = field(default_factory=list)   # (cell, key) to generate
     duplicates: list = field(default_factory=list)
     from_cache: list = field(default_factory=list)
-    counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
-    started_clock: float = field(default_factory=time.perf_counter)
     work: dict = field(default_factory=dict)  # key -> its denoising steps (the progress bar's unit)
     recorded: list = field(default_factory=list)  # batch records holding a cell to generate
-    references: object = None  # fidelity.ReferenceCache: each source's side of the metrics, computed once
-    conditions: list | None = None  # sweep_conditions.SourceCondition per source (None: plain img2img)
-    _progress_listed: float = 0.0
     bar: object = None
+    # kept up to date by every step
+    counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
+    started_clock: float = field(default_factory=time.perf_counter)
+    progress_listed: float = 0.0
 
-    # ------------------------------------------------------------------ 3. open
+    @property
+    def pipe(self):
+        return self.model.pipe
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.options.metrics)
+
+    # ------------------------------------------------------------------ 4. open
     @classmethod
-    def open(cls, plan: SweepPlan, out_dir, pipe, *, metrics, engine: str, max_batch_size, cache_store,
-             model_axis: bool, progress: bool, on_step, context: Context | None = None,
-             sources_from_folder: bool = False) -> "SweepWriter":
-        """Prepare the sources (``sources_from_folder``: the copies the run folder keeps, for a repair), then create
-        (or reopen) the run folder with this sweep's manifest merged into the folder's under its lock; store the
-        sources and each source's VAE round trip. In a launched job only rank 0 writes these; the other ranks open
-        the folder rank 0 made (:mod:`img2img_lab.sweep.distributed`)."""
+    def open(cls, plan: SweepPlan, out_dir, model: ModelHandle, options: SweepOptions, *,
+             context: Context | None = None, cache_store: RunStore | None = None,
+             allow_other_models: bool = False) -> "SweepSession":
+        """Prepare the sources (``options.sources_from_folder``: the copies the run folder keeps, for a repair),
+        then create (or reopen) the run folder with this sweep's manifest merged into the folder's under its lock;
+        store the sources and each source's VAE round trip. In a launched job only rank 0 writes these; the other
+        ranks open the folder rank 0 made (:mod:`img2img_lab.sweep.distributed`)."""
         context = context or Context()
-        from img2img_lab.metrics.fidelity import ReferenceCache
-        from img2img_lab.metrics.measure import metric_weights, prepare_metric
-
-        model = as_model(pipe)
         model.check_sweepable()  # a pipeline with no strength dial is refused before anything is written
-        recorded = None
-        if sources_from_folder:
-            sources, recorded = folder_sources(plan, RunStore.open(out_dir))
-        else:
-            sources = prepare_sources(plan, pipe)
-        started = _now()
-        manifest = build_manifest(plan, pipe, sources, started=started, recorded_sources=recorded)
-        conditions = conditions_for_sweep(plan, model, sources, manifest["sources"],
-                                          RunStore.open(out_dir) if sources_from_folder else None)
-        manifest["sources"] = with_controls(manifest["sources"], conditions)
-        manifest["notes"] += model.check_plan(plan)
-        plan.cells(steps=source_steps(model, sources))  # a strength the model cannot run: refused before writing
-        manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
-        manifest["metric_weights"] = metric_weights(metrics)
-        runner, reason = choose_runner(pipe, sources, engine=engine, max_batch_size=max_batch_size, on_step=on_step,
-                                       conditions=conditions)
-        if context.distributed:
-            runner = ShardedRunner(runner, context)
-        manifest["engine"] = {"name": runner.name, "reason": reason,
-                              "max_batch_size": max_batch_size if runner.batch_limit else None}
-        fingerprint = manifest["model_fingerprint"]["fingerprint"]
-        manifest["models"] = [{"spec": plan.model, "model": model_label(pipe), "fingerprint": fingerprint,
-                               "family": model.family.name}]
-        manifest["plans"] = [plan_record(plan, engine=engine, max_batch_size=max_batch_size, metrics=metrics,
-                                         fingerprint=fingerprint)]
-        manifest["history"] = [{"started": started, "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
-        if context.is_main:  # the model is the wrong tool: said once, in one line (advisories.py)
-            manifest["notes"] += advise(sweep_advisories(plan, pipe, manifest["sources"], sources))
+        existing = RunStore.open(out_dir) if options.sources_from_folder else None  # a repair reads its own copies
+        sources, recorded = folder_sources(plan, existing) if existing is not None else \
+            (prepare_sources(plan, model.pipe), None)
+        manifest, runner, conditions = _plan_manifest(plan, model, options, sources, recorded, context, existing)
         if not context.is_main:
-            return cls(plan=plan, store=RunStore.open(out_dir), pipe=pipe, sources=sources, manifest=manifest,
-                       metrics=list(metrics), runner=runner, context=context, cache_store=cache_store,
-                       on_step=on_step, progress=False, model_axis=model_axis, conditions=conditions)
-        existed = RunStore.is_run_folder(out_dir)
-
-        def merge(previous: dict | None, new: dict) -> dict:
-            if not model_axis:
-                check_one_model(previous, fingerprint, model_label(pipe), out_dir)
-            if previous is None and existed:
-                new = {**new, "notes": new["notes"] + ["manifest.json was unreadable; this sweep wrote a new one "
-                                                       "(the plans and history before it are lost)"]}
-            return merge_manifest(previous, new)
-
-        store = RunStore.create(out_dir, manifest, merge=merge)
-        record = manifest["plans"][0]
-        store.write_config(Path(record["config"]).stem, plan_config(record["plan"]))
-        hashes = [entry["hash"] for entry in manifest["sources"]]
-        for source_hash, source in zip(hashes, sources):
-            store.write_source(source_hash, source)
-        references = ReferenceCache(device=str(pipe.device)) if metrics else None
-        if conditions is not None:
-            record_conditions(store, conditions, hashes)
-        write_floor(store, pipe, sources, hashes, plan.seeds, metrics, references=references)
-        notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
-        if notes:
-            store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
-        return cls(plan=plan, store=store, pipe=pipe, sources=sources, manifest=manifest, metrics=list(metrics),
-                   runner=runner, context=context, cache_store=cache_store, on_step=on_step,
-                   progress=progress, model_axis=model_axis, references=references, conditions=conditions)
+            return cls(plan=plan, model=model, options=replace(options, progress=False), store=RunStore.open(out_dir),
+                       sources=sources, manifest=manifest, runner=runner, context=context, cache_store=cache_store,
+                       allow_other_models=allow_other_models, conditions=conditions)
+        store = _create_folder(out_dir, manifest, model, allow_other_models=allow_other_models)
+        references = _store_sources(store, plan, model, options, sources, manifest, conditions)
+        return cls(plan=plan, model=model, options=options, store=store, sources=sources, manifest=manifest,
+                   runner=runner, context=context, cache_store=cache_store, allow_other_models=allow_other_models,
+                   conditions=conditions, references=references)
 
     @property
     def source_hashes(self) -> list[str]:
@@ -199,7 +163,7 @@ class SweepWriter:
         or to generate; record the planned keys in the manifest (``verify`` names a missing one)."""
         from tqdm.auto import tqdm
 
-        pipe, store, model = self.pipe, self.store, as_model(self.pipe)
+        pipe, store, model = self.pipe, self.store, self.model
         self.steps_of = source_steps(model, self.sources)
         self.cells = self.plan.cells(steps=self.steps_of)
         fingerprint = self.manifest["model_fingerprint"]["fingerprint"]
@@ -213,7 +177,7 @@ class SweepWriter:
                            conditioning=self._condition(cell).key_part(cell.mode))
             self.keys[(cell.group(), cell.strength)] = key
             self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self._steps(cell))
-            labels[key] = cell_label(cell, self.manifest["model"] if self.model_axis else None)
+            labels[key] = cell_label(cell, self.manifest["model"] if self.allow_other_models else None)
             if cell.duplicate_of is None:
                 self.planned.append((cell, key))
             if store.has_cell(key):
@@ -235,7 +199,7 @@ class SweepWriter:
         """The progress bar counts denoising steps (:func:`img2img_lab.engine.runners.cell_work`; reused duplicate strengths
         cost none), advanced by the runner as each step is done, so its rate and ETA hold from the first seconds."""
         self.bar = tqdm(total=sum(self.work.values()), initial=done, unit="step", desc=f"sweep {self.plan.name}",
-                        disable=not self.progress)
+                        disable=not self.options.progress)
         getattr(self.runner, "runner", self.runner).on_work = job_progress(self.bar, self.context.world_size)
 
     # ------------------------------------------------------------------ 5. cache
@@ -290,8 +254,8 @@ class SweepWriter:
         every rank's stored cells (their row files); it never runs backwards."""
         if not (self.context.distributed and self.bar is not None):
             return
-        if final or time.monotonic() - self._progress_listed > 10:
-            self._progress_listed = time.monotonic()
+        if final or time.monotonic() - self.progress_listed > 10:
+            self.progress_listed = time.monotonic()
             stored = sum(self.work[key] for key in self.store.row_file_keys() & set(self.keys.values()))
             self.bar.n = min(self.bar.total, max(self.bar.n, stored))
             self.bar.refresh()
@@ -306,7 +270,7 @@ class SweepWriter:
                 image, canonical = pair
                 self.save(cell, key, image, Produced.duplicate(canonical["produced"]), 0.0, canonical["nsfw_flagged"])
             else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
-                output = PerCellRunner(self.pipe, self.sources, on_step=self.on_step).run([cell])[0]
+                output = PerCellRunner(self.pipe, self.sources, on_step=self.options.on_step).run([cell])[0]
                 self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
 
     # ------------------------------------------------------------------ saving one cell
@@ -353,7 +317,7 @@ class SweepWriter:
             "unet_evaluations": steps.denoiser_evaluations, "start_timestep": steps.start_timestep,
             "timesteps": steps.timesteps_text(), "sigma": steps.sigma, "log_snr": steps.log_snr,
             "sqrt_alpha_bar": steps.sqrt_alpha_bar, "flow_sigma": steps.flow_sigma, "zero_step": steps.zero_step,
-            "duplicate_of": cell.duplicate_of, **strength_meaning(as_model(self.pipe), cell, steps),
+            "duplicate_of": cell.duplicate_of, **strength_meaning(self.model, cell, steps),
             "produced": produced, "seconds": seconds,
             "output_path": self._output_path(key), "output_hash": content_hash(image), "nsfw_flagged": nsfw,
             "model": manifest["model"], "model_family": manifest["model_family"]["family"],
@@ -373,8 +337,7 @@ class SweepWriter:
                              or any(metric_needs(name, "mask") for name in self.metrics)):
             from img2img_lab.metrics.measure import measure_run
 
-            measure_run(store.root, self.metrics, device=str(self.pipe.device), progress=False)
-            store.reload()  # the table measure_run wrote, not this store's cached rows
+            measure_run(store, self.metrics, device=str(self.pipe.device), progress=False)  # the open store
         plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
         completed = completed_record(store, signature, plan_keys, self.source_hashes)
         counts = {**self.counts, "cells": len(self.cells),
@@ -390,6 +353,72 @@ class SweepWriter:
             self.bar.close()
         plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
         return in_plan_order(self.store.read_table(allow_damaged=True), plan_keys)
+
+
+def _plan_manifest(plan, model: ModelHandle, options: SweepOptions, sources, recorded, context: Context, existing):
+    """This sweep's manifest, runner and conditions, everything checked before the folder is touched."""
+    from img2img_lab.metrics.measure import metric_weights, prepare_metric
+
+    manifest = build_manifest(plan, model, sources, started=_now(), recorded_sources=recorded)
+    conditions = conditions_for_sweep(plan, model, sources, manifest["sources"], existing)
+    manifest["sources"] = with_controls(manifest["sources"], conditions)
+    manifest["notes"] += model.check_plan(plan)
+    plan.cells(steps=source_steps(model, sources))  # a strength the model cannot run: refused before writing
+    metrics = list(options.metrics)
+    manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
+    manifest["metric_weights"] = metric_weights(metrics)
+    runner, reason = choose_runner(model.pipe, sources, engine=options.engine, max_batch_size=options.max_batch_size,
+                                   on_step=options.on_step, conditions=conditions)
+    if context.distributed:
+        runner = ShardedRunner(runner, context)
+    manifest["engine"] = {"name": runner.name, "reason": reason,
+                          "max_batch_size": options.max_batch_size if runner.batch_limit else None}
+    fingerprint = manifest["model_fingerprint"]["fingerprint"]
+    manifest["models"] = [{"spec": plan.model, "model": model.label, "fingerprint": fingerprint,
+                           "family": model.family.name}]
+    manifest["plans"] = [plan_record(plan, engine=options.engine, max_batch_size=options.max_batch_size,
+                                     metrics=metrics, fingerprint=fingerprint)]
+    manifest["history"] = [{"started": manifest["created"], "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
+    if context.is_main:  # the model is the wrong tool: said once, in one line (advisories.py)
+        manifest["notes"] += advise(sweep_advisories(plan, model.pipe, manifest["sources"], sources))
+    return manifest, runner, conditions
+
+
+def _create_folder(out_dir, manifest: dict, model: ModelHandle, *, allow_other_models: bool) -> RunStore:
+    """Create the run folder, or merge this sweep's manifest into the one it holds (under its lock)."""
+    existed = RunStore.is_run_folder(out_dir)
+    fingerprint = manifest["model_fingerprint"]["fingerprint"]
+
+    def merge(previous: dict | None, new: dict) -> dict:
+        if not allow_other_models:
+            check_one_model(previous, fingerprint, model.label, out_dir)
+        if previous is None and existed:
+            new = {**new, "notes": new["notes"] + ["manifest.json was unreadable; this sweep wrote a new one "
+                                                   "(the plans and history before it are lost)"]}
+        return merge_manifest(previous, new)
+
+    return RunStore.create(out_dir, manifest, merge=merge)
+
+
+def _store_sources(store: RunStore, plan, model: ModelHandle, options: SweepOptions, sources, manifest: dict,
+                   conditions):
+    """Store the config, the sources, their masks / control images and each source's VAE floor; returns the
+    metrics' reference cache (``None`` without metrics)."""
+    from img2img_lab.metrics.fidelity import ReferenceCache
+
+    record = manifest["plans"][0]
+    store.write_config(Path(record["config"]).stem, plan_config(record["plan"]))
+    hashes = [entry["hash"] for entry in manifest["sources"]]
+    for source_hash, source in zip(hashes, sources):
+        store.write_source(source_hash, source)
+    references = ReferenceCache(device=str(model.pipe.device)) if options.metrics else None
+    if conditions is not None:
+        record_conditions(store, conditions, hashes)
+    write_floor(store, model.pipe, sources, hashes, plan.seeds, list(options.metrics), references=references)
+    notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
+    if notes:
+        store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
+    return references
 
 
 def _copy_batch_record(origin: RunStore, target: RunStore, batch_id) -> None:

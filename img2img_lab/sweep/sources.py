@@ -16,8 +16,8 @@ import warnings
 from img2img_lab.engine.reference import cell_generator, vae_roundtrip
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.store.manifest import package_versions
-from img2img_lab.models.handle import as_model
-from img2img_lab.models.loading import model_fingerprint, model_label, native_resolution, size_multiple
+from img2img_lab.models.handle import ModelHandle
+from img2img_lab.models.loading import model_fingerprint, native_resolution, size_multiple
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.plan.schema import is_missing
 from img2img_lab.store.run_store import RunStore
@@ -92,8 +92,7 @@ def source_steps(model, sources: list):
     """``steps(scheduler, num_inference_steps, strength, image_index, mode)`` for :meth:`SweepPlan.cells`: what a
     strength runs on ``model`` for the source at ``image_index`` (FLUX.1's grid depends on the image size).
 
-    >>> from img2img_lab.models.handle import as_model
-    >>> cells = plan.cells(steps=source_steps(as_model(pipe), sources))
+    >>> cells = plan.cells(steps=source_steps(model, sources))
     >>> [(cell.strength, cell.executed_steps) for cell in cells[:3]]
     [(0.0, 0), (0.5, 5), (1.0, 10)]
     """
@@ -157,23 +156,24 @@ def metric_needs(name: str, *what: str) -> bool:
     return any(getattr(spec, f"needs_{item}") for item in what)
 
 
-def build_manifest(plan, pipe, sources: list, *, started: str, recorded_sources: list | None = None) -> dict:
+def build_manifest(plan, model: ModelHandle, sources: list, *, started: str, recorded_sources: list | None = None) -> dict:
     """The manifest of one sweep (before it is merged into the folder's, see :mod:`img2img_lab.store.manifest`);
     ``recorded_sources``: the folder's own entries of sources taken from it (a repair reads no outside file)."""
     import torch
 
+    pipe = model.pipe
     return {
         "format": "img2img-lab run folder v1",
         "created": started,
         "plan": plan.to_dict(),
         "cells_planned": len(plan.cells()),
-        "model": model_label(pipe),
-        "model_fingerprint": model_fingerprint(pipe),
-        "model_family": as_model(pipe).describe(),
+        "model": model.label,
+        "model_fingerprint": model.fingerprint(),
+        "model_family": model.describe(),
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
-        "torch_threads_reason": as_model(pipe).threads_reason,
+        "torch_threads_reason": model.threads_reason,
         "packages": package_versions(),
         "platform": platform.platform(),
         "command": sys.argv,

@@ -67,13 +67,14 @@ def test_a_missing_source_is_reported_before_the_model_loads(tmp_path, capsys, m
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the sources were checked")
 
-    monkeypatch.setattr(sweep, "load_pipeline", no_model)
+    monkeypatch.setattr(sweep, "load_model", no_model)
     config = tmp_path / "c.yaml"
     config.write_text("images: [missing.png]\nprompts: [a cat]\nstrengths: [0.5]\n")
     assert main(["sweep", str(config), "--out", str(tmp_path / "run")]) == 2  # no_model: no load before the check
     assert "missing.png: no such file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
     monkeypatch.setattr("img2img_lab.models.loading.load_pipeline", no_model)
+    monkeypatch.setattr("img2img_lab.models.loading.load_model", no_model)
     calibration = tmp_path / "cal.yaml"
     calibration.write_text("images: [missing.png]\nprompts: [a cat]\nstrengths: [0.5]\ncalibration: {}\n")
     assert main(["calibrate", str(calibration), "--out", str(tmp_path / "cal")]) == 2
