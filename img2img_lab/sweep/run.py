@@ -66,22 +66,22 @@ def sweep_signature(plan: SweepPlan, options: SweepOptions) -> str | None:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def finished_table(out_dir, *, signature: str | None):
-    """The table of a run folder (a path or an open store) that already holds this exact sweep, finished and
-    untouched; else ``None``.
+def finished_run(out_dir, *, signature: str | None):
+    """``(table, store)`` of a run folder that already holds this exact sweep, finished and untouched (the store
+    opened once, for the caller to record the answer in); ``(None, store or None)`` otherwise."""
+    if signature is None or not RunStore.is_run_folder(out_dir):
+        return None, None
+    store = RunStore.open(out_dir)
+    return finished_table(store, signature=signature), store
+
+
+def finished_table(store: RunStore, *, signature: str):
+    """The table of an open run folder that already holds this exact sweep, finished and untouched; else ``None``.
 
     This is how rerunning a finished sweep answers without loading the model: the manifest's ``completed``
     record must carry the same :func:`sweep_signature` and the same :func:`~img2img_lab.store.manifest.files_digest`
     (every image, row file and source still there with the size and time it had when the sweep finished).
     """
-    if isinstance(out_dir, RunStore):
-        store = out_dir
-    elif signature is None or not RunStore.is_run_folder(out_dir):
-        return None
-    else:
-        store = RunStore.open(out_dir)
-    if signature is None:
-        return None
     completed = (store.read_manifest_or_none() or {}).get("completed") or {}
     keys = completed.get("keys") or []
     if completed.get("signature") != signature or not keys:
@@ -100,10 +100,6 @@ def _answered_from_run_folder(store: RunStore, cells: int) -> None:
     counts = {"generated": 0, "reused": 0, "already_done": cells, "cells": cells, "seconds": 0.0,
               "answered_from_run_folder": True}
     store.update_manifest(lambda manifest: {**manifest, "counts": counts})
-
-
-def _open_if_run_folder(out_dir) -> RunStore | None:
-    return RunStore.open(out_dir) if RunStore.is_run_folder(out_dir) else None
 
 
 def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, options: SweepOptions):
@@ -127,10 +123,9 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, options: SweepOp
 
     parts = [sweep_signature(sub, options) for sub in plan.model_plans()]
     signature = None if None in parts else hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-    existing = _open_if_run_folder(out_dir) if signature is not None else None
-    done = finished_table(existing, signature=signature) if existing is not None else None
+    done, store = finished_run(out_dir, signature=signature)
     if done is not None:
-        _answered_from_run_folder(existing, len(done))
+        _answered_from_run_folder(store, len(done))
         return done
     tables, counts = [], {}
     for sub in plan.model_plans():
@@ -240,19 +235,14 @@ def _open_and_key(plan, out_dir, model, options, *, context, cache_store, allow_
 
 
 def _finished_for_every_rank(out_dir, signature, context):
-    """:func:`finished_table`, decided by rank 0 for every rank (they must take the same path); ``(table, store)``
-    or ``(None, None)``."""
-    store = _open_if_run_folder(out_dir) if signature is not None else None
-    done = finished_table(store, signature=signature) if context.is_main and store is not None else None
+    """:func:`finished_run`, decided by rank 0 for every rank (they must take the same path)."""
+    done, store = finished_run(out_dir, signature=signature) if context.is_main else (None, None)
     if not distributed.agree(context, done is not None):
         return None, None
     if context.is_main:
         _answered_from_run_folder(store, len(done))
     distributed.barrier(context)
-    if not context.is_main:
-        store = RunStore.open(out_dir)
-        done = finished_table(store, signature=signature)
-    return done, store
+    return (done, store) if context.is_main else finished_run(out_dir, signature=signature)
 
 
 def _finish(session: SweepSession, signature, context):
