@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP_CONSTRAINTS := -c constraints.txt -c requirements-lock.txt
 STAMP := $(VENV)/.img2img-lab-installed
 
-.PHONY: test demo lab install lock bench clean-venv
+.PHONY: test demo lab docs docs-build install lock bench clean-venv
 
 $(STAMP): pyproject.toml constraints.txt requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/img2img-lab demo
+
+# The documentation site (MkDocs + Material + mkdocstrings, offline): `make docs` serves it on 127.0.0.1:8000,
+# `make docs-build` writes site/ with warnings as errors (the test suite builds it too: tests/test_docs.py).
+docs: $(STAMP)
+	$(BIN)/mkdocs serve --strict
+
+docs-build: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # JupyterLab and ipywidgets are the "lab" extra, installed on first `make lab`.
 lab: $(STAMP)
