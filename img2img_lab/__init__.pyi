@@ -10,6 +10,7 @@ from .resources import bundled_sources as bundled_sources
 # 2. load: a diffusers pipeline (or the embedded model) and what it is
 from .models.loading import (
     describe_pipeline as describe_pipeline,
+    load_model as load_model,
     load_pipeline as load_pipeline,
     model_fingerprint as model_fingerprint,
     recommended_guidance as recommended_guidance,

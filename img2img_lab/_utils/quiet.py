@@ -31,3 +31,28 @@ def apply_quiet() -> None:
         if logging is not None:
             logging.disable_progress_bar()
             logging.set_verbosity_error()
+
+
+class loading_bars_off:
+    """Within the block, diffusers' and transformers' "Loading pipeline components" / "Loading weights" bars stay
+    off (a notebook keeps them frozen in its saved output); afterwards each is as it was.
+
+    >>> import diffusers.utils.logging as logging
+    >>> with loading_bars_off():
+    ...     logging.is_progress_bar_enabled()
+    False
+    """
+
+    def __enter__(self):
+        import importlib
+
+        self._modules = [importlib.import_module(name) for name in _LOGGING_MODULES]
+        self._enabled = [module.is_progress_bar_enabled() for module in self._modules]
+        for module in self._modules:
+            module.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module, enabled in zip(self._modules, self._enabled):
+            if enabled:
+                module.enable_progress_bar()

@@ -89,7 +89,7 @@ def _recommend(goal: str, crossings: list[Crossing], kind: str, preferred_guidan
         best = sorted(on_average, key=lambda c: (-c.best_strength if kind == "keep" else c.best_strength,
                                                  c.guidance_scale))[0]
         message = (f"strength {best.best_strength:g} at guidance {best.guidance_scale:g}: {best.target.metric} "
-                   f"{best.best_value:.3f} meets {target} on average but not with {best.rule} confidence "
+                   f"{best.best_value:.3f} meets {target} on average, but its 95% CI does not clear the threshold "
                    f"(too few images or too close to the threshold: add seeds or sources)")
         return Recommendation(goal, target, best.best_strength, best.guidance_scale, None, best.best_value, None, False, message)
     better = max if candidates[0].target.higher_is_better else min
@@ -144,9 +144,12 @@ def recommend_both(summary, settings: CalibrationSettings, pipe=None) -> Recomme
                               int(best["executed_steps"]), float(best[JOINT]), (low, high),
                               settings.rule == "confident", message)
     best = summary.sort_values(JOINT, ascending=False).iloc[0]
-    message = (f"no calibrated strength meets {described} at once in {JOINT_RATE:.0%} of images; the best is "
-               f"{best[JOINT]:.0%} [{best[f'{JOINT}_ci_low']:.0%}, {best[f'{JOINT}_ci_high']:.0%}] at strength "
-               f"{best['strength']:g}, guidance {best['guidance_scale']:g}")
+    if best[JOINT] > 0:
+        nearest = (f"; the closest is strength {best['strength']:g}, guidance {best['guidance_scale']:g}: "
+                   f"{best[JOINT]:.0%} of images [{best[f'{JOINT}_ci_low']:.0%}, {best[f'{JOINT}_ci_high']:.0%}]")
+    else:
+        nearest = ": no tested strength meets both in any image (keeping and following conflict here)"
+    message = f"no calibrated strength meets {described} at once in {JOINT_RATE:.0%} of images{nearest}"
     return Recommendation(goal, target, None, None, None, float(best[JOINT]), None, False, message)
 
 

@@ -227,7 +227,9 @@ def calibration_heatmap(result, metric: str | None = None):
             axis.add_patch(plt.Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     axis.set_xlabel("strength")
     axis.set_ylabel("guidance scale")
-    axis.set_title(f"{metric} (mean) over strength × guidance; red: crossing of {metric} targets", fontsize=10)
+    crossed = any(crossing.target.metric == metric and crossing.reached for crossing in result.crossings)
+    axis.set_title(f"{metric} (mean) over strength × guidance"
+                   + (f"; red frame: where a {metric} target is crossed" if crossed else ""), fontsize=10)
     if untested:
         handles, labels = axis.get_legend_handles_labels()
         axis.legend(handles[:1], labels[:1], loc="upper left", bbox_to_anchor=(1.12, 1), fontsize=7, frameon=False)

@@ -92,8 +92,9 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
     scale : int, optional
         Integer nearest-neighbour upscaling (pixels stay exact); default makes cells >= 160 px.
     display_width, min_text_px : int
-        Text is drawn large enough to stay ``min_text_px`` tall when the grid is shown ``display_width`` px wide (a
-        notebook or the report scales a wide grid down). Labels wrap instead of being cut.
+        Text is drawn large enough that a line of it (ascender to descender, the ink) stays ``min_text_px`` tall
+        when the grid is shown ``display_width`` px wide (a notebook or the report scales a wide grid down; see
+        :func:`readable_layout`). Labels wrap instead of being cut.
 
     Images of different sizes (sources of other aspect ratios) sit centred in cells as large as the largest.
 
@@ -115,10 +116,9 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
     image_size = ((int(table["width"].max()), int(table["height"].max())) if {"width", "height"} <= set(table.columns)
                   else store.load_output(table.iloc[0]).size)
     labels = [axis_label(rows, v) for v in row_values]
-    for _ in range(2):  # the text size that stays readable at the display width, and the layout it needs
-        layout = grid_layout(len(row_values), len(col_values) + int(include_source), image_size, annotate=annotate,
-                             scale=scale, font_size=font_size, row_labels=labels)
-        font_size = max(font_size, math.ceil(min_text_px * layout.width / display_width))
+    font_size, layout = readable_layout(len(row_values), len(col_values) + int(include_source), image_size,
+                                        annotate=annotate, scale=scale, font_size=font_size, row_labels=labels,
+                                        display_width=display_width, min_text_px=min_text_px)
     canvas = Image.new("RGB", (layout.width, layout.height), "white")
     painter = _GridPainter(ImageDraw.Draw(canvas), layout, font_size, _border_colours(table, border))
     # 3. Column headers, then 4. one row at a time: its label, its source, its cells.
@@ -247,6 +247,27 @@ def grid_layout(n_rows: int, n_cols: int, image_size: tuple[int, int], *, annota
         scale=scale, margin=12, gap=8, label_width=label_width, header_height=3 * text_height,
         annotation_height=len(list(annotate)) * text_height + (4 if annotate else 0),
     )
+
+
+def readable_layout(n_rows: int, n_cols: int, image_size, *, annotate, scale, font_size: int, row_labels,
+                    display_width: int, min_text_px: int) -> tuple[int, GridLayout]:
+    """The smallest font size from ``font_size`` up whose text line (the ink of "Hgy": ascender to descender) is at
+    least ``min_text_px`` tall once the grid is scaled to ``display_width`` px, with the layout it needs (a larger
+    font widens the labels, hence the search).
+
+    >>> size, layout = readable_layout(1, 11, (64, 64), annotate=["ssim"], scale=None, font_size=14,
+    ...                                row_labels=["seed: 0"], display_width=1000, min_text_px=10)
+    >>> ink = label_font(size).getbbox("Hgy")
+    >>> (ink[3] - ink[1]) * 1000 / layout.width >= 10
+    True
+    """
+    while True:
+        layout = grid_layout(n_rows, n_cols, image_size, annotate=annotate, scale=scale, font_size=font_size,
+                             row_labels=row_labels)
+        ink = label_font(font_size).getbbox("Hgy")
+        if (ink[3] - ink[1]) * min(1.0, display_width / layout.width) >= min_text_px or font_size >= 200:
+            return font_size, layout
+        font_size += 1
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:

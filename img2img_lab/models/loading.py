@@ -184,7 +184,7 @@ def load_model(
     label, folder = resolve_model(model)
     torch_device, torch_dtype = select_device(device, dtype)
     pipeline_class = img2img_pipeline_class(label, folder)
-    from img2img_lab._utils.quiet import apply_quiet
+    from img2img_lab._utils.quiet import apply_quiet, loading_bars_off
 
     apply_quiet()  # diffusers and transformers are imported now: their loading bars stay off if the CLI asked
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -193,7 +193,8 @@ def load_model(
     if folder is None and _hub_offline():
         kwargs["local_files_only"] = True
     try:
-        pipe = pipeline_class.from_pretrained(str(folder) if folder else label, **kwargs)
+        with loading_bars_off():  # a sweep shows its own progress; a notebook keeps no frozen loading bars
+            pipe = pipeline_class.from_pretrained(str(folder) if folder else label, **kwargs)
     except (OSError, ValueError, KeyError, EnvironmentError) as error:
         raise ModelError(
             f"could not load '{label}' as a diffusers img2img pipeline: {error}. "
@@ -349,10 +350,12 @@ def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
 
 
 def describe_pipeline(pipe) -> dict:
-    """A summary of a loaded pipeline: components, parameter counts, sizes, scheduler, size rules.
+    """A summary of a loaded pipeline: components, parameter counts, sizes, scheduler, size rules, and both
+    guidance values: the pipeline's ``__call__`` default and the one its model card recommends (sweeps use that).
 
-    >>> describe_pipeline(pipe)["scheduler"]
-    'DDIMScheduler'
+    >>> summary = describe_pipeline(pipe)
+    >>> summary["scheduler"], summary["default_guidance"], summary["recommended_guidance"]
+    ('DDIMScheduler', 7.5, 2.0)
     """
     components = {}
     total_bytes = 0
@@ -372,6 +375,7 @@ def describe_pipeline(pipe) -> dict:
         "model": model_label(pipe),
         "pipeline_class": type(pipe).__name__,
         **as_model(pipe).describe(),
+        "recommended_guidance": recommended_guidance(pipe),  # what a sweep uses by default (the model card's)
         "components": components,
         "megabytes": round(total_bytes / 1e6, 2),
         "scheduler": type(pipe.scheduler).__name__,

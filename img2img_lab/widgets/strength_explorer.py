@@ -283,7 +283,7 @@ class StrengthExplorer:
         self.progress.value = self.progress.max
         self.current = row
         self.status.value = (f"{how} in {self.last_seconds:.2f} s · {row['executed_steps']} denoising steps · "
-                             f"{len(self._memo)} images cached in <code>{html.escape(str(self.run_dir))}</code>"
+                             f"{len(self._memo)} image{'' if len(self._memo) == 1 else 's'} cached in <code>{html.escape(str(self.run_dir))}</code>"
                              + "".join(f"<br><span class='i2i-advisory' style='color:#9a6700'>⚠ {html.escape(text)}"
                                        f"</span>" for text in self.advisories))
         self.refresh()

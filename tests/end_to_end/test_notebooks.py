@@ -93,6 +93,8 @@ def test_notebook_executes_headlessly(name, tmp_path, capsys):
     executed = nbformat.read(output, as_version=4)
     outputs = [item for cell in executed.cells if cell.cell_type == "code" for item in cell.outputs]
     assert not [item for item in outputs if item.output_type == "error"]
+    streamed = "".join(item.get("text", "") for item in outputs if item.output_type == "stream")
+    assert "Loading pipeline components" not in streamed and "Loading weights" not in streamed  # no third-party bars
     kinds = {mime for item in outputs for mime in item.get("data", {})}
     if name != "02_strength_explorer.ipynb":  # the grid explorer, with its static grid for nbconvert
         explorers = [item["data"] for item in outputs if "application/vnd.jupyter.widget-view+json" in item.get("data", {})

@@ -151,3 +151,37 @@ def test_cli_measure_grid_curves(run_dir, tmp_path, capsys):
     assert main(["grid", str(run_dir), "--out", str(tmp_path / "g.png")]) == 2
     assert "ambiguous" in capsys.readouterr().err
     assert main(["grid", str(run_dir), "--annotate", "sharpness", "--out", str(tmp_path / "g.png")]) == 2
+
+
+def _ink_line_heights(grid: Image.Image, top: float, bottom: float, *, display_width: int = 1000) -> list[int]:
+    """The heights of the text lines between ``top`` and ``bottom`` (grid pixels), read from the pixels of the grid
+    as it is shown ``display_width`` px wide: runs of image rows holding dark ink, separated by blank rows."""
+    factor = display_width / grid.width
+    shown = np.asarray(grid.resize((display_width, round(grid.height * factor)), Image.LANCZOS).convert("L"))
+    inked = (shown[int(top * factor):int(bottom * factor)] < 140).any(axis=1)
+    heights, run = [], 0
+    for dark in [*inked, False]:
+        if dark:
+            run += 1
+        elif run:
+            heights.append(run)
+            run = 0
+    return heights
+
+
+@pytest.mark.parametrize("columns", [7, 11])
+def test_grid_text_stays_10_px_tall_at_1000_px_wide(tiny_pipe, tmp_path, columns):
+    """The header "strength: 0.1" (an ascender and a descender) measured in the pixels of a 7- and an 11-column
+    grid scaled to 1,000 px, as the report and a notebook show it: at least 10 px of ink from top to bottom."""
+    from conftest import structured_image
+
+    structured_image(32, seed=5).save(tmp_path / "source.png")
+    strengths = [round(0.1 * step, 1) for step in range(1, columns)]
+    plan = SweepPlan(images=[str(tmp_path / "source.png")], prompts=["a red circle"], strengths=strengths,
+                     steps=[10], guidance_scales=[2.0])
+    run_sweep(plan, tmp_path / "run", pipe=tiny_pipe, progress=False, metrics=["ssim"])
+    grid = comparison_grid(tmp_path / "run", rows="seed", cols="strength", annotate=["ssim"], border="ssim")
+    assert grid.width > 1000  # shown scaled down
+    layout_top = grid_layout(1, columns, (32, 32), annotate=["ssim"], row_labels=["seed: 0"]).margin
+    header = _ink_line_heights(grid, layout_top, layout_top + 0.06 * grid.width)
+    assert header and header[0] >= 10, header
