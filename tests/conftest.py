@@ -154,3 +154,26 @@ def small_calibration(tmp_path_factory):
                                    follow=[Target("oracle_match", at_least=0.8)], refine_rounds=1, n_resamples=200)
     calibrate(plan, folder, settings=settings, pipe=load_pipeline(device="cpu"), progress=False)
     return folder
+
+
+#: A small two-mode calibration (img2img and inpaint) of two product sources; ``{root}`` is the repository.
+SMALL_MODES_CONFIG = """
+name: small-modes
+images: [{root}/data/sources/products/red_circle_on_blue.png, {root}/data/sources/products/red_circle_on_green.png]
+prompts: [a red circle on a yellow background]
+strengths: [0.0, 0.5, 1.0]
+seeds: [0, 1]
+guidance_scales: [2.0]
+steps: 4
+modes: [img2img, inpaint]
+inpaint: {{mask: oracle, repaint: background}}
+calibration:
+  metrics: [oracle_subject_kept, oracle_background_match]
+  keep: [{{metric: oracle_subject_kept, at_least: 0.9}}]
+  follow: [{{metric: oracle_background_match, at_least: 0.5}}]
+  rule: mean
+  refine_rounds: 0
+  n_resamples: 200
+  held_out:
+    - {{image: {root}/data/sources/products/red_circle_on_white.png, prompt: a red circle on a blue background}}
+"""

@@ -94,15 +94,20 @@ def band_table_html(calibration, guidance: float, selected: int) -> str:
         style = " style='background:#fff1b8'" if index == selected else ""
         cells = [f"{index + 1}", _range(band["strength_min"], band["strength_max"]),
                  _range(band["executed_steps_min"], band["executed_steps_max"]), band["verdict"], band["goal"]]
-        parts = [f"<td>{html.escape(str(cell))}</td>" for cell in cells]
+        parts = [f"<td>{html.escape(str(cell))}</td>" for cell in cells[:3]]
+        parts += [f"<td class='i2i-text' title='{html.escape(str(cell), quote=True)}'>{html.escape(str(cell))}</td>"
+                  for cell in cells[3:]]  # verdict and goal: one line, the whole text on hover
         for metric in calibration.metrics:
             parts.append(f"<td style='white-space:nowrap'>{_range(band[f'{metric}_min'], band[f'{metric}_max'])}"
-                         f"<div style='font-size:80%;color:#666'>CI {_range(band[f'{metric}_ci_low'], band[f'{metric}_ci_high'])}"
+                         f"<div style='font-size:10px;color:#666'>CI {_range(band[f'{metric}_ci_low'], band[f'{metric}_ci_high'])}"
                          f"</div></td>")
         rows.append(f"<tr class='i2i-band-row'{style}>{''.join(parts)}</tr>")
-    return (f"<style>.i2i-bands td, .i2i-bands th {{padding: 2px 8px; text-align: left}}</style>"
-            f"<table class='i2i-bands' style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>"
-            + "".join(rows) + "</table>")
+    return (f"<style>.i2i-bands td, .i2i-bands th {{padding: 2px 8px; text-align: left}}"
+            f".i2i-bands .i2i-text {{white-space: nowrap; max-width: 14em; overflow: hidden; text-overflow: ellipsis}}"
+            f".i2i-bands td:first-child, .i2i-bands th:first-child {{position: sticky; left: 0; background: inherit}}"
+            f"</style><div class='i2i-scroll' style='overflow-x:auto;max-width:100%'>"
+            f"<table class='i2i-bands' style='border-collapse:collapse;font-size:12px;background:white'><tr>{head}</tr>"
+            + "".join(rows) + "</table></div>")
 
 
 def detail_picture(store, row: dict, *, zoom: int = 0) -> Image.Image:

@@ -8,26 +8,7 @@ import pytest
 
 from img2img_lab.errors import PlanError
 
-CONFIG = """
-name: small-modes
-images: [{root}/data/sources/products/red_circle_on_blue.png, {root}/data/sources/products/red_circle_on_green.png]
-prompts: [a red circle on a yellow background]
-strengths: [0.0, 0.5, 1.0]
-seeds: [0, 1]
-guidance_scales: [2.0]
-steps: 4
-modes: [img2img, inpaint]
-inpaint: {{mask: oracle, repaint: background}}
-calibration:
-  metrics: [oracle_subject_kept, oracle_background_match]
-  keep: [{{metric: oracle_subject_kept, at_least: 0.9}}]
-  follow: [{{metric: oracle_background_match, at_least: 0.5}}]
-  rule: mean
-  refine_rounds: 0
-  n_resamples: 200
-  held_out:
-    - {{image: {root}/data/sources/products/red_circle_on_white.png, prompt: a red circle on a blue background}}
-"""
+from conftest import SMALL_MODES_CONFIG as CONFIG  # shared with the browser test
 
 
 @pytest.fixture(scope="module")

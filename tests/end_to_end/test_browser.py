@@ -245,7 +245,7 @@ def test_mode_table_widget_switches_mode_by_goal_in_jupyterlab(jupyterlab, chrom
     import pandas as pd
 
     from img2img_lab.cli.main import main
-    from test_mode_table import CONFIG
+    from conftest import SMALL_MODES_CONFIG as CONFIG
 
     url, token, tmp_path = jupyterlab
     root = tmp_path / "notebooks"
