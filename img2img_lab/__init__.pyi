@@ -35,6 +35,7 @@ from .calibration.result import CalibrationResult as CalibrationResult
 from .figures.curves import strength_curves as strength_curves
 from .figures.grids import comparison_grid as comparison_grid
 from .figures.report import write_report as write_report
+from .figures.style import table_view as table_view
 
 # 7. widgets (JupyterLab)
 from .widgets.grid_explorer import GridExplorer as GridExplorer

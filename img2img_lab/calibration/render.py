@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from img2img_lab.errors import Img2ImgLabError
+from img2img_lab.figures.style import table_html
 
 
 def reference_table_text(result, guidance_scale: float | None = None):
@@ -82,7 +83,8 @@ def calibration_html(result, *, embed_images: bool = True, link_from=None) -> st
     parts.append("</ul>")
     for guidance in result.guidance_values:
         table = reference_table_text(result, guidance)
-        parts.append(f"<h2>Strength reference table — guidance {guidance:g}</h2><table class='calibration'><tr>")
+        parts.append(f"<h2>Strength reference table — guidance {guidance:g}</h2><div class='i2i-scroll' "
+                     f"style='overflow-x:auto;max-width:100%'><table class='calibration'><tr>")
         lead = ["strengths", "thumbnail", "verdict", "goal"]  # what a reader looks for first, never cut off the right
         columns = lead + [c for c in table.columns if c not in lead and c != "guidance_scale"]
         parts += [f"<th>{html.escape(c)}</th>" for c in columns] + ["</tr>"]
@@ -96,15 +98,15 @@ def calibration_html(result, *, embed_images: bool = True, link_from=None) -> st
                 elif " [CI " in str(value):
                     means, ci = str(value).split(" [CI ", 1)
                     parts.append(f"<td><div style='white-space:nowrap'>{html.escape(means)}</div><div class='ci' "
-                                 f"style='font-size:80%;color:#666;white-space:nowrap'>CI {html.escape(ci[:-1])}</div></td>")
+                                 f"style='font-size:10px;color:#666;white-space:nowrap'>CI {html.escape(ci[:-1])}</div></td>")
                 elif column == "goal":
                     parts.append(f"<td style='min-width:150px;max-width:220px'>{html.escape(str(value))}</td>")
                 else:
                     parts.append(f"<td style='white-space:nowrap'>{html.escape(str(value))}</td>")
             parts.append("</tr>")
-        parts.append("</table>")
+        parts.append("</table></div>")
         parts.append(f"<h3>Folklore vs measured — guidance {guidance:g}</h3>")
-        parts.append(result.folklore_comparison(guidance).to_html(index=False, border=0))
+        parts.append(table_html(result.folklore_comparison(guidance)))
     parts.append("<h3>Crossings</h3><ul>" + "".join(f"<li>{html.escape(c.describe())}</li>" for c in result.crossings)
                  + "</ul>")
     return "\n".join(parts)
@@ -118,7 +120,7 @@ def _thumbnail_figure(result, relative: str | None, link_from=None) -> str:
     match = result.table[result.table["output_path"] == relative]
     caption = "" if match.empty else (f"{match['source_name'].iloc[0]} · “{match['prompt'].iloc[0]}” · seed "
                                       f"{int(match['seed'].iloc[0])}")
-    return (f"<figure style='margin:0;width:{THUMBNAIL_PX + 24}px'>{image}<figcaption style='font-size:75%'>"
+    return (f"<figure style='margin:0;width:{THUMBNAIL_PX + 24}px'>{image}<figcaption style='font-size:10px'>"
             f"{html.escape(caption)}</figcaption></figure>")
 
 
@@ -195,7 +197,7 @@ def calibration_curves(result, metrics=None, *, x: str = "strength"):
         axis.set_ylabel(metric)
         axis.set_title(f"{metric}: mean and {result.settings.confidence:.0%} CI", fontsize=10)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=9)
     figure.tight_layout()
     return figure
 
@@ -208,12 +210,12 @@ def calibration_heatmap(result, metric: str | None = None):
     pivot = result.summary.pivot_table(index="guidance_scale", columns="strength", values=metric)
     figure, axis = plt.subplots(figsize=(max(6, 0.55 * pivot.shape[1] + 2), 0.7 * pivot.shape[0] + 1.8), dpi=100)
     shown = axis.imshow(pivot.to_numpy(), aspect="auto", cmap="viridis", origin="lower")
-    axis.set_xticks(range(pivot.shape[1]), [f"{v:g}" for v in pivot.columns], rotation=90, fontsize=8)
+    axis.set_xticks(range(pivot.shape[1]), [f"{v:g}" for v in pivot.columns], rotation=90, fontsize=9)
     axis.set_yticks(range(pivot.shape[0]), [f"{v:g}" for v in pivot.index])
     untested = False
     for (row, col), value in np.ndenumerate(pivot.to_numpy()):
         if np.isfinite(value):
-            axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6,
+            axis.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
                       color="white" if value < np.nanmean(pivot.to_numpy()) else "black")
         else:  # a strength tested at another guidance only: hatched, said in the legend
             untested = True
@@ -232,7 +234,7 @@ def calibration_heatmap(result, metric: str | None = None):
                    + (f"; red frame: where a {metric} target is crossed" if crossed else ""), fontsize=10)
     if untested:
         handles, labels = axis.get_legend_handles_labels()
-        axis.legend(handles[:1], labels[:1], loc="upper left", bbox_to_anchor=(1.12, 1), fontsize=7, frameon=False)
+        axis.legend(handles[:1], labels[:1], loc="upper left", bbox_to_anchor=(1.12, 1), fontsize=9, frameon=False)
     figure.colorbar(shown, ax=axis, fraction=0.03)
     figure.tight_layout()
     return figure

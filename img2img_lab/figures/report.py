@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from img2img_lab.errors import StoreError
-from img2img_lab.figures.style import png_tag
+from img2img_lab.figures.style import png_tag, table_html
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.plan.schema import AXIS_COLUMNS, COLUMNS, SETTING_LABEL_COLUMNS
 
@@ -310,9 +310,7 @@ def table_section(table) -> Section:
     more = (f" The first {len(shown)} of {len(table)} rows are shown; <code>img2img-lab export RUN_DIR --csv "
             f"table.csv</code> has them all." if left_out else "")
     body = ("<p class='muted'>One row per generated image (results.parquet; "
-            f"<code>img2img-lab export RUN_DIR --csv table.csv</code>).{more}</p><div class='scroll'>"
-            + shown.to_html(index=False, border=0, float_format=lambda value: f"{value:.4g}", na_rep="")
-            + "</div>")
+            f"<code>img2img-lab export RUN_DIR --csv table.csv</code>).{more}</p>" + table_html(shown))
     return Section("table", "The tidy table", body)
 
 

@@ -29,7 +29,7 @@ def strength_section_body(store, table) -> str | None:
     True
     """
     from img2img_lab.errors import Img2ImgLabError
-    from img2img_lab.figures.style import png_tag
+    from img2img_lab.figures.style import png_tag, scroll_box
     from img2img_lab.strength.mapping import strength_map, strength_map_figure
 
     steps = int(table["num_inference_steps"].mode().iloc[0])
@@ -46,7 +46,7 @@ def strength_section_body(store, table) -> str | None:
         rows["run"] = [f"{s} / {snr:.2f}" for s, snr in zip(rows.executed_steps, rows.log_snr)]
         pivot = rows.pivot(index="tool", columns="strength", values="run")
         parts.append(f"<p><b>{html.escape(spec)}</b>, {steps} steps, {size} px — executed steps / start log-SNR of "
-                     f"this study's strengths in each tool:</p>" + pivot.to_html(escape=True))
+                     f"this study's strengths in each tool:</p>" + scroll_box(pivot.to_html(escape=True)))
     if not shown:
         return None
     figure = strength_map_figure(shown, steps=steps, size=size)

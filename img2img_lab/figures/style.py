@@ -119,3 +119,81 @@ def png_tag(image_or_figure, *, css_class: str = "", alt: str = "") -> str:
         image_or_figure.save(stream, format="PNG")
     data = base64.b64encode(stream.getvalue()).decode()
     return f"<img class='{css_class}' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+#: Text columns that hold a sentence: one line in a table, the whole text on hover.
+LONG_TEXT_COLUMNS = ("goal", "message", "prompt", "negative_prompt", "target", "verdict", "image", "path")
+
+
+def scroll_box(markup: str) -> str:
+    """``markup`` in a box of its own that scrolls sideways when it is wider than the page (a notebook's output area
+    or the report never does).
+
+    >>> scroll_box("<table></table>")
+    "<div class='i2i-scroll' style='overflow-x:auto;max-width:100%'><table></table></div>"
+    """
+    return f"<div class='i2i-scroll' style='overflow-x:auto;max-width:100%'>{markup}</div>"
+
+
+def table_html(frame, *, float_format: str = "{:.4g}", long_text=LONG_TEXT_COLUMNS, max_text_em: int = 22) -> str:
+    """A DataFrame as an HTML table in a :func:`scroll_box`: numbers formatted, long text columns on one line cut at
+    ``max_text_em`` (the whole text on hover), the first column kept in view while the table scrolls.
+
+    >>> import pandas as pd
+    >>> markup = table_html(pd.DataFrame({"strength": [0.5], "goal": ["keep the subject (retouch, light restyle)"]}))
+    >>> "title='keep the subject (retouch, light restyle)'" in markup, "overflow-x:auto" in markup
+    (True, True)
+    """
+    import html
+
+    import numpy as np
+
+    sticky = "position:sticky;left:0;background:white;"
+
+    def cell(column, value, first: bool) -> str:
+        if isinstance(value, (float, np.floating)):
+            text = "" if np.isnan(value) else float_format.format(value)
+        else:
+            text = str(value)
+        style = (sticky if first else "") + "white-space:nowrap"
+        if column in long_text:
+            style += f";max-width:{max_text_em}em;overflow:hidden;text-overflow:ellipsis"
+            return f"<td title='{html.escape(text, quote=True)}' style='{style}'>{html.escape(text)}</td>"
+        return f"<td style='{style}'>{html.escape(text)}</td>"
+
+    head = "".join(f"<th style='{sticky if index == 0 else ''}text-align:left'>{html.escape(str(column))}</th>"
+                   for index, column in enumerate(frame.columns))
+    rows = "".join("<tr>" + "".join(cell(column, value, index == 0)
+                                    for index, (column, value) in enumerate(zip(frame.columns, row))) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return scroll_box(f"<table class='i2i-table' style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>"
+                      f"{rows}</table>")
+
+
+class TableView:
+    """A DataFrame shown as :func:`table_html` in Jupyter (it scrolls in its own box; long text on hover);
+    ``.frame`` is the DataFrame.
+
+    >>> import pandas as pd
+    >>> TableView(pd.DataFrame({"a": [1]})).frame.shape
+    (1, 1)
+    """
+
+    def __init__(self, frame, **options):
+        self.frame, self.options = frame, options
+
+    def _repr_html_(self) -> str:
+        return table_html(self.frame, **self.options)
+
+    def __repr__(self) -> str:
+        return repr(self.frame)
+
+
+def table_view(frame, **options) -> TableView:
+    """Show a DataFrame in a notebook without spilling off the page: ``table_view(result.summary)``.
+
+    >>> import pandas as pd
+    >>> "i2i-scroll" in table_view(pd.DataFrame({"a": [1]}))._repr_html_()
+    True
+    """
+    return TableView(frame, **options)

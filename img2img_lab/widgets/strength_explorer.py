@@ -28,6 +28,7 @@ import warnings
 from pathlib import Path
 
 from img2img_lab.errors import Img2ImgLabError, ImageError, PlanError, StoreError
+from img2img_lab.figures.style import table_html
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.resources import bundled_sources  # noqa: F401 - re-exported
 from img2img_lab.plan.schema import SETTING_COLUMNS, row_identity
@@ -421,6 +422,5 @@ class StrengthExplorer:
         columns = [column for column in TABLE_COLUMNS if column in table.columns]
         columns += [metric for metric in self.metrics if metric in table.columns]
         shown = table[columns].sort_values(["source_name", "prompt", "seed", "strength"]).reset_index(drop=True)
-        self.table.value = ("<div style='max-height:420px;overflow:auto;max-width:100%'>"
-                            + shown.to_html(index=False, float_format=lambda value: f"{value:.3f}", border=0)
-                            + "</div>")
+        self.table.value = ("<div style='max-height:420px;overflow-y:auto'>"
+                            + table_html(shown, float_format="{:.3f}") + "</div>")

@@ -76,14 +76,15 @@ def jupyterlab(tmp_path):
         log.close()
 
 
-def _run_notebook(browser, url: str, token: str, notebook: str, viewport: tuple[int, int]):
-    """Open ``notebook`` in JupyterLab, wait for its kernel, run all cells; return the page and the list that
-    collects every request to a host other than 127.0.0.1."""
+def _run_notebook(browser, url: str, token: str, notebook: str, viewport: tuple[int, int], *, workspace: str = ""):
+    """Open ``notebook`` in JupyterLab (in its own ``workspace`` if named: no other notebook is restored beside it),
+    wait for its kernel, run all cells; return the page and the list that collects every request to a host other
+    than 127.0.0.1."""
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     external = []
     page.on("request", lambda request: None if request.url.startswith(("http://127.0.0.1", "blob:", "data:"))
             else external.append(request.url))
-    page.goto(f"{url}/lab/tree/{notebook}?token={token}")
+    page.goto(f"{url}/lab/{f'workspaces/{workspace}/' if workspace else ''}tree/{notebook}?token={token}")
     page.wait_for_function(
         "() => { const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
         " const kernel = panel && panel.sessionContext && panel.sessionContext.session"
@@ -287,3 +288,65 @@ def test_mode_table_widget_switches_mode_by_goal_in_jupyterlab(jupyterlab, chrom
         print(f"\n[browser] mode table widget: started in {first_mode}; active mode after each click {seen}")
     assert seen["mode button"] == other
     assert not external, f"the page requested outside hosts: {external[:5]}"
+
+
+#: Every output area of the notebook: a JSON list of the ones that scroll sideways themselves, and of visible text
+#: in them under 10 px (computed font size), each named by its cell and a sample of its text.
+_LAYOUT_PROBLEMS = """() => {
+  const cells = Array.from(window.jupyterapp.shell.currentWidget.node.querySelectorAll('.jp-CodeCell'));
+  const wide = [], small = [];
+  cells.forEach((cell, index) => {
+    for (const area of cell.querySelectorAll('.jp-OutputArea-output')) {
+      if (area.scrollWidth > area.clientWidth + 1)
+        wide.push(`cell ${index + 1}: ${area.scrollWidth} > ${area.clientWidth} px: ${area.innerText.slice(0, 60)}`);
+      for (const element of area.querySelectorAll('*')) {
+        const text = Array.from(element.childNodes).filter(node => node.nodeType === 3)
+          .map(node => node.textContent.trim()).join('');
+        if (!text || element.offsetWidth === 0 || element.closest('svg')) continue;
+        const size = parseFloat(getComputedStyle(element).fontSize);
+        if (size < 10) small.push(`cell ${index + 1}: ${size} px: ${text.slice(0, 40)}`);
+      }
+    }
+  });
+  return {wide, small, cells: cells.length};
+}"""
+
+
+@pytest.mark.slow
+def test_notebooks_fit_1280_px_and_their_text_is_readable(jupyterlab, chromium, capsys):
+    """Notebooks 01–04 in JupyterLab at 1280×900 with the file browser open: no output area scrolls sideways (a
+    wide table or grid scrolls inside its own box), and no visible text in an output is under 10 px."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import json
+
+    url, token, tmp_path = jupyterlab
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))  # every cell laid out
+    _small_calibration_notebook(tmp_path / "notebooks")
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems = {}
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**chromium)
+        try:
+            for notebook in ("01_quickstart.ipynb", "02_strength_explorer.ipynb", "03_strength_calibration.ipynb",
+                             "04_report.ipynb"):
+                page, _ = _run_notebook(browser, url, token, notebook, (1280, 900), workspace=notebook[:2])
+                page.wait_for_function(
+                    "() => { const node = window.jupyterapp.shell.currentWidget.node;"
+                    " const prompts = Array.from(node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'))"
+                    ".map(p => p.innerText); return prompts.length && prompts.every(p => /\\[\\d+\\]/.test(p)); }",
+                    timeout=400_000)
+                page.wait_for_timeout(1500)
+                assert page.locator(".jp-FileBrowser").is_visible()
+                problems[notebook] = page.evaluate(_LAYOUT_PROBLEMS)
+                page.screenshot(path=str(ARTIFACTS / f"fit_1280_{notebook.split('_')[0]}.png"), full_page=False)
+                page.close()
+        finally:
+            browser.close()
+    with capsys.disabled():
+        print(f"\n[browser] 1280x900: {json.dumps(problems, indent=1)[:3000]}")
+    for notebook, found in problems.items():
+        assert found["cells"] > 2, notebook
+        assert found["wide"] == [], (notebook, found["wide"])
+        assert found["small"] == [], (notebook, found["small"][:20])
