@@ -263,8 +263,15 @@ def plan_and_settings(config, settings, *, allow_modes: bool = False):
 def _sweep_runner(out_dir, pipe, settings: CalibrationSettings, *, progress: bool) -> Callable:
     from img2img_lab.sweep.run import run_sweep
 
-    def runner(sub_plan):
-        return run_sweep(sub_plan, out_dir, pipe=pipe, metrics=settings.metrics, progress=progress)
+    calls = []
+
+    def runner(sub_plan):  # the bar says which sweep of the calibration runs: the coarse grid, then each refinement
+        label = (f"{sub_plan.name}: coarse grid" if not calls else
+                 f"{sub_plan.name}: refine {', '.join(f'{s:g}' for s in sub_plan.strengths)} at guidance "
+                 f"{', '.join(f'{g:g}' for g in sub_plan.guidance_scales)}")
+        calls.append(label)
+        return run_sweep(sub_plan, out_dir, pipe=pipe, metrics=settings.metrics, progress=progress,
+                         progress_label=label)
 
     return runner
 

@@ -22,12 +22,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from img2img_lab.errors import StoreError
-from img2img_lab.figures.style import png_tag, table_html
+from img2img_lab.figures.style import png_tag, scroll_box, table_html
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.plan.schema import AXIS_COLUMNS, COLUMNS, SETTING_LABEL_COLUMNS
 
@@ -97,8 +96,9 @@ def _file_tag(path: Path, alt: str) -> str:
 
 
 def manifest_section(store: RunStore, table) -> Section:
+    import pandas as pd
+
     manifest = store.read_manifest()
-    plan = manifest.get("plan", {})
     fingerprint = manifest.get("model_fingerprint", {}).get("fingerprint", "")
     engine = manifest.get("engine") or {}
     packages = manifest.get("packages", {})
@@ -111,18 +111,39 @@ def manifest_section(store: RunStore, table) -> Section:
                                                                         "img2img_lab") if name in packages)),
         ("platform", manifest.get("platform")),
         ("images in the table", len(table)),
-        ("counts (last run)", json.dumps(manifest.get("counts", {}))),
     ]
-    for axis in ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance_scales", "steps",
-                 "schedulers"):
-        if axis in plan:
-            items.append((f"last plan: {axis}", ", ".join(str(value) for value in plan[axis])))
+    for axis, values in swept_values(manifest).items():
+        items.append((f"swept {axis}", ", ".join(values)))
     rows = "".join(f"<tr><th>{html.escape(str(name))}</th><td>{html.escape(str(value))}</td></tr>"
                    for name, value in items)
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in manifest.get("notes", []))
-    body = f"<table>{rows}</table>" + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")
+    counts = {name: value for name, value in (manifest.get("counts") or {}).items() if not isinstance(value, dict)}
+    body = scroll_box(f"<table>{rows}</table>") + (f"<p>Notes:</p><ul>{notes}</ul>" if notes else "")
+    if counts:
+        body += "<p>Counts of the last sweep into the folder:</p>" + table_html(pd.DataFrame([counts]))
     body += _provenance(manifest, store.root)
     return Section("manifest", "Manifest", body)
+
+
+def swept_values(manifest: dict) -> dict[str, list[str]]:
+    """Every value of each axis swept into the folder, over all its plans (a calibration's rounds included), in the
+    order first swept; image paths normalised (``configs/../sources/x.png`` → ``sources/x.png``).
+
+    >>> swept_values({"plans": [{"plan": {"strengths": [0.0, 1.0], "images": ["a/configs/../s.png"]}},
+    ...                         {"plan": {"strengths": [0.5]}}]})
+    {'images': ['a/s.png'], 'strengths': ['0.0', '1.0', '0.5']}
+    """
+    import os
+
+    plans = [record.get("plan") or {} for record in manifest.get("plans") or []] or [manifest.get("plan") or {}]
+    swept: dict[str, list[str]] = {}
+    for axis in ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance_scales", "steps",
+                 "schedulers", "modes"):
+        values = [os.path.normpath(str(value)) if axis == "images" else str(value)
+                  for plan in plans for value in plan.get(axis) or []]
+        if values:
+            swept[axis] = list(dict.fromkeys(values))
+    return swept
 
 
 def _provenance(manifest: dict, root) -> str:
@@ -133,8 +154,13 @@ def _provenance(manifest: dict, root) -> str:
     calibration = manifest.get("calibration") or {}
     body = ""
     if calibration.get("command"):
-        rounds = len(calibration.get("rounds") or [])
-        body += (f"<p>This folder is a calibration ({rounds} sweeps: the coarse grid and each refinement round). "
+        rounds = calibration.get("rounds") or []
+        listed = "".join(f"<li>round {entry.get('round', index)}: strengths "
+                         f"{', '.join(f'{value:g}' for value in entry.get('strengths', []))} at guidance "
+                         f"{', '.join(f'{value:g}' for value in entry.get('guidance_scales', []))} "
+                         f"({entry.get('cells', '?')} cells)</li>" for index, entry in enumerate(rounds))
+        body += (f"<p>This folder is a calibration ({len(rounds)} sweeps: the coarse grid and each refinement "
+                 f"round):</p><ul>{listed}</ul><p>"
                  f"Reproduce it: <code>{html.escape(calibration['command'])}</code> "
                  f"(the full config is <code>{html.escape(calibration.get('config', ''))}</code>).</p>")
     if plans:

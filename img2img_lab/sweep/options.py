@@ -25,7 +25,8 @@ class SweepOptions:
     ``device``/``dtype``: where the model loads (ignored when a model is given); ``progress``: show the bar;
     ``metrics``: measured as the sweep goes; ``on_step(done, total)``: after every denoising step; ``engine``:
     ``"batched"`` or ``"per-cell"``; ``max_batch_size``: UNet samples per call; ``cache``: a shared cache folder;
-    ``sources_from_folder``: take the sources from the run folder's copies (``verify --repair``).
+    ``sources_from_folder``: take the sources from the run folder's copies (``verify --repair``);
+    ``progress_label``: what the progress bar is called (a calibration names its round).
     """
 
     device: str | None = None
@@ -37,6 +38,7 @@ class SweepOptions:
     max_batch_size: int | None = None
     cache: str | os.PathLike | None = None
     sources_from_folder: bool = False
+    progress_label: str | None = None  # the progress bar's name (default: "sweep <plan name>")
 
     def checked(self) -> "SweepOptions":
         """These options with the metric names resolved and every value checked (one line naming the fix)."""

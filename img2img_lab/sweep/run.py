@@ -151,7 +151,7 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, options: SweepOp
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
               dtype: str | None = None, progress: bool = True, metrics=(), on_step=None, engine: str = "batched",
               max_batch_size: int | None = None, cache: str | os.PathLike | None = None, model_axis: bool = False,
-              sources_from_folder: bool = False):
+              sources_from_folder: bool = False, progress_label: str | None = None):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder (an intact image with the pixels its row records) are skipped (resume and
@@ -185,7 +185,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     # 1. Check the request (the sources exist before any model loads).
     options = SweepOptions(device=device, dtype=dtype, progress=progress, metrics=metrics, on_step=on_step,
                            engine=engine, max_batch_size=max_batch_size, cache=cache,
-                           sources_from_folder=sources_from_folder).checked()
+                           sources_from_folder=sources_from_folder, progress_label=progress_label).checked()
     if plan.models:
         if pipe is not None:
             raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "

@@ -198,7 +198,7 @@ class SweepSession:
     def _attach_progress(self, tqdm, done: int) -> None:
         """The progress bar counts denoising steps (:func:`img2img_lab.engine.runners.cell_work`; reused duplicate strengths
         cost none), advanced by the runner as each step is done, so its rate and ETA hold from the first seconds."""
-        self.bar = tqdm(total=sum(self.work.values()), initial=done, unit="step", desc=f"sweep {self.plan.name}",
+        self.bar = tqdm(total=sum(self.work.values()), initial=done, unit="step", desc=self.options.progress_label or f"sweep {self.plan.name}",
                         disable=not self.options.progress)
         getattr(self.runner, "runner", self.runner).on_work = job_progress(self.bar, self.context.world_size)
 
