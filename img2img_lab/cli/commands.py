@@ -77,7 +77,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     annotate = [name.strip() for name in (args.annotate or "").split(",") if name.strip()]
     check_metric_names(annotate + ([args.border] if args.border else []))
     grid = comparison_grid(args.run_dir, rows=args.rows, cols=args.cols, annotate=annotate, border=args.border,
-                           where=parse_where(args.where), scale=args.scale)
+                           where=parse_where(args.where), scale=args.scale, title=True)
     save_png(grid, args.out)
     print(f"wrote {args.out} ({grid.width}x{grid.height} px)")
     return 0

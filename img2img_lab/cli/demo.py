@@ -60,7 +60,7 @@ def run_demo(out: str | Path = "runs/demo", *, config: str | Path | None = None,
     table = run_sweep(plan, out, pipe=pipe, progress=progress, metrics=DEMO_METRICS)
     for source in table["source_name"].unique():
         grid = comparison_grid(out, rows="prompt", cols="strength", annotate=["ssim", "oracle_kept", "oracle_match"],
-                               where={"source_name": source, "seed": plan.seeds[0]})
+                               where={"source_name": source, "seed": plan.seeds[0]}, title=True)
         save_png(grid, out / f"grid_{source}.png")
     figure, axis = plt.subplots(figsize=(7, 4.2), dpi=100)
     strength_curves(out, "oracle_kept", hue=None, ax=axis, spread="none", show_floor=False,

@@ -75,7 +75,8 @@ def _check_unique(table, rows: str, cols: str) -> None:
 
 def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate=(), border: str | None = None,
                     where: dict | None = None, scale: int | None = None, font_size: int = 14,
-                    include_source: bool = True, display_width: int = 1000, min_text_px: int = 10) -> Image.Image:
+                    include_source: bool = True, display_width: int = 1000, min_text_px: int = 10,
+                    title: bool = False) -> Image.Image:
     """A labelled grid: the source, then one column per value of ``cols``; one row per value of ``rows``.
 
     Parameters
@@ -91,6 +92,9 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
         Metric that colours each image's border (red = far from the source, green = close).
     scale : int, optional
         Integer nearest-neighbour upscaling (pixels stay exact); default makes cells >= 160 px.
+    title : bool
+        Add a title band (what every shown cell shares: model, source, prompt, guidance, steps, scheduler, seed…)
+        and, with ``border``, the border's colour legend: a standalone PNG says what it shows.
     display_width, min_text_px : int
         Text is drawn large enough that a line of it (ascender to descender, the ink) stays ``min_text_px`` tall
         when the grid is shown ``display_width`` px wide (a notebook or the report scales a wide grid down; see
@@ -138,6 +142,51 @@ def comparison_grid(run, *, rows: str = "seed", cols: str = "strength", annotate
             cell = match.iloc[0]
             image = _scaled(store.load_output(cell), layout)
             painter.decorate(_paste_centred(canvas, image, box), cell, border, annotate, box)
+    return _with_title(canvas, grid_title(table), border, font_size) if title else canvas
+
+
+#: What a grid's title names, when every shown cell shares one value.
+TITLE_COLUMNS = ("model", "source_name", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps",
+                 "scheduler", "seed", "mode")
+
+
+def grid_title(table) -> str:
+    """The values every row of ``table`` shares, as a grid's title.
+
+    >>> import pandas as pd
+    >>> grid_title(pd.DataFrame({"prompt": ["a cat", "a cat"], "seed": [0, 1], "guidance_scale": [2.0, 2.0]}))
+    'prompt: a cat · guidance_scale: 2'
+    """
+    parts = [axis_label(column, table[column].iloc[0]) for column in TITLE_COLUMNS
+             if column in table.columns and table[column].astype(str).nunique() == 1 and str(table[column].iloc[0])]
+    return " · ".join(parts)
+
+
+def _with_title(grid: Image.Image, title: str, border: str | None, font_size: int) -> Image.Image:
+    """``grid`` under a band holding ``title`` (wrapped) and the border metric's colour legend."""
+    from img2img_lab.figures.metric_scales import border_scale
+
+    font, line_height, margin = label_font(font_size), font_size + 6, max(8, font_size // 2)
+    draw = ImageDraw.Draw(grid)
+    lines = wrap_text(draw, title, font, grid.width - 2 * margin, max_lines=4) if title else []
+    legend = None
+    if border:
+        bad, good = border_scale(border)
+        red_side, green_side = ("<=", ">=") if good > bad else (">=", "<=")  # the bitmap font has no ≤ ≥
+        legend = (f"border: {border}, red at {red_side} {format_value(float(bad))}, green at {green_side} "
+                  f"{format_value(float(good))} (the same scale in every grid)")
+    height = margin + line_height * (len(lines) + int(legend is not None))
+    canvas = Image.new("RGB", (grid.width, grid.height + height), "white")
+    canvas.paste(grid, (0, height))
+    draw = ImageDraw.Draw(canvas)
+    for index, line in enumerate(lines):
+        draw.text((margin, margin + index * line_height), line, fill="black", font=font)
+    if legend is not None:
+        top, swatch = margin + len(lines) * line_height, font_size
+        for offset, colour in ((0, (165, 0, 38)), (swatch + 4, (0, 104, 55))):
+            draw.rectangle((margin + offset, top + 2, margin + offset + swatch, top + 2 + swatch), fill=colour,
+                           outline=(60, 60, 60))
+        draw.text((margin + 2 * swatch + 14, top), legend, fill="black", font=font)
     return canvas
 
 
@@ -208,6 +257,9 @@ class _GridPainter:
             width = max(2, self.layout.gap // 2)
             self.draw.rectangle((box[0] - width, box[1] - width, box[2] + width - 1, box[3] + width - 1),
                                 outline=self.border_colour(float(cell[border])), width=width)
+            for inset in (width + 1, 1):  # dark hairlines outside and inside: a pale frame shows on any image
+                self.draw.rectangle((box[0] - inset, box[1] - inset, box[2] + inset - 1, box[3] + inset - 1),
+                                    outline=(60, 60, 60), width=1)
         for line, metric in enumerate(annotate):
             self.draw.text((cell_box[0], cell_box[3] + 2 + line * self.text_height),
                            f"{metric} {format_value(cell[metric])}", fill="black", font=self.small)

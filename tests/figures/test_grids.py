@@ -185,3 +185,18 @@ def test_grid_text_stays_10_px_tall_at_1000_px_wide(tiny_pipe, tmp_path, columns
     layout_top = grid_layout(1, columns, (32, 32), annotate=["ssim"], row_labels=["seed: 0"]).margin
     header = _ink_line_heights(grid, layout_top, layout_top + 0.06 * grid.width)
     assert header and header[0] >= 10, header
+
+
+def test_a_standalone_grid_names_what_it_shows(run_dir):
+    """`img2img-lab grid` PNGs carry a title band (what every cell shares) and the border legend above the grid."""
+    from img2img_lab.figures.grids import grid_title
+
+    where = {"prompt": "a red circle"}
+    plain = comparison_grid(run_dir, rows="seed", cols="strength", where=where, border="ssim")
+    titled = comparison_grid(run_dir, rows="seed", cols="strength", where=where, border="ssim", title=True)
+    band = titled.height - plain.height
+    assert titled.width == plain.width and band > 0
+    assert np.array_equal(np.asarray(titled)[band:], np.asarray(plain))  # the grid itself is unchanged
+    assert (np.asarray(titled)[:band] < 128).any()  # the band holds ink
+    assert "prompt: a red circle" in grid_title(pd.read_parquet(run_dir / "results.parquet").query(
+        "prompt == 'a red circle'"))
