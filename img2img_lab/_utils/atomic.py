@@ -44,8 +44,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = Path(temp_dir) if temp_dir is not None else path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    for attempt in range(3):  # a finished sweep removes an empty temp folder; make it again if it just went
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     try:
         with os.fdopen(handle, "wb" if binary else "w") as stream:
             write(stream)

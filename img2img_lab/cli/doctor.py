@@ -112,9 +112,10 @@ def format_doctor(report: dict) -> str:
                            else f"{report['run_folder']['path']} is NOT writable: {report['run_folder']['problem']}"),
         "metrics:",
     ]
+    width = max((len(name) for name in report["metrics"]), default=0)  # one column, whatever the longest name
     for name, status in report["metrics"].items():
         state = "available  " if status["available"] else "UNAVAILABLE"
         detail = "" if status["explanation"] == f"{name}: available" else f" — {status['explanation']}"
-        lines.append(f"  {name:<20} {state}{detail}".rstrip())
+        lines.append(f"  {name:<{width}} {state}{detail}".rstrip())
     return "\n".join(lines)
 

@@ -322,6 +322,28 @@ def readable_layout(n_rows: int, n_cols: int, image_size, *, annotate, scale, fo
         font_size += 1
 
 
+def difference_panel(source: Image.Image, output: Image.Image, labels, *, scale: int | None = None) -> Image.Image:
+    """The source, the output and their difference map side by side (:func:`side_by_side`), the difference map's
+    colour bar under it: a difference view always says what its colours mean.
+
+    >>> from PIL import Image
+    >>> panel = difference_panel(Image.new("RGB", (64, 64)), Image.new("RGB", (64, 64), "white"), ["a", "b", "|b - a|"])
+    >>> panel.height > side_by_side([Image.new("RGB", (64, 64))] * 3, ["a", "b", "c"]).height
+    True
+    """
+    from img2img_lab.figures.curves import difference_colour_bar
+
+    scale = scale or max(1, math.ceil(160 / max(output.size)))
+    pictures = side_by_side([source, output, difference_image(source, output)], labels, scale=scale)
+    width = output.width * scale
+    bar = difference_colour_bar(max(width, 220))
+    canvas = Image.new("RGB", (max(pictures.width, pictures.width - 12 - width + bar.width + 12),
+                               pictures.height + bar.height + 4), "white")
+    canvas.paste(pictures, (0, 0))
+    canvas.paste(bar, (pictures.width - 12 - width, pictures.height + 2))
+    return canvas
+
+
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     """Save an image as PNG atomically (never a half-written file).
 

@@ -460,6 +460,19 @@ class RunStore(RunFolderFiles):
             table_log.remove_parts(parts)
             self._rows, self._unflushed = rows, {}
 
+    def remove_empty_work_folders(self) -> None:
+        """Remove ``results.parts/`` and ``.tmp/`` when empty (a finished folder keeps only its results); a writer
+        that needs one later makes it again. A folder with anything in it stays.
+
+        >>> store.remove_empty_work_folders(); (store.root / ".tmp").exists()
+        False
+        """
+        for name in (table_log.PARTS, TEMP):
+            try:
+                (self.root / name).rmdir()
+            except OSError:  # missing, not empty, or not a folder: left as it is
+                pass
+
     def read_table(self, *, allow_damaged: bool = False, allow_hostile: bool = False):
         """The results table as a pandas DataFrame (empty if no cell has finished yet).
 

@@ -344,6 +344,7 @@ class SweepSession:
                   "seconds": round(time.perf_counter() - self.started_clock, 3)}
         store.update_manifest(lambda manifest: {**merge_manifest(manifest, self.manifest), "finished": _now(),
                                                 "counts": counts, "completed": completed})
+        store.remove_empty_work_folders()
         return in_plan_order(store.read_table(allow_damaged=True), plan_keys)
 
     def plan_table(self):

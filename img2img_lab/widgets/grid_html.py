@@ -113,21 +113,12 @@ def band_table_html(calibration, guidance: float, selected: int) -> str:
 def detail_picture(store, row: dict, *, zoom: int = 0) -> Image.Image:
     """The source, the output and their difference map side by side (``zoom`` screen px per pixel; 0 fits 256 px),
     with the difference map's colour bar under it."""
-    from img2img_lab.figures.grids import side_by_side
-    from img2img_lab.figures.curves import difference_colour_bar, difference_image
+    from img2img_lab.figures.grids import difference_panel
 
     source, output = store.load_source(row["source_hash"]), store.load_output(row)
-    scale = zoom or max(1, 256 // max(output.size))
     title = f"strength {row['strength']:g}, seed {row['seed']}\n{row['executed_steps']} of {row['num_inference_steps']} steps"
-    pictures = side_by_side([source, output, difference_image(source, output)], ["source", title, "difference"],
-                            scale=scale)
-    width = output.width * scale
-    bar = difference_colour_bar(max(width, 220))
-    canvas = Image.new("RGB", (max(pictures.width, pictures.width - 12 - width + bar.width + 12),
-                               pictures.height + bar.height + 4), "white")
-    canvas.paste(pictures, (0, 0))
-    canvas.paste(bar, (pictures.width - 12 - width, pictures.height + 2))
-    return canvas
+    return difference_panel(source, output, ["source", title, "difference"],
+                            scale=zoom or max(1, 256 // max(output.size)))
 
 
 def row_html(table, row: dict) -> str:

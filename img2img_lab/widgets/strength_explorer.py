@@ -364,7 +364,7 @@ class StrengthExplorer:
         return {column: self.current[column] for column in SETTING_COLUMNS}
 
     def _draw_view(self) -> None:
-        from img2img_lab.figures.grids import comparison_grid, difference_image, side_by_side
+        from img2img_lab.figures.grids import comparison_grid, difference_panel, side_by_side
         from img2img_lab.store.run_store import RunStore
 
         store = RunStore.open(self.run_dir)
@@ -375,8 +375,7 @@ class StrengthExplorer:
         if self.view.value == "side by side":
             picture = side_by_side([source, output], ["source", title])
         elif self.view.value == "difference":
-            picture = side_by_side([source, output, difference_image(source, output)],
-                                   ["source", title, "|output - source|"])
+            picture = difference_panel(source, output, ["source", title, "|output - source|"])
         else:
             picture = comparison_grid(store, rows="seed", cols="strength", annotate=self.metrics[:3],
                                       where=self._family())

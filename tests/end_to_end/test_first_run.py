@@ -25,9 +25,13 @@ def test_version_and_doctor(tmp_path, capsys, monkeypatch):
     screen = capsys.readouterr().out
     for line in ("img2img-lab " + __version__, "packages:    torch", "device:      cpu", "threads:", "torchvision: shim",
                  "offline:     yes", "model:       embedded:shapes-world at", "(present)", "caches:      Hugging Face",
-                 "run folder:  runs is writable", "  ssim                 available", "  lpips                available",
-                 "  lpips_squeeze        UNAVAILABLE"):
+                 "run folder:  runs is writable"):
         assert line in screen, line
+    metric_lines = screen.split("metrics:\n", 1)[1].splitlines()
+    columns = {len(line) - len(line.lstrip()[len(line.split()[0]):].lstrip()) for line in metric_lines}
+    assert len(columns) == 1, metric_lines  # one column, the longest name (oracle_background_match) included
+    states = {line.split()[0]: line.split()[1] for line in metric_lines}
+    assert states["ssim"] == states["lpips"] == "available" and states["lpips_squeeze"] == "UNAVAILABLE"
     assert "weights fetch lpips-squeeze" in screen  # an unavailable metric comes with its fix
     assert main(["doctor", "--json", "--run-dir", "/proc/no-such/runs"]) == 0
     report = json.loads(capsys.readouterr().out)

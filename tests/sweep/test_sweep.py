@@ -251,3 +251,13 @@ def test_extending_by_a_prompt_or_a_source_generates_exactly_the_new_cells(tiny_
                            - np.asarray(RunStore.open(tmp_path / "fresh").load_output(row), dtype=int)).max())
                 for row in fresh.to_dict("records"))
     assert worst <= batched.BATCHED_TOLERANCE["float32"], worst
+
+
+def test_a_finished_sweep_leaves_no_empty_work_folders(tiny_pipe, sources_dir, tmp_path):
+    """results.parts/ and .tmp/ are working folders: a finished sweep removes them when empty, and a later sweep
+    into the folder makes them again as it needs them."""
+    run = tmp_path / "run"
+    run_sweep(_plan(sources_dir), run, pipe=tiny_pipe, progress=False)
+    assert not (run / "results.parts").exists() and not (run / ".tmp").exists()
+    assert len(run_sweep(_plan(sources_dir, seeds=[0, 1, 2]), run, pipe=tiny_pipe, progress=False)) == 2 * 5 * 3
+    assert not (run / "results.parts").exists() and not (run / ".tmp").exists()
