@@ -166,8 +166,8 @@ def table_html(frame, *, float_format: str = "{:.4g}", long_text=LONG_TEXT_COLUM
     rows = "".join("<tr>" + "".join(cell(column, value, index == 0)
                                     for index, (column, value) in enumerate(zip(frame.columns, row))) + "</tr>"
                    for row in frame.itertuples(index=False))
-    return scroll_box(f"<table class='i2i-table' style='border-collapse:collapse;font-size:12px'><tr>{head}</tr>"
-                      f"{rows}</table>")
+    return scroll_box(f"<table class='i2i-table' style='border-collapse:collapse;font-size:12px'><thead><tr>{head}"
+                      f"</tr></thead><tbody>{rows}</tbody></table>")
 
 
 class TableView:
