@@ -55,8 +55,7 @@ def doctest_world(tmp_path_factory) -> dict:
 
     from img2img_lab.calibration.procedure import CalibrationSettings, Target, calibrate
     from img2img_lab.figures.grids import comparison_grid
-    from img2img_lab.models.handle import as_model
-    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.models.loading import load_model
     from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.store.run_store import RunStore
     from img2img_lab.sweep.run import run_sweep
@@ -65,7 +64,8 @@ def doctest_world(tmp_path_factory) -> dict:
     torch.set_num_threads(TEST_THREADS)
     folder = tmp_path_factory.mktemp("doctest-world")
     (folder / "data").symlink_to(REPO / "data")
-    pipe = load_pipeline()
+    model = load_model()
+    pipe = model.pipe
     plan = SweepPlan(images=["data/sources/red_circle_on_blue.png"], prompts=["a yellow star on a black background"],
                      strengths=[0.0, 0.5, 1.0], seeds=[0, 1], guidance_scales=[2.0], steps=10)
     cwd = os.getcwd()
@@ -75,12 +75,12 @@ def doctest_world(tmp_path_factory) -> dict:
         settings = CalibrationSettings(metrics=["ssim"], keep=[Target("ssim", at_least=0.4)], refine_rounds=0,
                                        n_resamples=200)
         result = calibrate(plan, "runs/calibrate", settings=settings, pipe=pipe, progress=False)
-        source = prepare_source(plan.images[0], pipe)
+        source = prepare_source(plan.images[0], model)
     finally:
         os.chdir(cwd)
     store = RunStore.open(folder / "runs/demo")
     row = table.iloc[4].to_dict()
-    return {"folder": folder, "pipe": pipe, "model": as_model(pipe), "plan": plan, "cells": plan.cells(),
+    return {"folder": folder, "pipe": pipe, "model": model, "plan": plan, "cells": plan.cells(),
             "cell": plan.cells()[4], "sources": [source], "source": source, "image": source,
             "output": store.load_output(row), "store": store, "table": table, "key": row["cell_key"],
             "row": row, "grid": comparison_grid(folder / "runs/demo"), "result": result, "tempfile": tempfile}

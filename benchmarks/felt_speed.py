@@ -74,7 +74,7 @@ def metrics(pipe, folder: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "metrics"))
     from test_fidelity import REFERENCES  # the reference implementations the agreement test holds
 
-    from img2img_lab.engine.reference import run_cell
+    from img2img_lab.engine.per_cell import run_cell
     from img2img_lab.images import fit_to_model
     from img2img_lab.metrics.measure import measure_pairs
     from img2img_lab.resources import data_path
@@ -128,6 +128,7 @@ def engine(pipe, pairs: int) -> None:
     import torch
     from PIL import Image
 
+    from img2img_lab.models.handle import as_model
     from img2img_lab.engine.batched import run_cells_batched
     from img2img_lab.images import fit_to_model
     from img2img_lab.models.handle import cell_generator
@@ -144,10 +145,10 @@ def engine(pipe, pairs: int) -> None:
     print("engine: 40 cells, plain diffusers loop / batched runner, interleaved pairs")
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        run_cells_batched(pipe, cells[:4], [source])  # warm-up
+        run_cells_batched(as_model(pipe), cells[:4], [source])  # warm-up
         ratios, load = [], [os.getloadavg()[0]]
         for index in range(pairs):
-            order = (plain_loop, lambda: run_cells_batched(pipe, cells, [source]))
+            order = (plain_loop, lambda: run_cells_batched(as_model(pipe), cells, [source]))
             seconds = [_timed(step) for step in (order if index % 2 == 0 else order[::-1])]
             plain, batched = seconds if index % 2 == 0 else seconds[::-1]
             ratios.append(plain / batched)

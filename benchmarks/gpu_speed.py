@@ -42,10 +42,10 @@ MODELS = {"sd15": {"side": 512, "seeds": 4, "guidance": 7.5}, "sdxl": {"side": 1
 def _clip(hidden: int, layers: int, heads: int, *, projection: bool, act: str):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from img2img_lab.testing.tiny_sd import write_byte_level_tokenizer
+    from img2img_lab._utils.bpe import write_clip_bpe
 
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = CLIPTokenizer.from_pretrained(write_byte_level_tokenizer(folder, model_max_length=77))
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_bpe(folder, [], model_max_length=77))
     config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 4,
                             num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
                             projection_dim=hidden, hidden_act=act, bos_token_id=tokenizer.bos_token_id,
@@ -151,6 +151,7 @@ def _plan(image: Path, setting: dict, steps: int = 20):
 
 def engine(pipe, cells, source, pairs: int) -> tuple[list, float, float]:
     """Interleaved plain-loop / batched pairs; return (the batched outputs, plain and batched s per image)."""
+    from img2img_lab.models.handle import as_model
     from img2img_lab.engine.batched import run_cells_batched
     from img2img_lab.models.handle import cell_generator
 
@@ -161,11 +162,11 @@ def engine(pipe, cells, source, pairs: int) -> tuple[list, float, float]:
                  generator=cell_generator(cell.seed))
 
     stats: dict = {}
-    outputs = run_cells_batched(pipe, cells, [source], stats=stats)
+    outputs = run_cells_batched(as_model(pipe), cells, [source], stats=stats)
     plain_loop()  # warm-up of both paths (kernels, allocator)
     plain, batched, ratios = [], [], []
     for index in range(pairs):
-        steps = [plain_loop, lambda: run_cells_batched(pipe, cells, [source], stats=stats)]
+        steps = [plain_loop, lambda: run_cells_batched(as_model(pipe), cells, [source], stats=stats)]
         seconds = [_sync_timed(step) for step in (steps if index % 2 == 0 else steps[::-1])]
         seconds = seconds if index % 2 == 0 else seconds[::-1]
         plain.append(seconds[0] / len(cells))
@@ -184,7 +185,8 @@ def pixels(pipe, cells, source, batched_images) -> None:
     import numpy as np
 
     from img2img_lab.engine.batched import batched_tolerance, run_cells_batched
-    from img2img_lab.engine.reference import run_cell
+    from img2img_lab.engine.per_cell import run_cell
+    from img2img_lab.models.handle import as_model
 
     def arrays(images):
         return [np.asarray(image, dtype=np.int16) for image in images]
@@ -194,7 +196,7 @@ def pixels(pipe, cells, source, batched_images) -> None:
 
     alone = arrays([run_cell(pipe, cell, source).image for cell in cells])
     alone_again = arrays([run_cell(pipe, cell, source).image for cell in cells])
-    again = arrays([output.image for output in run_cells_batched(pipe, cells, [source])])
+    again = arrays([output.image for output in run_cells_batched(as_model(pipe), cells, [source])])
     versus, tolerance = gaps(arrays(batched_images), alone), batched_tolerance(pipe.dtype)
     print(f"  pixels: batched vs per cell, largest gap {max(versus)}/255 (cells over the documented "
           f"{tolerance}/255 for {str(pipe.dtype).replace('torch.', '')}: {sum(g > tolerance for g in versus)} of "

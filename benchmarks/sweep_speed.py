@@ -69,16 +69,17 @@ def main() -> None:
     import torch
     from PIL import Image
 
+    from img2img_lab.models.handle import as_model
     from img2img_lab.engine.batched import DEFAULT_MAX_BATCH, run_cells_batched
-    from img2img_lab.engine.reference import run_cell
+    from img2img_lab.engine.per_cell import run_cell
     from img2img_lab.images import fit_to_model
-    from img2img_lab.models.loading import load_pipeline, recommended_guidance
+    from img2img_lab.models.loading import load_pipeline
     from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.widgets.strength_explorer import bundled_sources
 
     torch.set_num_threads(args.threads)
     if args.gpu_sd15:
-        from img2img_lab.testing.tiny_sd import make_sd15_sized_pipeline
+        from img2img_lab.testing import make_sd15_sized_pipeline
 
         device = torch.device(args.device or "cuda")
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -91,7 +92,7 @@ def main() -> None:
         steps, guidance = args.steps or 30, args.guidance or 7.5
         prompts = ["a watercolor painting of a lighthouse"]
     elif args.sdxl:
-        from img2img_lab.testing.tiny_families import make_tiny_family
+        from img2img_lab.testing import make_tiny_family
 
         device = torch.device(args.device or "cpu")
         pipe = make_tiny_family("sdxl").to(device)
@@ -104,7 +105,7 @@ def main() -> None:
         pipe = load_pipeline(None, device=str(device))
         side = 64
         label = f"embedded shapes-world model, {side} px, {str(pipe.unet.dtype)[6:]}, {device}"
-        steps, guidance = args.steps or 20, args.guidance or recommended_guidance(pipe)
+        steps, guidance = args.steps or 20, args.guidance or as_model(pipe).recommended_guidance()
         prompts = ["a yellow star on a black background"]
     source = fit_to_model(Image.open(bundled_sources()["red_circle_on_blue"]).convert("RGB").resize((side, side)))
     strengths = [round((index + 1) / args.strengths, 4) for index in range(args.strengths)]
@@ -126,7 +127,7 @@ def main() -> None:
     stats: dict = {}
     _sync(device)
     started = time.perf_counter()
-    batched = run_cells_batched(pipe, cells, [source], max_batch_size=limit, stats=stats)
+    batched = run_cells_batched(as_model(pipe), cells, [source], max_batch_size=limit, stats=stats)
     _sync(device)
     batched_seconds = time.perf_counter() - started
     difference = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b.image, np.int16)).max())

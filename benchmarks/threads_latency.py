@@ -44,7 +44,7 @@ def main() -> None:
     pipe = load_pipeline(threads=None)
     parameters = sum(p.numel() for c in pipe.components.values() if hasattr(c, "parameters") for p in c.parameters())
     ours, why = threads_for(parameters=parameters, environ={})
-    source = prepare_source(bundled_sources()["red_circle_on_blue"], pipe)
+    source = prepare_source(bundled_sources()["red_circle_on_blue"], pipe.img2img_lab_model)
     counts = sorted({ours or torch_default, torch_default})
     one_image(pipe, source, counts[0])  # warm-up
     times = {(count, load): [] for count in counts for load in ("idle", "busy")}

@@ -8,18 +8,12 @@ from .images import content_hash as content_hash, load_image as load_image
 from .resources import bundled_sources as bundled_sources
 
 # 2. load: a diffusers pipeline (or the embedded model) and what it is
-from .models.loading import (
-    describe_pipeline as describe_pipeline,
-    load_model as load_model,
-    load_pipeline as load_pipeline,
-    model_fingerprint as model_fingerprint,
-    recommended_guidance as recommended_guidance,
-    set_scheduler as set_scheduler,
-)
+from .models.handle import ModelHandle as ModelHandle
+from .models.loading import load_model as load_model, load_pipeline as load_pipeline
 from .strength.mapping import strength_map as strength_map, translate as translate
 
 # 3. sweep: run the cells into a run folder
-from .engine.reference import run_cell as run_cell
+from .engine.per_cell import run_cell as run_cell
 from .store.run_store import RunStore as RunStore
 from .sweep.run import run_sweep as run_sweep
 

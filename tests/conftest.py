@@ -75,7 +75,7 @@ def hooked_call(pipe, **kwargs):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random-weight StableDiffusionImg2ImgPipeline saved with save_pretrained (32 px images)."""
-    from img2img_lab.testing.tiny_sd import save_tiny_pipeline
+    from img2img_lab.testing import save_tiny_pipeline
 
     return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-model") / "tiny-sd")
 

@@ -189,7 +189,8 @@ def test_adapted_diffusers_code_names_a_source_that_still_exists():
     import img2img_lab  # noqa: F401 - torchvision shim before diffusers
 
     sources = adapted_sources()
-    assert {"engine/batched.py", "engine/batched_conditioning.py", "models/families.py"} <= {
+    assert {"engine/batched.py", "models/families/base.py", "models/families/sdxl.py",
+            "models/families/stable_diffusion.py"} <= {
         where.split(":")[0].split("/", 1)[1] for places in sources.values() for where in places}
     missing = []
     for dotted, places in sources.items():
@@ -212,7 +213,7 @@ def test_the_public_face_lists_the_api_and_imports_no_torch():
 
     names = dir(img2img_lab)
     for name in ("SweepPlan", "load_pipeline", "run_sweep", "measure_run", "calibrate", "CalibrationResult",
-                 "calibrate_modes", "write_report", "measure_pairs", "describe_pipeline", "load_config",
+                 "calibrate_modes", "write_report", "measure_pairs", "ModelHandle", "load_model", "load_config",
                  "strength_map", "translate", "GridExplorer"):
         assert name in names and getattr(img2img_lab, name) is not None, name
     printed = subprocess.run([sys.executable, "-c", "import sys, img2img_lab; print('torch' in sys.modules, "

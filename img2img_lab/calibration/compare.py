@@ -53,7 +53,7 @@ def calibrate_models(config, out_dir: str | os.PathLike, *, settings=None, devic
     import gc
 
     from img2img_lab.calibration.procedure import calibrate, load_config, record_calibration
-    from img2img_lab.models.loading import load_pipeline, model_label
+    from img2img_lab.models.loading import load_model
     from img2img_lab.sweep.run import run_sweep
 
     if isinstance(config, (str, os.PathLike)):
@@ -65,19 +65,19 @@ def calibrate_models(config, out_dir: str | os.PathLike, *, settings=None, devic
         raise PlanError("calibrate_models needs a config with 'models: [A, B]'. Fix: list the models to compare.")
     results = {}
     for sub_plan in plan.model_plans():
-        pipe = load_pipeline(sub_plan.model, device=device, dtype=dtype)
+        model = load_model(sub_plan.model, device=device, dtype=dtype)
 
-        def runner(part, pipe=pipe):
-            return run_sweep(part, out_dir, pipe=pipe, metrics=settings.metrics, progress=progress, model_axis=True)
+        def runner(part, model=model):
+            return run_sweep(part, out_dir, pipe=model, metrics=settings.metrics, progress=progress, model_axis=True)
 
-        result = calibrate((sub_plan, settings), out_dir, pipe=pipe, runner=runner, progress=progress, save=False,
+        result = calibrate((sub_plan, settings), out_dir, pipe=model, runner=runner, progress=progress, save=False,
                            record=False)
-        label = model_label(pipe)
+        label = model.label
         result.run_dir = str(out_dir)
         if save:
             result.save(out_dir, subfolder=model_folder_name(label))
         results[label] = result
-        del pipe
+        del model
         gc.collect()
     rounds = [{**item, "model": label} for label, result in results.items() for item in result.counts["rounds"]]
     record_calibration(out_dir, plan, settings, rounds)  # the whole comparison: its config lists every model

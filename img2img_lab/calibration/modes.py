@@ -122,9 +122,9 @@ def calibrate_modes(config, out_dir: str | os.PathLike, *, settings=None, pipe=N
     if len(plan.modes) < 2:
         raise PlanError("a mode table needs at least two modes. Fix: add modes: [img2img, inpaint] to the config.")
     if pipe is None:
-        from img2img_lab.models.loading import load_pipeline
+        from img2img_lab.models.loading import load_model
 
-        pipe = load_pipeline(plan.model)
+        pipe = load_model(plan.model)
     results, checks, rounds = {}, [], []
     held_out = [(pair["image"], pair["prompt"]) for pair in settings.held_out]
     for mode, sub_plan in mode_plans(plan).items():

@@ -46,6 +46,8 @@ from img2img_lab.sweep import distributed
 from img2img_lab.errors import PlanError
 from img2img_lab.images import check_image_files
 from img2img_lab.plan.sweep_plan import SweepPlan
+from img2img_lab.models.handle import as_model
+from img2img_lab.models.loading import load_model
 __all__ = ["FOLKLORE", "RULES", "VERDICTS", "CalibrationResult", "CalibrationSettings", "Crossing", "Recommendation",
            "Target", "bootstrap_ci", "bootstrap_means", "calibrate", "find_crossing", "knee", "load_config",
            "record_calibration", "refinement_strengths", "strength_for_steps", "strength_summary", "validate",
@@ -121,13 +123,11 @@ def joint_indicator(table, targets) -> np.ndarray:
     return values
 
 
-def recommend_both(summary, settings: CalibrationSettings, pipe=None) -> Recommendation:
-    """The lowest strength (the recommended guidance first) at which at least :data:`JOINT_RATE` of the images meet
-    every keep and follow target at once — by the CI's lower end (rule ``confident``) or the mean; else the best
+def recommend_both(summary, settings: CalibrationSettings, model=None) -> Recommendation:
+    """The lowest strength (the model's recommended guidance first) at which at least :data:`JOINT_RATE` of the images
+    meet every keep and follow target at once — by the CI's lower end (rule ``confident``) or the mean; else the best
     joint rate measured, said as such."""
-    from img2img_lab.models.loading import recommended_guidance
-
-    preferred = recommended_guidance(pipe) if pipe is not None else None
+    preferred = model.recommended_guidance() if model is not None else None
     goal = "keep the subject and follow the prompt"
     described = " and ".join(t.describe() for t in settings.keep + settings.follow)
     target = f"{described} in ≥ {JOINT_RATE:.0%} of images"
@@ -153,13 +153,11 @@ def recommend_both(summary, settings: CalibrationSettings, pipe=None) -> Recomme
     return Recommendation(goal, target, None, None, None, float(best[JOINT]), None, False, message)
 
 
-def _model_step_counter(pipe, plan) -> Callable:
+def _model_step_counter(model, plan) -> Callable:
     """``executed(N, strength)`` on the plan's model, scheduler and first source (the pipeline's own count)."""
-    from img2img_lab.models.handle import as_model
     from img2img_lab.sweep.run import prepare_source
 
-    model = as_model(pipe)
-    source = prepare_source(plan.images[0], pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
+    source = prepare_source(plan.images[0], model, max_side=plan.max_side, resize_policy=plan.resize_policy)
 
     def executed(num_inference_steps: int, strength: float) -> int:
         return model.step_plan(plan.schedulers[0], num_inference_steps, strength, width=source.width,
@@ -183,7 +181,8 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
         ``runner(plan) -> table``; default: :func:`img2img_lab.sweep.run.run_sweep` into ``out_dir`` measuring
         the settings' metrics. Tests pass a synthetic runner.
 
-    The plan must have one ``steps`` and one ``scheduler`` value (the executed-step arithmetic is per
+    ``pipe`` is a diffusers pipeline or a model handle (default: the plan's model, loaded). The plan must have one
+    ``steps`` and one ``scheduler`` value (the executed-step arithmetic is per
     steps value); strength 1.0 is always added (the text-to-image reference). With ``record`` (default) the
     run folder records the calibration's provenance (:func:`record_calibration`); ``counts["rounds"]`` lists every
     round's strengths.
@@ -198,15 +197,14 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
     plan, settings = plan_and_settings(config, settings)
     if runner is None:
         check_image_files(plan.images)  # before the model loads
+    model = None if pipe is None else as_model(pipe)
     # 2. The runner: run_sweep into the run folder with the settings' metrics (tests pass a synthetic one).
     if runner is None:
         if out_dir is None:
             raise PlanError("calibrate needs an out_dir (the run folder). Fix: pass out_dir='runs/calibrate'.")
-        from img2img_lab.models.loading import load_pipeline
-
-        pipe = pipe if pipe is not None else load_pipeline(plan.model)
-        runner = _sweep_runner(out_dir, pipe, settings, progress=progress)
-    executed = _model_step_counter(pipe, plan) if pipe is not None else None
+        model = model if model is not None else load_model(plan.model)
+        runner = _sweep_runner(out_dir, model, settings, progress=progress)
+    executed = _model_step_counter(model, plan) if model is not None else None
     # 3. The coarse sweep, then 4. refinement rounds where a crossing lies between tested strengths.
     table = runner(plan)
     rounds = [{"round": 0, "strengths": list(plan.strengths), "guidance_scales": list(plan.guidance_scales),
@@ -222,9 +220,9 @@ def calibrate(config, out_dir: str | os.PathLike | None = None, *, settings: Cal
                                settings=settings, counts=_counts(table, rounds), run_dir=str(out_dir) if out_dir
                                else None, floor=floor)
     _add_knees(result)
-    result.recommendations = _recommendations(crossings, settings, pipe)
+    result.recommendations = _recommendations(crossings, settings, model)
     if joint:
-        result.recommendations["both"] = recommend_both(summary, settings, pipe)
+        result.recommendations["both"] = recommend_both(summary, settings, model)
     # 6. Provenance and files in the run folder.
     if _is_run_folder(out_dir) and distributed.current().is_main:  # rank 0 alone writes in a launched job
         if record:
@@ -260,7 +258,7 @@ def plan_and_settings(config, settings, *, allow_modes: bool = False):
     return plan, settings
 
 
-def _sweep_runner(out_dir, pipe, settings: CalibrationSettings, *, progress: bool) -> Callable:
+def _sweep_runner(out_dir, model, settings: CalibrationSettings, *, progress: bool) -> Callable:
     from img2img_lab.sweep.run import run_sweep
 
     calls = []
@@ -270,7 +268,7 @@ def _sweep_runner(out_dir, pipe, settings: CalibrationSettings, *, progress: boo
                  f"{sub_plan.name}: refine {', '.join(f'{s:g}' for s in sub_plan.strengths)} at guidance "
                  f"{', '.join(f'{g:g}' for g in sub_plan.guidance_scales)}")
         calls.append(label)
-        return run_sweep(sub_plan, out_dir, pipe=pipe, metrics=settings.metrics, progress=progress,
+        return run_sweep(sub_plan, out_dir, pipe=model, metrics=settings.metrics, progress=progress,
                          progress_label=label)
 
     return runner
@@ -340,12 +338,8 @@ def _add_knees(result: CalibrationResult) -> None:
         }
 
 
-def _recommendations(crossings: list[Crossing], settings: CalibrationSettings, pipe) -> dict:
-    preferred = None
-    if pipe is not None:
-        from img2img_lab.models.loading import recommended_guidance
-
-        preferred = recommended_guidance(pipe)
+def _recommendations(crossings: list[Crossing], settings: CalibrationSettings, model) -> dict:
+    preferred = model.recommended_guidance() if model is not None else None
     return {
         "keep": _recommend("keep the subject", [c for c in crossings if c.target == settings.keep[0]]
                            if settings.keep else [], "keep", preferred),

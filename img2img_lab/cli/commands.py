@@ -14,7 +14,7 @@ import json
 import time
 
 from img2img_lab.sweep import distributed
-from img2img_lab.cli.support import config_path, number_list, parse_where
+from img2img_lab.cli.support import axis_overrides, config_path, number_list, parse_where
 from img2img_lab.errors import Img2ImgLabError
 
 
@@ -23,6 +23,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from img2img_lab.sweep.run import run_sweep
 
     plan = _with_model(SweepPlan.from_yaml(config_path(args.config)), args.model)
+    overrides = axis_overrides(args)
+    if overrides:
+        plan = SweepPlan.from_dict({**plan.to_dict(), **overrides})
     print(f"plan: {plan.summary()}")
     started = time.perf_counter()
     table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress,
@@ -175,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from img2img_lab.calibration.procedure import CalibrationSettings, calibrate, load_config
     from img2img_lab.images import check_image_files
-    from img2img_lab.models.loading import load_pipeline, resolve_model
+    from img2img_lab.models.loading import load_model, resolve_model
 
     plan, settings = load_config(config_path(args.config))
     plan = _with_model(plan, args.model)
@@ -193,9 +196,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return _calibrate_modes(plan, settings, out, args, started)
     context = distributed.current()
     device = distributed.rank_device(context, args.device)
-    pipe = distributed.load_model(context, lambda: load_pipeline(plan.model, device=device, dtype=args.dtype),
-                                  local=resolve_model(plan.model)[1] is not None)
-    result = calibrate((plan, settings), out, pipe=pipe, progress=not args.no_progress and context.is_main)
+    model = distributed.load_model(context, lambda: load_model(plan.model, device=device, dtype=args.dtype),
+                                   local=resolve_model(plan.model)[1] is not None)
+    result = calibrate((plan, settings), out, pipe=model, progress=not args.no_progress and context.is_main)
     print()
     print(result.to_markdown())
     counts = result.counts
@@ -207,10 +210,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _calibrate_modes(plan, settings, out: str, args: argparse.Namespace, started: float) -> int:
     from img2img_lab.calibration.modes import calibrate_modes
-    from img2img_lab.models.loading import load_pipeline
+    from img2img_lab.models.loading import load_model
 
-    pipe = load_pipeline(plan.model, device=args.device, dtype=args.dtype)
-    modes = calibrate_modes((plan, settings), out, pipe=pipe, progress=not args.no_progress)
+    model = load_model(plan.model, device=args.device, dtype=args.dtype)
+    modes = calibrate_modes((plan, settings), out, pipe=model, progress=not args.no_progress)
     print("\n# Mode reference table\n")
     print(modes.to_markdown())
     if modes.validation is not None and len(modes.validation):

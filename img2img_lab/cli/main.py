@@ -40,7 +40,7 @@ import sys
 
 from img2img_lab.cli import commands as handlers
 from img2img_lab.sweep import distributed
-from img2img_lab.cli.support import EXAMPLES, one_line, os_error_message
+from img2img_lab.cli.support import EXAMPLES, add_axis_options, one_line, os_error_message
 from img2img_lab.sweep.advisories import one_line_warnings
 from img2img_lab.errors import Img2ImgLabError
 from img2img_lab._utils.quiet import quiet_model_libraries
@@ -101,6 +101,7 @@ def _add_study_commands(commands) -> None:
     sweep.add_argument("--max-batch", type=int, default=None, help="UNet samples per call (default by device)")
     sweep.add_argument("--cache", default=None, help="shared cache folder: reuse cells any run put there, add new ones")
     _add_model_options(sweep)
+    add_axis_options(sweep)
     sweep.set_defaults(handler=handlers.cmd_sweep)
 
     demo = command("demo", "offline demo on the embedded model: sweep, measure, grids, curves")

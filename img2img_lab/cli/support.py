@@ -75,6 +75,39 @@ def number_list(option: str, text: str, kind) -> list:
     return values
 
 
+def add_axis_options(parser) -> None:
+    """One option per top-level axis of the axis table that names a help (:attr:`~img2img_lab.plan.axes.Axis.cli`):
+    free text repeats (``--prompt A --prompt B``), the rest takes a comma-separated list (``--strengths 0.2,0.5``)."""
+    from img2img_lab.plan.axes import top_level_axes
+
+    group = parser.add_argument_group("axes", "each replaces that axis of the config")
+    for axis in top_level_axes():
+        if not axis.cli:
+            continue
+        flag = "--" + (axis.name if axis.repeat else axis.plural).replace("_", "-")
+        group.add_argument(flag, dest=f"axis_{axis.plural}", action="append" if axis.repeat else "store",
+                           default=None, metavar=axis.kind.__name__.upper(), help=axis.cli)
+
+
+def axis_overrides(args) -> dict:
+    """``{plural: values}`` of the axis options given on the command line (see :func:`add_axis_options`)."""
+    from img2img_lab.plan.axes import top_level_axes
+
+    overrides = {}
+    for axis in top_level_axes():
+        given = getattr(args, f"axis_{axis.plural}", None)
+        if given is None:
+            continue
+        flag = "--" + axis.plural.replace("_", "-")
+        if axis.repeat:
+            overrides[axis.plural] = list(given)
+        elif axis.kind in (int, float):
+            overrides[axis.plural] = number_list(flag, given, axis.kind)
+        else:
+            overrides[axis.plural] = [item.strip() for item in given.split(",") if item.strip()]
+    return overrides
+
+
 def parse_where(items) -> dict:
     where = {}
     for item in items or []:

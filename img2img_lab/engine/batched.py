@@ -14,18 +14,18 @@ share a model, image size, number of steps and scheduler configuration along the
   sample, initial noise, then the scheduler's per-step noise), so seeds mean the same thing;
 * decoding is batched; on CUDA out-of-memory the batch size is halved and the step retried.
 
-The result equals :func:`img2img_lab.engine.reference.run_cell` up to floating-point differences of batched kernels
+The result equals :func:`img2img_lab.engine.per_cell.run_cell` up to floating-point differences of batched kernels
 (tests, float32: max |difference| <= 1/255 per pixel for DDIM, Euler, Euler a, DPM++ 2M, PNDM and UniPC; half
 precision on a GPU differs more, see :data:`BATCHED_TOLERANCE`).
 
-Supported: ``StableDiffusionImg2ImgPipeline`` (SD 1.x/2.x and fine-tunes, the embedded model) and
-``StableDiffusionXLImg2ImgPipeline`` (SDXL and Turbo: each sample also carries its pooled text embedding and
-added time ids; the VAE is upcast where the model asks). Flow-matching families (SD3, FLUX.1) and UNets with a
-guidance embedding (LCM) use the per-cell runner; :func:`batching_supported` says which and why (the manifest
-records it). The family-specific parts live in :mod:`img2img_lab.engine.batched_conditioning`: how a prompt is encoded,
-how a VAE latent becomes the initial latent, and how latents are decoded.
+What a family needs here — how a prompt is encoded, how a VAE latent becomes the initial latent, and how latents
+are decoded — its family module declares as its *batched conditioning*
+(:meth:`img2img_lab.models.families.base.Family.batched_conditioning`): Stable Diffusion 1.x/2.x img2img (the embedded
+model too) and SDXL img2img (each sample also carries its pooled text embedding and added time ids; the VAE is
+upcast where the model asks). Other pipelines use the per-cell runner; :func:`batching_supported` says which and why
+(the manifest records it).
 
->>> outputs = run_cells_batched(pipe, cells, sources)
+>>> outputs = run_cells_batched(model, cells, sources)
 >>> [output.produced for output in outputs[:3]]
 ['vae_roundtrip', 'diffusion', 'diffusion']
 """
@@ -36,8 +36,10 @@ import inspect
 import time
 from dataclasses import dataclass, field
 
-from img2img_lab.engine.batched_conditioning import CONDITIONING, TextConditioning
-from img2img_lab.engine.reference import CellOutput, cell_generator, use_scheduler, vae_roundtrip
+from img2img_lab.engine.per_cell import CellOutput
+from img2img_lab.models.families.stable_diffusion import TextConditioning
+from img2img_lab.models.handle import ModelHandle, cell_generator
+from img2img_lab.plan.axes import chunk_key
 from img2img_lab.plan.sweep_plan import Cell
 from img2img_lab.plan.schema import Produced
 
@@ -63,22 +65,22 @@ def batched_tolerance(dtype) -> int:
     return BATCHED_TOLERANCE.get(str(dtype).replace("torch.", ""), max(BATCHED_TOLERANCE.values()))
 
 
-def batching_supported(pipe) -> tuple[bool, str]:
-    """``(supported, reason)``: whether :func:`run_cells_batched` reproduces this pipeline's calls.
+def batching_supported(model: ModelHandle) -> tuple[bool, str]:
+    """``(supported, reason)``: whether :func:`run_cells_batched` reproduces this model's calls (its family declares
+    a batched conditioning, and no LoRA scale or IP-Adapter changes the call).
 
-    >>> batching_supported(pipe)
+    >>> batching_supported(model)
     (True, 'StableDiffusionImg2ImgPipeline')
     """
-    if type(pipe).__name__ not in CONDITIONING:
-        return False, (f"{type(pipe).__name__} is run per cell (batching covers "
-                       f"{' and '.join(CONDITIONING)}; flow-matching and LCM pipelines are not batched)")
-    if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
-        return False, "the UNet has a guidance embedding (LCM-style): run per cell"
+    conditioning, reason = model.family.batched_conditioning()
+    if conditioning is None:
+        return False, reason
+    pipe = model.pipe
     if getattr(pipe, "cross_attention_kwargs", None) or getattr(pipe, "_cross_attention_kwargs", None):
         return False, "cross-attention kwargs (LoRA scale) are set: run per cell"
     if getattr(pipe, "image_encoder", None) is not None and getattr(pipe, "_ip_adapter_loaded", False):
         return False, "an IP-Adapter is loaded: run per cell"
-    return True, type(pipe).__name__
+    return True, reason
 
 
 @dataclass
@@ -163,10 +165,10 @@ def _unet_outputs(pipe, inputs, timestep, embeddings, limit: _BatchSize, counter
     return torch.cat(outputs)
 
 
-def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size: int | None = None,
+def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, max_batch_size: int | None = None,
                       on_step=None, stats: dict | None = None, on_work=None) -> list[CellOutput]:
     """Generate ``cells`` (one scheduler name and steps value) with the batched runner; return one
-    :class:`~img2img_lab.engine.reference.CellOutput` per cell, in order.
+    :class:`~img2img_lab.engine.per_cell.CellOutput` per cell, in order.
 
     ``sources[cell.image_index]`` is each cell's prepared source; all sources must have one size. Zero-step
     cells store the VAE round trip, as in the per-cell runner. ``on_step(done, total)`` is called after every
@@ -176,7 +178,7 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
     in denoising steps, so its ETA holds from the first seconds).
 
     >>> stats = {}
-    >>> outputs = run_cells_batched(pipe, plan.cells(), sources, max_batch_size=2, stats=stats)
+    >>> outputs = run_cells_batched(model, plan.cells(), sources, max_batch_size=2, stats=stats)
     >>> len(outputs), outputs[1].image.size, stats["unet_samples"] >= stats["unet_calls"]
     (6, (64, 64), True)
     """
@@ -184,19 +186,19 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
 
     if not cells:
         return []
-    supported, reason = batching_supported(pipe)
+    supported, reason = batching_supported(model)
     if not supported:
         raise ValueError(f"batched runner: {reason}")
-    names = {cell.scheduler for cell in cells}
-    steps_values = {cell.num_inference_steps for cell in cells}
-    sizes = {sources[cell.image_index].size for cell in cells}
-    if len(names) != 1 or len(steps_values) != 1 or len(sizes) != 1:
-        raise ValueError("run_cells_batched needs one scheduler, one steps value and one image size per call "
-                         f"(got {sorted(names)}, {sorted(steps_values)}, {sorted(sizes)}); group cells first.")
+    pipe = model.pipe
+    shared = {(*chunk_key(cell), sources[cell.image_index].size) for cell in cells}
+    if len(shared) != 1:
+        raise ValueError("run_cells_batched needs cells that share every axis a batch must share (one scheduler, one "
+                         f"steps value, one mode...) and one image size per call (got {list(shared)}); group cells "
+                         f"first.")
     started = time.perf_counter()
-    use_scheduler(pipe, cells[0].scheduler)
+    model.use_scheduler(cells[0].scheduler)
     device = pipe._execution_device
-    family = CONDITIONING[type(pipe).__name__](pipe, device, pipe.unet.dtype)
+    conditioner = model.family.batched_conditioning()[0](pipe, device, pipe.unet.dtype)
     outputs: list[CellOutput | None] = [None] * len(cells)
     limit = _BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
     counters = {"unet_calls": 0, "unet_samples": 0}
@@ -204,17 +206,17 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
     for index, cell in enumerate(cells):  # zero-step cells: the VAE round trip, exactly as per cell
         if cell.zero_step:
             began = time.perf_counter()
-            image = vae_roundtrip(pipe, sources[cell.image_index], generator=cell_generator(cell.seed))
+            image = model.family.vae_roundtrip(sources[cell.image_index], generator=cell_generator(cell.seed))
             outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began, produced=Produced.VAE_ROUNDTRIP.value)
             if on_work is not None:
                 on_work(1)
     active_cells = [(index, cell) for index, cell in enumerate(cells) if not cell.zero_step]
     if active_cells:
-        groups, conditioning = _start_groups(family, pipe.scheduler, active_cells, sources,
+        groups, conditioning = _start_groups(conditioner, pipe.scheduler, active_cells, sources,
                                              steps=cells[0].num_inference_steps)
-        _denoise(family, pipe.scheduler, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
+        _denoise(conditioner, pipe.scheduler, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
                  steps=cells[0].num_inference_steps, on_work=on_work)
-        _decode(family, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
+        _decode(conditioner, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
     if stats is not None:
         stats.update(counters, batch_halvings=limit.halvings, seconds=time.perf_counter() - started,
                      max_batch_size=limit.value)
@@ -224,7 +226,7 @@ def run_cells_batched(pipe, cells: list[Cell], sources: list, *, max_batch_size:
 
 
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.prepare_latents (noise from each cell's generator)
-def _start_groups(family: TextConditioning, base, active_cells, sources, *, steps: int):
+def _start_groups(conditioner: TextConditioning, base, active_cells, sources, *, steps: int):
     """Encode prompts and sources once; give every cell its initial latent (VAE sample, then noise, from its own
     generator, as ``prepare_latents`` does) in a start group: one scheduler per ``t_start``, set up as the pipeline
     sets it up for that strength. Returns ``(groups, conditioning)``."""
@@ -232,14 +234,14 @@ def _start_groups(family: TextConditioning, base, active_cells, sources, *, step
     from diffusers.utils.torch_utils import randn_tensor
 
     size = sources[active_cells[0][1].image_index].size
-    conditioning = family.encode(sorted({(cell.prompt, cell.negative_prompt) for _, cell in active_cells}), size)
-    distributions = {cell.image_index: family.encode_source(sources[cell.image_index]) for _, cell in active_cells}
+    conditioning = conditioner.encode(sorted({(cell.prompt, cell.negative_prompt) for _, cell in active_cells}), size)
+    distributions = {cell.image_index: conditioner.encode_source(sources[cell.image_index]) for _, cell in active_cells}
     groups: dict[int, _StartGroup] = {}
     for index, cell in active_cells:
         group = groups.get(cell.t_start)
         if group is None:
             scheduler = type(base).from_config(base.config)
-            scheduler.set_timesteps(steps, device=family.device)
+            scheduler.set_timesteps(steps, device=conditioner.device)
             offset = cell.t_start * scheduler.order
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(offset)
@@ -250,15 +252,15 @@ def _start_groups(family: TextConditioning, base, active_cells, sources, *, step
         member = _Active(index=index, cell=cell, generator=cell_generator(cell.seed),
                          prompt_key=(cell.prompt, cell.negative_prompt), cfg=cell.guidance_scale > 1.0)
         with torch.no_grad():
-            init_latents = family.initial_latents(distributions[cell.image_index], member.generator)
-            noise = randn_tensor(init_latents.shape, generator=member.generator, device=family.device,
-                                 dtype=family.dtype)
+            init_latents = conditioner.initial_latents(distributions[cell.image_index], member.generator)
+            noise = randn_tensor(init_latents.shape, generator=member.generator, device=conditioner.device,
+                                 dtype=conditioner.dtype)
             member.latents = group.scheduler.add_noise(init_latents, noise, group.timesteps[:1])
         group.members.append(member)
     return groups, conditioning
 
 
-def _model_inputs(family: TextConditioning, live, conditioning, t):
+def _model_inputs(conditioner: TextConditioning, live, conditioning, t):
     """Every live sample's scaled latent and conditioning, in one batch (CFG cells send two samples)."""
     import torch
 
@@ -279,22 +281,22 @@ def _model_inputs(family: TextConditioning, live, conditioning, t):
 
 
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.__call__ (step 9: the denoising loop, classifier-free guidance)
-def _denoise(family: TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int,
+def _denoise(conditioner: TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int,
              on_work=None):
     """Step every start group along the common timestep grid; at each timestep one UNet batch for all live cells."""
     import torch
 
     grid_scheduler = type(base).from_config(base.config)
-    grid_scheduler.set_timesteps(steps, device=family.device)
+    grid_scheduler.set_timesteps(steps, device=conditioner.device)
     grid = grid_scheduler.timesteps
     total, first = len(grid), min(group.offset for group in groups.values())
     for position in range(first, total):
         live = [group for group in groups.values() if group.offset <= position]
         t = grid[position]
-        inputs, fields, layout = _model_inputs(family, live, conditioning, t)
+        inputs, fields, layout = _model_inputs(conditioner, live, conditioning, t)
         embeddings = fields.pop("encoder_hidden_states")
-        noise = _unet_outputs(family.pipe, inputs, t, embeddings, limit, counters,
-                              added={name: fields[name] for name in family.added_fields})
+        noise = _unet_outputs(conditioner.pipe, inputs, t, embeddings, limit, counters,
+                              added={name: fields[name] for name in conditioner.added_fields})
         predictions, cursor = {}, 0
         for member, width in layout:
             if width == 2:
@@ -321,7 +323,7 @@ def _denoise(family: TextConditioning, base, groups, conditioning, *, limit, cou
             on_work(sum(len(group.members) for group in live))
 
 
-def _decode(family: TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):
+def _decode(conditioner: TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):
     """Decode every cell's final latent in chunks (halving on CUDA out-of-memory) into ``outputs``."""
     import torch
 
@@ -331,14 +333,14 @@ def _decode(family: TextConditioning, groups, conditioning, outputs, *, limit, s
         chunk = members[start:start + decode_size]
         text_dtype = conditioning[chunk[0].prompt_key]["positive"]["encoder_hidden_states"].dtype
         try:
-            decoded, flagged = family.decode(torch.cat([member.latents for member in chunk]), text_dtype)
+            decoded, flagged = conditioner.decode(torch.cat([member.latents for member in chunk]), text_dtype)
         except (RuntimeError, MemoryError) as error:
-            if family.device.type == "cuda" and _is_oom(error) and decode_size > 1:
+            if conditioner.device.type == "cuda" and _is_oom(error) and decode_size > 1:
                 decode_size //= 2
                 continue
             raise
         denormalize = [True] * decoded.shape[0] if flagged is None else [not value for value in flagged]
-        images = family.pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
+        images = conditioner.pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
         share = seconds / max(1, len(members))
         for row, (member, image) in enumerate(zip(chunk, images)):
             outputs[member.index] = CellOutput(image=image, seconds=share, produced=Produced.DIFFUSION.value,

@@ -1,15 +1,15 @@
 """The runners a sweep generates with, behind one protocol: :class:`PerCellRunner` (the reference: one plain
-diffusers call per cell, :func:`img2img_lab.engine.reference.run_cell`) and :class:`BatchedRunner` (many cells per UNet call,
+diffusers call per cell, :func:`img2img_lab.engine.per_cell.run_cell`) and :class:`BatchedRunner` (many cells per UNet call,
 :func:`img2img_lab.engine.batched.run_cells_batched`).
 
 A runner splits the cells to generate into **chunks** and **runs** a chunk, returning one
-:class:`~img2img_lab.engine.reference.CellOutput` per cell. A batched chunk holds only cells to generate — an extension of a
+:class:`~img2img_lab.engine.per_cell.CellOutput` per cell. A batched chunk holds only cells to generate — an extension of a
 finished sweep (a new strength, seed, prompt or source) generates exactly its new cells — and is named by its
 ``batch_id``. The pixels of a batched cell depend on its batch, which the run folder records before the batch runs:
 a recorded batch that is not wholly stored (a killed sweep, a damaged image) runs again whole, with the same
 composition, so a resumed or repaired sweep stores the same pixels; a per-cell chunk is one cell with no batch.
 
->>> runner, reason = choose_runner(pipe, sources, engine="batched")
+>>> runner, reason = choose_runner(model, sources, engine="batched")
 >>> runner.name, reason
 ('batched', 'StableDiffusionImg2ImgPipeline')
 >>> planned = [(cell, f"key{index}") for index, cell in enumerate(cells) if cell.duplicate_of is None]
@@ -18,7 +18,7 @@ composition, so a resumed or repaired sweep stores the same pixels; a per-cell c
 >>> recorded = [{"keys": [key for _, key in planned], "max_batch_size": runner.batch_limit}]  # a killed sweep's batch
 >>> [len(chunk) for chunk, _ in runner.chunks(planned, planned[:1], recorded)]
 [6]
->>> [output.produced for output in PerCellRunner(pipe, sources).run(cells[:2])]
+>>> [output.produced for output in PerCellRunner(model, sources).run(cells[:2])]
 ['vae_roundtrip', 'diffusion']
 """
 
@@ -29,7 +29,9 @@ import json
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-from img2img_lab.engine.reference import CellOutput, run_cell
+from img2img_lab.engine.per_cell import CellOutput, run_cell
+from img2img_lab.models.handle import ModelHandle
+from img2img_lab.plan.axes import chunk_key
 from img2img_lab.plan.sweep_plan import Cell
 
 #: A chunk: the (cell, key) pairs run together, and the id of their batch (None for a per-cell chunk).
@@ -65,7 +67,7 @@ class PerCellRunner:
     """The reference runner: each pending cell alone, in plan order, with a plain pipeline call. ``on_work(n)`` (both
     runners) is told each unit of :func:`cell_work` as it is done."""
 
-    pipe: object
+    model: ModelHandle
     sources: list
     on_step: object = None
     on_work: object = None
@@ -88,7 +90,7 @@ class PerCellRunner:
                 self.on_work(1)
 
         condition = None if self.conditions is None else self.conditions[cell.image_index].call_inputs(cell.mode)
-        output = run_cell(self.pipe, cell, self.sources[cell.image_index], on_step=step, condition=condition)
+        output = run_cell(self.model, cell, self.sources[cell.image_index], on_step=step, condition=condition)
         if cell.zero_step and self.on_work is not None:
             self.on_work(1)
         return output
@@ -96,7 +98,9 @@ class PerCellRunner:
 
 @dataclass
 class BatchedRunner:
-    """The batched runner: chunks of up to ``max(2 * limit, 32)`` cells to generate per scheduler, steps and size.
+    """The batched runner: chunks of up to ``max(2 * limit, 32)`` cells to generate that share every axis cells of one
+    batch must share (:func:`~img2img_lab.plan.axes.chunk_key`: steps, scheduler, mode, ControlNet settings) and a
+    size.
 
     First every recorded batch that holds a cell to generate runs again whole (its recorded composition: a killed or
     damaged batch stores the same pixels as before); the other cells to generate are chunked in plan order. A fresh
@@ -104,7 +108,7 @@ class BatchedRunner:
     among themselves: within the engine's tolerance of a fresh sweep of the extended plan).
     """
 
-    pipe: object
+    model: ModelHandle
     sources: list
     max_batch_size: int | None = None
     on_step: object = None
@@ -115,7 +119,7 @@ class BatchedRunner:
     def batch_limit(self) -> int:
         from img2img_lab.engine.batched import DEFAULT_MAX_BATCH
 
-        return self.max_batch_size or DEFAULT_MAX_BATCH.get(self.pipe.device.type, 16)
+        return self.max_batch_size or DEFAULT_MAX_BATCH.get(self.model.pipe.device.type, 16)
 
     def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
         limit, todo = self.batch_limit, {key for _, key in pending}
@@ -131,7 +135,7 @@ class BatchedRunner:
         for cell, key in pending:
             if key not in replayed:
                 size = self.sources[cell.image_index].size
-                groups.setdefault((cell.scheduler, cell.num_inference_steps, size), []).append((cell, key))
+                groups.setdefault((*chunk_key(cell), size), []).append((cell, key))
         chunk_cells = max(2 * limit, 32)
         for members in groups.values():
             for first in range(0, len(members), chunk_cells):
@@ -141,26 +145,26 @@ class BatchedRunner:
     def run(self, cells: list[Cell]) -> list[CellOutput]:
         from img2img_lab.engine.batched import run_cells_batched
 
-        return run_cells_batched(self.pipe, cells, self.sources, max_batch_size=self.batch_limit,
+        return run_cells_batched(self.model, cells, self.sources, max_batch_size=self.batch_limit,
                                  on_step=self.on_step, on_work=self.on_work)
 
 
-def choose_runner(pipe, sources: list, *, engine: str, max_batch_size: int | None = None,
+def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_size: int | None = None,
                   on_step=None, conditions: list | None = None) -> tuple[Runner, str]:
     """``(runner, reason)``: the batched runner where ``engine="batched"`` and the pipeline supports it (the reason
     names the pipeline), else the per-cell reference (the reason says why). Cells with a mask or a control image
     (``conditions``) run per cell: the batched engine reproduces plain img2img calls only."""
     if conditions is not None:
-        return (PerCellRunner(pipe, sources, on_step=on_step, conditions=conditions),
+        return (PerCellRunner(model, sources, on_step=on_step, conditions=conditions),
                 "inpainting and ControlNet cells run per cell (the batched engine reproduces plain img2img calls only)")
     if engine == "batched":
         from img2img_lab.engine.batched import batching_supported
 
-        supported, reason = batching_supported(pipe)
+        supported, reason = batching_supported(model)
         if supported:
-            return BatchedRunner(pipe, sources, max_batch_size=max_batch_size, on_step=on_step), reason
-        return PerCellRunner(pipe, sources, on_step=on_step), reason
-    return PerCellRunner(pipe, sources, on_step=on_step), "per-cell runner requested"
+            return BatchedRunner(model, sources, max_batch_size=max_batch_size, on_step=on_step), reason
+        return PerCellRunner(model, sources, on_step=on_step), reason
+    return PerCellRunner(model, sources, on_step=on_step), "per-cell runner requested"
 
 
 def _batch_id(keys: list[str], limit: int) -> str:

@@ -1,4 +1,5 @@
-"""A diffusers pipeline behind one handle: loading (:func:`load_pipeline`), the handle (:class:`ModelHandle`), the
-family adapters that turn a strength into a step plan, the registry of every image-conditioned pipeline class,
+"""A diffusers pipeline behind one handle: loading (:func:`~img2img_lab.models.loading.load_model`), the handle
+(:class:`~img2img_lab.models.handle.ModelHandle`, which answers everything asked of a model), one module per diffusers
+family (:mod:`img2img_lab.models.families`) and the registry built from them, the step plans a strength runs,
 fingerprints, model information and thread settings.
 """

@@ -19,6 +19,25 @@ def pipeline_components(pipe) -> dict[str, Any]:
     return {name: module for name, module in pipe.components.items() if module is not None}
 
 
+def component_sizes(pipe) -> tuple[dict[str, dict], int]:
+    """``({component: {"class", "parameters", "megabytes"}}, total bytes)`` of a pipeline's components.
+
+    >>> sizes, total = component_sizes(pipe)
+    >>> sizes["unet"]["class"], total > 1_000_000
+    ('UNet2DConditionModel', True)
+    """
+    components, total_bytes = {}, 0
+    for name, component in sorted(pipeline_components(pipe).items()):
+        entry: dict[str, Any] = {"class": type(component).__name__}
+        if hasattr(component, "parameters") and callable(component.parameters):
+            parameters = list(component.parameters())
+            size = sum(parameter.numel() * parameter.element_size() for parameter in parameters)
+            entry.update(parameters=sum(parameter.numel() for parameter in parameters), megabytes=round(size / 1e6, 2))
+            total_bytes += size
+        components[name] = entry
+    return components, total_bytes
+
+
 def _config_dict(component) -> dict:
     config = getattr(component, "config", None)
     if config is None:
@@ -74,8 +93,8 @@ def weights_stamp(pipe) -> str:
     replaced (a LoRA fused, a component swapped, a dtype round trip) or modified in place, so a cached fingerprint
     is recomputed then; hashing every weight is what :func:`compute_fingerprint` does.
 
-    >>> from img2img_lab.testing.tiny_sd import make_tiny_pipeline
-    >>> pipe = make_tiny_pipeline()
+    >>> from img2img_lab.models.registry import tiny_pipeline
+    >>> pipe = tiny_pipeline("sd1")
     >>> before = weights_stamp(pipe)
     >>> pipe.unet.conv_in.bias.data.mul_(2)  # doctest: +ELLIPSIS
     tensor(...)
@@ -90,8 +109,8 @@ def component_stamps(pipe) -> dict[str, str]:
     shape, dtype and 8 evenly spaced values. A float16 VAE run in float32 and cast back (``force_upcast``) gets new
     storage, so only that component's stamp changes: the handle hashes the VAE's weights again, not the UNet's.
 
-    >>> from img2img_lab.testing.tiny_sd import make_tiny_pipeline
-    >>> pipe = make_tiny_pipeline()
+    >>> from img2img_lab.models.registry import tiny_pipeline
+    >>> pipe = tiny_pipeline("sd1")
     >>> before = component_stamps(pipe)
     >>> _ = pipe.vae.double().float()
     >>> sorted(name for name, stamp in component_stamps(pipe).items() if stamp != before[name])

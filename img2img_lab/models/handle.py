@@ -17,8 +17,8 @@ only where its own ``get_timesteps`` can be checked, else it is refused, as are 
 For inpainting on an img2img pipeline, :meth:`ModelHandle.for_mode` hands down diffusers' inpainting pipeline of
 the same components.
 
->>> from img2img_lab.testing.tiny_families import make_tiny_family
->>> model = as_model(make_tiny_family("sd3"))
+>>> from img2img_lab.models.registry import tiny_pipeline
+>>> model = as_model(tiny_pipeline("sd3"))
 >>> step = model.step_plan("default", 4, 0.3, width=32, height=32)
 >>> model.family.name, step.executed_steps, step.t_start   # SD arithmetic would say 1 step from index 3
 ('sd3', 2, 2)
@@ -26,27 +26,19 @@ the same components.
 
 from __future__ import annotations
 
-import math
-import sys
+import json
+from pathlib import Path
 from typing import Any
 
 from img2img_lab.errors import ModelError, PlanError
-
-from img2img_lab.models.families import FLOW, VP, Family, call_parameters, schedule_of  # noqa: F401 - VP/FLOW re-exported
-from img2img_lab.models.registry import FAMILIES, refusal
-
+from img2img_lab.models.families.base import Family, call_parameters
+from img2img_lab.models.registry import family_of, refusal
+from img2img_lab.models.step_plans import StepPlan, compute_step_plan
+from img2img_lab.plan.axes import AXES
 from img2img_lab.plan.conditions import MODES
-from img2img_lab.models.step_plans import StepPlan, noise_at_start, zero_step_plan  # noqa: F401 - re-exported
 
-
-def _retrieve_timesteps(pipe):
-    """The pipeline module's own ``retrieve_timesteps`` (each diffusers pipeline module carries a copy)."""
-    own = getattr(sys.modules.get(type(pipe).__module__), "retrieve_timesteps", None)
-    if own is not None:
-        return own
-    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
-
-    return retrieve_timesteps
+#: Guidance used when a model says nothing better (Stable Diffusion's customary value).
+DEFAULT_GUIDANCE = 7.5
 
 
 #: The attribute a pipeline carries its handle under (set once, by the handle itself).
@@ -63,8 +55,8 @@ class ModelHandle:
     (``pipe.img2img_lab_model``), so a caller who holds the pipeline and passes it back (``pipe=``) gets the same
     handle at the API's edge (:func:`as_model`); inside, the handle is handed down.
 
-    >>> from img2img_lab.testing.tiny_families import make_tiny_family
-    >>> model = as_model(make_tiny_family("flux-dev"))
+    >>> from img2img_lab.models.registry import tiny_pipeline
+    >>> model = as_model(tiny_pipeline("flux-dev"))
     >>> model.family.name, model.size_multiple(), model.native_resolution()
     ('flux', 4, 256)
     """
@@ -76,7 +68,7 @@ class ModelHandle:
         self.folder = folder
         self.base_scheduler_config = {**dict(pipe.scheduler.config), "_class_name": type(pipe.scheduler).__name__}
         self.refusal = refusal(pipe)  # why this pipeline cannot be swept (None: it can)
-        self.family: Family = FAMILIES.get(type(pipe).__name__, Family)(pipe)
+        self.family: Family = family_of(type(pipe).__name__)(pipe)
         self.parent: ModelHandle | None = None
         self._modes: dict[str, ModelHandle] = {}
         self._schedulers: dict[str, Any] = {}
@@ -112,27 +104,25 @@ class ModelHandle:
         return self.family.native_resolution()
 
     def call_arguments(self, cell, source, condition: dict | None = None) -> dict:
-        """The keyword arguments of the plain diffusers call that generates ``cell`` from ``source``.
+        """The keyword arguments of the plain diffusers call that generates ``cell`` from ``source``: each axis's
+        value under its pipeline argument (:attr:`~img2img_lab.plan.axes.Axis.call`) where ``__call__`` takes it and
+        the value is set, the guidance and negative prompt as the family passes them, the cell's generator, and the
+        height and width where the family takes them.
 
         ``condition`` holds the source's ``mask_image`` (inpainting: white is repainted) and ``control_image``
-        (ControlNet) where the cell needs them; the cell's ControlNet settings are passed where ``__call__`` takes
-        them.
+        (ControlNet) where the cell needs them.
 
         >>> model.pipe(**model.call_arguments(cell, source)).images[0].size
         (64, 64)
         """
-        arguments = {"image": source, "prompt": cell.prompt, "strength": cell.strength,
-                     "num_inference_steps": cell.num_inference_steps, "generator": cell_generator(cell.seed)}
-        arguments.update(self.family.call_extras(cell.guidance_scale, cell.negative_prompt))
         parameters = call_parameters(self.pipe)
-        for name, value in (condition or {}).items():
-            if name in parameters:
-                arguments[name] = value
-        for name, value in (("controlnet_conditioning_scale", cell.controlnet_conditioning_scale),
-                            ("control_guidance_start", cell.control_guidance_start),
-                            ("control_guidance_end", cell.control_guidance_end)):
-            if value is not None and name in parameters:
-                arguments[name] = value
+        arguments = {"image": source, "generator": cell_generator(cell.seed)}
+        for axis in AXES:
+            value = getattr(cell, axis.name)
+            if axis.call is not None and axis.call in parameters and value is not None:
+                arguments[axis.call] = value
+        arguments.update(self.family.call_extras(cell.guidance_scale, cell.negative_prompt))
+        arguments.update({name: value for name, value in (condition or {}).items() if name in parameters})
         arguments.update(self.family.size_arguments(source.width, source.height))
         return arguments
 
@@ -190,47 +180,13 @@ class ModelHandle:
     # ------------------------------------------------------------------ strength -> steps
     def step_plan(self, scheduler_name: str, num_inference_steps: int, strength: float, *, width: int,
                   height: int) -> StepPlan:
-        """What ``strength`` runs: the pipeline's own timestep preparation on a fresh copy of the scheduler.
-
-        Where no timestep is left (strength 0 on most schedulers; PNDM keeps one) the plan is zero-step: the
-        pipeline is never called. A strength the family cannot run (LCM below ``num_inference_steps /
-        original_inference_steps``; strength 0 there is zero-step) raises :class:`PlanError` naming the fix.
-        """
+        """What ``strength`` runs: the pipeline's own timestep preparation on a fresh copy of the scheduler
+        (:func:`~img2img_lab.models.step_plans.compute_step_plan`), computed once per setting."""
         key = (scheduler_name, int(num_inference_steps), float(strength), int(width), int(height))
         if key not in self._steps:
-            self._steps[key] = self._compute_step_plan(*key)
+            self._steps[key] = compute_step_plan(self.family, self.scheduler(scheduler_name), *key[1:],
+                                                 inpaints=self.inpaints)
         return self._steps[key]
-
-    def _compute_step_plan(self, scheduler_name, steps, strength, width, height) -> StepPlan:
-        family = self.family
-        base = self.scheduler(scheduler_name)
-        scheduler = type(base).from_config(base.config)
-        schedule = schedule_of(scheduler)
-        if schedule is None:
-            raise PlanError(f"scheduler {type(scheduler).__name__} has a noise formula img2img-lab does not know. "
-                            f"Fix: use a scheduler by name (ddim, euler, dpmpp_2m...).")
-        try:
-            arguments = family.timestep_arguments(scheduler, steps, strength, width, height)
-            timesteps, executed = _retrieve_timesteps(self.pipe)(scheduler, steps, "cpu", **arguments)
-            if family.applies_get_timesteps and hasattr(type(self.pipe), "get_timesteps"):
-                timesteps, executed = family.get_timesteps(scheduler, executed, strength)
-        except ValueError as error:
-            if strength == 0:  # e.g. LCM: no schedule at all; strength 0 means "keep the source"
-                return zero_step_plan(steps, strength, schedule)
-            raise PlanError(f"strength {strength:g} with {steps} steps cannot run on {family.label}: {error} "
-                            f"Fix: choose a higher strength or fewer steps.") from None
-        if len(timesteps) == 0 or (int(executed) < 1 and family.refuses_zero_steps()):
-            return zero_step_plan(steps, strength, schedule)
-        t_start = steps - int(executed) if family.applies_get_timesteps else 0
-        begin = getattr(scheduler, "begin_index", None)
-        begin = t_start * scheduler.order if begin is None else begin
-        noise = noise_at_start(scheduler, timesteps, begin, schedule)
-        if self.inpaints and strength == 1.0:  # diffusers' is_strength_max: the start latent is pure noise
-            noise = {**noise, "sigma": math.inf, "log_snr": -math.inf,
-                     "sqrt_alpha_bar": math.nan if schedule == FLOW else 0.0,
-                     "flow_sigma": 1.0 if schedule == FLOW else math.nan}
-        return StepPlan(steps, strength, int(executed), t_start, tuple(float(t) for t in timesteps), schedule,
-                        **noise)
 
     # ------------------------------------------------------------------ plans
     def check_plan(self, plan) -> list[str]:
@@ -268,7 +224,7 @@ class ModelHandle:
 
     def _family_notes(self) -> list[str]:
         if type(self.family) is Family:
-            return [f"{type(self.pipe).__name__} has no img2img-lab adapter; its steps were computed with the "
+            return [f"{type(self.pipe).__name__} has no img2img-lab family module; its steps were computed with the "
                     f"pipeline's own get_timesteps (checked on a copy of its scheduler)."]
         return []
 
@@ -290,11 +246,52 @@ class ModelHandle:
             self._stamps = stamps
         return self._fingerprint
 
-    def describe(self) -> dict:
-        """Family, sizes and default guidance (merged into :func:`img2img_lab.models.loading.describe_pipeline`)."""
+    def family_summary(self) -> dict:
+        """Family, sizes, default guidance and ignored arguments (the manifest's ``model_family``).
+
+        >>> model.family_summary()["family"], model.family_summary()["native_resolution"]
+        ('sd', 64)
+        """
         return {"family": self.family.name, "family_label": self.family.label, "sweepable": self.refusal or "yes",
                 "size_multiple": self.size_multiple(), "native_resolution": self.native_resolution(),
                 "default_guidance": self.default_guidance(), "ignored_arguments": self.family.ignored_arguments()}
+
+    def recommended_guidance(self) -> float:
+        """The guidance scale the model's own evaluation recommends, else its pipeline's default, else
+        :data:`DEFAULT_GUIDANCE`. A model folder may hold ``evaluation.json`` with ``recommended_guidance`` (the
+        embedded model's does: 2.0, measured by :mod:`img2img_lab.shapes.evaluate`); else the pipeline's ``__call__``
+        default (SDXL 5.0, SD3 7.0, FLUX.1 3.5, LCM 8.5).
+
+        >>> model.recommended_guidance()  # the embedded model
+        2.0
+        """
+        path = Path(self.folder) / "evaluation.json" if self.folder else None
+        if path is not None and path.is_file():
+            try:
+                return float(json.loads(path.read_text())["recommended_guidance"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        default = self.default_guidance()
+        return DEFAULT_GUIDANCE if default is None else default
+
+    def describe(self) -> dict:
+        """A summary: name, class, family and size rules, both guidance values (the pipeline's ``__call__`` default
+        and the recommended one sweeps use), components with parameter counts, scheduler, device, dtype and
+        fingerprint.
+
+        >>> summary = model.describe()
+        >>> summary["scheduler"], summary["default_guidance"], summary["recommended_guidance"], summary["size_multiple"]
+        ('DDIMScheduler', 7.5, 2.0, 4)
+        """
+        from img2img_lab.models.fingerprint import component_sizes
+
+        components, total_bytes = component_sizes(self.pipe)
+        return {"model": self.label, "pipeline_class": type(self.pipe).__name__, **self.family_summary(),
+                "recommended_guidance": self.recommended_guidance(), "components": components,
+                "megabytes": round(total_bytes / 1e6, 2), "scheduler": type(self.pipe.scheduler).__name__,
+                "device": str(getattr(self.pipe, "device", None)),
+                "dtype": str(getattr(self.pipe, "dtype", None)).replace("torch.", ""),
+                "fingerprint": self.fingerprint()["fingerprint"]}
 
 
 def cell_generator(seed: int):
@@ -312,8 +309,8 @@ def as_model(pipe_or_model) -> ModelHandle:
     """The :class:`ModelHandle` of a pipeline (the one :func:`~img2img_lab.models.loading.load_pipeline` made, else a
     new one); a handle is returned as is.
 
-    >>> from img2img_lab.testing.tiny_families import make_tiny_family
-    >>> pipe = make_tiny_family("lcm")
+    >>> from img2img_lab.models.registry import tiny_pipeline
+    >>> pipe = tiny_pipeline("lcm")
     >>> as_model(pipe) is as_model(pipe), as_model(pipe).family.name
     (True, 'lcm')
     """

@@ -27,7 +27,7 @@ CACHE_DIR_ENV = "IMG2IMG_LAB_CACHE_DIR"
 
 
 def describe_model(model=None, *, device: str | None = None, dtype: str | None = None, reload: bool = False) -> dict:
-    """:func:`~img2img_lab.models.loading.describe_pipeline` of a model plus its ``recommended_guidance``, read back
+    """:meth:`~img2img_lab.models.handle.ModelHandle.describe` of a model, read back
     when the model's files, the device and dtype asked for and the library versions are those it was made with.
 
     >>> describe_model(device="cpu")["family"]
@@ -42,10 +42,9 @@ def describe_model(model=None, *, device: str | None = None, dtype: str | None =
             return json.loads(path.read_text())
         except (OSError, ValueError):
             pass  # unreadable: described anew below
-    from img2img_lab.models.loading import describe_pipeline, load_pipeline, recommended_guidance
+    from img2img_lab.models.loading import load_model
 
-    pipe = load_pipeline(model, device=device, dtype=dtype)
-    info = {**describe_pipeline(pipe), "recommended_guidance": recommended_guidance(pipe)}
+    info = load_model(model, device=device, dtype=dtype).describe()
     if path is not None:
         try:
             atomic_write(path, lambda stream: stream.write(json.dumps(info, indent=1)), binary=False)

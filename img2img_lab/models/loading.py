@@ -1,7 +1,9 @@
-"""Load any diffusers img2img pipeline, pick device and dtype, swap schedulers, fingerprint the model.
+"""Load any diffusers img2img pipeline as a :class:`~img2img_lab.models.handle.ModelHandle`: decide what a model
+name means (the embedded model, a folder, a hub id; offline rules), pick device and dtype, import only the pipeline
+class the model names, set torch's threads. Everything else about a loaded model is asked of its handle.
 
->>> sd15 = load_pipeline("runwayml/stable-diffusion-v1-5", scheduler="euler")  # downloads 4 GB  # doctest: +SKIP
->>> describe_pipeline(pipe)["size_multiple"]  # the embedded model's VAE downsamples 4x
+>>> sd15 = load_model("runwayml/stable-diffusion-v1-5", scheduler="euler")  # downloads 4 GB  # doctest: +SKIP
+>>> load_model().size_multiple()  # the embedded model's VAE downsamples 4x
 4
 """
 
@@ -14,30 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from img2img_lab.errors import ModelError
-from img2img_lab.models.fingerprint import compute_fingerprint, pipeline_components  # noqa: F401 - re-exported
-from img2img_lab.schedulers import SCHEDULERS, SchedulerSpec, make_scheduler, scheduler_names  # noqa: F401
-from img2img_lab.resources import embedded_model_dir
+from img2img_lab.models.handle import ModelHandle
+from img2img_lab.models.registry import FAMILIES, IMG2IMG_PIPELINE_OF, NO_STRENGTH, REFUSED
 from img2img_lab.models.threads import apply_threads
+from img2img_lab.resources import embedded_model_dir
 
 #: Where the embedded default model lives (issue #4 trains and commits it).
 EMBEDDED_MODEL_DIR = embedded_model_dir()
 
 #: Environment variable that overrides the default model (hub id or folder).
 DEFAULT_MODEL_ENV = "IMG2IMG_LAB_MODEL"
-
-
-def set_scheduler(pipe, name: str | None):
-    """Swap a pipeline's scheduler by name (in place) and return the pipeline.
-
-    >>> type(set_scheduler(pipe, "dpmpp_2m").scheduler).__name__
-    'DPMSolverMultistepScheduler'
-    >>> type(set_scheduler(pipe, None).scheduler).__name__  # the model's own
-    'DDIMScheduler'
-    """
-    from img2img_lab.models.handle import as_model
-
-    as_model(pipe).use_scheduler("default" if name is None else str(name).lower())
-    return pipe
 
 
 def select_device(device: str | None = None, dtype: str | None = None):
@@ -137,23 +125,13 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | None]:
     return text, None
 
 
-def load_pipeline(
-    model: str | os.PathLike | None = None,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    scheduler: str | None = None,
-    variant: str | None = None,
-    threads: int | str | None = "auto",
-):
-    """Load an img2img pipeline (a plain diffusers pipeline): :func:`load_model`'s ``.pipe``; every function that
-    takes ``pipe=`` finds the handle it was loaded with (name, folder, thread choice) through
-    :func:`~img2img_lab.models.handle.as_model`.
+def load_pipeline(model: str | os.PathLike | None = None, **options):
+    """The diffusers pipeline of :func:`load_model` (``load_model(model, **options).pipe``).
 
     >>> type(load_pipeline()).__name__  # the embedded shapes-world model
     'StableDiffusionImg2ImgPipeline'
     """
-    return load_model(model, device=device, dtype=dtype, scheduler=scheduler, variant=variant, threads=threads).pipe
+    return load_model(model, **options).pipe
 
 
 def load_model(
@@ -202,8 +180,6 @@ def load_model(
         ) from error
     pipe = pipe.to(torch_device)
     pipe.set_progress_bar_config(disable=True)
-    from img2img_lab.models.handle import ModelHandle
-
     handle = ModelHandle(pipe, label=label, folder=str(folder) if folder else None,
                          threads_reason=_set_threads(pipe, threads))
     if scheduler is not None:
@@ -211,24 +187,10 @@ def load_model(
     return handle
 
 
-#: The img2img pipeline of each text-to-image pipeline a model may name, for the families this toolkit adapts
-#: (:mod:`img2img_lab.models.families`); diffusers' AutoPipelineForImage2Image holds the same pairs, and more.
-IMG2IMG_PIPELINE_OF = {
-    "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
-    "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
-    "StableDiffusion3Pipeline": "StableDiffusion3Img2ImgPipeline",
-    "FluxPipeline": "FluxImg2ImgPipeline",
-    "LatentConsistencyModelPipeline": "LatentConsistencyModelImg2ImgPipeline",
-    "ChromaPipeline": "ChromaImg2ImgPipeline",
-    "QwenImagePipeline": "QwenImageImg2ImgPipeline",
-    "ZImagePipeline": "ZImageImg2ImgPipeline",
-}
-
-
 def img2img_pipeline_class(label: str, folder: Path | None):
     """The img2img pipeline class for a model: the one its ``model_index.json`` names (``_class_name``: an img2img,
     inpainting or ControlNet pipeline, or one img2img-lab refuses by name; else that pipeline's img2img sibling from
-    :data:`IMG2IMG_PIPELINE_OF`), imported alone; else (another pipeline, or a hub
+    :data:`~img2img_lab.models.registry.IMG2IMG_PIPELINE_OF`), imported alone; else (another pipeline, or a hub
     model not downloaded yet) ``AutoPipelineForImage2Image``, whose import costs 1-2 s more (every ControlNet).
 
     >>> img2img_pipeline_class("embedded:shapes-world", EMBEDDED_MODEL_DIR).__name__
@@ -245,8 +207,6 @@ def img2img_pipeline_class(label: str, folder: Path | None):
         raise ModelError(f"{index}: _class_name is {json.dumps(named)[:120]}, not a pipeline class name (a list names "
                          f"a custom pipeline's code, which img2img-lab does not run). Fix: use a model whose "
                          f"model_index.json names a diffusers pipeline, e.g. \"StableDiffusionPipeline\".")
-    from img2img_lab.models.registry import FAMILIES, NO_STRENGTH, REFUSED
-
     known = isinstance(named, str) and (named.endswith("Img2ImgPipeline") or named in FAMILIES or named in NO_STRENGTH
                                         or named in REFUSED)  # an inpainting, ControlNet or reference pipeline
     name = named if known else IMG2IMG_PIPELINE_OF.get(named)
@@ -271,7 +231,7 @@ def cached_model_index(label: str) -> Path | None:
 
 
 def _set_threads(pipe, threads: int | str | None) -> str:
-    """Apply the ``threads`` choice of :func:`load_pipeline`; return why the count is what it is."""
+    """Apply the ``threads`` choice of :func:`load_model`; return why the count is what it is."""
     import torch
 
     if threads == "auto":
@@ -279,107 +239,4 @@ def _set_threads(pipe, threads: int | str | None) -> str:
     if threads is None:
         return "left as the caller set it (threads=None)"
     torch.set_num_threads(threads)
-    return f"threads={threads} given to load_pipeline"
-
-
-def model_label(pipe) -> str:
-    """The name a pipeline was loaded under (hub id, folder, or ``embedded:shapes-world``)."""
-    from img2img_lab.models.handle import as_model
-
-    return as_model(pipe).label
-
-
-#: Guidance used when a model says nothing better (Stable Diffusion's customary value).
-DEFAULT_GUIDANCE = 7.5
-
-
-def recommended_guidance(pipe) -> float:
-    """The guidance scale the model's own evaluation recommends, else its pipeline's default, else
-    :data:`DEFAULT_GUIDANCE`.
-
-    A model folder may hold ``evaluation.json`` with ``recommended_guidance`` (the embedded model's
-    does: 2.0, measured by :mod:`img2img_lab.shapes.evaluate`). Otherwise the pipeline's ``__call__`` default
-    is used (SDXL 5.0, SD3 7.0, FLUX.1 3.5, LCM 8.5).
-
-    >>> recommended_guidance(pipe)  # the embedded model
-    2.0
-    """
-    from img2img_lab.models.handle import as_model
-
-    model = as_model(pipe)
-    folder = model.folder
-    if folder:
-        path = Path(folder) / "evaluation.json"
-        if path.is_file():
-            try:
-                return float(json.loads(path.read_text())["recommended_guidance"])
-            except (ValueError, KeyError, TypeError):
-                pass
-    default = model.default_guidance()
-    return DEFAULT_GUIDANCE if default is None else default
-
-
-def size_multiple(pipe) -> int:
-    """Each image side must be a multiple of this: the VAE factor, times the patch size (SD3) or the 2x2
-    latent packing (FLUX.1). See :class:`img2img_lab.models.handle.Family`.
-
-    >>> size_multiple(pipe)  # 8 for Stable Diffusion, 16 for SD3 and FLUX.1, 4 for the embedded model
-    4
-    """
-    from img2img_lab.models.handle import as_model
-
-    return as_model(pipe).size_multiple()
-
-
-def native_resolution(pipe) -> int | None:
-    """The side length the model was trained at (UNet or transformer sample size x VAE factor), if known."""
-    from img2img_lab.models.handle import as_model
-
-    return as_model(pipe).native_resolution()
-
-
-def model_fingerprint(pipe, *, refresh: bool = False) -> dict:
-    """Fingerprint a loaded pipeline: hashes of every component's config and weights (cached on its handle).
-
-    >>> len(model_fingerprint(pipe)["fingerprint"])
-    64
-    """
-    from img2img_lab.models.handle import as_model
-
-    return as_model(pipe).fingerprint(refresh=refresh)
-
-
-def describe_pipeline(pipe) -> dict:
-    """A summary of a loaded pipeline: components, parameter counts, sizes, scheduler, size rules, and both
-    guidance values: the pipeline's ``__call__`` default and the one its model card recommends (sweeps use that).
-
-    >>> summary = describe_pipeline(pipe)
-    >>> summary["scheduler"], summary["default_guidance"], summary["recommended_guidance"]
-    ('DDIMScheduler', 7.5, 2.0)
-    """
-    components = {}
-    total_bytes = 0
-    for name, component in sorted(pipeline_components(pipe).items()):
-        entry: dict[str, Any] = {"class": type(component).__name__}
-        if hasattr(component, "parameters") and callable(component.parameters):
-            params = list(component.parameters())
-            entry["parameters"] = sum(p.numel() for p in params)
-            entry["megabytes"] = round(sum(p.numel() * p.element_size() for p in params) / 1e6, 2)
-            total_bytes += sum(p.numel() * p.element_size() for p in params)
-        components[name] = entry
-    from img2img_lab.models.handle import as_model
-
-    device = getattr(pipe, "device", None)
-    dtype = getattr(pipe, "dtype", None)
-    return {
-        "model": model_label(pipe),
-        "pipeline_class": type(pipe).__name__,
-        **as_model(pipe).describe(),
-        "recommended_guidance": recommended_guidance(pipe),  # what a sweep uses by default (the model card's)
-        "components": components,
-        "megabytes": round(total_bytes / 1e6, 2),
-        "scheduler": type(pipe.scheduler).__name__,
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
-        "fingerprint": model_fingerprint(pipe)["fingerprint"],
-    }
+    return f"threads={threads} given to load_model"

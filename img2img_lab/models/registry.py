@@ -1,12 +1,13 @@
-"""Which adapter runs which diffusers pipeline class, which classes are refused and why, and the never-guess check.
+"""Which family module runs which diffusers pipeline class, which classes are refused and why, and the never-guess
+check: every table here is built from the family modules (:mod:`img2img_lab.models.families`).
 
 Every class of diffusers' ``AUTO_IMAGE2IMAGE_PIPELINES_MAPPING`` (26) and ``AUTO_INPAINT_PIPELINES_MAPPING`` (19),
-and the other ``*Img2Img*`` / ``*Inpaint*`` classes people load (Chroma, PAG, ControlNet), is named here: in
-:data:`FAMILIES` (an adapter of :mod:`img2img_lab.models.families` by its timestep rule), in :data:`NO_STRENGTH` (its
-``__call__`` has no strength: the image is a reference or a condition), or in :data:`REFUSED` (a strength dial
-img2img-lab cannot record truthfully, with the reason). A class named nowhere runs only when
-:func:`adapter_for` can check it: ``strength`` in its ``__call__``, a ``get_timesteps`` that runs on a copy of
-the scheduler, and a scheduler whose noise formula is known; otherwise one line says what is missing.
+and the other image-conditioned classes people load (Chroma, PAG, ControlNet), is named by exactly one family
+module: as a class it runs (:data:`FAMILIES`), as one with no strength (:data:`NO_STRENGTH`: the image is a
+reference or a condition), or as one whose strength img2img-lab cannot record truthfully (:data:`REFUSED`). A class
+named nowhere runs only when :func:`refusal` can check it: ``strength`` in its ``__call__``, a ``get_timesteps`` that
+runs on a copy of the scheduler, and a scheduler whose noise formula is known; otherwise one line says what is
+missing.
 
 >>> FAMILIES["ChromaImg2ImgPipeline"].name, FAMILIES["QwenImageInpaintPipeline"].name
 ('chroma', 'qwenimage')
@@ -17,70 +18,55 @@ edits from a reference image and always starts from noise: it has no strength di
 from __future__ import annotations
 
 from img2img_lab.errors import ModelError
-from img2img_lab.models.families import (ChromaFamily, Family, FluxFamily, LCMFamily, QwenImageFamily, SD3Family,
-                                  SDXLFamily, StableDiffusionFamily, ZImageFamily, call_parameters, schedule_of)
+from img2img_lab.models.families.base import Family, call_parameters, schedule_of
+from img2img_lab.models.families.chroma import ChromaFamily
+from img2img_lab.models.families.deepfloyd_if import DeepFloydIFFamily
+from img2img_lab.models.families.flux import FluxFamily
+from img2img_lab.models.families.flux2 import Flux2Family
+from img2img_lab.models.families.kandinsky import KandinskyFamily
+from img2img_lab.models.families.lcm import LCMFamily
+from img2img_lab.models.families.qwenimage import QwenImageFamily
+from img2img_lab.models.families.sana import SanaFamily
+from img2img_lab.models.families.sd3 import SD3Family
+from img2img_lab.models.families.sdxl import SDXLFamily
+from img2img_lab.models.families.stable_diffusion import StableDiffusionFamily
+from img2img_lab.models.families.z_image import ZImageFamily
 
-_SD = ("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionPAGImg2ImgPipeline",
-       "StableDiffusionPAGInpaintPipeline", "StableDiffusionControlNetImg2ImgPipeline",
-       "StableDiffusionControlNetInpaintPipeline", "StableDiffusionControlNetPAGInpaintPipeline",
-       "AltDiffusionImg2ImgPipeline")
-_SDXL = ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusionXLPAGImg2ImgPipeline",
-         "StableDiffusionXLPAGInpaintPipeline", "StableDiffusionXLControlNetImg2ImgPipeline",
-         "StableDiffusionXLControlNetInpaintPipeline", "StableDiffusionXLControlNetPAGImg2ImgPipeline")
-_SD3 = ("StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline", "StableDiffusion3PAGImg2ImgPipeline")
-_FLUX = ("FluxImg2ImgPipeline", "FluxInpaintPipeline", "FluxControlImg2ImgPipeline", "FluxControlInpaintPipeline",
-         "FluxControlNetImg2ImgPipeline", "FluxControlNetInpaintPipeline")
+#: Every family, in the order they are listed (one class per module of :mod:`img2img_lab.models.families`).
+FAMILY_CLASSES: tuple[type[Family], ...] = (
+    StableDiffusionFamily, SDXLFamily, SD3Family, FluxFamily, ChromaFamily, QwenImageFamily, ZImageFamily, LCMFamily,
+    Flux2Family, KandinskyFamily, DeepFloydIFFamily, SanaFamily)
 
-#: diffusers pipeline class name -> its adapter (by timestep rule).
-FAMILIES: dict[str, type[Family]] = {
-    **dict.fromkeys(_SD, StableDiffusionFamily), **dict.fromkeys(_SDXL, SDXLFamily), **dict.fromkeys(_SD3, SD3Family),
-    **dict.fromkeys(_FLUX, FluxFamily),
-    "ChromaImg2ImgPipeline": ChromaFamily, "ChromaInpaintPipeline": ChromaFamily,
-    "QwenImageImg2ImgPipeline": QwenImageFamily, "QwenImageInpaintPipeline": QwenImageFamily,
-    "QwenImageEditInpaintPipeline": QwenImageFamily,
-    "ZImageImg2ImgPipeline": ZImageFamily, "ZImageInpaintPipeline": ZImageFamily,
-    "LatentConsistencyModelImg2ImgPipeline": LCMFamily,
-}
-
-_REFERENCE = "edits from a reference image and always starts from noise: it has no strength dial"
+#: diffusers pipeline class name -> the family that runs it.
+FAMILIES: dict[str, type[Family]] = {name: family for family in FAMILY_CLASSES
+                                     for names in family.pipelines.values() for name in names}
 #: Classes whose ``__call__`` has no strength, and what they do instead.
-NO_STRENGTH: dict[str, str] = {
-    "FluxKontextPipeline": _REFERENCE, "FluxKontextInpaintPipeline": _REFERENCE, "Flux2Pipeline": _REFERENCE,
-    "Flux2KleinPipeline": _REFERENCE, "QwenImageEditPipeline": _REFERENCE, "QwenImageEditPlusPipeline": _REFERENCE,
-    "QwenImageLayeredPipeline": "splits an image into layers from noise: it has no strength dial",
-    "StableDiffusion3ControlNetInpaintingPipeline": "inpaints through a ControlNet from pure noise: it has no "
-                                                    "strength dial",
-    "KandinskyInpaintCombinedPipeline": "inpaints from pure noise with a prior: it has no strength dial",
-    "KandinskyV22InpaintCombinedPipeline": "inpaints from pure noise with a prior: it has no strength dial",
-    "KandinskyV22InpaintPipeline": "inpaints from pure noise: it has no strength dial",
-    "StableUnCLIPImg2ImgPipeline": "makes variations from an image embedding, starting from noise: it has no "
-                                   "strength dial",
-}
-
+NO_STRENGTH: dict[str, str] = {name: why for family in FAMILY_CLASSES for name, why in family.no_strength.items()}
 #: Classes with a strength that img2img-lab cannot record truthfully, and why.
-REFUSED: dict[str, str] = {
-    "IFImg2ImgPipeline": "is a pixel-space cascade (stage I at 64 px, no VAE): img2img-lab's VAE floor and start-noise "
-                         "records assume a latent pipeline",
-    "IFInpaintingPipeline": "is a pixel-space cascade (stage I at 64 px, no VAE): img2img-lab's VAE floor and "
-                            "start-noise records assume a latent pipeline",
-    "KandinskyImg2ImgCombinedPipeline": "runs a prior first and decodes with MoVQ, not a VAE: not supported",
-    "KandinskyV22Img2ImgCombinedPipeline": "runs a prior first and decodes with MoVQ, not a VAE: not supported",
-    "Kandinsky3Img2ImgPipeline": "decodes with MoVQ, not a VAE, and slices its timesteps without the scheduler's "
-                                 "order: not supported",
-    "StableDiffusionXLControlNetUnionImg2ImgPipeline": "needs a control_mode per control image (which kind of map "
-                                                       "it is), which img2img-lab does not sweep yet",
-    "StableDiffusionXLControlNetUnionInpaintPipeline": "needs a control_mode per control image (which kind of map "
-                                                       "it is), which img2img-lab does not sweep yet",
-    "SanaSprintImg2ImgPipeline": "runs the SCM scheduler (max_timesteps, intermediate_timesteps), whose strength rule "
-                                 "img2img-lab does not implement",
-}
+REFUSED: dict[str, str] = {name: why for family in FAMILY_CLASSES for name, why in family.refused.items()}
+#: The class a model folder's ``_class_name`` is swept as (a text-to-image pipeline -> its img2img sibling).
+IMG2IMG_PIPELINE_OF: dict[str, str] = {named: swept for family in FAMILY_CLASSES
+                                       for named, swept in family.text_to_image.items()}
+#: Tiny random pipelines (tests, benchmarks): name -> builder, from every family module.
+TINY_PIPELINES: dict = {name: builder for family in FAMILY_CLASSES for name, builder in family.tiny_pipelines.items()}
+#: Bundled scheduler configs (``data/schedulers/<name>.json``), in family order.
+BUNDLED_SCHEDULERS: tuple[str, ...] = tuple(name for family in FAMILY_CLASSES for name in family.scheduler_configs)
+
+
+def family_of(class_name: str) -> type[Family]:
+    """The family that runs ``class_name`` (the generic :class:`Family`, checked never guessed, for a class no module
+    names).
+
+    >>> family_of("StableDiffusionXLInpaintPipeline").label, family_of("SomethingNew").name
+    ('Stable Diffusion XL (also Turbo)', 'generic')
+    """
+    return FAMILIES.get(class_name, Family)
 
 
 def refusal(pipe) -> str | None:
-    """Why img2img-lab cannot sweep this pipeline's strength (one sentence naming the class), or ``None``.
+    """Why img2img-lab cannot sweep this pipeline's strength (one sentence naming the class and the fix), or ``None``.
 
-    >>> from img2img_lab.testing.tiny_families import make_tiny_family
-    >>> refusal(make_tiny_family("sd1")) is None
+    >>> refusal(pipe) is None
     True
     """
     name = type(pipe).__name__
@@ -92,12 +78,13 @@ def refusal(pipe) -> str | None:
         return (f"{name} carries a union ControlNet, which needs a control_mode per control image; img2img-lab does "
                 f"not sweep it yet. Fix: load a single-mode ControlNet (e.g. a Canny one).")
     if name in REFUSED:
-        return f"{name} {REFUSED[name]}. Fix: use an img2img or inpainting pipeline of SD, SDXL, SD3, FLUX.1, Chroma, Qwen-Image, Z-Image or LCM."
+        swept = ", ".join(family.label for family in FAMILY_CLASSES if family.pipelines)
+        return f"{name} {REFUSED[name]}. Fix: use an img2img or inpainting pipeline of {swept}."
     if name not in FAMILIES:
         missing = _unchecked(pipe)
         if missing:
             return (f"{name} is not a pipeline img2img-lab knows and it cannot check it: {missing}. Fix: use a known "
-                    f"img2img or inpainting pipeline, or ask for an adapter.")
+                    f"img2img or inpainting pipeline, or ask for a family module.")
     if schedule_of(pipe.scheduler) is None:
         return (f"{name}'s scheduler {type(pipe.scheduler).__name__} has a noise formula img2img-lab does not know "
                 f"(it records the start noise). Fix: use a diffusers scheduler by name (--scheduler ddim, euler...).")
@@ -118,32 +105,44 @@ def _unchecked(pipe) -> str | None:
     return None
 
 
-def adapter_for(pipe) -> Family:
-    """The adapter of ``pipe`` (:class:`~img2img_lab.models.families.Family` itself for a class only checked, never
-    guessed); raises :class:`ModelError` for a refused class (see :func:`refusal`)."""
-    reason = refusal(pipe)
-    if reason is not None:
-        raise ModelError(reason)
-    return FAMILIES.get(type(pipe).__name__, Family)(pipe)
-
-
 def support_table() -> list[dict]:
-    """Every class of diffusers' two auto mappings: ``{"mapping", "key", "class", "status", "why"}``.
+    """Every class of diffusers' two auto mappings: ``{"mapping", "key", "class", "family", "status", "why"}``.
 
     >>> rows = support_table()
     >>> len(rows), sorted({row["status"] for row in rows})
-    (45, ['refused', 'supported'])
+    (45, ['no strength', 'refused', 'supported'])
     """
-    import img2img_lab  # noqa: F401 - torchvision shim first
     from diffusers.pipelines.auto_pipeline import AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, AUTO_INPAINT_PIPELINES_MAPPING
 
+    owner = {name: family for family in FAMILY_CLASSES for name in family.class_names()}
     rows = []
     for mapping, table in (("img2img", AUTO_IMAGE2IMAGE_PIPELINES_MAPPING), ("inpaint", AUTO_INPAINT_PIPELINES_MAPPING)):
         for key, cls in table.items():
             name = cls.__name__
+            family = owner.get(name)
             if name in FAMILIES:
-                status, why = "supported", f"{FAMILIES[name].name} rule"
+                status, why = "supported", f"{family.name} rule ({family.task_of(name)})"
+            elif name in NO_STRENGTH:
+                status, why = "no strength", NO_STRENGTH[name]
             else:
-                status, why = "refused", NO_STRENGTH.get(name) or REFUSED.get(name) or "no adapter"
-            rows.append({"mapping": mapping, "key": key, "class": name, "status": status, "why": why})
+                status, why = "refused", REFUSED.get(name, "no family module names it")
+            rows.append({"mapping": mapping, "key": key, "class": name, "family": family.name if family else None,
+                         "status": status, "why": why})
     return rows
+
+
+def tiny_pipeline(name: str, *, seed: int = 0):
+    """A random-weight pipeline of the family modules' :data:`TINY_PIPELINES` (CPU, fp32, progress bar off), for tests
+    and benchmarks; never a model (:mod:`img2img_lab.testing` is its public face).
+
+    >>> type(tiny_pipeline("sd3")).__name__
+    'StableDiffusion3Img2ImgPipeline'
+    """
+    import torch
+
+    if name not in TINY_PIPELINES:
+        raise ModelError(f"unknown tiny pipeline {name!r}. Fix: use one of {', '.join(TINY_PIPELINES)}.")
+    torch.manual_seed(seed)
+    pipe = TINY_PIPELINES[name]()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

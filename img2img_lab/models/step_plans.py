@@ -1,6 +1,7 @@
-"""What one strength runs: :class:`StepPlan` (steps, timesteps and the start latent's noise) and how the noise of
-the start latent is read from the scheduler (:func:`noise_at_start`). :meth:`img2img_lab.models.handle.ModelHandle.step_plan`
-makes them by running the pipeline's own timestep preparation.
+"""What one strength runs: :class:`StepPlan` (steps, timesteps and the start latent's noise), made by running the
+pipeline's own timestep preparation on a copy of the scheduler (:func:`compute_step_plan`, which
+:meth:`img2img_lab.models.handle.ModelHandle.step_plan` caches), and how the noise of the start latent is read from
+the scheduler (:func:`noise_at_start`).
 
 >>> zero_step_plan(20, 0.0).zero_step
 True
@@ -9,9 +10,11 @@ True
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
-from img2img_lab.models.families import FLOW, VP
+from img2img_lab.errors import PlanError
+from img2img_lab.models.families.base import FLOW, VP, schedule_of
 
 
 @dataclass(frozen=True)
@@ -94,3 +97,53 @@ def noise_at_start(scheduler, timesteps, begin_index: int, schedule: str) -> dic
     return {"start_timestep": start, "sigma": sigma, "sqrt_alpha_bar": math.sqrt(alpha_bar),
             "log_snr": math.log(alpha_bar / (1.0 - alpha_bar)) if alpha_bar < 1.0 else math.inf,
             "flow_sigma": math.nan}
+
+
+def _retrieve_timesteps(pipe):
+    """The pipeline module's own ``retrieve_timesteps`` (each diffusers pipeline module carries a copy)."""
+    own = getattr(sys.modules.get(type(pipe).__module__), "retrieve_timesteps", None)
+    if own is not None:
+        return own
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
+
+    return retrieve_timesteps
+
+
+def compute_step_plan(family, base_scheduler, steps: int, strength: float, width: int, height: int, *,
+                      inpaints: bool) -> StepPlan:
+    """What ``strength`` runs on the family's pipeline: its ``retrieve_timesteps`` with the family's arguments, then
+    its ``get_timesteps``, on a fresh copy of ``base_scheduler``.
+
+    Where no timestep is left (strength 0 on most schedulers; PNDM keeps one) the plan is zero-step. A strength the
+    family cannot run (LCM below ``num_inference_steps / original_inference_steps``; strength 0 there is zero-step)
+    raises :class:`PlanError` naming the fix. An inpainting pipeline at strength 1 starts from pure noise.
+
+    >>> compute_step_plan(model.family, model.scheduler("default"), 10, 0.5, 64, 64, inpaints=False).executed_steps
+    5
+    """
+    scheduler = type(base_scheduler).from_config(base_scheduler.config)
+    schedule = schedule_of(scheduler)
+    if schedule is None:
+        raise PlanError(f"scheduler {type(scheduler).__name__} has a noise formula img2img-lab does not know. "
+                        f"Fix: use a scheduler by name (ddim, euler, dpmpp_2m...).")
+    try:
+        arguments = family.timestep_arguments(scheduler, steps, strength, width, height)
+        timesteps, executed = _retrieve_timesteps(family.pipe)(scheduler, steps, "cpu", **arguments)
+        if family.applies_get_timesteps and hasattr(type(family.pipe), "get_timesteps"):
+            timesteps, executed = family.get_timesteps(scheduler, executed, strength)
+    except ValueError as error:
+        if strength == 0:  # e.g. LCM: no schedule at all; strength 0 means "keep the source"
+            return zero_step_plan(steps, strength, schedule)
+        raise PlanError(f"strength {strength:g} with {steps} steps cannot run on {family.label}: {error} "
+                        f"Fix: choose a higher strength or fewer steps.") from None
+    if len(timesteps) == 0 or (int(executed) < 1 and family.refuses_zero_steps()):
+        return zero_step_plan(steps, strength, schedule)
+    t_start = steps - int(executed) if family.applies_get_timesteps else 0
+    begin = getattr(scheduler, "begin_index", None)
+    begin = t_start * scheduler.order if begin is None else begin
+    noise = noise_at_start(scheduler, timesteps, begin, schedule)
+    if inpaints and strength == 1.0:  # diffusers' is_strength_max: the start latent is pure noise
+        noise = {**noise, "sigma": math.inf, "log_snr": -math.inf,
+                 "sqrt_alpha_bar": math.nan if schedule == FLOW else 0.0,
+                 "flow_sigma": 1.0 if schedule == FLOW else math.nan}
+    return StepPlan(steps, strength, int(executed), t_start, tuple(float(t) for t in timesteps), schedule, **noise)

@@ -12,43 +12,35 @@ A config may add::
       guidance_starts: [0.0]            # control_guidance_start axis (optional)
       guidance_ends: [1.0]              # control_guidance_end axis (optional)
 
->>> modes, inpaint, control = check_conditions(["img2img", "inpaint"], None, {"image": "canny"})
->>> inpaint, control["image"]
-({'mask': 'auto', 'repaint': 'background'}, 'canny')
->>> control_settings({"image": "canny", "conditioning_scales": [0.5, 1.0]})[1]
-{'controlnet_conditioning_scale': 1.0, 'control_guidance_start': None, 'control_guidance_end': None}
+The modes and the three ControlNet lists are axes (:data:`img2img_lab.plan.axes.AXES`); this module checks the rest.
+
+>>> inpaint, control = check_conditions(["img2img", "inpaint"], None, {"image": "canny", "conditioning_scales": [1]})
+>>> inpaint, control
+({'mask': 'auto', 'repaint': 'background'}, {'image': 'canny', 'conditioning_scales': [1.0]})
 """
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 from img2img_lab.errors import PlanError
+from img2img_lab.plan.axes import section_axes
 from img2img_lab.plan.values import as_list, check_unique, shown
 
 MODES = ("img2img", "inpaint")
 MASK_SOURCES = ("auto", "oracle")
 REPAINT = ("background", "subject")
-CONTROL_AXES = {"conditioning_scales": "controlnet_conditioning_scale", "guidance_starts": "control_guidance_start",
-                "guidance_ends": "control_guidance_end"}
 
 
-def check_conditions(modes, inpaint, control) -> tuple[list[str], dict | None, dict | None]:
-    """Checked ``(modes, inpaint, control)``; inpainting settings get their defaults where ``inpaint`` is a mode."""
-    modes = as_list(modes, "modes")
-    if not modes:
-        raise PlanError("the plan's 'modes' list is empty. Fix: list img2img, inpaint or both.")
-    for mode in modes:
-        if mode not in MODES:
-            raise PlanError(f"unknown mode {shown(mode)}. Fix: use {' or '.join(MODES)}.")
-    check_unique(modes, "modes")
+def check_conditions(modes: list[str], inpaint, control) -> tuple[dict | None, dict | None]:
+    """Checked ``(inpaint, control)`` for the plan's (checked) ``modes``; inpainting settings get their defaults
+    where ``inpaint`` is a mode."""
     if inpaint is not None and "inpaint" not in modes:
         raise PlanError("the config gives inpaint settings but no 'inpaint' mode. Fix: add modes: [inpaint] (or "
                         "[img2img, inpaint]).")
     if "inpaint" in modes:
         inpaint = _check_inpaint(inpaint or {})
-    return list(modes), inpaint, (None if control is None else _check_control(control))
+    return inpaint, (None if control is None else _check_control(control))
 
 
 def _check_inpaint(settings) -> dict:
@@ -68,19 +60,16 @@ def _check_control(settings) -> dict:
     if not isinstance(settings, dict) or "image" not in settings:
         raise PlanError(f"control must be a mapping with an 'image' (canny, a folder or {{source name: file}}), got "
                         f"{shown(settings)}. Fix: e.g. control: {{image: canny}}.")
-    unknown = set(settings) - {"image", *CONTROL_AXES}
+    axes = section_axes("control")
+    unknown = set(settings) - {"image", *axes}
     if unknown:
-        raise PlanError(f"unknown control setting {shown(sorted(unknown)[0])}. Fix: use image, "
-                        f"{', '.join(CONTROL_AXES)}.")
+        raise PlanError(f"unknown control setting {shown(sorted(unknown)[0])}. Fix: use image, {', '.join(axes)}.")
     checked = {"image": _check_image_source(settings["image"], "control image", ("canny",))}
-    for axis in CONTROL_AXES:
-        if axis in settings:
-            values = as_list(settings[axis], axis)
-            for value in values:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
-                    raise PlanError(f"control {axis} value {shown(value)} must be a number in [0, 10].")
-            check_unique(values, axis)
-            checked[axis] = [float(value) for value in values]
+    for plural, axis in axes.items():
+        if plural in settings:
+            values = [axis.check(value) for value in as_list(settings[plural], plural)]
+            check_unique(values, plural)
+            checked[plural] = values
     return checked
 
 
@@ -108,11 +97,3 @@ def resolve_paths(settings: dict | None, key: str, names: tuple[str, ...], base_
     if isinstance(value, dict):
         return {**settings, key: {name: resolved(path) for name, path in value.items()}}
     return {**settings, key: value if value in names else resolved(value)}
-
-
-def control_settings(control: dict | None) -> list[dict]:
-    """The ControlNet settings a plan's cells take: the product of the control axes (``[{}]`` without control)."""
-    if control is None:
-        return [{}]
-    axes = [[(CONTROL_AXES[axis], value) for value in control.get(axis, [None])] for axis in CONTROL_AXES]
-    return [dict(choice) for choice in itertools.product(*axes)]

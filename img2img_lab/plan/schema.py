@@ -1,8 +1,10 @@
-"""A cell's identity and the results table's columns, in one place.
+"""A cell's identity and the results table's columns, in one place; the axes' part of each is derived from the axis
+table (:data:`img2img_lab.plan.axes.AXES`).
 
 * :data:`COLUMNS`: every column of ``results.parquet``, in order, as four groups: the cell's **parameters**
-  (:data:`PARAMETER_COLUMNS`), what its strength **runs** (:data:`STEP_COLUMNS`), the **output**
-  (:data:`OUTPUT_COLUMNS`) and its **provenance** (:data:`PROVENANCE_COLUMNS`); metric columns follow.
+  (:data:`PARAMETER_COLUMNS`: each axis's columns, in the table's order), what its strength **runs**
+  (:data:`STEP_COLUMNS`), the **output** (:data:`OUTPUT_COLUMNS`) and its **provenance** (:data:`PROVENANCE_COLUMNS`);
+  metric columns follow.
 * :func:`cell_key`: the content key of a cell (what identifies a request); :func:`cell_parameters` turns a
   :class:`~img2img_lab.plan.sweep_plan.Cell` into its parameter columns and :func:`cell_from_row` turns a row back.
 * :data:`SETTING_COLUMNS`: what a strength curve shares (everything but strength and seed); :func:`row_group`:
@@ -23,11 +25,12 @@ import math
 from enum import Enum
 from pathlib import Path
 
+from img2img_lab.plan.axes import AXES, key_payload, names_with_role
 from img2img_lab.plan.sweep_plan import Cell
 
-PARAMETER_COLUMNS = ("source", "source_name", "source_hash", "prompt", "negative_prompt", "strength", "seed",
-                     "guidance_scale", "num_inference_steps", "scheduler", "mode", "repaint", "mask_hash",
-                     "control_hash", "controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")
+#: Each axis's columns, in the axis table's order (the image's are its path, name and content hash; the mode's add the
+#: inpainting mask's region and hash, the ControlNet scale's the control image's hash).
+PARAMETER_COLUMNS = tuple(column for axis in AXES for column in axis.table_columns)
 #: What a strength means in a cell's mode: ``start_from`` ("noised source", "pure noise" — inpainting at strength 1 —
 #: or "source": no step) and ``inpaint_method`` ("latent blend" / "masked-image channels"; None for img2img).
 STEP_COLUMNS = ("width", "height", "executed_steps", "t_start", "unet_evaluations", "start_timestep",
@@ -41,16 +44,19 @@ COLUMNS = ["cell_key", *PARAMETER_COLUMNS, *STEP_COLUMNS, *OUTPUT_COLUMNS, *PROV
 #: Columns rows written by earlier versions hold that say nothing new (``init_steps`` always equalled
 #: ``executed_steps``); tables read from a run folder leave them out.
 LEGACY_COLUMNS = ("init_steps",)
+#: A calibration's experimental unit: one (source, prompt, negative prompt) pair, resampled as a whole (the ``unit``
+#: axes, the image by its content hash).
+UNIT_COLUMNS = ("source_hash", *names_with_role("unit")[1:])
+#: What a calibration decides separately: one strength reference table per guidance, steps and scheduler (the
+#: ``condition`` axes).
+CONDITION_COLUMNS = names_with_role("condition")
 #: What one strength curve shares: a source, the prompts, the guidance, the steps and the scheduler.
-SETTING_COLUMNS = ("source_hash", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler")
-#: A calibration's experimental unit: one (source, prompt, negative prompt) pair, resampled as a whole.
-UNIT_COLUMNS = SETTING_COLUMNS[:3]
+SETTING_COLUMNS = (*UNIT_COLUMNS, *CONDITION_COLUMNS)
 #: The same, as people read it (the source's name instead of its hash): a report's or explorer's grid families.
 SETTING_LABEL_COLUMNS = ("source_name", *SETTING_COLUMNS[1:])
-#: What a calibration decides separately: one strength reference table per guidance, steps and scheduler.
-CONDITION_COLUMNS = SETTING_COLUMNS[3:]
 #: The axes a study varies, as grids, curves and the CLI's ``--rows/--cols/--hue`` name them.
-AXIS_COLUMNS = ("model", "mode", *SETTING_LABEL_COLUMNS, "seed", "strength")
+AXIS_COLUMNS = ("model", *names_with_role("mode"), *SETTING_LABEL_COLUMNS, *names_with_role("replicate"),
+                *names_with_role("dial"))
 
 
 class Produced(str, Enum):
@@ -84,37 +90,31 @@ def cell_parameters(cell: Cell, source_hash: str, condition: dict | None = None)
     """A cell's parameter columns (:data:`PARAMETER_COLUMNS`); ``condition``: its source's ``repaint``,
     ``mask_hash`` and ``control_hash`` (:meth:`img2img_lab.sweep.conditions.SourceCondition.columns`).
 
-    >>> cell_parameters(Cell("src/cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False), "h")["source_name"]
+    >>> cell = Cell(image="src/cat.png", image_index=0, prompt="a cat", negative_prompt="", strength=0.3, seed=1,
+    ...             guidance_scale=7.5, num_inference_steps=20, scheduler="ddim", executed_steps=6, t_start=14,
+    ...             zero_step=False)
+    >>> cell_parameters(cell, "h")["source_name"]
     'cat'
     """
-    return {"source": cell.image, "source_name": Path(cell.image).stem, "source_hash": source_hash,
-            "prompt": cell.prompt, "negative_prompt": cell.negative_prompt, "strength": cell.strength,
-            "seed": cell.seed, "guidance_scale": cell.guidance_scale,
-            "num_inference_steps": cell.num_inference_steps, "scheduler": cell.scheduler, "mode": cell.mode,
-            "repaint": None, "mask_hash": None, "control_hash": None, **(condition or {}),
-            "controlnet_conditioning_scale": cell.controlnet_conditioning_scale,
-            "control_guidance_start": cell.control_guidance_start, "control_guidance_end": cell.control_guidance_end}
+    derived = {"source": cell.image, "source_name": Path(cell.image).stem, "source_hash": source_hash,
+               "repaint": None, "mask_hash": None, "control_hash": None, **(condition or {})}
+    return {column: derived[column] if column in derived else getattr(cell, column) for column in PARAMETER_COLUMNS}
 
 
 def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
-    """The cell a row records (its steps from the model: ``steps_of``, see :func:`img2img_lab.sweep.run.source_steps`).
+    """The cell a row records (its steps from the model: ``steps_of``, see :func:`img2img_lab.sweep.run.source_steps`);
+    an axis a row of an earlier version lacks takes its baseline.
 
-    >>> from img2img_lab.plan.sweep_plan import _stable_diffusion_steps
+    >>> from img2img_lab.plan.sweep_plan import stable_diffusion_steps
     >>> row = {"source": "cat.png", "prompt": "a cat", "negative_prompt": "", "strength": 0.3, "seed": 1,
     ...        "guidance_scale": 7.5, "num_inference_steps": 20, "scheduler": "ddim"}
-    >>> cell_from_row(row, 0, _stable_diffusion_steps).executed_steps
+    >>> cell_from_row(row, 0, stable_diffusion_steps).executed_steps
     6
     """
-    mode = _text(row.get("mode")) or "img2img"
-    control = {name: None if is_missing(row.get(name)) else float(row[name])
-               for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")}
-    steps = (steps_of(row["scheduler"], int(row["num_inference_steps"]), float(row["strength"]), image_index)
-             if mode == "img2img" else steps_of(row["scheduler"], int(row["num_inference_steps"]),
-                                                 float(row["strength"]), image_index, mode=mode))
-    return Cell(mode=mode, **control, image=str(row["source"]), image_index=image_index, prompt=row["prompt"],
-                negative_prompt=row["negative_prompt"], strength=float(row["strength"]), seed=int(row["seed"]),
-                guidance_scale=float(row["guidance_scale"]), num_inference_steps=int(row["num_inference_steps"]),
-                scheduler=row["scheduler"], executed_steps=steps.executed_steps, t_start=steps.t_start,
+    values = {axis.name: axis.read(row.get("source" if axis.name == "image" else axis.name)) for axis in AXES}
+    extra = {} if values["mode"] == "img2img" else {"mode": values["mode"]}
+    steps = steps_of(values["scheduler"], values["num_inference_steps"], values["strength"], image_index, **extra)
+    return Cell(**values, image_index=image_index, executed_steps=steps.executed_steps, t_start=steps.t_start,
                 zero_step=steps.zero_step)
 
 
@@ -122,23 +122,31 @@ def _text(value) -> str | None:
     return None if is_missing(value) else str(value)
 
 
-def row_conditioning(row: dict) -> tuple:
-    """A row's mode and conditioning (``("img2img", None, ...)`` for plain img2img and rows of earlier versions)."""
+def row_conditions(row: dict) -> tuple:
+    """A row's mode and the source conditions it ran with: ``(mode, repaint, mask_hash, control_hash)``
+    (``("img2img", None, None, None)`` for plain img2img and rows of earlier versions)."""
     return (_text(row.get("mode")) or "img2img", _text(row.get("repaint")), _text(row.get("mask_hash")),
-            _text(row.get("control_hash")),
-            *(None if is_missing(row.get(name)) else round(float(row[name]), 6)
-              for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end")))
+            _text(row.get("control_hash")))
 
 
-def _conditioned(row: dict) -> tuple:
-    conditioning = row_conditioning(row)
-    return () if conditioning == ("img2img",) + (None,) * 6 else conditioning
+def _axis_identity(row: dict, *, skip: tuple[str, ...] = ()) -> tuple:
+    """A row's axis values in table order (the image by its content hash, floats rounded to 6 digits), an axis at its
+    baseline left out (rows from before it existed read the same), then the source conditions where set."""
+    values = []
+    for axis in AXES:
+        if axis.name in skip:
+            continue
+        value = row["source_hash"] if axis.name == "image" else axis.read(row.get(axis.name))
+        if axis.at_baseline(value):
+            continue
+        values.append(round(float(value), 6) if axis.kind is float else value)
+    conditions = row_conditions(row)[1:]
+    return tuple(values) + (conditions if any(value is not None for value in conditions) else ())
 
 
 def row_group(row: dict) -> tuple:
     """The cells of one model that differ only in strength share this (a row's :meth:`Cell.group`)."""
-    return (*(row[column] for column in UNIT_COLUMNS), int(row["seed"]), float(row["guidance_scale"]),
-            int(row["num_inference_steps"]), row["scheduler"], row.get("model_fingerprint"), *row_conditioning(row))
+    return (*_axis_identity(row, skip=("strength",)), row.get("model_fingerprint"))
 
 
 def row_identity(row: dict) -> tuple:
@@ -148,50 +156,41 @@ def row_identity(row: dict) -> tuple:
     ...               "seed": 1, "guidance_scale": 7.5, "num_inference_steps": 20, "scheduler": "ddim"})
     ('h', 'p', '', 0.3, 1, 7.5, 20, 'ddim')
     """
-    return (row["source_hash"], row["prompt"], row["negative_prompt"], round(float(row["strength"]), 6),
-            int(row["seed"]), round(float(row["guidance_scale"]), 6), int(row["num_inference_steps"]),
-            row["scheduler"]) + _conditioned(row)
+    return _axis_identity(row)
 
 
 def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_hash: str, width: int, height: int,
              dtype: str, device_type: str, versions: dict[str, str], engine: str = "per-cell",
              conditioning: dict | None = None) -> str:
-    """A 20-hex-digit content key over everything that determines a cell's pixels.
+    """A 20-hex-digit content key over everything that determines a cell's pixels: its axes
+    (:func:`img2img_lab.plan.axes.key_payload`: an axis at its baseline leaves the key of an earlier version's cell as
+    it was), the model's fingerprint, the scheduler's config, the source's content hash and size, dtype, device type
+    and library versions.
 
     The batched engine's pixels match the per-cell runner's within 1/255, not bit for bit, so its cells are
-    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference. The mode (unless
-    img2img), ``conditioning`` (the hashes of the source's mask and control image:
-    :meth:`~img2img_lab.sweep.conditions.SourceCondition.key_part`) and the ControlNet settings enter it where set.
+    keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference.
+    ``conditioning`` holds the hashes of the source's mask and control image
+    (:meth:`~img2img_lab.sweep.conditions.SourceCondition.key_part`).
 
-    >>> cell = Cell("cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False)
-    >>> len(cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64,
-    ...              dtype="float32", device_type="cpu", versions={}))
-    20
+    >>> cell = Cell(image="cat.png", image_index=0, prompt="a cat", negative_prompt="", strength=0.3, seed=1,
+    ...             guidance_scale=7.5, num_inference_steps=20, scheduler="ddim", executed_steps=6, t_start=14,
+    ...             zero_step=False)
+    >>> cell_key(cell, fingerprint="f", scheduler_config={}, source_hash="h", width=64, height=64, dtype="float32",
+    ...          device_type="cpu", versions={})
+    'dbc5859861c234e6e6e0'
     """
     payload = {
+        **key_payload(cell),
         "model": fingerprint,
-        "scheduler": cell.scheduler,
         "scheduler_config": {key: value for key, value in scheduler_config.items() if not key.startswith("_")},
         "source": source_hash,
-        "prompt": cell.prompt,
-        "negative_prompt": cell.negative_prompt,
-        "strength": repr(float(cell.strength)),
-        "steps": cell.num_inference_steps,
-        "guidance_scale": repr(float(cell.guidance_scale)),
-        "seed": cell.seed,
         "size": [width, height],
         "dtype": dtype,
         "device_type": device_type,
         "torch": versions.get("torch"),
         "diffusers": versions.get("diffusers"),
+        **({"engine": engine} if engine != "per-cell" else {}),
+        **(conditioning or {}),
     }
-    if engine != "per-cell":
-        payload["engine"] = engine
-    if cell.mode != "img2img":  # plain img2img cells keep the keys of earlier versions
-        payload["mode"] = cell.mode
-    payload.update(conditioning or {})
-    for name in ("controlnet_conditioning_scale", "control_guidance_start", "control_guidance_end"):
-        if getattr(cell, name) is not None:
-            payload[name] = repr(float(getattr(cell, name)))
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:20]

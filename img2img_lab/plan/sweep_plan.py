@@ -1,8 +1,9 @@
 """Sweep plans: the axes of a study, expanded into cells (one generated image each).
 
-A :class:`SweepPlan` names values along eight axes — source image, prompt, negative prompt, strength,
-seed, guidance scale, step count and scheduler — and :meth:`SweepPlan.cells` expands their product
-into :class:`Cell` objects, strength varying fastest.
+A :class:`SweepPlan` names values along the axes of :data:`img2img_lab.plan.axes.AXES` — source image, prompt,
+negative prompt, strength, seed, guidance scale, step count, scheduler, mode and the ControlNet settings — and
+:meth:`SweepPlan.cells` expands their product into :class:`Cell` objects, strength varying fastest. Both classes get
+one field per axis from that table.
 
 What a strength runs depends on the model's family; a sweep asks the model
 (:meth:`img2img_lab.models.handle.ModelHandle.step_plan` runs the pipeline's own timestep preparation) and passes
@@ -34,45 +35,54 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from img2img_lab.errors import PlanError
-from img2img_lab.plan.values import (MAX_CELLS, as_list, check_guidance, check_model, check_scheduler, check_seed,
-                                     check_steps, check_strength, check_text, check_unique, is_integer, shown)
-
-AXES = ("images", "prompts", "negative_prompts", "strengths", "seeds", "guidance_scales", "steps", "schedulers")
+from img2img_lab.plan.axes import AXES, EXPANSION, cell_label_parts, top_level_axes, yaml_aliases
+from img2img_lab.plan.values import MAX_CELLS, as_list, check_model, check_text, check_unique, is_integer, shown
 
 
+def _with_axis_fields(*, plan: bool):
+    """Give a class one dataclass field per axis of :data:`~img2img_lab.plan.axes.AXES` — a list of values for the
+    plan (top-level axes; a section's axes live in its mapping), one value for a cell — then make it a keyword-only
+    dataclass (a frozen one for cells)."""
+    def decorate(cls):
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for axis in (top_level_axes() if plan else AXES):
+            name = axis.plural if plan else axis.name
+            annotations[name] = "list" if plan else axis.kind.__name__
+            if plan and axis.default:
+                setattr(cls, name, field(default_factory=lambda values=axis.default: list(values)))
+            elif not plan and axis.has_baseline():
+                setattr(cls, name, axis.baseline)
+            elif name in cls.__dict__:
+                delattr(cls, name)
+        cls.__annotations__ = annotations
+        return dataclass(kw_only=True, frozen=not plan)(cls)
 
-@dataclass(frozen=True)
+    return decorate
+
+
+@_with_axis_fields(plan=False)
 class Cell:
-    """One generated image: every parameter that determines it, plus the step arithmetic.
+    """One generated image: one value per axis (:data:`~img2img_lab.plan.axes.AXES`: ``image``, ``prompt``,
+    ``negative_prompt``, ``strength``, ``seed``, ``guidance_scale``, ``num_inference_steps``, ``scheduler``, ``mode``
+    and the ControlNet settings), plus the step arithmetic.
 
-    ``executed_steps`` is the number of denoising steps the model runs (on SD diffusers'
-    ``init_steps = min(int(num_inference_steps * strength), num_inference_steps)``), ``t_start`` the index on the scheduler's grid where denoising starts, ``zero_step`` whether no
-    denoising step runs, and ``duplicate_of`` the first strength of the same group that runs the same
-    steps (``None`` for canonical cells).
+    ``image_index`` is the image's position in the plan; ``executed_steps`` the number of denoising steps the model
+    runs (on SD diffusers' ``init_steps = min(int(num_inference_steps * strength), num_inference_steps)``),
+    ``t_start`` the index on the scheduler's grid where denoising starts, ``zero_step`` whether no denoising step
+    runs, and ``duplicate_of`` the first strength of the same group that runs the same steps (``None`` for
+    canonical cells).
     """
 
-    image: str
     image_index: int
-    prompt: str
-    negative_prompt: str
-    strength: float
-    seed: int
-    guidance_scale: float
-    num_inference_steps: int
-    scheduler: str
     executed_steps: int
     t_start: int
     zero_step: bool
     duplicate_of: float | None = None
-    mode: str = "img2img"
-    controlnet_conditioning_scale: float | None = None
-    control_guidance_start: float | None = None
-    control_guidance_end: float | None = None
 
     @property
     def init_steps(self) -> int:
@@ -80,14 +90,19 @@ class Cell:
         return self.executed_steps
 
     def group(self) -> tuple:
-        """Everything but the strength: cells of one group differ only in strength."""
-        return (self.image_index, self.prompt, self.negative_prompt, self.seed, self.guidance_scale,
-                self.num_inference_steps, self.scheduler, *self.conditioning())
+        """Every axis but the strength (the image by its index): cells of one group differ only in strength."""
+        return tuple(self.image_index if axis.name == "image" else getattr(self, axis.name)
+                     for axis in AXES if axis.name != "strength")
 
-    def conditioning(self) -> tuple:
-        """The mode and ControlNet settings (``("img2img", None, None, None)`` for a plain img2img cell)."""
-        return (self.mode, self.controlnet_conditioning_scale, self.control_guidance_start,
-                self.control_guidance_end)
+    def label(self) -> str:
+        """The cell in words, its axes in row order (what ``verify`` prints for a missing cell).
+
+        >>> Cell(image="src/cat.png", image_index=0, prompt="a cat", negative_prompt="", strength=0.3, seed=1,
+        ...      guidance_scale=7.5, num_inference_steps=20, scheduler="ddim", executed_steps=6, t_start=14,
+        ...      zero_step=False).label()
+        "cat.png · 'a cat' · strength 0.3 · seed 1 · guidance 7.5 · 20 steps · ddim"
+        """
+        return " · ".join(cell_label_parts(self))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +121,9 @@ def strength_steps(num_inference_steps: int, strength: float) -> tuple[int, int]
 
 
 @dataclass(frozen=True)
-class _RuleSteps:
+class RuleSteps:
+    """What a strength runs by Stable Diffusion's rule (:func:`strength_steps`), for plans expanded without a model."""
+
     executed_steps: int
     t_start: int
 
@@ -119,19 +136,13 @@ class _RuleSteps:
         return self.t_start
 
 
-def _stable_diffusion_steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int,
-                            mode: str = "img2img"):
-    return _RuleSteps(*strength_steps(num_inference_steps, strength))
+def stable_diffusion_steps(scheduler: str, num_inference_steps: int, strength: float, image_index: int,
+                           mode: str = "img2img") -> RuleSteps:
+    """A step rule of :meth:`SweepPlan.cells`'s shape: Stable Diffusion's, whatever the model."""
+    return RuleSteps(*strength_steps(num_inference_steps, strength))
 
 
-def _control_count(control) -> int:
-    if not isinstance(control, dict):
-        return 1
-    return math.prod(len(as_list(control.get(axis, [None]))) for axis in ("conditioning_scales", "guidance_starts",
-                                                                          "guidance_ends"))
-
-
-@dataclass
+@_with_axis_fields(plan=True)
 class SweepPlan:
     """The axes of a sweep. Every list is one axis; the cells are their product.
 
@@ -151,7 +162,9 @@ class SweepPlan:
     steps : list of int
         ``num_inference_steps``; a cell executes ``int(steps * strength)`` of them.
     schedulers : list of str
-        Names from :data:`img2img_lab.models.loading.SCHEDULERS`, or ``"default"`` for the model's own.
+        Names from :data:`img2img_lab.schedulers.SCHEDULERS`, or ``"default"`` for the model's own.
+    modes : list of {"img2img", "inpaint"}
+        Each cell runs in one mode (:mod:`img2img_lab.plan.conditions`).
     model : str, optional
         Hub id or diffusers folder; ``None`` means the embedded default model.
     models : list of str, optional
@@ -165,8 +178,6 @@ class SweepPlan:
         How sources reach the model's size multiple (see :func:`img2img_lab.images.fit_to_model`).
     name : str
         A label for the study.
-    modes : list of {"img2img", "inpaint"}
-        Each cell runs in one mode (:mod:`img2img_lab.plan.conditions`).
     inpaint : dict, optional
         ``{mask: auto | oracle | folder | {name: file}, repaint: background | subject}`` for the inpaint mode.
     control : dict, optional
@@ -178,41 +189,28 @@ class SweepPlan:
     4
     """
 
-    images: list[str]
-    prompts: list[str]
-    strengths: list[float]
-    seeds: list[int] = field(default_factory=lambda: [0])
-    negative_prompts: list[str] = field(default_factory=lambda: [""])
-    guidance_scales: list[float] = field(default_factory=lambda: [7.5])
-    steps: list[int] = field(default_factory=lambda: [20])
-    schedulers: list[str] = field(default_factory=lambda: ["default"])
     model: str | None = None
     models: list[str] | None = None
     max_side: int | str | None = "native"
     resize_policy: str = "crop"
     name: str = "sweep"
-    modes: list[str] = field(default_factory=lambda: ["img2img"])
     inpaint: dict | None = None
     control: dict | None = None
 
     def __post_init__(self) -> None:
-        self.images = [check_text(image, "image path") for image in as_list(self.images, "images")]
-        self.prompts = [check_text(prompt, "prompt") for prompt in as_list(self.prompts, "prompts")]
-        self.negative_prompts = [check_text(text, "negative prompt")
-                                 for text in as_list(self.negative_prompts, "negative_prompts")]
-        self.strengths = [check_strength(value) for value in as_list(self.strengths, "strengths")]
-        self.seeds = [check_seed(value) for value in as_list(self.seeds, "seeds")]
-        self.guidance_scales = [check_guidance(value) for value in as_list(self.guidance_scales, "guidance_scales")]
-        self.steps = [check_steps(value) for value in as_list(self.steps, "steps")]
-        self.schedulers = [check_scheduler(value) for value in as_list(self.schedulers, "schedulers")]
-        self.name = check_text(self.name, "name") or "sweep"
-        for axis in AXES:
-            values = getattr(self, axis)
+        for axis in top_level_axes():
+            values = [value if axis.at_baseline(value) else axis.check(value)  # the baseline: what cells had before
+                      for value in as_list(getattr(self, axis.plural), axis.plural)]
             if not values:
-                raise PlanError(f"the plan's '{axis}' axis is empty. Fix: give at least one value.")
-            check_unique(values, axis)
-        cells = (math.prod(len(getattr(self, axis)) for axis in AXES) * len(as_list(self.models, "models") or [None])
-                 * len(as_list(self.modes, "modes") or [None]) * _control_count(self.control))
+                raise PlanError(f"the plan's '{axis.plural}' axis is empty. Fix: give at least one value.")
+            check_unique(values, axis.plural)
+            setattr(self, axis.plural, values)
+        self.name = check_text(self.name, "name") or "sweep"
+        from img2img_lab.plan.conditions import check_conditions
+
+        self.inpaint, self.control = check_conditions(self.modes, self.inpaint, self.control)
+        self._check_models()
+        cells = math.prod(len(self.axis_values(axis)) for axis in AXES) * len(self.models or [None])
         if cells > MAX_CELLS:
             raise PlanError(f"the plan has {cells:,} cells (at most {MAX_CELLS:,}). Fix: shrink an axis or split the "
                             f"study into several sweeps.")
@@ -223,24 +221,31 @@ class SweepPlan:
             self.max_side = int(self.max_side)
         if self.resize_policy not in ("crop", "resize"):
             raise PlanError(f"resize_policy {shown(self.resize_policy)} must be 'crop' or 'resize'.")
-        from img2img_lab.plan.conditions import check_conditions
 
-        self.modes, self.inpaint, self.control = check_conditions(self.modes, self.inpaint, self.control)
+    def _check_models(self) -> None:
         if self.model is not None:
             self.model = check_text(self.model, "model")
-        if self.models is not None:
-            self.models = [check_model(value) for value in as_list(self.models, "models")]
-            if not self.models:
-                raise PlanError("the plan's 'models' list is empty. Fix: list at least one model, or remove it.")
-            check_unique(self.models, "models")
-            if self.model is not None:
-                raise PlanError("the config gives both 'model' and 'models'. Fix: keep one (models: [A, B] compares "
-                                "several models in one run folder).")
+        if self.models is None:
+            return
+        self.models = [check_model(value) for value in as_list(self.models, "models")]
+        if not self.models:
+            raise PlanError("the plan's 'models' list is empty. Fix: list at least one model, or remove it.")
+        check_unique(self.models, "models")
+        if self.model is not None:
+            raise PlanError("the config gives both 'model' and 'models'. Fix: keep one (models: [A, B] compares "
+                            "several models in one run folder).")
+
+    def axis_values(self, axis) -> list:
+        """The values of one axis: its list, or its list in its section (a section axis left out: its default)."""
+        if axis.section is None:
+            return getattr(self, axis.plural)
+        return list((getattr(self, axis.section) or {}).get(axis.plural, axis.default))
 
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, base_dir: str | os.PathLike | None = None) -> "SweepPlan":
-        """Build a plan from a dict (e.g. parsed YAML). Scalars become one-value axes.
+        """Build a plan from a dict (e.g. parsed YAML). Scalars become one-value axes; an axis may be named by its
+        singular (``strength: 0.5``) or an alias (``guidance``).
 
         Relative image paths are resolved against ``base_dir`` (the config file's folder).
 
@@ -250,36 +255,21 @@ class SweepPlan:
         if not isinstance(data, dict):
             raise PlanError(f"a sweep config must be a mapping of axis names to values, got {type(data).__name__}. "
                             f"Fix: write one 'axis: values' per line (see data/configs/).")
-        known = {item.name for item in fields(cls)}
-        aliases = {"image": "images", "prompt": "prompts", "negative_prompt": "negative_prompts",
-                   "strength": "strengths", "seed": "seeds", "guidance_scale": "guidance_scales",
-                   "guidance": "guidance_scales", "num_inference_steps": "steps", "scheduler": "schedulers",
-                   "mode": "modes"}
+        known, aliases = {item.name for item in fields(cls)}, yaml_aliases()
         values: dict[str, Any] = {}
         for key, value in data.items():
             name = aliases.get(key, key)
             if name not in known:
-                raise PlanError(
-                    f"unknown config key {shown(key)}. Fix: use only {', '.join(sorted(known))}."
-                )
+                raise PlanError(f"unknown config key {shown(key)}. Fix: use only {', '.join(sorted(known))}.")
             if name in values:
                 raise PlanError(f"config key {key!r} given twice (also as an alias). Fix: keep one.")
             values[name] = value
-        for required in ("images", "prompts", "strengths"):
-            if required not in values:
-                raise PlanError(f"the config has no '{required}'. Fix: add it (see data/configs/ for examples).")
+        required = [item.name for item in fields(cls) if item.default is MISSING and item.default_factory is MISSING]
+        for name in required:
+            if name not in values:
+                raise PlanError(f"the config has no '{name}'. Fix: add it (see data/configs/ for examples).")
         if base_dir is not None:
-            images = []
-            for image in as_list(values["images"]):
-                path = Path(str(image)).expanduser()
-                images.append(str(path if path.is_absolute() else (Path(base_dir) / path)))
-            values["images"] = images
-            from img2img_lab.plan.conditions import MASK_SOURCES, resolve_paths
-
-            if isinstance(values.get("inpaint"), dict):
-                values["inpaint"] = resolve_paths(values["inpaint"], "mask", MASK_SOURCES, base_dir)
-            if isinstance(values.get("control"), dict):
-                values["control"] = resolve_paths(values["control"], "image", ("canny",), base_dir)
+            values = _relative_to(values, base_dir)
         return cls(**values)
 
     @classmethod
@@ -303,11 +293,12 @@ class SweepPlan:
             raise PlanError(f"{path}: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """The plan as plain data (what the manifest stores); ``from_dict`` inverts it. A plain img2img plan leaves
-        out ``modes``, ``inpaint`` and ``control`` (its record reads as before they existed)."""
+        """The plan as plain data (what the manifest stores); ``from_dict`` inverts it. An axis at its baseline
+        (``modes: [img2img]``) and unset sections are left out, so a record reads as before they existed."""
         data = asdict(self)
-        if data["modes"] == ["img2img"]:
-            del data["modes"]
+        for axis in top_level_axes():
+            if axis.has_baseline() and data[axis.plural] == [axis.baseline]:
+                del data[axis.plural]
         for name in ("inpaint", "control"):
             if data[name] is None:
                 del data[name]
@@ -315,7 +306,7 @@ class SweepPlan:
 
     # ---------------------------------------------------------------- expansion
     def cells(self, steps: Callable | None = None) -> list[Cell]:
-        """Expand the axes into cells: image, prompt, negative, guidance, steps, scheduler, seed, strength.
+        """Expand the axes into cells in :data:`~img2img_lab.plan.axes.EXPANSION` order (strength fastest).
 
         ``steps(scheduler, num_inference_steps, strength, image_index)`` says what a strength runs on the model:
         an object with ``executed_steps``, ``t_start``, ``zero_step`` and ``run_signature`` (the sweep passes the
@@ -327,25 +318,22 @@ class SweepPlan:
         >>> [cell.zero_step for cell in plan.cells()]
         [True, False]
         """
-        from img2img_lab.plan.conditions import control_settings
-
-        steps = steps or _stable_diffusion_steps
+        steps = steps or stable_diffusion_steps
+        outer = [axis for axis in EXPANSION if axis.name != "strength"]
+        choices = [list(enumerate(self.images)) if axis.name == "image" else self.axis_values(axis)
+                   for axis in outer]
         cells: list[Cell] = []
-        groups = itertools.product(self.modes, enumerate(self.images), self.prompts, self.negative_prompts,
-                                   self.guidance_scales, self.steps, self.schedulers, control_settings(self.control),
-                                   self.seeds)
-        for mode, (image_index, image), prompt, negative, guidance, count, scheduler, control, seed in groups:
+        for combination in itertools.product(*choices):
+            values = dict(zip((axis.name for axis in outer), combination))
+            image_index, values["image"] = values["image"]
             first_by_run: dict[Any, float] = {}
             for strength in self.strengths:
-                run = steps(scheduler, count, strength, image_index, mode=mode) if mode != "img2img" else \
-                    steps(scheduler, count, strength, image_index)
+                extra = {} if values["mode"] == "img2img" else {"mode": values["mode"]}
+                run = steps(values["scheduler"], values["num_inference_steps"], strength, image_index, **extra)
                 duplicate_of = first_by_run.setdefault(run.run_signature, strength)
-                cells.append(Cell(image=image, image_index=image_index, prompt=prompt, negative_prompt=negative,
-                                  strength=strength, seed=seed, guidance_scale=guidance, num_inference_steps=count,
-                                  scheduler=scheduler, executed_steps=run.executed_steps, t_start=run.t_start,
-                                  zero_step=run.zero_step,
-                                  duplicate_of=None if duplicate_of == strength else duplicate_of, mode=mode,
-                                  **control))
+                cells.append(Cell(**values, strength=strength, image_index=image_index,
+                                  executed_steps=run.executed_steps, t_start=run.t_start, zero_step=run.zero_step,
+                                  duplicate_of=None if duplicate_of == strength else duplicate_of))
         return cells
 
     def model_plans(self) -> list["SweepPlan"]:
@@ -362,8 +350,29 @@ class SweepPlan:
                 for model in self.models]
 
     def summary(self) -> str:
-        """One line: the size of each axis and the number of cells."""
-        sizes = " x ".join(f"{len(getattr(self, axis))} {axis}" for axis in AXES)
+        """One line: the size of each axis and the number of cells (an axis with a baseline, or in a section, only
+        where it has several values).
+
+        >>> SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.2, 0.5], seeds=[0, 1]).summary()
+        '1 images x 1 prompts x 1 negative_prompts x 2 strengths x 2 seeds x 1 guidance_scales x 1 steps x 1 schedulers = 4 cells'
+        """
+        sizes = [f"{len(self.axis_values(axis))} {axis.plural}" for axis in AXES
+                 if len(self.axis_values(axis)) > 1 or not (axis.has_baseline() or axis.section)]
         models = f" x {len(self.models)} models" if self.models else ""
-        models += f" x {len(self.modes)} modes" if len(self.modes) > 1 else ""
-        return f"{sizes}{models} = {len(self.cells()) * len(self.models or [None])} cells"
+        return f"{' x '.join(sizes)}{models} = {len(self.cells()) * len(self.models or [None])} cells"
+
+
+def _relative_to(values: dict, base_dir) -> dict:
+    """Image, mask and control paths of a config resolved against its folder."""
+    from img2img_lab.plan.conditions import MASK_SOURCES, resolve_paths
+
+    images = []
+    for image in as_list(values["images"]):
+        path = Path(str(image)).expanduser()
+        images.append(str(path if path.is_absolute() else (Path(base_dir) / path)))
+    values = {**values, "images": images}
+    if isinstance(values.get("inpaint"), dict):
+        values["inpaint"] = resolve_paths(values["inpaint"], "mask", MASK_SOURCES, base_dir)
+    if isinstance(values.get("control"), dict):
+        values["control"] = resolve_paths(values["control"], "image", ("canny",), base_dir)
+    return values

@@ -17,10 +17,10 @@ Saved as vocab.json + merges.txt + tokenizer_config.json, it loads with ``CLIPTo
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
+from img2img_lab._utils.bpe import write_clip_bpe
 from img2img_lab.shapes.world import COLOURS, SHAPES
 
 #: Every word the world's captions use (plus a few neutral words users may type).
@@ -28,21 +28,6 @@ WORDS = ("a", "an", "on", "background", *COLOURS, *SHAPES, "the", "with", "and",
 
 #: Captions are short: "<start> a red star on a blue background <end>" is 9 tokens.
 MODEL_MAX_LENGTH = 16
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """CLIP's reversible byte -> printable-unicode table (as in the CLIP and GPT-2 BPE)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(code) for code in codes)))
 
 
 def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
@@ -88,35 +73,6 @@ def build_merges(words=WORDS) -> list[tuple[str, str]]:
     for word in words:  # appended merges rank last, so earlier words must still be whole
         assert _apply_merges(_word_symbols(word), ranks) == [word + "</w>"], word
     return merges
-
-
-def write_clip_bpe(folder: str | Path, merges, *, model_max_length: int) -> Path:
-    """Write a CLIP BPE tokenizer (vocab.json, merges.txt, tokenizer_config.json) with the given merges.
-
-    The vocabulary is the 256 byte symbols, each also with ``</w>``, every merge result, and CLIP's two
-    special tokens, so any text tokenizes.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for symbol in symbols + [symbol + "</w>" for symbol in symbols]:
-        vocab[symbol] = len(vocab)
-    for first, second in merges:
-        vocab.setdefault(first + second, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": model_max_length,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-    }, indent=2))
-    return folder
 
 
 def write_tokenizer(folder: str | Path, words=WORDS, *, model_max_length: int = MODEL_MAX_LENGTH) -> Path:

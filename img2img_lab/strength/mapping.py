@@ -25,10 +25,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from img2img_lab.errors import ModelError, PlanError
+from img2img_lab.models.handle import ModelHandle
+from img2img_lab.models.registry import BUNDLED_SCHEDULERS, IMG2IMG_PIPELINE_OF
 from img2img_lab.strength.tools import DiscreteSigmas, ToolRun, a1111_run, comfyui_run, invokeai_run
 
-#: Bundled scheduler configs (``data/schedulers/<name>.json``).
-BUNDLED = ("sd15", "sd21", "sdxl", "sdxl-turbo", "sd35", "flux-dev", "flux-schnell", "qwen-image")
+#: Bundled scheduler configs (``data/schedulers/<name>.json``), as the family modules declare them.
+BUNDLED = BUNDLED_SCHEDULERS
 ALL_TOOLS = ("diffusers", "a1111", "a1111-fixed-steps", "comfyui", "invokeai")
 
 
@@ -55,8 +57,6 @@ def scheduler_record(model: str) -> dict:
         raise ModelError(f"no scheduler config for {model!r}: not a bundled name, a diffusers folder or a hub model in "
                          f"the local cache. Fix: use one of {', '.join(BUNDLED)}, or a model folder.")
     named = json.loads(Path(files["model_index.json"]).read_text()).get("_class_name")
-    from img2img_lab.models.loading import IMG2IMG_PIPELINE_OF
-
     return {"source": str(model), "pipeline": IMG2IMG_PIPELINE_OF.get(named, named), "native_size": None,
             "scheduler": json.loads(Path(files["scheduler/scheduler_config.json"]).read_text())}
 
@@ -64,9 +64,6 @@ def scheduler_record(model: str) -> dict:
 def _stub_model(record: dict):
     """A model handle over the record's pipeline class with no weights: its own timestep code, nothing else."""
     import diffusers
-
-    import img2img_lab  # noqa: F401 - torchvision shim first
-    from img2img_lab.models.handle import ModelHandle
 
     pipeline_class = getattr(diffusers, str(record["pipeline"]), None)
     config = dict(record["scheduler"])

@@ -147,13 +147,13 @@ def check_conditions_fit(plan, model) -> None:
     if plan.control is not None and not model.needs_control_image:
         raise PlanError(f"{name} takes no control image, so control: would change nothing. Fix: remove control: "
                         f"or load a ControlNet img2img pipeline.")
-    from img2img_lab.models.families import call_parameters
-    from img2img_lab.plan.conditions import CONTROL_AXES
+    from img2img_lab.models.families.base import call_parameters
+    from img2img_lab.plan.axes import section_axes
 
-    for axis, argument in CONTROL_AXES.items():
-        if plan.control is not None and axis in plan.control and argument not in call_parameters(model.pipe):
-            raise PlanError(f"{name}.__call__ has no {argument}, so control {axis} would give identical images. Fix: "
-                            f"remove {axis} from control:.")
+    for plural, axis in section_axes("control").items():
+        if plan.control is not None and plural in plan.control and axis.call not in call_parameters(model.pipe):
+            raise PlanError(f"{name}.__call__ has no {axis.call}, so control {plural} would give identical images. "
+                            f"Fix: remove {plural} from control:.")
     for mode in plan.modes:
         model.for_mode(mode)
 

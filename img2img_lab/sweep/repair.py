@@ -64,9 +64,10 @@ def _recorded_plans(manifest: dict) -> list[dict]:
     return list(distinct.values())
 
 
-def repair_run_folder(store: RunStore, report, *, pipe=None, device: str | None = None, yes: bool = False) -> None:
+def repair_run_folder(store: RunStore, report, *, model=None, device: str | None = None, yes: bool = False) -> None:
     """Repair ``store`` (see the module doc), adding what was done to ``report.repaired`` and what could not be
-    done to ``report.not_repaired`` (a :class:`img2img_lab.store.audit.VerifyReport`)."""
+    done to ``report.not_repaired`` (a :class:`img2img_lab.store.audit.VerifyReport`); ``model`` (a model handle)
+    regenerates the cells it made, the folder's registered models the others."""
     from img2img_lab.store.audit import VerifyReport, audit_run_folder
 
     before = VerifyReport()
@@ -102,40 +103,38 @@ def repair_run_folder(store: RunStore, report, *, pipe=None, device: str | None 
         return
     models: dict = {}
     for record in records:
-        _rerun(store, record, report, manifest=manifest, pipe=pipe, device=device, models=models)
+        _rerun(store, record, report, manifest=manifest, model=model, device=device, models=models)
 
 
-def _model_of(record: dict, manifest: dict, *, pipe, device, models: dict):
-    """The pipeline with the fingerprint the plan record names (``pipe``, or the folder's registered model loaded
-    once), or ``None`` when no such model is at hand."""
-    from img2img_lab.models.loading import model_fingerprint
-
+def _model_of(record: dict, manifest: dict, *, model, device, models: dict):
+    """The model handle with the fingerprint the plan record names (``model``, or the folder's registered model
+    loaded once), or ``None`` when no such model is at hand."""
     fingerprint = record.get("model_fingerprint") or (manifest.get("model_fingerprint") or {}).get("fingerprint")
     if not isinstance(fingerprint, str):
         return None
-    if pipe is not None and model_fingerprint(pipe)["fingerprint"] == fingerprint:
-        return pipe
+    if model is not None and model.fingerprint()["fingerprint"] == fingerprint:
+        return model
     if fingerprint not in models:
         models[fingerprint] = model_for(fingerprint, None, manifest, device=device)
     return models[fingerprint]
 
 
-def model_for(fingerprint: str, pipe, manifest: dict, *, device: str | None):
-    """The pipeline that made the cells of ``fingerprint``: ``pipe`` if it is that model, else the model the run
+def model_for(fingerprint: str, model, manifest: dict, *, device: str | None):
+    """The model handle that made the cells of ``fingerprint``: ``model`` if it is that model, else the model the run
     folder registered under it, loaded (``None`` when neither is that model any more)."""
+    from img2img_lab.models.loading import load_model
     from img2img_lab.store.manifest import registered_models
-    from img2img_lab.models.loading import load_pipeline, model_fingerprint
 
-    if pipe is not None:
-        return pipe if model_fingerprint(pipe)["fingerprint"] == fingerprint else None
+    if model is not None:
+        return model if model.fingerprint()["fingerprint"] == fingerprint else None
     entries = [entry for entry in registered_models(manifest) if entry["fingerprint"] == fingerprint]
     spec = entries[0]["spec"] if entries else manifest.get("plan", {}).get("model")
-    loaded = load_pipeline(spec, device=device or str(manifest.get("device", "cpu")).split(":")[0],
-                           dtype=manifest.get("dtype"))
-    return loaded if model_fingerprint(loaded)["fingerprint"] == fingerprint else None
+    loaded = load_model(spec, device=device or str(manifest.get("device", "cpu")).split(":")[0],
+                        dtype=manifest.get("dtype"))
+    return loaded if loaded.fingerprint()["fingerprint"] == fingerprint else None
 
 
-def _rerun(store: RunStore, record: dict, report, *, manifest: dict, pipe, device, models: dict) -> None:
+def _rerun(store: RunStore, record: dict, report, *, manifest: dict, model, device, models: dict) -> None:
     """Sweep one recorded plan into the folder again from the folder's own sources (intact cells are kept, the rest
     regenerated); what stands in the way is reported, not followed."""
     from img2img_lab.plan.sweep_plan import SweepPlan
@@ -144,13 +143,13 @@ def _rerun(store: RunStore, record: dict, report, *, manifest: dict, pipe, devic
     name = (record.get("plan") or {}).get("name") if isinstance(record.get("plan"), dict) else None
     try:
         plan = SweepPlan.from_dict(record["plan"])
-        model = _model_of(record, manifest, pipe=pipe, device=device, models=models)
-        if model is None:
+        maker = _model_of(record, manifest, model=model, device=device, models=models)
+        if maker is None:
             report.not_repaired.append(f"plan '{plan.name}': the model that made it (fingerprint "
                                        f"{str(record.get('model_fingerprint'))[:12]}) is not at hand: pass it "
                                        f"(verify_run(..., pipe=...)) or restore it, then repair again")
             return
-        run_sweep(plan, store.root, pipe=model, device=device, progress=False, metrics=record.get("metrics") or (),
+        run_sweep(plan, store.root, pipe=maker, device=device, progress=False, metrics=record.get("metrics") or (),
                   engine=record.get("engine") or "batched", max_batch_size=record.get("max_batch_size"),
                   model_axis=True, sources_from_folder=True)
     except Img2ImgLabError as error:

@@ -109,8 +109,9 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, options: SweepOp
 
     Rerunning a finished multi-model sweep answers from the run folder without loading any model.
 
-    >>> from img2img_lab.testing.tiny_sd import save_tiny_pipeline
-    >>> tiny = str(save_tiny_pipeline("tiny-sd"))
+    >>> from img2img_lab.models.registry import tiny_pipeline
+    >>> tiny_pipeline("sd1").save_pretrained("tiny-sd")
+    >>> tiny = "tiny-sd"
     >>> plan = SweepPlan(images=["data/sources/red_circle_on_blue.png"], prompts=["a star"], strengths=[0.5],
     ...                  models=["embedded", tiny], steps=4)
     >>> run_sweep(plan, "runs/compare", progress=False).groupby("model").size().tolist()
@@ -160,7 +161,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     :data:`COLUMNS`, plus one column per metric in ``metrics`` (measured as the sweep goes, see
     :mod:`img2img_lab.metrics.measure`). Each source's VAE round trip (the fidelity floor) is stored per seed in
     ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every denoising step of every
-    generated cell (see :func:`img2img_lab.engine.reference.run_cell`).
+    generated cell (see :func:`img2img_lab.engine.per_cell.run_cell`).
 
     ``engine="batched"`` (default) runs cells with :mod:`img2img_lab.engine.batched` (same pixels within 1/255 in float32,
     several times faster) where the pipeline supports it, else per cell; ``engine="per-cell"`` forces the

@@ -70,18 +70,9 @@ def _now() -> str:
 
 
 def cell_label(cell: Cell, model: str | None = None) -> str:
-    """A short human name for a planned cell (what ``verify`` prints for a missing one).
-
-    >>> cell_label(Cell("src/cat.png", 0, "a cat", "", 0.3, 1, 7.5, 20, "ddim", 6, 14, False))
-    "cat.png · 'a cat' · strength 0.3 · seed 1 · guidance 7.5 · 20 steps · ddim"
-    """
-    prompt = cell.prompt if len(cell.prompt) <= 40 else cell.prompt[:39] + "…"
-    text = (f"{Path(cell.image).name} · {prompt!r} · strength {cell.strength:g} · seed {cell.seed} · guidance "
-            f"{cell.guidance_scale:g} · {cell.num_inference_steps} steps · {cell.scheduler}")
-    text += "".join(f" · {name} {value:g}" for name, value in zip(
-        ("control scale", "control start", "control end"), cell.conditioning()[1:]) if value is not None)
-    text += f" · {cell.mode}" if cell.mode != "img2img" else ""
-    return text + (f" · {model}" if model else "")
+    """A short human name for a planned cell (what ``verify`` prints for a missing one): :meth:`Cell.label`, and the
+    model's name in a folder that compares models."""
+    return cell.label() + (f" · {model}" if model else "")
 
 
 @dataclass
@@ -137,7 +128,7 @@ class SweepSession:
         model.check_sweepable()  # a pipeline with no strength dial is refused before anything is written
         existing = RunStore.open(out_dir) if options.sources_from_folder else None  # a repair reads its own copies
         sources, recorded = folder_sources(plan, existing) if existing is not None else \
-            (prepare_sources(plan, model.pipe), None)
+            (prepare_sources(plan, model), None)
         manifest, runner, conditions = _plan_manifest(plan, model, options, sources, recorded, context, existing)
         if not context.is_main:
             return cls(plan=plan, model=model, options=replace(options, progress=False), store=RunStore.open(out_dir),
@@ -270,7 +261,7 @@ class SweepSession:
                 image, canonical = pair
                 self.save(cell, key, image, Produced.duplicate(canonical["produced"]), 0.0, canonical["nsfw_flagged"])
             else:  # cannot happen for plans from SweepPlan.cells(); kept for hand-made cell lists
-                output = PerCellRunner(self.pipe, self.sources, on_step=self.options.on_step).run([cell])[0]
+                output = PerCellRunner(self.model, self.sources, on_step=self.options.on_step).run([cell])[0]
                 self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged)
 
     # ------------------------------------------------------------------ saving one cell
@@ -368,7 +359,7 @@ def _plan_manifest(plan, model: ModelHandle, options: SweepOptions, sources, rec
     metrics = list(options.metrics)
     manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
     manifest["metric_weights"] = metric_weights(metrics)
-    runner, reason = choose_runner(model.pipe, sources, engine=options.engine, max_batch_size=options.max_batch_size,
+    runner, reason = choose_runner(model, sources, engine=options.engine, max_batch_size=options.max_batch_size,
                                    on_step=options.on_step, conditions=conditions)
     if context.distributed:
         runner = ShardedRunner(runner, context)
@@ -415,7 +406,7 @@ def _store_sources(store: RunStore, plan, model: ModelHandle, options: SweepOpti
     references = ReferenceCache(device=str(model.pipe.device)) if options.metrics else None
     if conditions is not None:
         record_conditions(store, conditions, hashes)
-    write_floor(store, model.pipe, sources, hashes, plan.seeds, list(options.metrics), references=references)
+    write_floor(store, model, sources, hashes, plan.seeds, list(options.metrics), references=references)
     notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
     if notes:
         store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})

@@ -1,9 +1,10 @@
 """A sweep's sources: each image prepared for the model as the sweep feeds it, what a strength runs on it, and its
 VAE floor (the round trip per seed: what strength 0 stores, about as close as outputs get to the source).
 
-:mod:`img2img_lab.sweep.run` re-exports these; :class:`img2img_lab.sweep.session.SweepWriter` calls them in its steps.
+:mod:`img2img_lab.sweep.run` re-exports these; :class:`img2img_lab.sweep.session.SweepSession` calls them in its
+steps.
 
->>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
+>>> prepare_source("data/sources/red_circle_on_blue.png", model).size  # the embedded model's native 64 px
 (64, 64)
 """
 
@@ -13,32 +14,30 @@ import platform
 import sys
 import warnings
 
-from img2img_lab.engine.reference import cell_generator, vae_roundtrip
 from img2img_lab.images import SmallSourceWarning, content_hash, load_image
 from img2img_lab.store.manifest import package_versions
-from img2img_lab.models.handle import ModelHandle
-from img2img_lab.models.loading import model_fingerprint, native_resolution, size_multiple
+from img2img_lab.models.handle import ModelHandle, cell_generator
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.plan.schema import is_missing
 from img2img_lab.store.run_store import RunStore
 
 
-def prepare_source(path, pipe, *, max_side="native", resize_policy: str = "crop"):
-    """Load one source image sized for the pipeline exactly as a sweep does (see :mod:`img2img_lab.images`).
+def prepare_source(path, model: ModelHandle, *, max_side="native", resize_policy: str = "crop"):
+    """Load one source image sized for the model exactly as a sweep does (see :mod:`img2img_lab.images`).
 
-    >>> prepare_source("data/sources/red_circle_on_blue.png", pipe).size  # the embedded model's native 64 px
-    (64, 64)
+    >>> prepare_source("data/sources/red_circle_on_blue.png", model, max_side=32).size
+    (32, 32)
     """
-    native = native_resolution(pipe)
+    native = model.native_resolution()
     max_side = native if max_side == "native" else max_side
     warn_below = min(256, native) if native else 256
     with warnings.catch_warnings():
         warnings.simplefilter("always", SmallSourceWarning)
-        return load_image(path, size_multiple=size_multiple(pipe), max_side=max_side, policy=resize_policy,
+        return load_image(path, size_multiple=model.size_multiple(), max_side=max_side, policy=resize_policy,
                           warn_below=warn_below)
 
 
-def source_fit(path, pipe, *, max_side="native", resize_policy: str = "crop") -> dict | None:
+def source_fit(path, model: ModelHandle, *, max_side="native", resize_policy: str = "crop") -> dict | None:
     """How :func:`prepare_source` sized a source file for the pipeline (its original size, ``max_side``,
     ``size_multiple``, ``policy``): a mask file of that source is fitted the same way (:mod:`img2img_lab.metrics.masks`)."""
     from PIL import Image, ImageOps
@@ -48,14 +47,14 @@ def source_fit(path, pipe, *, max_side="native", resize_policy: str = "crop") ->
             original = ImageOps.exif_transpose(image).size
     except (OSError, TypeError, AttributeError):  # bytes, arrays or uploads: no file to fit a mask to
         return None
-    native = native_resolution(pipe)
+    native = model.native_resolution()
     return {"original": list(original), "max_side": native if max_side == "native" else max_side,
-            "size_multiple": size_multiple(pipe), "policy": resize_policy}
+            "size_multiple": model.size_multiple(), "policy": resize_policy}
 
 
-def prepare_sources(plan: SweepPlan, pipe) -> list:
-    """Load every source image of the plan, sized for the pipeline (see :func:`prepare_source`)."""
-    return [prepare_source(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)
+def prepare_sources(plan: SweepPlan, model: ModelHandle) -> list:
+    """Load every source image of the plan, sized for the model (see :func:`prepare_source`)."""
+    return [prepare_source(path, model, max_side=plan.max_side, resize_policy=plan.resize_policy)
             for path in plan.images]
 
 
@@ -104,14 +103,14 @@ def source_steps(model, sources: list):
     return steps
 
 
-def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], seeds: list[int],
+def write_floor(store: RunStore, model: ModelHandle, sources: list, source_hashes: list[str], seeds: list[int],
                 metrics: list[str], *, references=None) -> None:
     """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
-    (on the pipeline's device; ``references``, a :class:`~img2img_lab.metrics.fidelity.ReferenceCache`, keeps each source's
+    (on the model's device; ``references``, a :class:`~img2img_lab.metrics.fidelity.ReferenceCache`, keeps each source's
     side for the cells). A round trip stored by an earlier sweep is kept, and measured now for the metrics it lacks
     (made again if its image does not hold the pixels its row records).
 
-    >>> write_floor(store, pipe, sources, [row["source_hash"]], [0], ["ssim", "delta_e"])  # runs/demo: ssim, psnr
+    >>> write_floor(store, model, sources, [row["source_hash"]], [0], ["ssim", "delta_e"])  # runs/demo: ssim, psnr
     >>> floor = store.read_floor()
     >>> [bool(floor.loc[floor.seed == seed, "delta_e"].notna().all()) for seed in (0, 1)]
     [True, False]
@@ -120,7 +119,7 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
 
     from img2img_lab.metrics.measure import measure_pair, metric_status
 
-    fingerprint = model_fingerprint(pipe)["fingerprint"]
+    fingerprint = model.fingerprint()["fingerprint"]
     floor = store.read_floor()
     if len(floor) and "model_fingerprint" not in floor.columns:  # older single-model folders: this model's floor
         floor["model_fingerprint"] = fingerprint
@@ -136,14 +135,14 @@ def write_floor(store: RunStore, pipe, sources: list, source_hashes: list[str], 
                 if missing and image is None:
                     row, missing = None, names
             if row is None:
-                image = vae_roundtrip(pipe, source, generator=cell_generator(seed))
+                image = model.family.vae_roundtrip(source, generator=cell_generator(seed))
                 path = store.floor_path(source_hash, seed, fingerprint)
                 store.write_png(path, image)
                 row = kept[(source_hash, seed, fingerprint)] = {
                     "source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
                     "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
             if missing:
-                row.update(measure_pair(source, image, missing, device=str(pipe.device), references=references))
+                row.update(measure_pair(source, image, missing, device=str(model.pipe.device), references=references))
     store.write_floor(pd.DataFrame(list(kept.values())))
 
 
@@ -169,7 +168,7 @@ def build_manifest(plan, model: ModelHandle, sources: list, *, started: str, rec
         "cells_planned": len(plan.cells()),
         "model": model.label,
         "model_fingerprint": model.fingerprint(),
-        "model_family": model.describe(),
+        "model_family": model.family_summary(),
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
@@ -179,7 +178,7 @@ def build_manifest(plan, model: ModelHandle, sources: list, *, started: str, rec
         "command": sys.argv,
         "sources": recorded_sources or [
             {"path": path, "hash": content_hash(image), "width": image.width, "height": image.height,
-             "fit": source_fit(path, pipe, max_side=plan.max_side, resize_policy=plan.resize_policy)}
+             "fit": source_fit(path, model, max_side=plan.max_side, resize_policy=plan.resize_policy)}
             for path, image in zip(plan.images, sources)
         ],
         "notes": [],

@@ -34,26 +34,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from img2img_lab.store.audit import VerifyReport, audit_run_folder  # noqa: F401 - VerifyReport re-exported
 from img2img_lab.errors import StoreError
-from img2img_lab.plan.sweep_plan import Cell
-from img2img_lab.sweep.repair import model_for, repair_run_folder  # noqa: F401 - model_for re-exported
+from img2img_lab.models.handle import ModelHandle, as_model
 from img2img_lab.plan.schema import cell_from_row, is_duplicate
+from img2img_lab.plan.sweep_plan import Cell
+from img2img_lab.store.audit import VerifyReport, audit_run_folder  # noqa: F401 - VerifyReport re-exported
 from img2img_lab.store.run_store import RunStore
+from img2img_lab.sweep.repair import model_for, repair_run_folder
+from img2img_lab.sweep.sources import source_steps
 
 
 def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: str | None = None,
                repair: bool = False, yes: bool = False) -> VerifyReport:
     """Check a run folder (and repair it first if ``repair``; ``yes`` lifts the repair's bound on work, see
-    :mod:`img2img_lab.sweep.repair`); regenerate ``sample`` random cells (0 = files only).
+    :mod:`img2img_lab.sweep.repair`); regenerate ``sample`` random cells (0 = files only) with ``pipe`` (a pipeline
+    or a model handle) where it is the model that made them, else with the model the folder registered.
 
     >>> verify_run("runs/demo", sample=0).ok
     True
     """
     store = RunStore.open(run_dir)
     report = VerifyReport()
+    model = None if pipe is None else as_model(pipe)
     if repair:
-        repair_run_folder(store, report, pipe=pipe, device=device, yes=yes)
+        repair_run_folder(store, report, model=model, device=device, yes=yes)
         store = RunStore.open(run_dir)
     table = audit_run_folder(store, report)
     if table is None or (table.empty and not report.missing_cells and not report.file_failures):
@@ -61,11 +65,12 @@ def verify_run(run_dir, *, sample: int = 8, seed: int = 0, pipe=None, device: st
             raise StoreError(f"{run_dir}: no finished cells to verify. Fix: run the sweep first.")
         return report
     if sample > 0 and len(table):
-        _regenerate_sample(store, table, report, sample=sample, seed=seed, pipe=pipe, device=device)
+        _regenerate_sample(store, table, report, sample=sample, seed=seed, model=model, device=device)
     return report
 
 
-def _regenerate_sample(store: RunStore, table, report: VerifyReport, *, sample: int, seed: int, pipe, device) -> None:
+def _regenerate_sample(store: RunStore, table, report: VerifyReport, *, sample: int, seed: int,
+                       model: ModelHandle | None, device) -> None:
     candidates = table[~table["produced"].map(is_duplicate) & ~table["cell_key"].isin(report.damaged_cells)]
     picked = random.Random(seed).sample(list(candidates["cell_key"]), min(sample, len(candidates)))
     rows = {row["cell_key"]: row for row in table.to_dict("records")}
@@ -77,12 +82,12 @@ def _regenerate_sample(store: RunStore, table, report: VerifyReport, *, sample: 
         by_model.setdefault(str(rows[key].get("model_fingerprint")), []).append(key)
     batches_done: set = set()
     for fingerprint, keys in by_model.items():
-        model_pipe = model_for(fingerprint, pipe, manifest, device=device)
-        if model_pipe is None:
+        maker = model_for(fingerprint, model, manifest, device=device)
+        if maker is None:
             report.mismatches += [f"{key}: the loaded model's fingerprint differs from the one that made it"
                                   for key in keys]
             continue
-        _regenerate(store, model_pipe, keys, rows, sources, hashes, report, batches_done)
+        _regenerate(store, maker, keys, rows, sources, hashes, report, batches_done)
     report.notes.append(f"sampled {len(picked)} of {len(candidates)} generated cells (seed {seed}); "
                         f"{len(batches_done)} batches regenerated whole")
 
@@ -96,12 +101,12 @@ def _threads(row: dict) -> int | None:
 
 
 @contextmanager
-def _threads_of(row: dict, pipe):
+def _threads_of(row: dict, model: ModelHandle):
     """Run with the CPU thread count the row's writer used (older rows record none: leave it)."""
     import torch
 
     threads = _threads(row)
-    if pipe.device.type != "cpu" or threads is None:
+    if model.pipe.device.type != "cpu" or threads is None:
         yield
         return
     previous = torch.get_num_threads()
@@ -117,7 +122,7 @@ class _Regeneration:
     """Regenerates sampled cells with one model (see the module doc) and records the comparisons in ``report``."""
 
     store: RunStore
-    pipe: object
+    model: ModelHandle
     rows: dict
     sources: list
     hashes: list
@@ -125,21 +130,18 @@ class _Regeneration:
     batches_done: set
 
     def __post_init__(self):
-        from img2img_lab.models.handle import as_model
-        from img2img_lab.sweep.run import source_steps
-
-        self.steps_of = source_steps(as_model(self.pipe), self.sources)
+        self.steps_of = source_steps(self.model, self.sources)
         self.index_of = {source_hash: index for index, source_hash in enumerate(self.hashes)}
 
     def cell(self, row: dict) -> Cell:
         return cell_from_row(row, self.index_of[row["source_hash"]], self.steps_of)
 
     def alone(self, row: dict):
-        from img2img_lab.engine.reference import run_cell
+        from img2img_lab.engine.per_cell import run_cell
         from img2img_lab.sweep.conditions import row_condition
 
         source = self.sources[self.index_of[row["source_hash"]]]
-        return run_cell(self.pipe, self.cell(row), source, condition=row_condition(self.store, row, source)).image
+        return run_cell(self.model, self.cell(row), source, condition=row_condition(self.store, row, source)).image
 
     def compare(self, row: dict, image, *, tolerance: int = 0) -> None:
         import numpy as np
@@ -172,10 +174,10 @@ class _Regeneration:
             self.report.within_tolerance += 1
             dtype = row.get("dtype")  # older rows may not say: the regenerating pipeline's (the manifest's) dtype
             self.compare(row, self.alone(row), tolerance=batched_tolerance(dtype if isinstance(dtype, str)
-                                                                           else self.pipe.dtype))
+                                                                           else self.model.pipe.dtype))
             return
         members = [rows[member] for member in batch["keys"]]
-        outputs = run_cells_batched(self.pipe, [self.cell(member) for member in members], self.sources,
+        outputs = run_cells_batched(self.model, [self.cell(member) for member in members], self.sources,
                                     max_batch_size=batch["max_batch_size"])
         for member, output in zip(members, outputs):
             if (member.get("batch_id"), _threads(member)) == made_by:  # others came from another batch or thread count
@@ -183,11 +185,12 @@ class _Regeneration:
         self.batches_done.add(made_by)
 
 
-def _regenerate(store: RunStore, pipe, keys, rows, sources, hashes, report: VerifyReport, batches_done: set) -> None:
-    """Regenerate ``keys`` with ``pipe`` as the module doc says (bit for bit, or within the engine's tolerance)."""
-    regeneration = _Regeneration(store, pipe, rows, sources, hashes, report, batches_done)
+def _regenerate(store: RunStore, model: ModelHandle, keys, rows, sources, hashes, report: VerifyReport,
+                batches_done: set) -> None:
+    """Regenerate ``keys`` with ``model`` as the module doc says (bit for bit, or within the engine's tolerance)."""
+    regeneration = _Regeneration(store, model, rows, sources, hashes, report, batches_done)
     for key in keys:
-        with _threads_of(rows[key], pipe):
+        with _threads_of(rows[key], model):
             regeneration.run(key)
 
 

@@ -29,8 +29,8 @@ def strength_readout(step) -> str:
     """One line saying what a strength runs: a :class:`~img2img_lab.models.handle.StepPlan` in words.
 
     >>> from img2img_lab.models.handle import as_model
-    >>> from img2img_lab.testing.tiny_families import make_tiny_family
-    >>> strength_readout(as_model(make_tiny_family("sd3")).step_plan("default", 4, 0.3, width=32, height=32))
+    >>> from img2img_lab.models.registry import tiny_pipeline
+    >>> strength_readout(as_model(tiny_pipeline("sd3")).step_plan("default", 4, 0.3, width=32, height=32))
     'executes 2 of 4 steps · starts at t=602 · noise σ=1.51 (flow σₜ=0.60) · log-SNR -0.83'
     """
     total = step.num_inference_steps

@@ -41,7 +41,7 @@ TABLE_COLUMNS = ("source_name", "prompt", "negative_prompt", "strength", "execut
                  "num_inference_steps", "scheduler")
 
 
-def default_metrics(pipe) -> list[str]:
+def default_metrics(model) -> list[str]:
     """The metrics the explorer measures: SSIM, MS-SSIM, colour ΔE, edge F1, LPIPS when its weights are
     present, and the shapes-world oracle on the embedded model."""
     from img2img_lab.metrics.measure import metric_status
@@ -50,9 +50,7 @@ def default_metrics(pipe) -> list[str]:
     names = ["ssim", "ms_ssim", "delta_e", "edge_f1"]
     if metric_status("lpips")[0]:
         names.append("lpips")
-    from img2img_lab.models.handle import as_model
-
-    folder = as_model(pipe).folder
+    folder = model.folder
     if folder and Path(folder).resolve() == Path(EMBEDDED_MODEL_DIR).resolve():
         names += ["oracle_kept", "oracle_match"]
     return names
@@ -63,7 +61,7 @@ class StrengthExplorer:
 
     Parameters
     ----------
-    pipe : diffusers img2img pipeline, optional
+    pipe : diffusers img2img pipeline or model handle, optional
         Default: :func:`img2img_lab.models.loading.load_pipeline` of ``model``.
     model : str, optional
         Hub id or folder when ``pipe`` is not given; ``None`` is the embedded model.
@@ -96,11 +94,12 @@ class StrengthExplorer:
                  scheduler: str = "default", max_side="native", resize_policy: str = "crop"):
         widgets = require_ipywidgets()
         from img2img_lab.metrics.measure import check_metric_names
-        from img2img_lab.models.loading import load_pipeline
+        from img2img_lab.models.handle import as_model
+        from img2img_lab.models.loading import load_model
 
-        self.pipe = pipe if pipe is not None else load_pipeline(model)
+        self.model = as_model(pipe) if pipe is not None else load_model(model)  # the loaded model's handle
         self.run_dir = Path(run_dir)
-        self.metrics = check_metric_names(default_metrics(self.pipe) if metrics is None else metrics)
+        self.metrics = check_metric_names(default_metrics(self.model) if metrics is None else metrics)
         self.max_side = max_side
         self.resize_policy = resize_policy
         sources = dict(bundled_sources() if sources is None else sources)
@@ -125,7 +124,7 @@ class StrengthExplorer:
     def _make_controls(self, widgets, sources: dict, first: str, *, prompt: str, negative_prompt: str,
                        strength: float, seed: int, guidance_scale: float | None, steps: int, scheduler: str) -> None:
         """The explorer's controls and outputs (each output with a CSS class the browser test finds)."""
-        from img2img_lab.models.loading import recommended_guidance, scheduler_names
+        from img2img_lab.schedulers import scheduler_names
 
         layout = widgets.Layout
         self.source = widgets.Dropdown(options=list(sources.items()), value=sources[first], description="source",
@@ -142,7 +141,7 @@ class StrengthExplorer:
         self.seed = widgets.BoundedIntText(value=seed, min=0, max=2**63 - 1, description="seed",
                                            style={"description_width": "initial"}, layout=layout(width="150px"))
         self.guidance_scale = widgets.BoundedFloatText(
-            value=recommended_guidance(self.pipe) if guidance_scale is None else guidance_scale, min=0.0, max=50.0,
+            value=self.model.recommended_guidance() if guidance_scale is None else guidance_scale, min=0.0, max=50.0,
             step=0.5, description="guidance", style={"description_width": "initial"}, layout=layout(width="150px"))
         self.steps = widgets.BoundedIntText(value=steps, min=1, max=1000, description="steps",
                                             style={"description_width": "initial"}, layout=layout(width="140px"))
@@ -198,13 +197,12 @@ class StrengthExplorer:
     # ------------------------------------------------------------------ state
     def _load_existing(self) -> None:
         """Remember the cells an earlier session left in ``run_dir`` (same model only)."""
-        from img2img_lab.models.loading import model_fingerprint
         from img2img_lab.store.run_store import RunStore
 
         if not RunStore.is_run_folder(self.run_dir):
             return
         store = RunStore.open(self.run_dir)
-        fingerprint = model_fingerprint(self.pipe)["fingerprint"]
+        fingerprint = self.model.fingerprint()["fingerprint"]
         previous = store.read_manifest().get("model_fingerprint", {}).get("fingerprint")
         if previous and previous != fingerprint:
             raise StoreError(f"'{self.run_dir}' caches another model's images (fingerprint {previous[:12]}). "
@@ -217,7 +215,7 @@ class StrengthExplorer:
         from img2img_lab.sweep.run import prepare_source
 
         if path not in self._sources:
-            image = prepare_source(path, self.pipe, max_side=self.max_side, resize_policy=self.resize_policy)
+            image = prepare_source(path, self.model, max_side=self.max_side, resize_policy=self.resize_policy)
             self._sources[path] = (image, content_hash(image))
         return self._sources[path]
 
@@ -268,7 +266,7 @@ class StrengthExplorer:
             try:
                 with warnings.catch_warnings(record=True) as caught:  # said in the status line, once, in words
                     warnings.simplefilter("always")
-                    table = run_sweep(SweepPlan.from_dict(settings), self.run_dir, pipe=self.pipe, progress=False,
+                    table = run_sweep(SweepPlan.from_dict(settings), self.run_dir, pipe=self.model, progress=False,
                                       metrics=self.metrics, on_step=self._on_step)
             finally:
                 self.generate_button.disabled = False
@@ -311,11 +309,9 @@ class StrengthExplorer:
         self.progress.value = min(done, total)
 
     def _on_schedule_change(self, change=None) -> None:
-        from img2img_lab.models.handle import as_model
-
         try:
             source, _ = self._prepared(self.source.value)
-            step = as_model(self.pipe).step_plan(self.scheduler.value, int(self.steps.value),
+            step = self.model.step_plan(self.scheduler.value, int(self.steps.value),
                                                  float(self.strength.value), width=source.width, height=source.height)
             text = strength_readout(step)
         except Img2ImgLabError as error:

@@ -8,7 +8,8 @@ from PIL import Image
 
 from conftest import structured_image
 from img2img_lab.engine.batched import _BatchSize, _unet_outputs, batching_supported, run_cells_batched
-from img2img_lab.engine.reference import run_cell
+from img2img_lab.engine.per_cell import run_cell
+from img2img_lab.models.handle import as_model
 from img2img_lab.plan.sweep_plan import SweepPlan
 
 #: Largest per-pixel difference seen per scheduler (printed at the end of the module's tests).
@@ -29,7 +30,7 @@ def test_batched_equals_per_cell_within_one_level(tiny_pipe, scheduler, capsys):
                      steps=[10], schedulers=[scheduler])
     cells = [cell for cell in plan.cells() if cell.image_index == 0 or cell.seed == 0]
     stats = {}
-    batched = run_cells_batched(tiny_pipe, cells, sources, stats=stats, max_batch_size=12)
+    batched = run_cells_batched(as_model(tiny_pipe), cells, sources, stats=stats, max_batch_size=12)
     worst = 0
     for cell, output in zip(cells, batched):
         reference = run_cell(tiny_pipe, cell, sources[cell.image_index])
@@ -44,7 +45,6 @@ def test_batched_equals_per_cell_within_one_level(tiny_pipe, scheduler, capsys):
               f"{stats['unet_calls']} UNet calls, {stats['unet_samples']} UNet samples")
     assert worst <= 1
     # Every cell's UNet evaluations ran exactly once: guidance-1 cells send one sample, guidance-3.5 cells two.
-    from img2img_lab.models.handle import as_model
 
     model = as_model(tiny_pipe)
     assert stats["unet_samples"] == sum(
@@ -59,8 +59,8 @@ def test_per_cell_generators_make_cells_independent_of_their_batch(tiny_pipe):
     plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.5, 0.8], seeds=[0, 1, 2],
                      guidance_scales=[3.0], steps=[10], schedulers=["euler_a"])
     cells = plan.cells()
-    together = run_cells_batched(tiny_pipe, cells, sources)
-    alone = run_cells_batched(tiny_pipe, [cells[3]], sources)
+    together = run_cells_batched(as_model(tiny_pipe), cells, sources)
+    alone = run_cells_batched(as_model(tiny_pipe), [cells[3]], sources)
     assert _difference(together[3].image, alone[0].image) <= 1
     assert _difference(together[0].image, together[2].image) > 1  # different seeds differ
 
@@ -96,14 +96,17 @@ def test_unet_chunks_halve_on_cuda_out_of_memory():
 
 
 def test_batching_supported_says_why_not():
-    supported, reason = batching_supported(object())
-    assert not supported and "per cell" in reason
+    from img2img_lab.testing import make_tiny_family
+
+    supported, reason = batching_supported(as_model(make_tiny_family("sd-inpaint")))
+    assert not supported and reason == ("StableDiffusionInpaintPipeline is run per cell (the batched engine reproduces "
+                                        "plain StableDiffusionImg2ImgPipeline calls only)")
 
 
 def test_run_cells_batched_refuses_mixed_groups(tiny_pipe):
     plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], steps=[10, 12], schedulers=["ddim"])
     with pytest.raises(ValueError, match="one scheduler, one steps value"):
-        run_cells_batched(tiny_pipe, plan.cells(), [structured_image(32)])
+        run_cells_batched(as_model(tiny_pipe), plan.cells(), [structured_image(32)])
 
 
 def test_sweep_uses_the_batched_engine_by_default_and_records_it(tiny_model_dir, source_png, tmp_path):
@@ -136,7 +139,7 @@ def test_sweep_uses_the_batched_engine_by_default_and_records_it(tiny_model_dir,
 def test_sd15_sized_pipeline_path_runs_tiny_on_cpu():
     """The --gpu-sd15 benchmark's pipeline, at toy widths: same structure; batched within 2/255 of per-cell
     (random weights at guidance 7.5 amplify batched-kernel rounding more than the 1/255 seen at guidance <= 3.5)."""
-    from img2img_lab.testing.tiny_sd import make_sd15_sized_pipeline
+    from img2img_lab.testing import make_sd15_sized_pipeline
 
     pipe = make_sd15_sized_pipeline(tiny=True)
     assert pipe.unet.config.layers_per_block == 2 and len(pipe.unet.config.block_out_channels) == 4
@@ -144,7 +147,7 @@ def test_sd15_sized_pipeline_path_runs_tiny_on_cpu():
     plan = SweepPlan(images=["a.png"], prompts=["a cat"], strengths=[0.5, 1.0], seeds=[0], guidance_scales=[7.5],
                      steps=[4], schedulers=["pndm"])
     source = [structured_image(64)]
-    batched = run_cells_batched(pipe, plan.cells(), source)
+    batched = run_cells_batched(as_model(pipe), plan.cells(), source)
     for cell, output in zip(plan.cells(), batched):
         assert _difference(output.image, run_cell(pipe, cell, source[0]).image) <= 2
 
@@ -186,7 +189,7 @@ def test_gpu_benchmark_runs_every_part_on_cpu_tiny():
 def tiny_sdxl(tmp_path_factory):
     """A tiny random SDXL pipeline saved and loaded back through load_pipeline."""
     from img2img_lab.models.loading import load_pipeline
-    from img2img_lab.testing.tiny_families import save_tiny_family
+    from img2img_lab.testing import save_tiny_family
 
     return load_pipeline(str(save_tiny_family("sdxl", tmp_path_factory.mktemp("sdxl") / "sdxl")), device="cpu")
 
@@ -195,10 +198,9 @@ def tiny_sdxl(tmp_path_factory):
 @pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "ddim"])
 def test_batched_sdxl_equals_per_cell_within_one_level(tiny_sdxl, scheduler, capsys):
     """SDXL: pooled embeddings and added time ids per sample; guidance 0 and 1 (no CFG, Turbo-style) and 5."""
-    from img2img_lab.models.handle import as_model
     from img2img_lab.sweep.run import source_steps
 
-    assert batching_supported(tiny_sdxl) == (True, "StableDiffusionXLImg2ImgPipeline")
+    assert batching_supported(as_model(tiny_sdxl)) == (True, "StableDiffusionXLImg2ImgPipeline")
     sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
     plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc", "a blue square"],
                      strengths=[0.05, 0.3, 0.6, 1.0], seeds=[0, 1], guidance_scales=[0.0, 1.0, 5.0], steps=[10],
@@ -206,7 +208,7 @@ def test_batched_sdxl_equals_per_cell_within_one_level(tiny_sdxl, scheduler, cap
     cells = [cell for cell in plan.cells(steps=source_steps(as_model(tiny_sdxl), sources))
              if cell.image_index == 0 or (cell.seed == 0 and cell.prompt == "a red disc")]
     stats = {}
-    batched = run_cells_batched(tiny_sdxl, cells, sources, stats=stats, max_batch_size=12)
+    batched = run_cells_batched(as_model(tiny_sdxl), cells, sources, stats=stats, max_batch_size=12)
     worst = max(_difference(output.image, run_cell(tiny_sdxl, cell, sources[cell.image_index]).image)
                 for cell, output in zip(cells, batched))
     with capsys.disabled():
@@ -216,10 +218,10 @@ def test_batched_sdxl_equals_per_cell_within_one_level(tiny_sdxl, scheduler, cap
 
 
 def test_flow_matching_and_lcm_pipelines_are_run_per_cell_with_the_reason():
-    from img2img_lab.testing.tiny_families import make_tiny_family
+    from img2img_lab.testing import make_tiny_family
 
     for family in ("sd3", "flux-dev", "lcm"):
-        supported, reason = batching_supported(make_tiny_family(family))
+        supported, reason = batching_supported(as_model(make_tiny_family(family)))
         assert not supported and "per cell" in reason, (family, reason)
 
 
@@ -241,12 +243,12 @@ def test_batched_sdxl_is_exact_in_float64(scheduler):
     random weights) is batched-kernel rounding, not a different computation."""
     import torch
 
-    from img2img_lab.testing.tiny_families import make_tiny_family
+    from img2img_lab.testing import make_tiny_family
 
     pipe = make_tiny_family("sdxl").to(dtype=torch.float64)
     source = [structured_image(32, seed=1)]
     plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.3, 0.7, 1.0], seeds=[0, 1],
                      guidance_scales=[1.0, 5.0], steps=[12], schedulers=[scheduler])
     cells = plan.cells()
-    for cell, output in zip(cells, run_cells_batched(pipe, cells, source, max_batch_size=8)):
+    for cell, output in zip(cells, run_cells_batched(as_model(pipe), cells, source, max_batch_size=8)):
         assert _difference(output.image, run_cell(pipe, cell, source[0]).image) == 0, cell

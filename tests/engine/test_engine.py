@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from img2img_lab.engine.reference import run_cell, vae_roundtrip
+from img2img_lab.engine.per_cell import run_cell
 from img2img_lab.images import load_image
 from img2img_lab.models.handle import as_model
-from img2img_lab.models.loading import make_scheduler
+from img2img_lab.schedulers import make_scheduler
 from img2img_lab.plan.sweep_plan import SweepPlan
 
 from conftest import structured_image
@@ -60,7 +60,7 @@ def test_zero_step_cells_return_the_vae_round_trip(tiny_pipe, scheduler, strengt
     assert cell.zero_step and cell.init_steps == 0
     output = run_cell(tiny_pipe, cell, source)
     assert output.produced == "vae_roundtrip"
-    expected = vae_roundtrip(tiny_pipe, source, generator=torch.Generator("cpu").manual_seed(0))
+    expected = as_model(tiny_pipe).family.vae_roundtrip(source, generator=torch.Generator("cpu").manual_seed(0))
     assert np.array_equal(np.asarray(output.image), np.asarray(expected))
 
 

@@ -183,9 +183,9 @@ def test_clip_score_unavailable_offline_and_wired_with_local_weights(tmp_path):
         metrics.ClipScore("img2img-lab/no-such-clip")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-    from img2img_lab.testing.tiny_sd import write_byte_level_tokenizer
+    from img2img_lab._utils.bpe import write_clip_bpe
 
-    tokenizer = CLIPTokenizer.from_pretrained(write_byte_level_tokenizer(tmp_path / "tok", model_max_length=32))
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_bpe(tmp_path / "tok", [], model_max_length=32))
     config = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=32, bos_token_id=tokenizer.bos_token_id,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from img2img_lab.models.handle import as_model
-from img2img_lab.models.loading import EMBEDDED_MODEL_DIR, describe_pipeline, load_pipeline
+from img2img_lab.models.loading import EMBEDDED_MODEL_DIR, load_pipeline
 from img2img_lab.shapes import oracle
 from img2img_lab.shapes.world import SAMPLE_SCENES, caption, render
 
@@ -30,7 +30,7 @@ def card():
 
 def test_default_model_is_the_committed_shapes_world(embedded, monkeypatch):
     monkeypatch.delenv("IMG2IMG_LAB_MODEL", raising=False)
-    info = describe_pipeline(embedded)
+    info = as_model(embedded).describe()
     assert info["model"] == "embedded:shapes-world"
     assert info["pipeline_class"] == "StableDiffusionImg2ImgPipeline"
     assert info["native_resolution"] == 64 and info["size_multiple"] == 4

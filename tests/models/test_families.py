@@ -1,10 +1,13 @@
-"""Every diffusers img2img family, measured right (issue #12).
+"""Every diffusers class a family module runs, measured right (issues #12, #30, #38).
 
-Each family is a tiny random-weight pipeline built offline, saved with ``save_pretrained`` and loaded back through
-``load_pipeline``. A sweep over strengths x 2 seeds must give, for every cell, the image of a plain pipeline call
-with the same arguments (bit for bit), and record what the pipeline really ran: the timesteps seen by a hook on the
-call, the start timestep and noise seen by a hook on the scheduler's ``add_noise`` / ``scale_noise``, zero-step and
-duplicate flags derived from those sequences, and outputs of the source's size.
+Each class has a tiny random-weight pipeline declared by its family module (``tiny_pipelines``), saved with
+``save_pretrained`` and loaded back through ``load_model``. A sweep over strengths x 2 seeds (inpainting with a mask
+file, ControlNet and Control with Canny control images) must give, for every cell, the image of a plain pipeline call
+with the same arguments, bit for bit, and record what the pipeline really ran: the timesteps seen by a hook on the
+call, the start timestep and noise seen by a hook on the scheduler's ``add_noise`` / ``scale_noise``, pure-noise
+starts of inpainting at strength 1, zero-step and duplicate flags derived from those sequences, and outputs of the
+source's size. Every class of diffusers' two auto mappings is named by exactly one family module, and every class a
+module runs has a tiny pipeline here.
 """
 
 from __future__ import annotations
@@ -19,53 +22,92 @@ from PIL import Image
 from conftest import ZeroStepCall, hooked_call, structured_image
 from img2img_lab.cli.main import main
 from img2img_lab.errors import PlanError
+from img2img_lab.metrics.edges import edge_map
+from img2img_lab.models.families.base import call_parameters
 from img2img_lab.models.handle import as_model
 from img2img_lab.models.loading import load_pipeline
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.run import run_sweep
-from img2img_lab.testing.tiny_families import TINY_FAMILIES, save_tiny_family
+from img2img_lab.testing import TINY_FAMILIES, save_tiny_family
 
-STRENGTHS = [0.0, 0.1, 0.25, 0.3, 0.34, 0.6, 1.0]
+STRENGTHS = [0.0, 0.1, 0.3, 0.34, 0.6, 1.0]
 STEPS = 4
 #: info's native size: denoiser sample size x VAE factor (FLUX.1: the pipeline's default 128 x 2).
 NATIVE = {"sd1": 32, "sd2-v": 32, "sdxl": 32, "sd3": 32, "flux-dev": 256, "flux-schnell": 256, "lcm": 32}
+#: Tiny pipelines of classes img2img-lab refuses (tested by the refusal tests below).
+REFUSED_TINY = ("flux-kontext",)
+SWEPT = tuple(name for name in TINY_FAMILIES if name not in REFUSED_TINY)
 REPORT: dict[str, dict[str, str]] = {}
 
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("families")
-    return {family: save_tiny_family(family, root / family) for family in TINY_FAMILIES}
+    return {name: save_tiny_family(name, root / name) for name in ("sd1", "sdxl", "sd3", "flux-dev", "flux-schnell",
+                                                                   "lcm")}
 
 
 @pytest.fixture(scope="module")
-def source_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("family-source") / "source.png"
-    structured_image(32).save(path)
-    return path
+def source_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("family-source")
+    structured_image(32).save(folder / "source.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 8:24] = 255  # the "subject": kept when the background is repainted
+    (folder / "masks").mkdir()
+    Image.fromarray(mask, mode="L").save(folder / "masks" / "source.png")
+    return folder
 
 
-def _plain_call(pipe, source, strength, seed, guidance):
-    """A plain diffusers call, hooked (:func:`conftest.hooked_call`): returns (image, what ran)."""
+@pytest.fixture
+def source_path(source_files):
+    return source_files / "source.png"
+
+
+def _plain_call(pipe, source, strength, seed, guidance, **conditions):
+    """What a user of this class would type (no img2img-lab code in the way), hooked
+    (:func:`conftest.hooked_call`): returns (image, what ran). Qwen-Image guides through ``true_cfg_scale`` with a
+    negative prompt (its docs: " " when there is none)."""
     kwargs = dict(image=source, prompt="a red cat", strength=strength, num_inference_steps=STEPS,
-                  guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(seed))
-    if type(pipe).__name__ in ("StableDiffusion3Img2ImgPipeline", "FluxImg2ImgPipeline"):
+                  generator=torch.Generator("cpu").manual_seed(seed), **conditions)
+    if type(pipe).__name__.startswith("QwenImage"):
+        kwargs.update(true_cfg_scale=guidance, negative_prompt=" ")
+    else:
+        kwargs["guidance_scale"] = guidance
+    if "height" in call_parameters(pipe):
         kwargs.update(height=source.height, width=source.width)
     return hooked_call(pipe, **kwargs)
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_family_sweep_records_what_the_pipeline_runs(family, family_dirs, source_path, tmp_path, capsys):
-    pipe = load_pipeline(str(family_dirs[family]), device="cpu")
+def _conditions(model, source_files):
+    """The mask (white: repainted, the background) and the Canny control image a plain call of this class takes."""
+    source = Image.open(source_files / "source.png").convert("RGB")
+    conditions = {}
+    if model.inpaints:
+        subject = np.asarray(Image.open(source_files / "masks" / "source.png")) > 127
+        conditions["mask_image"] = Image.fromarray((~subject).astype(np.uint8) * 255, mode="L")
+    if model.needs_control_image:
+        edges = edge_map(source).astype(np.uint8) * 255
+        conditions["control_image"] = Image.fromarray(np.stack([edges] * 3, -1), mode="RGB")
+    return source, conditions
+
+
+@pytest.mark.parametrize("name", SWEPT)
+def test_every_family_class_sweeps_like_a_plain_call(name, source_files, tmp_path, capsys):
+    pipe = load_pipeline(str(save_tiny_family(name, tmp_path / name)), device="cpu", threads=1)
     model = as_model(pipe)
-    assert model.native_resolution() == NATIVE[family]
+    if name in NATIVE:
+        assert model.native_resolution() == NATIVE[name]
     guidance = 3.0
-    plan = SweepPlan(images=[str(source_path)], prompts=["a red cat"], strengths=STRENGTHS, seeds=[0, 1],
-                     guidance_scales=[guidance], steps=[STEPS], max_side=None)
+    inpaint = model.inpaints
+    plan = SweepPlan(images=[str(source_files / "source.png")], prompts=["a red cat"], strengths=STRENGTHS,
+                     seeds=[0, 1], guidance_scales=[guidance], steps=[STEPS], max_side=None,
+                     modes=["inpaint" if inpaint else "img2img"],
+                     inpaint={"mask": str(source_files / "masks"), "repaint": "background"} if inpaint else None,
+                     control={"image": "canny"} if model.needs_control_image else None)
     table = run_sweep(plan, tmp_path / "run", pipe=pipe, engine="per-cell", progress=False)
     assert len(table) == len(STRENGTHS) * 2
-    source = Image.open(source_path).convert("RGB")
+    source, conditions = _conditions(model, source_files)
     model.use_scheduler("default")
     checks = {"bit-identical": 0, "steps": 0, "start noise": 0, "flags": 0}
     for seed, rows in table.groupby("seed"):
@@ -74,42 +116,93 @@ def test_family_sweep_records_what_the_pipeline_runs(family, family_dirs, source
             stored = np.asarray(Image.open(tmp_path / "run" / row["output_path"]).convert("RGB"))
             assert stored.shape == (32, 32, 3), "outputs have the source's size"
             try:
-                image, seen = _plain_call(pipe, source, row["strength"], int(seed), guidance)
+                image, seen = _plain_call(pipe, source, row["strength"], int(seed), guidance, **conditions)
             except (ZeroStepCall, ValueError, IndexError):  # the pipeline cannot run it: no timestep is left
                 assert row["zero_step"] and row["executed_steps"] == 0 and row["log_snr"] == math.inf, row
+                assert row["start_from"] == "source"
                 checks["flags"] += 1
                 continue
-            assert np.array_equal(stored, np.asarray(image)), (family, row["strength"], seed)
+            assert np.array_equal(stored, np.asarray(image)), (name, row["strength"], seed)
             checks["bit-identical"] += 1
-            recorded = [float(value) for value in row["timesteps"].split(",")]
-            assert recorded == pytest.approx(seen["timesteps"], rel=1e-5)
-            assert row["unet_evaluations"] == len(seen["timesteps"])
-            assert row["start_timestep"] == pytest.approx(seen["start"], rel=1e-5)
+            assert [float(value) for value in row["timesteps"].split(",")] == pytest.approx(seen["timesteps"],
+                                                                                            rel=1e-5)
+            assert row["unet_evaluations"] == len(seen["timesteps"]) and not row["zero_step"]
             checks["steps"] += 1
-            if seen["flow_sigma"] is not None:
-                assert row["flow_sigma"] == pytest.approx(seen["flow_sigma"], rel=1e-6)
-                assert row["log_snr"] == pytest.approx(2 * math.log((1 - seen["flow_sigma"]) / seen["flow_sigma"])
-                                                       if seen["flow_sigma"] < 1 else -math.inf)
+            _check_start_noise(row, seen, pure_noise=inpaint and row["strength"] == 1.0)
             checks["start noise"] += 1
             # Flags from the sequences actually run: a duplicate repeats an earlier strength's run exactly.
             canonical = first_by_run.setdefault(tuple(seen["timesteps"]), row["strength"])
-            expected = None if canonical == row["strength"] else canonical
-            assert (None if pd_isna(row["duplicate_of"]) else row["duplicate_of"]) == expected
-            assert not row["zero_step"]
+            assert (None if pd_isna(row["duplicate_of"]) else row["duplicate_of"]) == (
+                None if canonical == row["strength"] else canonical)
             checks["flags"] += 1
+    assert checks["bit-identical"] >= 6
+    if inpaint:
+        assert set(table["inpaint_method"]) == {"masked-image channels" if name == "sd-inpaint-9" else "latent blend"}
+        assert table["mask_hash"].notna().all() and set(table["repaint"]) == {"background"}
+    if model.needs_control_image:
+        assert table["control_hash"].notna().all()
+    _measure_and_draw(tmp_path / "run", checks)
+    REPORT[name] = {check: f"{count} ok" for check, count in checks.items()}
+    with capsys.disabled():
+        print(f"\n[family] {name} ({type(pipe).__name__}): {REPORT[name]}; executed steps by strength "
+              f"{dict(zip(STRENGTHS, table[table.seed == 0].executed_steps))}")
+
+
+def _check_start_noise(row: dict, seen: dict, *, pure_noise: bool) -> None:
+    if pure_noise:  # inpainting at 1: no add_noise at the first timestep, or at σ = 1
+        assert row["start_from"] == "pure noise" and row["log_snr"] == -math.inf
+        assert seen["start"] != seen["timesteps"][0] or seen["flow_sigma"] == 1.0, seen
+        return
+    assert row["start_from"] == "noised source" and seen["noise_after_step"] == 0
+    assert row["start_timestep"] == pytest.approx(seen["start"], rel=1e-5)
+    if seen["flow_sigma"] is not None:
+        sigma = seen["flow_sigma"]
+        assert row["flow_sigma"] == pytest.approx(sigma, rel=1e-6)
+        assert row["log_snr"] == pytest.approx(2 * math.log((1 - sigma) / sigma) if sigma < 1 else -math.inf)
+
+
+def _measure_and_draw(run, checks: dict) -> None:
     from img2img_lab.figures.grids import comparison_grid
     from img2img_lab.metrics.measure import measure_run
 
-    measure_run(tmp_path / "run", ["ssim", "psnr"], progress=False)
-    measured = RunStore.open(tmp_path / "run").read_table()
+    measure_run(run, ["ssim", "psnr"], progress=False)
+    measured = RunStore.open(run).read_table()
     assert measured["ssim"].notna().all() and measured["psnr"].notna().all()
-    grid = comparison_grid(tmp_path / "run", rows="seed", cols="strength", annotate=["ssim"])
+    grid = comparison_grid(run, rows="seed", cols="strength", annotate=["ssim"])
     assert grid.width > 32 * len(STRENGTHS) and grid.height > 64
     checks["measure + grid"] = 1
-    REPORT[family] = {name: f"{count} ok" for name, count in checks.items()}
-    with capsys.disabled():
-        print(f"\n[family] {family}: {REPORT[family]}; executed steps by strength "
-              f"{dict(zip(STRENGTHS, table[table.seed == 0].executed_steps))}")
+
+
+def test_every_class_of_both_mappings_is_named_by_exactly_one_family_module():
+    """A family is one module: every class of diffusers' two auto mappings (and every class a module names) belongs
+    to exactly one module, which runs it, says it has no strength dial, or refuses it."""
+    import importlib
+
+    from diffusers.pipelines.auto_pipeline import AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, AUTO_INPAINT_PIPELINES_MAPPING
+
+    from img2img_lab.models.families.base import Family
+    from img2img_lab.models.registry import FAMILY_CLASSES
+
+    owners: dict[str, list[str]] = {}
+    for family in FAMILY_CLASSES:
+        module = importlib.import_module(family.__module__)
+        defined = [value for value in vars(module).values() if isinstance(value, type) and issubclass(value, Family)
+                   and value.__module__ == module.__name__ and value.class_names()]
+        assert defined == [family], module.__name__  # one family class per module
+        for name in family.class_names():
+            owners.setdefault(name, []).append(module.__name__.rsplit(".", 1)[1])
+    assert {name: where for name, where in owners.items() if len(where) > 1} == {}
+    mapped = {cls.__name__ for table in (AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, AUTO_INPAINT_PIPELINES_MAPPING)
+              for cls in table.values()}
+    assert len(mapped) == 45 and mapped - set(owners) == set()
+
+
+def test_every_class_a_family_module_runs_has_a_tiny_pipeline_here():
+    from img2img_lab.models.registry import FAMILIES, TINY_PIPELINES
+
+    built = {type(TINY_PIPELINES[name]()).__name__ for name in SWEPT}
+    assert set(FAMILIES) - built == set()
+    assert len(FAMILIES) == 30 and len(SWEPT) == 34
 
 
 def pd_isna(value) -> bool:
@@ -129,7 +222,7 @@ def test_sd3_and_flux_follow_their_own_strength_arithmetic(family_dirs):
     assert {lcm.step_plan("default", 4, s, width=32, height=32).executed_steps for s in STRENGTHS[1:]} == {4}
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sd3", "flux-dev", "flux-schnell", "lcm"])
 def test_log_snr_falls_monotonically_with_strength(family, family_dirs):
     model = as_model(load_pipeline(str(family_dirs[family]), device="cpu"))
     strengths = [s / 20 for s in range(2, 21)]  # from 0.1 (LCM needs 50 x strength >= 4 steps)
@@ -193,12 +286,12 @@ def test_a_broken_model_folder_gives_one_error_line(family_dirs, tmp_path, capsy
 
 
 def test_an_unexpected_failure_is_one_error_line_and_debug_shows_the_traceback(monkeypatch, capsys):
-    import img2img_lab.models.loading as pipelines
+    import img2img_lab.models.loading as loading
 
     def explode(*args, **kwargs):
         raise RuntimeError("CUDA error: device-side assert\ntriggered")
 
-    monkeypatch.setattr(pipelines, "load_pipeline", explode)
+    monkeypatch.setattr(loading, "load_model", explode)
     assert main(["info"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: info failed: RuntimeError: CUDA error: device-side assert triggered (rerun with "

@@ -10,25 +10,25 @@ import sys
 
 import pytest
 
-import img2img_lab.models.loading as pipelines
+import img2img_lab.models.loading as loading
 from img2img_lab.cli.main import main
 from img2img_lab.models.info import describe_model
 
 
 def test_the_class_a_folder_names_is_used_and_text_to_image_names_map_to_img2img(tiny_model_dir, tmp_path):
-    assert pipelines.img2img_pipeline_class("x", tiny_model_dir).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert loading.img2img_pipeline_class("x", tiny_model_dir).__name__ == "StableDiffusionImg2ImgPipeline"
     folder = tmp_path / "t2i"
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
-    assert pipelines.img2img_pipeline_class("x", folder).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert loading.img2img_pipeline_class("x", folder).__name__ == "StableDiffusionXLImg2ImgPipeline"
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
-    assert pipelines.img2img_pipeline_class("x", folder).__name__ == "AutoPipelineForImage2Image"
+    assert loading.img2img_pipeline_class("x", folder).__name__ == "AutoPipelineForImage2Image"
 
 
 def test_loading_a_model_does_not_import_every_pipeline(tiny_model_dir):
     """AutoPipelineForImage2Image imports every ControlNet (1-2 s); a folder naming its class does not need it."""
     code = (f"import sys; from img2img_lab.models.loading import load_pipeline; load_pipeline({str(tiny_model_dir)!r}); "
-            f"print('diffusers.models.controlnets' in sys.modules, 'diffusers.pipelines.auto_pipeline' in sys.modules)")
+            f"print('diffusers.models.controlnets' in sys.modules, 'diffusers.loading.auto_pipeline' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.split() == ["False", "False"], result.stderr[-2000:]
 
@@ -43,8 +43,8 @@ def test_commands_that_load_no_model_do_not_import_diffusers(tmp_path):
 def test_info_keeps_a_description_until_a_file_changes(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("IMG2IMG_LAB_CACHE_DIR", str(tmp_path / "cache"))
     loads = []
-    real_load = pipelines.load_pipeline
-    monkeypatch.setattr(pipelines, "load_pipeline", lambda *a, **k: (loads.append(1), real_load(*a, **k))[1])
+    real_load = loading.load_model
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: (loads.append(1), real_load(*a, **k))[1])
     first = describe_model(tiny_model_dir, device="cpu")
     assert describe_model(tiny_model_dir, device="cpu") == first and len(loads) == 1  # read back
     assert main(["info", str(tiny_model_dir), "--device", "cpu"]) == 0 and len(loads) == 1

@@ -10,23 +10,18 @@ import time
 import pytest
 
 from img2img_lab.errors import ModelError
-from img2img_lab.models.loading import (
-    SCHEDULERS,
-    describe_pipeline,
-    load_pipeline,
-    make_scheduler,
-    model_fingerprint,
-    resolve_model,
-    select_device,
-    set_scheduler,
-)
+from img2img_lab.models.handle import as_model
+from img2img_lab.models.loading import load_model, load_pipeline, resolve_model, select_device
+from img2img_lab.schedulers import SCHEDULERS, make_scheduler
 
 
 def test_loads_a_saved_pipeline_through_autopipeline(tiny_model_dir):
-    tiny_pipe = load_pipeline(str(tiny_model_dir), device="cpu")
+    model = load_model(str(tiny_model_dir), device="cpu")
+    tiny_pipe = model.pipe
     assert type(tiny_pipe).__name__ == "StableDiffusionImg2ImgPipeline"
     assert str(tiny_pipe.device) == "cpu" and str(tiny_pipe.dtype) == "torch.float32"
-    info = describe_pipeline(tiny_pipe)
+    assert load_pipeline(str(tiny_model_dir), device="cpu").img2img_lab_model.label == model.label
+    info = model.describe()
     assert info["size_multiple"] == 2 and info["native_resolution"] == 32
     assert set(info["components"]) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
     assert info["components"]["unet"]["parameters"] > 100_000
@@ -81,19 +76,19 @@ def test_scheduler_swap_by_name(tiny_pipe):
     expected = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
                 "dpmpp_2m": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler", "unipc": "UniPCMultistepScheduler"}
     for name, class_name in expected.items():
-        set_scheduler(tiny_pipe, name)
+        as_model(tiny_pipe).use_scheduler(name)
         assert type(tiny_pipe.scheduler).__name__ == class_name
         # the model's noise schedule carries over
         assert tiny_pipe.scheduler.config.beta_schedule == "scaled_linear"
     assert make_scheduler(tiny_pipe.scheduler.config, "dpmpp_2m_karras").config.use_karras_sigmas is True
-    set_scheduler(tiny_pipe, "default")
+    as_model(tiny_pipe).use_scheduler("default")
     assert type(tiny_pipe.scheduler).__name__ == "PNDMScheduler"
     assert set(expected) <= set(SCHEDULERS)
 
 
 def test_unknown_scheduler(tiny_pipe):
     with pytest.raises(ModelError, match=r"unknown scheduler 'dpm\+\+'\. Fix: use one of default, ddim"):
-        set_scheduler(tiny_pipe, "dpm++")
+        as_model(tiny_pipe).use_scheduler("dpm++")
 
 
 def test_device_and_dtype_selection():
@@ -118,12 +113,12 @@ def test_fingerprint_is_stable_and_sensitive(tiny_model_dir):
 
     first = load_pipeline(str(tiny_model_dir), device="cpu")
     second = load_pipeline(str(tiny_model_dir), device="cpu")
-    a, b = model_fingerprint(first), model_fingerprint(second)
+    a, b = as_model(first).fingerprint(), as_model(second).fingerprint()
     assert a["fingerprint"] == b["fingerprint"] and len(a["fingerprint"]) == 64
     assert set(a["components"]) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
     with torch.no_grad():
         next(second.unet.parameters()).view(-1)[0] += 1e-3
-    changed = model_fingerprint(second, refresh=True)
+    changed = as_model(second).fingerprint(refresh=True)
     assert changed["fingerprint"] != a["fingerprint"]
     assert changed["components"]["unet"]["weights_hash"] != a["components"]["unet"]["weights_hash"]
     assert changed["components"]["vae"] == a["components"]["vae"]
@@ -142,7 +137,7 @@ def test_fingerprint_of_a_tensor_over_two_to_the_24_values(tiny_model_dir):
     pipe.unet.register_buffer("large", torch.zeros(2**24 + 4, dtype=torch.float16))
     stamp = weights_stamp(pipe)
     assert stamp != before and stamp == weights_stamp(pipe)
-    assert len(model_fingerprint(pipe, refresh=True)["fingerprint"]) == 64
+    assert len(as_model(pipe).fingerprint(refresh=True)["fingerprint"]) == 64
 
 
 def test_a_vae_dtype_round_trip_rehashes_the_vae_alone(tiny_model_dir, monkeypatch):
@@ -157,15 +152,15 @@ def test_a_vae_dtype_round_trip_rehashes_the_vae_alone(tiny_model_dir, monkeypat
     monkeypatch.setattr(fingerprint, "compute_fingerprint",
                         lambda *a, reuse=None, **k: (reused.append(sorted(reuse or {})), real(*a, reuse=reuse, **k))[1])
     pipe = load_pipeline(str(tiny_model_dir), device="cpu")
-    first = model_fingerprint(pipe)
-    assert model_fingerprint(pipe) is first and len(reused) == 1  # unchanged weights: not hashed again
+    first = as_model(pipe).fingerprint()
+    assert as_model(pipe).fingerprint() is first and len(reused) == 1  # unchanged weights: not hashed again
     pipe.vae.to(torch.float64).to(torch.float32)
-    again = model_fingerprint(pipe)
+    again = as_model(pipe).fingerprint()
     assert reused[-1] == ["text_encoder", "tokenizer", "unet"]  # the VAE alone hashed again (and the scheduler)
-    assert again == first == model_fingerprint(pipe, refresh=True)
+    assert again == first == as_model(pipe).fingerprint(refresh=True)
     with torch.no_grad():
         pipe.vae.decoder.conv_out.bias.data.add_(1.0)
-    assert model_fingerprint(pipe)["components"]["vae"]["weights_hash"] != first["components"]["vae"]["weights_hash"]
+    assert as_model(pipe).fingerprint()["components"]["vae"]["weights_hash"] != first["components"]["vae"]["weights_hash"]
 
 
 def test_torchvision_shim_is_conditional():

@@ -543,7 +543,7 @@ def test_cells_are_keyed_by_the_weights_the_model_has_now(sources_dir, tmp_path)
     import torch
 
     from img2img_lab.models.handle import as_model
-    from img2img_lab.testing.tiny_sd import make_tiny_pipeline
+    from img2img_lab.testing import make_tiny_pipeline
 
     pipe = make_tiny_pipeline()
     loaded = as_model(pipe).fingerprint()["fingerprint"]

@@ -13,7 +13,7 @@ from img2img_lab.store.run_store import RunStore
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory, tiny_model_dir):
     """The tiny SD pipeline and a tiny SDXL pipeline, both 32 px, as model folders."""
-    from img2img_lab.testing.tiny_families import save_tiny_family
+    from img2img_lab.testing import save_tiny_family
 
     return str(tiny_model_dir), str(save_tiny_family("sdxl", tmp_path_factory.mktemp("axis") / "sdxl"))
 

@@ -1,0 +1,80 @@
+"""Qwen-Image: the FLUX.1 rule on 16-px packed latents, a Qwen2.5-VL text encoder, and a video VAE (one frame). True
+classifier-free guidance goes through ``true_cfg_scale`` with a negative prompt: img2img-lab passes the cell's
+guidance there, and an empty negative prompt as ``" "`` (the pipeline's docs ask for one), so guidance above 1
+always guides.
+
+>>> from img2img_lab.models.handle import as_model
+>>> model = as_model(QwenImageFamily.tiny_pipelines["qwenimage"]())
+>>> model.family.name, model.size_multiple()   # the tiny VAE's factor 2, packed 2x2
+('qwenimage', 4)
+"""
+
+from __future__ import annotations
+
+from img2img_lab.models.families.flux import TrueCFGFluxFamily
+from img2img_lab.models.families.tiny_parts import as_class, qwen2_tokenizer
+
+_EDITOR = "edits from a reference image and always starts from noise: it has no strength dial"
+
+
+def tiny_qwen25_vl(tokenizer, hidden: int = 16):
+    """A random 2-layer ``Qwen2_5_VLForConditionalGeneration`` (text and vision towers) for ``tokenizer``."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    vocab_size = len(tokenizer)
+    text = dict(hidden_size=hidden, intermediate_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=vocab_size, rope_theta=1_000_000.0, bos_token_id=None,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"})
+    vision = dict(depth=2, hidden_size=hidden, intermediate_size=hidden, num_heads=2, out_hidden_size=hidden)
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, hidden_size=hidden, vocab_size=vocab_size, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def make_tiny_qwenimage():
+    """A random-weight ``QwenImageImg2ImgPipeline``: a tiny Qwen2.5-VL encoder with a byte-level tokenizer, a one-layer
+    transformer, a 2-level video VAE, Qwen-Image's scheduler (exponential time shift, dynamic)."""
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageImg2ImgPipeline,
+                           QwenImageTransformer2DModel)
+
+    tokenizer = qwen2_tokenizer()
+    text_encoder = tiny_qwen25_vl(tokenizer)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,
+                                              attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                              axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    scheduler = FlowMatchEulerDiscreteScheduler(  # Qwen-Image's scheduler_config.json (exponential, dynamic shift)
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, shift=1.0, shift_terminal=0.02,
+        use_dynamic_shifting=True, time_shift_type="exponential")
+    return QwenImageImg2ImgPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                    transformer=transformer)
+
+
+class QwenImageFamily(TrueCFGFluxFamily):
+    """QwenImage: the FLUX.1 rule on 16-px packed latents; true CFG through ``true_cfg_scale`` and a negative prompt."""
+
+    name, label = "qwenimage", "Qwen-Image"
+    pipelines = {"img2img": ("QwenImageImg2ImgPipeline",), "inpaint": ("QwenImageInpaintPipeline",)}
+    text_to_image = {"QwenImagePipeline": "QwenImageImg2ImgPipeline"}
+    no_strength = {"QwenImageEditPipeline": _EDITOR, "QwenImageEditPlusPipeline": _EDITOR,
+                   "QwenImageLayeredPipeline": "splits an image into layers from noise: it has no strength dial"}
+    refused = {"QwenImageEditInpaintPipeline": "resizes every image to a one-megapixel area before it denoises "
+                                               "(calculate_dimensions(1024 * 1024, ratio)), so its output is not at "
+                                               "the source's size, which img2img-lab's records and metrics assume"}
+    scheduler_configs = ("qwen-image",)
+    tiny_pipelines = {
+        "qwenimage": make_tiny_qwenimage,
+        "qwenimage-inpaint": lambda: as_class(make_tiny_qwenimage(), "QwenImageInpaintPipeline"),
+    }
+
+    def call_extras(self, guidance_scale: float, negative_prompt: str) -> dict:
+        return {"true_cfg_scale": guidance_scale, "negative_prompt": negative_prompt or " "}
+
+    # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img.QwenImageImg2ImgPipeline._encode_vae_image (one frame of a video VAE)
+    def encode_pixels(self, vae, pixels):
+        return vae.encode(pixels.unsqueeze(2))  # (B, C, T=1, H, W)
+
+    def decode_latents(self, vae, latents):
+        return vae.decode(latents, return_dict=False)[0][:, :, 0]

@@ -1,0 +1,121 @@
+"""Random-weight components small enough to run a pipeline call in milliseconds, built offline from configs alone:
+the parts every family module's tiny pipelines (``tiny_pipelines``) are made of. Tests and benchmarks only; never a
+model. Tokenizers are byte-level (:mod:`img2img_lab._utils.bpe`) or word-level (T5): every text tokenizes.
+
+>>> encoder, tokenizer = tiny_t5()
+>>> tokenizer("a red cat").input_ids
+[3, 8, 14, 1]
+>>> tiny_vae(16, flow=True).config.latent_channels
+16
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+_T5_WORDS = ("a", "an", "the", "on", "of", "red", "green", "blue", "yellow", "white", "black", "cat", "dog",
+             "circle", "square", "star", "photo", "painting", "background", "blurry", "bright")
+
+
+def clip_tokenizer(max_length: int = 16):
+    """A merge-free byte-level ``CLIPTokenizer`` of ``max_length`` tokens."""
+    from transformers import CLIPTokenizer
+
+    from img2img_lab._utils.bpe import write_clip_bpe
+
+    with tempfile.TemporaryDirectory() as folder:
+        return CLIPTokenizer.from_pretrained(write_clip_bpe(folder, [], model_max_length=max_length))
+
+
+def tiny_clip(hidden: int = 32, *, projection: bool = False, max_length: int = 16, layers: int = 2,
+              heads: int | None = None, intermediate: int | None = None):
+    """``(CLIP text encoder, tokenizer)``: with a projection (``CLIPTextModelWithProjection``, SDXL's second
+    encoder, SD3's) or without (SD's)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = clip_tokenizer(max_length)
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden,
+                            intermediate_size=intermediate or hidden * 2, num_hidden_layers=layers,
+                            num_attention_heads=heads or 2, max_position_embeddings=max_length,
+                            projection_dim=hidden, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config), tokenizer
+
+
+def tiny_t5(hidden: int = 32):
+    """``(T5EncoderModel, T5Tokenizer)``: a 2-layer random T5 encoder and a word-level unigram tokenizer."""
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(f"\u2581{word}", -float(index + 1)) for index, word in enumerate(_T5_WORDS)]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    config = T5Config(vocab_size=len(vocab), d_model=hidden, d_ff=hidden * 2, d_kv=8, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return T5EncoderModel(config), tokenizer
+
+
+def qwen2_tokenizer():
+    """A merge-free byte-level ``Qwen2Tokenizer`` with Qwen's special tokens and chat template."""
+    from transformers import Qwen2Tokenizer
+
+    from img2img_lab._utils.bpe import write_qwen2_bpe
+
+    with tempfile.TemporaryDirectory() as folder:
+        return Qwen2Tokenizer.from_pretrained(write_qwen2_bpe(folder))
+
+
+def tiny_vae(latent_channels: int, *, blocks=(8, 16), flow: bool = False, layers_per_block: int = 1,
+             sample_size: int = 32, norm_groups: int | None = None):
+    """A random ``AutoencoderKL`` (VAE factor ``2 ** (len(blocks) - 1)``); ``flow``: FLUX.1/SD3-style shift and
+    scaling, no quant convs."""
+    from diffusers import AutoencoderKL
+
+    extra = {"shift_factor": 0.0609, "scaling_factor": 1.5035, "use_quant_conv": False,
+             "use_post_quant_conv": False} if flow else {}
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=tuple(blocks),
+                         down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                         up_block_types=("UpDecoderBlock2D",) * len(blocks), latent_channels=latent_channels,
+                         layers_per_block=layers_per_block, norm_num_groups=norm_groups or min(8, blocks[0]),
+                         sample_size=sample_size, **extra)
+
+
+def tiny_unet(in_channels: int = 4, *, cross: int = 32, channels=(32, 64), sample_size: int = 16, **extra):
+    """A 2-level random ``UNet2DConditionModel`` (plain down block, then a cross-attention one)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=in_channels, out_channels=4,
+                                block_out_channels=tuple(channels), layers_per_block=1,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=cross,
+                                norm_num_groups=8, **{"attention_head_dim": 4, **extra})
+
+
+def unzeroed(controlnet):
+    """A ControlNet whose zero-initialised output layers get random weights (a trained one's are not zero): otherwise
+    the control image would change nothing and a test could not tell whether it was passed."""
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in controlnet.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_blocks",
+                                "controlnet_single_blocks", "controlnet_x_embedder")):
+                parameter.normal_(0.0, 0.2)
+    return controlnet
+
+
+def unet_controlnet(unet):
+    """A random ControlNet of a UNet's shape (``ControlNetModel.from_unet``), output layers not zero."""
+    from diffusers import ControlNetModel
+
+    return unzeroed(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16)))
+
+
+def as_class(base, class_name: str, **extra):
+    """The diffusers pipeline ``class_name`` made of ``base``'s components (those its ``__init__`` takes), plus
+    ``extra`` (a ControlNet, PAG's layers...)."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    expected, optional = cls._get_signature_keys(cls)
+    components = {name: value for name, value in base.components.items() if name in set(expected) | set(optional)}
+    return cls(**{**components, **extra})

@@ -1,0 +1,53 @@
+"""Tiny random-weight pipelines of the real diffusers classes, built offline from configs alone, for tests and
+benchmarks (never a model): the public face of the ``tiny_pipelines`` every family module declares
+(:mod:`img2img_lab.models.families`), so tests exercise each family's own ``__call__``, timestep preparation and size
+rules in milliseconds.
+
+:data:`TINY_FAMILIES` names them all (``sd1``, ``sdxl``, ``sd3``, ``flux-dev``, ``qwenimage``, ``zimage``, ``lcm``,
+the inpainting, PAG and ControlNet variants...); :func:`make_tiny_family` builds one, :func:`save_tiny_family` saves
+it as a diffusers folder. :func:`make_tiny_pipeline` is Stable Diffusion's builder with every size a parameter
+(:func:`make_sd15_sized_pipeline`: SD 1.5's architecture for benchmarks).
+
+>>> type(make_tiny_family("flux-dev")).__name__
+'FluxImg2ImgPipeline'
+>>> sorted(path.name for path in save_tiny_pipeline("tiny-sd").iterdir())
+['model_index.json', 'scheduler', 'text_encoder', 'tokenizer', 'unet', 'vae']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from img2img_lab.models.families.stable_diffusion import make_sd15_sized_pipeline, make_tiny_pipeline  # noqa: F401
+from img2img_lab.models.registry import TINY_PIPELINES, tiny_pipeline
+
+#: Every tiny pipeline the family modules declare, by name.
+TINY_FAMILIES: tuple[str, ...] = tuple(TINY_PIPELINES)
+
+
+def make_tiny_family(name: str, *, seed: int = 0):
+    """A random-weight pipeline ``name`` (one of :data:`TINY_FAMILIES`), CPU, fp32, progress bar off.
+
+    >>> type(make_tiny_family("sd3")).__name__
+    'StableDiffusion3Img2ImgPipeline'
+    """
+    return tiny_pipeline(name, seed=seed)
+
+
+def save_tiny_family(name: str, folder, *, seed: int = 0) -> Path:
+    """Build :func:`make_tiny_family` and ``save_pretrained`` it to ``folder``; return the folder.
+
+    >>> import json
+    >>> json.loads((save_tiny_family("lcm", "tiny-lcm") / "scheduler/scheduler_config.json").read_text())["_class_name"]
+    'LCMScheduler'
+    """
+    folder = Path(folder)
+    make_tiny_family(name, seed=seed).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_pipeline(folder, **sizes) -> Path:
+    """Build :func:`make_tiny_pipeline` (``sizes``: its parameters) and ``save_pretrained`` it to ``folder``."""
+    folder = Path(folder)
+    make_tiny_pipeline(**sizes).save_pretrained(folder)
+    return folder
