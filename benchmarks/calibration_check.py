@@ -29,7 +29,7 @@ def held_out_pairs(count: int, folder: Path, *, exclude_images, exclude_prompts,
     source and no prompt (nor source caption) is a calibration prompt or a calibration source's caption."""
     from PIL import Image
 
-    from img2img_lab.images import content_hash
+    from img2img_lab.images.hashes import content_hash
     from img2img_lab.shapes.evaluate import evaluation_pairs
     from img2img_lab.shapes.world import Scene, caption, render
 

@@ -1,11 +1,15 @@
-"""The shape of the package, measured (issue #32's before/after): modules at the package's top level,
-subpackages, import edges, import levels and the longest import chain, and private names imported across modules.
+"""The shape of the package, measured (issues #32 and #38's before/after): modules at the package's top level,
+subpackages, uses between modules (imports anywhere, relative imports, module paths written as text — not doctest
+examples), imports inside functions, import levels and the longest chain, private names imported across modules, and
+where each family and each axis lives.
 
-An edge is an ``import`` of another ``img2img_lab`` module anywhere in a module (functions included: they run too).
-A module's level is 0 when it imports no other package module, else one more than the highest level it imports; the
-longest chain is a path through the most levels. Works on any checkout, old (flat) or new (subpackages):
-``python benchmarks/code_shape.py [PACKAGE_DIR]``; ``--readme`` prints README's architecture section instead,
-generated from :mod:`img2img_lab._utils.layout` and each subpackage's docstring.
+A module's level is 0 when it uses no other package module, else one more than the highest level it uses; the longest
+chain is a path through the most levels. The edges come from :func:`img2img_lab._utils.layout.package_edges` of this
+checkout, applied to any tree, old (flat) or new: ``python benchmarks/code_shape.py [PACKAGE_DIR]`` (point it at
+``git archive <commit> img2img_lab | tar -x``). A family lives in the package files that name one of its classes (the
+families and their classes come from this checkout's registry); an axis in the files that name its field or YAML key.
+``--readme`` prints README's architecture section instead, generated from the layer table and each subpackage's
+docstring.
 """
 
 from __future__ import annotations
@@ -17,35 +21,21 @@ from functools import lru_cache
 from pathlib import Path
 
 ARGS = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
-PACKAGE = Path(ARGS[0]) if ARGS else Path(__file__).resolve().parent.parent / "img2img_lab"
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def graph_and_private_imports() -> tuple[dict[str, set[str]], list[tuple[str, str, str]]]:
-    modules = {module_name(path): path for path in PACKAGE.rglob("*.py")}
-    graph, private = {}, []
-    for name, path in modules.items():
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                imported.add(node.module)
-                for alias in node.names:
-                    imported.add(f"{node.module}.{alias.name}")
-                    if (alias.name.startswith("_") and not alias.name.startswith("__") and node.module in modules
-                            and node.module != name):
-                        private.append((name, node.module, alias.name))
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name for alias in node.names}
-        graph[name] = {module for module in imported if module in modules and module not in (PACKAGE.name, name)}
-    return graph, private
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = Path(ARGS[0]) if ARGS else REPO / "img2img_lab"
+sys.path.insert(0, str(REPO))
 
 
 def measure() -> None:
-    graph, private = graph_and_private_imports()
+    from img2img_lab._utils.layout import import_graph, module_name, package_edges
+
+    edges = package_edges(PACKAGE)
+    modules = {module_name(path, PACKAGE) for path in PACKAGE.rglob("*.py")}
+    graph = import_graph(edges, modules)
+    private = sorted({(edge.importer, edge.target, edge.name) for edge in edges
+                      if edge.kind != "doctest" and edge.name and edge.name.startswith("_")
+                      and not edge.name.startswith("__") and edge.target in modules and edge.target != edge.importer})
+    inside = sum(edge.in_function and edge.kind in ("import", "relative") for edge in edges)
 
     @lru_cache(maxsize=None)
     def level(node: str) -> int:
@@ -58,31 +48,67 @@ def measure() -> None:
         return (node, *max((chain(successor) for successor in graph[node]), key=len))
 
     top = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem != "__init__")
-    packages = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
-    rooms = {name: (name.split(".")[1] if "." in name else "") for name in graph}
-    room_edges = {(rooms[a], rooms[b]) for a, targets in graph.items() for b in targets if rooms[a] != rooms[b]}
+    packages = sorted(str(path.parent.relative_to(PACKAGE)) for path in PACKAGE.glob("**/__init__.py")
+                      if path.parent != PACKAGE)
     longest = max((chain(node) for node in graph), key=len)
-    room_graph = {room: {b for a, b in room_edges if a == room} for room in set(rooms.values()) - {""}}
-
-    @lru_cache(maxsize=None)
-    def room_level(node: str) -> int:  # the rooms' imports have no cycle (tests/test_architecture.py)
-        return 1 + max((room_level(other) for other in room_graph[node] if other), default=0)
-
     print(f"modules: {len(graph)}; at the package's top level: {len(top)} ({', '.join(top)})")
     print(f"subpackages: {len(packages)} ({', '.join(packages)})")
-    print(f"import edges between modules: {sum(len(edges) for edges in graph.values())}; between rooms "
-          f"(subpackages and top-level modules): {len(room_edges)}")
-    print(f"import levels (modules): {max(map(level, graph)) + 1}; (rooms): "
-          f"{max(room_level(room) for room in room_graph if room not in ('__main__',))}")
+    print(f"uses between modules: {sum(len(targets) for targets in graph.values())}; imports inside functions: "
+          f"{inside}; module paths written as text: {sum(edge.kind == 'string' for edge in edges)}")
+    print(f"import levels (modules): {max(map(level, graph)) + 1}")
     print(f"longest import chain ({len(longest)} modules): {' -> '.join(longest)}")
     print(f"private names imported across modules: {len(private)}")
-    for importer, module, alias in sorted(private):
+    for importer, module, alias in private:
         print(f"  {importer} imports {module}.{alias}")
+    print(_where_things_live())
+
+
+@lru_cache(maxsize=None)
+def _code_words(path: Path) -> frozenset:
+    """The words a file's code uses — names, attributes, keyword and parameter names, and the words of its string
+    literals — docstrings and comments left out (a mention in prose is not where a thing lives)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and ast.get_docstring(node, clean=False) is not None}
+    words = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, (ast.keyword, ast.arg)) and (node.arg if isinstance(node, ast.keyword) else True):
+            words.add(node.arg)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.update(re.findall(r"\w+", node.value))
+    return frozenset(words)
+
+
+def _files_naming(names) -> list[str]:
+    return [str(path.relative_to(PACKAGE)) for path in sorted(PACKAGE.rglob("*.py"))
+            if _code_words(path) & set(names)]
+
+
+def _where_things_live() -> str:
+    """A table: for each family, the package files whose code names one of its classes; for each axis, the files whose
+    code names its field or its YAML key (docstrings and comments aside)."""
+    from img2img_lab.models.registry import FAMILY_CLASSES
+    from img2img_lab.plan.axes import AXES
+
+    lines = ["", "| family | files | where |", "| --- | --- | --- |"]
+    for family in FAMILY_CLASSES:
+        names = [*family.class_names(), *family.text_to_image]
+        files = _files_naming(names)
+        lines.append(f"| {family.name} | {len(files)} | {', '.join(files)} |")
+    lines += ["", "| axis | files | where |", "| --- | --- | --- |"]
+    for axis in AXES:
+        files = _files_naming([axis.name, axis.plural])
+        lines.append(f"| {axis.name} | {len(files)} | {', '.join(files)} |")
+    return "\n".join(lines)
 
 
 def readme_section() -> str:
     """README's architecture table: one row per layer, bottom to top, each room with its docstring's first line."""
-    sys.path.insert(0, str(PACKAGE.parent))
     from img2img_lab._utils.layout import LAYERS
 
     rows = ["| layer | subpackage or module | what it holds |", "| --- | --- | --- |"]

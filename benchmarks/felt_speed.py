@@ -75,7 +75,7 @@ def metrics(pipe, folder: Path) -> None:
     from test_fidelity import REFERENCES  # the reference implementations the agreement test holds
 
     from img2img_lab.engine.per_cell import run_cell
-    from img2img_lab.images import fit_to_model
+    from img2img_lab.images.intake import fit_to_model
     from img2img_lab.metrics.measure import measure_pairs
     from img2img_lab.resources import data_path
     from img2img_lab.sweep.run import run_sweep
@@ -130,7 +130,7 @@ def engine(pipe, pairs: int) -> None:
 
     from img2img_lab.models.handle import as_model
     from img2img_lab.engine.batched import run_cells_batched
-    from img2img_lab.images import fit_to_model
+    from img2img_lab.images.intake import fit_to_model
     from img2img_lab.models.handle import cell_generator
     from img2img_lab.resources import data_path
 

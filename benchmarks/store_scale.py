@@ -28,7 +28,7 @@ CHUNK = 32
 def one_size(cells: int, folder: Path) -> dict:
     from PIL import Image
 
-    from img2img_lab.images import content_hash
+    from img2img_lab.images.hashes import content_hash
     from img2img_lab.store.run_store import RunStore
 
     store = RunStore.create(folder, {"plan": {}})

@@ -72,7 +72,7 @@ def main() -> None:
     from img2img_lab.models.handle import as_model
     from img2img_lab.engine.batched import DEFAULT_MAX_BATCH, run_cells_batched
     from img2img_lab.engine.per_cell import run_cell
-    from img2img_lab.images import fit_to_model
+    from img2img_lab.images.intake import fit_to_model
     from img2img_lab.models.loading import load_pipeline
     from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.widgets.strength_explorer import bundled_sources

@@ -1,9 +1,11 @@
 """img2img-lab: measure what the img2img strength dial does for your model, image and prompt.
 
-Data flows one way through the subpackages: ``plan`` → ``models`` → ``engine`` → ``store`` → ``metrics`` →
-``sweep`` → ``calibration`` → ``figures`` / ``widgets`` / ``cli``. The names below are the public face, listed in
-``__init__.pyi`` in that order and imported the first time they are used, so ``import img2img_lab`` stays light
-(no torch) and ``dir(img2img_lab)`` lists the whole API.
+Data flows one way through the subpackages, in layers: ``plan`` → ``models`` → ``engine`` / ``store`` /
+``strength`` → ``metrics`` → ``sweep`` / ``figures`` / ``shapes`` → ``calibration`` / ``testing`` → ``widgets`` /
+``cli``. The names below are the public face (above every layer: nothing inside the package imports it), listed in
+``__init__.pyi`` and imported the first time they are used, so ``import img2img_lab`` stays light (no torch) and
+``dir(img2img_lab)`` lists the whole API (:mod:`img2img_lab._utils.layout` holds the layer table, with ``errors`` and
+the shared modules below ``plan``).
 
 >>> import img2img_lab
 >>> plan = img2img_lab.SweepPlan(images=["data/sources/red_circle_on_blue.png"], prompts=["a cat"],
@@ -26,7 +28,7 @@ install_import_hook()
 
 from img2img_lab.errors import ImageError, Img2ImgLabError, ModelError, PlanError, StoreError  # noqa: E402
 
-__version__ = "0.1.0"
+from img2img_lab._utils.version import __version__  # noqa: E402
 
 __getattr__, _lazy_dir, _lazy_all = lazy_loader.attach_stub(__name__, __file__)
 

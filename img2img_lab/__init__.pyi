@@ -4,7 +4,8 @@
 # 1. plan: what to generate
 from .plan.sweep_plan import Cell as Cell, SweepPlan as SweepPlan
 from .calibration.settings import load_config as load_config
-from .images import content_hash as content_hash, load_image as load_image
+from .images.hashes import content_hash as content_hash
+from .images.intake import load_image as load_image
 from .resources import bundled_sources as bundled_sources
 
 # 2. load: a diffusers pipeline (or the embedded model) and what it is

@@ -1,89 +1,50 @@
-"""The shape of the code: subpackages in layer order (no import climbs), no private name imported across
-subpackages, no import cycle (even through imports inside functions), adapted diffusers code marked with a source
-that still exists, and a public face that lists the API without importing torch."""
+"""The shape of the code: subpackages in layer order (nothing climbs: not an import statement, a relative import, a
+module path written as text, an import in a docstring example, nor a use of the package's face from below), no
+private name imported across subpackages, no import cycle (even through imports inside functions), adapted diffusers
+code marked with a source that still exists, and a public face that lists the API without importing torch. Each
+check is shown to fail on a wrong use planted in a copy of the package."""
 
 from __future__ import annotations
 
-import ast
 import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from img2img_lab._utils.layout import (FACE, LAYERS, SHARED_PRIVATE_ROOMS, import_graph, layer_violations, module_name,
+                                       package_edges, room)
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "img2img_lab"
 
-from img2img_lab._utils.layout import FACE, LAYERS, SHARED_PRIVATE_ROOMS, room
+
+def _modules(package: Path) -> set[str]:
+    return {module_name(path, package) for path in package.rglob("*.py")}
 
 
-def _module_name(path: Path, package: Path) -> str:
-    parts = path.relative_to(package.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def violations(package: Path = PACKAGE) -> list[str]:
+    """Every climbing use in ``package`` (see :func:`img2img_lab._utils.layout.layer_violations`)."""
+    return layer_violations(package_edges(package), _modules(package))
 
 
-def _imports(path: Path):
-    """``(module, name or None)`` for every import in a file, functions included."""
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            for alias in node.names:
-                yield node.module, alias.name
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, None
-
-
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
-    """Which package modules each module imports, anywhere in its code (functions included)."""
-    modules = {_module_name(path, package): path for path in package.rglob("*.py")}
-    graph = {}
-    for name, path in modules.items():
-        imported = set()
-        for module, alias in _imports(path):
-            imported.add(module)
-            if alias:
-                imported.add(f"{module}.{alias}")
-        graph[name] = {module for module in imported if module in modules and module not in (package.name, name)}
-    return graph
-
-
-def climbing_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
-    """Every import of a room in the importer's own layer or above (one line each).
-
-    >>> climbing_imports({"p.metrics.masks": {"p.shapes.oracle"}, "p.shapes.oracle": set()})
-    ['p.metrics.masks imports p.shapes.oracle: shapes (layer 7) is not below metrics (layer 6)']
-    """
-    level = {name: index for index, names in enumerate(layers, 1) for name in names}
-    found = []
-    for importer, imported in graph.items():
-        if importer in FACE or "." not in importer:
-            continue
-        for target in imported:
-            source_room, target_room = room(importer), room(target)
-            if source_room != target_room and level[target_room] >= level[source_room]:
-                found.append(f"{importer} imports {target}: {target_room} (layer {level[target_room]}) is not "
-                             f"below {source_room} (layer {level[source_room]})")
-    return sorted(found)
+def graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    return import_graph(package_edges(package), _modules(package))
 
 
 def private_imports(package: Path = PACKAGE) -> list[str]:
     """Every private name (``_x``) imported from another subpackage, and every private module reached from
-    outside its room (``_utils`` excepted: the package's shared helpers)."""
+    outside its room (``_utils`` excepted: the package's shared helpers); relative imports resolved."""
     found = []
-    for path in package.rglob("*.py"):
-        importer = _module_name(path, package)
-        if importer in FACE:
+    for edge in package_edges(package):
+        if edge.importer in FACE or edge.kind == "doctest" or edge.target.count(".") == 0:
             continue
-        for module, alias in _imports(path):
-            if not module.startswith(package.name + ".") or module.count(".") == 0:
-                continue
-            other = room(module) != room(importer)
-            parts = module.split(".")[1:] + ([alias] if alias else [])
-            private = [part for part in parts if part.startswith("_") and not part.startswith("__")
-                       and part not in SHARED_PRIVATE_ROOMS]
-            if other and private:
-                found.append(f"{importer} imports {module}" + (f".{alias}" if alias else "") +
-                             f": {private[0]} is private to {room(module)}")
+        parts = edge.target.split(".")[1:] + ([edge.name] if edge.name else [])
+        private = [part for part in parts if part.startswith("_") and not part.startswith("__")
+                   and part not in SHARED_PRIVATE_ROOMS]
+        if room(edge.target) != room(edge.importer) and private:
+            found.append(f"{edge.importer} imports {edge.target}" + (f".{edge.name}" if edge.name else "") +
+                         f": {private[0]} is private to {room(edge.target)}")
     return sorted(found)
 
 
@@ -117,16 +78,15 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_no_import_cycle_in_the_package():
-    graph = import_graph()
-    assert len(graph) > 30 and "img2img_lab.shapes.oracle" in graph
-    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    modules = graph()
+    assert len(modules) > 30 and "img2img_lab.shapes.oracle" in modules
+    assert find_cycle(modules) is None, " -> ".join(find_cycle(modules))
 
 
-def test_every_room_has_a_layer_and_no_import_climbs():
-    graph = import_graph()
-    rooms = {room(module) for module in graph if module.count(".") >= 1} - {"__init__", "__main__"}
+def test_every_room_has_a_layer_and_nothing_climbs():
+    rooms = {room(module) for module in _modules(PACKAGE) if module.count(".") >= 1} - {"__init__", "__main__"}
     assert rooms == {name for names in LAYERS for name in names}
-    assert climbing_imports(graph) == []
+    assert violations() == []
 
 
 def test_no_private_name_crosses_a_subpackage():
@@ -140,19 +100,52 @@ def package_copy(tmp_path):
     return copy
 
 
-def test_the_layer_check_fails_on_a_climbing_import(package_copy):
-    """A deliberately wrong import (the plan reaching up into the sweep) is caught, naming both rooms."""
+PLANTED = {
+    "import": ("\n\ndef _wrong():\n    from img2img_lab.sweep.run import run_sweep\n",
+               "img2img_lab.plan.values uses img2img_lab.sweep.run (import): sweep (layer 7) is not below plan "
+               "(layer 3)"),
+    "the lazy face": ("\n\ndef _wrong():\n    from img2img_lab import run_sweep\n",
+                      "img2img_lab.plan.values uses the package's face (import: from img2img_lab import run_sweep): "
+                      "the face sits above every layer; import the module that defines the name"),
+    "a relative import": ("\n\ndef _wrong():\n    from ..sweep import run\n",
+                          "img2img_lab.plan.values uses img2img_lab.sweep.run (relative): sweep (layer 7) is not "
+                          "below plan (layer 3)"),
+    "an importlib string": ("\n\ndef _wrong():\n    import importlib\n\n"
+                            "    return importlib.import_module('img2img_lab.shapes.oracle')\n",
+                            "img2img_lab.plan.values uses img2img_lab.shapes.oracle (string): shapes (layer 7) is not "
+                            "below plan (layer 3)"),
+    "a doctest": ('\n\ndef _wrong():\n    """\n    >>> from img2img_lab.sweep.run import run_sweep\n    """\n',
+                  "img2img_lab.plan.values uses img2img_lab.sweep.run (doctest): sweep (layer 7) is not below plan "
+                  "(layer 3)"),
+}
+
+
+@pytest.mark.parametrize("kind", PLANTED)
+def test_the_layer_check_fails_on_each_planted_climb(kind, package_copy):
+    """A wrong use planted in plan/values.py (the plan reaching up into the sweep or the shapes world) is caught,
+    naming both rooms and how it was used."""
+    planted, message = PLANTED[kind]
     values = package_copy / "plan" / "values.py"
-    values.write_text(values.read_text() + "\n\ndef _wrong():\n    from img2img_lab.sweep.run import run_sweep\n")
-    assert climbing_imports(import_graph(package_copy)) == [
-        "img2img_lab.plan.values imports img2img_lab.sweep.run: sweep (layer 7) is not below plan (layer 3)"]
+    values.write_text(values.read_text() + planted)
+    assert violations(package_copy) == [message]
 
 
 def test_the_private_check_fails_on_a_private_name_from_another_subpackage(package_copy):
     grids = package_copy / "figures" / "grids.py"
-    grids.write_text(grids.read_text() + "\n\nfrom img2img_lab.store.run_store import _json_value  # noqa\n")
+    grids.write_text(grids.read_text() + "\n\nfrom img2img_lab.store.run_store import _json_value  # noqa\n"
+                     "from ..store.table_log import _add_row_files  # noqa\n")
     assert private_imports(package_copy) == [
-        "img2img_lab.figures.grids imports img2img_lab.store.run_store._json_value: _json_value is private to store"]
+        "img2img_lab.figures.grids imports img2img_lab.store.run_store._json_value: _json_value is private to store",
+        "img2img_lab.figures.grids imports img2img_lab.store.table_log._add_row_files: _add_row_files is private to "
+        "store"]
+
+
+def test_the_written_order_of_the_layers_is_the_layer_table():
+    """``img2img_lab/__init__.py`` names the layers in data-flow order as the layer table has them."""
+    doc = (PACKAGE / "__init__.py").read_text().split('"""')[1]
+    written = re.search(r"subpackages, in layers: (.+?)\. The names", " ".join(doc.split())).group(1)
+    layers = [[name.strip(" `") for name in part.split("/")] for part in written.split("→")]
+    assert layers == [list(names) for names in LAYERS[2:]]
 
 
 ADAPTED = re.compile(r"#\s*(?:Copied|Adapted) from (diffusers(?:\.\w+)+)")
@@ -222,16 +215,17 @@ def test_the_public_face_lists_the_api_and_imports_no_torch():
 
 
 def test_readme_architecture_table_is_generated_from_the_layers():
-    """README's architecture table is what ``benchmarks/code_shape.py --readme`` prints from the layer table and the
-    subpackages' docstrings: a new subpackage, a moved layer or a changed docstring fails here until regenerated."""
+    """The architecture table of README and of the docs' development page is what ``benchmarks/code_shape.py
+    --readme`` prints from the layer table and the subpackages' docstrings: a new subpackage, a moved layer or a
+    changed docstring fails here until regenerated."""
     import subprocess
     import sys
 
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("<!-- architecture: generated by")
-    block = readme[readme.index("\n", start) + 1:readme.index("<!-- /architecture -->")].strip()
     generated = subprocess.run([sys.executable, str(REPO / "benchmarks" / "code_shape.py"), "--readme"],
                                capture_output=True, text=True, check=True).stdout.strip()
-    assert block == generated
+    for page in (REPO / "README.md", REPO / "docs" / "development.md"):
+        text = page.read_text()
+        start = text.index("<!-- architecture: generated by")
+        assert text[text.index("\n", start) + 1:text.index("<!-- /architecture -->")].strip() == generated, page
     assert [line.split("|")[2].strip(" `/").removesuffix(".py") for line in generated.splitlines()[2:]] == [
         name for names in reversed(LAYERS) for name in names]

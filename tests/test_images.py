@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from img2img_lab.errors import ImageError, Img2ImgLabError
-from img2img_lab.images import SmallSourceWarning, content_hash, fit_to_model, load_image, to_rgb
+from img2img_lab.images.hashes import content_hash
+from img2img_lab.images.intake import SmallSourceWarning, fit_to_model, load_image, to_rgb
 
 
 def _png_header_only(width: int, height: int) -> bytes:

@@ -44,7 +44,7 @@ import numpy as np
 
 from img2img_lab.sweep import distributed
 from img2img_lab.errors import PlanError
-from img2img_lab.images import check_image_files
+from img2img_lab.images.intake import check_image_files
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.models.handle import as_model
 from img2img_lab.models.loading import load_model

@@ -135,7 +135,7 @@ class CalibrationResult:
     def primary_fidelity_metric(self) -> str | None:
         """The continuous fidelity metric used for the knee and the text-to-image test (first keep target
         that is not a 0/1 rate, else SSIM if measured)."""
-        from img2img_lab.metrics.measure import METRICS, load_plugins
+        from img2img_lab.metrics.registry import METRICS, load_plugins
 
         load_plugins()
         for target in self.settings.keep:

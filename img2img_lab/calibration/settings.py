@@ -126,7 +126,7 @@ class CalibrationSettings:
             if not isinstance(pair, dict) or set(pair) != {"image", "prompt"}:
                 raise PlanError(f"held_out entry {pair!r} must be {{image: FILE, prompt: TEXT}}.")
         names = list(dict.fromkeys(list(self.metrics) + [t.metric for t in self.keep + self.follow]))
-        from img2img_lab.metrics.measure import check_metric_names
+        from img2img_lab.metrics.registry import check_metric_names
 
         self.metrics = check_metric_names(names)
 

@@ -61,7 +61,8 @@ def _with_model(plan, model: str | None):
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from img2img_lab.metrics.measure import DEFAULT_METRICS, measure_run
+    from img2img_lab.metrics.measure import measure_run
+    from img2img_lab.metrics.registry import DEFAULT_METRICS
 
     names = args.metrics or ",".join(DEFAULT_METRICS)
     started = time.perf_counter()
@@ -75,7 +76,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from img2img_lab.figures.grids import comparison_grid, save_png
-    from img2img_lab.metrics.measure import check_metric_names
+    from img2img_lab.metrics.registry import check_metric_names
 
     annotate = [name.strip() for name in (args.annotate or "").split(",") if name.strip()]
     check_metric_names(annotate + ([args.border] if args.border else []))
@@ -177,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from img2img_lab.calibration.procedure import CalibrationSettings, calibrate, load_config
-    from img2img_lab.images import check_image_files
+    from img2img_lab.images.intake import check_image_files
     from img2img_lab.models.loading import load_model, resolve_model
 
     plan, settings = load_config(config_path(args.config))
@@ -291,7 +292,7 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
-    from img2img_lab.metrics.weights import fetch, weights_table
+    from img2img_lab.metrics.weight_files import fetch, weights_table
 
     if args.action == "fetch":
         for name, path in fetch(args.names or ["lpips"], to=args.to):

@@ -27,7 +27,7 @@ def doctor_report(*, run_dir: str | os.PathLike = "runs") -> dict:
     from img2img_lab.store.manifest import package_versions
     from img2img_lab.models.loading import DEFAULT_MODEL_ENV, resolve_model, select_device
     from img2img_lab.models.threads import THREADS_ENV, threads_for
-    from img2img_lab.metrics.weights import lpips_checkpoint_dir, offline_mode
+    from img2img_lab.metrics.weight_files import lpips_checkpoint_dir, offline_mode
 
     device, dtype = select_device()
     gpus = [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
@@ -64,7 +64,7 @@ def _hf_cache() -> str:
 
 def _metrics() -> dict:
     from img2img_lab.metrics.registry import METRICS, load_plugins
-    from img2img_lab.metrics.measure import metric_status
+    from img2img_lab.metrics.availability import metric_status
 
     load_plugins()
     statuses = {}

@@ -49,7 +49,7 @@ from img2img_lab._utils.quiet import quiet_model_libraries
 def build_parser() -> argparse.ArgumentParser:
     """The ``img2img-lab`` parser: the global options, then the commands that make a study, read a run folder, and
     look after the installation."""
-    from img2img_lab import __version__
+    from img2img_lab._utils.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="img2img-lab",

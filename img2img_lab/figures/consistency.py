@@ -33,7 +33,7 @@ def background_colour(image, mask) -> np.ndarray:
     """
     from skimage.color import rgb2lab
 
-    from img2img_lab.images import metric_array
+    from img2img_lab.images.arrays import metric_array
 
     outside = ~np.asarray(mask, bool)
     if not outside.any():

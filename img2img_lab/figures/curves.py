@@ -170,7 +170,7 @@ def difference_array(source, output, *, kind: str = "abs") -> np.ndarray:
     >>> float(difference_array(black, black).max()), float(difference_array(black, white).min())
     (0.0, 1.0)
     """
-    from img2img_lab.images import metric_pair
+    from img2img_lab.images.arrays import metric_pair
 
     a, b = metric_pair(source, output)
     if kind == "abs":

@@ -36,7 +36,6 @@ BORDER_SCALES = {
 
 
 def _spec(metric: str):
-    import img2img_lab.metrics.measure  # noqa: F401 - registers the built-in metrics
     from img2img_lab.metrics.registry import METRICS, load_plugins
 
     load_plugins()
@@ -81,7 +80,7 @@ def check_metric_values(table, metric: str, run) -> None:
         return
     fix = f"`img2img-lab measure {run} --metrics {metric}`"
     if metric in table.columns:
-        from img2img_lab.metrics.measure import metric_status
+        from img2img_lab.metrics.availability import metric_status
 
         available, explanation = metric_status(metric)
         why = "it could not be computed here" if not available else "every value is NaN"

@@ -169,7 +169,7 @@ def edge_map(image, *, sigma: float = 1.0) -> np.ndarray:
     """
     from skimage.feature import canny
 
-    from img2img_lab.images import metric_array
+    from img2img_lab.images.arrays import metric_array
 
     array = metric_array(image).astype(np.float64) / 255.0
     edges = np.zeros(array.shape[:2], bool)

@@ -28,7 +28,7 @@ import numpy as np
 from img2img_lab.metrics.ciede2000 import ciede2000_means, lab_from_pixels, per_image_means
 from img2img_lab.metrics.edges import TORCH_EDGE_DEVICES, dilate, edge_f1_from_counts, edge_map, edge_maps, grow
 from img2img_lab.errors import Img2ImgLabError
-from img2img_lab.images import metric_array, metric_pair
+from img2img_lab.images.arrays import metric_array, metric_pair
 
 __all__ = ["FIDELITY_METRICS", "MS_SSIM_WEIGHTS", "ReferenceCache", "SourceReference", "delta_e", "edge_f1",
            "edge_map", "fidelity_values", "ms_ssim", "mse", "psnr", "ssim"]

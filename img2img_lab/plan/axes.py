@@ -32,11 +32,11 @@ from img2img_lab.plan.values import (check_guidance, check_scheduler, check_seed
 
 #: An axis without a baseline: every cell of every version is keyed, recorded and labelled by its value.
 NO_BASELINE = object()
+#: The modes a cell runs in (:mod:`img2img_lab.plan.condition_settings` checks their settings).
+MODES = ("img2img", "inpaint")
 
 
 def _check_mode(value: Any) -> str:
-    from img2img_lab.plan.conditions import MODES
-
     if value not in MODES:
         raise PlanError(f"unknown mode {shown(value)}. Fix: use {' or '.join(MODES)}.")
     return value

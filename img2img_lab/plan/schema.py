@@ -88,7 +88,7 @@ def is_missing(value) -> bool:
 
 def cell_parameters(cell: Cell, source_hash: str, condition: dict | None = None) -> dict:
     """A cell's parameter columns (:data:`PARAMETER_COLUMNS`); ``condition``: its source's ``repaint``,
-    ``mask_hash`` and ``control_hash`` (:meth:`img2img_lab.sweep.conditions.SourceCondition.columns`).
+    ``mask_hash`` and ``control_hash`` (:meth:`img2img_lab.sweep.source_conditions.SourceCondition.columns`).
 
     >>> cell = Cell(image="src/cat.png", image_index=0, prompt="a cat", negative_prompt="", strength=0.3, seed=1,
     ...             guidance_scale=7.5, num_inference_steps=20, scheduler="ddim", executed_steps=6, t_start=14,
@@ -170,7 +170,7 @@ def cell_key(cell: Cell, *, fingerprint: str, scheduler_config: dict, source_has
     The batched engine's pixels match the per-cell runner's within 1/255, not bit for bit, so its cells are
     keyed (and cached) separately: ``engine`` enters the key unless it is the per-cell reference.
     ``conditioning`` holds the hashes of the source's mask and control image
-    (:meth:`~img2img_lab.sweep.conditions.SourceCondition.key_part`).
+    (:meth:`~img2img_lab.sweep.source_conditions.SourceCondition.key_part`).
 
     >>> cell = Cell(image="cat.png", image_index=0, prompt="a cat", negative_prompt="", strength=0.3, seed=1,
     ...             guidance_scale=7.5, num_inference_steps=20, scheduler="ddim", executed_steps=6, t_start=14,

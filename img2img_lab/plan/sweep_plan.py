@@ -164,7 +164,7 @@ class SweepPlan:
     schedulers : list of str
         Names from :data:`img2img_lab.schedulers.SCHEDULERS`, or ``"default"`` for the model's own.
     modes : list of {"img2img", "inpaint"}
-        Each cell runs in one mode (:mod:`img2img_lab.plan.conditions`).
+        Each cell runs in one mode (:mod:`img2img_lab.plan.condition_settings`).
     model : str, optional
         Hub id or diffusers folder; ``None`` means the embedded default model.
     models : list of str, optional
@@ -206,7 +206,7 @@ class SweepPlan:
             check_unique(values, axis.plural)
             setattr(self, axis.plural, values)
         self.name = check_text(self.name, "name") or "sweep"
-        from img2img_lab.plan.conditions import check_conditions
+        from img2img_lab.plan.condition_settings import check_conditions
 
         self.inpaint, self.control = check_conditions(self.modes, self.inpaint, self.control)
         self._check_models()
@@ -364,7 +364,7 @@ class SweepPlan:
 
 def _relative_to(values: dict, base_dir) -> dict:
     """Image, mask and control paths of a config resolved against its folder."""
-    from img2img_lab.plan.conditions import MASK_SOURCES, resolve_paths
+    from img2img_lab.plan.condition_settings import MASK_SOURCES, resolve_paths
 
     images = []
     for image in as_list(values["images"]):

@@ -205,7 +205,7 @@ def subject_mask(image) -> np.ndarray:
     >>> int((subject_mask(render(scene)) & (shape_mask(scene) > 0.5)).sum()) > 0
     True
     """
-    from img2img_lab.images import metric_array
+    from img2img_lab.images.arrays import metric_array
 
     array = metric_array(image)
     region = shape_region(array.astype(np.float64))[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from img2img_lab.errors import StoreError
 from img2img_lab.store.folder_rules import escaping_entries, is_cell_key, is_pixel_hash
-from img2img_lab.images import file_pixel_hash
+from img2img_lab.images.hashes import file_pixel_hash
 from img2img_lab.plan.schema import row_group
 from img2img_lab.store.run_store import RunStore
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from img2img_lab._utils.atomic import atomic_write
 from img2img_lab.errors import StoreError
 from img2img_lab.store.folder_rules import check_cell_key, check_pixel_hash, expected_output_path, inside, is_cell_key
-from img2img_lab.images import content_hash, file_pixel_hash
+from img2img_lab.images.hashes import content_hash, file_pixel_hash
 
 IMAGES = "images"
 SOURCES = "sources"

@@ -25,7 +25,7 @@ import json
 import platform
 from pathlib import Path
 
-import img2img_lab
+from img2img_lab._utils.version import __version__
 from img2img_lab.errors import StoreError
 
 #: Keys of a manifest that accumulate over every writer (merged, never replaced).
@@ -35,12 +35,12 @@ ACCUMULATED = ("plans", "planned", "history", "notes", "models")
 def package_versions() -> dict[str, str]:
     """Versions of the packages that determine a run's pixels and tables.
 
-    >>> package_versions()["img2img_lab"] == img2img_lab.__version__
+    >>> package_versions()["img2img_lab"] == __version__
     True
     """
     from importlib import metadata
 
-    versions = {"python": platform.python_version(), "img2img_lab": img2img_lab.__version__}
+    versions = {"python": platform.python_version(), "img2img_lab": __version__}
     for name in ("torch", "torchvision", "diffusers", "transformers", "numpy", "pillow", "pandas", "pyarrow",
                  "scikit-image", "lpips", "safetensors"):
         try:

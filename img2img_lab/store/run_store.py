@@ -51,7 +51,7 @@ from img2img_lab._utils.atomic import atomic_write, atomic_write_json
 from img2img_lab.errors import StoreError
 from img2img_lab.store.folder_rules import (UnsafeEntryError, check_cell_key, escaping_entries, expected_output_path,
                                       is_cell_key)
-from img2img_lab.images import file_pixel_hash
+from img2img_lab.images.hashes import file_pixel_hash
 from img2img_lab.plan.schema import LEGACY_COLUMNS
 from img2img_lab.store.files import FLOOR, IMAGES, SOURCES, RunFolderFiles, repair_hint
 
@@ -366,7 +366,7 @@ class RunStore(RunFolderFiles):
 
     def stored_cell(self, key: str):
         """``(image, row)`` of an intact cell (the image's pixels are the ones its row records), else ``None``."""
-        from img2img_lab.images import content_hash
+        from img2img_lab.images.hashes import content_hash
 
         row = self.read_row_file(key) or self._load_rows().get(key)
         if row is None:
@@ -390,7 +390,7 @@ class RunStore(RunFolderFiles):
         >>> store.save_cell(key, output, row)  # this folder has the cell already: its pair is kept
         False
         """
-        from img2img_lab.images import content_hash
+        from img2img_lab.images.hashes import content_hash
 
         if row.get("cell_key") != key or row.get("output_hash") != content_hash(image):
             raise StoreError(f"save_cell {key}: the row must name this key and the image's pixel hash.")

@@ -4,7 +4,7 @@ starts from the same noise.
 ``img2img-lab strength MODEL --steps 30 --strength 0.6`` (and :func:`strength_map`) print, for a model's scheduler,
 the executed steps, the start σ and the start log-SNR of that strength under diffusers (the pipeline's own timestep
 code, :meth:`img2img_lab.models.handle.ModelHandle.step_plan`), AUTOMATIC1111 / Forge with and without fixed steps, ComfyUI's
-``denoise`` and InvokeAI (rules and their sources: :mod:`img2img_lab.strength.tools`). :func:`translate` answers "ComfyUI
+``denoise`` and InvokeAI (rules and their sources: :mod:`img2img_lab.strength.tool_rules`). :func:`translate` answers "ComfyUI
 denoise 0.6 on SDXL at 30 steps = diffusers strength ?" by the nearest start log-SNR.
 
 ``MODEL`` is a bundled scheduler config (:data:`BUNDLED`: the public ``scheduler/scheduler_config.json`` of SD 1.5,
@@ -27,7 +27,7 @@ from types import SimpleNamespace
 from img2img_lab.errors import ModelError, PlanError
 from img2img_lab.models.handle import ModelHandle
 from img2img_lab.models.registry import BUNDLED_SCHEDULERS, IMG2IMG_PIPELINE_OF
-from img2img_lab.strength.tools import DiscreteSigmas, ToolRun, a1111_run, comfyui_run, invokeai_run
+from img2img_lab.strength.tool_rules import DiscreteSigmas, ToolRun, a1111_run, comfyui_run, invokeai_run
 
 #: Bundled scheduler configs (``data/schedulers/<name>.json``), as the family modules declare them.
 BUNDLED = BUNDLED_SCHEDULERS

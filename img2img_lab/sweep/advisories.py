@@ -8,7 +8,6 @@
 * a source the model cannot represent: its VAE round trip (what strength 0 stores; outputs seldom get closer)
   reaches SSIM below :data:`FLOOR_SSIM`, so every measurement is dominated by what the model cannot draw.
 
->>> from img2img_lab.models.loading import load_pipeline
 >>> for advisory in prompt_advisories(pipe, "a red star on a velvet cushion"):
 ...     print(advisory)
 the prompt 'a red star on a velvet cushion' has words the model's tokenizer does not know: velvet, cushion (it reads them letter by letter); the words it knows: an on background red green blue yellow white black circle square triangle star the with and of in picture photo
@@ -37,8 +36,7 @@ def unknown_words(tokenizer, text: str) -> list[str]:
     """The words of ``text`` a tokenizer does not know: it maps them to its unknown token, or spells a word out mostly
     one character per token (a closed vocabulary's fallback; a real model's rare word splits into a few syllables).
 
-    >>> from img2img_lab.shapes.tokenizer import build_tokenizer
-    >>> unknown_words(build_tokenizer(), "a red star on a velvet cushion")
+    >>> unknown_words(pipe.tokenizer, "a red star on a velvet cushion")  # the embedded model's closed vocabulary
     ['velvet', 'cushion']
     """
     unknown = []
@@ -119,7 +117,7 @@ def floor_advisories(store, sources_manifest: list[dict], model: str) -> list[st
     import math
     from pathlib import Path
 
-    from img2img_lab.metrics.measure import ssim
+    from img2img_lab.metrics.fidelity import ssim
 
     floor = store.read_floor()
     messages = []

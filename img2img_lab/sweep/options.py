@@ -42,7 +42,7 @@ class SweepOptions:
 
     def checked(self) -> "SweepOptions":
         """These options with the metric names resolved and every value checked (one line naming the fix)."""
-        from img2img_lab.metrics.measure import check_metric_names
+        from img2img_lab.metrics.registry import check_metric_names
         from img2img_lab.plan.values import check_batch_size
 
         if self.engine not in ("batched", "per-cell"):

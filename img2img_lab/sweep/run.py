@@ -25,7 +25,7 @@ from pathlib import Path
 
 from img2img_lab.sweep import distributed
 from img2img_lab.errors import PlanError, StoreError
-from img2img_lab.images import check_image_files
+from img2img_lab.images.intake import check_image_files
 from img2img_lab.store.manifest import files_digest, package_versions, registered_models  # noqa: F401 - re-exported
 from img2img_lab.models.handle import ModelHandle, as_model
 from img2img_lab.models.loading import load_model, resolve_model
@@ -192,7 +192,7 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
             raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "
                             "one model.")
         return run_model_axis(plan, out_dir, options)
-    model = None if pipe is None else as_model(pipe)  # the one place a caller's pipeline becomes a handle
+    model = None if pipe is None else as_model(pipe)  # at the door: a caller's pipeline becomes its handle
     return _sweep_one_model(plan, out_dir, options, model=model, allow_other_models=model_axis)[0]
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from img2img_lab.images import content_hash
+from img2img_lab.images.hashes import content_hash
 from img2img_lab.store.manifest import (check_one_model, files_digest, merge_manifest, package_versions,  # noqa: F401
                                   plan_config, plan_record)
 from img2img_lab.models.handle import ModelHandle
@@ -42,7 +42,7 @@ from img2img_lab.engine.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.options import SweepOptions
-from img2img_lab.sweep.conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
+from img2img_lab.sweep.source_conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
 from img2img_lab.sweep.sources import (metric_needs, build_manifest, folder_sources, prepare_sources, source_steps,  # noqa
                                        write_floor)
 
@@ -268,7 +268,8 @@ class SweepSession:
     def save(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw,
              batch_id: str | None = None) -> None:
         """Store one finished cell (first writer wins) and hand the pair this folder now holds to the cache."""
-        from img2img_lab.metrics.measure import ReferenceCache, measure_pair
+        from img2img_lab.metrics.fidelity import ReferenceCache
+        from img2img_lab.metrics.measure import measure_pair
 
         row = self._row(cell, key, image, produced, seconds, nsfw, batch_id)
         if self.metrics:
@@ -291,7 +292,7 @@ class SweepSession:
         return self.steps_of(cell.scheduler, cell.num_inference_steps, cell.strength, cell.image_index, mode=cell.mode)
 
     def _condition(self, cell: Cell):
-        from img2img_lab.sweep.conditions import SourceCondition
+        from img2img_lab.sweep.source_conditions import SourceCondition
 
         return SourceCondition() if self.conditions is None else self.conditions[cell.image_index]
 
@@ -349,7 +350,7 @@ class SweepSession:
 
 def _plan_manifest(plan, model: ModelHandle, options: SweepOptions, sources, recorded, context: Context, existing):
     """This sweep's manifest, runner and conditions, everything checked before the folder is touched."""
-    from img2img_lab.metrics.measure import metric_weights, prepare_metric
+    from img2img_lab.metrics.availability import metric_weights, prepare_metric
 
     manifest = build_manifest(plan, model, sources, started=_now(), recorded_sources=recorded)
     conditions = conditions_for_sweep(plan, model, sources, manifest["sources"], existing)

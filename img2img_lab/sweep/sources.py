@@ -14,7 +14,8 @@ import platform
 import sys
 import warnings
 
-from img2img_lab.images import SmallSourceWarning, content_hash, load_image
+from img2img_lab.images.hashes import content_hash
+from img2img_lab.images.intake import SmallSourceWarning, load_image
 from img2img_lab.store.manifest import package_versions
 from img2img_lab.models.handle import ModelHandle, cell_generator
 from img2img_lab.plan.sweep_plan import SweepPlan
@@ -117,7 +118,8 @@ def write_floor(store: RunStore, model: ModelHandle, sources: list, source_hashe
     """
     import pandas as pd
 
-    from img2img_lab.metrics.measure import measure_pair, metric_status
+    from img2img_lab.metrics.availability import metric_status
+    from img2img_lab.metrics.measure import measure_pair
 
     fingerprint = model.fingerprint()["fingerprint"]
     floor = store.read_floor()
@@ -149,7 +151,7 @@ def write_floor(store: RunStore, model: ModelHandle, sources: list, source_hashe
 def metric_needs(name: str, *what: str) -> bool:
     """Whether metric ``name`` needs any of ``what`` (``"prompt"``, ``"mask"``: region metrics are measured on the
     folder at the end of a sweep, with the sources' masks)."""
-    from img2img_lab.metrics.measure import metric_spec
+    from img2img_lab.metrics.registry import metric_spec
 
     spec = metric_spec(name)
     return any(getattr(spec, f"needs_{item}") for item in what)

@@ -138,7 +138,7 @@ class _Regeneration:
 
     def alone(self, row: dict):
         from img2img_lab.engine.per_cell import run_cell
-        from img2img_lab.sweep.conditions import row_condition
+        from img2img_lab.sweep.source_conditions import row_condition
 
         source = self.sources[self.index_of[row["source_hash"]]]
         return run_cell(self.model, self.cell(row), source, condition=row_condition(self.store, row, source)).image
@@ -146,7 +146,7 @@ class _Regeneration:
     def compare(self, row: dict, image, *, tolerance: int = 0) -> None:
         import numpy as np
 
-        from img2img_lab.images import content_hash
+        from img2img_lab.images.hashes import content_hash
 
         self.report.cells_regenerated += 1
         if content_hash(image) == row["output_hash"]:

@@ -44,7 +44,7 @@ TABLE_COLUMNS = ("source_name", "prompt", "negative_prompt", "strength", "execut
 def default_metrics(model) -> list[str]:
     """The metrics the explorer measures: SSIM, MS-SSIM, colour ΔE, edge F1, LPIPS when its weights are
     present, and the shapes-world oracle on the embedded model."""
-    from img2img_lab.metrics.measure import metric_status
+    from img2img_lab.metrics.availability import metric_status
     from img2img_lab.models.loading import EMBEDDED_MODEL_DIR
 
     names = ["ssim", "ms_ssim", "delta_e", "edge_f1"]
@@ -93,7 +93,7 @@ class StrengthExplorer:
                  strength: float = 0.5, seed: int = 0, guidance_scale: float | None = None, steps: int = 20,
                  scheduler: str = "default", max_side="native", resize_policy: str = "crop"):
         widgets = require_ipywidgets()
-        from img2img_lab.metrics.measure import check_metric_names
+        from img2img_lab.metrics.registry import check_metric_names
         from img2img_lab.models.handle import as_model
         from img2img_lab.models.loading import load_model
 
@@ -211,7 +211,7 @@ class StrengthExplorer:
             self._memo[row_identity(row)] = row
 
     def _prepared(self, path: str):
-        from img2img_lab.images import content_hash
+        from img2img_lab.images.hashes import content_hash
         from img2img_lab.sweep.run import prepare_source
 
         if path not in self._sources:

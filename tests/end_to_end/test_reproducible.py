@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from img2img_lab.cli.main import main
-from img2img_lab.images import content_hash
+from img2img_lab.images.hashes import content_hash
 from img2img_lab.store.run_store import RunStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from img2img_lab.engine.per_cell import run_cell
-from img2img_lab.images import load_image
+from img2img_lab.images.intake import load_image
 from img2img_lab.models.handle import as_model
 from img2img_lab.schedulers import make_scheduler
 from img2img_lab.plan.sweep_plan import SweepPlan

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from img2img_lab.cli.main import main
-from img2img_lab.images import content_hash
+from img2img_lab.images.hashes import content_hash
 from img2img_lab.store.run_store import RunStore
 
 

@@ -37,7 +37,7 @@ def test_curve_titles_say_the_direction_of_each_metric():
 def _run_with_an_unmeasured_column(tmp_path):
     store = RunStore.create(tmp_path / "run", {"plan": {}})
     image = Image.fromarray(np.full((16, 16, 3), 120, np.uint8))
-    from img2img_lab.images import content_hash
+    from img2img_lab.images.hashes import content_hash
 
     for seed in range(2):
         key = f"{seed:020x}"

@@ -16,25 +16,14 @@ from skimage import data as skdata
 from skimage.transform import resize
 
 import img2img_lab.metrics.lpips_metric as lpips_metric
-import img2img_lab.metrics.measure as metrics
+from img2img_lab.metrics.clip_score import ClipScore
 from img2img_lab.errors import Img2ImgLabError
-from img2img_lab.metrics.measure import (
-    LPIPS_BACKBONE_FILES,
-    MetricUnavailable,
-    delta_e,
-    edge_f1,
-    lpips_distances,
-    lpips_status,
-    measure_pair,
-    measure_pairs,
-    measure_run,
-    metric_status,
-    ms_ssim,
-    mse,
-    psnr,
-    register_prompt_scorer,
-    ssim,
-)
+from img2img_lab.errors import MetricUnavailable
+from img2img_lab.metrics.availability import metric_status
+from img2img_lab.metrics.fidelity import delta_e, edge_f1, ms_ssim, mse, psnr, ssim
+from img2img_lab.metrics.lpips_metric import LPIPS_BACKBONE_FILES, lpips_distances, lpips_status
+from img2img_lab.metrics.measure import measure_pair, measure_pairs, measure_run
+from img2img_lab.metrics.registry import register_prompt_scorer
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +169,7 @@ def test_lpips_planted_backbone_of_another_hash_is_refused(monkeypatch, tmp_path
 
 def test_clip_score_unavailable_offline_and_wired_with_local_weights(tmp_path):
     with pytest.raises(MetricUnavailable, match=r"clip_score: CLIP weights 'img2img-lab/no-such-clip' are not available"):
-        metrics.ClipScore("img2img-lab/no-such-clip")
+        ClipScore("img2img-lab/no-such-clip")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     from img2img_lab._utils.bpe import write_clip_bpe
@@ -199,7 +188,7 @@ def test_clip_score_unavailable_offline_and_wired_with_local_weights(tmp_path):
     CLIPModel(config).save_pretrained(folder)
     CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
                   tokenizer=tokenizer).save_pretrained(folder)
-    scorer = metrics.ClipScore(str(folder))
+    scorer = ClipScore(str(folder))
     value = scorer(np.zeros((48, 48, 3), np.uint8), "a red circle")
     assert 0.0 <= value <= 100.0
     assert scorer(np.zeros((48, 48, 3), np.uint8), "a red circle") == value
@@ -308,7 +297,7 @@ def test_a_sweep_with_metrics_measures_the_floor_an_earlier_sweep_stored_unmeasu
     it found stayed unmeasured (no `ssim_floor` in a calibration, no floor line in the curves). Now the sweep measures
     the round trips it finds for the metrics they lack, with the values a fresh measurement gives (one whose image
     was damaged is made again, not an error)."""
-    from img2img_lab.images import content_hash
+    from img2img_lab.images.hashes import content_hash
     from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.store.run_store import RunStore
     from img2img_lab.sweep.run import run_sweep
@@ -342,7 +331,9 @@ def test_the_registry_loads_plugins_on_first_use_without_an_import_circle():
 
 
 def test_an_unavailable_scorer_is_asked_again_and_metrics_unregister():
-    from img2img_lab.metrics.measure import MetricUnavailable, metric_status, register_prompt_scorer, unregister_metric
+    from img2img_lab.errors import MetricUnavailable
+    from img2img_lab.metrics.availability import metric_status
+    from img2img_lab.metrics.registry import register_prompt_scorer, unregister_metric
 
     weights = []
 

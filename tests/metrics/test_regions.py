@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from img2img_lab.cli.main import main
 from img2img_lab.errors import ImageError
 from img2img_lab.metrics.masks import auto_subject_mask, load_mask, mask_iou, oracle_subject_mask
-from img2img_lab.metrics.measure import delta_e, ssim
+from img2img_lab.metrics.fidelity import delta_e, ssim
 from img2img_lab.metrics.regions import pie_bench_scores, region_scores
 from img2img_lab.store.run_store import RunStore
 

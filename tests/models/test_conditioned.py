@@ -210,7 +210,7 @@ def test_control_axes_are_keyed_and_passed_only_where_the_pipeline_takes_them(so
     assert verify_run(tmp_path / "run", sample=0, pipe=pipe, repair=True).ok
     assert victim.read_bytes() == expected
     # a pipeline without controlnet_conditioning_scale refuses the axis
-    from img2img_lab.sweep.conditions import check_conditions_fit
+    from img2img_lab.sweep.source_conditions import check_conditions_fit
 
     model = as_model(make_tiny_family("flux-controlnet"))
     model.pipe.__class__ = type("NoScaleFluxControlImg2ImgPipeline", (type(model.pipe),),

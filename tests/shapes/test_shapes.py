@@ -11,8 +11,9 @@ from PIL import Image
 
 import img2img_lab  # noqa: F401
 from img2img_lab.errors import Img2ImgLabError
-from img2img_lab.images import content_hash
-from img2img_lab.metrics.measure import METRICS, load_plugins, measure_pair
+from img2img_lab.images.hashes import content_hash
+from img2img_lab.metrics.measure import measure_pair
+from img2img_lab.metrics.registry import METRICS, load_plugins
 from img2img_lab.shapes import oracle
 from img2img_lab.shapes.tokenizer import WORDS, build_merges, build_tokenizer
 from img2img_lab.shapes.world import (

@@ -25,7 +25,7 @@ from conftest import structured_image
 from PIL import Image
 
 from img2img_lab.cli.main import main
-from img2img_lab.images import content_hash
+from img2img_lab.images.hashes import content_hash
 from img2img_lab.store.run_store import RunStore
 
 COMMANDS = {

@@ -11,7 +11,7 @@ import pandas as pd
 from PIL import Image
 
 from img2img_lab.store import table_log as table_log
-from img2img_lab.images import content_hash
+from img2img_lab.images.hashes import content_hash
 from img2img_lab.store.run_store import RunStore
 
 RED = Image.new("RGB", (8, 8), "red")

@@ -46,7 +46,7 @@ def test_sharding_is_deterministic_balanced_and_never_splits_a_batch():
     assert members(shard_chunks(list(reversed(chunks)), 3)) == members(shards)  # the order given does not matter
     assert [sum(cost for _, cost in shard) for shard in shards] == [19, 18, 18]  # largest first, least loaded
     planned = _planned([0.0, 0.2, 0.4, 0.6, 0.8, 1.0], list(range(6)))  # 72 cells: three 32-cell-max chunks
-    batched = BatchedRunner(pipe=None, sources=[_Source(), _Source()], max_batch_size=4)
+    batched = BatchedRunner(model=None, sources=[_Source(), _Source()], max_batch_size=4)
     every = [[key for _, key in chunk] for chunk, _ in batched.chunks(planned, planned)]
     assert [len(keys) for keys in every] == [32, 32, 8]
     for world_size in (1, 2, 3, 5):

@@ -28,7 +28,7 @@ from PIL import Image
 
 from img2img_lab.cli.main import main
 from img2img_lab.errors import PlanError, StoreError
-from img2img_lab.images import content_hash
+from img2img_lab.images.hashes import content_hash
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.run import run_sweep

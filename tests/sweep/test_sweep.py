@@ -17,7 +17,7 @@ from PIL import Image
 from img2img_lab.models.handle import as_model
 from img2img_lab.cli.main import main
 from img2img_lab.errors import StoreError
-from img2img_lab.images import content_hash
+from img2img_lab.images.hashes import content_hash
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.store.run_store import RunStore, atomic_write
 from img2img_lab.sweep.run import COLUMNS, run_sweep
@@ -222,7 +222,7 @@ def test_extending_by_a_prompt_or_a_source_generates_exactly_the_new_cells(tiny_
     import numpy as np
 
     import img2img_lab.engine.batched as batched
-    from img2img_lab.images import file_pixel_hash
+    from img2img_lab.images.hashes import file_pixel_hash
 
     ran, original = [], batched.run_cells_batched
 

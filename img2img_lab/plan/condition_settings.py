@@ -24,10 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from img2img_lab.errors import PlanError
-from img2img_lab.plan.axes import section_axes
+from img2img_lab.plan.axes import MODES, section_axes  # noqa: F401 - MODES re-exported
 from img2img_lab.plan.values import as_list, check_unique, shown
 
-MODES = ("img2img", "inpaint")
 MASK_SOURCES = ("auto", "oracle")
 REPAINT = ("background", "subject")
 

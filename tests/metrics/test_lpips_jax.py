@@ -22,9 +22,10 @@ import torch
 
 import img2img_lab.metrics.lpips_metric as lpips_metric
 from img2img_lab.errors import MetricUnavailable
-from img2img_lab.metrics.lpips_weights import (backbone_shapes, converted_path, load_converted, read_checkpoint,
+from img2img_lab.metrics.lpips_jax import (backbone_shapes, converted_path, load_converted, read_checkpoint,
                                        weights_dir)
-from img2img_lab.metrics.measure import measure_pairs, metric_status
+from img2img_lab.metrics.availability import metric_status
+from img2img_lab.metrics.measure import measure_pairs
 
 pytestmark = pytest.mark.skipif(not converted_path("alex").is_file() and not os.environ.get("CI"),
                                 reason="LPIPS weights not converted here: run `make install`")
@@ -157,8 +158,8 @@ def test_convert_transposes_flax_kernels_and_records_every_hash(tmp_path, monkey
     import hashlib
     import tarfile
 
-    import img2img_lab.metrics.lpips_weights as lpips_weights
-    from img2img_lab.metrics.lpips_weights import LPIPS_LAYERS, convert
+    import img2img_lab.metrics.lpips_jax as lpips_weights
+    from img2img_lab.metrics.lpips_jax import LPIPS_LAYERS, convert
 
     rng = np.random.default_rng(0)
     layers = LPIPS_LAYERS["alex"]
