@@ -1,8 +1,10 @@
 """Prompt adherence: a :class:`PromptScorer` is any callable ``(image, prompt) -> float``; :class:`ClipScore` is the
 CLIP implementation (Hessel et al. 2021), registered as ``clip_score`` by :mod:`img2img_lab.metrics.registry`.
 
->>> isinstance(lambda image, prompt: 0.0, PromptScorer)  # a Protocol: any such callable is one
-False
+>>> def constant(image, prompt: str) -> float:  # any such callable is a PromptScorer
+...     return 0.5
+>>> from img2img_lab.metrics.registry import register_prompt_scorer, unregister_metric
+>>> register_prompt_scorer("constant", lambda: constant); unregister_metric("constant")
 """
 
 from __future__ import annotations

@@ -18,9 +18,10 @@ from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
 from img2img_lab.metrics import fidelity
 from img2img_lab.metrics.availability import metric_weights, prepare_metric
 from img2img_lab.metrics.fidelity import FIDELITY_METRICS, ReferenceCache, fidelity_values
+from img2img_lab.metrics.lpips_metric import lpips_distances
 from img2img_lab.metrics.masks import masks_for_measuring
-from img2img_lab.metrics.registry import (DEFAULT_METRICS, check_metric_names, metric_spec, pair_function,
-                                          prompt_scorer)
+from img2img_lab.metrics.registry import (DEFAULT_METRICS, LPIPS_NETS, check_metric_names, metric_spec,
+                                          pair_function, prompt_scorer)
 
 
 def measure_pairs(sources, outputs, names, *, prompts=None, masks=None, device: str | None = None,
@@ -49,9 +50,9 @@ def measure_pairs(sources, outputs, names, *, prompts=None, masks=None, device: 
         spec = metric_spec(name)
         if spec.needs_mask or name in fidelity_names:
             continue
-        if name in _LPIPS_NETS:
+        if name in LPIPS_NETS:
             try:
-                results[name] = lpips_distances(sources, outputs, net=_LPIPS_NETS[name], device=device)
+                results[name] = lpips_distances(sources, outputs, net=LPIPS_NETS[name], device=device)
             except MetricUnavailable:
                 results[name] = np.full(len(outputs), np.nan)
         elif spec.needs_prompt:

@@ -31,7 +31,7 @@ STEPS = 20
 @pytest.fixture(autouse=True, scope="module")
 def synthetic_metrics():
     """The synthetic runner's metric names, registered as plugin metrics for this module only."""
-    from img2img_lab.metrics import measure as metrics
+    from img2img_lab.metrics import registry as metrics
 
     for name, higher in (("fidelity", True), ("rate", False)):
         metrics.register_pair_metric(name, lambda source, output: 0.0, higher_is_better=higher)

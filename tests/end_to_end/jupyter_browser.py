@@ -1,0 +1,127 @@
+"""What the browser tests share: JupyterLab on 127.0.0.1 serving a copy of ``notebooks/`` (the :func:`jupyterlab`
+fixture), a notebook run in Debian's chromium driven by Playwright (``executable_path``, no browser download), and
+the small calibration notebook 03 runs on. Each browser test has a file of its own, so ``make test``'s workers
+(``--dist loadfile``) run them side by side; screenshots go to ``test-artifacts/``.
+
+Chromium comes from Debian (``apt-get install -y chromium``; ``.ci/run`` installs it). Without it the tests are
+skipped locally and fail under CI (the ``chromium`` fixture in ``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def jupyterlab(tmp_path):
+    """JupyterLab serving a copy of notebooks/ on 127.0.0.1; yields (url, token); stops it afterwards."""
+    pytest.importorskip("jupyterlab")
+    root = tmp_path / "notebooks"
+    shutil.copytree(REPO / "notebooks", root)
+    port, token = free_port(), secrets.token_hex(16)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "IPYTHONDIR": str(tmp_path / "ipython"),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces")}
+    log = open(tmp_path / "jupyterlab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly"] + (["--allow-root"] if os.geteuid() == 0 else []),
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n" + (tmp_path / "jupyterlab.log").read_text())
+                time.sleep(0.5)
+        yield url, token, tmp_path
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def run_notebook(browser, url: str, token: str, notebook: str, viewport: tuple[int, int], *, workspace: str = ""):
+    """Open ``notebook`` in JupyterLab (in its own ``workspace`` if named: no other notebook is restored beside it),
+    wait for its kernel, run all cells; return the page and the list that collects every request to a host other
+    than 127.0.0.1."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    external = []
+    page.on("request", lambda request: None if request.url.startswith(("http://127.0.0.1", "blob:", "data:"))
+            else external.append(request.url))
+    page.goto(f"{url}/lab/{f'workspaces/{workspace}/' if workspace else ''}tree/{notebook}?token={token}")
+    page.wait_for_function(
+        "() => { const panel = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " const kernel = panel && panel.sessionContext && panel.sessionContext.session"
+        " && panel.sessionContext.session.kernel; return kernel && kernel.status === 'idle'; }",
+        timeout=120_000)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    return page, external
+
+
+SMALL_CALIBRATION = ('OVERRIDES = {"images": ["../sources/red_circle_on_blue.png", "../sources/green_triangle_on_yellow.png"],'
+                     ' "seeds": [0, 1], "strengths": [0.0, 0.5, 1.0], "guidance_scales": [2.0, 3.0],'
+                     ' "refine_rounds": 1, "n_resamples": 500}')
+
+
+def small_calibration_notebook(root: Path) -> None:
+    import nbformat
+
+    path = root / "03_strength_calibration.ipynb"
+    notebook = nbformat.read(path, as_version=4)
+    cell = next(cell for cell in notebook.cells if "parameters" in cell.metadata.get("tags", []))
+    assert "OVERRIDES = {}" in cell.source
+    cell.source = cell.source.replace("OVERRIDES = {}", SMALL_CALIBRATION)
+    nbformat.write(notebook, path)
+
+
+def column_headers(page) -> str:
+    return page.evaluate("() => Array.from(document.querySelectorAll('.i2i-grid .i2i-column-header'))"
+                         ".map(h => h.innerText).join(' | ')")
+
+
+LAYOUT_PROBLEMS = """() => {
+  const cells = Array.from(window.jupyterapp.shell.currentWidget.node.querySelectorAll('.jp-CodeCell'));
+  const wide = [], small = [];
+  cells.forEach((cell, index) => {
+    for (const area of cell.querySelectorAll('.jp-OutputArea-output')) {
+      if (area.scrollWidth > area.clientWidth + 1)
+        wide.push(`cell ${index + 1}: ${area.scrollWidth} > ${area.clientWidth} px: ${area.innerText.slice(0, 60)}`);
+      for (const element of area.querySelectorAll('*')) {
+        const text = Array.from(element.childNodes).filter(node => node.nodeType === 3)
+          .map(node => node.textContent.trim()).join('');
+        if (!text || element.offsetWidth === 0 || element.closest('svg')) continue;
+        const size = parseFloat(getComputedStyle(element).fontSize);
+        if (size < 10) small.push(`cell ${index + 1}: ${size} px: ${text.slice(0, 40)}`);
+      }
+    }
+  });
+  return {wide, small, cells: cells.length};
+}"""
