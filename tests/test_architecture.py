@@ -140,12 +140,17 @@ def test_the_private_check_fails_on_a_private_name_from_another_subpackage(packa
         "store"]
 
 
+def _written_layers(text: str) -> list[list[str]]:
+    """The layers a text writes as ``a → b / c → ...`` after "subpackages, in layers:"."""
+    written = re.search(r"subpackages,? in layers: \**(.+?)\**\.", " ".join(text.split())).group(1)
+    return [[name.strip(" `*") for name in part.split("/")] for part in written.split("→")]
+
+
 def test_the_written_order_of_the_layers_is_the_layer_table():
-    """``img2img_lab/__init__.py`` names the layers in data-flow order as the layer table has them."""
-    doc = (PACKAGE / "__init__.py").read_text().split('"""')[1]
-    written = re.search(r"subpackages, in layers: (.+?)\. The names", " ".join(doc.split())).group(1)
-    layers = [[name.strip(" `") for name in part.split("/")] for part in written.split("→")]
-    assert layers == [list(names) for names in LAYERS[2:]]
+    """``img2img_lab/__init__.py``, README and the docs' development page name the layers in data-flow order as the
+    layer table has them (the two bottom layers, ``errors`` and the shared modules, aside)."""
+    for page in (PACKAGE / "__init__.py", REPO / "README.md", REPO / "docs" / "development.md"):
+        assert _written_layers(page.read_text()) == [list(names) for names in LAYERS[2:]], page
 
 
 ADAPTED = re.compile(r"#\s*(?:Copied|Adapted) from (diffusers(?:\.\w+)+)")

@@ -120,8 +120,10 @@ def _add_study_commands(commands) -> None:
     info.set_defaults(handler=handlers.cmd_info)
 
     strength = command("strength", "what a strength runs in diffusers, AUTOMATIC1111/Forge, ComfyUI and InvokeAI")
-    strength.add_argument("model", help="a bundled scheduler (sd15, sd21, sdxl, sdxl-turbo, sd35, flux-dev, flux-schnell, "
-                                        "qwen-image), a diffusers folder or a cached hub id")
+    from img2img_lab.models.registry import BUNDLED_SCHEDULERS  # declared by the family modules
+
+    strength.add_argument("model", help=f"a bundled scheduler ({', '.join(BUNDLED_SCHEDULERS)}), a diffusers folder or "
+                                        f"a cached hub id")
     strength.add_argument("--steps", type=int, required=True, help="the tool's steps setting")
     strength.add_argument("--strength", type=float, default=None, help="strength / denoise to translate")
     strength.add_argument("--size", type=int, default=None, help="image side in px (FLUX.1's shift depends on it)")

@@ -10,10 +10,12 @@ diffusers' img2img families map the strength dial to denoising steps differently
 A :class:`ModelHandle` therefore never re-derives these rules: :meth:`ModelHandle.step_plan` runs the
 pipeline's own timestep preparation (its ``retrieve_timesteps`` with the family's arguments, then its
 ``get_timesteps``) on a fresh copy of the scheduler and records what would run (:class:`StepPlan`).
-Zero-step and duplicate flags come from those sequences. A family adapter (:class:`Family`) adds the rest:
-native size and size multiple, the call's ``height``/``width``, which arguments the model ignores, and the
-pipeline's default guidance (:mod:`img2img_lab.models.registry` picks it by class; a class it does not know runs
-only where its own ``get_timesteps`` can be checked, else it is refused, as are pipelines with no strength dial).
+Zero-step and duplicate flags come from those sequences. The pipeline's family (one module of
+:mod:`img2img_lab.models.families`, picked by class by :mod:`img2img_lab.models.registry`; a class no module names
+runs only where its own ``get_timesteps`` can be checked, else it is refused, as are pipelines with no strength dial)
+adds the rest: native size and size multiple, the call's ``height``/``width``, which arguments the model ignores, the
+pipeline's default guidance, the VAE round trip and the batched conditioning. The handle answers every question
+asked of a model — label, sizes, fingerprint, description, recommended guidance — so nothing else asks the pipeline.
 For inpainting on an img2img pipeline, :meth:`ModelHandle.for_mode` hands down diffusers' inpainting pipeline of
 the same components.
 
@@ -46,7 +48,7 @@ HANDLE_ATTRIBUTE = "img2img_lab_model"
 
 
 class ModelHandle:
-    """A loaded diffusers img2img pipeline plus its family adapter, name, folder and scheduler cache.
+    """A loaded diffusers img2img pipeline plus its family, name, folder and scheduler cache.
 
     Everything the rest of img2img-lab asks about a model goes through this object: sizes
     (:meth:`size_multiple`, :meth:`native_resolution`), what a strength runs (:meth:`step_plan`), which plans
