@@ -235,7 +235,8 @@ def _start_groups(conditioner: TextConditioning, base, active_cells, sources, *,
 
     size = sources[active_cells[0][1].image_index].size
     conditioning = conditioner.encode(sorted({(cell.prompt, cell.negative_prompt) for _, cell in active_cells}), size)
-    distributions = {cell.image_index: conditioner.encode_source(sources[cell.image_index]) for _, cell in active_cells}
+    distributions = {index: conditioner.encode_source(sources[index])  # one encoder pass per source
+                     for index in dict.fromkeys(cell.image_index for _, cell in active_cells)}
     groups: dict[int, _StartGroup] = {}
     for index, cell in active_cells:
         group = groups.get(cell.t_start)

@@ -76,6 +76,9 @@ class ModelHandle:
         self._schedulers: dict[str, Any] = {}
         self._steps: dict[tuple, StepPlan] = {}
         self._fingerprint: dict | None = None
+        self._floors: dict[tuple, Any] = {}  # (fingerprint, source hash, seed) -> the VAE round trip
+        self._kept_at: Path | None = None  # where this model's fingerprint as loaded is kept (models/kept.py)
+        self._loaded_stamps: dict[str, str] = {}
         self._stamps: dict[str, str] = {}
         self.threads_reason = threads_reason
         setattr(pipe, HANDLE_ATTRIBUTE, self)
@@ -230,6 +233,18 @@ class ModelHandle:
                     f"pipeline's own get_timesteps (checked on a copy of its scheduler)."]
         return []
 
+    def floor(self, source, source_hash: str, seed: int):
+        """The source's VAE round trip with ``seed``'s generator (what a zero-step cell of that seed stores), made once
+        per weights, source and seed on this handle: sweeps of the same source and model share it.
+
+        >>> model.floor(source, "h", 0) is model.floor(source, "h", 0)
+        True
+        """
+        key = (self.fingerprint()["fingerprint"], source_hash, int(seed))
+        if key not in self._floors:
+            self._floors[key] = self.family.vae_roundtrip(source, generator=cell_generator(seed))
+        return self._floors[key]
+
     # ------------------------------------------------------------------ identity
     def fingerprint(self, *, refresh: bool = False) -> dict:
         """Hashes of every component's config and weights (see :func:`img2img_lab.models.fingerprint.compute_fingerprint`),
@@ -246,7 +261,33 @@ class ModelHandle:
             self._fingerprint = compute_fingerprint(self.pipe, self.label, scheduler_config=self.base_scheduler_config,
                                                     reuse=kept)
             self._stamps = stamps
+            if self._kept_at is not None and stamps == self._loaded_stamps:  # the files as loaded: kept for next time
+                self._keep_fingerprint()
         return self._fingerprint
+
+    def keep_fingerprint_at(self, path: Path | None) -> None:
+        """Take the fingerprint kept at ``path`` for this model's files as loaded (:mod:`img2img_lab.models.kept`;
+        hashing an SD 1.5-sized model's 1.07 B weights takes 5 s on two CPU cores), or keep it there once computed.
+        A weight changed after loading is fingerprinted anew and never kept."""
+        from img2img_lab.models.fingerprint import component_stamps
+
+        if path is None:
+            return
+        self._kept_at, self._loaded_stamps = Path(path), component_stamps(self.pipe)
+        try:
+            kept = json.loads(self._kept_at.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(kept, dict) and isinstance(kept.get("fingerprint"), str) and kept.get("model") == self.label:
+            self._fingerprint, self._stamps = kept, self._loaded_stamps
+
+    def _keep_fingerprint(self) -> None:
+        from img2img_lab._utils.atomic import atomic_write
+
+        try:
+            atomic_write(self._kept_at, lambda stream: stream.write(json.dumps(self._fingerprint)), binary=False)
+        except OSError:
+            pass  # a read-only cache: fingerprinting still works, it is just not kept
 
     def family_summary(self) -> dict:
         """Family, sizes, default guidance and ignored arguments (the manifest's ``model_family``).

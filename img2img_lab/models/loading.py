@@ -17,6 +17,7 @@ from typing import Any
 
 from img2img_lab.errors import ModelError
 from img2img_lab.models.handle import ModelHandle
+from img2img_lab.models.kept import kept_path
 from img2img_lab.models.registry import FAMILIES, IMG2IMG_PIPELINE_OF, NO_STRENGTH, REFUSED
 from img2img_lab.models.threads import apply_threads
 from img2img_lab.resources import embedded_model_dir
@@ -182,6 +183,8 @@ def load_model(
     pipe.set_progress_bar_config(disable=True)
     handle = ModelHandle(pipe, label=label, folder=str(folder) if folder else None,
                          threads_reason=_set_threads(pipe, threads))
+    snapshot = folder if folder is not None else getattr(cached_model_index(label), "parent", None)
+    handle.keep_fingerprint_at(kept_path("fingerprints", label, snapshot, str(torch_device), str(torch_dtype)))
     if scheduler is not None:
         handle.use_scheduler(str(scheduler).lower())
     return handle

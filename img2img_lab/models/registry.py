@@ -49,6 +49,8 @@ IMG2IMG_PIPELINE_OF: dict[str, str] = {named: swept for family in FAMILY_CLASSES
                                        for named, swept in family.text_to_image.items()}
 #: Tiny random pipelines (tests, benchmarks): name -> builder, from every family module.
 TINY_PIPELINES: dict = {name: builder for family in FAMILY_CLASSES for name, builder in family.tiny_pipelines.items()}
+#: Real-size architectures (``data/architectures/<name>.json``, random weights, for benchmarks) -> their family.
+REAL_SIZE: dict[str, type[Family]] = {name: family for family in FAMILY_CLASSES for name in family.real_size}
 #: Bundled scheduler configs (``data/schedulers/<name>.json``), in family order.
 BUNDLED_SCHEDULERS: tuple[str, ...] = tuple(name for family in FAMILY_CLASSES for name in family.scheduler_configs)
 

@@ -138,16 +138,17 @@ class RunFolderFiles:
         return self.entry(f"{FLOOR}/{source_hash[:20]}-{int(seed)}{model}.png")
 
     def read_floor_of(self, table):
-        """The floor rows of the cells in ``table``: their sources' round trips for their seeds, by their models (a
-        run folder may hold other sources, seeds and models, whose floors are not these cells').
+        """The floor rows of the cells in ``table``: their sources' round trips by their models (a run folder may hold
+        other sources and models, whose floors are not these cells'; one round trip per source and model, with
+        whichever seed made it; folders of earlier versions hold one per seed).
 
-        >>> store.read_floor_of(table[table.seed == 1])["seed"].tolist()
-        [1]
+        >>> store.read_floor_of(table[table.seed == 1])["seed"].tolist()  # the floor of the source, made with seed 0
+        [0]
         """
         import pandas as pd
 
         floor = self.read_floor()
-        keys = [column for column in ("source_hash", "seed", "model_fingerprint")
+        keys = [column for column in ("source_hash", "model_fingerprint")
                 if column in floor.columns and column in getattr(table, "columns", [])]
         if floor.empty or not keys:
             return floor
@@ -155,7 +156,8 @@ class RunFolderFiles:
         return floor[pd.MultiIndex.from_frame(floor[keys]).isin(wanted)].reset_index(drop=True)
 
     def read_floor(self):
-        """The VAE round-trip table (one row per source and seed), empty if the run has none."""
+        """The VAE round-trip table (a row per source and model; per seed in folders of earlier versions), empty if
+        the run has none."""
         import pandas as pd
 
         path = self.entry(FLOOR_TABLE)

@@ -407,7 +407,7 @@ def _store_sources(store: RunStore, plan, model: ModelHandle, options: SweepOpti
     references = ReferenceCache(device=str(model.pipe.device)) if options.metrics else None
     if conditions is not None:
         record_conditions(store, conditions, hashes)
-    write_floor(store, model, sources, hashes, plan.seeds, list(options.metrics), references=references)
+    write_floor(store, model, sources, hashes, plan.seeds[0], list(options.metrics), references=references)
     notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
     if notes:
         store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})

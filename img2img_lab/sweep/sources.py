@@ -1,5 +1,6 @@
 """A sweep's sources: each image prepared for the model as the sweep feeds it, what a strength runs on it, and its
-VAE floor (the round trip per seed: what strength 0 stores, about as close as outputs get to the source).
+VAE floor (its round trip through the model's VAE: what strength 0 stores, about as close as outputs get to the
+source; one per source and model).
 
 :mod:`img2img_lab.sweep.run` re-exports these; :class:`img2img_lab.sweep.session.SweepSession` calls them in its
 steps.
@@ -17,7 +18,7 @@ import warnings
 from img2img_lab.images.hashes import content_hash
 from img2img_lab.images.intake import SmallSourceWarning, load_image
 from img2img_lab.store.manifest import package_versions
-from img2img_lab.models.handle import ModelHandle, cell_generator
+from img2img_lab.models.handle import ModelHandle
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.plan.schema import is_missing
 from img2img_lab.store.run_store import RunStore
@@ -104,22 +105,21 @@ def source_steps(model, sources: list):
     return steps
 
 
-def write_floor(store: RunStore, model: ModelHandle, sources: list, source_hashes: list[str], seeds: list[int],
+def write_floor(store: RunStore, model: ModelHandle, sources: list, source_hashes: list[str], seed: int,
                 metrics: list[str], *, references=None) -> None:
-    """Store each source's VAE round trip per seed and model (``floor/``, ``floor.parquet``), measured if asked
-    (on the model's device; ``references``, a :class:`~img2img_lab.metrics.fidelity.ReferenceCache`, keeps each source's
-    side for the cells). A round trip stored by an earlier sweep is kept, and measured now for the metrics it lacks
-    (made again if its image does not hold the pixels its row records).
+    """Store each source's VAE round trip — one per source and model, the latent sampled with ``seed`` (a sweep passes
+    its plan's first seed) — in ``floor/`` and ``floor.parquet``, measured if asked (on the model's device;
+    ``references``, a :class:`~img2img_lab.metrics.fidelity.ReferenceCache`, keeps each source's side for the cells).
+    A round trip the folder holds already (from an earlier sweep, with any seed) is kept, and measured now for the
+    metrics it lacks (made again if its image does not hold the pixels its row records); one the model handle made
+    for another sweep is reused (:meth:`~img2img_lab.models.handle.ModelHandle.floor`).
 
-    >>> write_floor(store, model, sources, [row["source_hash"]], [0], ["ssim", "delta_e"])  # runs/demo: ssim, psnr
+    >>> write_floor(store, model, sources, [row["source_hash"]], 1, ["ssim", "delta_e"])  # runs/demo: ssim, psnr
     >>> floor = store.read_floor()
-    >>> [bool(floor.loc[floor.seed == seed, "delta_e"].notna().all()) for seed in (0, 1)]
-    [True, False]
+    >>> floor["seed"].tolist(), bool(floor["delta_e"].notna().all())  # seed 0's floor was there: kept and measured
+    ([0], True)
     """
     import pandas as pd
-
-    from img2img_lab.metrics.availability import metric_status
-    from img2img_lab.metrics.measure import measure_pair
 
     fingerprint = model.fingerprint()["fingerprint"]
     floor = store.read_floor()
@@ -129,23 +129,34 @@ def write_floor(store: RunStore, model: ModelHandle, sources: list, source_hashe
             if (store.root / row["output_path"]).is_file()}
     names = [name for name in metrics if not metric_needs(name, "prompt", "mask")]
     for source, source_hash in zip(sources, source_hashes):
-        for seed in seeds:
-            row, image, missing = kept.get((source_hash, seed, fingerprint)), None, names
-            if row is not None:  # an earlier sweep's round trip: the metrics it was not measured with (and can be now)
-                missing = [name for name in names if is_missing(row.get(name)) and metric_status(name)[0]]
-                image = store.intact_output(row) if missing else None
-                if missing and image is None:
-                    row, missing = None, names
-            if row is None:
-                image = model.family.vae_roundtrip(source, generator=cell_generator(seed))
-                path = store.floor_path(source_hash, seed, fingerprint)
-                store.write_png(path, image)
-                row = kept[(source_hash, seed, fingerprint)] = {
-                    "source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
-                    "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
-            if missing:
-                row.update(measure_pair(source, image, missing, device=str(model.pipe.device), references=references))
+        rows = [row for (held, _, made_by), row in kept.items() if (held, made_by) == (source_hash, fingerprint)]
+        for row in rows or [None]:
+            _floor_row(store, model, kept, row, source, source_hash, seed, names, references)
     store.write_floor(pd.DataFrame(list(kept.values())))
+
+
+def _floor_row(store: RunStore, model: ModelHandle, kept: dict, row, source, source_hash: str, seed: int,
+               names: list[str], references) -> None:
+    """Keep (and measure what it lacks) or make one floor row of a source."""
+    from img2img_lab.metrics.availability import metric_status
+    from img2img_lab.metrics.measure import measure_pair
+
+    image, missing = None, names
+    if row is not None:  # an earlier sweep's round trip: the metrics it was not measured with (and can be now)
+        missing = [name for name in names if is_missing(row.get(name)) and metric_status(name)[0]]
+        image = store.intact_output(row) if missing else None
+        if missing and image is None:
+            row, missing, seed = None, names, int(row["seed"])
+    if row is None:
+        fingerprint = model.fingerprint()["fingerprint"]
+        image = model.floor(source, source_hash, seed)
+        path = store.floor_path(source_hash, seed, fingerprint)
+        store.write_png(path, image)
+        row = kept[(source_hash, seed, fingerprint)] = {
+            "source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
+            "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
+    if missing:
+        row.update(measure_pair(source, image, missing, device=str(model.pipe.device), references=references))
 
 
 def metric_needs(name: str, *what: str) -> bool:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from img2img_lab.models.families.architectures import build_architecture
 from img2img_lab.models.families.stable_diffusion import make_sd15_sized_pipeline, make_tiny_pipeline  # noqa: F401
-from img2img_lab.models.registry import TINY_PIPELINES, tiny_pipeline
+from img2img_lab.models.registry import REAL_SIZE, TINY_PIPELINES, tiny_pipeline
 
 #: Every tiny pipeline the family modules declare, by name.
 TINY_FAMILIES: tuple[str, ...] = tuple(TINY_PIPELINES)
+#: Every real-size architecture the family modules declare, by name.
+REAL_SIZE_ARCHITECTURES: tuple[str, ...] = tuple(REAL_SIZE)
 
 
 def make_tiny_family(name: str, *, seed: int = 0):
@@ -44,6 +47,16 @@ def save_tiny_family(name: str, folder, *, seed: int = 0) -> Path:
     folder = Path(folder)
     make_tiny_family(name, seed=seed).save_pretrained(folder)
     return folder
+
+
+def make_real_size_pipeline(name: str, *, seed: int = 0, dtype=None, device: str | None = None):
+    """A random-weight pipeline of the real-size architecture ``name`` (one of :data:`REAL_SIZE_ARCHITECTURES`,
+    :mod:`img2img_lab.models.families.architectures`): for speed and memory, never as a model. ``dtype``/``device``
+    cast it after it is built in float32 on the CPU."""
+    if name not in REAL_SIZE:
+        raise ValueError(f"unknown architecture {name!r}; use one of {', '.join(REAL_SIZE)}")
+    pipe = build_architecture(name, seed=seed)
+    return pipe.to(device=device, dtype=dtype) if dtype is not None or device is not None else pipe
 
 
 def save_tiny_pipeline(folder, **sizes) -> Path:

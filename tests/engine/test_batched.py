@@ -65,6 +65,20 @@ def test_per_cell_generators_make_cells_independent_of_their_batch(tiny_pipe):
     assert _difference(together[0].image, together[2].image) > 1  # different seeds differ
 
 
+def test_each_source_is_encoded_once_per_batch(tiny_pipe, monkeypatch):
+    """The batched runner encoded a source once per cell of the batch (a dict comprehension over the cells): four
+    encoder passes for four cells of one source, 3.4 s of a 54.6 s SD 1.5-sized sweep at 256 px."""
+    model = as_model(tiny_pipe)
+    passes = []
+    encode = type(tiny_pipe.vae).encode
+    monkeypatch.setattr(type(tiny_pipe.vae), "encode", lambda vae, pixels, **kw: (passes.append(1), encode(vae, pixels, **kw))[1])
+    sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["p"], strengths=[0.5, 1.0], seeds=[0, 1], steps=[4],
+                     guidance_scales=[3.0], schedulers=["ddim"])
+    run_cells_batched(model, plan.cells(), sources)
+    assert len(passes) == 2  # 8 cells, 2 sources
+
+
 def test_unet_chunks_halve_on_cuda_out_of_memory():
     import torch
 

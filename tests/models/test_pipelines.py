@@ -140,13 +140,14 @@ def test_fingerprint_of_a_tensor_over_two_to_the_24_values(tiny_model_dir):
     assert len(as_model(pipe).fingerprint(refresh=True)["fingerprint"]) == 64
 
 
-def test_a_vae_dtype_round_trip_rehashes_the_vae_alone(tiny_model_dir, monkeypatch):
+def test_a_vae_dtype_round_trip_rehashes_the_vae_alone(tiny_model_dir, monkeypatch, tmp_path):
     """A float16 sweep upcasts the VAE to decode (force_upcast) and casts it back: new storage, same weights. Every
     sweep hashed all weights again (SDXL: 2.6B UNet parameters, seconds per sweep); now only the VAE's."""
     import torch
 
     import img2img_lab.models.fingerprint as fingerprint
 
+    monkeypatch.setenv("IMG2IMG_LAB_CACHE_DIR", str(tmp_path / "cache"))  # nothing kept: hashed on first use
     reused = []
     real = fingerprint.compute_fingerprint
     monkeypatch.setattr(fingerprint, "compute_fingerprint",
@@ -183,3 +184,33 @@ def test_a_class_name_list_is_refused_in_one_line(tmp_path):
     with pytest.raises(ModelError, match=r'_class_name is \["pipeline", "MyPipeline"\], not a pipeline class name.*'
                                          r"custom pipeline's code"):
         img2img_pipeline_class(str(tmp_path), tmp_path)
+
+
+def test_a_loaded_model_s_fingerprint_is_kept_until_its_files_or_weights_change(tiny_model_dir, tmp_path,
+                                                                                monkeypatch):
+    """Hashing an SD 1.5-sized model's 1.07 B weights took 5 s of every sweep's start on two cores; a model loaded
+    from the same files (sizes, times), device, dtype and versions now takes the fingerprint kept by the last load.
+    A weight changed after loading is hashed anew and not kept; a changed file keys it anew."""
+    import shutil
+
+    import torch
+
+    import img2img_lab.models.fingerprint as fingerprint
+
+    monkeypatch.setenv("IMG2IMG_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    hashed = []
+    real = fingerprint.compute_fingerprint
+    monkeypatch.setattr(fingerprint, "compute_fingerprint", lambda *a, **k: (hashed.append(1), real(*a, **k))[1])
+    first = load_model(str(folder), device="cpu").fingerprint()
+    assert len(hashed) == 1 and len(list((tmp_path / "cache" / "fingerprints").iterdir())) == 1
+    again = load_model(str(folder), device="cpu")
+    assert again.fingerprint() == first and len(hashed) == 1  # kept: not hashed again
+    with torch.no_grad():
+        again.pipe.unet.conv_in.bias.add_(1.0)
+    assert again.fingerprint()["fingerprint"] != first["fingerprint"] and len(hashed) == 2
+    assert load_model(str(folder), device="cpu").fingerprint() == first and len(hashed) == 2  # the change was not kept
+    config = folder / "unet" / "config.json"
+    config.write_text(config.read_text())  # same bytes, a new modification time: keyed anew
+    assert load_model(str(folder), device="cpu").fingerprint() == first and len(hashed) == 3

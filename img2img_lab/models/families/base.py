@@ -88,7 +88,8 @@ class Family:
     runs), ``text_to_image`` (a class a model folder may name → the class it is swept as), ``no_strength`` (class →
     what it does instead of a strength dial), ``refused`` (class → why its strength cannot be recorded truthfully),
     ``scheduler_configs`` (bundled ``data/schedulers/<name>.json`` of its released models), ``tiny_pipelines`` (name →
-    builder of a random-weight pipeline for tests), ``schedulers`` (the scheduler names it can run; ``None``: all).
+    builder of a random-weight pipeline for tests), ``real_size`` (its released models' architectures, for benchmarks),
+    ``schedulers`` (the scheduler names it can run; ``None``: all).
     """
 
     name: ClassVar[str] = "generic"
@@ -99,6 +100,8 @@ class Family:
     refused: ClassVar[dict[str, str]] = {}
     scheduler_configs: ClassVar[tuple[str, ...]] = ()
     tiny_pipelines: ClassVar[dict[str, Callable]] = {}
+    #: Real-size architectures of its released models (``data/architectures/<name>.json``; random weights).
+    real_size: ClassVar[tuple[str, ...]] = ()
     applies_get_timesteps: ClassVar[bool] = True
     schedulers: ClassVar[tuple[str, ...] | None] = None
     #: The latent blend of inpainting is decided by channel count where the denoiser is a UNet (or SD3's).

@@ -76,6 +76,7 @@ class FluxFamily(Family):
                    "FluxKontextInpaintPipeline": "edits from a reference image and always starts from noise: it has "
                                                  "no strength dial"}
     scheduler_configs = ("flux-dev", "flux-schnell")
+    real_size = ("flux-dev-reduced",)
     tiny_pipelines = {
         "flux-dev": make_tiny_flux,  # guidance embedding; flow matching, dynamic shifting (FLUX.1-dev)
         "flux-schnell": lambda: make_tiny_flux(guidance=False),  # no guidance; constant shift 1 (schnell)
@@ -118,7 +119,8 @@ class TrueCFGFluxFamily(FluxFamily):
     prompt is used wherever ``__call__`` takes one. Subclassed by the modules of the families that use it; it
     declares no class itself."""
 
-    pipelines, text_to_image, no_strength, refused, scheduler_configs, tiny_pipelines = {}, {}, {}, {}, (), {}
+    pipelines, text_to_image, no_strength, refused, scheduler_configs, tiny_pipelines, real_size = (
+        {}, {}, {}, {}, (), {}, ())
 
     def guidance_used(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0

@@ -46,6 +46,7 @@ class SD3Family(Family):
     no_strength = {"StableDiffusion3ControlNetInpaintingPipeline": "inpaints through a ControlNet from pure noise: "
                                                                    "it has no strength dial"}
     scheduler_configs = ("sd35",)
+    real_size = ("sd35-medium",)
     tiny_pipelines = {
         "sd3": make_tiny_sd3,  # flow matching, shift 3 (SD3 medium)
         # two blocks: PAG's default layer is "blocks.1", and a saved pipeline loads with its default

@@ -174,6 +174,7 @@ class SDXLFamily(StableDiffusionFamily):
     refused = {"StableDiffusionXLControlNetUnionImg2ImgPipeline": _UNION,
                "StableDiffusionXLControlNetUnionInpaintPipeline": _UNION}
     scheduler_configs = ("sdxl", "sdxl-turbo")
+    real_size = ("sdxl",)
     tiny_pipelines = {
         "sdxl": make_tiny_sdxl,  # Euler discrete (SDXL base)
         "sdxl-pag": lambda: _variant("StableDiffusionXLPAGImg2ImgPipeline"),

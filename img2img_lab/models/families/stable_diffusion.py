@@ -170,6 +170,7 @@ class StableDiffusionFamily(Family):
     no_strength = {"StableUnCLIPImg2ImgPipeline": "makes variations from an image embedding, starting from noise: it "
                                                   "has no strength dial"}
     scheduler_configs = ("sd15", "sd21")
+    real_size = ("sd15",)
     tiny_pipelines = {
         "sd1": make_tiny_pipeline,  # PNDM, SD 1.x betas, epsilon
         "sd2-v": _sd2_v,  # DDIM, v-prediction (SD 2.x 768-v)

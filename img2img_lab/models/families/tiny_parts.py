@@ -42,14 +42,22 @@ def tiny_clip(hidden: int = 32, *, projection: bool = False, max_length: int = 1
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config), tokenizer
 
 
-def tiny_t5(hidden: int = 32):
-    """``(T5EncoderModel, T5Tokenizer)``: a 2-layer random T5 encoder and a word-level unigram tokenizer."""
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+def t5_tokenizer(max_length: int = 512):
+    """A word-level unigram ``T5Tokenizer`` (a few colour, shape and scene words; the rest is ``<unk>``), built offline:
+    pad 0, end 1, unknown 2."""
+    from transformers import T5Tokenizer
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [(f"\u2581{word}", -float(index + 1)) for index, word in enumerate(_T5_WORDS)]
-    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
-    config = T5Config(vocab_size=len(vocab), d_model=hidden, d_ff=hidden * 2, d_kv=8, num_layers=2, num_heads=4,
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def tiny_t5(hidden: int = 32):
+    """``(T5EncoderModel, T5Tokenizer)``: a 2-layer random T5 encoder and a word-level unigram tokenizer."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = t5_tokenizer()
+    config = T5Config(vocab_size=len(tokenizer), d_model=hidden, d_ff=hidden * 2, d_kv=8, num_layers=2, num_heads=4,
                       relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     return T5EncoderModel(config), tokenizer
 
