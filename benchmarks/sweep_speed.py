@@ -70,7 +70,8 @@ def main() -> None:
     from PIL import Image
 
     from img2img_lab.models.handle import as_model
-    from img2img_lab.engine.batched import DEFAULT_MAX_BATCH, run_cells_batched
+    from img2img_lab.engine.batch_limits import DEFAULT_MAX_BATCH
+    from img2img_lab.engine.batched import run_cells_batched
     from img2img_lab.engine.per_cell import run_cell
     from img2img_lab.images.intake import fit_to_model
     from img2img_lab.models.loading import load_pipeline

@@ -28,8 +28,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan = SweepPlan.from_dict({**plan.to_dict(), **overrides})
     print(f"plan: {plan.summary()}")
     started = time.perf_counter()
+    memory = {name: getattr(args, name) for name in ("offload", "vae_tiling", "vae_slicing", "attention_slicing",
+                                                     "memory_budget") if getattr(args, name) is not None}
     table = run_sweep(plan, args.out, device=args.device, dtype=args.dtype, progress=not args.no_progress,
-                      metrics=args.metrics, engine=args.engine, max_batch_size=args.max_batch, cache=args.cache)
+                      metrics=args.metrics, engine=args.engine, max_batch_size=args.max_batch, cache=args.cache,
+                      memory=memory)
     elapsed = time.perf_counter() - started
     from img2img_lab.store.run_store import RunStore
 

@@ -79,6 +79,16 @@ def _add_model_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp16 on GPU)")
 
 
+def _add_memory_options(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("memory", "how the model fits the machine (over the config's memory: settings)")
+    group.add_argument("--offload", default=None, help="none, model or sequential: diffusers' CPU offload (needs a GPU)")
+    group.add_argument("--vae-tiling", action="store_true", default=None, help="decode large images tile by tile")
+    group.add_argument("--vae-slicing", action="store_true", default=None, help="decode a batch one image at a time")
+    group.add_argument("--attention-slicing", action="store_true", default=None, help="attention in slices (UNets)")
+    group.add_argument("--memory-budget", default=None,
+                       help="memory the batched engine may fill, e.g. 6GB, or auto (default on CUDA)")
+
+
 def _add_run_dir(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("run_dir", help="a run folder written by sweep, demo or calibrate")
 
@@ -101,6 +111,7 @@ def _add_study_commands(commands) -> None:
     sweep.add_argument("--max-batch", type=int, default=None, help="UNet samples per call (default by device)")
     sweep.add_argument("--cache", default=None, help="shared cache folder: reuse cells any run put there, add new ones")
     _add_model_options(sweep)
+    _add_memory_options(sweep)
     add_axis_options(sweep)
     sweep.set_defaults(handler=handlers.cmd_sweep)
 

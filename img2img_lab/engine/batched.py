@@ -36,6 +36,7 @@ import inspect
 import time
 from dataclasses import dataclass, field
 
+from img2img_lab.engine.batch_limits import DEFAULT_MAX_BATCH
 from img2img_lab.engine.per_cell import CellOutput
 from img2img_lab.models.families.stable_diffusion import TextConditioning
 from img2img_lab.models.handle import ModelHandle, cell_generator
@@ -43,8 +44,6 @@ from img2img_lab.plan.axes import chunk_key
 from img2img_lab.plan.sweep_plan import Cell
 from img2img_lab.plan.schema import Produced
 
-#: Default UNet samples per call (a cell with guidance > 1 is two samples).
-DEFAULT_MAX_BATCH = {"cuda": 32, "cpu": 16, "mps": 8}
 #: The engine's documented tolerance, per dtype: a batched cell's pixels differ from the per-cell reference's by at
 #: most this many levels (of 255). Measured worst cells: float32 1/255 (CPU: the embedded model, every tiny family);
 #: float16 4/255 and bfloat16 31/255 (an H100, random-weight SD 1.5- and SDXL-sized pipelines, 20 steps,

@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
+from img2img_lab.engine.batch_limits import DEFAULT_MAX_BATCH, fit_batch_limit
 from img2img_lab.engine.per_cell import CellOutput, run_cell
 from img2img_lab.models.handle import ModelHandle
 from img2img_lab.plan.axes import chunk_key
@@ -113,13 +114,16 @@ class BatchedRunner:
     max_batch_size: int | None = None
     on_step: object = None
     on_work: object = None
+    fitted: dict | None = None  # batch_limits.fit_batch_limit's answer where a memory budget applies
     name = "batched"
 
     @property
     def batch_limit(self) -> int:
-        from img2img_lab.engine.batched import DEFAULT_MAX_BATCH
-
-        return self.max_batch_size or DEFAULT_MAX_BATCH.get(self.model.pipe.device.type, 16)
+        """UNet samples per call: ``max_batch_size`` if given, else the largest batch under the memory budget, else
+        the device's fixed cap."""
+        if self.max_batch_size:
+            return self.max_batch_size
+        return self.fitted["limit"] if self.fitted else DEFAULT_MAX_BATCH.get(self.model.pipe.device.type, 16)
 
     def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
         limit, todo = self.batch_limit, {key for _, key in pending}
@@ -150,10 +154,12 @@ class BatchedRunner:
 
 
 def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_size: int | None = None,
-                  on_step=None, conditions: list | None = None) -> tuple[Runner, str]:
+                  on_step=None, conditions: list | None = None, memory_budget=None) -> tuple[Runner, str]:
     """``(runner, reason)``: the batched runner where ``engine="batched"`` and the pipeline supports it (the reason
     names the pipeline), else the per-cell reference (the reason says why). Cells with a mask or a control image
-    (``conditions``) run per cell: the batched engine reproduces plain img2img calls only."""
+    (``conditions``) run per cell: the batched engine reproduces plain img2img calls only. ``memory_budget`` (bytes or
+    ``auto``; on CUDA ``auto`` unless given) sizes the batched runner's batches by measured memory
+    (:mod:`img2img_lab.engine.batch_limits`) where ``max_batch_size`` does not."""
     if conditions is not None:
         return (PerCellRunner(model, sources, on_step=on_step, conditions=conditions),
                 "inpainting and ControlNet cells run per cell (the batched engine reproduces plain img2img calls only)")
@@ -162,7 +168,12 @@ def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_s
 
         supported, reason = batching_supported(model)
         if supported:
-            return BatchedRunner(model, sources, max_batch_size=max_batch_size, on_step=on_step), reason
+            if memory_budget is None and model.pipe.device.type == "cuda":
+                memory_budget = "auto"
+            fitted = None if max_batch_size or memory_budget is None else fit_batch_limit(
+                model, max(sources, key=lambda source: source.width * source.height), memory_budget)
+            return BatchedRunner(model, sources, max_batch_size=max_batch_size, on_step=on_step,
+                                 fitted=fitted), reason
         return PerCellRunner(model, sources, on_step=on_step), reason
     return PerCellRunner(model, sources, on_step=on_step), "per-cell runner requested"
 

@@ -81,6 +81,7 @@ class ModelHandle:
         self._loaded_stamps: dict[str, str] = {}
         self._stamps: dict[str, str] = {}
         self.threads_reason = threads_reason
+        self.offload = "none"  # diffusers' CPU offload put on the pipeline (models/memory.py)
         setattr(pipe, HANDLE_ATTRIBUTE, self)
 
     # ------------------------------------------------------------------ schedulers

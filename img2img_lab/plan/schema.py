@@ -12,7 +12,7 @@ table (:data:`img2img_lab.plan.axes.AXES`).
 * :class:`Produced`: how a cell's image was made.
 
 >>> COLUMNS[:3], len(COLUMNS)
-(['cell_key', 'source', 'source_name'], 46)
+(['cell_key', 'source', 'source_name'], 47)
 >>> Produced.duplicate("diffusion"), is_duplicate("duplicate:diffusion")
 ('duplicate:diffusion', True)
 """
@@ -38,7 +38,7 @@ STEP_COLUMNS = ("width", "height", "executed_steps", "t_start", "unet_evaluation
                 "start_from", "inpaint_method")
 OUTPUT_COLUMNS = ("produced", "seconds", "output_path", "output_hash", "nsfw_flagged")
 PROVENANCE_COLUMNS = ("model", "model_family", "model_fingerprint", "device", "dtype", "torch_threads", "engine",
-                      "batch_id")
+                      "batch_id", "memory_controls")
 #: Columns of results.parquet, in order (metrics are appended by img2img_lab.metrics.measure).
 COLUMNS = ["cell_key", *PARAMETER_COLUMNS, *STEP_COLUMNS, *OUTPUT_COLUMNS, *PROVENANCE_COLUMNS]
 #: Columns rows written by earlier versions hold that say nothing new (``init_steps`` always equalled

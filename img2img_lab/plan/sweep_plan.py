@@ -183,6 +183,9 @@ class SweepPlan:
     control : dict, optional
         ``{image: canny | folder | {name: file}, conditioning_scales, guidance_starts, guidance_ends}`` for
         ControlNet pipelines; the three lists are axes.
+    memory : dict, optional
+        ``{offload, vae_tiling, vae_slicing, attention_slicing, memory_budget}``: how the sweep fits the model in
+        memory (:mod:`img2img_lab.plan.memory_settings`).
 
     >>> plan = SweepPlan(images=["a.png"], prompts=["a cat"], strengths=[0.2, 0.5], seeds=[0, 1])
     >>> len(plan.cells())
@@ -196,6 +199,7 @@ class SweepPlan:
     name: str = "sweep"
     inpaint: dict | None = None
     control: dict | None = None
+    memory: dict | None = None
 
     def __post_init__(self) -> None:
         for axis in top_level_axes():
@@ -209,6 +213,10 @@ class SweepPlan:
         from img2img_lab.plan.condition_settings import check_conditions
 
         self.inpaint, self.control = check_conditions(self.modes, self.inpaint, self.control)
+        if self.memory is not None:
+            from img2img_lab.plan.memory_settings import MemoryControls
+
+            self.memory = MemoryControls.from_config(self.memory).record()
         self._check_models()
         cells = math.prod(len(self.axis_values(axis)) for axis in AXES) * len(self.models or [None])
         if cells > MAX_CELLS:
@@ -299,7 +307,7 @@ class SweepPlan:
         for axis in top_level_axes():
             if axis.has_baseline() and data[axis.plural] == [axis.baseline]:
                 del data[axis.plural]
-        for name in ("inpaint", "control"):
+        for name in ("inpaint", "control", "memory"):
             if data[name] is None:
                 del data[name]
         return data

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from img2img_lab.errors import PlanError
+from img2img_lab.plan.memory_settings import MemoryControls
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,8 @@ class SweepOptions:
     ``metrics``: measured as the sweep goes; ``on_step(done, total)``: after every denoising step; ``engine``:
     ``"batched"`` or ``"per-cell"``; ``max_batch_size``: UNet samples per call; ``cache``: a shared cache folder;
     ``sources_from_folder``: take the sources from the run folder's copies (``verify --repair``);
-    ``progress_label``: what the progress bar is called (a calibration names its round).
+    ``progress_label``: what the progress bar is called (a calibration names its round); ``memory``: the memory
+    controls (:class:`~img2img_lab.plan.memory_settings.MemoryControls`, or their settings as a mapping).
     """
 
     device: str | None = None
@@ -39,6 +41,7 @@ class SweepOptions:
     cache: str | os.PathLike | None = None
     sources_from_folder: bool = False
     progress_label: str | None = None  # the progress bar's name (default: "sweep <plan name>")
+    memory: MemoryControls | dict | None = None
 
     def checked(self) -> "SweepOptions":
         """These options with the metric names resolved and every value checked (one line naming the fix)."""
@@ -47,5 +50,7 @@ class SweepOptions:
 
         if self.engine not in ("batched", "per-cell"):
             raise PlanError(f"unknown engine {self.engine!r}. Fix: use 'batched' (default) or 'per-cell'.")
+        memory = self.memory.record() if isinstance(self.memory, MemoryControls) else self.memory
         return replace(self, metrics=tuple(check_metric_names(self.metrics)),
-                       max_batch_size=check_batch_size(self.max_batch_size))
+                       max_batch_size=check_batch_size(self.max_batch_size),
+                       memory=MemoryControls.from_config(memory))

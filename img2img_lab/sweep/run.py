@@ -61,6 +61,7 @@ def sweep_signature(plan: SweepPlan, options: SweepOptions) -> str | None:
         sources.append((image, stat.st_size, stat.st_mtime_ns))
     payload = {"plan": plan.to_dict(), "metrics": sorted(options.metrics), "engine": options.engine,
                "max_batch_size": options.max_batch_size, "device": options.device, "dtype": options.dtype,
+               "memory": options.memory.record(),
                "model": [label, str(folder), _file_stats(Path(folder))],
                "sources": sources, "packages": package_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -152,15 +153,15 @@ def run_model_axis(plan: SweepPlan, out_dir: str | os.PathLike, options: SweepOp
 def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device: str | None = None,
               dtype: str | None = None, progress: bool = True, metrics=(), on_step=None, engine: str = "batched",
               max_batch_size: int | None = None, cache: str | os.PathLike | None = None, model_axis: bool = False,
-              sources_from_folder: bool = False, progress_label: str | None = None):
+              sources_from_folder: bool = False, progress_label: str | None = None, memory=None):
     """Run every cell of ``plan`` into the run folder ``out_dir``; return the results table.
 
     Cells already in the folder (an intact image with the pixels its row records) are skipped (resume and
     extension); a damaged one is regenerated; duplicate strengths reuse the image of the strength they duplicate;
     zero-step cells store the VAE round trip. The table has one row per cell with the columns in
     :data:`COLUMNS`, plus one column per metric in ``metrics`` (measured as the sweep goes, see
-    :mod:`img2img_lab.metrics.measure`). Each source's VAE round trip (the fidelity floor) is stored per seed in
-    ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every denoising step of every
+    :mod:`img2img_lab.metrics.measure`). Each source's VAE round trip (the fidelity floor) is stored once per source
+    and model in ``floor/`` and ``floor.parquet``. ``on_step(done, total)`` is called after every denoising step of every
     generated cell (see :func:`img2img_lab.engine.per_cell.run_cell`).
 
     ``engine="batched"`` (default) runs cells with :mod:`img2img_lab.engine.batched` (same pixels within 1/255 in float32,
@@ -173,6 +174,10 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     added to it, image and row together, under the cache's lock, so several run folders (and concurrent sweeps)
     share one set of computed cells.
 
+    ``memory`` (a mapping, or :class:`~img2img_lab.plan.memory_settings.MemoryControls`) holds memory controls —
+    ``offload``, ``vae_tiling``, ``vae_slicing``, ``attention_slicing``, ``memory_budget`` — over the plan's
+    ``memory:`` settings; the manifest records them, and those that can change pixels enter the cell key.
+
     ``sources_from_folder`` takes the sources from the copies ``out_dir`` keeps instead of the plan's files (what
     ``verify --repair`` does: it reads nothing outside the folder).
 
@@ -184,9 +189,11 @@ def run_sweep(plan: SweepPlan, out_dir: str | os.PathLike, *, pipe=None, device:
     [0, 5, 10]
     """
     # 1. Check the request (the sources exist before any model loads).
+    given = memory.record() if hasattr(memory, "record") else (memory or {})
     options = SweepOptions(device=device, dtype=dtype, progress=progress, metrics=metrics, on_step=on_step,
                            engine=engine, max_batch_size=max_batch_size, cache=cache,
-                           sources_from_folder=sources_from_folder, progress_label=progress_label).checked()
+                           sources_from_folder=sources_from_folder, progress_label=progress_label,
+                           memory={**(plan.memory or {}), **given}).checked()
     if plan.models:
         if pipe is not None:
             raise PlanError("a plan with 'models' loads each model itself. Fix: do not pass pipe=, or give the plan "

@@ -40,6 +40,8 @@ from img2img_lab.sweep.advisories import advise, floor_advisories, sweep_advisor
 from img2img_lab.sweep.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.engine.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
+from img2img_lab.models.memory import apply_memory_controls
+from img2img_lab.plan.memory_settings import MemoryControls
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.options import SweepOptions
 from img2img_lab.sweep.source_conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
@@ -126,6 +128,7 @@ class SweepSession:
         ranks open the folder rank 0 made (:mod:`img2img_lab.sweep.distributed`)."""
         context = context or Context()
         model.check_sweepable()  # a pipeline with no strength dial is refused before anything is written
+        apply_memory_controls(model, options.memory)  # as is offload on a machine without an accelerator
         existing = RunStore.open(out_dir) if options.sources_from_folder else None  # a repair reads its own copies
         sources, recorded = folder_sources(plan, existing) if existing is not None else \
             (prepare_sources(plan, model), None)
@@ -165,7 +168,8 @@ class SweepSession:
                            source_hash=self.source_hashes[cell.image_index], width=source.width,
                            height=source.height, dtype=self.manifest["dtype"], device_type=pipe.device.type,
                            versions=self.manifest["packages"], engine=self.engine,
-                           conditioning=self._condition(cell).key_part(cell.mode))
+                           conditioning={**self._condition(cell).key_part(cell.mode),
+                                         **self.options.memory.key_part()})
             self.keys[(cell.group(), cell.strength)] = key
             self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self._steps(cell))
             labels[key] = cell_label(cell, self.manifest["model"] if self.allow_other_models else None)
@@ -315,7 +319,7 @@ class SweepSession:
             "model": manifest["model"], "model_family": manifest["model_family"]["family"],
             "model_fingerprint": manifest["model_fingerprint"]["fingerprint"], "device": manifest["device"],
             "dtype": manifest["dtype"], "torch_threads": manifest["torch_threads"], "engine": self.engine,
-            "batch_id": batch_id,
+            "batch_id": batch_id, "memory_controls": ",".join(self.options.memory.key_part().get("memory", [])),
         }
 
     # ------------------------------------------------------------------ 8. finish
@@ -361,14 +365,20 @@ def _plan_manifest(plan, model: ModelHandle, options: SweepOptions, sources, rec
     manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
     manifest["metric_weights"] = metric_weights(metrics)
     runner, reason = choose_runner(model, sources, engine=options.engine, max_batch_size=options.max_batch_size,
-                                   on_step=options.on_step, conditions=conditions)
+                                   on_step=options.on_step, conditions=conditions,
+                                   memory_budget=options.memory.memory_budget)
     if context.distributed:
         runner = ShardedRunner(runner, context)
     manifest["engine"] = {"name": runner.name, "reason": reason,
                           "max_batch_size": options.max_batch_size if runner.batch_limit else None}
+    fitted = getattr(getattr(runner, "runner", runner), "fitted", None)
+    manifest["memory"] = {**options.memory.record(), **({"fitted": fitted} if fitted else {}),
+                          "batch_limit": runner.batch_limit}
     fingerprint = manifest["model_fingerprint"]["fingerprint"]
     manifest["models"] = [{"spec": plan.model, "model": model.label, "fingerprint": fingerprint,
                            "family": model.family.name}]
+    if options.memory.record() != MemoryControls().record():  # what rerunning the plan needs, in its record
+        plan = replace(plan, memory=options.memory.record())
     manifest["plans"] = [plan_record(plan, engine=options.engine, max_batch_size=options.max_batch_size,
                                      metrics=metrics, fingerprint=fingerprint)]
     manifest["history"] = [{"started": manifest["created"], "command": sys.argv, "run": uuid.uuid4().hex[:12]}]

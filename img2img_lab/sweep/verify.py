@@ -36,6 +36,8 @@ from pathlib import Path
 
 from img2img_lab.errors import StoreError
 from img2img_lab.models.handle import ModelHandle, as_model
+from img2img_lab.models.memory import apply_memory_controls
+from img2img_lab.plan.memory_settings import PIXEL_CONTROLS, MemoryControls
 from img2img_lab.plan.schema import cell_from_row, is_duplicate
 from img2img_lab.plan.sweep_plan import Cell
 from img2img_lab.store.audit import VerifyReport, audit_run_folder  # noqa: F401 - VerifyReport re-exported
@@ -187,11 +189,20 @@ class _Regeneration:
 
 def _regenerate(store: RunStore, model: ModelHandle, keys, rows, sources, hashes, report: VerifyReport,
                 batches_done: set) -> None:
-    """Regenerate ``keys`` with ``model`` as the module doc says (bit for bit, or within the engine's tolerance)."""
+    """Regenerate ``keys`` with ``model`` as the module doc says (bit for bit, or within the engine's tolerance), each
+    with the memory controls that changed its pixels (its ``memory_controls``)."""
     regeneration = _Regeneration(store, model, rows, sources, hashes, report, batches_done)
     for key in keys:
         with _threads_of(rows[key], model):
+            apply_memory_controls(model, _row_controls(rows[key], model))
             regeneration.run(key)
+
+
+def _row_controls(row: dict, model: ModelHandle) -> MemoryControls:
+    """The pixel-changing memory controls a row was made with (none for rows of earlier versions)."""
+    enabled = row.get("memory_controls")
+    enabled = set(enabled.split(",")) if isinstance(enabled, str) and enabled else set()
+    return MemoryControls(offload=model.offload, **{name: name in enabled for name in PIXEL_CONTROLS})
 
 
 def main(run_dir: str | Path, *, sample: int, seed: int, device: str | None, repair: bool = False,
