@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP_CONSTRAINTS := -c constraints.txt -c requirements-lock.txt
 STAMP := $(VENV)/.img2img-lab-installed
 
-.PHONY: test demo lab docs docs-build install lock bench clean-venv
+.PHONY: test demo lab docs docs-build install lock bench bench-real clean-venv
 
 $(STAMP): pyproject.toml constraints.txt requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ lab: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/felt_speed.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sweep_speed.py
+
+# Real-size architectures (random weights) on this machine: the whole sweep against the plain loop, interleaved, with
+# peak memory and a memory-budgeted sweep (CPU: 256 px, about 30 min; pass ARGS="--device cuda --dtype float16 --size 0").
+bench-real: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/real_size.py --budget $(ARGS)
 
 # Re-freeze the lock from the current venv (after changing dependencies and running `make test`).
 lock: $(STAMP)

@@ -30,6 +30,7 @@ from img2img_lab.models.families.sana import SanaFamily
 from img2img_lab.models.families.sd3 import SD3Family
 from img2img_lab.models.families.sdxl import SDXLFamily
 from img2img_lab.models.families.stable_diffusion import StableDiffusionFamily
+from img2img_lab.models.families.tiny_parts import for_inference
 from img2img_lab.models.families.z_image import ZImageFamily
 
 #: Every family, in the order they are listed (one class per module of :mod:`img2img_lab.models.families`).
@@ -134,8 +135,8 @@ def support_table() -> list[dict]:
 
 
 def tiny_pipeline(name: str, *, seed: int = 0):
-    """A random-weight pipeline of the family modules' :data:`TINY_PIPELINES` (CPU, fp32, progress bar off), for tests
-    and benchmarks; never a model (:mod:`img2img_lab.testing` is its public face).
+    """A random-weight pipeline of the family modules' :data:`TINY_PIPELINES` (CPU, fp32, evaluation mode, progress bar
+    off), for tests and benchmarks; never a model (:mod:`img2img_lab.testing` is its public face).
 
     >>> type(tiny_pipeline("sd3")).__name__
     'StableDiffusion3Img2ImgPipeline'
@@ -145,6 +146,4 @@ def tiny_pipeline(name: str, *, seed: int = 0):
     if name not in TINY_PIPELINES:
         raise ModelError(f"unknown tiny pipeline {name!r}. Fix: use one of {', '.join(TINY_PIPELINES)}.")
     torch.manual_seed(seed)
-    pipe = TINY_PIPELINES[name]()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return for_inference(TINY_PIPELINES[name]())

@@ -239,6 +239,24 @@ def test_flow_matching_and_lcm_pipelines_are_run_per_cell_with_the_reason():
         assert not supported and "per cell" in reason, (family, reason)
 
 
+def test_real_size_benchmark_runs_every_path_on_tiny_pipelines():
+    """benchmarks/real_size.py (make bench-real) with each family's tiny pipeline: every architecture's sweep and plain
+    loop, the table, and the memory-budget sweep; the sweep's pixels equal the loop's (per cell: exactly)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "real_size.py"
+    result = subprocess.run([sys.executable, str(script), "--tiny", "--size", "32", "--steps", "2", "--pairs", "1",
+                             "--budget", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(r"^\| (sd15|sdxl|sd35-medium|flux-dev-reduced) \|.*\| (\d+)/255 \|$", result.stdout, re.M)
+    assert [name for name, _ in rows] == ["sd15", "sdxl", "sd35-medium", "flux-dev-reduced"], result.stdout[-3000:]
+    assert all(int(difference) <= 1 for _, difference in rows)  # batched within a level; per cell exactly
+    assert result.stdout.count("within the budget") == 2  # SD 1.5 and SDXL batch; SD3 and FLUX.1 run per cell
+
+
 def test_benchmark_script_runs_its_sdxl_path():
     import subprocess
     import sys

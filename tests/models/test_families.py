@@ -298,3 +298,24 @@ def test_an_unexpected_failure_is_one_error_line_and_debug_shows_the_traceback(m
                    "`img2img-lab --debug info ...` for the traceback)"]
     with pytest.raises(RuntimeError, match="device-side assert"):
         main(["--debug", "info"])
+
+
+def test_a_tiny_pipeline_is_built_for_inference_and_repeats_a_call_exactly():
+    """Built from configs, a pipeline's text encoders were in training mode: T5's dropout made two identical SD3
+    calls differ by up to 3/255 (the real-size benchmark's plain loop did not repeat itself). Every component is in
+    evaluation mode now, as after ``from_pretrained``."""
+    import torch
+
+    from img2img_lab.testing import make_tiny_family
+
+    pipe = make_tiny_family("sd3")
+    assert not any(component.training for component in pipe.components.values()
+                   if isinstance(component, torch.nn.Module))
+    source = structured_image(32)
+
+    def call():
+        return np.asarray(pipe(image=source, prompt="a red cat", strength=0.5, num_inference_steps=2,
+                               guidance_scale=7.0, height=32, width=32,
+                               generator=torch.Generator().manual_seed(0)).images[0])
+
+    assert np.array_equal(call(), call())

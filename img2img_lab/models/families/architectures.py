@@ -67,6 +67,7 @@ def build_architecture(name: str, *, seed: int = 0, output_scale: float = 0.05):
     import diffusers
     import torch
 
+    from img2img_lab.models.families.tiny_parts import for_inference
     from img2img_lab.resources import data_path
 
     record = architecture(name)
@@ -83,6 +84,4 @@ def build_architecture(name: str, *, seed: int = 0, output_scale: float = 0.05):
                     getattr(components[key], OUTPUT_LAYERS[spec["class"]]).weight.mul_(output_scale)
     scheduler = json.loads(data_path("schedulers", f"{record['scheduler']}.json").read_text())["scheduler"]
     components["scheduler"] = getattr(diffusers, scheduler["_class_name"]).from_config(scheduler)
-    pipe = getattr(diffusers, record["pipeline"])(**components, **record["arguments"])
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return for_inference(getattr(diffusers, record["pipeline"])(**components, **record["arguments"]))

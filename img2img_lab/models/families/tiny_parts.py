@@ -118,6 +118,18 @@ def unet_controlnet(unet):
     return unzeroed(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16)))
 
 
+def for_inference(pipe):
+    """``pipe`` with every component in evaluation mode, as ``from_pretrained`` leaves them (a model built from its
+    config is in training mode: T5's dropout of 0.1 made two identical calls differ by up to 3/255)."""
+    import torch
+
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def as_class(base, class_name: str, **extra):
     """The diffusers pipeline ``class_name`` made of ``base``'s components (those its ``__init__`` takes), plus
     ``extra`` (a ControlNet, PAG's layers...)."""
