@@ -170,7 +170,10 @@ def measure(name: str, args, work: Path) -> dict:
               f"{pair['loop_denoiser']:.1f} s in the loop; peak +{pair['peak_sweep'] / 1e9:.2f} GB sweep, "
               f"+{pair['peak_loop'] / 1e9:.2f} GB loop; batch {pair['batch']}; max |sweep - loop| "
               f"{pair['difference']}/255", flush=True)
-    result = {"name": name, "pairs": pairs, "median": statistics.median(pair["ratio"] for pair in pairs)}
+    from img2img_lab.engine.batched import batched_tolerance
+
+    result = {"name": name, "pairs": pairs, "median": statistics.median(pair["ratio"] for pair in pairs),
+              "tolerance": batched_tolerance(args.dtype)}
     later = [pair["ratio"] for pair in pairs[1:]]
     print(f"  {name}: loop/sweep median {result['median']:.2f}x over {len(pairs)} pairs"
           + (f" (after the first: median {statistics.median(later):.2f}x)" if later else ""))
@@ -236,6 +239,9 @@ def main() -> None:
         print(f"| {result['name']} | {result['median']:.2f}x | {len(pairs)} | {pairs[0]['ratio']:.2f}x | "
               f"{max(p['peak_sweep'] for p in pairs) / 1e9:.2f} / {max(p['peak_loop'] for p in pairs) / 1e9:.2f} | "
               f"{pairs[-1]['batch']} | {max(p['difference'] for p in pairs)}/255 |")
+    worst = max(max(p["difference"] for p in result["pairs"]) - result["tolerance"] for result in results)
+    print(f"pixels: every sweep within the engine's {args.dtype} tolerance "
+          f"({results[0]['tolerance']}/255) of the plain calls: {'yes' if worst <= 0 else 'NO'}")
 
 
 if __name__ == "__main__":

@@ -314,6 +314,12 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from img2img_lab.cli.doctor import doctor_report, format_doctor
 
+    if args.fit is not None:
+        from img2img_lab.models.fit import fit_report, format_fit
+
+        report = fit_report(args.fit)
+        print(json.dumps(report, indent=2, default=str) if args.json else format_fit(report))
+        return 0
     report = doctor_report(run_dir=args.run_dir)
     print(json.dumps(report, indent=2, default=str) if args.json else format_doctor(report))
     return 0

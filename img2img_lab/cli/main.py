@@ -239,6 +239,9 @@ def _add_tool_commands(commands) -> None:
     doctor = command("doctor", "one screen about this installation, for a bug report")
     doctor.add_argument("--run-dir", default="runs", help="check that a run folder can be written here (default runs)")
     doctor.add_argument("--json", action="store_true", help="print JSON")
+    doctor.add_argument("--fit", default=None, metavar="MODEL",
+                        help="will MODEL fit here: a folder, a hub id (its configs only) or a bundled architecture "
+                             "(sd15, sdxl, sd35-medium, flux-dev-reduced); parameters, memory per dtype, settings")
     doctor.set_defaults(handler=handlers.cmd_doctor)
 
 

@@ -62,7 +62,8 @@ def prompt_advisories(pipe, prompt: str) -> list[str]:
                  if token.endswith("</w>") and token[:-4].isalpha() and len(token) > 5]
         advisories.append(
             f"the prompt {prompt!r} has words the model's tokenizer does not know: {', '.join(unknown)} (it reads them "
-            f"letter by letter)" + (f"; the words it knows: {' '.join(words)}" if len(vocabulary) < 1000 else ""))
+            f"letter by letter)" + (f"; the words it knows: {' '.join(words)}" if words and len(vocabulary) < 1000
+                                    else ""))
     limit = getattr(tokenizer, "model_max_length", None)
     count = len(tokenizer(prompt)["input_ids"])
     if limit and count > limit:

@@ -55,8 +55,12 @@ def make_real_size_pipeline(name: str, *, seed: int = 0, dtype=None, device: str
     cast it after it is built in float32 on the CPU."""
     if name not in REAL_SIZE:
         raise ValueError(f"unknown architecture {name!r}; use one of {', '.join(REAL_SIZE)}")
+    import torch
+
     pipe = build_architecture(name, seed=seed)
-    return pipe.to(device=device, dtype=dtype) if dtype is not None or device is not None else pipe
+    if dtype not in (None, torch.float32) or device not in (None, "cpu"):
+        pipe = pipe.to(device=device, dtype=dtype)
+    return pipe
 
 
 def save_tiny_pipeline(folder, **sizes) -> Path:
