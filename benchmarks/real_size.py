@@ -15,7 +15,9 @@ the allocator's peak), the batch the sweep chose and the largest pixel differenc
 also pays what a sweep does once per loaded model (the weights' fingerprint; each source's VAE floor, then shared
 by later sweeps): it is printed apart, and the ratio reported is the median of every pair. ``--budget`` adds a sweep
 whose ``memory_budget`` is three samples' measured footprint: its peak against the budget and its pixels against
-the default sweep's.
+the default sweep's, and checks the sweep's peak against the loop's plus one batch (the batch the sweep chose times
+one sample's measured footprint). Each architecture runs in a process of its own, so one's memory never counts
+against the next (SDXL's float32 weights alone take 14 GB).
 
     python benchmarks/real_size.py --arch sd15,sdxl --size 256 --steps 4 --pairs 3 --threads 2
     python benchmarks/real_size.py --arch sd15,sdxl --device cuda --dtype float16 --size 0   # native size on a GPU
@@ -25,7 +27,9 @@ the default sweep's.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -181,13 +185,13 @@ def measure(name: str, args, work: Path) -> dict:
 
     batched, why = batching_supported(model)
     if args.budget and batched:
-        result["budget"] = budget_check(model, plan, folder, metrics, pairs[-1], args)
+        result["budget"] = budget_check(model, plan, folder, metrics, pairs, args)
     elif args.budget:
         print(f"  no budget check: {why} (a budget sizes the batched engine's batches)")
     return result
 
 
-def budget_check(model, plan, folder: Path, metrics: list[str], last: dict, args) -> dict:
+def budget_check(model, plan, folder: Path, metrics: list[str], pairs: list[dict], args) -> dict:
     """A sweep whose memory budget is three samples' measured footprint: its peak against the budget, its pixels
     against the default sweep's."""
     from PIL import Image
@@ -198,16 +202,35 @@ def budget_check(model, plan, folder: Path, metrics: list[str], last: dict, args
     source = Image.open(folder / "source.png").convert("RGB")
     denoiser, decoder = sample_footprints(model, source)
     budget = 3 * max(denoiser, (decoder + 1) // 2)
+    last = pairs[-1]
     default, _ = sweep(model, plan, folder / "budget-default", metrics)
     with PeakMemory(args.device) as peak:
         bounded, memory = sweep(model, plan, folder / "budget", metrics, memory_budget=budget)
     check = {"budget": budget, "peak": peak.rise, "limit": memory["batch_limit"],
              "difference": _difference(bounded, default), "sample": denoiser, "decode": decoder}
+    bound = max(p["peak_loop"] for p in pairs) + last["batch"] * denoiser
+    check["bound"], check["sweep_peak"] = bound, max(p["peak_sweep"] for p in pairs)
+    print(f"  peak: sweep +{check['sweep_peak'] / 1e9:.2f} GB against loop + one batch ({last['batch']} x "
+          f"{denoiser / 1e6:.0f} MB) +{bound / 1e9:.2f} GB: {'within' if check['sweep_peak'] <= bound else 'OVER'}")
     print(f"  budget {budget / 1e6:.0f} MB (3 x one sample: {denoiser / 1e6:.0f} MB denoiser, {decoder / 1e6:.0f} "
           f"MB decode): batch {check['limit']} (default {last['batch']}), peak +{peak.rise / 1e6:.0f} MB "
           f"{'within' if peak.rise <= budget else 'OVER'} the budget; max |bounded - default| "
           f"{check['difference']}/255")
     return check
+
+
+def _measure_apart(name: str, args) -> dict:
+    """One architecture's :func:`measure`, in a child process of its own (its memory is gone when it ends)."""
+    with tempfile.TemporaryDirectory() as work:
+        result = Path(work) / "result.json"
+        argv = [arg for arg in sys.argv[1:] if not arg.startswith("--arch=")]
+        if "--arch" in argv:
+            del argv[argv.index("--arch"):argv.index("--arch") + 2]
+        completed = subprocess.run([sys.executable, __file__, *argv, "--arch", name, "--result", str(result)])
+        if completed.returncode or not result.exists():
+            sys.exit(f"{name}: the benchmark's process ended with status {completed.returncode} (out of memory? "
+                     f"see above); measure it alone with --arch {name}")
+        return json.loads(result.read_text())
 
 
 def main() -> None:
@@ -221,6 +244,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--budget", action="store_true", help="also run a sweep under a 3-sample memory budget")
     parser.add_argument("--tiny", action="store_true", help="each family's tiny pipeline instead (a quick check)")
+    parser.add_argument("--result", help=argparse.SUPPRESS)  # one architecture's result, as JSON (a child process)
     args = parser.parse_args()
     import os
 
@@ -228,10 +252,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("IMG2IMG_LAB_THREADS", str(args.threads))
+    if args.result:
+        with tempfile.TemporaryDirectory() as work:
+            Path(args.result).write_text(json.dumps(measure(args.arch, args, Path(work))))
+        return
     print(f"real-size benchmark: {os.cpu_count()} cores, torch {torch.__version__} on {args.threads} threads, "
           f"{args.device} {args.dtype}, load average {os.getloadavg()[0]:.2f}")
-    with tempfile.TemporaryDirectory() as work:
-        results = [measure(name, args, Path(work)) for name in args.arch.split(",")]
+    if args.tiny:  # tiny pipelines take little memory: one process, as a test runs it
+        with tempfile.TemporaryDirectory() as work:
+            results = [measure(name, args, Path(work)) for name in args.arch.split(",")]
+    else:
+        results = [_measure_apart(name, args) for name in args.arch.split(",")]
     print("\n| architecture | loop / sweep (median) | pairs | first pair | peak sweep / loop (GB) | batch | max diff |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for result in results:

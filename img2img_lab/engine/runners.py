@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 from img2img_lab.engine.batch_limits import DEFAULT_MAX_BATCH, fit_batch_limit
 from img2img_lab.engine.per_cell import CellOutput, run_cell
+from img2img_lab.engine.remembered import EncodingMemo, remembered_encodings
 from img2img_lab.models.handle import ModelHandle
 from img2img_lab.plan.axes import chunk_key
 from img2img_lab.plan.sweep_plan import Cell
@@ -56,6 +58,9 @@ class Runner(Protocol):
     def batch_limit(self) -> int | None:
         """UNet samples per call (None: one cell per call)."""
 
+    def remembering(self):
+        """A context manager around a sweep's generation: what the runner may compute once for all its chunks."""
+
 
 def cell_work(steps) -> int:
     """A cell's share of a sweep's progress, from its :class:`~img2img_lab.models.handle.StepPlan`: the denoiser evaluations
@@ -75,6 +80,17 @@ class PerCellRunner:
     conditions: list | None = None  # sweep_conditions.SourceCondition per source (masks, control images)
     name = "per-cell"
     batch_limit = None
+    memo: EncodingMemo | None = None
+
+    @contextmanager
+    def remembering(self):
+        """Within the block, each pipeline's prompt encodings and its VAE's encodings of a source are computed once
+        (:mod:`img2img_lab.engine.remembered`: bit-identical to plain calls, undone afterwards)."""
+        with remembered_encodings() as self.memo:
+            try:
+                yield self.memo
+            finally:
+                self.memo = None
 
     def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
         for cell, key in pending:
@@ -91,6 +107,8 @@ class PerCellRunner:
                 self.on_work(1)
 
         condition = None if self.conditions is None else self.conditions[cell.image_index].call_inputs(cell.mode)
+        if self.memo is not None:
+            self.memo.install(self.model.for_mode(cell.mode).pipe)
         output = run_cell(self.model, cell, self.sources[cell.image_index], on_step=step, condition=condition)
         if cell.zero_step and self.on_work is not None:
             self.on_work(1)
@@ -145,6 +163,10 @@ class BatchedRunner:
             for first in range(0, len(members), chunk_cells):
                 chunk = members[first:first + chunk_cells]
                 yield chunk, _batch_id([key for _, key in chunk], limit)
+
+    def remembering(self):
+        """Nothing to remember across chunks: each chunk encodes its prompts and sources once."""
+        return nullcontext()
 
     def run(self, cells: list[Cell]) -> list[CellOutput]:
         from img2img_lab.engine.batched import run_cells_batched

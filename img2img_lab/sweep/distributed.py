@@ -210,6 +210,9 @@ class ShardedRunner:
     def batch_limit(self):
         return self.runner.batch_limit
 
+    def remembering(self):
+        return self.runner.remembering()
+
     def chunks(self, planned, pending, recorded=()):
         chunks = list(self.runner.chunks(planned, pending, recorded))
         costed = [([key for _, key in chunk], chunk_cost([cell for cell, _ in chunk])) for chunk, _ in chunks]

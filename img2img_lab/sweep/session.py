@@ -219,6 +219,10 @@ class SweepSession:
         """Generate every pending cell with the sweep's runner (:mod:`img2img_lab.engine.runners`), chunk by chunk. Each
         batched chunk is recorded before it runs and saved before the next starts, so a crash loses at most one
         chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds."""
+        with self.runner.remembering():
+            self._generate_chunks()
+
+    def _generate_chunks(self) -> None:
         todo = {key for _, key in self.pending}
         last_flush = time.monotonic()
         for chunk, batch_id in self.runner.chunks(self.planned, self.pending, self.recorded):

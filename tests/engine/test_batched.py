@@ -255,6 +255,7 @@ def test_real_size_benchmark_runs_every_path_on_tiny_pipelines():
     assert [name for name, _ in rows] == ["sd15", "sdxl", "sd35-medium", "flux-dev-reduced"], result.stdout[-3000:]
     assert all(int(difference) <= 1 for _, difference in rows)  # batched within a level; per cell exactly
     assert result.stdout.count("within the budget") == 2  # SD 1.5 and SDXL batch; SD3 and FLUX.1 run per cell
+    assert len(re.findall(r"peak: sweep \+[0-9.]+ GB against loop \+ one batch", result.stdout)) == 2
 
 
 def test_benchmark_script_runs_its_sdxl_path():
