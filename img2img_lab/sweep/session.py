@@ -126,7 +126,7 @@ class SweepSession:
         then create (or reopen) the run folder with this sweep's manifest merged into the folder's under its lock;
         store the sources and each source's VAE round trip. In a launched job only rank 0 writes these; the other
         ranks open the folder rank 0 made (:mod:`img2img_lab.sweep.distributed`)."""
-        context = context or Context()
+        context, options = context or Context(), options.checked()  # idempotent: a caller may pass them unchecked
         model.check_sweepable()  # a pipeline with no strength dial is refused before anything is written
         apply_memory_controls(model, options.memory)  # as is offload on a machine without an accelerator
         existing = RunStore.open(out_dir) if options.sources_from_folder else None  # a repair reads its own copies
