@@ -117,78 +117,87 @@ def _difference(first: list, second: list) -> int:
 
 
 def measure(name: str, args, work: Path) -> dict:
-    import torch
-
-    from img2img_lab._utils.memory import PeakMemory, resident_bytes
+    """One architecture: build it, run ``--pairs`` interleaved pairs of plain loop and sweep, then the budget check."""
+    from img2img_lab.engine.batched import batched_tolerance, batching_supported
     from img2img_lab.metrics.registry import DEFAULT_METRICS
     from img2img_lab.models.families.architectures import architecture
-    from img2img_lab.models.handle import as_model
     from img2img_lab.plan.sweep_plan import SweepPlan
-    from img2img_lab.testing import make_real_size_pipeline
 
-    record = architecture(name)
-    started = time.perf_counter()
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    if args.tiny:  # the family's tiny pipeline on the same code path, in seconds
-        from img2img_lab.testing import make_tiny_family
-
-        pipe = make_tiny_family(TINY[name]).to(device=args.device, dtype=dtype)
-    else:
-        pipe = make_real_size_pipeline(name, dtype=dtype, device=args.device)
-    model = as_model(pipe)
-    built = time.perf_counter() - started
-    size = args.size or record["native_size"]
+    model, size, built = _build(name, args)
     folder = work / name
     folder.mkdir()
     source = _source(folder, size)
-    guidance = model.default_guidance() or 7.5
     plan = SweepPlan(images=[str(source)], prompts=["a red cat"], strengths=[0.5, 1.0],
-                     seeds=[0, 1], guidance_scales=[guidance], steps=[args.steps], max_side=None)
+                     seeds=[0, 1], guidance_scales=[model.default_guidance() or 7.5], steps=[args.steps], max_side=None)
+    print(f"{built}; {size}x{size} px, {args.steps} steps, guidance {plan.guidance_scales[0]:g}, "
+          f"{len(plan.cells())} cells ({architecture(name)['reduced'] or 'full size'})")
     clock = DenoiserClock(model.family.denoiser(), args.device)
     metrics = list(DEFAULT_METRICS)
-    pairs = []
-    print(f"\n{name}: {record['source']}; {type(model.pipe).__name__}, built in {built:.0f} s, resident "
-          f"{resident_bytes() / 1e9:.1f} GB; {size}x{size} px, {args.steps} steps, guidance {guidance:g}, "
-          f"{len(plan.cells())} cells ({', '.join(record['reduced'] and [record['reduced']] or ['full size'])})")
-    for index in range(args.pairs):
-        runs = {}
-        for method in (("loop", "sweep") if index % 2 == 0 else ("sweep", "loop")):
-            clock.seconds = 0.0
-            with PeakMemory(args.device) as peak:
-                began = time.perf_counter()
-                outputs, extra = (plain_loop(model, plan, source, metrics) if method == "loop"
-                                  else sweep(model, plan, folder / f"run-{index}", metrics))
-                seconds = time.perf_counter() - began
-            runs[method] = {"seconds": seconds, "denoiser": clock.seconds, "peak": peak.rise, "outputs": outputs,
-                            "extra": extra}
-        pair = {"loop": runs["loop"]["seconds"], "sweep": runs["sweep"]["seconds"],
-                "ratio": runs["loop"]["seconds"] / runs["sweep"]["seconds"],
-                "denoiser": runs["sweep"]["denoiser"], "loop_denoiser": runs["loop"]["denoiser"],
-                "peak_loop": runs["loop"]["peak"], "peak_sweep": runs["sweep"]["peak"],
-                "batch": runs["sweep"]["extra"].get("batch_limit"),
-                "difference": _difference(runs["sweep"]["outputs"], runs["loop"]["outputs"])}
-        pairs.append(pair)
-        print(f"  pair {index + 1}{' (pays the fingerprint and the floor)' if index == 0 else ''}: loop "
-              f"{pair['loop']:.1f} s, sweep {pair['sweep']:.1f} s, loop/sweep {pair['ratio']:.2f}x; denoiser "
-              f"{pair['denoiser']:.1f} s in the sweep ({pair['denoiser'] / pair['sweep']:.0%} of it), "
-              f"{pair['loop_denoiser']:.1f} s in the loop; peak +{pair['peak_sweep'] / 1e9:.2f} GB sweep, "
-              f"+{pair['peak_loop'] / 1e9:.2f} GB loop; batch {pair['batch']}; max |sweep - loop| "
-              f"{pair['difference']}/255", flush=True)
-    from img2img_lab.engine.batched import batched_tolerance
-
+    pairs = [_run_pair(index, model, plan, source, folder, metrics, clock, args) for index in range(args.pairs)]
     result = {"name": name, "pairs": pairs, "median": statistics.median(pair["ratio"] for pair in pairs),
               "tolerance": batched_tolerance(args.dtype)}
     later = [pair["ratio"] for pair in pairs[1:]]
     print(f"  {name}: loop/sweep median {result['median']:.2f}x over {len(pairs)} pairs"
           + (f" (after the first: median {statistics.median(later):.2f}x)" if later else ""))
-    from img2img_lab.engine.batched import batching_supported
-
     batched, why = batching_supported(model)
     if args.budget and batched:
         result["budget"] = budget_check(model, plan, folder, metrics, pairs, args)
     elif args.budget:
         print(f"  no budget check: {why} (a budget sizes the batched engine's batches)")
     return result
+
+
+def _build(name: str, args):
+    """``(model, size, what)``: the architecture's random-weight pipeline (``--tiny``: its family's tiny one, the same
+    code path in seconds), the image size to run it at, and what was built in words."""
+    import torch
+
+    from img2img_lab._utils.memory import resident_bytes
+    from img2img_lab.models.families.architectures import architecture
+    from img2img_lab.models.handle import as_model
+    from img2img_lab.testing import make_real_size_pipeline, make_tiny_family
+
+    record = architecture(name)
+    started = time.perf_counter()
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    if args.tiny:
+        pipe = make_tiny_family(TINY[name]).to(device=args.device, dtype=dtype)
+    else:
+        pipe = make_real_size_pipeline(name, dtype=dtype, device=args.device)
+    model = as_model(pipe)
+    built = time.perf_counter() - started
+    what = (f"\n{name}: {record['source']}; {type(model.pipe).__name__}, built in {built:.0f} s, resident "
+            f"{resident_bytes() / 1e9:.1f} GB")
+    return model, args.size or record["native_size"], what
+
+
+def _run_pair(index: int, model, plan, source: Path, folder: Path, metrics: list[str], clock, args) -> dict:
+    """One interleaved pair (the loop first in even pairs, the sweep first in odd ones), printed."""
+    from img2img_lab._utils.memory import PeakMemory
+
+    runs = {}
+    for method in (("loop", "sweep") if index % 2 == 0 else ("sweep", "loop")):
+        clock.seconds = 0.0
+        with PeakMemory(args.device) as peak:
+            began = time.perf_counter()
+            outputs, extra = (plain_loop(model, plan, source, metrics) if method == "loop"
+                              else sweep(model, plan, folder / f"run-{index}", metrics))
+            seconds = time.perf_counter() - began
+        runs[method] = {"seconds": seconds, "denoiser": clock.seconds, "peak": peak.rise, "outputs": outputs,
+                        "extra": extra}
+    pair = {"loop": runs["loop"]["seconds"], "sweep": runs["sweep"]["seconds"],
+            "ratio": runs["loop"]["seconds"] / runs["sweep"]["seconds"],
+            "denoiser": runs["sweep"]["denoiser"], "loop_denoiser": runs["loop"]["denoiser"],
+            "peak_loop": runs["loop"]["peak"], "peak_sweep": runs["sweep"]["peak"],
+            "batch": runs["sweep"]["extra"].get("batch_limit"),
+            "difference": _difference(runs["sweep"]["outputs"], runs["loop"]["outputs"])}
+    print(f"  pair {index + 1}{' (pays the fingerprint and the floor)' if index == 0 else ''}: loop "
+          f"{pair['loop']:.1f} s, sweep {pair['sweep']:.1f} s, loop/sweep {pair['ratio']:.2f}x; denoiser "
+          f"{pair['denoiser']:.1f} s in the sweep ({pair['denoiser'] / pair['sweep']:.0%} of it), "
+          f"{pair['loop_denoiser']:.1f} s in the loop; peak +{pair['peak_sweep'] / 1e9:.2f} GB sweep, "
+          f"+{pair['peak_loop'] / 1e9:.2f} GB loop; batch {pair['batch']}; max |sweep - loop| "
+          f"{pair['difference']}/255", flush=True)
+    return pair
 
 
 def budget_check(model, plan, folder: Path, metrics: list[str], pairs: list[dict], args) -> dict:
