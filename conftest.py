@@ -80,10 +80,14 @@ def doctest_world(tmp_path_factory) -> dict:
         os.chdir(cwd)
     store = RunStore.open(folder / "runs/demo")
     row = table.iloc[4].to_dict()
+    from img2img_lab.testing import random_lora_file
+
+    lora_file = random_lora_file(pipe, folder / "style.safetensors")
     return {"folder": folder, "pipe": pipe, "model": model, "plan": plan, "cells": plan.cells(),
             "cell": plan.cells()[4], "sources": [source], "source": source, "image": source,
             "output": store.load_output(row), "store": store, "table": table, "key": row["cell_key"],
-            "row": row, "grid": comparison_grid(folder / "runs/demo"), "result": result, "tempfile": tempfile}
+            "row": row, "grid": comparison_grid(folder / "runs/demo"), "result": result, "tempfile": tempfile,
+            "lora_file": lora_file}
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from img2img_lab.errors import Img2ImgLabError
-from img2img_lab.plan.schema import CONDITION_COLUMNS, UNIT_COLUMNS
+from img2img_lab.plan.schema import CONDITION_COLUMNS, UNIT_COLUMNS, with_baseline_columns
 
 
 # --------------------------------------------------------------------------------------------- bootstrap
@@ -153,7 +153,7 @@ def conditions(table):
     """``[(condition, rows)]`` per guidance, steps and scheduler: what a calibration decides separately."""
     keys = list(CONDITION_COLUMNS)
     return [(dict(zip(keys, key if isinstance(key, tuple) else (key,))), group)
-            for key, group in table.groupby(keys, sort=True)]
+            for key, group in with_baseline_columns(table).groupby(keys, sort=True)]
 
 
 def strength_summary(table, metrics, *, floor=None, n_resamples: int = 2000, confidence: float = 0.95,

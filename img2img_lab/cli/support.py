@@ -4,6 +4,8 @@ own chatter turned down."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from img2img_lab.errors import Img2ImgLabError
 
 #: One example per command (shown by ``img2img-lab COMMAND --help``). Bundled example configs go by name.
@@ -87,6 +89,11 @@ def add_axis_options(parser) -> None:
         flag = "--" + (axis.name if axis.repeat else axis.plural).replace("_", "-")
         group.add_argument(flag, dest=f"axis_{axis.plural}", action="append" if axis.repeat else "store",
                            default=None, metavar=axis.kind.__name__.upper(), help=axis.cli)
+    group.add_argument("--lora", dest="axis_lora_files", action="append", default=None, metavar="FILE",
+                       help="a LoRA .safetensors file to sweep (repeat the option; 'none' for the model as it is), "
+                            "instead of the config's loras")
+    group.add_argument("--lora-scales", dest="axis_lora_scales", default=None, metavar="FLOAT",
+                       help="comma-separated scales in [-4, 4] each --lora file runs at (default 1)")
 
 
 def axis_overrides(args) -> dict:
@@ -105,7 +112,20 @@ def axis_overrides(args) -> dict:
             overrides[axis.plural] = number_list(flag, given, axis.kind)
         else:
             overrides[axis.plural] = [item.strip() for item in given.split(",") if item.strip()]
+    files, scales = getattr(args, "axis_lora_files", None), getattr(args, "axis_lora_scales", None)
+    if scales is not None and not files:
+        raise Img2ImgLabError("--lora-scales needs at least one --lora FILE. Fix: add --lora style.safetensors.")
+    if files:
+        scales = number_list("--lora-scales", scales, float) if scales is not None else [1.0]
+        overrides["loras"] = [file if file == "none" else {"file": _absolute_if_present(file),
+                                                           "scales": scales} for file in files]
     return overrides
+
+
+def _absolute_if_present(text: str) -> str:
+    """A file argument as an absolute path where it names a file here (else as given: the plan says what is wrong)."""
+    path = Path(text).expanduser()
+    return str(path.absolute()) if path.exists() else text
 
 
 def parse_where(items) -> dict:

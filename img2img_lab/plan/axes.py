@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from img2img_lab.errors import PlanError
+from img2img_lab.plan.lora_settings import (NO_LORA, check_lora_setting, lora_columns, lora_from_row, lora_key,
+                                            lora_words)
 from img2img_lab.plan.values import (check_guidance, check_scheduler, check_seed, check_steps, check_strength,
                                      check_text, is_number, shown)
 
@@ -76,6 +78,12 @@ class Axis:
     label: str = "{}"  # how a cell label writes a value
     cli: str = ""  # the ``sweep`` option's help ("" = no option)
     repeat: bool = False  # the option repeats (free text, which may hold commas) instead of taking a comma list
+    # A value of several parts (a LoRA setting: names, hashes, scales) says how it is keyed, tabled, read back from a
+    # row and written in a label; None: the value itself, in the axis's one column.
+    key_of: Callable[[Any], str] | None = None
+    columns_of: Callable[[Any], dict] | None = None
+    from_row: Callable[[dict], Any] | None = None
+    words: Callable[[Any], str] | None = None
 
     @property
     def key_name(self) -> str:
@@ -94,7 +102,19 @@ class Axis:
 
     def key_text(self, value):
         """What the cell key holds for ``value`` (floats by ``repr``, so 0.3 and 0.30000000000000004 differ)."""
+        if self.key_of is not None:
+            return self.key_of(value)
         return repr(float(value)) if self.kind is float else value
+
+    def row_columns(self, value) -> dict:
+        """The table columns ``value`` fills (an axis with ``columns_of``; else ``{name: value}``)."""
+        return self.columns_of(value) if self.columns_of is not None else {self.name: value}
+
+    def row_value(self, row: dict):
+        """This axis's value in a results row (the image: its path, the ``source`` column)."""
+        if self.from_row is not None:
+            return self.from_row(row)
+        return self.read(row.get("source" if self.name == "image" else self.name))
 
     def read(self, value):
         """A table value read back into this axis's kind (missing: the baseline)."""
@@ -140,6 +160,9 @@ AXES: tuple[Axis, ...] = (
     Axis("control_guidance_end", "guidance_ends", float, _control_check("guidance_ends"), default=(None,), nest=72,
          section="control", baseline=None, call="control_guidance_end", batchable=False, role="control",
          label="control end {:g}"),
+    Axis("lora", "loras", str, check_lora_setting, default=(NO_LORA,), nest=5, baseline=NO_LORA,
+         columns=("lora", "lora_hashes", "lora_scales"), batchable=False, label="LoRA {}",
+         key_of=lora_key, columns_of=lora_columns, from_row=lora_from_row, words=lora_words),
 )
 
 #: The expansion order: outermost first, strength innermost (a group of cells differs only in strength).
@@ -150,7 +173,7 @@ def names_with_role(role: str) -> tuple[str, ...]:
     """The names of the axes of one role (:data:`ROLES`), in table order.
 
     >>> names_with_role("condition")
-    ('guidance_scale', 'num_inference_steps', 'scheduler')
+    ('guidance_scale', 'num_inference_steps', 'scheduler', 'lora')
     """
     return tuple(axis.name for axis in AXES if axis.role == role)
 
@@ -211,6 +234,8 @@ def cell_label_parts(cell) -> list[str]:
             continue
         if axis.name == "image":
             value = Path(value).name
+        elif axis.words is not None:
+            value = axis.words(value)
         elif axis.kind is str and axis.name != "scheduler" and len(str(value)) > 40:
             value = str(value)[:39] + "…"
         parts.append(axis.label.format(value))

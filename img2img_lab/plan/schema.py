@@ -12,7 +12,7 @@ table (:data:`img2img_lab.plan.axes.AXES`).
 * :class:`Produced`: how a cell's image was made.
 
 >>> COLUMNS[:3], len(COLUMNS)
-(['cell_key', 'source', 'source_name'], 47)
+(['cell_key', 'source', 'source_name'], 50)
 >>> Produced.duplicate("diffusion"), is_duplicate("duplicate:diffusion")
 ('duplicate:diffusion', True)
 """
@@ -98,7 +98,26 @@ def cell_parameters(cell: Cell, source_hash: str, condition: dict | None = None)
     """
     derived = {"source": cell.image, "source_name": Path(cell.image).stem, "source_hash": source_hash,
                "repaint": None, "mask_hash": None, "control_hash": None, **(condition or {})}
+    for axis in AXES:
+        if axis.columns_of is not None:
+            derived.update(axis.row_columns(getattr(cell, axis.name)))
     return {column: derived[column] if column in derived else getattr(cell, column) for column in PARAMETER_COLUMNS}
+
+
+def with_baseline_columns(table):
+    """``table`` with the columns of an axis of several parts that its rows predate (the LoRA axis: rows of earlier
+    versions ran without an adapter), so analyses that split by them read every folder alike.
+
+    >>> import pandas as pd
+    >>> with_baseline_columns(pd.DataFrame({"strength": [0.5]}))["lora"].tolist()
+    ['none']
+    """
+    missing = [axis for axis in AXES if axis.columns_of is not None and axis.has_baseline()
+               and axis.name not in table.columns]
+    if len(table) == 0 or not missing:
+        return table
+    return table.assign(**{column: value for axis in missing for column, value in
+                           axis.row_columns(axis.baseline).items()})
 
 
 def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
@@ -111,7 +130,7 @@ def cell_from_row(row: dict, image_index: int, steps_of) -> Cell:
     >>> cell_from_row(row, 0, stable_diffusion_steps).executed_steps
     6
     """
-    values = {axis.name: axis.read(row.get("source" if axis.name == "image" else axis.name)) for axis in AXES}
+    values = {axis.name: axis.row_value(row) for axis in AXES}
     extra = {} if values["mode"] == "img2img" else {"mode": values["mode"]}
     steps = steps_of(values["scheduler"], values["num_inference_steps"], values["strength"], image_index, **extra)
     return Cell(**values, image_index=image_index, executed_steps=steps.executed_steps, t_start=steps.t_start,
@@ -136,9 +155,11 @@ def _axis_identity(row: dict, *, skip: tuple[str, ...] = ()) -> tuple:
     for axis in AXES:
         if axis.name in skip:
             continue
-        value = row["source_hash"] if axis.name == "image" else axis.read(row.get(axis.name))
+        value = row["source_hash"] if axis.name == "image" else axis.row_value(row)
         if axis.at_baseline(value):
             continue
+        if axis.key_of is not None:  # a value of several parts by what identifies it (a LoRA: hashes and scales)
+            value = axis.key_of(value)
         values.append(round(float(value), 6) if axis.kind is float else value)
     conditions = row_conditions(row)[1:]
     return tuple(values) + (conditions if any(value is not None for value in conditions) else ())

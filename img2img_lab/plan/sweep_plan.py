@@ -186,6 +186,11 @@ class SweepPlan:
     memory : dict, optional
         ``{offload, vae_tiling, vae_slicing, attention_slicing, memory_budget}``: how the sweep fits the model in
         memory (:mod:`img2img_lab.plan.memory_settings`).
+    loras : list, optional
+        LoRA adapter settings, an axis: ``none``, ``{file: a.safetensors, scales: [0.5, 1]}`` or ``{files: [a, b],
+        scales: [[0.5, 1], [1, 1]]}`` (:mod:`img2img_lab.plan.lora_settings`); kept as settings' text.
+    adapters : dict, optional
+        ``{hash: path}`` of the adapter files the settings name (filled from ``loras``).
 
     >>> plan = SweepPlan(images=["a.png"], prompts=["a cat"], strengths=[0.2, 0.5], seeds=[0, 1])
     >>> len(plan.cells())
@@ -200,8 +205,14 @@ class SweepPlan:
     inpaint: dict | None = None
     control: dict | None = None
     memory: dict | None = None
+    adapters: dict | None = None
 
     def __post_init__(self) -> None:
+        from img2img_lab.plan.lora_settings import expand_lora_entries, setting_parts
+
+        self.loras, adapters = expand_lora_entries(self.loras, self.adapters)
+        used = {file_hash for setting in self.loras for _, file_hash, _ in setting_parts(setting)}
+        self.adapters = {file_hash: path for file_hash, path in adapters.items() if file_hash in used} or None
         for axis in top_level_axes():
             values = [value if axis.at_baseline(value) else axis.check(value)  # the baseline: what cells had before
                       for value in as_list(getattr(self, axis.plural), axis.plural)]
@@ -307,7 +318,7 @@ class SweepPlan:
         for axis in top_level_axes():
             if axis.has_baseline() and data[axis.plural] == [axis.baseline]:
                 del data[axis.plural]
-        for name in ("inpaint", "control", "memory"):
+        for name in ("inpaint", "control", "memory", "adapters"):
             if data[name] is None:
                 del data[name]
         return data
@@ -383,4 +394,8 @@ def _relative_to(values: dict, base_dir) -> dict:
         values["inpaint"] = resolve_paths(values["inpaint"], "mask", MASK_SOURCES, base_dir)
     if isinstance(values.get("control"), dict):
         values["control"] = resolve_paths(values["control"], "image", ("canny",), base_dir)
+    if values.get("loras") is not None:
+        from img2img_lab.plan.lora_settings import resolve_lora_paths
+
+        values["loras"] = resolve_lora_paths(values["loras"], base_dir)
     return values

@@ -20,6 +20,7 @@ from img2img_lab._utils.atomic import atomic_write
 from img2img_lab.errors import StoreError
 from img2img_lab.store.folder_rules import check_cell_key, check_pixel_hash, expected_output_path, inside, is_cell_key
 from img2img_lab.images.hashes import content_hash, file_pixel_hash
+from img2img_lab.plan.lora_settings import adapter_file_hash
 
 IMAGES = "images"
 SOURCES = "sources"
@@ -32,6 +33,8 @@ FLOOR_TABLE = "floor.parquet"
 PNG_LEVEL = 1
 #: Every plan swept into the folder (and a calibration's config), as a YAML config its rerun command takes.
 CONFIGS = "configs"
+#: A copy of each LoRA adapter file a cell ran with, ``<hash>.safetensors`` (:mod:`img2img_lab.plan.lora_settings`).
+ADAPTERS = "adapters"
 
 
 def repair_hint(root) -> str:
@@ -62,6 +65,29 @@ class RunFolderFiles:
 
     def source_path(self, source_hash: str) -> Path:
         return self.entry(f"{SOURCES}/{check_pixel_hash(source_hash, where='a source')}.png")
+
+    def adapter_path(self, file_hash: str) -> Path:
+        """``adapters/<hash>.safetensors``: the folder's copy of an adapter file (16 hex digits of its SHA-256)."""
+        if not (isinstance(file_hash, str) and len(file_hash) == 16 and set(file_hash) <= set("0123456789abcdef")):
+            raise StoreError(f"{file_hash!r} is not an adapter hash (16 hex digits). Fix: name adapters by the hash "
+                             f"their setting records.")
+        return self.entry(f"{ADAPTERS}/{file_hash}.safetensors")
+
+    def keep_adapter(self, file_hash: str, source: Path) -> Path:
+        """Copy an adapter file into the folder (once; a damaged copy is rewritten), checked against its hash."""
+        path = self.adapter_path(file_hash)
+        if self.intact_adapter(file_hash) is None:
+            data = Path(source).read_bytes()
+            if adapter_file_hash(data) != file_hash:
+                raise StoreError(f"{source}: its content changed since the plan hashed it ({file_hash}). Fix: run the "
+                                 f"sweep again (the plan reads the file anew).")
+            self._write(path, lambda stream: stream.write(data))
+        return path
+
+    def intact_adapter(self, file_hash: str) -> Path | None:
+        """The folder's copy of an adapter if it holds the bytes its hash names, else ``None``."""
+        path = self.adapter_path(file_hash)
+        return path if path.is_file() and adapter_file_hash(path.read_bytes()) == file_hash else None
 
     def _write(self, path: Path, write, *, binary: bool = True) -> Path:
         """Write ``path`` atomically through the folder's ``.tmp/``, both checked to stay inside the folder."""

@@ -40,7 +40,7 @@ PIXEL_HASH = re.compile(r"[0-9a-f]{64}")
 FLOOR_FILE = re.compile(r"floor/[0-9a-f]{20}-\d{1,20}(?:-[0-9a-f]{12})?\.png")
 #: The folders of a run folder (each may hold nothing that leads outside it).
 FOLDERS = ("images", "rows", "sources", "masks", "configs", "calibration", "floor", "batches", "results.parts",
-           "measurements", "uploads", ".tmp")
+           "measurements", "uploads", "adapters", ".tmp")
 FIX = "Fix: remove that entry (or ask whoever prepared the folder); img2img-lab reads and writes only inside it."
 
 

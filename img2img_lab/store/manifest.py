@@ -119,8 +119,9 @@ def merge_manifest(previous: dict | None, new: dict) -> dict:
     """``new`` on top of ``previous`` (``None``: none, or unreadable), the accumulated keys merged.
 
     ``plans``, ``history`` and ``notes`` are appended (each entry once), ``planned`` is the union of both,
-    ``models`` keeps one entry per fingerprint, ``sources`` one per pixel hash (the newest: how each source file was
-    fitted, which a mask file of it follows), and ``created`` is the first writer's.
+    ``models`` keeps one entry per fingerprint, ``adapters`` one per file hash, ``sources`` one per pixel hash (the
+    newest: how each source file was fitted, which a mask file of it follows), and ``created`` is the first
+    writer's.
     """
     if previous is None:
         return dict(new)
@@ -133,6 +134,7 @@ def merge_manifest(previous: dict | None, new: dict) -> dict:
                                                                      *(new.get("sources") or [])]
                               if isinstance(entry, dict)}.values())
     merged["metric_weights"] = {**(previous.get("metric_weights") or {}), **(new.get("metric_weights") or {})}
+    merged["adapters"] = {**(previous.get("adapters") or {}), **(new.get("adapters") or {})}
     models = {entry["fingerprint"]: entry for entry in registered_models(previous)}
     models.update({entry["fingerprint"]: entry for entry in new.get("models") or []})
     merged["models"] = list(models.values())

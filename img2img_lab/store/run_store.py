@@ -52,7 +52,7 @@ from img2img_lab.errors import StoreError
 from img2img_lab.store.folder_rules import (UnsafeEntryError, check_cell_key, escaping_entries, expected_output_path,
                                       is_cell_key)
 from img2img_lab.images.hashes import file_pixel_hash
-from img2img_lab.plan.schema import LEGACY_COLUMNS
+from img2img_lab.plan.schema import LEGACY_COLUMNS, with_baseline_columns
 from img2img_lab.store.files import FLOOR, IMAGES, SOURCES, RunFolderFiles, repair_hint
 
 __all__ = ["RunStore", "atomic_write", "atomic_write_json", "repair_hint"]
@@ -490,7 +490,8 @@ class RunStore(RunFolderFiles):
             path, reason = next(iter(self.damaged_rows.items()))
             more = f" (and {len(self.damaged_rows) - 1} more)" if len(self.damaged_rows) > 1 else ""
             raise StoreError(f"{path}: unreadable row file ({reason}){more}. {repair_hint(self.root)}")
-        return pd.DataFrame(list(rows.values())).drop(columns=list(LEGACY_COLUMNS), errors="ignore")
+        table = pd.DataFrame(list(rows.values())).drop(columns=list(LEGACY_COLUMNS), errors="ignore")
+        return with_baseline_columns(table)
 
 
 def _json_value(value):

@@ -24,6 +24,7 @@ both directions are hash-checked (:meth:`img2img_lab.store.run_store.RunStore.st
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 import uuid
@@ -40,9 +41,11 @@ from img2img_lab.sweep.advisories import advise, floor_advisories, sweep_advisor
 from img2img_lab.sweep.distributed import Context, ShardedRunner, job_progress
 from img2img_lab.engine.runners import PerCellRunner, cell_work, choose_runner
 from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
+from img2img_lab.models.adapters import adapters_loaded, check_adapters
 from img2img_lab.models.memory import apply_memory_controls
 from img2img_lab.plan.memory_settings import MemoryControls
 from img2img_lab.store.run_store import RunStore
+from img2img_lab.sweep.adapter_files import adapter_files, keep_adapters
 from img2img_lab.sweep.options import SweepOptions
 from img2img_lab.sweep.source_conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
 from img2img_lab.sweep.sources import (metric_needs, build_manifest, folder_sources, prepare_sources, source_steps,  # noqa
@@ -93,6 +96,7 @@ class SweepSession:
     allow_other_models: bool = False  # a models-axis plan puts several models' cells in one folder
     conditions: list | None = None  # conditions.SourceCondition per source (None: plain img2img)
     references: object = None  # fidelity.ReferenceCache: each source's side of the metrics, computed once
+    adapters: dict = field(default_factory=dict)  # LoRA file hash -> the file loaded for it (adapter_files.py)
     # filled by key_cells
     steps_of: object = None  # sources.source_steps: (scheduler, steps, strength, image, mode) -> StepPlan
     keys: dict = field(default_factory=dict)  # (cell group, strength) -> cell key
@@ -132,16 +136,22 @@ class SweepSession:
         existing = RunStore.open(out_dir) if options.sources_from_folder else None  # a repair reads its own copies
         sources, recorded = folder_sources(plan, existing) if existing is not None else \
             (prepare_sources(plan, model), None)
+        adapters = adapter_files(plan, RunStore.open(out_dir) if RunStore.is_run_folder(out_dir) else None,
+                                 from_folder=options.sources_from_folder)
+        check_adapters(model, adapters)  # a LoRA the pipeline cannot take: refused before writing
         manifest, runner, conditions = _plan_manifest(plan, model, options, sources, recorded, context, existing)
         if not context.is_main:
             return cls(plan=plan, model=model, options=replace(options, progress=False), store=RunStore.open(out_dir),
                        sources=sources, manifest=manifest, runner=runner, context=context, cache_store=cache_store,
-                       allow_other_models=allow_other_models, conditions=conditions)
+                       allow_other_models=allow_other_models, conditions=conditions, adapters=adapters)
         store = _create_folder(out_dir, manifest, model, allow_other_models=allow_other_models)
+        if adapters:
+            kept = keep_adapters(store, plan, adapters)
+            store.update_manifest(lambda folder: {**folder, "adapters": {**(folder.get("adapters") or {}), **kept}})
         references = _store_sources(store, plan, model, options, sources, manifest, conditions)
         return cls(plan=plan, model=model, options=options, store=store, sources=sources, manifest=manifest,
                    runner=runner, context=context, cache_store=cache_store, allow_other_models=allow_other_models,
-                   conditions=conditions, references=references)
+                   conditions=conditions, references=references, adapters=adapters)
 
     @property
     def source_hashes(self) -> list[str]:
@@ -218,14 +228,21 @@ class SweepSession:
     def generate(self) -> None:
         """Generate every pending cell with the sweep's runner (:mod:`img2img_lab.engine.runners`), chunk by chunk. Each
         batched chunk is recorded before it runs and saved before the next starts, so a crash loses at most one
-        chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds."""
-        with self.runner.remembering():
-            self._generate_chunks()
+        chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds. Cells run
+        with their LoRA setting (:mod:`img2img_lab.models.adapters`: chunks share one; the adapters are unloaded
+        afterwards), and what the runner remembers is remembered per setting (a text-encoder LoRA changes a
+        prompt's encoding)."""
+        chunks = self.runner.chunks(self.planned, self.pending, self.recorded)
+        with adapters_loaded(self.model, self.adapters) as switch:
+            for setting, same_setting in itertools.groupby(chunks, key=lambda chunk: chunk[0][0][0].lora):
+                switch.activate(setting)
+                with self.runner.remembering():
+                    self._generate_chunks(same_setting)
 
-    def _generate_chunks(self) -> None:
+    def _generate_chunks(self, chunks) -> None:
         todo = {key for _, key in self.pending}
         last_flush = time.monotonic()
-        for chunk, batch_id in self.runner.chunks(self.planned, self.pending, self.recorded):
+        for chunk, batch_id in chunks:
             if batch_id is not None:
                 self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
             outputs = self.runner.run([cell for cell, _ in chunk])

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from img2img_lab.errors import StoreError
+from img2img_lab.models.adapters import adapters_loaded
 from img2img_lab.models.handle import ModelHandle, as_model
 from img2img_lab.models.memory import apply_memory_controls
+from img2img_lab.plan.lora_settings import lora_from_row, setting_parts
 from img2img_lab.plan.memory_settings import PIXEL_CONTROLS, MemoryControls
 from img2img_lab.plan.schema import cell_from_row, is_duplicate
 from img2img_lab.plan.sweep_plan import Cell
@@ -192,10 +194,23 @@ def _regenerate(store: RunStore, model: ModelHandle, keys, rows, sources, hashes
     """Regenerate ``keys`` with ``model`` as the module doc says (bit for bit, or within the engine's tolerance), each
     with the memory controls that changed its pixels (its ``memory_controls``)."""
     regeneration = _Regeneration(store, model, rows, sources, hashes, report, batches_done)
-    for key in keys:
-        with _threads_of(rows[key], model):
-            apply_memory_controls(model, _row_controls(rows[key], model))
-            regeneration.run(key)
+    with adapters_loaded(model, _row_adapters(store, [rows[key] for key in keys])) as switch:
+        for key in keys:
+            with _threads_of(rows[key], model):
+                apply_memory_controls(model, _row_controls(rows[key], model))
+                switch.activate(regeneration.cell(rows[key]).lora)
+                regeneration.run(key)
+
+
+def _row_adapters(store: RunStore, rows: list[dict]) -> dict:
+    """``{hash: file}``: the run folder's copy of every adapter the rows ran with (a missing copy: one line)."""
+    files = {}
+    for file_hash in {part[1] for row in rows for part in setting_parts(lora_from_row(row))}:
+        files[file_hash] = store.intact_adapter(file_hash)
+        if files[file_hash] is None:
+            raise StoreError(f"{store.adapter_path(file_hash)}: missing or damaged, and cells ran with this LoRA. "
+                             f"Fix: rerun the sweep with the adapter file in its loras (it keeps a copy again).")
+    return files
 
 
 def _row_controls(row: dict, model: ModelHandle) -> MemoryControls:

@@ -60,7 +60,7 @@ def test_everything_that_lists_axes_is_derived_from_the_table():
     cell = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], modes=["inpaint"],
                      control={"image": "canny", "conditioning_scales": [0.5]}).cells()[0]
     assert key_payload(cell)["mode"] == "inpaint" and key_payload(cell)["controlnet_conditioning_scale"] == "0.5"
-    assert chunk_key(cell) == (20, "default", "inpaint", 0.5, None, None)
+    assert chunk_key(cell) == (20, "default", "inpaint", 0.5, None, None, "none")
     assert cell.label() == ("a.png · 'p' · strength 0.5 · seed 0 · guidance 7.5 · 20 steps · default · inpaint · "
                             "control scale 0.5")
 
@@ -79,9 +79,9 @@ def test_an_axis_added_as_one_row_reaches_every_place_that_lists_axes(tmp_path):
     shutil.copytree(REPO / "img2img_lab", package, ignore=shutil.ignore_patterns("__pycache__"))
     axes = package / "plan" / "axes.py"
     text = axes.read_text()
-    marker = '         label="control end {:g}"),\n)'
+    marker = '         key_of=lora_key, columns_of=lora_columns, from_row=lora_from_row, words=lora_words),\n)'
     assert marker in text
-    axes.write_text(text.replace(marker, '         label="control end {:g}"),\n' + ETA_ROW))
+    axes.write_text(text.replace(marker, marker[:-1] + ETA_ROW))
     script = '''
 import json, sys
 from img2img_lab.plan.sweep_plan import SweepPlan
