@@ -68,10 +68,14 @@ def setting_parts(setting: str) -> list[tuple[str, str, float]]:
     parts = []
     for text in setting.split("+"):
         match = _PART.match(text)
-        if match is None:
+        try:
+            scale = float(match[3]) if match is not None else None
+        except ValueError:
+            scale = None
+        if scale is None:
             raise PlanError(f"LoRA setting {shown(setting)} is not 'none' or name#hash@scale joined by '+'. Fix: "
                             f"list files as {{file: path.safetensors, scales: [0.5, 1.0]}}.")
-        parts.append((match[1], match[2], float(match[3])))
+        parts.append((match[1], match[2], scale))
     return parts
 
 

@@ -16,7 +16,9 @@ Its exactness on clean generated images is measured by the tests (>= 99%). Throu
 * ``oracle_preservation`` (pair): fraction of the source's attributes the output keeps, in [0, 1];
 * ``oracle_kept`` (pair): 1 when all three are kept, else 0;
 * ``oracle_subject_kept`` (pair) and ``oracle_background_match`` (prompt): a background swap's two halves, the
-  source's shape and colour kept, the prompt's background shown.
+  source's shape and colour kept, the prompt's background shown;
+* ``oracle_outlined`` (pair): 1 when the output is in the outlined style the project's LoRA teaches
+  (:func:`outline_share`), else 0.
 
 >>> from img2img_lab.shapes.world import Scene, render
 >>> read_image(render(Scene("triangle", "yellow", "black", radius=0.33))).attributes()
@@ -41,6 +43,8 @@ CIRCLE_FILL = 0.80
 SQUARE_FILL = 0.52
 FOREGROUND_DISTANCE = 70.0
 MIN_SHAPE_PIXELS = 12
+#: How close (RGB distance) a rim pixel must be to a palette colour to count as an outline.
+OUTLINE_DISTANCE = 60.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,37 @@ def background_match(image, prompt: str) -> float:
     return float(read_image(image).background == wanted)
 
 
+def outline_share(image) -> float:
+    """The share of the shape's rim (its outer 2 px) drawn in a palette colour that is neither the shape's nor the
+    background's: ~1 in the outlined style (:func:`img2img_lab.shapes.world.render` with ``outlined=True``, what the
+    project's LoRA teaches), ~0 without (0 without a shape).
+
+    >>> from img2img_lab.shapes.world import Scene, render
+    >>> scene = Scene("star", "white", "red", radius=0.33)
+    >>> round(outline_share(render(scene)), 2), round(outline_share(render(scene, outlined=True)), 2)
+    (0.0, 0.81)
+    """
+    from scipy import ndimage
+
+    array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image).astype(np.float64)
+    background_rgb, region = shape_region(array)
+    interior = None if region is None else ndimage.binary_erosion(region, iterations=3)
+    if interior is None or interior.sum() < 4:
+        return 0.0
+    background = _nearest_colour(background_rgb)[0]
+    colour = _nearest_colour(np.median(array[interior], axis=0), exclude=background)[0]
+    rim = array[region & ~ndimage.binary_erosion(region, iterations=2)]
+    others = _PALETTE[[index for index, name in enumerate(_PALETTE_NAMES) if name not in (colour, background)]]
+    distance = np.linalg.norm(rim[:, None, :] - others[None, :, :], axis=2).min(axis=1)
+    return float((distance <= OUTLINE_DISTANCE).mean())
+
+
+def outlined(source, output) -> float:
+    """1.0 when ``output`` is in the outlined style (:func:`outline_share` at least 0.3: every clean outlined render
+    of 300 reaches 0.51, every plain one reads 0), else 0.0."""
+    return float(outline_share(output) >= 0.3)
+
+
 def subject_mask(image) -> np.ndarray:
     """The shape region of ``image`` (exact on an embedded-model source; all False without a shape).
 
@@ -231,3 +266,5 @@ def register() -> None:
                          discrete=True, description="shapes-world oracle: the source's shape and colour kept")
     register_prompt_scorer("oracle_background_match", lambda: background_match, value_range=(0, 1), discrete=True,
                            description="shapes-world oracle: the prompt's background shown")
+    register_pair_metric("oracle_outlined", outlined, higher_is_better=True, value_range=(0, 1), discrete=True,
+                         description="shapes-world oracle: the output is in the outlined style (the project's LoRA)")

@@ -34,6 +34,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 SHAPES = ("circle", "square", "triangle", "star")
+#: The outlined style (:func:`render`, ``outlined=True``): the ring's colours in order of preference, and its width
+#: as a fraction of the side (the circumscribed radius grows by this; a star's by 1.5 times: its points are sharp).
+OUTLINE_COLOURS = ("black", "white", "yellow")
+OUTLINE_WIDTH = 0.08
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4
@@ -148,24 +152,42 @@ def shape_mask(scene: Scene, *, size: int = IMAGE_SIZE, supersample: int = SUPER
     return inside.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
 
 
-def render(scene: Scene, *, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Draw a scene as an RGB uint8 array of ``size x size``.
+def outline_colour(scene: Scene) -> str:
+    """The colour of a scene's outline in the outlined style: the first of black, white and yellow that is neither
+    the shape's nor the background's colour.
+
+    >>> outline_colour(Scene("square", "black", "white")), outline_colour(Scene("star", "red", "blue"))
+    ('yellow', 'black')
+    """
+    return next(name for name in OUTLINE_COLOURS if name not in (scene.colour, scene.background))
+
+
+def render(scene: Scene, *, size: int = IMAGE_SIZE, outlined: bool = False) -> np.ndarray:
+    """Draw a scene as an RGB uint8 array of ``size x size``; ``outlined``: the outlined style (the shape inside a
+    ring of :func:`outline_colour`, :data:`OUTLINE_WIDTH` of the side wide) that the project's LoRA teaches.
 
     >>> render(Scene("square", "red", "white", radius=0.3))[32, 32].tolist()
     [220, 40, 40]
+    >>> render(Scene("square", "red", "white", radius=0.3), outlined=True)[32, 16].tolist()  # on the ring
+    [20, 20, 20]
     """
     coverage = shape_mask(scene, size=size)[..., None]
     foreground = np.asarray(COLOURS[scene.colour], dtype=np.float64)
     background = np.asarray(COLOURS[scene.background], dtype=np.float64)
+    if outlined:
+        grown = Scene(scene.shape, scene.colour, scene.background, scene.center_x, scene.center_y,
+                      scene.radius + OUTLINE_WIDTH * (1.5 if scene.shape == "star" else 1.0), scene.rotation)
+        ring = shape_mask(grown, size=size)[..., None]
+        background = ring * np.asarray(COLOURS[outline_colour(scene)], dtype=np.float64) + (1 - ring) * background
     return np.rint(coverage * foreground + (1 - coverage) * background).astype(np.uint8)
 
 
-def _render_many(scenes: list[Scene], size: int) -> np.ndarray:
-    return np.stack([render(scene, size=size) for scene in scenes])
+def _render_many(scenes: list[Scene], size: int, outlined: bool = False) -> np.ndarray:
+    return np.stack([render(scene, size=size, outlined=outlined) for scene in scenes])
 
 
-def make_dataset(count: int, *, seed: int = 0, size: int = IMAGE_SIZE,
-                 workers: int = 1) -> tuple[np.ndarray, list[str], list[Scene]]:
+def make_dataset(count: int, *, seed: int = 0, size: int = IMAGE_SIZE, workers: int = 1,
+                 outlined: bool = False) -> tuple[np.ndarray, list[str], list[Scene]]:
     """``count`` random scenes: images (N x size x size x 3 uint8), captions and scenes.
 
     Scenes are drawn in order from one seeded generator, so ``workers`` (processes that render) never
@@ -184,9 +206,10 @@ def make_dataset(count: int, *, seed: int = 0, size: int = IMAGE_SIZE,
 
         chunks = [scenes[start:start + 500] for start in range(0, count, 500)]
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            images = np.concatenate(list(pool.map(_render_many, chunks, [size] * len(chunks))))
+            images = np.concatenate(list(pool.map(_render_many, chunks, [size] * len(chunks),
+                                                  [outlined] * len(chunks))))
     else:
-        images = _render_many(scenes, size)
+        images = _render_many(scenes, size, outlined)
     return images, [caption(scene) for scene in scenes], scenes
 
 

@@ -54,7 +54,7 @@ def test_every_command_has_an_example_and_every_argument_has_help():
 def test_bundled_configs_by_name_and_bad_demo_options(capsys):
     assert main(["sweep", "no-such-config", "--out", "x"]) == 2
     assert "config file no-such-config does not exist. Fix: give the path of a YAML config, or the name of a " \
-           "bundled example (calibrate, demo, guidance, inpaint, modes, quick)" in capsys.readouterr().err
+           "bundled example (calibrate, demo, guidance, inpaint, lora, modes, quick)" in capsys.readouterr().err
     for argv, message in ((["demo", "--seeds", "0"], "--seeds 0: the number of seeds must be one whole number >= 1"),
                           (["demo", "--seeds", "two"], "--seeds two: 'two' is not a whole number"),
                           (["demo", "--strengths", "0.2,abc"], "--strengths 0.2,abc: 'abc' is not a number"),

@@ -117,7 +117,7 @@ def test_a_cell_after_lora_cells_equals_the_same_cell_run_alone(lora_world, tmp_
     world = lora_world["sd1"]
     pipe = load_pipeline(str(world["folder"]), device="cpu", threads=1)
     mixed = run_sweep(_plan(lora_world, "sd1", [{"file": str(world["lora"]), "scales": [1.0]}, "none"]),
-                      tmp_path / "mixed", pipe=pipe, engine="per-cell", progress=False)
+                      tmp_path / "mixed", pipe=pipe, engine="per-cell", progress=False, metrics=["ssim"])
     alone = run_sweep(_plan(lora_world, "sd1", ["none"]), tmp_path / "alone", pipe=pipe, engine="per-cell",
                       progress=False)
     after = mixed[mixed["lora"] == "none"].set_index("strength")["output_hash"]
@@ -127,6 +127,12 @@ def test_a_cell_after_lora_cells_equals_the_same_cell_run_alone(lora_world, tmp_
     assert record["name"] == world["lora"].stem and record["bytes"] == world["lora"].stat().st_size
     assert (tmp_path / "mixed" / "adapters" / f"{file_hash}.safetensors").read_bytes() == world["lora"].read_bytes()
     assert "lora" not in alone.columns or set(alone["lora"]) == {"none"}
+    # a calibration's summary never pools adapter settings: one row per setting and strength
+    from img2img_lab.calibration.stats import strength_summary
+
+    summary = strength_summary(mixed, ["ssim"], n_resamples=100)
+    assert sorted(zip(summary["lora"], summary["strength"])) == sorted(
+        (setting, strength) for setting in ("none", f"{world['lora'].stem} 1") for strength in STRENGTHS)
 
 
 def test_verify_repair_rebuilds_a_deleted_lora_cell_from_the_folders_copy(lora_world, tmp_path):
@@ -210,3 +216,12 @@ def test_a_scale_outside_the_range_and_scales_without_a_file_are_refused(lora_wo
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and expected in err[0], err
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text", ["pastel#0123456789abcdef@-", "pastel#0123@0.5", "pastel#0123456789abcdef@0.5+"])
+def test_a_malformed_setting_text_is_a_plan_error(text):
+    """A setting's text from a hand-edited config or manifest: one PlanError line (a bare '-' scale was a ValueError)."""
+    from img2img_lab.errors import PlanError
+
+    with pytest.raises(PlanError, match="is not 'none' or name#hash@scale"):
+        SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], loras=[text])
