@@ -358,8 +358,9 @@ def find_run_folder(run_dir=None, *, search=("runs", "../runs")) -> Path:
 
 
 def report_sections(run_dir, *, out_dir=".") -> dict[str, Section]:
-    """The report's sections for a run folder, in order (``manifest``, ``calibration`` when present,
-    ``grids``, ``curves``, ``table``); links to full-size images are relative to ``out_dir``, where they are shown.
+    """The report's sections for a run folder, in order (``manifest``, ``calibration`` when present, ``grids``,
+    ``curves``, ``lora`` when adapter settings were swept, ``strength``, ``table``); links to full-size images are
+    relative to ``out_dir``, where they are shown.
 
     >>> list(report_sections("runs/demo"))
     ['manifest', 'grids', 'curves', 'strength', 'table']
@@ -374,7 +375,12 @@ def report_sections(run_dir, *, out_dir=".") -> dict[str, Section]:
         sections["calibration"] = calibration
     sections["grids"] = grids_section(store, table)
     sections["curves"] = curves_section(store, table)
+    from img2img_lab.figures.report_lora import lora_section_body
     from img2img_lab.figures.report_strength import strength_section_body
+
+    lora = lora_section_body(table)
+    if lora is not None:  # a study that swept adapter settings
+        sections["lora"] = Section("lora", "LoRA × strength", lora)
 
     strength = strength_section_body(store, table)
     if strength is not None:

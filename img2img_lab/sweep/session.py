@@ -10,7 +10,8 @@ numbered steps are these (1–3 happen before a session exists):
 7. :meth:`~SweepSession.reuse_duplicates`, 8. :meth:`~SweepSession.finish` (measure, record, return the table).
 
 The sweep's manifest is made by :func:`img2img_lab.sweep.sources.build_manifest`; its sources, what a strength runs
-and the VAE floor in :mod:`img2img_lab.sweep.sources`.
+and the VAE floor in :mod:`img2img_lab.sweep.sources`; what :meth:`SweepSession.open` checks and writes before the
+session exists in :mod:`img2img_lab.sweep.session_setup`.
 
 A stored cell is an image and its row, written or adopted together: the first writer of a key wins, a later writer
 adopts that writer's image *and* row, and the shared cache receives exactly the pair this folder holds. Copies in
@@ -25,31 +26,25 @@ both directions are hash-checked (:meth:`img2img_lab.store.run_store.RunStore.st
 from __future__ import annotations
 
 import itertools
-import sys
 import time
-import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from pathlib import Path
 
+from img2img_lab.engine.runners import PerCellRunner, cell_work
 from img2img_lab.images.hashes import content_hash
-from img2img_lab.store.manifest import (check_one_model, files_digest, merge_manifest, package_versions,  # noqa: F401
-                                  plan_config, plan_record)
-from img2img_lab.models.handle import ModelHandle
-from img2img_lab.plan.sweep_plan import Cell, SweepPlan
-from img2img_lab.sweep.advisories import advise, floor_advisories, sweep_advisories
-from img2img_lab.sweep.distributed import Context, ShardedRunner, job_progress
-from img2img_lab.engine.runners import PerCellRunner, cell_work, choose_runner
-from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.models.adapters import adapters_loaded, check_adapters
+from img2img_lab.models.handle import ModelHandle
 from img2img_lab.models.memory import apply_memory_controls
-from img2img_lab.plan.memory_settings import MemoryControls
+from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
+from img2img_lab.plan.sweep_plan import Cell, SweepPlan
+from img2img_lab.store.manifest import files_digest, merge_manifest
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.adapter_files import adapter_files, keep_adapters
+from img2img_lab.sweep.distributed import Context, job_progress
 from img2img_lab.sweep.options import SweepOptions
-from img2img_lab.sweep.source_conditions import conditions_for_sweep, record_conditions, strength_meaning, with_controls
-from img2img_lab.sweep.sources import (metric_needs, build_manifest, folder_sources, prepare_sources, source_steps,  # noqa
-                                       write_floor)
+from img2img_lab.sweep.session_setup import create_folder, now, plan_manifest, store_sources
+from img2img_lab.sweep.source_conditions import strength_meaning
+from img2img_lab.sweep.sources import (build_manifest, folder_sources, metric_needs, prepare_sources,  # noqa: F401
+                                       source_steps)
 
 
 def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
@@ -68,10 +63,6 @@ def in_plan_order(table, keys: list[str]):
     return table[[column for column in COLUMNS if column in table.columns]
                  + [column for column in table.columns if column not in COLUMNS]]
 
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def cell_label(cell: Cell, model: str | None = None) -> str:
@@ -139,16 +130,16 @@ class SweepSession:
         adapters = adapter_files(plan, RunStore.open(out_dir) if RunStore.is_run_folder(out_dir) else None,
                                  from_folder=options.sources_from_folder)
         check_adapters(model, adapters)  # a LoRA the pipeline cannot take: refused before writing
-        manifest, runner, conditions = _plan_manifest(plan, model, options, sources, recorded, context, existing)
+        manifest, runner, conditions = plan_manifest(plan, model, options, sources, recorded, context, existing)
         if not context.is_main:
             return cls(plan=plan, model=model, options=replace(options, progress=False), store=RunStore.open(out_dir),
                        sources=sources, manifest=manifest, runner=runner, context=context, cache_store=cache_store,
                        allow_other_models=allow_other_models, conditions=conditions, adapters=adapters)
-        store = _create_folder(out_dir, manifest, model, allow_other_models=allow_other_models)
+        store = create_folder(out_dir, manifest, model, allow_other_models=allow_other_models)
         if adapters:
             kept = keep_adapters(store, plan, adapters)
             store.update_manifest(lambda folder: {**folder, "adapters": {**(folder.get("adapters") or {}), **kept}})
-        references = _store_sources(store, plan, model, options, sources, manifest, conditions)
+        references = store_sources(store, plan, model, options, sources, manifest, conditions)
         return cls(plan=plan, model=model, options=options, store=store, sources=sources, manifest=manifest,
                    runner=runner, context=context, cache_store=cache_store, allow_other_models=allow_other_models,
                    conditions=conditions, references=references, adapters=adapters)
@@ -359,7 +350,7 @@ class SweepSession:
         completed = completed_record(store, signature, plan_keys, self.source_hashes)
         counts = {**self.counts, "cells": len(self.cells),
                   "seconds": round(time.perf_counter() - self.started_clock, 3)}
-        store.update_manifest(lambda manifest: {**merge_manifest(manifest, self.manifest), "finished": _now(),
+        store.update_manifest(lambda manifest: {**merge_manifest(manifest, self.manifest), "finished": now(),
                                                 "counts": counts, "completed": completed})
         store.remove_empty_work_folders()
         return in_plan_order(store.read_table(allow_damaged=True), plan_keys)
@@ -371,78 +362,6 @@ class SweepSession:
             self.bar.close()
         plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
         return in_plan_order(self.store.read_table(allow_damaged=True), plan_keys)
-
-
-def _plan_manifest(plan, model: ModelHandle, options: SweepOptions, sources, recorded, context: Context, existing):
-    """This sweep's manifest, runner and conditions, everything checked before the folder is touched."""
-    from img2img_lab.metrics.availability import metric_weights, prepare_metric
-
-    manifest = build_manifest(plan, model, sources, started=_now(), recorded_sources=recorded)
-    conditions = conditions_for_sweep(plan, model, sources, manifest["sources"], existing)
-    manifest["sources"] = with_controls(manifest["sources"], conditions)
-    manifest["notes"] += model.check_plan(plan)
-    plan.cells(steps=source_steps(model, sources))  # a strength the model cannot run: refused before writing
-    metrics = list(options.metrics)
-    manifest["notes"] += [f"{why} (recorded as NaN)" for ok, why in map(prepare_metric, metrics) if not ok]
-    manifest["metric_weights"] = metric_weights(metrics)
-    runner, reason = choose_runner(model, sources, engine=options.engine, max_batch_size=options.max_batch_size,
-                                   on_step=options.on_step, conditions=conditions,
-                                   memory_budget=options.memory.memory_budget)
-    if context.distributed:
-        runner = ShardedRunner(runner, context)
-    manifest["engine"] = {"name": runner.name, "reason": reason,
-                          "max_batch_size": options.max_batch_size if runner.batch_limit else None}
-    fitted = getattr(getattr(runner, "runner", runner), "fitted", None)
-    manifest["memory"] = {**options.memory.record(), **({"fitted": fitted} if fitted else {}),
-                          "batch_limit": runner.batch_limit}
-    fingerprint = manifest["model_fingerprint"]["fingerprint"]
-    manifest["models"] = [{"spec": plan.model, "model": model.label, "fingerprint": fingerprint,
-                           "family": model.family.name}]
-    if options.memory.record() != MemoryControls().record():  # what rerunning the plan needs, in its record
-        plan = replace(plan, memory=options.memory.record())
-    manifest["plans"] = [plan_record(plan, engine=options.engine, max_batch_size=options.max_batch_size,
-                                     metrics=metrics, fingerprint=fingerprint)]
-    manifest["history"] = [{"started": manifest["created"], "command": sys.argv, "run": uuid.uuid4().hex[:12]}]
-    if context.is_main:  # the model is the wrong tool: said once, in one line (advisories.py)
-        manifest["notes"] += advise(sweep_advisories(plan, model.pipe, manifest["sources"], sources))
-    return manifest, runner, conditions
-
-
-def _create_folder(out_dir, manifest: dict, model: ModelHandle, *, allow_other_models: bool) -> RunStore:
-    """Create the run folder, or merge this sweep's manifest into the one it holds (under its lock)."""
-    existed = RunStore.is_run_folder(out_dir)
-    fingerprint = manifest["model_fingerprint"]["fingerprint"]
-
-    def merge(previous: dict | None, new: dict) -> dict:
-        if not allow_other_models:
-            check_one_model(previous, fingerprint, model.label, out_dir)
-        if previous is None and existed:
-            new = {**new, "notes": new["notes"] + ["manifest.json was unreadable; this sweep wrote a new one "
-                                                   "(the plans and history before it are lost)"]}
-        return merge_manifest(previous, new)
-
-    return RunStore.create(out_dir, manifest, merge=merge)
-
-
-def _store_sources(store: RunStore, plan, model: ModelHandle, options: SweepOptions, sources, manifest: dict,
-                   conditions):
-    """Store the config, the sources, their masks / control images and each source's VAE floor; returns the
-    metrics' reference cache (``None`` without metrics)."""
-    from img2img_lab.metrics.fidelity import ReferenceCache
-
-    record = manifest["plans"][0]
-    store.write_config(Path(record["config"]).stem, plan_config(record["plan"]))
-    hashes = [entry["hash"] for entry in manifest["sources"]]
-    for source_hash, source in zip(hashes, sources):
-        store.write_source(source_hash, source)
-    references = ReferenceCache(device=str(model.pipe.device)) if options.metrics else None
-    if conditions is not None:
-        record_conditions(store, conditions, hashes)
-    write_floor(store, model, sources, hashes, plan.seeds[0], list(options.metrics), references=references)
-    notes = advise(floor_advisories(store, manifest["sources"], manifest["model"]))
-    if notes:
-        store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
-    return references
 
 
 def _copy_batch_record(origin: RunStore, target: RunStore, batch_id) -> None:

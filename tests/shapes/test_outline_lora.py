@@ -58,3 +58,13 @@ def test_the_shipped_adapter_outlines_a_sample_source_at_scale_one_and_never_at_
     table = RunStore.open(tmp_path / "run").read_table()
     share = table.groupby(table["lora_scales"].astype(float))["oracle_outlined"].mean().to_dict()
     assert share[0.0] == 0.0 and share[0.5] <= share[1.0] and share[1.0] >= 0.75, share
+    # the report draws LoRA setting x strength: one heatmap per measured metric
+    from img2img_lab.figures.report import report_sections
+
+    sections = report_sections(tmp_path / "run")
+    assert list(sections) == ["manifest", "grids", "curves", "lora", "strength", "table"]
+    assert sections["lora"].body.count("<img") == 2 and "3 LoRA settings × 2 strengths" in sections["lora"].body
+    # the grid explorer offers the adapter setting as a grid axis (rows, columns or a pinned value)
+    from img2img_lab.widgets.grid_explorer import grid_axes
+
+    assert "lora" in grid_axes(table)
