@@ -69,6 +69,16 @@ def embedded_model_dir() -> Path:
     return (checkout if checkout.is_dir() and not installed.is_dir() else installed) / "models" / "shapes-world"
 
 
+def embedded_controlnet_dir() -> Path:
+    """The embedded model's ControlNet (the silhouette control, :mod:`img2img_lab.shapes.train_controlnet`): a
+    diffusers ``ControlNetModel`` folder beside the model.
+
+    >>> (embedded_controlnet_dir() / "config.json").is_file()
+    True
+    """
+    return embedded_model_dir().parent / "shapes-world-controlnet"
+
+
 def bundled_sources() -> dict[str, str]:
     """The sample source images: ``{name: path}``, sorted by name (the explorer's and notebook 01's choices)."""
     folder = data_path("sources")

@@ -19,6 +19,7 @@ keep and follow target in at least 80% of the images: "swap the background, keep
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -104,10 +105,64 @@ class ModeCalibration:
 
 
 def mode_plans(plan: SweepPlan) -> dict[str, SweepPlan]:
-    """One single-mode plan per mode (each keeps the inpainting settings only where it inpaints)."""
-    return {mode: SweepPlan.from_dict({**plan.to_dict(), "modes": [mode],
-                                       "inpaint": plan.inpaint if mode == "inpaint" else None})
-            for mode in plan.modes}
+    """One single-mode plan per mode (each keeps the inpainting settings only where it inpaints), an inpainting mode
+    split into one plan per setting of its options (:func:`variant_name`: ``inpaint+composite+blur4``...): each is
+    a row of the mode table."""
+    from img2img_lab.plan.axes import section_axes, values_in_mode
+
+    plans = {}
+    for mode in plan.modes:
+        if mode != "inpaint":
+            plans[mode] = SweepPlan.from_dict({**plan.to_dict(), "modes": [mode], "inpaint": None})
+            continue
+        options = section_axes("inpaint")
+        for combination in itertools.product(*(plan.axis_values(axis) for axis in options.values())):
+            values = values_in_mode({"mode": mode, **{axis.name: value for axis, value in
+                                                      zip(options.values(), combination)}})
+            inpaint = {**plan.inpaint, **{plural: [values[axis.name]] for plural, axis in options.items()}}
+            plans.setdefault(variant_name(values), SweepPlan.from_dict({**plan.to_dict(), "modes": [mode],
+                                                                        "inpaint": inpaint}))
+    return plans
+
+
+def variant_values(name: str) -> dict:
+    """The mode and inpainting options a mode table row's name stands for (:func:`variant_name` inverted).
+
+    >>> variant_values("inpaint+composite+blur4")
+    {'mode': 'inpaint', 'composite': True, 'mask_blur': 4, 'padding_mask_crop': None}
+    >>> variant_values("img2img")
+    {'mode': 'img2img'}
+    """
+    mode, *parts = str(name).split("+")
+    if mode != "inpaint":
+        return {"mode": mode}
+    values = {"mode": mode, "composite": False, "mask_blur": 0, "padding_mask_crop": None}
+    for part in parts:
+        if part == "composite":
+            values["composite"] = True
+        elif part.startswith("blur"):
+            values["mask_blur"] = int(part[4:])
+        elif part.startswith("crop"):
+            values.update(composite=True, padding_mask_crop=int(part[4:]))
+    return values
+
+
+def variant_name(values: dict) -> str:
+    """A mode table row's name: the mode and its inpainting options where not at their baseline.
+
+    >>> variant_name({"mode": "inpaint", "composite": True, "mask_blur": 4, "padding_mask_crop": None})
+    'inpaint+composite+blur4'
+    >>> variant_name({"mode": "inpaint", "composite": True, "mask_blur": 0, "padding_mask_crop": 32})
+    'inpaint+crop32'
+    """
+    parts = [values["mode"]]
+    if values.get("padding_mask_crop") is not None:
+        parts.append(f"crop{values['padding_mask_crop']}")  # "only masked": composited by the pipeline
+    elif values.get("composite"):
+        parts.append("composite")
+    if values.get("mask_blur"):
+        parts.append(f"blur{values['mask_blur']}")
+    return "+".join(parts)
 
 
 def calibrate_modes(config, out_dir: str | os.PathLike, *, settings=None, pipe=None, progress: bool = True,
@@ -119,8 +174,9 @@ def calibrate_modes(config, out_dir: str | os.PathLike, *, settings=None, pipe=N
     from img2img_lab.calibration.procedure import plan_and_settings, calibrate, record_calibration, validate
 
     plan, settings = plan_and_settings(config, settings, allow_modes=True)
-    if len(plan.modes) < 2:
-        raise PlanError("a mode table needs at least two modes. Fix: add modes: [img2img, inpaint] to the config.")
+    if len(mode_plans(plan)) < 2:
+        raise PlanError("a mode table needs at least two modes or inpainting settings. Fix: add modes: [img2img, "
+                        "inpaint] to the config (or inpaint: {composite: [false, true]}).")
     if pipe is None:
         from img2img_lab.models.loading import load_model
 
@@ -135,7 +191,7 @@ def calibrate_modes(config, out_dir: str | os.PathLike, *, settings=None, pipe=N
         rounds += [{**item, "mode": mode} for item in result.counts["rounds"]]
         if held_out:
             part = validate(result, pairs=held_out, seeds=list(held_out_seeds), out_dir=out_dir, pipe=pipe,
-                            modes=[mode], inpaint=plan.inpaint)
+                            modes=sub_plan.modes, inpaint=sub_plan.inpaint, control=sub_plan.control)
             checks.append(part.assign(mode=mode))
     record_calibration(out_dir, plan, settings, rounds)
     validation = pd.concat(checks, ignore_index=True) if checks else None

@@ -250,6 +250,12 @@ def plan_and_settings(config, settings, *, allow_modes: bool = False):
     if len(plan.steps) != 1 or len(plan.schedulers) != 1:
         raise PlanError(f"calibration needs one steps value and one scheduler (got steps {plan.steps}, "
                         f"schedulers {plan.schedulers}). Fix: calibrate each steps/scheduler separately.")
+    several = [plural for plural in ("composite", "mask_blur", "padding_mask_crop")
+               if len((plan.inpaint or {}).get(plural, [])) > 1]
+    if several and not allow_modes:
+        raise PlanError(f"one calibration covers one inpainting setting, and this plan has several {several[0]} "
+                        f"values. Fix: run `img2img-lab calibrate` on the config (each setting is a row of the mode "
+                        f"table), or keep one value.")
     if len(plan.modes) > 1 and not allow_modes:
         raise PlanError(f"one calibration covers one mode, and this plan has {plan.modes}. Fix: run `img2img-lab "
                         f"calibrate` on the config (it builds the mode table), or call mode_table.calibrate_modes.")
@@ -372,11 +378,12 @@ def record_calibration(out_dir, plan: SweepPlan, settings: CalibrationSettings, 
 
 
 def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, progress: bool = False,
-             modes=("img2img",), inpaint: dict | None = None):
+             modes=("img2img",), inpaint: dict | None = None, control: dict | None = None):
     """Check the recommendations on held-out (source image, prompt) pairs: run each goal's recommended
     (strength, guidance) on every pair x seed and measure the goal's metric.
 
-    ``modes`` / ``inpaint``: the mode the result was calibrated in (:mod:`img2img_lab.calibration.modes`).
+    ``modes`` / ``inpaint`` / ``control``: the mode and conditions the result was calibrated in
+    (:mod:`img2img_lab.calibration.modes`; ``control``: a ControlNet's control image and scale).
     Returns a DataFrame per goal: recommended strength and guidance, the target, the held-out mean with its
     bootstrap CI (two-stage over pairs and seeds), the number of runs, and whether the target holds.
 
@@ -406,7 +413,8 @@ def validate(result: CalibrationResult, *, pairs, seeds, out_dir, pipe=None, pro
                                         "strengths": [recommendation.strength], "steps": steps,
                                         "schedulers": schedulers, "guidance_scales": [recommendation.guidance_scale],
                                         "name": f"validate-{key}", "modes": list(modes),
-                                        "inpaint": inpaint if "inpaint" in modes else None})
+                                        "inpaint": inpaint if "inpaint" in modes else None,
+                                        "control": control})
             tables.append(run_sweep(plan, out_dir, pipe=pipe, metrics=[t.metric for t in targets], progress=progress))
         table = pd.concat(tables, ignore_index=True)
         values = (joint_indicator(table, targets) if key == "both" else table[targets[0].metric].to_numpy())

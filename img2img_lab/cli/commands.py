@@ -196,7 +196,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if plan.models:
         return _calibrate_models(plan, settings, out, args, started)
-    if len(plan.modes) > 1:
+    from img2img_lab.calibration.modes import mode_plans
+
+    if len(mode_plans(plan)) > 1:  # several modes, or several inpainting settings: the mode table
         return _calibrate_modes(plan, settings, out, args, started)
     context = distributed.current()
     device = distributed.rank_device(context, args.device)

@@ -10,7 +10,8 @@
 
 (:meth:`img2img_lab.models.handle.ModelHandle.call_arguments` builds these arguments for the model's family)
 
-so any cell of a sweep can be reproduced bit for bit outside img2img-lab. The per-cell CPU generator
+so any cell of a sweep can be reproduced bit for bit outside img2img-lab (an inpainting cell's mask blur and
+compositing as :mod:`img2img_lab.engine.inpaint_options` writes them). The per-cell CPU generator
 is what makes that work: diffusers samples the VAE latent and then the noise from the call's generator.
 
 Zero-step cells (see :mod:`img2img_lab.plan.sweep_plan`) are not sent to the pipeline, which would crash for most
@@ -24,6 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from img2img_lab.engine.inpaint_options import cell_condition, composited
 from img2img_lab.models.handle import as_model, cell_generator
 from img2img_lab.plan.sweep_plan import Cell
 from img2img_lab.plan.schema import Produced
@@ -54,8 +56,10 @@ def run_cell(model, cell: Cell, source, *, on_step=None, condition: dict | None 
     runner = as_model(model).for_mode(cell.mode)
     runner.use_scheduler(cell.scheduler)
     started = time.perf_counter()
+    condition = cell_condition(cell, condition)
     if cell.zero_step:
         image = runner.family.vae_roundtrip(source, generator=cell_generator(cell.seed))
+        image = composited(runner.pipe, cell, source, condition, image, pipeline_pasted=False)
         return CellOutput(image=image, seconds=time.perf_counter() - started, produced=Produced.VAE_ROUNDTRIP.value)
     kwargs = runner.call_arguments(cell, source, condition)
     if on_step is not None:
@@ -67,7 +71,7 @@ def run_cell(model, cell: Cell, source, *, on_step=None, condition: dict | None 
     result = runner.pipe(**kwargs)
     flagged = getattr(result, "nsfw_content_detected", None)
     return CellOutput(
-        image=result.images[0],
+        image=composited(runner.pipe, cell, source, condition, result.images[0]),
         seconds=time.perf_counter() - started,
         produced=Produced.DIFFUSION.value,
         nsfw_flagged=None if flagged is None else bool(flagged[0]),

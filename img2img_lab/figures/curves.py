@@ -26,7 +26,7 @@ X_AXES = {"strength": "strength", "executed_steps": "executed denoising steps",
           "log_snr": "log-SNR of the start latent, any family (axis reversed: noisier to the right)"}
 #: What one line of a curve must not mix: a strength means something else for each model, guidance scale, number of
 #: steps and scheduler (a calibration decides each apart); seeds, sources and prompts are the line's spread.
-CURVE_CONDITIONS = ("model", "mode", *CONDITION_COLUMNS)
+CURVE_CONDITIONS = ("model", "mode", "composite", "mask_blur", *CONDITION_COLUMNS)
 
 
 class CurveWarning(UserWarning):

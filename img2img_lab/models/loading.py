@@ -20,10 +20,14 @@ from img2img_lab.models.handle import ModelHandle
 from img2img_lab.models.kept import kept_path
 from img2img_lab.models.registry import FAMILIES, IMG2IMG_PIPELINE_OF, NO_STRENGTH, REFUSED
 from img2img_lab.models.threads import apply_threads
-from img2img_lab.resources import embedded_model_dir
+from img2img_lab.resources import embedded_controlnet_dir, embedded_model_dir
 
 #: Where the embedded default model lives (issue #4 trains and commits it).
 EMBEDDED_MODEL_DIR = embedded_model_dir()
+
+#: The name of the embedded model with its ControlNet (a ControlNet img2img pipeline; control: {image: silhouette}).
+EMBEDDED_CONTROLNET = "embedded-controlnet"
+EMBEDDED_CONTROLNET_LABEL = "embedded:shapes-world-controlnet"
 
 #: Environment variable that overrides the default model (hub id or folder).
 DEFAULT_MODEL_ENV = "IMG2IMG_LAB_MODEL"
@@ -94,6 +98,11 @@ def resolve_model(model: str | os.PathLike | None) -> tuple[str, Path | None]:
             )
         return "embedded:shapes-world", EMBEDDED_MODEL_DIR
     text = str(model)
+    if text in (EMBEDDED_CONTROLNET, EMBEDDED_CONTROLNET_LABEL):
+        if not (embedded_controlnet_dir() / "config.json").exists():
+            raise ModelError(f"the embedded model's ControlNet is missing at {embedded_controlnet_dir()}. Fix: "
+                             f"reinstall img2img-lab, or train it: python -m img2img_lab.shapes.train_controlnet.")
+        return EMBEDDED_CONTROLNET_LABEL, EMBEDDED_MODEL_DIR
     path = Path(text).expanduser()
     # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
     looks_like_path = (
@@ -171,6 +180,10 @@ def load_model(
         kwargs["variant"] = variant
     if folder is None and _hub_offline():
         kwargs["local_files_only"] = True
+    if label == EMBEDDED_CONTROLNET_LABEL:  # the embedded model's components with its ControlNet
+        from diffusers import ControlNetModel
+
+        kwargs["controlnet"] = ControlNetModel.from_pretrained(str(embedded_controlnet_dir()), dtype=torch_dtype)
     try:
         with loading_bars_off():  # a sweep shows its own progress; a notebook keeps no frozen loading bars
             pipe = pipeline_class.from_pretrained(str(folder) if folder else label, **kwargs)
@@ -184,6 +197,8 @@ def load_model(
     handle = ModelHandle(pipe, label=label, folder=str(folder) if folder else None,
                          threads_reason=_set_threads(pipe, threads))
     snapshot = folder if folder is not None else getattr(cached_model_index(label), "parent", None)
+    if label == EMBEDDED_CONTROLNET_LABEL:  # kept by the files of the model and of its ControlNet
+        snapshot = embedded_controlnet_dir().parent
     handle.keep_fingerprint_at(kept_path("fingerprints", label, snapshot, str(torch_device), str(torch_dtype)))
     if scheduler is not None:
         handle.use_scheduler(str(scheduler).lower())
@@ -201,6 +216,8 @@ def img2img_pipeline_class(label: str, folder: Path | None):
     """
     import diffusers
 
+    if label == EMBEDDED_CONTROLNET_LABEL:
+        return diffusers.StableDiffusionControlNetImg2ImgPipeline
     index = Path(folder) / "model_index.json" if folder is not None else cached_model_index(label)
     try:
         named = json.loads(index.read_text()).get("_class_name") if index is not None else None

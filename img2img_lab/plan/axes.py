@@ -44,6 +44,24 @@ def _check_mode(value: Any) -> str:
     return value
 
 
+def _check_composite(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"inpaint composite value {shown(value)} must be true or false.")
+    return value
+
+
+def _pixels_check(plural: str) -> Callable[[Any], int]:
+    """The check of an inpainting option in pixels: a whole number >= 0 (the image's size bounds it later:
+    :func:`img2img_lab.sweep.source_conditions.check_inpaint_pixels`)."""
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not is_number(value) or float(value) != int(value) or int(value) < 0:
+            raise PlanError(f"inpaint {plural} value {shown(value)} must be a whole number of pixels >= 0. Fix: e.g. "
+                            f"{plural}: [0, 4].")
+        return int(value)
+
+    return check
+
+
 def _control_check(plural: str) -> Callable[[Any], float]:
     """The check of a ControlNet setting: a number in [0, 10]."""
     def check(value: Any) -> float:
@@ -84,6 +102,8 @@ class Axis:
     columns_of: Callable[[Any], dict] | None = None
     from_row: Callable[[dict], Any] | None = None
     words: Callable[[Any], str] | None = None
+    # The modes a cell's value applies in (None: every mode); in the others the axis keeps its baseline.
+    modes: tuple[str, ...] | None = None
 
     @property
     def key_name(self) -> str:
@@ -120,6 +140,8 @@ class Axis:
         """A table value read back into this axis's kind (missing: the baseline)."""
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return None if not self.has_baseline() else self.baseline
+        if self.kind is bool and isinstance(value, str):
+            return value.strip().lower() in ("true", "1")
         return self.kind(value)
 
 
@@ -160,6 +182,15 @@ AXES: tuple[Axis, ...] = (
     Axis("control_guidance_end", "guidance_ends", float, _control_check("guidance_ends"), default=(None,), nest=72,
          section="control", baseline=None, call="control_guidance_end", batchable=False, role="control",
          label="control end {:g}"),
+    # Inpainting as people's tools run it (:mod:`img2img_lab.plan.condition_settings`); inpaint cells only.
+    Axis("composite", "composite", bool, _check_composite, default=(False,), nest=73, section="inpaint",
+         baseline=False, batchable=False, role="mode", label="{}", modes=("inpaint",),
+         words=lambda value: "composited" if value else "not composited"),
+    Axis("mask_blur", "mask_blur", int, _pixels_check("mask_blur"), default=(0,), nest=74, section="inpaint",
+         baseline=0, batchable=False, role="mode", label="mask blur {}", modes=("inpaint",)),
+    Axis("padding_mask_crop", "padding_mask_crop", int, _pixels_check("padding_mask_crop"), default=(None,), nest=75,
+         section="inpaint", baseline=None, call="padding_mask_crop", batchable=False, role="mode",
+         label="only masked, padding {}", modes=("inpaint",)),
     Axis("lora", "loras", str, check_lora_setting, default=(NO_LORA,), nest=5, baseline=NO_LORA,
          columns=("lora", "lora_hashes", "lora_scales"), batchable=False, label="LoRA {}",
          key_of=lora_key, columns_of=lora_columns, from_row=lora_from_row, words=lora_words),
@@ -240,6 +271,23 @@ def cell_label_parts(cell) -> list[str]:
             value = str(value)[:39] + "…"
         parts.append(axis.label.format(value))
     return parts
+
+
+def values_in_mode(values: dict) -> dict:
+    """A cell's axis values (``{name: value}``) as its mode runs them: an axis that does not apply in the mode at its
+    baseline (an img2img cell has no mask to blur), and a cell cropped "only masked" composited (diffusers' crop
+    pastes the inpainted crop back over the source itself, so ``padding_mask_crop`` implies ``composite``).
+
+    >>> values_in_mode({"mode": "img2img", "composite": True, "mask_blur": 4, "padding_mask_crop": None})
+    {'mode': 'img2img', 'composite': False, 'mask_blur': 0, 'padding_mask_crop': None}
+    >>> values_in_mode({"mode": "inpaint", "composite": False, "mask_blur": 4, "padding_mask_crop": 8})["composite"]
+    True
+    """
+    values = {name: (axis_named(name).baseline if axis_named(name).modes is not None
+                     and values["mode"] not in axis_named(name).modes else value) for name, value in values.items()}
+    if values.get("padding_mask_crop") is not None:
+        values["composite"] = True
+    return values
 
 
 def chunk_key(cell) -> tuple:

@@ -6,13 +6,17 @@ A config may add::
     inpaint:
       mask: oracle                # auto | oracle | a folder of <source name>.png | {source name: file}
       repaint: background         # background | subject: which side of the subject mask is repainted
+      composite: [false, true]    # paste the source back where the mask keeps it, after decoding (axis)
+      mask_blur: [0, 4]           # pixels: mask_processor.blur(mask, blur_factor=N) before the call (axis)
+      padding_mask_crop: [null, 32]   # "only masked": the pipeline's crop around the mask + paste back (axis)
     control:
       image: canny                # canny (edges of the source) | a folder of <source name>.png | {name: file}
       conditioning_scales: [0.5, 1.0]   # controlnet_conditioning_scale axis (optional)
       guidance_starts: [0.0]            # control_guidance_start axis (optional)
       guidance_ends: [1.0]              # control_guidance_end axis (optional)
 
-The modes and the three ControlNet lists are axes (:data:`img2img_lab.plan.axes.AXES`); this module checks the rest.
+The modes, the three inpainting options and the three ControlNet lists are axes
+(:data:`img2img_lab.plan.axes.AXES`); this module checks the rest.
 
 >>> inpaint, control = check_conditions(["img2img", "inpaint"], None, {"image": "canny", "conditioning_scales": [1]})
 >>> inpaint, control
@@ -29,14 +33,18 @@ from img2img_lab.plan.values import as_list, check_unique, shown
 
 MASK_SOURCES = ("auto", "oracle")
 REPAINT = ("background", "subject")
+#: The control images made from a source: its Canny edges, or its silhouette (the embedded model's ControlNet's input).
+CONTROL_SOURCES = ("canny", "silhouette")
 
 
 def check_conditions(modes: list[str], inpaint, control) -> tuple[dict | None, dict | None]:
     """Checked ``(inpaint, control)`` for the plan's (checked) ``modes``; inpainting settings get their defaults
     where ``inpaint`` is a mode."""
     if inpaint is not None and "inpaint" not in modes:
-        raise PlanError("the config gives inpaint settings but no 'inpaint' mode. Fix: add modes: [inpaint] (or "
-                        "[img2img, inpaint]).")
+        options = sorted(set(inpaint) & set(section_axes("inpaint"))) if isinstance(inpaint, dict) else []
+        raise PlanError(f"the config gives inpaint settings{' (' + ', '.join(options) + ')' if options else ''} but "
+                        f"no 'inpaint' mode, so there is no mask to {'composite or blur' if options else 'use'}. "
+                        f"Fix: add modes: [inpaint] (or [img2img, inpaint]).")
     if "inpaint" in modes:
         inpaint = _check_inpaint(inpaint or {})
     return inpaint, (None if control is None else _check_control(control))
@@ -46,13 +54,28 @@ def _check_inpaint(settings) -> dict:
     if not isinstance(settings, dict):
         raise PlanError(f"inpaint must be a mapping (mask, repaint), got {shown(settings)}. Fix: e.g. inpaint: "
                         f"{{mask: oracle, repaint: background}}.")
-    unknown = set(settings) - {"mask", "repaint"}
+    axes = section_axes("inpaint")
+    unknown = set(settings) - {"mask", "repaint", *axes}
     if unknown:
-        raise PlanError(f"unknown inpaint setting {shown(sorted(unknown)[0])}. Fix: use mask and repaint.")
+        raise PlanError(f"unknown inpaint setting {shown(sorted(unknown)[0])}. Fix: use mask, repaint, "
+                        f"{', '.join(axes)}.")
     mask, repaint = settings.get("mask", "auto"), settings.get("repaint", "background")
     if repaint not in REPAINT:
         raise PlanError(f"inpaint repaint {shown(repaint)} must be 'background' or 'subject'.")
-    return {"mask": _check_image_source(mask, "inpaint mask", MASK_SOURCES), "repaint": repaint}
+    return {"mask": _check_image_source(mask, "inpaint mask", MASK_SOURCES), "repaint": repaint,
+            **_section_values(settings, axes)}
+
+
+def _section_values(settings: dict, axes: dict) -> dict:
+    """The checked lists of a section's axes that ``settings`` gives (a scalar is a list of one)."""
+    checked = {}
+    for plural, axis in axes.items():
+        if plural in settings:
+            values = [value if axis.at_baseline(value) else axis.check(value)
+                      for value in as_list(settings[plural], plural)]
+            check_unique(values, plural)
+            checked[plural] = values
+    return checked
 
 
 def _check_control(settings) -> dict:
@@ -63,13 +86,8 @@ def _check_control(settings) -> dict:
     unknown = set(settings) - {"image", *axes}
     if unknown:
         raise PlanError(f"unknown control setting {shown(sorted(unknown)[0])}. Fix: use image, {', '.join(axes)}.")
-    checked = {"image": _check_image_source(settings["image"], "control image", ("canny",))}
-    for plural, axis in axes.items():
-        if plural in settings:
-            values = [axis.check(value) for value in as_list(settings[plural], plural)]
-            check_unique(values, plural)
-            checked[plural] = values
-    return checked
+    return {"image": _check_image_source(settings["image"], "control image", CONTROL_SOURCES),
+            **_section_values(settings, axes)}
 
 
 def _check_image_source(value, what: str, names: tuple[str, ...]):

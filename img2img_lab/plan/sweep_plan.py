@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from img2img_lab.errors import PlanError
-from img2img_lab.plan.axes import AXES, EXPANSION, cell_label_parts, top_level_axes, yaml_aliases
+from img2img_lab.plan.axes import AXES, EXPANSION, cell_label_parts, top_level_axes, values_in_mode, yaml_aliases
 from img2img_lab.plan.values import MAX_CELLS, as_list, check_model, check_text, check_unique, is_integer, shown
 
 
@@ -342,8 +342,12 @@ class SweepPlan:
         choices = [list(enumerate(self.images)) if axis.name == "image" else self.axis_values(axis)
                    for axis in outer]
         cells: list[Cell] = []
+        seen: set = set()
         for combination in itertools.product(*choices):
-            values = dict(zip((axis.name for axis in outer), combination))
+            values = values_in_mode(dict(zip((axis.name for axis in outer), combination)))
+            if tuple(values.values()) in seen:  # an option of another mode: the same cell as one made already
+                continue
+            seen.add(tuple(values.values()))
             image_index, values["image"] = values["image"]
             first_by_run: dict[Any, float] = {}
             for strength in self.strengths:
@@ -383,7 +387,7 @@ class SweepPlan:
 
 def _relative_to(values: dict, base_dir) -> dict:
     """Image, mask and control paths of a config resolved against its folder."""
-    from img2img_lab.plan.condition_settings import MASK_SOURCES, resolve_paths
+    from img2img_lab.plan.condition_settings import CONTROL_SOURCES, MASK_SOURCES, resolve_paths
 
     images = []
     for image in as_list(values["images"]):
@@ -393,7 +397,7 @@ def _relative_to(values: dict, base_dir) -> dict:
     if isinstance(values.get("inpaint"), dict):
         values["inpaint"] = resolve_paths(values["inpaint"], "mask", MASK_SOURCES, base_dir)
     if isinstance(values.get("control"), dict):
-        values["control"] = resolve_paths(values["control"], "image", ("canny",), base_dir)
+        values["control"] = resolve_paths(values["control"], "image", CONTROL_SOURCES, base_dir)
     if values.get("loras") is not None:
         from img2img_lab.plan.lora_settings import resolve_lora_paths
 

@@ -232,6 +232,47 @@ def outlined(source, output) -> float:
     return float(outline_share(output) >= 0.3)
 
 
+#: The overlap (intersection over union) at which an output's shape counts as following a silhouette.
+FOLLOW_IOU = 0.5
+
+
+def silhouette_overlap(silhouette, image) -> float:
+    """Intersection over union of a silhouette's white pixels (a control image: the shape white on black) and the
+    shape the oracle finds in ``image`` (0 without a shape).
+
+    >>> from img2img_lab.shapes.world import Scene, render
+    >>> scene = Scene("star", "white", "red")
+    >>> control = np.repeat(render(Scene("star", "white", "black")).max(axis=2, keepdims=True), 3, axis=2)
+    >>> round(silhouette_overlap(control, render(scene)), 2), silhouette_overlap(control, render(Scene("star", "red", "red")))
+    (0.94, 0.0)
+    """
+    from img2img_lab.images.arrays import metric_array
+
+    wanted = metric_array(silhouette).mean(axis=2) > 127
+    found = subject_mask(image)
+    union = (wanted | found).sum()
+    return float((wanted & found).sum() / union) if union else 0.0
+
+
+def follows_silhouette(silhouette, image) -> float:
+    """1.0 when ``image``'s shape covers the silhouette (:func:`silhouette_overlap` at least :data:`FOLLOW_IOU`)."""
+    return float(silhouette_overlap(silhouette, image) >= FOLLOW_IOU)
+
+
+def shape_kept(source, output) -> float:
+    """1.0 when the output's shape lies where the source's does, in its outline (overlap of the two shape regions at
+    least :data:`FOLLOW_IOU`), whatever its colours: what a silhouette ControlNet holds.
+
+    >>> from img2img_lab.shapes.world import Scene, render
+    >>> shape_kept(render(Scene("square", "red", "blue")), render(Scene("square", "green", "white")))
+    1.0
+    """
+    region = subject_mask(source)
+    if not region.any():
+        return 0.0
+    return follows_silhouette(np.repeat(region[..., None] * 255, 3, axis=2).astype(np.uint8), output)
+
+
 def subject_mask(image) -> np.ndarray:
     """The shape region of ``image`` (exact on an embedded-model source; all False without a shape).
 
@@ -268,3 +309,6 @@ def register() -> None:
                            description="shapes-world oracle: the prompt's background shown")
     register_pair_metric("oracle_outlined", outlined, higher_is_better=True, value_range=(0, 1), discrete=True,
                          description="shapes-world oracle: the output is in the outlined style (the project's LoRA)")
+    register_pair_metric("oracle_shape_kept", shape_kept, higher_is_better=True, value_range=(0, 1), discrete=True,
+                         description="shapes-world oracle: the output's shape where the source's is, in its outline "
+                                     "(what the silhouette ControlNet holds)")

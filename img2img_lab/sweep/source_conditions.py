@@ -9,8 +9,10 @@ control image never reuses an old cell. A repair takes them from the folder alon
   exact on embedded-model sources) or files; ``repaint: background`` repaints everything but the subject,
   ``subject`` the subject. diffusers reads the mask image as white = repaint.
 * control images: ``canny`` — the source's Canny edges (:func:`img2img_lab.metrics.edges.edge_map`, white on black, the
-  input ``lllyasviel/sd-controlnet-canny`` was trained on); or files. Depth, pose or segmentation maps need
-  networks img2img-lab cannot download offline: give them as files.
+  input ``lllyasviel/sd-controlnet-canny`` was trained on); ``silhouette`` — the shapes-world oracle's subject mask,
+  white on black (what the embedded model's ControlNet, ``model: embedded-controlnet``, was trained on); or files.
+  Depth, pose or segmentation maps of photographs need networks img2img-lab cannot download offline: give them as
+  files.
 
 >>> from PIL import Image
 >>> source = Image.open("data/sources/red_circle_on_blue.png").convert("RGB")  # an embedded-model source
@@ -107,10 +109,22 @@ def _control_image(source, name: str, how, fit):
 
         edges = edge_map(source).astype(np.uint8) * 255
         return Image.fromarray(np.stack([edges] * 3, axis=-1), mode="RGB"), "canny (edges of the source)"
-    from img2img_lab.images.intake import fit_to_model, load_image
+    if how == "silhouette":
+        from img2img_lab.metrics.masks import oracle_subject_mask
+
+        inside = oracle_subject_mask(source).astype(np.uint8) * 255
+        if not inside.any():
+            raise ImageError(f"{name}: the shapes-world oracle finds no shape, so its silhouette is empty. Fix: use "
+                             f"control: {{image: canny}} or a folder of control images.")
+        return Image.fromarray(np.stack([inside] * 3, axis=-1), mode="RGB"), "silhouette (the oracle's subject mask)"
+    import warnings
+
+    from img2img_lab.images.intake import SmallSourceWarning, fit_to_model, load_image
 
     path = _named_file(how, name, "control image")
-    image = load_image(path)
+    with warnings.catch_warnings():  # its size is its source's (checked below), not advice about a source
+        warnings.simplefilter("ignore", SmallSourceWarning)
+        image = load_image(path)
     if fit is not None and image.size == tuple(fit["original"]):
         image = fit_to_model(image, size_multiple=fit["size_multiple"], max_side=fit["max_side"],
                              policy=fit["policy"], name=str(path))
@@ -133,9 +147,27 @@ def _named_file(how, name: str, what: str) -> Path:
 def prepare_conditions(plan, sources: list, entries: list[dict]) -> list[SourceCondition]:
     """Every source's conditions, made from the plan's settings and files (the plan is checked against the model by
     :func:`check_conditions_fit` first, in :func:`conditions_for_sweep`)."""
+    for path, source in zip(plan.images, sources):
+        check_inpaint_pixels(plan.inpaint, source, Path(path).stem)
     return [make_condition(source, Path(path).stem, inpaint=plan.inpaint, control=plan.control,
                            fit=entry.get("fit"))
             for path, source, entry in zip(plan.images, sources, entries)]
+
+
+def check_inpaint_pixels(inpaint: dict | None, source, name: str) -> None:
+    """Refuse a mask blur or an "only masked" padding larger than the (prepared) source image.
+
+    >>> from PIL import Image
+    >>> check_inpaint_pixels({"mask_blur": [0, 80]}, Image.new("RGB", (64, 64)), "cat")
+    Traceback (most recent call last):
+    ...
+    img2img_lab.errors.PlanError: inpaint mask_blur 80 is larger than cat (64x64 after preparation). Fix: use at most 64 pixels.
+    """
+    for option in ("mask_blur", "padding_mask_crop"):
+        largest = max((value for value in (inpaint or {}).get(option, []) if value is not None), default=0)
+        if largest > max(source.size):
+            raise PlanError(f"inpaint {option} {largest} is larger than {name} ({source.width}x{source.height} after "
+                            f"preparation). Fix: use at most {max(source.size)} pixels.")
 
 
 def check_conditions_fit(plan, model) -> None:

@@ -32,6 +32,7 @@ from img2img_lab.errors import Img2ImgLabError, StoreError
 from img2img_lab.figures.style import format_value, select_rows
 from img2img_lab.widgets.grid_modes import ModeControls, read_mode_table
 from img2img_lab.calibration.saved import read_saved_calibration
+from img2img_lab.calibration.modes import variant_values
 from img2img_lab.plan.schema import AXIS_COLUMNS, COLUMNS
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.widgets.common import png_bytes, require_ipywidgets
@@ -173,7 +174,7 @@ class GridExplorer:
                 continue
             if axis == "guidance_scale" and self.calibration is not None:
                 continue  # the reference table's guidance dropdown pins it
-            if axis == "mode" and self.mode_controls is not None:
+            if axis in ("mode", "composite", "mask_blur", "padding_mask_crop") and self.mode_controls is not None:
                 continue  # the mode buttons pin it
             value = where.get(axis, kept.get(axis, self.table[axis].iloc[0]))  # the first cell's: a combination
             #                                                                     that exists (held-out pairs do not cross)
@@ -262,7 +263,9 @@ class GridExplorer:
         """The pins as ``where`` (plus the selected band's strengths when strength is an axis of the grid)."""
         where = {axis: pin.value for axis, pin in self.pins.items()}
         if self.mode_controls is not None and "mode" not in (self.rows.value, self.cols.value):
-            where["mode"] = self.mode_controls.mode.value
+            # a row of the mode table: its mode and inpainting options (``inpaint+composite+blur4``)
+            where.update({column: value for column, value in variant_values(self.mode_controls.mode.value).items()
+                          if column in self.table.columns and value is not None})
         if self.calibration is not None:
             if "guidance_scale" not in (self.rows.value, self.cols.value):
                 where["guidance_scale"] = self.guidance.value
@@ -271,7 +274,11 @@ class GridExplorer:
         return where
 
     def _shown(self):
-        return select_rows(self.table, self.selection())
+        shown = select_rows(self.table, self.selection())
+        if self.mode_controls is not None and "padding_mask_crop" in shown.columns and \
+                variant_values(self.mode_controls.mode.value).get("padding_mask_crop", 0) is None:
+            shown = shown[shown["padding_mask_crop"].isna()]  # a row without "only masked"
+        return shown
 
     def grid_columns(self) -> list:
         """The values of the column axis the grid shows."""

@@ -76,3 +76,26 @@ def test_the_explorer_switches_mode_by_goal(mode_run):
         expected = (part[part.best] if part.best.any() else part).iloc[0]["mode"]
         assert controls.mode.value == expected and explorer.selection()["mode"] == expected
         assert goal in controls.mode_table.value or expected in controls.mode_table.value
+
+
+def test_each_inpainting_setting_is_a_row_of_the_mode_table():
+    """composite x mask_blur x padding_mask_crop: one calibration per setting (a crop composites by itself), named by
+    its options; one calibration alone refuses several settings."""
+    from img2img_lab.calibration.modes import mode_plans
+    from img2img_lab.calibration.procedure import plan_and_settings
+    from img2img_lab.plan.sweep_plan import SweepPlan
+
+    plan = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], modes=["img2img", "inpaint"],
+                     inpaint={"mask": "oracle", "composite": [False, True], "mask_blur": [0, 4],
+                              "padding_mask_crop": [None, 16]})
+    plans = mode_plans(plan)
+    assert list(plans) == ["img2img", "inpaint", "inpaint+crop16", "inpaint+blur4", "inpaint+crop16+blur4",
+                           "inpaint+composite", "inpaint+composite+blur4"]
+    assert plans["img2img"].inpaint is None
+    assert plans["inpaint+composite+blur4"].inpaint == {"mask": "oracle", "repaint": "background",
+                                                        "composite": [True], "mask_blur": [4],
+                                                        "padding_mask_crop": [None]}
+    assert [len(sub.cells()) for sub in plans.values()] == [1] * 7
+    with pytest.raises(PlanError, match="one calibration covers one inpainting setting, and this plan has several "
+                                        "composite values"):
+        plan_and_settings(SweepPlan.from_dict({**plan.to_dict(), "modes": ["inpaint"]}), None)
