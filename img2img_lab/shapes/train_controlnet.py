@@ -60,29 +60,26 @@ def silhouette(scene, *, size: int = 64) -> np.ndarray:
 
 
 def encoded_dataset(pipe, recipe: ControlRecipe):
-    """``(latents, control images, text embeddings, empty)`` of ``dataset_size`` scenes: the VAE's latent means times
-    its scaling factor, the silhouettes as the pipeline gives them to the ControlNet (float in [0, 1], NCHW), the text
-    encoder's embeddings of the captions and of the empty caption."""
+    """``(latents, control images, text embeddings, empty)`` of ``dataset_size`` scenes: their encodings
+    (:func:`img2img_lab.shapes.train_lora.encode_scenes`) and their silhouettes as the pipeline gives them to the
+    ControlNet (float in [0, 1], NCHW)."""
     import torch
 
+    from img2img_lab.shapes.train_lora import encode_scenes
     from img2img_lab.shapes.world import make_dataset
 
     images, captions, scenes = make_dataset(recipe.dataset_size, seed=recipe.seed + 2)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     controls = torch.from_numpy(np.stack([silhouette(scene) for scene in scenes])).permute(0, 3, 1, 2).float() / 255
-    with torch.no_grad():
-        latents = torch.cat([pipe.vae.encode(pixels[start:start + 256]).latent_dist.mean
-                             for start in range(0, len(pixels), 256)]) * pipe.vae.config.scaling_factor
-        unique = sorted(set(captions)) + [""]
-        embeddings = pipe.encode_prompt(unique, "cpu", 1, False)[0]
-    index = {text: position for position, text in enumerate(unique)}
-    return latents, controls, embeddings[np.asarray([index[text] for text in captions])], embeddings[-1]
+    latents, embeddings, empty = encode_scenes(pipe, images, captions)
+    return latents, controls, embeddings, empty
 
 
 def train_controlnet(pipe, recipe: ControlRecipe, *, log=print):
     """Train a ControlNet for ``pipe``'s UNet (left unchanged); returns ``(controlnet, record)``."""
     import torch
     from diffusers import ControlNetModel, DDPMScheduler
+
+    from img2img_lab.shapes.train_lora import noised_batch
 
     torch.manual_seed(recipe.seed)
     started = time.perf_counter()
@@ -94,13 +91,9 @@ def train_controlnet(pipe, recipe: ControlRecipe, *, log=print):
     generator = torch.Generator().manual_seed(recipe.seed)
     losses = []
     for step in range(recipe.steps):
-        batch = torch.randint(0, len(latents), (recipe.batch_size,), generator=generator)
-        noise = torch.randn(latents[batch].shape, generator=generator)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (recipe.batch_size,),
-                                  generator=generator)
-        noisy = noise_schedule.add_noise(latents[batch], noise, timesteps)
-        dropped = torch.rand(recipe.batch_size, generator=generator) < recipe.empty_caption_rate
-        text = torch.where(dropped[:, None, None], empty[None], embeddings[batch])
+        batch, noisy, timesteps, text, noise = noised_batch(latents, embeddings, empty, noise_schedule, generator,
+                                                            batch_size=recipe.batch_size,
+                                                            empty_caption_rate=recipe.empty_caption_rate)
         down, middle = controlnet(noisy, timesteps, text, controls[batch], return_dict=False)
         predicted = pipe.unet(noisy, timesteps, text, down_block_additional_residuals=down,
                               mid_block_additional_residual=middle).sample

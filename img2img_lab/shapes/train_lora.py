@@ -46,15 +46,20 @@ class LoraRecipe:
 
 
 def encoded_dataset(pipe, recipe: LoraRecipe):
-    """``(latents, text embeddings, empty)`` of ``dataset_size`` outlined scenes: the VAE's latent means times its
-    scaling factor (what the img2img pipeline starts from), the text encoder's embeddings of their captions, and the
-    embedding of the empty caption."""
-    import numpy as np
-    import torch
-
+    """``(latents, text embeddings, empty)`` of ``dataset_size`` outlined scenes (:func:`encode_scenes`)."""
     from img2img_lab.shapes.world import make_dataset
 
     images, captions, _ = make_dataset(recipe.dataset_size, seed=recipe.seed + 1, outlined=True)
+    return encode_scenes(pipe, images, captions)
+
+
+def encode_scenes(pipe, images, captions):
+    """``(latents, text embeddings, empty)`` of rendered scenes: the VAE's latent means times its scaling factor
+    (what the img2img pipeline starts from), the text encoder's embeddings of their captions, and the embedding of
+    the empty caption."""
+    import numpy as np
+    import torch
+
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         latents = torch.cat([pipe.vae.encode(pixels[start:start + 256]).latent_dist.mean
@@ -63,6 +68,20 @@ def encoded_dataset(pipe, recipe: LoraRecipe):
         embeddings = pipe.encode_prompt(unique, "cpu", 1, False)[0]
     index = {text: position for position, text in enumerate(unique)}
     return latents, embeddings[np.asarray([index[text] for text in captions])], embeddings[-1]
+
+
+def noised_batch(latents, embeddings, empty, noise_schedule, generator, *, batch_size: int,
+                 empty_caption_rate: float):
+    """One batch of the model's own objective: ``(indices, noisy latents, timesteps, text embeddings, noise)`` —
+    random scenes noised at random training timesteps, a share of captions replaced by the empty one."""
+    import torch
+
+    batch = torch.randint(0, len(latents), (batch_size,), generator=generator)
+    noise = torch.randn(latents[batch].shape, generator=generator)
+    timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch_size,), generator=generator)
+    noisy = noise_schedule.add_noise(latents[batch], noise, timesteps)
+    dropped = torch.rand(batch_size, generator=generator) < empty_caption_rate
+    return batch, noisy, timesteps, torch.where(dropped[:, None, None], empty[None], embeddings[batch]), noise
 
 
 def train_lora(pipe, recipe: LoraRecipe, *, log=print) -> tuple[dict, dict]:
@@ -86,13 +105,9 @@ def train_lora(pipe, recipe: LoraRecipe, *, log=print) -> tuple[dict, dict]:
     generator = torch.Generator().manual_seed(recipe.seed)
     losses = []
     for step in range(recipe.steps):
-        batch = torch.randint(0, len(latents), (recipe.batch_size,), generator=generator)
-        noise = torch.randn(latents[batch].shape, generator=generator)
-        timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (recipe.batch_size,),
-                                  generator=generator)
-        noisy = noise_schedule.add_noise(latents[batch], noise, timesteps)
-        dropped = torch.rand(recipe.batch_size, generator=generator) < recipe.empty_caption_rate
-        text = torch.where(dropped[:, None, None], empty[None], embeddings[batch])
+        _, noisy, timesteps, text, noise = noised_batch(latents, embeddings, empty, noise_schedule, generator,
+                                                        batch_size=recipe.batch_size,
+                                                        empty_caption_rate=recipe.empty_caption_rate)
         loss = torch.nn.functional.mse_loss(unet(noisy, timesteps, text).sample, noise)
         optimizer.zero_grad()
         loss.backward()
