@@ -45,6 +45,7 @@ import numpy as np
 from img2img_lab.sweep import distributed
 from img2img_lab.errors import PlanError
 from img2img_lab.images.intake import check_image_files
+from img2img_lab.plan.axes import section_axes
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.models.handle import as_model
 from img2img_lab.models.loading import load_model
@@ -250,8 +251,7 @@ def plan_and_settings(config, settings, *, allow_modes: bool = False):
     if len(plan.steps) != 1 or len(plan.schedulers) != 1:
         raise PlanError(f"calibration needs one steps value and one scheduler (got steps {plan.steps}, "
                         f"schedulers {plan.schedulers}). Fix: calibrate each steps/scheduler separately.")
-    several = [plural for plural in ("composite", "mask_blur", "padding_mask_crop")
-               if len((plan.inpaint or {}).get(plural, [])) > 1]
+    several = [plural for plural in section_axes("inpaint") if len((plan.inpaint or {}).get(plural, [])) > 1]
     if several and not allow_modes:
         raise PlanError(f"one calibration covers one inpainting setting, and this plan has several {several[0]} "
                         f"values. Fix: run `img2img-lab calibrate` on the config (each setting is a row of the mode "

@@ -33,6 +33,7 @@ from img2img_lab.figures.style import format_value, select_rows
 from img2img_lab.widgets.grid_modes import ModeControls, read_mode_table
 from img2img_lab.calibration.saved import read_saved_calibration
 from img2img_lab.calibration.modes import variant_values
+from img2img_lab.plan.axes import section_axes
 from img2img_lab.plan.schema import AXIS_COLUMNS, COLUMNS
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.widgets.common import png_bytes, require_ipywidgets
@@ -174,7 +175,7 @@ class GridExplorer:
                 continue
             if axis == "guidance_scale" and self.calibration is not None:
                 continue  # the reference table's guidance dropdown pins it
-            if axis in ("mode", "composite", "mask_blur", "padding_mask_crop") and self.mode_controls is not None:
+            if (axis == "mode" or axis in section_axes("inpaint")) and self.mode_controls is not None:
                 continue  # the mode buttons pin it
             value = where.get(axis, kept.get(axis, self.table[axis].iloc[0]))  # the first cell's: a combination
             #                                                                     that exists (held-out pairs do not cross)
