@@ -16,6 +16,8 @@ budget below one sample's footprint is refused, naming both. CUDA's out-of-memor
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from img2img_lab._utils.memory import PeakMemory, available_bytes
 from img2img_lab.errors import PlanError
 from img2img_lab.models.handle import ModelHandle
@@ -50,23 +52,20 @@ def sample_footprints(model: ModelHandle, source) -> tuple[int, int]:
     ``source``'s size (see the module doc)."""
     import torch
 
-    pipe = model.pipe
     conditioning, _ = model.family.batched_conditioning()
-    device = pipe._execution_device
-    conditioner = conditioning(pipe, device, pipe.unet.dtype)
-    text = conditioner.encode([("", "")], source.size)[("", "")]["positive"]
-    factor = pipe.vae_scale_factor
-    latents = torch.zeros(1, pipe.unet.config.in_channels, source.height // factor, source.width // factor,
-                          device=device, dtype=pipe.unet.dtype)
-    added = {"added_cond_kwargs": {name: text[name] for name in conditioner.added_fields}} if \
-        conditioner.added_fields else {}
+    device = model.pipe._execution_device
+    conditioner = conditioning(model.pipe, device, model.family.denoiser().dtype, size=source.size)
+    sample = conditioner.encode([("", "")], source.size)[("", "")]["positive"]
+    latents = conditioner.blank_latents(source.size)
+    fields = {name: value[:1] for name, value in sample.items()}
+    fields.update(conditioner.sample_fields(SimpleNamespace(guidance_scale=model.family.default_guidance() or 1.0)))
     with torch.no_grad():
         _trim_heap()
         with PeakMemory(str(device)) as denoiser:
-            pipe.unet(latents, 500, encoder_hidden_states=text["encoder_hidden_states"], **added)
+            conditioner.predict(latents, torch.tensor(500.0, device=device), fields)
         _trim_heap()
         with PeakMemory(str(device)) as decoder:
-            conditioner.decode(latents[:, :pipe.vae.config.latent_channels], text["encoder_hidden_states"].dtype)
+            conditioner.decode(latents, sample["encoder_hidden_states"].dtype)
     return max(denoiser.rise, 1), max(decoder.rise, 1)
 
 

@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 
 from img2img_lab.engine.batch_limits import DEFAULT_MAX_BATCH
+from img2img_lab.engine.denoiser_calls import BatchSize, grouped_outputs, is_oom
+from img2img_lab.engine.inpaint_options import cell_condition, composited
 from img2img_lab.engine.per_cell import CellOutput
 from img2img_lab.models.families.stable_diffusion import TextConditioning
 from img2img_lab.models.handle import ModelHandle, cell_generator
@@ -91,7 +93,9 @@ class _Active:
     generator: object
     prompt_key: tuple
     cfg: bool
+    fields: dict = field(default_factory=dict)  # per-sample inputs of the cell itself (FLUX.1's guidance)
     latents: object = None
+    state: dict = field(default_factory=dict)  # what its conditioning keeps between steps (inpainting's blend)
 
 
 @dataclass
@@ -112,69 +116,38 @@ def _accepts(function, name: str) -> bool:
 
 
 
-def _is_oom(error: BaseException) -> bool:
-    import torch
+def set_timesteps(model: ModelHandle, scheduler, steps: int, size, device) -> None:
+    """Set ``scheduler`` up as the pipeline's ``retrieve_timesteps`` does for ``steps`` at ``size`` (width, height):
+    with the family's extra arguments (FLUX.1's sigmas, a flow model's ``mu`` from its token count)."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
 
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-class _BatchSize:
-    """The current UNet batch limit; halves on CUDA out-of-memory."""
-
-    def __init__(self, value: int):
-        self.value = max(1, int(value))
-        self.halvings = 0
-
-    def halve(self) -> None:
-        import torch
-
-        if self.value == 1:
-            raise RuntimeError("out of memory even with a batch of one sample")
-        self.value = max(1, self.value // 2)
-        self.halvings += 1
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    width, height = size
+    retrieve_timesteps(scheduler, steps, device,
+                       **model.family.timestep_arguments(scheduler, steps, 1.0, width, height))
 
 
-def _unet_outputs(pipe, inputs, timestep, embeddings, limit: _BatchSize, counters: dict, added: dict | None = None):
-    """Run the UNet over ``inputs`` (N, C, H, W) with ``embeddings`` (N, L, D) in chunks of ``limit.value``;
-    ``added`` holds per-sample ``added_cond_kwargs`` tensors (SDXL's pooled text embeddings and time ids)."""
-    import torch
-
-    outputs, start = [], 0
-    while start < inputs.shape[0]:
-        size = limit.value
-        extra = {}
-        if added:
-            extra["added_cond_kwargs"] = {name: value[start:start + size] for name, value in added.items()}
-        try:
-            with torch.no_grad():
-                chunk = pipe.unet(inputs[start:start + size], timestep,
-                                  encoder_hidden_states=embeddings[start:start + size], return_dict=False,
-                                  **extra)[0]
-        except (RuntimeError, MemoryError) as error:
-            if pipe.device.type == "cuda" and _is_oom(error):
-                limit.halve()
-                continue
-            raise
-        outputs.append(chunk)
-        counters["unet_calls"] += 1
-        counters["unet_samples"] += chunk.shape[0]
-        start += size
-    return torch.cat(outputs)
+def make_conditioner(model: ModelHandle, size):
+    """The family's batched conditioning for ``model`` at ``size``, on the pipeline's execution device and in the
+    denoiser's dtype."""
+    conditioning, reason = model.family.batched_conditioning()
+    if conditioning is None:
+        raise ValueError(f"batched runner: {reason}")
+    return conditioning(model.pipe, model.pipe._execution_device, model.family.denoiser().dtype, size=size)
 
 
 def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, max_batch_size: int | None = None,
-                      on_step=None, stats: dict | None = None, on_work=None) -> list[CellOutput]:
+                      on_step=None, stats: dict | None = None, on_work=None,
+                      conditions: list | None = None) -> list[CellOutput]:
     """Generate ``cells`` (one scheduler name and steps value) with the batched runner; return one
     :class:`~img2img_lab.engine.per_cell.CellOutput` per cell, in order.
 
-    ``sources[cell.image_index]`` is each cell's prepared source; all sources must have one size. Zero-step
-    cells store the VAE round trip, as in the per-cell runner. ``on_step(done, total)`` is called after every
-    timestep of the shared loop. ``stats`` (a dict), if given, receives ``unet_calls``, ``unet_samples``,
-    ``batch_halvings`` and ``seconds``. ``on_work(n)``, if given, is told each unit of work as it is done: a
-    zero-step cell's VAE round trip is 1, and every shared timestep is one per cell it advanced (a sweep's progress
-    in denoising steps, so its ETA holds from the first seconds).
+    ``sources[cell.image_index]`` is each cell's prepared source; all sources must have one size. ``conditions``, if
+    given, holds per source the call inputs of the cells' mode (``control_image``, ``mask_image``:
+    ``SourceCondition.call_inputs``). Zero-step cells store the VAE round trip, as in the per-cell runner.
+    ``on_step(done, total)`` is called after every timestep of the shared loop. ``stats`` (a dict), if given, receives
+    ``unet_calls``, ``unet_samples``, ``batch_halvings`` and ``seconds``. ``on_work(n)``, if given, is told each unit
+    of work as it is done: a zero-step cell's VAE round trip is 1, and every shared timestep is one per cell it
+    advanced (a sweep's progress in denoising steps, so its ETA holds from the first seconds).
 
     >>> stats = {}
     >>> outputs = run_cells_batched(model, plan.cells(), sources, max_batch_size=2, stats=stats)
@@ -185,37 +158,34 @@ def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, m
 
     if not cells:
         return []
-    supported, reason = batching_supported(model)
-    if not supported:
-        raise ValueError(f"batched runner: {reason}")
-    pipe = model.pipe
-    shared = {(*chunk_key(cell), sources[cell.image_index].size) for cell in cells}
-    if len(shared) != 1:
-        raise ValueError("run_cells_batched needs cells that share every axis a batch must share (one scheduler, one "
-                         f"steps value, one mode...) and one image size per call (got {list(shared)}); group cells "
-                         f"first.")
+    model = _batch_model(model, cells, sources)
     started = time.perf_counter()
-    model.use_scheduler(cells[0].scheduler)
-    device = pipe._execution_device
-    conditioner = model.family.batched_conditioning()[0](pipe, device, pipe.unet.dtype)
+    device = model.pipe._execution_device
+    conditioner = make_conditioner(model, sources[cells[0].image_index].size)
     outputs: list[CellOutput | None] = [None] * len(cells)
-    limit = _BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
+    limit = BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
     counters = {"unet_calls": 0, "unet_samples": 0}
-
+    cell_conditions = [None if conditions is None else cell_condition(cell, conditions[cell.image_index])
+                       for cell in cells]
     for index, cell in enumerate(cells):  # zero-step cells: the VAE round trip, exactly as per cell
         if cell.zero_step:
-            began = time.perf_counter()
-            image = model.family.vae_roundtrip(sources[cell.image_index], generator=cell_generator(cell.seed))
-            outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began, produced=Produced.VAE_ROUNDTRIP.value)
+            began, source = time.perf_counter(), sources[cell.image_index]
+            image = model.family.vae_roundtrip(source, generator=cell_generator(cell.seed))
+            image = composited(model.pipe, cell, source, cell_conditions[index], image, pipeline_pasted=False)
+            outputs[index] = CellOutput(image=image, seconds=time.perf_counter() - began,
+                                        produced=Produced.VAE_ROUNDTRIP.value)
             if on_work is not None:
                 on_work(1)
-    active_cells = [(index, cell) for index, cell in enumerate(cells) if not cell.zero_step]
+    active_cells = [(index, cell, cell_conditions[index]) for index, cell in enumerate(cells) if not cell.zero_step]
     if active_cells:
-        groups, conditioning = _start_groups(conditioner, pipe.scheduler, active_cells, sources,
+        groups, conditioning = _start_groups(model, conditioner, active_cells, sources,
                                              steps=cells[0].num_inference_steps)
-        _denoise(conditioner, pipe.scheduler, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
+        _denoise(model, conditioner, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
                  steps=cells[0].num_inference_steps, on_work=on_work)
         _decode(conditioner, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
+        for index, cell, condition in active_cells:
+            outputs[index].image = composited(model.pipe, cell, sources[cell.image_index], condition,
+                                              outputs[index].image)
     if stats is not None:
         stats.update(counters, batch_halvings=limit.halvings, seconds=time.perf_counter() - started,
                      max_batch_size=limit.value)
@@ -224,24 +194,40 @@ def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, m
     return outputs
 
 
+def _batch_model(model: ModelHandle, cells: list[Cell], sources: list) -> ModelHandle:
+    """The handle that runs the cells' mode with its scheduler set, once the cells are checked to form one batch."""
+    model = model.for_mode(cells[0].mode)
+    supported, reason = batching_supported(model)
+    if not supported:
+        raise ValueError(f"batched runner: {reason}")
+    shared = {(*chunk_key(cell), sources[cell.image_index].size) for cell in cells}
+    if len(shared) != 1:
+        raise ValueError("run_cells_batched needs cells that share every axis a batch must share (one scheduler, one "
+                         f"steps value, one mode...) and one image size per call (got {list(shared)}); group cells "
+                         f"first.")
+    model.use_scheduler(cells[0].scheduler)
+    return model
+
+
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.prepare_latents (noise from each cell's generator)
-def _start_groups(conditioner: TextConditioning, base, active_cells, sources, *, steps: int):
+def _start_groups(model: ModelHandle, conditioner: TextConditioning, active_cells, sources, *, steps: int):
     """Encode prompts and sources once; give every cell its initial latent (VAE sample, then noise, from its own
-    generator, as ``prepare_latents`` does) in a start group: one scheduler per ``t_start``, set up as the pipeline
+    generator, as ``prepare_latents`` does: ``conditioner.start_latents``) in a start group: one scheduler per ``t_start``, set up as the pipeline
     sets it up for that strength. Returns ``(groups, conditioning)``."""
     import torch
-    from diffusers.utils.torch_utils import randn_tensor
 
     size = sources[active_cells[0][1].image_index].size
-    conditioning = conditioner.encode(sorted({(cell.prompt, cell.negative_prompt) for _, cell in active_cells}), size)
+    conditioning = conditioner.encode(sorted({(cell.prompt, cell.negative_prompt) for _, cell, _ in active_cells}),
+                                      size)
     distributions = {index: conditioner.encode_source(sources[index])  # one encoder pass per source
-                     for index in dict.fromkeys(cell.image_index for _, cell in active_cells)}
+                     for index in dict.fromkeys(cell.image_index for _, cell, _ in active_cells)}
     groups: dict[int, _StartGroup] = {}
-    for index, cell in active_cells:
+    base = model.pipe.scheduler
+    for index, cell, condition in active_cells:
         group = groups.get(cell.t_start)
         if group is None:
             scheduler = type(base).from_config(base.config)
-            scheduler.set_timesteps(steps, device=conditioner.device)
+            set_timesteps(model, scheduler, steps, size, conditioner.device)
             offset = cell.t_start * scheduler.order
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(offset)
@@ -250,58 +236,57 @@ def _start_groups(conditioner: TextConditioning, base, active_cells, sources, *,
                 step_arguments={"eta": 0.0} if _accepts(scheduler.step, "eta") else {},
                 uses_generator=_accepts(scheduler.step, "generator"))
         member = _Active(index=index, cell=cell, generator=cell_generator(cell.seed),
-                         prompt_key=(cell.prompt, cell.negative_prompt), cfg=cell.guidance_scale > 1.0)
+                         prompt_key=(cell.prompt, cell.negative_prompt), cfg=conditioner.uses_cfg(cell))
         with torch.no_grad():
-            init_latents = conditioner.initial_latents(distributions[cell.image_index], member.generator)
-            noise = randn_tensor(init_latents.shape, generator=member.generator, device=conditioner.device,
-                                 dtype=conditioner.dtype)
-            member.latents = group.scheduler.add_noise(init_latents, noise, group.timesteps[:1])
+            member.latents, fields, member.state = conditioner.start_latents(
+                group.scheduler, group.timesteps, distributions[cell.image_index], member.generator, cell=cell,
+                condition=condition, source=sources[cell.image_index])
+        member.fields = {**conditioner.sample_fields(cell), **fields}
         group.members.append(member)
     return groups, conditioning
 
 
-def _model_inputs(conditioner: TextConditioning, live, conditioning, t):
-    """Every live sample's scaled latent and conditioning, in one batch (CFG cells send two samples)."""
+def _model_inputs(conditioner: TextConditioning, live, conditioning, t, position: int):
+    """Every live sample's model input and per-sample fields, ``(input, fields)`` (CFG cells send two samples: the
+    negative, then the positive), and the layout ``(member, samples)``."""
     import torch
 
-    inputs, fields, layout = [], {}, []
+    samples, layout = [], []
     for group in live:
         members = group.members
-        scaled = group.scheduler.scale_model_input(torch.cat([member.latents for member in members]), t)
+        scaled = conditioner.model_input(group.scheduler, torch.cat([member.latents for member in members]), t)
         for row, member in enumerate(members):
             text = conditioning[member.prompt_key]
             branches = [text["negative"], text["positive"]] if member.cfg else [text["positive"]]
-            for branch in branches:
-                inputs.append(scaled[row:row + 1])
-                for name, value in branch.items():
-                    fields.setdefault(name, []).append(value)
+            fields = {**member.fields,
+                      **conditioner.step_fields(member.cell, position - group.offset, len(group.timesteps))}
+            samples.extend((scaled[row:row + 1], {**branch, **fields}) for branch in branches)
             layout.append((member, len(branches)))
-    fields = {name: torch.cat(values) for name, values in fields.items()}
-    return torch.cat(inputs), fields, layout
+    return samples, layout
 
 
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.__call__ (step 9: the denoising loop, classifier-free guidance)
-def _denoise(conditioner: TextConditioning, base, groups, conditioning, *, limit, counters, on_step, steps: int,
-             on_work=None):
-    """Step every start group along the common timestep grid; at each timestep one UNet batch for all live cells."""
+def _denoise(model: ModelHandle, conditioner: TextConditioning, groups, conditioning, *, limit, counters, on_step,
+             steps: int, on_work=None):
+    """Step every start group along the common timestep grid; at each timestep one denoiser batch for all live
+    cells."""
     import torch
 
+    base = model.pipe.scheduler
     grid_scheduler = type(base).from_config(base.config)
-    grid_scheduler.set_timesteps(steps, device=conditioner.device)
+    set_timesteps(model, grid_scheduler, steps, conditioner.size, conditioner.device)
     grid = grid_scheduler.timesteps
     total, first = len(grid), min(group.offset for group in groups.values())
     for position in range(first, total):
         live = [group for group in groups.values() if group.offset <= position]
         t = grid[position]
-        inputs, fields, layout = _model_inputs(conditioner, live, conditioning, t)
-        embeddings = fields.pop("encoder_hidden_states")
-        noise = _unet_outputs(conditioner.pipe, inputs, t, embeddings, limit, counters,
-                              added={name: fields[name] for name in conditioner.added_fields})
+        samples, layout = _model_inputs(conditioner, live, conditioning, t, position)
+        noise = grouped_outputs(conditioner, samples, t, limit, counters)
         predictions, cursor = {}, 0
         for member, width in layout:
             if width == 2:
                 uncond, text = noise[cursor:cursor + 1], noise[cursor + 1:cursor + 2]
-                predictions[member.index] = uncond + member.cell.guidance_scale * (text - uncond)
+                predictions[member.index] = conditioner.guided(uncond, text, member.cell.guidance_scale)
             else:
                 predictions[member.index] = noise[cursor:cursor + 1]
             cursor += width
@@ -316,7 +301,8 @@ def _denoise(conditioner: TextConditioning, base, groups, conditioning, *, limit
                                                   torch.cat([member.latents for member in members]), **kwargs,
                                                   return_dict=False)[0]
             for row, member in enumerate(members):
-                member.latents = stepped[row:row + 1]
+                member.latents = conditioner.after_step(group.scheduler, group.timesteps, position - group.offset,
+                                                        stepped[row:row + 1], member.state)
         if on_step is not None:  # progress over the timesteps this batch actually runs
             on_step(position + 1 - first, total - first)
         if on_work is not None:  # one denoising step of every cell this timestep advanced
@@ -335,7 +321,7 @@ def _decode(conditioner: TextConditioning, groups, conditioning, outputs, *, lim
         try:
             decoded, flagged = conditioner.decode(torch.cat([member.latents for member in chunk]), text_dtype)
         except (RuntimeError, MemoryError) as error:
-            if conditioner.device.type == "cuda" and _is_oom(error) and decode_size > 1:
+            if conditioner.device.type == "cuda" and is_oom(error) and decode_size > 1:
                 decode_size //= 2
                 continue
             raise

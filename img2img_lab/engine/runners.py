@@ -100,19 +100,45 @@ class PerCellRunner:
         return [self._run_one(cell) for cell in cells]
 
     def _run_one(self, cell: Cell) -> CellOutput:
-        def step(done: int, total: int) -> None:
-            if self.on_step is not None:
-                self.on_step(done, total)
-            if self.on_work is not None:
-                self.on_work(1)
-
         condition = None if self.conditions is None else self.conditions[cell.image_index].call_inputs(cell.mode)
         if self.memo is not None:
             self.memo.install(self.model.for_mode(cell.mode).pipe)
-        output = run_cell(self.model, cell, self.sources[cell.image_index], on_step=step, condition=condition)
-        if cell.zero_step and self.on_work is not None:
-            self.on_work(1)
-        return output
+        return _reported_cell(self.model, cell, self.sources[cell.image_index], condition, self.on_step, self.on_work)
+
+
+def _reported_cell(model, cell: Cell, source, condition, on_step, on_work) -> CellOutput:
+    """:func:`run_cell`, telling ``on_step`` each step and ``on_work`` each unit of :func:`cell_work`."""
+    def step(done: int, total: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+        if on_work is not None:
+            on_work(1)
+
+    output = run_cell(model, cell, source, on_step=step, condition=condition)
+    if cell.zero_step and on_work is not None:
+        on_work(1)
+    return output
+
+
+def run_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: list | None = None, *,
+              max_batch_size: int | None = None, on_step=None, on_work=None) -> list[CellOutput]:
+    """One batched chunk, as the batched runner runs it and ``verify`` regenerates it: through the batched engine,
+    except a chunk whose mode's pipeline the engine does not reproduce (a ControlNet inpainting pipeline, PAG...) or
+    that crops around its mask (``padding_mask_crop``), which runs per cell. ``conditions[i]``: source ``i``'s call
+    inputs for the chunk's mode (``mask_image``, ``control_image``), or ``None``.
+
+    >>> [output.produced for output in run_chunk(model, cells[:2], sources)]
+    ['vae_roundtrip', 'diffusion']
+    """
+    from img2img_lab.engine.batched import batching_supported, run_cells_batched
+
+    if getattr(cells[0], "padding_mask_crop", None) is not None or \
+            not batching_supported(model.for_mode(cells[0].mode))[0]:
+        return [_reported_cell(model, cell, sources[cell.image_index],
+                               None if conditions is None else conditions[cell.image_index], on_step, on_work)
+                for cell in cells]
+    return run_cells_batched(model, cells, sources, max_batch_size=max_batch_size, on_step=on_step, on_work=on_work,
+                             conditions=conditions)
 
 
 @dataclass
@@ -133,6 +159,7 @@ class BatchedRunner:
     on_step: object = None
     on_work: object = None
     fitted: dict | None = None  # batch_limits.fit_batch_limit's answer where a memory budget applies
+    conditions: list | None = None  # sweep_conditions.SourceCondition per source (masks, control images)
     name = "batched"
 
     @property
@@ -169,22 +196,20 @@ class BatchedRunner:
         return nullcontext()
 
     def run(self, cells: list[Cell]) -> list[CellOutput]:
-        from img2img_lab.engine.batched import run_cells_batched
-
-        return run_cells_batched(self.model, cells, self.sources, max_batch_size=self.batch_limit,
-                                 on_step=self.on_step, on_work=self.on_work)
+        """One chunk (:func:`run_chunk`)."""
+        conditions = None if self.conditions is None else [condition.call_inputs(cells[0].mode)
+                                                           for condition in self.conditions]
+        return run_chunk(self.model, cells, self.sources, conditions, max_batch_size=self.batch_limit,
+                         on_step=self.on_step, on_work=self.on_work)
 
 
 def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_size: int | None = None,
                   on_step=None, conditions: list | None = None, memory_budget=None) -> tuple[Runner, str]:
     """``(runner, reason)``: the batched runner where ``engine="batched"`` and the pipeline supports it (the reason
-    names the pipeline), else the per-cell reference (the reason says why). Cells with a mask or a control image
-    (``conditions``) run per cell: the batched engine reproduces plain img2img calls only. ``memory_budget`` (bytes or
-    ``auto``; on CUDA ``auto`` unless given) sizes the batched runner's batches by measured memory
-    (:mod:`img2img_lab.engine.batch_limits`) where ``max_batch_size`` does not."""
-    if conditions is not None:
-        return (PerCellRunner(model, sources, on_step=on_step, conditions=conditions),
-                "inpainting and ControlNet cells run per cell (the batched engine reproduces plain img2img calls only)")
+    names the pipeline), else the per-cell reference (the reason says why). ``conditions`` (masks, control images per
+    source) go with the cells to either runner; the batched runner runs per cell a mode whose pipeline it does not
+    reproduce. ``memory_budget`` (bytes or ``auto``; on CUDA ``auto`` unless given) sizes the batched runner's batches
+    by measured memory (:mod:`img2img_lab.engine.batch_limits`) where ``max_batch_size`` does not."""
     if engine == "batched":
         from img2img_lab.engine.batched import batching_supported
 
@@ -195,9 +220,9 @@ def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_s
             fitted = None if max_batch_size or memory_budget is None else fit_batch_limit(
                 model, max(sources, key=lambda source: source.width * source.height), memory_budget)
             return BatchedRunner(model, sources, max_batch_size=max_batch_size, on_step=on_step,
-                                 fitted=fitted), reason
-        return PerCellRunner(model, sources, on_step=on_step), reason
-    return PerCellRunner(model, sources, on_step=on_step), "per-cell runner requested"
+                                 fitted=fitted, conditions=conditions), reason
+        return PerCellRunner(model, sources, on_step=on_step, conditions=conditions), reason
+    return PerCellRunner(model, sources, on_step=on_step, conditions=conditions), "per-cell runner requested"
 
 
 def _batch_id(keys: list[str], limit: int) -> str:

@@ -147,6 +147,16 @@ class _Regeneration:
         source = self.sources[self.index_of[row["source_hash"]]]
         return run_cell(self.model, self.cell(row), source, condition=row_condition(self.store, row, source)).image
 
+    def conditions(self, rows: list[dict]) -> list | None:
+        """Per source, the call inputs a batch's rows were generated with (``None`` for plain img2img rows)."""
+        from img2img_lab.sweep.source_conditions import row_condition
+
+        conditions = [None] * len(self.sources)
+        for row in rows:
+            index = self.index_of[row["source_hash"]]
+            conditions[index] = row_condition(self.store, row, self.sources[index])
+        return None if all(condition is None for condition in conditions) else conditions
+
     def compare(self, row: dict, image, *, tolerance: int = 0) -> None:
         import numpy as np
 
@@ -163,7 +173,8 @@ class _Regeneration:
                 f"from the stored image by up to {difference}/255" + (f" (tolerance {tolerance})" if tolerance else ""))
 
     def run(self, key: str) -> None:
-        from img2img_lab.engine.batched import batched_tolerance, run_cells_batched
+        from img2img_lab.engine.batched import batched_tolerance
+        from img2img_lab.engine.runners import run_chunk
 
         row, rows = self.rows[key], self.rows
         batch_id = row.get("batch_id")
@@ -181,8 +192,8 @@ class _Regeneration:
                                                                            else self.model.pipe.dtype))
             return
         members = [rows[member] for member in batch["keys"]]
-        outputs = run_cells_batched(self.model, [self.cell(member) for member in members], self.sources,
-                                    max_batch_size=batch["max_batch_size"])
+        outputs = run_chunk(self.model, [self.cell(member) for member in members], self.sources,
+                            self.conditions(members), max_batch_size=batch["max_batch_size"])
         for member, output in zip(members, outputs):
             if (member.get("batch_id"), _threads(member)) == made_by:  # others came from another batch or thread count
                 self.compare(member, output.image)

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from conftest import structured_image
-from img2img_lab.engine.batched import _BatchSize, _unet_outputs, batching_supported, run_cells_batched
+from img2img_lab.engine.batched import batching_supported, run_cells_batched
+from img2img_lab.engine.denoiser_calls import BatchSize, denoiser_outputs
 from img2img_lab.engine.per_cell import run_cell
 from img2img_lab.models.handle import as_model
 from img2img_lab.plan.sweep_plan import SweepPlan
@@ -79,42 +80,42 @@ def test_each_source_is_encoded_once_per_batch(tiny_pipe, monkeypatch):
     assert len(passes) == 2  # 8 cells, 2 sources
 
 
-def test_unet_chunks_halve_on_cuda_out_of_memory():
+def test_denoiser_chunks_halve_on_cuda_out_of_memory():
     import torch
 
     calls = []
 
-    class FakeUnet:
-        def __call__(self, sample, timestep, encoder_hidden_states, return_dict):
-            calls.append(sample.shape[0])
-            if sample.shape[0] > 4:
-                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return (sample * 2,)
-
-    class FakePipe:
-        unet = FakeUnet()
+    class FakeConditioner:
         device = torch.device("cuda")
 
-    inputs = torch.arange(10.0).reshape(10, 1, 1, 1)
-    limit, counters = _BatchSize(16), {"unet_calls": 0, "unet_samples": 0}
-    output = _unet_outputs(FakePipe(), inputs, 1, torch.zeros(10, 1, 1), limit, counters)
+        def predict(self, sample, timestep, fields):
+            calls.append(sample.shape[0])
+            assert fields["encoder_hidden_states"].shape[0] == sample.shape[0]
+            if sample.shape[0] > 4:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return sample * 2
+
+    inputs, fields = torch.arange(10.0).reshape(10, 1, 1, 1), {"encoder_hidden_states": torch.zeros(10, 1, 1)}
+    limit, counters = BatchSize(16), {"unet_calls": 0, "unet_samples": 0}
+    output = denoiser_outputs(FakeConditioner(), inputs, 1, fields, limit, counters)
     assert torch.equal(output, inputs * 2)
     assert limit.value == 4 and limit.halvings == 2 and calls[:3] == [10, 8, 4]
     assert counters == {"unet_calls": 3, "unet_samples": 10}
 
-    class CpuPipe(FakePipe):
+    class CpuConditioner(FakeConditioner):
         device = torch.device("cpu")
 
     with pytest.raises(RuntimeError, match="out of memory"):  # only CUDA OOM is retried
-        _unet_outputs(CpuPipe(), inputs, 1, torch.zeros(10, 1, 1), _BatchSize(16), counters)
+        denoiser_outputs(CpuConditioner(), inputs, 1, fields, BatchSize(16), counters)
 
 
 def test_batching_supported_says_why_not():
     from img2img_lab.testing import make_tiny_family
 
-    supported, reason = batching_supported(as_model(make_tiny_family("sd-inpaint")))
-    assert not supported and reason == ("StableDiffusionInpaintPipeline is run per cell (the batched engine reproduces "
-                                        "plain StableDiffusionImg2ImgPipeline calls only)")
+    supported, reason = batching_supported(as_model(make_tiny_family("sd-pag-inpaint")))
+    assert not supported and reason == (
+        "StableDiffusionPAGInpaintPipeline is run per cell (the batched engine reproduces plain calls of "
+        "StableDiffusionImg2ImgPipeline, StableDiffusionControlNetImg2ImgPipeline, StableDiffusionInpaintPipeline only)")
 
 
 def test_run_cells_batched_refuses_mixed_groups(tiny_pipe):
@@ -231,14 +232,6 @@ def test_batched_sdxl_equals_per_cell_within_one_level(tiny_sdxl, scheduler, cap
     assert worst <= 1
 
 
-def test_flow_matching_and_lcm_pipelines_are_run_per_cell_with_the_reason():
-    from img2img_lab.testing import make_tiny_family
-
-    for family in ("sd3", "flux-dev", "lcm"):
-        supported, reason = batching_supported(as_model(make_tiny_family(family)))
-        assert not supported and "per cell" in reason, (family, reason)
-
-
 def test_real_size_benchmark_runs_every_path_on_tiny_pipelines():
     """benchmarks/real_size.py (make bench-real) with each family's tiny pipeline: every architecture's sweep and plain
     loop, the table, and the memory-budget sweep; the sweep's pixels equal the loop's (per cell: exactly)."""
@@ -254,13 +247,13 @@ def test_real_size_benchmark_runs_every_path_on_tiny_pipelines():
     rows = re.findall(r"^\| (sd15|sdxl|sd35-medium|flux-dev-reduced) \|.*\| (\d+)/255 \|$", result.stdout, re.M)
     assert [name for name, _ in rows] == ["sd15", "sdxl", "sd35-medium", "flux-dev-reduced"], result.stdout[-3000:]
     assert all(int(difference) <= 1 for _, difference in rows)  # batched within a level; per cell exactly
-    # SD 1.5 and SDXL batch, SD3 and FLUX.1 run per cell. At 32 px a sample is a few MB, within the allocator's noise,
+    # Every architecture batches (SD3 and FLUX.1 too). At 32 px a sample is a few MB, within the allocator's noise,
     # so whether a peak falls within its budget is measured at real size (docs/benchmarks.md), not asserted here.
     budgets = re.findall(r"budget \d+ MB .*: batch (\d+) \(default (\d+)\), peak \+\d+ MB (?:within|OVER) the "
                          r"budget; max \|bounded - default\| (\d+)/255", result.stdout)
-    assert len(budgets) == 2, result.stdout[-3000:]
+    assert len(budgets) == 4, result.stdout[-3000:]
     assert all(int(limit) < int(default) and int(difference) <= 1 for limit, default, difference in budgets)
-    assert len(re.findall(r"peak: sweep \+[0-9.]+ GB against loop \+ one batch", result.stdout)) == 2
+    assert len(re.findall(r"peak: sweep \+[0-9.]+ GB against loop \+ one batch", result.stdout)) == 4
 
 
 def test_benchmark_script_runs_its_sdxl_path():

@@ -7,8 +7,58 @@ single T5 encoder and true classifier-free guidance through ``guidance_scale`` a
 
 from __future__ import annotations
 
-from img2img_lab.models.families.flux import TrueCFGFluxFamily, flux_dev_scheduler
+from img2img_lab.models.families.flux import FluxConditioning, TrueCFGFluxFamily, flux_dev_scheduler
+from img2img_lab.models.families.sd3 import call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, tiny_t5, tiny_vae
+
+
+class ChromaConditioning(FluxConditioning):
+    """What the batched loop needs of Chroma, done as ``ChromaImg2ImgPipeline.__call__`` does it: FLUX.1's packed
+    latents and VAE, one T5 encoder whose attention mask (extended over the image tokens) goes with every sample, no
+    guidance embedding, and true classifier-free guidance (a negative sample) above guidance 1.
+
+    >>> chroma = ChromaFamily.tiny_pipelines["chroma-dynamic"]()
+    >>> pair = ChromaConditioning(chroma, chroma.device, chroma.transformer.dtype).encode([("a red square", "")], (32, 32))
+    >>> sorted(pair[("a red square", "")]["negative"])
+    ['attention_mask', 'encoder_hidden_states']
+    """
+
+    # Adapted from diffusers.pipelines.chroma.pipeline_chroma_img2img.ChromaImg2ImgPipeline.__call__ (encode_prompt, _prepare_attention_mask)
+    def encode(self, keys, size) -> dict:
+        import torch
+
+        length = call_defaults(self.pipe)["max_sequence_length"]
+        tokens = (int(size[1]) // self.pipe.vae_scale_factor // 2) * (int(size[0]) // self.pipe.vae_scale_factor // 2)
+        conditioning = {}
+        with torch.no_grad():
+            for prompt, negative in keys:
+                embeds, self.text_ids, mask, negative_embeds, _, negative_mask = self.pipe.encode_prompt(
+                    prompt=prompt, negative_prompt=negative or None, do_classifier_free_guidance=True,
+                    device=self.device, num_images_per_prompt=1, max_sequence_length=length)
+                conditioning[(prompt, negative)] = {
+                    branch: {"encoder_hidden_states": states,
+                             "attention_mask": self.pipe._prepare_attention_mask(1, tokens, states.dtype, branch_mask)}
+                    for branch, states, branch_mask in (("positive", embeds, mask),
+                                                        ("negative", negative_embeds, negative_mask))}
+        self.image_ids = self.latent_image_ids(size, embeds.dtype)
+        return conditioning
+
+    def latent_image_ids(self, size, dtype):
+        height, width = self._latent_side(size[1]), self._latent_side(size[0])
+        return self.pipe._prepare_latent_image_ids(height // 2, width // 2, self.device, dtype)  # no batch argument
+
+    def uses_cfg(self, cell) -> bool:
+        return cell.guidance_scale > 1.0
+
+    def sample_fields(self, cell) -> dict:
+        return {}
+
+    # Adapted from diffusers.pipelines.chroma.pipeline_chroma_img2img.ChromaImg2ImgPipeline.__call__ (the transformer calls)
+    def predict(self, inputs, t, fields: dict):
+        return self.pipe.transformer(hidden_states=inputs, timestep=t.expand(inputs.shape[0]) / 1000,
+                                     encoder_hidden_states=fields["encoder_hidden_states"], txt_ids=self.text_ids,
+                                     img_ids=self.image_ids, attention_mask=fields["attention_mask"],
+                                     joint_attention_kwargs={}, return_dict=False)[0]
 
 
 def make_tiny_chroma(*, dynamic: bool = True):
@@ -41,3 +91,5 @@ class ChromaFamily(TrueCFGFluxFamily):
         "chroma-constant": lambda: make_tiny_chroma(dynamic=False),
         "chroma-inpaint": lambda: as_class(make_tiny_chroma(), "ChromaInpaintPipeline"),
     }
+    batched_class = "ChromaImg2ImgPipeline"
+    conditioning = ChromaConditioning

@@ -11,8 +11,88 @@ it. :class:`TrueCFGFluxFamily` is the same rule with true classifier-free guidan
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from img2img_lab.models.families.base import Family, calculate_shift
+from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae, unzeroed
+
+
+class FluxConditioning(SD3Conditioning):
+    """What the batched loop needs of FLUX.1, done as ``FluxImg2ImgPipeline.__call__`` does it: CLIP's pooled and T5's
+    sequence embedding (no negative branch: true CFG is not swept), the guidance scale as a per-sample embedding
+    (dev; schnell has none), latents packed in 2x2 patches with their position ids, the transformer's timestep in
+    thousandths. The VAE's shift and scale and the flow-matching noise are SD3's (FLUX copies them).
+
+    >>> flux = FluxFamily.tiny_pipelines["flux-dev"]()
+    >>> conditioner = FluxConditioning(flux, flux.device, flux.transformer.dtype, size=(32, 32))
+    >>> sorted(conditioner.encode([("a red square", "")], (32, 32))[("a red square", "")])
+    ['positive']
+    >>> tuple(conditioner.blank_latents((32, 32)).shape)   # 16x16 latents (VAE factor 2) in 8x8 patches of 2x2x4
+    (1, 64, 16)
+    """
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_img2img.FluxImg2ImgPipeline.__call__ (step 3: encode_prompt; the latent image ids of step 5)
+    def encode(self, keys, size) -> dict:
+        import torch
+
+        length = call_defaults(self.pipe)["max_sequence_length"]
+        conditioning = {}
+        with torch.no_grad():
+            for prompt, _negative in keys:
+                embeds, pooled, self.text_ids = self.pipe.encode_prompt(
+                    prompt=prompt, prompt_2=None, device=self.device, num_images_per_prompt=1,
+                    max_sequence_length=length)
+                conditioning[(prompt, _negative)] = {"positive": {"encoder_hidden_states": embeds,
+                                                                  "pooled_projections": pooled}}
+        self.image_ids = self.latent_image_ids(size, embeds.dtype)
+        return conditioning
+
+    def _latent_side(self, pixels: int) -> int:
+        return 2 * (int(pixels) // (self.pipe.vae_scale_factor * 2))
+
+    def latent_image_ids(self, size, dtype):
+        """The packed latents' position ids at ``size`` (``_prepare_latent_image_ids``)."""
+        height, width = self._latent_side(size[1]), self._latent_side(size[0])
+        return self.pipe._prepare_latent_image_ids(1, height // 2, width // 2, self.device, dtype)
+
+    def uses_cfg(self, cell) -> bool:
+        return False  # FLUX.1 embeds its guidance; true CFG (true_cfg_scale) is not swept
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_img2img.FluxImg2ImgPipeline.__call__ (handle guidance)
+    def sample_fields(self, cell) -> dict:
+        import torch
+
+        if not self.pipe.transformer.config.guidance_embeds:
+            return {}
+        return {"guidance": torch.full([1], cell.guidance_scale, device=self.device, dtype=torch.float32)}
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_img2img.FluxImg2ImgPipeline.prepare_latents (scale_noise, then _pack_latents)
+    def noised(self, scheduler, latents, noise, timestep):
+        noised = scheduler.scale_noise(latents, timestep, noise)
+        _, channels, height, width = noised.shape
+        return self.pipe._pack_latents(noised, 1, channels, height, width)
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_img2img.FluxImg2ImgPipeline.__call__ (step 6: the transformer call)
+    def predict(self, inputs, t, fields: dict):
+        timestep = t.expand(inputs.shape[0]).to(inputs.dtype)
+        return self.pipe.transformer(hidden_states=inputs, timestep=timestep / 1000, guidance=fields.get("guidance"),
+                                     pooled_projections=fields["pooled_projections"],
+                                     encoder_hidden_states=fields["encoder_hidden_states"], txt_ids=self.text_ids,
+                                     img_ids=self.image_ids, joint_attention_kwargs={}, return_dict=False)[0]
+
+    def blank_latents(self, size):
+        import torch
+
+        channels = self.pipe.transformer.config.in_channels // 4
+        zeros = torch.zeros(1, channels, self._latent_side(size[1]), self._latent_side(size[0]), device=self.device,
+                            dtype=self.dtype)
+        return self.pipe._pack_latents(zeros, 1, channels, zeros.shape[2], zeros.shape[3])
+
+    def decode(self, latents, conditioning_dtype):
+        width, height = self.size
+        return super().decode(self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor),
+                              conditioning_dtype)
 
 
 def flux_dev_scheduler():
@@ -91,6 +171,17 @@ class FluxFamily(Family):
     }
     schedulers = ("default",)
     counts_inpaint_channels = False  # the transformer always blends latents
+    #: The one class the batched engine reproduces (no mask, control latents or ControlNet), and how.
+    batched_class: ClassVar[str | None] = "FluxImg2ImgPipeline"
+    conditioning: ClassVar[type | None] = FluxConditioning
+
+    def batched_conditioning(self) -> tuple[type | None, str]:
+        name = type(self.pipe).__name__
+        if self.conditioning is None:
+            return super().batched_conditioning()
+        if name != self.batched_class:
+            return None, f"{name} is run per cell (the batched engine reproduces plain {self.batched_class} calls only)"
+        return self.conditioning, name
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches
@@ -121,6 +212,7 @@ class TrueCFGFluxFamily(FluxFamily):
 
     pipelines, text_to_image, no_strength, refused, scheduler_configs, tiny_pipelines, real_size = (
         {}, {}, {}, {}, (), {}, ())
+    batched_class, conditioning = None, None  # each family that uses the rule declares its own
 
     def guidance_used(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0

@@ -11,7 +11,9 @@ always guides.
 
 from __future__ import annotations
 
-from img2img_lab.models.families.flux import TrueCFGFluxFamily
+from img2img_lab.models.families.base import sample_latent
+from img2img_lab.models.families.flux import FluxConditioning, TrueCFGFluxFamily
+from img2img_lab.models.families.sd3 import call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, qwen2_tokenizer
 
 _EDITOR = "edits from a reference image and always starts from noise: it has no strength dial"
@@ -52,6 +54,105 @@ def make_tiny_qwenimage():
                                     transformer=transformer)
 
 
+class QwenImageConditioning(FluxConditioning):
+    """What the batched loop needs of Qwen-Image, done as ``QwenImageImg2ImgPipeline.__call__`` does it: Qwen2.5-VL
+    embeddings whose length is the prompt's own (prompts of different lengths run in separate denoiser calls), true
+    classifier-free guidance with the norm rescale, the video VAE's one frame normalised by ``latents_mean/std``,
+    latents packed in 2x2 patches, and the image shapes the transformer takes.
+
+    >>> qwen = QwenImageFamily.tiny_pipelines["qwenimage"]()
+    >>> conditioner = QwenImageConditioning(qwen, qwen.device, qwen.transformer.dtype, size=(32, 32))
+    >>> tuple(conditioner.blank_latents((32, 32)).shape)   # 16x16 latents of 4 channels in 8x8 patches of 2x2
+    (1, 64, 16)
+    """
+
+    # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img.QwenImageImg2ImgPipeline.__call__ (step 3: encode_prompt for the prompt and, for true CFG, the negative prompt)
+    def encode(self, keys, size) -> dict:
+        import torch
+
+        length = call_defaults(self.pipe)["max_sequence_length"]
+        conditioning = {}
+        with torch.no_grad():
+            for prompt, negative in keys:
+                branches = {}
+                for branch, text in (("positive", prompt), ("negative", negative or " ")):
+                    embeds, mask = self.pipe.encode_prompt(prompt=text, device=self.device, num_images_per_prompt=1,
+                                                           max_sequence_length=length)
+                    branches[branch] = {"encoder_hidden_states": embeds}
+                    if mask is not None:
+                        branches[branch]["encoder_hidden_states_mask"] = mask
+                conditioning[(prompt, negative)] = branches
+        return conditioning
+
+    def uses_cfg(self, cell) -> bool:
+        return cell.guidance_scale > 1.0  # true_cfg_scale, with a negative prompt always given
+
+    def sample_fields(self, cell) -> dict:
+        return {}
+
+    # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img.QwenImageImg2ImgPipeline.__call__ (true CFG with the norm rescale)
+    def guided(self, uncond, text, guidance_scale: float):
+        import torch
+
+        combined = uncond + guidance_scale * (text - uncond)
+        return combined * (torch.norm(text, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True))
+
+    def _normalisation(self, like):
+        import torch
+
+        config = self.pipe.vae.config
+        mean = torch.tensor(config.latents_mean).view(1, config.z_dim, 1, 1, 1).to(like.device, like.dtype)
+        inverse_std = 1.0 / torch.tensor(config.latents_std).view(1, config.z_dim, 1, 1, 1).to(like.device, like.dtype)
+        return mean, inverse_std
+
+    def encode_source(self, source):
+        import torch
+
+        pixels = self.pipe.image_processor.preprocess(source, height=source.height, width=source.width)
+        with torch.no_grad():
+            return self.pipe.vae.encode(pixels.unsqueeze(2).to(device=self.device, dtype=self.dtype)).latent_dist
+
+    # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img.QwenImageImg2ImgPipeline.prepare_latents (_encode_vae_image, then [B,1,z,H',W'])
+    def initial_latents(self, distribution, generator):
+        latents = sample_latent(distribution, generator)
+        mean, inverse_std = self._normalisation(latents)
+        return ((latents - mean) * inverse_std).transpose(1, 2)
+
+    def noised(self, scheduler, latents, noise, timestep):
+        noised = scheduler.scale_noise(latents, timestep, noise)
+        *_, channels, height, width = noised.shape
+        return self.pipe._pack_latents(noised, 1, channels, height, width)
+
+    # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img.QwenImageImg2ImgPipeline.__call__ (the transformer calls)
+    def predict(self, inputs, t, fields: dict):
+        factor, (width, height) = self.pipe.vae_scale_factor, self.size
+        timestep = t.expand(inputs.shape[0]).to(inputs.dtype)
+        shapes = [[(1, height // factor // 2, width // factor // 2)]] * inputs.shape[0]
+        return self.pipe.transformer(hidden_states=inputs, timestep=timestep / 1000, guidance=None,
+                                     encoder_hidden_states_mask=fields.get("encoder_hidden_states_mask"),
+                                     encoder_hidden_states=fields["encoder_hidden_states"], img_shapes=shapes,
+                                     attention_kwargs={}, return_dict=False)[0]
+
+    def blank_latents(self, size):
+        import torch
+
+        channels = self.pipe.transformer.config.in_channels // 4
+        height, width = self._latent_side(size[1]), self._latent_side(size[0])
+        zeros = torch.zeros(1, 1, channels, height, width, device=self.device, dtype=self.dtype)
+        return self.pipe._pack_latents(zeros, 1, channels, height, width)
+
+    # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img.QwenImageImg2ImgPipeline.__call__ (the decode)
+    def decode(self, latents, conditioning_dtype):
+        import torch
+
+        width, height = self.size
+        vae = self.pipe.vae
+        latents = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor).to(vae.dtype)
+        mean, inverse_std = self._normalisation(latents)
+        with torch.no_grad():
+            return vae.decode(latents / inverse_std + mean, return_dict=False)[0][:, :, 0], None
+
+
 class QwenImageFamily(TrueCFGFluxFamily):
     """QwenImage: the FLUX.1 rule on 16-px packed latents; true CFG through ``true_cfg_scale`` and a negative prompt."""
 
@@ -68,6 +169,12 @@ class QwenImageFamily(TrueCFGFluxFamily):
         "qwenimage": make_tiny_qwenimage,
         "qwenimage-inpaint": lambda: as_class(make_tiny_qwenimage(), "QwenImageInpaintPipeline"),
     }
+    batched_class, conditioning = "QwenImageImg2ImgPipeline", QwenImageConditioning
+
+    def batched_conditioning(self) -> tuple[type | None, str]:
+        if getattr(self.pipe.transformer.config, "guidance_embeds", False):
+            return None, "a guidance-distilled Qwen-Image transformer takes guidance_scale, which is not swept: run per cell"
+        return super().batched_conditioning()
 
     def call_extras(self, guidance_scale: float, negative_prompt: str) -> dict:
         return {"true_cfg_scale": guidance_scale, "negative_prompt": negative_prompt or " "}

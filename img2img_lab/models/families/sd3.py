@@ -10,8 +10,86 @@ VAE factor times the transformer's patch size.
 
 from __future__ import annotations
 
-from img2img_lab.models.families.base import Family, calculate_shift
+from img2img_lab.models.families.base import Family, calculate_shift, sample_latent
+from img2img_lab.models.families.stable_diffusion import TextConditioning
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae
+
+
+def call_defaults(pipe) -> dict:
+    """The defaults of the pipeline's ``__call__`` (e.g. ``max_sequence_length``)."""
+    import inspect
+
+    return {name: parameter.default for name, parameter in inspect.signature(type(pipe).__call__).parameters.items()}
+
+
+class SD3Conditioning(TextConditioning):
+    """What the batched loop needs of SD3 / 3.5, done as ``StableDiffusion3Img2ImgPipeline.__call__`` does it: three
+    text encoders (sequence and pooled embeddings, a negative branch for classifier-free guidance), flow-matching noise
+    (``scale_noise``, no input scaling), the VAE's shift and scale, and the transformer called with the timestep per
+    sample.
+
+    >>> sd3 = SD3Family.tiny_pipelines["sd3"]()
+    >>> pair = SD3Conditioning(sd3, sd3.device, sd3.transformer.dtype).encode([("a red square", "")], (32, 32))
+    >>> sorted(pair[("a red square", "")]["negative"])
+    ['encoder_hidden_states', 'pooled_projections']
+    """
+
+    # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img.StableDiffusion3Img2ImgPipeline.__call__ (step 3: encode_prompt)
+    def encode(self, keys, size) -> dict:
+        import torch
+
+        length = call_defaults(self.pipe)["max_sequence_length"]
+        conditioning = {}
+        with torch.no_grad():
+            for prompt, negative in keys:
+                positive, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
+                    prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=negative or None,
+                    do_classifier_free_guidance=True, device=self.device, clip_skip=None, num_images_per_prompt=1,
+                    max_sequence_length=length)
+                conditioning[(prompt, negative)] = {
+                    "positive": {"encoder_hidden_states": positive, "pooled_projections": pooled},
+                    "negative": {"encoder_hidden_states": negative_embeds, "pooled_projections": negative_pooled}}
+        return conditioning
+
+    def encode_source(self, source):
+        import torch
+
+        pixels = self.pipe.image_processor.preprocess(source, height=source.height, width=source.width)
+        with torch.no_grad():
+            return self.pipe.vae.encode(pixels.to(device=self.device, dtype=self.dtype)).latent_dist
+
+    # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img.StableDiffusion3Img2ImgPipeline.prepare_latents
+    def initial_latents(self, distribution, generator):
+        config = self.pipe.vae.config
+        return (sample_latent(distribution, generator) - config.shift_factor) * config.scaling_factor
+
+    def noised(self, scheduler, latents, noise, timestep):
+        return scheduler.scale_noise(latents, timestep, noise)
+
+    def model_input(self, scheduler, latents, t):
+        return latents  # flow matching scales nothing
+
+    # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img.StableDiffusion3Img2ImgPipeline.__call__ (step 7: the transformer call)
+    def predict(self, inputs, t, fields: dict):
+        return self.pipe.transformer(hidden_states=inputs, timestep=t.expand(inputs.shape[0]),
+                                     encoder_hidden_states=fields["encoder_hidden_states"],
+                                     pooled_projections=fields["pooled_projections"], joint_attention_kwargs=None,
+                                     return_dict=False)[0]
+
+    def blank_latents(self, size):
+        import torch
+
+        factor = self.pipe.vae_scale_factor
+        return torch.zeros(1, self.pipe.transformer.config.in_channels, size[1] // factor, size[0] // factor,
+                           device=self.device, dtype=self.dtype)
+
+    # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img.StableDiffusion3Img2ImgPipeline.__call__ (the decode)
+    def decode(self, latents, conditioning_dtype):
+        import torch
+
+        config = self.pipe.vae.config
+        with torch.no_grad():
+            return self.pipe.vae.decode(latents / config.scaling_factor + config.shift_factor, return_dict=False)[0], None
 
 
 def make_tiny_sd3(*, latent_channels: int = 4, layers: int = 1):
@@ -54,6 +132,14 @@ class SD3Family(Family):
         "sd3-inpaint": _inpaint,  # 16-channel transformer (latent blend)
     }
     schedulers = ("default",)
+    #: The one class the batched engine reproduces (no PAG branch, no mask).
+    batched_class = "StableDiffusion3Img2ImgPipeline"
+
+    def batched_conditioning(self) -> tuple[type | None, str]:
+        name = type(self.pipe).__name__
+        if name != self.batched_class:
+            return None, f"{name} is run per cell (the batched engine reproduces plain {self.batched_class} calls only)"
+        return SD3Conditioning, name
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * int(self.pipe.transformer.config.patch_size)

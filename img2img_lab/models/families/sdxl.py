@@ -184,5 +184,4 @@ class SDXLFamily(StableDiffusionFamily):
         "sdxl-controlnet-pag": lambda: _variant("StableDiffusionXLControlNetPAGImg2ImgPipeline", controlnet=True),
         "sdxl-controlnet-inpaint": lambda: _variant("StableDiffusionXLControlNetInpaintPipeline", controlnet=True),
     }
-    batched_class = "StableDiffusionXLImg2ImgPipeline"
-    conditioning = SDXLConditioning
+    batched_classes = {"StableDiffusionXLImg2ImgPipeline": SDXLConditioning}

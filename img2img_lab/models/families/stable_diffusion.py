@@ -12,6 +12,8 @@ pipelines with a 4-channel UNet blend latents, 9-channel ones read the masked im
 
 from __future__ import annotations
 
+import inspect
+
 from img2img_lab.models.families.base import Family, sample_latent
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_unet, tiny_vae, unet_controlnet
 
@@ -32,8 +34,65 @@ class TextConditioning:
 
     added_fields: tuple[str, ...] = ()
 
-    def __init__(self, pipe, device, dtype):
-        self.pipe, self.device, self.dtype = pipe, device, dtype
+    def __init__(self, pipe, device, dtype, *, size: tuple[int, int] | None = None):
+        self.pipe, self.device, self.dtype, self.size = pipe, device, dtype, size
+
+    def uses_cfg(self, cell) -> bool:
+        """Whether the cell runs classifier-free guidance (a negative sample beside its positive one)."""
+        return cell.guidance_scale > 1.0
+
+    def sample_fields(self, cell) -> dict:
+        """Per-sample denoiser inputs that come from the cell rather than its prompt (none here)."""
+        return {}
+
+    def condition_fields(self, cell, condition: dict | None) -> dict:
+        """Per-sample denoiser inputs from the cell's source conditions (``control_image``; none here)."""
+        return {}
+
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.prepare_latents (noise from each cell's generator)
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        """``(latents, fields, state)``: the cell's initial latent at ``timesteps[0]`` (the VAE sample, then the noise,
+        from its generator), its per-sample condition fields, and what :meth:`after_step` needs of it."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        initial = self.initial_latents(distribution, generator)
+        noise = randn_tensor(initial.shape, generator=generator, device=self.device, dtype=self.dtype)
+        return self.noised(scheduler, initial, noise, timesteps[:1]), self.condition_fields(cell, condition), {}
+
+    def after_step(self, scheduler, timesteps, step: int, latents, state: dict):
+        """The cell's latents after its ``step`` (the scheduler's output here; inpainting blends the source back)."""
+        return latents
+
+    def step_fields(self, cell, step: int, steps: int) -> dict:
+        """Per-sample denoiser inputs at the cell's ``step`` of its ``steps`` (none here)."""
+        return {}
+
+    def guided(self, uncond, text, guidance_scale: float):
+        """Classifier-free guidance of one cell's two predictions."""
+        return uncond + guidance_scale * (text - uncond)
+
+    def noised(self, scheduler, latents, noise, timestep):
+        """The initial latent at the group's first timestep (``add_noise``)."""
+        return scheduler.add_noise(latents, noise, timestep)
+
+    def model_input(self, scheduler, latents, t):
+        """The latents as the denoiser takes them at ``t`` (``scale_model_input``)."""
+        return scheduler.scale_model_input(latents, t)
+
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.__call__ (step 9: the UNet call)
+    def predict(self, inputs, t, fields: dict):
+        """The denoiser's output for a batch: ``fields`` holds one row per sample of every per-sample input."""
+        extra = {"added_cond_kwargs": {name: fields[name] for name in self.added_fields}} if self.added_fields else {}
+        return self.pipe.unet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"], return_dict=False,
+                              **extra)[0]
+
+    def blank_latents(self, size):
+        """Zero latents of one sample at ``size`` (width, height), shaped as the denoiser takes them."""
+        import torch
+
+        factor = self.pipe.vae_scale_factor
+        return torch.zeros(1, self.pipe.unet.config.in_channels, size[1] // factor, size[0] // factor,
+                           device=self.device, dtype=self.dtype)
 
     def encode(self, keys, size) -> dict:
         import torch
@@ -65,6 +124,136 @@ class TextConditioning:
         with torch.no_grad():
             decoded = self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor, return_dict=False)[0]
             return self.pipe.run_safety_checker(decoded, self.device, conditioning_dtype)
+
+
+class ControlNetConditioning(TextConditioning):
+    """What the batched loop needs of ``StableDiffusionControlNetImg2ImgPipeline`` (one ControlNet, no guess mode):
+    Stable Diffusion's text, latents and decode, each sample's control image (``prepare_control_image``), and its
+    conditioning scale at each of its steps (``controlnet_conditioning_scale × controlnet_keep[i]``, the keep counted
+    over the cell's own timesteps), as a per-sample tensor the ControlNet multiplies its residuals by.
+
+    >>> cn = StableDiffusionFamily.tiny_pipelines["sd-controlnet"]()
+    >>> conditioner = ControlNetConditioning(cn, cn.device, cn.unet.dtype, size=(32, 32))
+    >>> from types import SimpleNamespace
+    >>> cell = SimpleNamespace(controlnet_conditioning_scale=0.5, control_guidance_start=None, control_guidance_end=0.5)
+    >>> [conditioner.step_fields(cell, step, 4)["conditioning_scale"].item() for step in range(4)]
+    [0.5, 0.5, 0.0, 0.0]
+    """
+
+    def __init__(self, pipe, device, dtype, *, size=None):
+        super().__init__(pipe, device, dtype, size=size)
+        self._defaults = {name: parameter.default
+                          for name, parameter in inspect.signature(type(pipe).__call__).parameters.items()}
+        self._control_images: dict[int, object] = {}
+
+    def _setting(self, cell, name: str) -> float:
+        value = getattr(cell, name, None)
+        return float(self._defaults[name] if value is None else value)
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.prepare_control_image
+    def condition_fields(self, cell, condition: dict | None) -> dict:
+        import torch
+
+        image = condition["control_image"]
+        prepared = self._control_images.get(id(image))
+        if prepared is None:
+            width, height = self.size
+            pixels = self.pipe.control_image_processor.preprocess(image, height=height, width=width)
+            prepared = self._control_images[id(image)] = pixels.to(dtype=torch.float32).to(
+                device=self.device, dtype=self.pipe.controlnet.dtype)
+        return {"controlnet_cond": prepared}
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (controlnet_keep, cond_scale)
+    def step_fields(self, cell, step: int, steps: int) -> dict:
+        import torch
+
+        start, end = self._setting(cell, "control_guidance_start"), self._setting(cell, "control_guidance_end")
+        keep = 1.0 - float(step / steps < start or (step + 1) / steps > end)
+        scale = self._setting(cell, "controlnet_conditioning_scale") * keep
+        return {"conditioning_scale": torch.full((1, 1, 1, 1), scale, device=self.device, dtype=self.dtype)}
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (the ControlNet, then the UNet with its residuals)
+    def predict(self, inputs, t, fields: dict):
+        down, mid = self.pipe.controlnet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
+                                         controlnet_cond=fields["controlnet_cond"],
+                                         conditioning_scale=fields["conditioning_scale"], guess_mode=False,
+                                         return_dict=False)
+        return self.pipe.unet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
+                              down_block_additional_residuals=down, mid_block_additional_residual=mid,
+                              return_dict=False)[0]
+
+
+class InpaintConditioning(TextConditioning):
+    """What the batched loop needs of ``StableDiffusionInpaintPipeline`` (no ``padding_mask_crop``): the initial latent
+    as its ``prepare_latents`` makes it (pure noise × ``init_noise_sigma`` at strength 1), the masked source encoded
+    and sampled with the cell's generator after the noise (``prepare_mask_latents``), and then either the latent
+    blend after every step (a 4-channel UNet: the source noised to the next timestep outside the mask) or the mask
+    and masked-source latents as extra input channels (a 9-channel UNet).
+
+    >>> inpaint = StableDiffusionFamily.tiny_pipelines["sd-inpaint"]()
+    >>> conditioner = InpaintConditioning(inpaint, inpaint.device, inpaint.unet.dtype, size=(32, 32))
+    >>> conditioner.latent_blend
+    True
+    """
+
+    def __init__(self, pipe, device, dtype, *, size=None):
+        super().__init__(pipe, device, dtype, size=size)
+        self.latent_blend = pipe.unet.config.in_channels == pipe.vae.config.latent_channels
+        self._masks: dict[tuple, tuple] = {}
+
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.prepare_mask_latents (the mask at latent size; the masked source's VAE distribution)
+    def _mask_inputs(self, source, mask_image):
+        import torch
+
+        key = (id(source), id(mask_image))
+        if key not in self._masks:
+            width, height = self.size
+            pixels = self.pipe.image_processor.preprocess(source, height=height, width=width).to(dtype=torch.float32)
+            condition = self.pipe.mask_processor.preprocess(mask_image, height=height, width=width)
+            factor = self.pipe.vae_scale_factor
+            mask = torch.nn.functional.interpolate(condition, size=(height // factor, width // factor))
+            masked = (pixels * (condition < 0.5)).to(device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                self._masks[key] = (mask.to(device=self.device, dtype=self.dtype),
+                                    self.pipe.vae.encode(masked).latent_dist)
+        return self._masks[key]
+
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.prepare_latents (and the masked image's latents after it)
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        from diffusers.utils.torch_utils import randn_tensor
+
+        strength_max = cell.strength == 1.0
+        image_latents = (self.initial_latents(distribution, generator) if self.latent_blend or not strength_max
+                         else None)
+        width, height = self.size
+        factor = self.pipe.vae_scale_factor
+        noise = randn_tensor((1, self.pipe.vae.config.latent_channels, height // factor, width // factor),
+                             generator=generator, device=self.device, dtype=self.dtype)
+        latents = (noise * scheduler.init_noise_sigma if strength_max
+                   else scheduler.add_noise(image_latents, noise, timesteps[:1]))
+        mask, masked_distribution = self._mask_inputs(source, condition["mask_image"])
+        masked_latents = self.pipe.vae.config.scaling_factor * sample_latent(masked_distribution, generator)
+        if self.latent_blend:
+            return latents, {}, {"image_latents": image_latents, "noise": noise, "mask": mask}
+        return latents, {"mask": mask, "masked_image_latents": masked_latents}, {}
+
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.__call__ (step 11: the latent blend of a 4-channel UNet)
+    def after_step(self, scheduler, timesteps, step: int, latents, state: dict):
+        import torch
+
+        if not self.latent_blend:
+            return latents
+        proper = state["image_latents"]
+        if step < len(timesteps) - 1:
+            proper = scheduler.add_noise(proper, state["noise"], torch.tensor([timesteps[step + 1]]))
+        return (1 - state["mask"]) * proper + state["mask"] * latents
+
+    def predict(self, inputs, t, fields: dict):
+        import torch
+
+        if "mask" in fields:  # a 9-channel UNet: the mask and the masked source's latents as channels
+            inputs = torch.cat([inputs, fields["mask"], fields["masked_image_latents"]], dim=1)
+        return super().predict(inputs, t, fields)
 
 
 def sd_pndm_scheduler():
@@ -183,15 +372,20 @@ class StableDiffusionFamily(Family):
         "sd-controlnet-pag-inpaint": lambda: _variant("StableDiffusionControlNetPAGInpaintPipeline", controlnet=True),
     }
 
-    #: The one class the batched engine reproduces (plain img2img: no mask, control image or PAG branch).
-    batched_class = "StableDiffusionImg2ImgPipeline"
-    conditioning: type = TextConditioning
+    #: The classes the batched engine reproduces (no mask, PAG branch or guess mode), and how.
+    batched_classes: dict[str, type] = {"StableDiffusionImg2ImgPipeline": TextConditioning,
+                                        "StableDiffusionControlNetImg2ImgPipeline": ControlNetConditioning,
+                                        "StableDiffusionInpaintPipeline": InpaintConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         name = type(self.pipe).__name__
-        if name != self.batched_class:
-            return None, (f"{name} is run per cell (the batched engine reproduces plain {self.batched_class} calls "
-                          f"only)")
+        if name not in self.batched_classes:
+            return None, (f"{name} is run per cell (the batched engine reproduces plain calls of "
+                          f"{', '.join(self.batched_classes)} only)")
         if getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is not None:
             return None, "the UNet has a guidance embedding (LCM-style): run per cell"
-        return self.conditioning, name
+        controlnet = getattr(self.pipe, "controlnet", None)
+        if controlnet is not None and (not hasattr(controlnet, "config")
+                                       or getattr(controlnet.config, "global_pool_conditions", False)):
+            return None, "several ControlNets or a guess-mode ControlNet: run per cell"
+        return self.batched_classes[name], name

@@ -10,7 +10,72 @@ guidance through ``guidance_scale``.
 from __future__ import annotations
 
 from img2img_lab.models.families.flux import TrueCFGFluxFamily
+from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, qwen2_tokenizer, tiny_vae
+
+
+class ZImageConditioning(SD3Conditioning):
+    """What the batched loop needs of Z-Image, done as ``ZImageImg2ImgPipeline.__call__`` does it: Qwen3 caption
+    embeddings of each prompt's own length (prompts of different lengths run in separate transformer calls), the
+    transformer called on a list of one-frame latents with the timestep ``(1000 - t) / 1000``, its output negated,
+    and guidance ``pos + g (pos - neg)`` wherever ``g > 0``. The VAE's shift and scale and the flow-matching noise are
+    SD3's; latents are not packed.
+
+    >>> zimage = ZImageFamily.tiny_pipelines["zimage"]()
+    >>> pair = ZImageConditioning(zimage, zimage.device, zimage.transformer.dtype).encode([("a red square", "")], (32, 32))
+    >>> pair[("a red square", "")]["positive"]["encoder_hidden_states"].ndim   # one row per sample
+    3
+    """
+
+    # Adapted from diffusers.pipelines.z_image.pipeline_z_image_img2img.ZImageImg2ImgPipeline.__call__ (encode_prompt with a negative prompt)
+    def encode(self, keys, size) -> dict:
+        import torch
+
+        length = call_defaults(self.pipe)["max_sequence_length"]
+        conditioning = {}
+        with torch.no_grad():
+            for prompt, negative in keys:
+                positive, negative_embeds = self.pipe.encode_prompt(
+                    prompt=prompt, device=self.device, do_classifier_free_guidance=True,
+                    negative_prompt=negative or None, max_sequence_length=length)
+                conditioning[(prompt, negative)] = {
+                    "positive": {"encoder_hidden_states": positive[0].unsqueeze(0)},
+                    "negative": {"encoder_hidden_states": negative_embeds[0].unsqueeze(0)}}
+        return conditioning
+
+    def uses_cfg(self, cell) -> bool:
+        return cell.guidance_scale > 0  # the pipeline's do_classifier_free_guidance (cfg_truncation 1: always on)
+
+    # Adapted from diffusers.pipelines.z_image.pipeline_z_image_img2img.ZImageImg2ImgPipeline.__call__ (the guidance, cfg_normalization off)
+    def guided(self, uncond, text, guidance_scale: float):
+        return text + guidance_scale * (text - uncond)
+
+    def encode_source(self, source):
+        import torch
+
+        pixels = self.pipe.image_processor.preprocess(source)
+        with torch.no_grad():
+            return self.pipe.vae.encode(pixels.to(device=self.device, dtype=self.dtype)).latent_dist
+
+    # Adapted from diffusers.pipelines.z_image.pipeline_z_image_img2img.ZImageImg2ImgPipeline.__call__ (the transformer call on a list of latents; the output negated)
+    def predict(self, inputs, t, fields: dict):
+        import torch
+
+        timestep = (1000 - t.expand(inputs.shape[0])) / 1000
+        latents = list(inputs.to(self.pipe.transformer.dtype).unsqueeze(2).unbind(dim=0))
+        captions = list(fields["encoder_hidden_states"].unbind(dim=0))
+        outputs = self.pipe.transformer(latents, timestep, captions, joint_attention_kwargs=None)[0]
+        return -torch.stack([output.float() for output in outputs], dim=0).squeeze(2)
+
+    def blank_latents(self, size):
+        import torch
+
+        factor = self.pipe.vae_scale_factor
+        return torch.zeros(1, self.pipe.transformer.in_channels, size[1] // factor, size[0] // factor,
+                           device=self.device, dtype=self.dtype)
+
+    def decode(self, latents, conditioning_dtype):
+        return super().decode(latents.to(self.pipe.vae.dtype), conditioning_dtype)
 
 
 def make_tiny_zimage():
@@ -41,6 +106,10 @@ class ZImageFamily(TrueCFGFluxFamily):
         "zimage": make_tiny_zimage,
         "zimage-inpaint": lambda: as_class(make_tiny_zimage(), "ZImageInpaintPipeline"),
     }
+    batched_class, conditioning = "ZImageImg2ImgPipeline", ZImageConditioning
+
+    def guidance_used(self, guidance_scale: float) -> bool:
+        return guidance_scale > 0  # do_classifier_free_guidance is guidance_scale > 0: 1 guides (pos + 1·(pos - neg))
 
     def timestep_arguments(self, scheduler, num_inference_steps, strength, width, height):
         import torch
