@@ -59,6 +59,7 @@ def sample_footprints(model: ModelHandle, source) -> tuple[int, int]:
     latents = conditioner.blank_latents(source.size)
     fields = {name: value[:1] for name, value in sample.items()}
     fields.update(conditioner.sample_fields(SimpleNamespace(guidance_scale=model.family.default_guidance() or 1.0)))
+    fields.update(conditioner.probe_fields(source.size))
     with torch.no_grad():
         _trim_heap()
         with PeakMemory(str(device)) as denoiser:

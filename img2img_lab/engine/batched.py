@@ -8,22 +8,34 @@ share a model, image size, number of steps and scheduler configuration along the
 * each cell joins the loop at its own ``t_start`` (its strength); cells with the same ``t_start`` form a
   *start group* stepped by its own scheduler instance, so multistep (DPM++, UniPC, PNDM) and ancestral
   (Euler a, DDPM) schedulers keep correct per-group state;
-* at each timestep every active cell goes into one UNet call (chunked by ``max_batch_size`` samples), with
-  its own prompt embeddings and guidance scale; cells with guidance <= 1 skip the unconditional half;
+* at each timestep every active cell goes into one denoiser call (chunked by ``max_batch_size`` samples; samples
+  whose inputs differ in shape, e.g. Qwen-Image prompts of different lengths, in one call per shape), with its own
+  prompt embeddings, guidance, mask or control image; cells without classifier-free guidance send one sample;
 * every cell has its own CPU generator consuming random numbers in exactly the per-cell order (VAE latent
   sample, initial noise, then the scheduler's per-step noise), so seeds mean the same thing;
 * decoding is batched; on CUDA out-of-memory the batch size is halved and the step retried.
 
 The result equals :func:`img2img_lab.engine.per_cell.run_cell` up to floating-point differences of batched kernels
-(tests, float32: max |difference| <= 1/255 per pixel for DDIM, Euler, Euler a, DPM++ 2M, PNDM and UniPC; half
-precision on a GPU differs more, see :data:`BATCHED_TOLERANCE`).
+(tests, float32: max |difference| <= 1/255 per pixel for DDIM, Euler, Euler a, DPM++ 2M, PNDM and UniPC, and for
+every batched family below; half precision on a GPU differs more, see :data:`BATCHED_TOLERANCE`).
 
-What a family needs here — how a prompt is encoded, how a VAE latent becomes the initial latent, and how latents
-are decoded — its family module declares as its *batched conditioning*
-(:meth:`img2img_lab.models.families.base.Family.batched_conditioning`): Stable Diffusion 1.x/2.x img2img (the embedded
-model too) and SDXL img2img (each sample also carries its pooled text embedding and added time ids; the VAE is
-upcast where the model asks). Other pipelines use the per-cell runner; :func:`batching_supported` says which and why
-(the manifest records it).
+What a family needs here — how a prompt is encoded, how a VAE latent becomes the initial latent, what the denoiser
+takes per sample, how its guidance combines two predictions, what happens after a step, and how latents are
+decoded — its family module declares as its *batched conditioning*
+(:meth:`img2img_lab.models.families.base.Family.batched_conditioning`):
+
+* Stable Diffusion 1.x/2.x img2img (the embedded model too), its ControlNet img2img (each sample's control image,
+  and its conditioning scale at each of its own steps) and its inpainting (a 4-channel UNet's latent blend after
+  every step; a 9-channel UNet's mask and masked-source channels); SDXL img2img (pooled embeddings and added time
+  ids; the VAE upcast where the model asks);
+* the flow-matching families: SD3 / 3.5 (classifier-free guidance), FLUX.1 dev and schnell (the guidance embedding
+  per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
+  rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs).
+
+Other pipelines (PAG, SDXL inpainting and ControlNet, FLUX.1 inpainting and Control, LCM: its strength rescales its
+own schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported` says which and
+why (the manifest records it), and a chunk that crops around its mask runs per cell
+(:func:`img2img_lab.engine.runners.run_chunk`).
 
 >>> outputs = run_cells_batched(model, cells, sources)
 >>> [output.produced for output in outputs[:3]]

@@ -39,6 +39,7 @@ from img2img_lab.plan.sweep_plan import Cell, SweepPlan
 from img2img_lab.store.manifest import files_digest, merge_manifest
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.adapter_files import adapter_files, keep_adapters
+from img2img_lab.sweep.chunk_writer import ChunkWriter, spare_core
 from img2img_lab.sweep.distributed import Context, job_progress
 from img2img_lab.sweep.options import SweepOptions
 from img2img_lab.sweep.session_setup import create_folder, now, plan_manifest, store_sources
@@ -103,6 +104,7 @@ class SweepSession:
     counts: dict = field(default_factory=lambda: {"generated": 0, "reused": 0, "already_done": 0})
     started_clock: float = field(default_factory=time.perf_counter)
     progress_listed: float = 0.0
+    last_flush: float = field(default_factory=time.monotonic)  # when the writer last refreshed results' parts
 
     @property
     def pipe(self):
@@ -218,8 +220,9 @@ class SweepSession:
     # ------------------------------------------------------------------ 6. generate
     def generate(self) -> None:
         """Generate every pending cell with the sweep's runner (:mod:`img2img_lab.engine.runners`), chunk by chunk. Each
-        batched chunk is recorded before it runs and saved before the next starts, so a crash loses at most one
-        chunk; per-cell rows are durable at once and only refresh ``results.parquet`` every few seconds. Cells run
+        batched chunk is recorded before it runs and measured and saved on the writer thread while the next one runs,
+        so a crash loses at most two chunks (both run again whole); per-cell rows are durable once written and only
+        refresh ``results.parquet`` every few seconds. Cells run
         with their LoRA setting (:mod:`img2img_lab.models.adapters`: chunks share one; the adapters are unloaded
         afterwards), and what the runner remembers is remembered per setting (a text-encoder LoRA changes a
         prompt's encoding)."""
@@ -231,20 +234,43 @@ class SweepSession:
                     self._generate_chunks(same_setting)
 
     def _generate_chunks(self, chunks) -> None:
+        """Each chunk generated on this thread, then measured and stored on the writer thread
+        (:mod:`img2img_lab.sweep.chunk_writer`) while the next one generates."""
         todo = {key for _, key in self.pending}
-        last_flush = time.monotonic()
-        for chunk, batch_id in chunks:
-            if batch_id is not None:
-                self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
-            outputs = self.runner.run([cell for cell, _ in chunk])
-            for (cell, key), output in zip(chunk, outputs):
-                if key in todo:
-                    self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged,
-                              batch_id)
-            if self.context.is_main and (batch_id is not None or time.monotonic() - last_flush > 5):
-                self.store.checkpoint()  # rank 0 alone writes the table; every rank's row files are durable
-                last_flush = time.monotonic()
-                self.show_job_progress()
+        with ChunkWriter(overlap=spare_core(str(self.pipe.device))) as writer:
+            for chunk, batch_id in chunks:
+                if batch_id is not None:
+                    self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
+                outputs = self.runner.run([cell for cell, _ in chunk])
+                finished = [(cell, key, output) for (cell, key), output in zip(chunk, outputs) if key in todo]
+                writer.submit(self._store_chunk, finished, batch_id)
+
+    def _store_chunk(self, finished: list, batch_id: str | None) -> None:
+        """Measure a chunk's outputs in one batch per source and store each cell (the writer thread)."""
+        measured = self._measure([(cell, output.image) for cell, _, output in finished])
+        for (cell, key, output), values in zip(finished, measured):
+            self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged, batch_id,
+                      measured=values)
+        if self.context.is_main and (batch_id is not None or time.monotonic() - self.last_flush > 5):
+            self.store.checkpoint()  # rank 0 alone writes the table; every rank's row files are durable
+            self.last_flush = time.monotonic()
+            self.show_job_progress()
+
+    def _measure(self, pairs: list) -> list[dict]:
+        """The sweep's metrics (those without a mask) of ``(cell, image)`` pairs, one dict per pair, batched on the
+        model's device with each source's side computed once."""
+        from img2img_lab.metrics.fidelity import ReferenceCache
+        from img2img_lab.metrics.measure import measure_pairs
+
+        names = [name for name in self.metrics if not metric_needs(name, "mask")]
+        if not names or not pairs:
+            return [{} for _ in pairs]
+        if self.references is None:
+            self.references = ReferenceCache(device=str(self.pipe.device))
+        values = measure_pairs([self.sources[cell.image_index] for cell, _ in pairs], [image for _, image in pairs],
+                               names, prompts=[cell.prompt for cell, _ in pairs], device=str(self.pipe.device),
+                               references=self.references)
+        return [{name: float(values[name][index]) for name in names} for index in range(len(pairs))]
 
     def note_recorded_batches(self) -> None:
         """Remember the folder's batch records that hold a cell to generate (a killed or damaged batch runs again
@@ -282,18 +308,11 @@ class SweepSession:
 
     # ------------------------------------------------------------------ saving one cell
     def save(self, cell: Cell, key: str, image, produced: str, seconds: float, nsfw,
-             batch_id: str | None = None) -> None:
-        """Store one finished cell (first writer wins) and hand the pair this folder now holds to the cache."""
-        from img2img_lab.metrics.fidelity import ReferenceCache
-        from img2img_lab.metrics.measure import measure_pair
-
+             batch_id: str | None = None, *, measured: dict | None = None) -> None:
+        """Store one finished cell (first writer wins) with its metrics (``measured``, else measured here) and hand
+        the pair this folder now holds to the cache."""
         row = self._row(cell, key, image, produced, seconds, nsfw, batch_id)
-        if self.metrics:
-            if self.references is None:
-                self.references = ReferenceCache(device=str(self.pipe.device))
-            row.update(measure_pair(self.sources[cell.image_index], image,
-                                    [name for name in self.metrics if not metric_needs(name, "mask")], prompt=cell.prompt,
-                                    device=str(self.pipe.device), references=self.references))
+        row.update(self._measure([(cell, image)])[0] if measured is None else measured)
         if self.store.save_cell(key, image, row):
             self.counts["reused" if is_duplicate(produced) else "generated"] += 1
             pair = (image, row)

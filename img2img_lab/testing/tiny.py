@@ -19,13 +19,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from img2img_lab.models.families.architectures import build_architecture
-from img2img_lab.models.families.stable_diffusion import make_sd15_sized_pipeline, make_tiny_pipeline  # noqa: F401
+from img2img_lab.models.families.stable_diffusion import make_tiny_pipeline  # noqa: F401
 from img2img_lab.models.registry import REAL_SIZE, TINY_PIPELINES, tiny_pipeline
 
 #: Every tiny pipeline the family modules declare, by name.
 TINY_FAMILIES: tuple[str, ...] = tuple(TINY_PIPELINES)
 #: Every real-size architecture the family modules declare, by name.
 REAL_SIZE_ARCHITECTURES: tuple[str, ...] = tuple(REAL_SIZE)
+
+
+def make_sd15_sized_pipeline(*, tiny: bool = False, seed: int = 0):
+    """A random-weight pipeline with Stable Diffusion 1.5's architecture: UNet 320/640/1280/1280 (2 layers per
+    block, 8 attention heads, cross-attention 768), SD VAE 128/256/512/512, a CLIP-L-sized text encoder (768 wide,
+    12 layers, 12 heads, 77 tokens), 512 px. Speed does not depend on weight values, so this is the benchmark
+    stand-in for SD 1.5 offline. ``tiny=True`` keeps the structure (4 levels, 2 layers per block) at toy widths and
+    64 px, so the same code path runs in seconds on a CPU (tests).
+
+    >>> make_sd15_sized_pipeline(tiny=True).unet.config.block_out_channels
+    (32, 32, 64, 64)
+    """
+    if tiny:
+        return make_tiny_pipeline(seed=seed, sample_size=64, unet_channels=(32, 32, 64, 64),
+                                  vae_channels=(16, 16, 32, 32), text_hidden=32, cross_attention_dim=32,
+                                  max_length=77, layers_per_block=2, text_layers=2, attention_head_dim=4)
+    return make_tiny_pipeline(seed=seed, sample_size=512, unet_channels=(320, 640, 1280, 1280),
+                              vae_channels=(128, 256, 512, 512), text_hidden=768, cross_attention_dim=768,
+                              max_length=77, layers_per_block=2, text_layers=12, text_heads=12, attention_head_dim=8)
 
 
 def make_tiny_family(name: str, *, seed: int = 0):

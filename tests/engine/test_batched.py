@@ -210,9 +210,11 @@ def tiny_sdxl(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheduler", ["euler", "euler_a", "dpmpp_2m", "ddim"])
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m"])
 def test_batched_sdxl_equals_per_cell_within_one_level(tiny_sdxl, scheduler, capsys):
-    """SDXL: pooled embeddings and added time ids per sample; guidance 0 and 1 (no CFG, Turbo-style) and 5."""
+    """SDXL: pooled embeddings and added time ids per sample; guidance 0 and 1 (no CFG, Turbo-style) and 5. An
+    ancestral and a multistep scheduler (every scheduler's state per start group is tested on SD 1.x above; what SDXL
+    adds is its conditioning, the same for all)."""
     from img2img_lab.sweep.run import source_steps
 
     assert batching_supported(as_model(tiny_sdxl)) == (True, "StableDiffusionXLImg2ImgPipeline")

@@ -60,6 +60,9 @@ def test_batched_conditions_equal_plain_calls_within_one_level(family, capsys):
         print(f"\n[batched conditions] {family}: {len(cells)} cells, max |batched - plain call| = {worst}/255, "
               f"{stats['unet_calls']} UNet calls for {stats['unet_samples']} samples")
     assert worst <= 1 and stats["unet_calls"] < stats["unet_samples"] / 4
+    from img2img_lab.engine.batch_limits import sample_footprints
+
+    assert min(sample_footprints(model, sources[0])) >= 1  # a memory budget can size these batches too
 
 
 def test_a_chunk_that_crops_around_its_mask_runs_per_cell_exactly():

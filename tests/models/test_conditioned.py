@@ -221,7 +221,8 @@ def test_control_axes_are_keyed_and_passed_only_where_the_pipeline_takes_them(so
 
 def test_the_embedded_model_inpaints_like_a_plain_inpainting_pipeline_of_its_components(tmp_path):
     """modes: [inpaint] on an img2img pipeline: every cell equals StableDiffusionInpaintPipeline(**components) called
-    with the oracle's background mask, bit for bit; strength 1 starts from pure noise."""
+    with the oracle's background mask, within the batched engine's level (bit for bit with ``--engine per-cell``:
+    tests/sweep/test_inpaint_options.py); strength 1 starts from pure noise."""
     from diffusers import StableDiffusionInpaintPipeline
 
     from img2img_lab.metrics.masks import oracle_subject_mask
@@ -245,8 +246,9 @@ def test_the_embedded_model_inpaints_like_a_plain_inpainting_pipeline_of_its_com
                       num_inference_steps=STEPS, guidance_scale=2.0,
                       generator=torch.Generator("cpu").manual_seed(int(row["seed"]))).images[0]
         stored = Image.open(tmp_path / "run" / row["output_path"]).convert("RGB")
-        assert np.array_equal(np.asarray(stored), np.asarray(image)), (row["strength"], row["seed"])
+        difference = np.abs(np.asarray(stored, np.int16) - np.asarray(image, np.int16)).max()
+        assert difference <= 1, (row["strength"], row["seed"])
         compared += 1
-    assert compared >= 8
+    assert compared >= 8 and set(table["engine"]) == {"batched"}
     assert set(table.loc[table.strength == 1.0, "start_from"]) == {"pure noise"}
     assert set(table["inpaint_method"]) == {"latent blend"}

@@ -86,6 +86,10 @@ class TextConditioning:
         return self.pipe.unet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"], return_dict=False,
                               **extra)[0]
 
+    def probe_fields(self, size) -> dict:
+        """Per-sample condition fields of zeros at ``size``, for a memory probe (none here)."""
+        return {}
+
     def blank_latents(self, size):
         """Zero latents of one sample at ``size`` (width, height), shaped as the denoiser takes them."""
         import torch
@@ -172,6 +176,13 @@ class ControlNetConditioning(TextConditioning):
         scale = self._setting(cell, "controlnet_conditioning_scale") * keep
         return {"conditioning_scale": torch.full((1, 1, 1, 1), scale, device=self.device, dtype=self.dtype)}
 
+    def probe_fields(self, size) -> dict:
+        import torch
+
+        return {"controlnet_cond": torch.zeros(1, 3, size[1], size[0], device=self.device,
+                                               dtype=self.pipe.controlnet.dtype),
+                "conditioning_scale": torch.ones(1, 1, 1, 1, device=self.device, dtype=self.dtype)}
+
     # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (the ControlNet, then the UNet with its residuals)
     def predict(self, inputs, t, fields: dict):
         down, mid = self.pipe.controlnet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
@@ -248,6 +259,19 @@ class InpaintConditioning(TextConditioning):
             proper = scheduler.add_noise(proper, state["noise"], torch.tensor([timesteps[step + 1]]))
         return (1 - state["mask"]) * proper + state["mask"] * latents
 
+    def probe_fields(self, size) -> dict:
+        if self.latent_blend:
+            return {}
+        latents = self.blank_latents(size)
+        return {"mask": latents[:, :1], "masked_image_latents": latents}
+
+    def blank_latents(self, size):
+        import torch
+
+        factor = self.pipe.vae_scale_factor
+        return torch.zeros(1, self.pipe.vae.config.latent_channels, size[1] // factor, size[0] // factor,
+                           device=self.device, dtype=self.dtype)
+
     def predict(self, inputs, t, fields: dict):
         import torch
 
@@ -302,25 +326,6 @@ def make_tiny_pipeline(*, seed: int = 0, sample_size: int = 32, unet_channels: t
                                           requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def make_sd15_sized_pipeline(*, tiny: bool = False, seed: int = 0):
-    """A random-weight pipeline with Stable Diffusion 1.5's architecture: UNet 320/640/1280/1280 (2 layers per
-    block, 8 attention heads, cross-attention 768), SD VAE 128/256/512/512, a CLIP-L-sized text encoder (768 wide,
-    12 layers, 12 heads, 77 tokens), 512 px. Speed does not depend on weight values, so this is the benchmark
-    stand-in for SD 1.5 offline. ``tiny=True`` keeps the structure (4 levels, 2 layers per block) at toy widths and
-    64 px, so the same code path runs in seconds on a CPU (tests).
-
-    >>> make_sd15_sized_pipeline(tiny=True).unet.config.block_out_channels
-    (32, 32, 64, 64)
-    """
-    if tiny:
-        return make_tiny_pipeline(seed=seed, sample_size=64, unet_channels=(32, 32, 64, 64),
-                                  vae_channels=(16, 16, 32, 32), text_hidden=32, cross_attention_dim=32,
-                                  max_length=77, layers_per_block=2, text_layers=2, attention_head_dim=4)
-    return make_tiny_pipeline(seed=seed, sample_size=512, unet_channels=(320, 640, 1280, 1280),
-                              vae_channels=(128, 256, 512, 512), text_hidden=768, cross_attention_dim=768,
-                              max_length=77, layers_per_block=2, text_layers=12, text_heads=12, attention_head_dim=8)
 
 
 def _sd2_v():

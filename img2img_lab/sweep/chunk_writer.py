@@ -1,0 +1,76 @@
+"""A sweep's chunks measured and stored on a writer thread while the next chunk generates.
+
+Generation is the UNet; measuring a chunk's outputs (LPIPS and the fidelity metrics, batched) and storing them
+(PNG encoding, the image and row files, the table's part) is other work that need not wait for it: one writer thread
+takes each finished chunk while the main thread runs the next. At one torch thread on a two-core machine the two
+overlap on separate cores; on a GPU the metrics run on the GPU beside the next chunk. Where every core generates
+(:func:`spare_core`), chunks are written in turn instead. At most one chunk waits to be
+written (:meth:`ChunkWriter.submit` first waits for the one before), so a killed sweep loses at most the chunk
+being written and the one generating, and both are recorded batches that run again whole
+(:mod:`img2img_lab.engine.runners`). The store's writes take the folder's lock, so the main thread's batch records
+and the writer's files never interleave.
+
+>>> written = []
+>>> with ChunkWriter() as writer:
+...     for chunk in ([1, 2], [3]):
+...         writer.submit(written.extend, chunk)
+>>> written
+[1, 2, 3]
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+
+def spare_core(device: str) -> bool:
+    """Whether a writer thread has somewhere to run beside generation: the model is on a GPU, or torch's threads
+    leave a CPU core idle (with every core busy generating, the writer would only slow the UNet down: measured in
+    ``benchmarks/sweep_bound.py``, 72 % of the bound without it against 68 % with it at 2 threads on 2 cores).
+
+    >>> spare_core("cuda:0")
+    True
+    """
+    import os
+
+    import torch
+
+    return not device.startswith("cpu") or torch.get_num_threads() < (os.cpu_count() or 1)
+
+
+class ChunkWriter:
+    """One writer thread, at most one chunk in flight; its errors surface at the next :meth:`submit` or at the end
+    of the ``with`` block, which waits for the last chunk (also when the block ends with an error). With
+    ``overlap=False`` each chunk is written at once, on the calling thread."""
+
+    def __init__(self, *, overlap: bool = True):
+        self.overlap = overlap
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def __enter__(self) -> "ChunkWriter":
+        if self.overlap:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="img2img-lab-writer")
+        return self
+
+    def submit(self, function, *args) -> None:
+        """Run ``function(*args)`` on the writer thread once the chunk before it is written."""
+        self.wait()
+        if self._executor is None:
+            function(*args)
+            return
+        self._pending = self._executor.submit(function, *args)
+
+    def wait(self) -> None:
+        """Wait for the chunk in flight; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)  # a chunk being written is finished, never left half-written
