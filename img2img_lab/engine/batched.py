@@ -217,6 +217,13 @@ def _batch_model(model: ModelHandle, cells: list[Cell], sources: list) -> ModelH
         raise ValueError("run_cells_batched needs cells that share every axis a batch must share (one scheduler, one "
                          f"steps value, one mode...) and one image size per call (got {list(shared)}); group cells "
                          f"first.")
+    width, height = sources[cells[0].image_index].size
+    for cell in {cell.strength: cell for cell in cells if not cell.zero_step}.values():
+        planned = model.step_plan(cell.scheduler, cell.num_inference_steps, cell.strength, width=width, height=height)
+        if planned.t_start != cell.t_start:
+            raise ValueError(f"cell at strength {cell.strength:g} starts at step {cell.t_start}, but this model's "
+                             f"pipeline starts it at {planned.t_start}: plan the cells with the model's step plans "
+                             f"(plan.cells(steps=source_steps(model, sources))).")
     model.use_scheduler(cells[0].scheduler)
     return model
 

@@ -157,22 +157,21 @@ class SweepSession:
     # ------------------------------------------------------------------ 4. key
     def key_cells(self) -> None:
         """Key every cell and sort it: done (an intact stored pair), in the shared cache, a duplicate strength,
-        or to generate; record the planned keys in the manifest (``verify`` names a missing one)."""
+        or to generate; record the planned keys in the manifest (``verify`` names a missing one). A batched sweep
+        takes a cell the per-cell reference stored (its key says ``per-cell``) as done: the reference's pixels are
+        the ones the engine approximates, so a folder swept per cell (masks and control images were, before the
+        engine batched them) is not generated again."""
         from tqdm.auto import tqdm
 
-        pipe, store, model = self.pipe, self.store, self.model
+        store, model = self.store, self.model
         self.steps_of = source_steps(model, self.sources)
         self.cells = self.plan.cells(steps=self.steps_of)
-        fingerprint = self.manifest["model_fingerprint"]["fingerprint"]
         labels, done_work = {}, 0
-        for cell in self.cells:  # keyed with the scheduler the cell will use; the pipeline's own is left alone
-            source = self.sources[cell.image_index]
-            key = cell_key(cell, fingerprint=fingerprint, scheduler_config=dict(model.scheduler(cell.scheduler).config),
-                           source_hash=self.source_hashes[cell.image_index], width=source.width,
-                           height=source.height, dtype=self.manifest["dtype"], device_type=pipe.device.type,
-                           versions=self.manifest["packages"], engine=self.engine,
-                           conditioning={**self._condition(cell).key_part(cell.mode),
-                                         **self.options.memory.key_part()})
+        for cell in self.cells:
+            key = self._cell_key(cell, self.engine)
+            if self.engine != "per-cell" and not store.has_cell(key):  # the per-cell reference's image serves too
+                reference = self._cell_key(cell, "per-cell")
+                key = reference if store.has_cell(reference) else key
             self.keys[(cell.group(), cell.strength)] = key
             self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self._steps(cell))
             labels[key] = cell_label(cell, self.manifest["model"] if self.allow_other_models else None)
@@ -192,6 +191,16 @@ class SweepSession:
             store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
                                                                              **labels}})
         self._attach_progress(tqdm, done=done_work)
+
+    def _cell_key(self, cell: Cell, engine: str) -> str:
+        """The cell's key with the scheduler it will use (the pipeline's own is left alone) and ``engine``."""
+        source, pipe = self.sources[cell.image_index], self.pipe
+        return cell_key(cell, fingerprint=self.manifest["model_fingerprint"]["fingerprint"],
+                        scheduler_config=dict(self.model.scheduler(cell.scheduler).config),
+                        source_hash=self.source_hashes[cell.image_index], width=source.width, height=source.height,
+                        dtype=self.manifest["dtype"], device_type=pipe.device.type,
+                        versions=self.manifest["packages"], engine=engine,
+                        conditioning={**self._condition(cell).key_part(cell.mode), **self.options.memory.key_part()})
 
     def _attach_progress(self, tqdm, done: int) -> None:
         """The progress bar counts denoising steps (:func:`img2img_lab.engine.runners.cell_work`; reused duplicate strengths

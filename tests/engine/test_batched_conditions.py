@@ -1,5 +1,5 @@
-"""The batched engine with masks and control images (Stable Diffusion's ControlNet img2img and inpainting, 4- and
-9-channel): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the
+"""The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img and
+inpainting, 4- and 9-channel; FLUX.1 inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the
 source pasted back as the per-cell runner does, and a chunk the engine does not reproduce (a crop around the mask)
 run per cell."""
 
@@ -15,6 +15,7 @@ from img2img_lab.engine.per_cell import run_cell
 from img2img_lab.engine.runners import run_chunk
 from img2img_lab.models.handle import as_model
 from img2img_lab.plan.sweep_plan import SweepPlan
+from img2img_lab.sweep.sources import source_steps
 from img2img_lab.testing import make_tiny_family
 
 
@@ -37,6 +38,12 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
                    lambda index: {"mask_image": _mask(4 * index)}),
     "sd-inpaint-9": ("dpmpp_2m", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},
                      lambda index: {"mask_image": _mask(4 * index)}),
+    "sdxl-controlnet": ("dpmpp_2m", {"control": {"image": "c.png", "guidance_starts": [0.2]}},
+                        lambda index: {"control_image": structured_image(32, seed=7 + index)}),
+    "sdxl-inpaint": ("euler", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},
+                     lambda index: {"mask_image": _mask(4 * index)}),
+    "flux-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [3]}},
+                     lambda index: {"mask_image": _mask(4 * index)}),
 }
 
 
@@ -50,7 +57,7 @@ def test_batched_conditions_equal_plain_calls_within_one_level(family, capsys):
     conditions = [condition_of(index) for index in range(2)]
     plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc"], strengths=[0.05, 0.5, 1.0], seeds=[0, 1],
                      guidance_scales=[1.0, 3.5], steps=[6], schedulers=[scheduler], **settings)
-    cells = plan.cells()
+    cells = plan.cells(steps=source_steps(model, sources))  # the model's own strength rule (FLUX.1: N·s, no int)
     stats = {}
     batched = run_cells_batched(model, cells, sources, stats=stats, max_batch_size=16, conditions=conditions)
     worst = max(_difference(output.image, run_cell(pipe, cell, sources[cell.image_index],
@@ -74,3 +81,12 @@ def test_a_chunk_that_crops_around_its_mask_runs_per_cell_exactly():
     cells = plan.cells()
     for cell, output in zip(cells, run_chunk(model, cells, sources, conditions, max_batch_size=8)):
         assert _difference(output.image, run_cell(pipe, cell, sources[0], condition=conditions[0]).image) == 0
+
+
+def test_cells_planned_with_another_strength_rule_are_refused():
+    """FLUX.1 starts strength 0.6 of 4 steps at step 1 (N·s, no int); cells planned with Stable Diffusion's rule say
+    step 2. The engine refuses them instead of running them from the wrong step."""
+    model = as_model(make_tiny_family("flux-dev"))
+    plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.6], steps=[4], schedulers=["default"])
+    with pytest.raises(ValueError, match="starts at step 2, but this model's pipeline starts it at 1"):
+        run_cells_batched(model, plan.cells(), [structured_image(32)])

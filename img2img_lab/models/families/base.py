@@ -104,6 +104,8 @@ class Family:
     real_size: ClassVar[tuple[str, ...]] = ()
     applies_get_timesteps: ClassVar[bool] = True
     schedulers: ClassVar[tuple[str, ...] | None] = None
+    #: The diffusers classes the batched engine reproduces, each with its batched conditioning class.
+    batched_classes: ClassVar[dict[str, type]] = {}
     #: The latent blend of inpainting is decided by channel count where the denoiser is a UNet (or SD3's).
     counts_inpaint_channels: ClassVar[bool] = True
 
@@ -247,5 +249,12 @@ class Family:
     # ------------------------------------------------------------------ the batched engine
     def batched_conditioning(self) -> tuple[type | None, str]:
         """``(conditioning class, reason)``: what the batched engine needs of this pipeline (its prompt encoding,
-        initial latents and decoding, done as its ``__call__`` does them), or ``(None, why it runs per cell)``."""
-        return None, f"{type(self.pipe).__name__} is run per cell ({self.label} declares no batched conditioning)"
+        initial latents, per-sample inputs, guidance and decoding, done as its ``__call__`` does them: the class
+        :attr:`batched_classes` names for it), or ``(None, why it runs per cell)``."""
+        name = type(self.pipe).__name__
+        if not self.batched_classes:
+            return None, f"{name} is run per cell ({self.label} declares no batched conditioning)"
+        if name not in self.batched_classes:
+            return None, (f"{name} is run per cell (the batched engine reproduces plain calls of "
+                          f"{', '.join(self.batched_classes)} only)")
+        return self.batched_classes[name], name

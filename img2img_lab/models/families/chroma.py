@@ -91,5 +91,4 @@ class ChromaFamily(TrueCFGFluxFamily):
         "chroma-constant": lambda: make_tiny_chroma(dynamic=False),
         "chroma-inpaint": lambda: as_class(make_tiny_chroma(), "ChromaInpaintPipeline"),
     }
-    batched_class = "ChromaImg2ImgPipeline"
-    conditioning = ChromaConditioning
+    batched_classes = {"ChromaImg2ImgPipeline": ChromaConditioning}

@@ -11,8 +11,6 @@ it. :class:`TrueCFGFluxFamily` is the same rule with true classifier-free guidan
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from img2img_lab.models.families.base import Family, calculate_shift
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae, unzeroed
@@ -95,6 +93,63 @@ class FluxConditioning(SD3Conditioning):
                               conditioning_dtype)
 
 
+class FluxInpaintConditioning(FluxConditioning):
+    """``FluxInpaintPipeline`` (16-channel transformer, no crop): FLUX.1's img2img with the latent blend after every
+    step (the source scale-noised to the next timestep outside the packed mask), and the masked source's latents
+    drawn with the cell's generator after the noise, as ``prepare_mask_latents`` draws them (the 16-channel
+    transformer never reads them).
+
+    >>> flux = FluxFamily.tiny_pipelines["flux-inpaint"]()
+    >>> FluxFamily(flux).batched_conditioning()
+    (<class 'img2img_lab.models.families.flux.FluxInpaintConditioning'>, 'FluxInpaintPipeline')
+    """
+
+    def __init__(self, pipe, device, dtype, *, size=None):
+        super().__init__(pipe, device, dtype, size=size)
+        self._masks: dict[tuple, tuple] = {}
+
+    def _pack(self, latents):
+        _, channels, height, width = latents.shape
+        return self.pipe._pack_latents(latents, 1, channels, height, width)
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_inpaint.FluxInpaintPipeline.prepare_mask_latents (the packed mask; the masked source's VAE distribution)
+    def _mask_inputs(self, source, mask_image):
+        import torch
+
+        key = (id(source), id(mask_image))
+        if key not in self._masks:
+            width, height = self.size
+            pixels = self.pipe.image_processor.preprocess(source, height=height, width=width).to(dtype=torch.float32)
+            condition = self.pipe.mask_processor.preprocess(mask_image, height=height, width=width)
+            side = (self._latent_side(height), self._latent_side(width))
+            mask = torch.nn.functional.interpolate(condition, size=side).to(device=self.device, dtype=self.dtype)
+            channels = self.pipe.transformer.config.in_channels // 4
+            masked = (pixels * (condition < 0.5)).to(device=self.device, dtype=self.dtype)
+            with torch.no_grad():
+                self._masks[key] = (self._pack(mask.repeat(1, channels, 1, 1)), self.pipe.vae.encode(masked).latent_dist)
+        return self._masks[key]
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_inpaint.FluxInpaintPipeline.prepare_latents
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        from diffusers.utils.torch_utils import randn_tensor
+
+        initial = self.initial_latents(distribution, generator)
+        noise = randn_tensor(initial.shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = self._pack(scheduler.scale_noise(initial, timesteps[:1], noise))
+        mask, masked_distribution = self._mask_inputs(source, condition["mask_image"])
+        self.initial_latents(masked_distribution, generator)  # drawn as the pipeline draws it, then unused
+        return latents, {}, {"image_latents": self._pack(initial), "noise": self._pack(noise), "mask": mask}
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_inpaint.FluxInpaintPipeline.__call__ (the latent blend)
+    def after_step(self, scheduler, timesteps, step: int, latents, state: dict):
+        import torch
+
+        proper = state["image_latents"]
+        if step < len(timesteps) - 1:
+            proper = scheduler.scale_noise(proper, torch.tensor([timesteps[step + 1]]), state["noise"])
+        return (1 - state["mask"]) * proper + state["mask"] * latents
+
+
 def flux_dev_scheduler():
     """FLUX.1-dev's ``scheduler/scheduler_config.json``: flow matching with dynamic shifting."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -171,17 +226,7 @@ class FluxFamily(Family):
     }
     schedulers = ("default",)
     counts_inpaint_channels = False  # the transformer always blends latents
-    #: The one class the batched engine reproduces (no mask, control latents or ControlNet), and how.
-    batched_class: ClassVar[str | None] = "FluxImg2ImgPipeline"
-    conditioning: ClassVar[type | None] = FluxConditioning
-
-    def batched_conditioning(self) -> tuple[type | None, str]:
-        name = type(self.pipe).__name__
-        if self.conditioning is None:
-            return super().batched_conditioning()
-        if name != self.batched_class:
-            return None, f"{name} is run per cell (the batched engine reproduces plain {self.batched_class} calls only)"
-        return self.conditioning, name
+    batched_classes = {"FluxImg2ImgPipeline": FluxConditioning, "FluxInpaintPipeline": FluxInpaintConditioning}
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches
@@ -212,7 +257,7 @@ class TrueCFGFluxFamily(FluxFamily):
 
     pipelines, text_to_image, no_strength, refused, scheduler_configs, tiny_pipelines, real_size = (
         {}, {}, {}, {}, (), {}, ())
-    batched_class, conditioning = None, None  # each family that uses the rule declares its own
+    batched_classes = {}  # each family that uses the rule declares its own
 
     def guidance_used(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0

@@ -46,4 +46,5 @@ class LCMFamily(Family):
         return {"strength": strength}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
-        return None, "the UNet has a guidance embedding (LCM-style): run per cell"
+        return None, ("LCM's strength rescales its own schedule, so cells of different strengths share few timesteps "
+                      "(at 4 steps, 9 strengths run 36 evaluations at 23 timesteps): run per cell")

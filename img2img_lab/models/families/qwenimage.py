@@ -169,7 +169,7 @@ class QwenImageFamily(TrueCFGFluxFamily):
         "qwenimage": make_tiny_qwenimage,
         "qwenimage-inpaint": lambda: as_class(make_tiny_qwenimage(), "QwenImageInpaintPipeline"),
     }
-    batched_class, conditioning = "QwenImageImg2ImgPipeline", QwenImageConditioning
+    batched_classes = {"QwenImageImg2ImgPipeline": QwenImageConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         if getattr(self.pipe.transformer.config, "guidance_embeds", False):

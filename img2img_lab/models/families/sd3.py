@@ -132,14 +132,7 @@ class SD3Family(Family):
         "sd3-inpaint": _inpaint,  # 16-channel transformer (latent blend)
     }
     schedulers = ("default",)
-    #: The one class the batched engine reproduces (no PAG branch, no mask).
-    batched_class = "StableDiffusion3Img2ImgPipeline"
-
-    def batched_conditioning(self) -> tuple[type | None, str]:
-        name = type(self.pipe).__name__
-        if name != self.batched_class:
-            return None, f"{name} is run per cell (the batched engine reproduces plain {self.batched_class} calls only)"
-        return SD3Conditioning, name
+    batched_classes = {"StableDiffusion3Img2ImgPipeline": SD3Conditioning}
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * int(self.pipe.transformer.config.patch_size)

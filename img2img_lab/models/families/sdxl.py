@@ -13,7 +13,8 @@ True
 from __future__ import annotations
 
 from img2img_lab.models.families.base import sample_latent
-from img2img_lab.models.families.stable_diffusion import StableDiffusionFamily, TextConditioning
+from img2img_lab.models.families.stable_diffusion import (ControlNetConditioning, InpaintConditioning,
+                                                          StableDiffusionFamily, TextConditioning)
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_vae, unet_controlnet
 
 
@@ -117,6 +118,35 @@ class SDXLConditioning(TextConditioning):
         return decoded, None
 
 
+class SDXLInpaintConditioning(SDXLConditioning, InpaintConditioning):
+    """``StableDiffusionXLInpaintPipeline``: Stable Diffusion's inpainting (the initial latent, the masked source's
+    latents after the noise, the latent blend or the extra channels) with SDXL's conditioning and decode, its VAE
+    upcast where ``force_upcast`` says so; the source and masked-source latents are scaled only
+    (``_encode_vae_image`` reads no ``latents_mean``)."""
+
+    # Adapted from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint.StableDiffusionXLInpaintPipeline._encode_vae_image (the VAE upcast)
+    def encode_pixels(self, pixels):
+        import torch
+
+        vae = self.pipe.vae
+        with torch.no_grad():
+            if self._upcast():
+                vae.to(dtype=torch.float32)
+                try:
+                    return vae.encode(pixels.float()).latent_dist
+                finally:
+                    vae.to(self.dtype)
+            return vae.encode(pixels).latent_dist
+
+    def mask_latents(self, distribution, generator):
+        return self.pipe.vae.config.scaling_factor * sample_latent(distribution, generator).to(self.dtype)
+
+
+class SDXLControlNetConditioning(SDXLConditioning, ControlNetConditioning):
+    """``StableDiffusionXLControlNetImg2ImgPipeline``: Stable Diffusion's ControlNet img2img (each sample's control
+    image, its scale at each of its steps) with SDXL's conditioning, which the ControlNet receives as well."""
+
+
 def make_tiny_sdxl():
     """A random-weight ``StableDiffusionXLImg2ImgPipeline``: two CLIP encoders (the second with a projection), a
     2-level UNet with text-time embeddings, SDXL base's Euler scheduler."""
@@ -184,4 +214,6 @@ class SDXLFamily(StableDiffusionFamily):
         "sdxl-controlnet-pag": lambda: _variant("StableDiffusionXLControlNetPAGImg2ImgPipeline", controlnet=True),
         "sdxl-controlnet-inpaint": lambda: _variant("StableDiffusionXLControlNetInpaintPipeline", controlnet=True),
     }
-    batched_classes = {"StableDiffusionXLImg2ImgPipeline": SDXLConditioning}
+    batched_classes = {"StableDiffusionXLImg2ImgPipeline": SDXLConditioning,
+                       "StableDiffusionXLControlNetImg2ImgPipeline": SDXLControlNetConditioning,
+                       "StableDiffusionXLInpaintPipeline": SDXLInpaintConditioning}

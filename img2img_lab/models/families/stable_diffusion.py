@@ -185,13 +185,14 @@ class ControlNetConditioning(TextConditioning):
 
     # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (the ControlNet, then the UNet with its residuals)
     def predict(self, inputs, t, fields: dict):
+        extra = {"added_cond_kwargs": {name: fields[name] for name in self.added_fields}} if self.added_fields else {}
         down, mid = self.pipe.controlnet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
                                          controlnet_cond=fields["controlnet_cond"],
                                          conditioning_scale=fields["conditioning_scale"], guess_mode=False,
-                                         return_dict=False)
+                                         return_dict=False, **extra)
         return self.pipe.unet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
                               down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                              return_dict=False)[0]
+                              return_dict=False, **extra)[0]
 
 
 class InpaintConditioning(TextConditioning):
@@ -224,17 +225,26 @@ class InpaintConditioning(TextConditioning):
             factor = self.pipe.vae_scale_factor
             mask = torch.nn.functional.interpolate(condition, size=(height // factor, width // factor))
             masked = (pixels * (condition < 0.5)).to(device=self.device, dtype=self.dtype)
-            with torch.no_grad():
-                self._masks[key] = (mask.to(device=self.device, dtype=self.dtype),
-                                    self.pipe.vae.encode(masked).latent_dist)
+            self._masks[key] = (mask.to(device=self.device, dtype=self.dtype), self.encode_pixels(masked))
         return self._masks[key]
+
+    def encode_pixels(self, pixels):
+        """The VAE's latent distribution of preprocessed pixels."""
+        import torch
+
+        with torch.no_grad():
+            return self.pipe.vae.encode(pixels).latent_dist
+
+    def mask_latents(self, distribution, generator):
+        """The masked source's latents (``_encode_vae_image``: the sample times the VAE's scaling factor)."""
+        return self.pipe.vae.config.scaling_factor * sample_latent(distribution, generator)
 
     # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.prepare_latents (and the masked image's latents after it)
     def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
         from diffusers.utils.torch_utils import randn_tensor
 
         strength_max = cell.strength == 1.0
-        image_latents = (self.initial_latents(distribution, generator) if self.latent_blend or not strength_max
+        image_latents = (self.mask_latents(distribution, generator) if self.latent_blend or not strength_max
                          else None)
         width, height = self.size
         factor = self.pipe.vae_scale_factor
@@ -243,7 +253,7 @@ class InpaintConditioning(TextConditioning):
         latents = (noise * scheduler.init_noise_sigma if strength_max
                    else scheduler.add_noise(image_latents, noise, timesteps[:1]))
         mask, masked_distribution = self._mask_inputs(source, condition["mask_image"])
-        masked_latents = self.pipe.vae.config.scaling_factor * sample_latent(masked_distribution, generator)
+        masked_latents = self.mask_latents(masked_distribution, generator)
         if self.latent_blend:
             return latents, {}, {"image_latents": image_latents, "noise": noise, "mask": mask}
         return latents, {"mask": mask, "masked_image_latents": masked_latents}, {}
@@ -383,14 +393,13 @@ class StableDiffusionFamily(Family):
                                         "StableDiffusionInpaintPipeline": InpaintConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
-        name = type(self.pipe).__name__
-        if name not in self.batched_classes:
-            return None, (f"{name} is run per cell (the batched engine reproduces plain calls of "
-                          f"{', '.join(self.batched_classes)} only)")
+        conditioning, reason = super().batched_conditioning()
+        if conditioning is None:
+            return conditioning, reason
         if getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is not None:
             return None, "the UNet has a guidance embedding (LCM-style): run per cell"
         controlnet = getattr(self.pipe, "controlnet", None)
         if controlnet is not None and (not hasattr(controlnet, "config")
                                        or getattr(controlnet.config, "global_pool_conditions", False)):
             return None, "several ControlNets or a guess-mode ControlNet: run per cell"
-        return self.batched_classes[name], name
+        return conditioning, reason

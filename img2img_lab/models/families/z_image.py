@@ -106,7 +106,7 @@ class ZImageFamily(TrueCFGFluxFamily):
         "zimage": make_tiny_zimage,
         "zimage-inpaint": lambda: as_class(make_tiny_zimage(), "ZImageInpaintPipeline"),
     }
-    batched_class, conditioning = "ZImageImg2ImgPipeline", ZImageConditioning
+    batched_classes = {"ZImageImg2ImgPipeline": ZImageConditioning}
 
     def guidance_used(self, guidance_scale: float) -> bool:
         return guidance_scale > 0  # do_classifier_free_guidance is guidance_scale > 0: 1 guides (pos + 1·(pos - neg))
