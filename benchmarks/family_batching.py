@@ -20,8 +20,8 @@ from pathlib import Path
 
 import img2img_lab  # noqa: F401  - torchvision shim first
 
-FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sd3", "flux-dev", "flux-schnell",
-            "chroma-dynamic", "qwenimage", "zimage")
+FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-controlnet", "sdxl-inpaint", "sd3",
+            "flux-dev", "flux-schnell", "flux-inpaint", "chroma-dynamic", "qwenimage", "zimage")
 
 
 def _conditions(family: str, sources):

@@ -8,6 +8,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# pytest-xdist's workers hold every core, so a sweep's writer thread would only contend with them; the one test that
+# needs it turns it on (tests/sweep/test_sweep.py).
+os.environ.setdefault("IMG2IMG_LAB_WRITER_THREAD", "0")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -24,16 +24,17 @@ takes per sample, how its guidance combines two predictions, what happens after 
 decoded — its family module declares as its *batched conditioning*
 (:meth:`img2img_lab.models.families.base.Family.batched_conditioning`):
 
-* Stable Diffusion 1.x/2.x img2img (the embedded model too), its ControlNet img2img (each sample's control image,
-  and its conditioning scale at each of its own steps) and its inpainting (a 4-channel UNet's latent blend after
-  every step; a 9-channel UNet's mask and masked-source channels); SDXL img2img (pooled embeddings and added time
-  ids; the VAE upcast where the model asks);
+* Stable Diffusion 1.x/2.x and SDXL img2img (the embedded model too; SDXL's pooled embeddings and added time ids,
+  its VAE upcast where the model asks), their ControlNet img2img (each sample's control image, and its conditioning
+  scale at each of its own steps) and their inpainting (a 4-channel UNet's latent blend after every step; a
+  9-channel UNet's mask and masked-source channels);
 * the flow-matching families: SD3 / 3.5 (classifier-free guidance), FLUX.1 dev and schnell (the guidance embedding
-  per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
-  rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs).
+  per sample, packed latents; inpainting's latent blend too), Chroma (true CFG, per-sample attention masks),
+  Qwen-Image (true CFG with its norm rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)``
+  from g > 0, list inputs).
 
-Other pipelines (PAG, SDXL inpainting and ControlNet, FLUX.1 inpainting and Control, LCM: its strength rescales its
-own schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported` says which and
+Other pipelines (PAG, ControlNet inpainting, FLUX.1 Control, the other flow families' inpainting, LCM: its strength
+rescales its own schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported` says which and
 why (the manifest records it), and a chunk that crops around its mask runs per cell
 (:func:`img2img_lab.engine.runners.run_chunk`).
 
@@ -128,7 +129,7 @@ def _accepts(function, name: str) -> bool:
 
 
 
-def set_timesteps(model: ModelHandle, scheduler, steps: int, size, device) -> None:
+def _set_timesteps(model: ModelHandle, scheduler, steps: int, size, device) -> None:
     """Set ``scheduler`` up as the pipeline's ``retrieve_timesteps`` does for ``steps`` at ``size`` (width, height):
     with the family's extra arguments (FLUX.1's sigmas, a flow model's ``mu`` from its token count)."""
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
@@ -138,7 +139,7 @@ def set_timesteps(model: ModelHandle, scheduler, steps: int, size, device) -> No
                        **model.family.timestep_arguments(scheduler, steps, 1.0, width, height))
 
 
-def make_conditioner(model: ModelHandle, size):
+def _make_conditioner(model: ModelHandle, size):
     """The family's batched conditioning for ``model`` at ``size``, on the pipeline's execution device and in the
     denoiser's dtype."""
     conditioning, reason = model.family.batched_conditioning()
@@ -173,7 +174,7 @@ def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, m
     model = _batch_model(model, cells, sources)
     started = time.perf_counter()
     device = model.pipe._execution_device
-    conditioner = make_conditioner(model, sources[cells[0].image_index].size)
+    conditioner = _make_conditioner(model, sources[cells[0].image_index].size)
     outputs: list[CellOutput | None] = [None] * len(cells)
     limit = BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
     counters = {"unet_calls": 0, "unet_samples": 0}
@@ -246,7 +247,7 @@ def _start_groups(model: ModelHandle, conditioner: TextConditioning, active_cell
         group = groups.get(cell.t_start)
         if group is None:
             scheduler = type(base).from_config(base.config)
-            set_timesteps(model, scheduler, steps, size, conditioner.device)
+            _set_timesteps(model, scheduler, steps, size, conditioner.device)
             offset = cell.t_start * scheduler.order
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(offset)
@@ -293,7 +294,7 @@ def _denoise(model: ModelHandle, conditioner: TextConditioning, groups, conditio
 
     base = model.pipe.scheduler
     grid_scheduler = type(base).from_config(base.config)
-    set_timesteps(model, grid_scheduler, steps, conditioner.size, conditioner.device)
+    _set_timesteps(model, grid_scheduler, steps, conditioner.size, conditioner.device)
     grid = grid_scheduler.timesteps
     total, first = len(grid), min(group.offset for group in groups.values())
     for position in range(first, total):

@@ -20,21 +20,25 @@ and the writer's files never interleave.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 
 
 def spare_core(device: str) -> bool:
     """Whether a writer thread has somewhere to run beside generation: the model is on a GPU, or torch's threads
-    leave a CPU core idle (with every core busy generating, the writer would only slow the UNet down: measured in
-    ``benchmarks/sweep_bound.py``, 72 % of the bound without it against 68 % with it at 2 threads on 2 cores).
+    leave a CPU core idle (with every core busy generating, the writer only slows the UNet down: measured in
+    ``benchmarks/sweep_bound.py`` at 2 threads on 2 cores, 66–68 % of the bound with it, 81 % without).
+    ``IMG2IMG_LAB_WRITER_THREAD=0`` or ``1`` decides instead (other processes may hold the idle cores: the test
+    suite's workers do).
 
-    >>> spare_core("cuda:0")
+    >>> spare_core("cuda:0") if "IMG2IMG_LAB_WRITER_THREAD" not in os.environ else True
     True
     """
-    import os
-
     import torch
 
+    chosen = os.environ.get("IMG2IMG_LAB_WRITER_THREAD", "").strip()
+    if chosen in ("0", "1"):
+        return chosen == "1"
     return not device.startswith("cpu") or torch.get_num_threads() < (os.cpu_count() or 1)
 
 

@@ -27,7 +27,7 @@ def test_batched_equals_per_cell_within_one_level(tiny_pipe, scheduler, capsys):
     sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
     # Mixed strengths, incl. 0.3 / 0.34 (same executed steps at 10 steps) and a zero-step cell (0.05).
     plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc", "a blue square"],
-                     strengths=[0.05, 0.3, 0.34, 0.6, 1.0], seeds=[0, 1, 2], guidance_scales=[1.0, 3.5],
+                     strengths=[0.05, 0.3, 0.34, 1.0], seeds=[0, 1], guidance_scales=[1.0, 3.5],
                      steps=[10], schedulers=[scheduler])
     cells = [cell for cell in plan.cells() if cell.image_index == 0 or cell.seed == 0]
     stats = {}
