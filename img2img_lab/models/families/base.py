@@ -81,6 +81,24 @@ def sample_latent(distribution, generator):
     return distribution.mean + distribution.std * sample
 
 
+def masked_source(pipe, source, mask_image, size):
+    """``(mask, masked pixels)`` as an inpainting pipeline's ``__call__`` prepares them at ``size``: the mask
+    preprocessed (white is repainted) and the source's pixels where it keeps them (``init_image * (mask < 0.5)``).
+
+    >>> from PIL import Image
+    >>> repaint_all = Image.new("L", source.size, 255)
+    >>> condition, masked = masked_source(model.for_mode("inpaint").pipe, source, repaint_all, source.size)
+    >>> float(condition.min()), float(masked.abs().max())
+    (1.0, 0.0)
+    """
+    import torch
+
+    width, height = size
+    pixels = pipe.image_processor.preprocess(source, height=height, width=width).to(dtype=torch.float32)
+    condition = pipe.mask_processor.preprocess(mask_image, height=height, width=width)
+    return condition, pixels * (condition < 0.5)
+
+
 class Family:
     """The generic family (Stable Diffusion's rules); each family module subclasses it once.
 

@@ -11,7 +11,7 @@ it. :class:`TrueCFGFluxFamily` is the same rule with true classifier-free guidan
 
 from __future__ import annotations
 
-from img2img_lab.models.families.base import Family, calculate_shift
+from img2img_lab.models.families.base import Family, calculate_shift, masked_source
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae, unzeroed
 
@@ -118,13 +118,11 @@ class FluxInpaintConditioning(FluxConditioning):
 
         key = (id(source), id(mask_image))
         if key not in self._masks:
-            width, height = self.size
-            pixels = self.pipe.image_processor.preprocess(source, height=height, width=width).to(dtype=torch.float32)
-            condition = self.pipe.mask_processor.preprocess(mask_image, height=height, width=width)
-            side = (self._latent_side(height), self._latent_side(width))
+            condition, masked = masked_source(self.pipe, source, mask_image, self.size)
+            side = (self._latent_side(self.size[1]), self._latent_side(self.size[0]))
             mask = torch.nn.functional.interpolate(condition, size=side).to(device=self.device, dtype=self.dtype)
             channels = self.pipe.transformer.config.in_channels // 4
-            masked = (pixels * (condition < 0.5)).to(device=self.device, dtype=self.dtype)
+            masked = masked.to(device=self.device, dtype=self.dtype)
             with torch.no_grad():
                 self._masks[key] = (self._pack(mask.repeat(1, channels, 1, 1)), self.pipe.vae.encode(masked).latent_dist)
         return self._masks[key]

@@ -106,11 +106,8 @@ class QwenImageConditioning(FluxConditioning):
         return mean, inverse_std
 
     def encode_source(self, source):
-        import torch
-
         pixels = self.pipe.image_processor.preprocess(source, height=source.height, width=source.width)
-        with torch.no_grad():
-            return self.pipe.vae.encode(pixels.unsqueeze(2).to(device=self.device, dtype=self.dtype)).latent_dist
+        return self.encode_pixels(pixels.unsqueeze(2).to(device=self.device, dtype=self.dtype))  # one frame
 
     # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_img2img.QwenImageImg2ImgPipeline.prepare_latents (_encode_vae_image, then [B,1,z,H',W'])
     def initial_latents(self, distribution, generator):

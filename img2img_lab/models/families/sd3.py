@@ -52,11 +52,8 @@ class SD3Conditioning(TextConditioning):
         return conditioning
 
     def encode_source(self, source):
-        import torch
-
         pixels = self.pipe.image_processor.preprocess(source, height=source.height, width=source.width)
-        with torch.no_grad():
-            return self.pipe.vae.encode(pixels.to(device=self.device, dtype=self.dtype)).latent_dist
+        return self.encode_pixels(pixels.to(device=self.device, dtype=self.dtype))
 
     # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img.StableDiffusion3Img2ImgPipeline.prepare_latents
     def initial_latents(self, distribution, generator):

@@ -59,12 +59,11 @@ class SDXLConditioning(TextConditioning):
 
         return bool(self.pipe.vae.config.force_upcast) and self.dtype != torch.float32
 
-    # Adapted from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img.StableDiffusionXLImg2ImgPipeline.prepare_latents (the VAE's force_upcast)
-    def encode_source(self, source):
+    # Adapted from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img.StableDiffusionXLImg2ImgPipeline.prepare_latents (the VAE's force_upcast; the inpainting pipeline's _encode_vae_image does the same)
+    def encode_pixels(self, pixels):
         import torch
 
         vae = self.pipe.vae
-        pixels = self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype)
         with torch.no_grad():
             if self._upcast():  # prepare_latents: image.float(), the VAE in float32, back afterwards
                 vae.to(dtype=torch.float32)
@@ -123,20 +122,6 @@ class SDXLInpaintConditioning(SDXLConditioning, InpaintConditioning):
     latents after the noise, the latent blend or the extra channels) with SDXL's conditioning and decode, its VAE
     upcast where ``force_upcast`` says so; the source and masked-source latents are scaled only
     (``_encode_vae_image`` reads no ``latents_mean``)."""
-
-    # Adapted from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint.StableDiffusionXLInpaintPipeline._encode_vae_image (the VAE upcast)
-    def encode_pixels(self, pixels):
-        import torch
-
-        vae = self.pipe.vae
-        with torch.no_grad():
-            if self._upcast():
-                vae.to(dtype=torch.float32)
-                try:
-                    return vae.encode(pixels.float()).latent_dist
-                finally:
-                    vae.to(self.dtype)
-            return vae.encode(pixels).latent_dist
 
     def mask_latents(self, distribution, generator):
         return self.pipe.vae.config.scaling_factor * sample_latent(distribution, generator).to(self.dtype)

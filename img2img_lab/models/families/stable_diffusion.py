@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 
-from img2img_lab.models.families.base import Family, sample_latent
+from img2img_lab.models.families.base import Family, masked_source, sample_latent
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_unet, tiny_vae, unet_controlnet
 
 
@@ -111,9 +111,12 @@ class TextConditioning:
 
     def encode_source(self, source):
         """The VAE's latent distribution of a prepared source (one encoder pass)."""
+        return self.encode_pixels(self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype))
+
+    def encode_pixels(self, pixels):
+        """The VAE's latent distribution of preprocessed pixels."""
         import torch
 
-        pixels = self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype)
         with torch.no_grad():
             return self.pipe.vae.encode(pixels).latent_dist
 
@@ -219,21 +222,12 @@ class InpaintConditioning(TextConditioning):
 
         key = (id(source), id(mask_image))
         if key not in self._masks:
-            width, height = self.size
-            pixels = self.pipe.image_processor.preprocess(source, height=height, width=width).to(dtype=torch.float32)
-            condition = self.pipe.mask_processor.preprocess(mask_image, height=height, width=width)
-            factor = self.pipe.vae_scale_factor
+            condition, masked = masked_source(self.pipe, source, mask_image, self.size)
+            factor, (width, height) = self.pipe.vae_scale_factor, self.size
             mask = torch.nn.functional.interpolate(condition, size=(height // factor, width // factor))
-            masked = (pixels * (condition < 0.5)).to(device=self.device, dtype=self.dtype)
-            self._masks[key] = (mask.to(device=self.device, dtype=self.dtype), self.encode_pixels(masked))
+            self._masks[key] = (mask.to(device=self.device, dtype=self.dtype),
+                                self.encode_pixels(masked.to(device=self.device, dtype=self.dtype)))
         return self._masks[key]
-
-    def encode_pixels(self, pixels):
-        """The VAE's latent distribution of preprocessed pixels."""
-        import torch
-
-        with torch.no_grad():
-            return self.pipe.vae.encode(pixels).latent_dist
 
     def mask_latents(self, distribution, generator):
         """The masked source's latents (``_encode_vae_image``: the sample times the VAE's scaling factor)."""

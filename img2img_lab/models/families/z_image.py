@@ -51,11 +51,7 @@ class ZImageConditioning(SD3Conditioning):
         return text + guidance_scale * (text - uncond)
 
     def encode_source(self, source):
-        import torch
-
-        pixels = self.pipe.image_processor.preprocess(source)
-        with torch.no_grad():
-            return self.pipe.vae.encode(pixels.to(device=self.device, dtype=self.dtype)).latent_dist
+        return self.encode_pixels(self.pipe.image_processor.preprocess(source).to(device=self.device, dtype=self.dtype))
 
     # Adapted from diffusers.pipelines.z_image.pipeline_z_image_img2img.ZImageImg2ImgPipeline.__call__ (the transformer call on a list of latents; the output negated)
     def predict(self, inputs, t, fields: dict):
