@@ -5,8 +5,8 @@
 The sweep is what a user runs: ``run_sweep`` of 10 strengths x 4 seeds, 20 steps, DDIM, guidance 2, into a fresh
 folder (keys, store, PNGs, the VAE floor and, by default, the default metrics). Its **UNet-only bound** is the time
 of the UNet calls that sweep makes, replayed alone: every call's own inputs (latents, timestep, text embeddings),
-recorded from a warm-up sweep, and nothing else. A sweep with no cost beside its UNet calls would take exactly the bound, so
-``bound / sweep`` is the share of the bound the sweep reaches. Per thread count, ``--pairs`` interleaved pairs
+recorded from a warm-up sweep, and nothing else. A sweep with no cost beside its UNet calls would take exactly the
+bound, so ``bound / sweep`` is the share of the bound the sweep reaches. Per thread count, ``--pairs`` interleaved pairs
 (bound, sweep; the order alternating) and the median share; the plain diffusers loop (one ``pipe(...)`` per cell)
 is timed once per thread count for the ratio a user feels. Last, at the last thread count, the default metrics'
 share of generation at 512 px (``--share-side``): 8 outputs generated batched, then measured together.

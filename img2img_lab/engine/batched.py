@@ -34,8 +34,8 @@ decoded — its family module declares as its *batched conditioning*
   from g > 0, list inputs).
 
 Other pipelines (PAG, ControlNet inpainting, FLUX.1 Control, the other flow families' inpainting, LCM: its strength
-rescales its own schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported` says which and
-why (the manifest records it), and a chunk that crops around its mask runs per cell
+rescales its own schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported`
+says which and why (the manifest records it), and a chunk that crops around its mask runs per cell
 (:func:`img2img_lab.engine.runners.run_chunk`).
 
 >>> outputs = run_cells_batched(model, cells, sources)
@@ -229,11 +229,11 @@ def _batch_model(model: ModelHandle, cells: list[Cell], sources: list) -> ModelH
     return model
 
 
-# Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.prepare_latents (noise from each cell's generator)
+# Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.get_timesteps (a scheduler per start group)
 def _start_groups(model: ModelHandle, conditioner: TextConditioning, active_cells, sources, *, steps: int):
     """Encode prompts and sources once; give every cell its initial latent (VAE sample, then noise, from its own
-    generator, as ``prepare_latents`` does: ``conditioner.start_latents``) in a start group: one scheduler per ``t_start``, set up as the pipeline
-    sets it up for that strength. Returns ``(groups, conditioning)``."""
+    generator, as ``prepare_latents`` does: ``conditioner.start_latents``) in a start group: one scheduler per
+    ``t_start``, set up as the pipeline sets it up for that strength. Returns ``(groups, conditioning)``."""
     import torch
 
     size = sources[active_cells[0][1].image_index].size
