@@ -152,9 +152,10 @@ class _Regeneration:
         from img2img_lab.sweep.source_conditions import row_condition
 
         conditions = [None] * len(self.sources)
-        for row in rows:
+        for row in rows:  # a batch shares its mode, so one row per source says what its source's inputs were
             index = self.index_of[row["source_hash"]]
-            conditions[index] = row_condition(self.store, row, self.sources[index])
+            if conditions[index] is None:
+                conditions[index] = row_condition(self.store, row, self.sources[index])
         return None if all(condition is None for condition in conditions) else conditions
 
     def compare(self, row: dict, image, *, tolerance: int = 0) -> None:
