@@ -166,11 +166,11 @@ class SweepSession:
         store, model = self.store, self.model
         self.steps_of = source_steps(model, self.sources)
         self.cells = self.plan.cells(steps=self.steps_of)
-        labels, done_work = {}, 0
+        labels, done_work, device_type = {}, 0, self.pipe.device.type  # read once: each read walks the modules
         for cell in self.cells:
-            key = self._cell_key(cell, self.engine)
+            key = self._cell_key(cell, self.engine, device_type)
             if self.engine != "per-cell" and not store.has_cell(key):  # the per-cell reference's image serves too
-                reference = self._cell_key(cell, "per-cell")
+                reference = self._cell_key(cell, "per-cell", device_type)
                 key = reference if store.has_cell(reference) else key
             self.keys[(cell.group(), cell.strength)] = key
             self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self._steps(cell))
@@ -192,13 +192,13 @@ class SweepSession:
                                                                              **labels}})
         self._attach_progress(tqdm, done=done_work)
 
-    def _cell_key(self, cell: Cell, engine: str) -> str:
+    def _cell_key(self, cell: Cell, engine: str, device_type: str) -> str:
         """The cell's key with the scheduler it will use (the pipeline's own is left alone) and ``engine``."""
-        source, pipe = self.sources[cell.image_index], self.pipe
+        source = self.sources[cell.image_index]
         return cell_key(cell, fingerprint=self.manifest["model_fingerprint"]["fingerprint"],
                         scheduler_config=dict(self.model.scheduler(cell.scheduler).config),
                         source_hash=self.source_hashes[cell.image_index], width=source.width, height=source.height,
-                        dtype=self.manifest["dtype"], device_type=pipe.device.type,
+                        dtype=self.manifest["dtype"], device_type=device_type,
                         versions=self.manifest["packages"], engine=engine,
                         conditioning={**self._condition(cell).key_part(cell.mode), **self.options.memory.key_part()})
 
@@ -274,10 +274,11 @@ class SweepSession:
         names = [name for name in self.metrics if not metric_needs(name, "mask")]
         if not names or not pairs:
             return [{} for _ in pairs]
+        device = str(self.pipe.device)
         if self.references is None:
-            self.references = ReferenceCache(device=str(self.pipe.device))
+            self.references = ReferenceCache(device=device)
         values = measure_pairs([self.sources[cell.image_index] for cell, _ in pairs], [image for _, image in pairs],
-                               names, prompts=[cell.prompt for cell, _ in pairs], device=str(self.pipe.device),
+                               names, prompts=[cell.prompt for cell, _ in pairs], device=device,
                                references=self.references)
         return [{name: float(values[name][index]) for name in names} for index in range(len(pairs))]
 
