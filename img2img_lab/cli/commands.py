@@ -127,10 +127,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strength_settings(args: argparse.Namespace) -> dict:
+    """The tools' schedule options given on the command line (the others keep each tool's default)."""
+    given = {"a1111": {"sampler": args.a1111_sampler, "schedule": args.a1111_schedule},
+             "comfyui": {"scheduler": args.comfyui_scheduler}, "invokeai": {"scheduler": args.invokeai_scheduler}}
+    return {tool: {key: value for key, value in values.items() if value is not None} for tool, values in given.items()}
+
+
 def cmd_strength(args: argparse.Namespace) -> int:
-    """``img2img-lab strength``: the table of one strength under every tool, a translation, or the map figure."""
+    """``img2img-lab strength``: the table of one strength under every tool, a translation, or the map figure; each
+    tool on its schedule (its default unless given), named beside its figures."""
     from img2img_lab.errors import PlanError
-    from img2img_lab.strength.mapping import ALL_TOOLS, strength_map, strength_map_figure, translate
+    from img2img_lab.strength.mapping import ALL_TOOLS, strength_map, strength_map_figure, tool_settings, translate
 
     if args.steps < 1:
         raise PlanError(f"--steps {args.steps} must be at least 1.")
@@ -142,24 +150,33 @@ def cmd_strength(args: argparse.Namespace) -> int:
     for tool in (args.source, args.target):
         if tool is not None and tool not in ALL_TOOLS:
             raise PlanError(f"unknown tool {tool!r}. Fix: use one of {', '.join(ALL_TOOLS)}.")
+    settings = tool_settings(_strength_settings(args))
+    common = {"steps": args.steps, "size": args.size, "settings": settings}
     if args.source:
-        answer = translate(args.model, steps=args.steps, strength=args.strength, source=args.source,
-                           target=args.target, size=args.size)
+        answer = translate(args.model, strength=args.strength, source=args.source, target=args.target, **common)
         print(f"{args.source} {args.strength:g} ({answer['source_executed_steps']} steps, start log-SNR "
-              f"{answer['source_log_snr']:.3f}) = {args.target} {answer['strength']:g} ({answer['executed_steps']} "
-              f"steps, start log-SNR {answer['log_snr']:.3f}) on {args.model} at {args.steps} steps")
+              f"{answer['source_log_snr']:.3f}, {answer['source_schedule']}) = {args.target} {answer['strength']:g} "
+              f"({answer['executed_steps']} steps, start log-SNR {answer['log_snr']:.3f}, {answer['schedule']}) on "
+              f"{args.model} at {args.steps} steps")
+        if answer["caveat"]:
+            print(f"note: {answer['caveat']}.")
     elif args.strength is not None:
-        table = strength_map(args.model, steps=args.steps, strengths=[args.strength], size=args.size)
+        table = strength_map(args.model, strengths=[args.strength], **common)
         print(f"strength {args.strength:g}, {args.steps} steps, {args.model}:")
-        print(table[["tool", "executed_steps", "start_sigma", "log_snr"]].to_string(index=False,
-                                                                                    float_format="{:.4f}".format))
+        print(table[["tool", "schedule", "executed_steps", "start_sigma", "log_snr"]].to_string(
+            index=False, float_format="{:.4f}".format))
+        for tool, note in zip(table.tool, table.note):
+            if note:
+                print(f"note ({tool}): {note}.")
     else:  # the map: executed steps / start log-SNR of each tool at strengths 0.1 ... 1.0
-        table = strength_map(args.model, steps=args.steps, strengths=[k / 10 for k in range(1, 11)], size=args.size)
+        table = strength_map(args.model, strengths=[k / 10 for k in range(1, 11)], **common)
         table["run"] = [f"{steps} / {snr:.2f}" for steps, snr in zip(table.executed_steps, table.log_snr)]
         print(f"executed steps / start log-SNR, {args.steps} steps, {args.model}:")
         print(table.pivot(index="strength", columns="tool", values="run")[list(dict.fromkeys(table.tool))].to_string())
+        print("schedules: " + "; ".join(f"{tool} {schedule}" for tool, schedule in
+                                        dict(zip(table.tool, table.schedule)).items()))
     if args.plot:
-        figure = strength_map_figure([args.model], steps=args.steps, size=args.size)
+        figure = strength_map_figure([args.model], **common)
         figure.savefig(args.plot)
         print(f"wrote {args.plot}")
     return 0

@@ -8,6 +8,7 @@
     img2img-lab demo [--out runs/demo] [--seeds N] [--strengths 0.2,0.5]
     img2img-lab info [MODEL] [--json]
     img2img-lab strength MODEL --steps N [--strength S] [--size PX] [--from TOOL --to TOOL] [--plot map.png]
+                         [--a1111-sampler S] [--a1111-schedule S] [--comfyui-scheduler S] [--invokeai-scheduler S]
     img2img-lab measure RUN_DIR [--metrics ssim,psnr,...]
     img2img-lab grid RUN_DIR [--rows seed] [--cols strength] [--annotate ssim,lpips] [--border ssim]
                      [--where prompt="a cat"] --out grid.png
@@ -141,6 +142,15 @@ def _add_study_commands(commands) -> None:
     strength.add_argument("--from", dest="source", default=None, help="the tool the strength is for (with --to)")
     strength.add_argument("--to", dest="target", default=None, help="the tool to translate it to (nearest log-SNR)")
     strength.add_argument("--plot", default=None, help="PNG: start log-SNR and executed steps against strength")
+    strength.add_argument("--a1111-sampler", default=None, help="AUTOMATIC1111 sampler (default: DPM++ 2M, its UI's)")
+    strength.add_argument("--a1111-schedule", default=None,
+                          help="AUTOMATIC1111 schedule type: automatic (the sampler's), uniform, normal, karras, "
+                               "exponential, sgm_uniform, simple (default: automatic)")
+    strength.add_argument("--comfyui-scheduler", default=None,
+                          help="ComfyUI KSampler scheduler: simple, sgm_uniform, karras, exponential, normal "
+                               "(default: simple, the node's)")
+    strength.add_argument("--invokeai-scheduler", default=None,
+                          help="InvokeAI scheduler name, e.g. euler, dpmpp_2m_k (default: dpmpp_3m_k, its UI's)")
     strength.set_defaults(handler=handlers.cmd_strength)
 
 

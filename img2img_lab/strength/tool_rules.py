@@ -2,28 +2,34 @@
 
 Every tool starts an img2img run part-way down a noise schedule; they differ in which schedule and where:
 
-* **AUTOMATIC1111 / Forge** (``modules/sd_samplers_common.py`` ``setup_img2img_steps``, lines 21-30 at
-  AUTOMATIC1111/stable-diffusion-webui@044494d; ``modules/sd_samplers_kdiffusion.py`` ``sample_img2img``: ``sigma_sched =
-  sigmas[steps - t_enc - 1:]``): by default the schedule has ``steps`` sigmas and ``t_enc = int(min(s, 0.999) * steps)``,
-  so ``t_enc + 1`` steps run; with the option *"do exactly the amount of steps the slider specifies"*
-  (``img2img_fix_steps``) the schedule has ``int(steps / min(s, 0.999))`` sigmas and the last ``steps`` run.
-* **ComfyUI** ``KSampler`` ``denoise`` (``comfy/samplers.py`` ``KSampler.set_steps`` at Comfy-Org/ComfyUI@311c014):
-  ``denoise > 0.9999`` runs the full schedule; otherwise it builds ``int(steps / denoise)`` sigmas and keeps the last
-  ``steps + 1``: always ``steps`` steps, from a point of a longer schedule.
-* **InvokeAI** (``invokeai/app/invocations/denoise_latents.py`` ``init_scheduler``): the diffusers scheduler's timesteps
-  for ``steps``; with ``denoising_start = 1 - s`` it skips every timestep ``>= round(num_train_timesteps * s)`` and runs
-  the rest.
+* **AUTOMATIC1111 / Forge** (AUTOMATIC1111/stable-diffusion-webui v1.10.1): ``modules/sd_samplers_common.py``
+  ``setup_img2img_steps`` gives ``t_enc = int(min(s, 0.999) · steps)`` on a ``steps``-sigma schedule, or with
+  *"do exactly the amount of steps the slider specifies"* (``img2img_fix_steps``) ``int(steps / min(s, 0.999))``
+  sigmas (0 at strength 0) and ``t_enc = steps - 1``; ``modules/sd_samplers_kdiffusion.py`` ``sample_img2img`` keeps
+  ``sigmas[steps - t_enc - 1:]`` and runs ``t_enc + 1`` steps, so **strength 0 runs one step** (nothing in the img2img
+  path skips it). The schedule is the sampler's and the *schedule type*'s (``get_sigmas``: "Automatic" takes the
+  sampler's own, :data:`A1111_SAMPLERS`; a sampler without one gets k-diffusion's uniform ``get_sigmas``; samplers
+  that discard the penultimate sigma build one more and drop it). The UI's default since 1.9 is **DPM++ 2M,
+  Automatic → Karras**; the API's default sampler is Euler (uniform).
+* **ComfyUI** ``KSampler`` ``denoise`` (Comfy-Org/ComfyUI@311c014, ``comfy/samplers.py`` ``KSampler.set_steps``):
+  ``denoise > 0.9999`` runs the full schedule; ``denoise <= 0`` none; otherwise it builds ``int(steps / denoise)``
+  sigmas of the node's ``scheduler`` and keeps the last ``steps + 1``: always ``steps`` steps. The node's default is
+  the first of ``SCHEDULER_NAMES``: **simple**.
+* **InvokeAI** (invoke-ai/InvokeAI@8e71a8a, 6.14): ``invokeai/app/invocations/denoise_latents.py`` ``get_scheduler``
+  (lines 87-120) never uses the checkpoint's scheduler class: it builds ``SCHEDULER_MAP[name]``
+  (``invokeai/backend/stable_diffusion/schedulers/schedulers.py`` line 62) from the model's scheduler config plus the
+  entry's options; the node's default is ``euler`` (line 165), the UI's ``dpmpp_3m_k``
+  (``frontend/web/src/features/controlLayers/store/types.ts`` line 989). ``init_scheduler`` (lines 749-779) skips every
+  first-order timestep ``>= int(round(1000 · (1 - denoising_start)))``; the UI sends ``denoising_start = 1 - strength``
+  (``graphBuilderUtils.ts`` ``getDenoisingStartAndEnd``, line 274), computed in doubles: at strength 0.3515 that is
+  ``round(351.4999…) = 351``.
 
-The schedules are k-diffusion's discrete ones (both A1111 and ComfyUI): ``σ_t = √((1-ᾱ_t)/ᾱ_t)`` for the model's 1000
-training timesteps, interpolated linearly in ``log σ`` between integer timesteps; ``normal`` (A1111's default,
-ComfyUI's ``normal``) places the steps evenly in timestep from 999 to 0, ``karras`` evenly in ``σ^(1/7)``, ComfyUI's
-``simple`` picks every ``1000/steps``-th training sigma. Flow-matching models run other code paths in these tools
-(ComfyUI's ``ModelSamplingFlux``); they are not translated here.
+Flow-matching models run other code paths in these tools (ComfyUI's ``ModelSamplingFlux``); they are not translated.
 
 >>> table = DiscreteSigmas.from_config({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"})
->>> run = comfyui_run(table, steps=30, denoise=0.6)
->>> run.executed_steps, round(run.start_sigma, 4)
-(30, 2.2143)
+>>> run = comfyui_run(table, steps=30, denoise=0.6, scheduler="normal")
+>>> run.executed_steps, round(run.start_sigma, 4), run.schedule
+(30, 2.2143, 'normal')
 """
 
 from __future__ import annotations
@@ -31,29 +37,80 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from img2img_lab.errors import PlanError
+from img2img_lab.strength.schedules import SCHEDULES, DiscreteSigmas
+
+__all__ = ["A1111_SAMPLERS", "DEFAULTS", "INVOKEAI_SCHEDULERS", "TOOL_SCHEDULES", "DiscreteSigmas", "ToolRun",
+           "a1111_run", "comfyui_run", "invokeai_run", "SCHEDULES"]
 
 #: The tools this module translates for (diffusers itself is :mod:`img2img_lab.strength.mapping`'s).
 TOOLS = ("a1111", "a1111-fixed-steps", "comfyui", "invokeai")
-SCHEDULES = ("normal", "karras", "simple")
+
+#: AUTOMATIC1111's k-diffusion samplers (``samplers_k_diffusion`` in ``modules/sd_samplers_kdiffusion.py``, v1.10;
+#: Forge keeps the same table): the schedule "Automatic" picks (None: k-diffusion's uniform ``get_sigmas``) and
+#: whether the sampler discards the penultimate sigma.
+A1111_SAMPLERS = {
+    "DPM++ 2M": ("karras", False), "DPM++ SDE": ("karras", False), "DPM++ 2M SDE": ("exponential", False),
+    "DPM++ 2M SDE Heun": ("exponential", False), "DPM++ 2S a": ("karras", False), "DPM++ 3M SDE": ("exponential", True),
+    "Euler a": (None, False), "Euler": (None, False),
+}
+#: The schedule types each tool offers here ("automatic": A1111's sampler default).
+TOOL_SCHEDULES = {"a1111": ("automatic", "uniform", "normal", "karras", "exponential", "sgm_uniform", "simple"),
+                  "comfyui": ("simple", "sgm_uniform", "karras", "exponential", "normal")}
+#: InvokeAI's ``SCHEDULER_MAP`` (schedulers.py lines 62-104) for the diffusers schedulers of a variance-preserving
+#: model: name -> (diffusers class, options over the model's scheduler config). Omitted: ``er_sde`` (InvokeAI's own
+#: class), ``lcm`` and ``tcd`` (distilled models).
+INVOKEAI_SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}), "ddpm": ("DDPMScheduler", {}),
+    "deis": ("DEISMultistepScheduler", {"use_karras_sigmas": False}),
+    "deis_k": ("DEISMultistepScheduler", {"use_karras_sigmas": True}),
+    "lms": ("LMSDiscreteScheduler", {"use_karras_sigmas": False}),
+    "lms_k": ("LMSDiscreteScheduler", {"use_karras_sigmas": True}), "pndm": ("PNDMScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {"use_karras_sigmas": False}),
+    "heun_k": ("HeunDiscreteScheduler", {"use_karras_sigmas": True}),
+    "euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}),
+    "euler_k": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "kdpm_2": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": False}),
+    "kdpm_2_k": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}),
+    "kdpm_2_a": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": False}),
+    "kdpm_2_a_k": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}),
+    "dpmpp_2s": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": False, "solver_order": 2}),
+    "dpmpp_2s_k": ("DPMSolverSinglestepScheduler", {"use_karras_sigmas": True, "solver_order": 2}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False, "solver_order": 2}),
+    "dpmpp_2m_k": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "solver_order": 2}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler",
+                     {"use_karras_sigmas": False, "solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
+    "dpmpp_2m_sde_k": ("DPMSolverMultistepScheduler",
+                       {"use_karras_sigmas": True, "solver_order": 2, "algorithm_type": "sde-dpmsolver++"}),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": False, "solver_order": 3}),
+    "dpmpp_3m_k": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "solver_order": 3}),
+    "unipc": ("UniPCMultistepScheduler", {"use_karras_sigmas": False}),
+    "unipc_k": ("UniPCMultistepScheduler", {"use_karras_sigmas": True}),
+}
+#: Each tool's default, as its user meets it: A1111's UI (DPM++ 2M, Automatic), ComfyUI's KSampler node (its first
+#: scheduler name) and InvokeAI's UI (``dpmpp_3m_k``; the node alone defaults to ``euler``).
+DEFAULTS = {"a1111": {"sampler": "DPM++ 2M", "schedule": "automatic"}, "comfyui": {"scheduler": "simple"},
+            "invokeai": {"scheduler": "dpmpp_3m_k"}}
 
 
 @dataclass(frozen=True)
 class ToolRun:
-    """What one strength runs in one tool: the sigmas of the loop (start first, the final 0 included)."""
+    """What one strength runs in one tool: the sigmas of the loop (start first, the final 0 included), the schedule
+    they follow and, where the count misleads, a note."""
 
     tool: str
     strength: float
     steps: int
     executed_steps: int
     sigmas: tuple[float, ...] = field(default=())
+    schedule: str = ""
+    note: str = ""
 
     @property
     def start_sigma(self) -> float:
-        """σ of the start latent (noise-to-signal ratio); 0 where nothing runs."""
-        return float(self.sigmas[0]) if self.executed_steps else 0.0
+        """σ of the start latent (noise-to-signal ratio); 0 where no noise is added."""
+        return float(self.sigmas[0]) if self.sigmas else 0.0
 
     @property
     def log_snr(self) -> float:
@@ -61,98 +118,95 @@ class ToolRun:
         return -2.0 * math.log(self.start_sigma) if self.start_sigma > 0 else math.inf
 
 
-@dataclass(frozen=True)
-class DiscreteSigmas:
-    """A variance-preserving model's training sigmas (k-diffusion's ``DiscreteSchedule``, ComfyUI's
-    ``ModelSamplingDiscrete``), in float64."""
+def a1111_schedule(sampler: str, schedule: str) -> tuple[str, bool]:
+    """``(schedule, discards penultimate sigma)`` for an A1111 sampler and schedule type ("automatic": the sampler's).
 
-    sigmas: np.ndarray
-    num_train_timesteps: int
-    log_sigmas: np.ndarray = field(default=None, repr=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "log_sigmas", np.log(self.sigmas))
-
-    @classmethod
-    def from_config(cls, config: dict) -> "DiscreteSigmas":
-        """From a diffusers scheduler config (``beta_start``, ``beta_end``, ``beta_schedule``)."""
-        steps = int(config.get("num_train_timesteps", 1000))
-        start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
-        schedule = config.get("beta_schedule", "linear")
-        if schedule == "scaled_linear":
-            betas = np.linspace(start ** 0.5, end ** 0.5, steps, dtype=np.float64) ** 2
-        elif schedule == "linear":
-            betas = np.linspace(start, end, steps, dtype=np.float64)
-        else:
-            raise PlanError(f"beta_schedule {schedule!r} is not translated (scaled_linear and linear are). Fix: use "
-                            f"a Stable Diffusion-style scheduler config.")
-        alphas_cumprod = np.cumprod(1.0 - betas)
-        return cls(np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod), steps)
-
-    def sigma(self, t: float) -> float:
-        """σ at a fractional timestep (linear in ``log σ`` between the integer ones)."""
-        t = min(max(float(t), 0.0), len(self.sigmas) - 1.0)
-        low, high = math.floor(t), math.ceil(t)
-        weight = t - low
-        return float(math.exp((1 - weight) * self.log_sigmas[low] + weight * self.log_sigmas[high]))
-
-    def schedule(self, steps: int, name: str = "normal") -> list[float]:
-        """``steps`` sigmas, high to low, then 0 (``normal``, ``karras`` or ``simple``)."""
-        if steps <= 0:
-            return [0.0]
-        if name == "normal":
-            top = len(self.sigmas) - 1
-            times = np.linspace(top, 0, steps) if steps > 1 else np.array([float(top)])
-            return [self.sigma(t) for t in times] + [0.0]
-        if name == "karras":
-            low, high = float(self.sigmas[0]) ** (1 / 7), float(self.sigmas[-1]) ** (1 / 7)
-            ramp = np.linspace(0, 1, steps)
-            return [float((high + r * (low - high)) ** 7) for r in ramp] + [0.0]
-        if name == "simple":
-            stride = len(self.sigmas) / steps
-            return [float(self.sigmas[-(1 + int(index * stride))]) for index in range(steps)] + [0.0]
-        raise PlanError(f"unknown schedule {name!r}. Fix: use one of {', '.join(SCHEDULES)}.")
+    >>> a1111_schedule("DPM++ 2M", "automatic"), a1111_schedule("Euler", "automatic")
+    (('karras', False), ('uniform', False))
+    """
+    if sampler not in A1111_SAMPLERS:
+        raise PlanError(f"unknown AUTOMATIC1111 sampler {sampler!r}. Fix: use one of {', '.join(A1111_SAMPLERS)}.")
+    if schedule not in TOOL_SCHEDULES["a1111"]:
+        raise PlanError(f"unknown AUTOMATIC1111 schedule type {schedule!r}. Fix: use one of "
+                        f"{', '.join(TOOL_SCHEDULES['a1111'])}.")
+    own, discard = A1111_SAMPLERS[sampler]
+    return (own or "uniform") if schedule == "automatic" else schedule, discard
 
 
 def a1111_run(table: DiscreteSigmas, *, steps: int, strength: float, fixed_steps: bool = False,
-              schedule: str = "normal") -> ToolRun:
+              sampler: str = "DPM++ 2M", schedule: str = "automatic") -> ToolRun:
     """AUTOMATIC1111 / Forge img2img (see the module doc).
 
     >>> table = DiscreteSigmas.from_config({"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"})
-    >>> a1111_run(table, steps=30, strength=0.6).executed_steps, a1111_run(table, steps=30, strength=0.6,
-    ...                                                                    fixed_steps=True).executed_steps
-    (19, 30)
+    >>> run = a1111_run(table, steps=30, strength=0.6)
+    >>> run.executed_steps, round(run.start_sigma, 3), run.schedule
+    (19, 2.493, 'DPM++ 2M, karras')
+    >>> a1111_run(table, steps=30, strength=0.0, sampler="Euler").executed_steps  # t_enc = 0: one step
+    1
     """
+    name, discard = a1111_schedule(sampler, schedule)
+    tool = "a1111-fixed-steps" if fixed_steps else "a1111"
     if fixed_steps:
         total = int(steps / min(strength, 0.999)) if strength > 0 else 0
         t_enc = steps - 1
     else:
         total, t_enc = steps, int(min(strength, 0.999) * steps)
-    if strength <= 0 or total <= 0:
-        return ToolRun("a1111-fixed-steps" if fixed_steps else "a1111", strength, steps, 0, ())
-    sigmas = table.schedule(total, schedule)[total - t_enc - 1:]
-    return ToolRun("a1111-fixed-steps" if fixed_steps else "a1111", strength, steps, len(sigmas) - 1, tuple(sigmas))
+    sigmas = table.schedule(total + (1 if discard else 0), name)
+    if discard:
+        sigmas = sigmas[:-2] + sigmas[-1:]
+    kept = sigmas[total - t_enc - 1:]  # fixed steps at strength 0: total 0, a negative start keeps the lone 0
+    executed = len(kept) - 1
+    return ToolRun(tool, strength, steps, executed, tuple(kept) if executed else (), f"{sampler}, {name}")
 
 
-def comfyui_run(table: DiscreteSigmas, *, steps: int, denoise: float, schedule: str = "normal") -> ToolRun:
-    """ComfyUI ``KSampler`` with ``denoise`` (see the module doc)."""
+def comfyui_run(table: DiscreteSigmas, *, steps: int, denoise: float, scheduler: str = "simple") -> ToolRun:
+    """ComfyUI ``KSampler`` with ``denoise`` and the node's ``scheduler`` (see the module doc)."""
+    if scheduler not in TOOL_SCHEDULES["comfyui"]:
+        raise PlanError(f"unknown ComfyUI scheduler {scheduler!r}. Fix: use one of "
+                        f"{', '.join(TOOL_SCHEDULES['comfyui'])}.")
     if denoise > 0.9999:
-        sigmas = table.schedule(steps, schedule)
+        sigmas = table.schedule(steps, scheduler)
     elif denoise <= 0.0:
         sigmas = []
     else:
-        sigmas = table.schedule(int(steps / denoise), schedule)[-(steps + 1):]
-    return ToolRun("comfyui", denoise, steps, max(len(sigmas) - 1, 0), tuple(sigmas))
+        sigmas = table.schedule(int(steps / denoise), scheduler)[-(steps + 1):]
+    return ToolRun("comfyui", denoise, steps, max(len(sigmas) - 1, 0), tuple(sigmas), scheduler)
 
 
-def invokeai_run(scheduler, table: DiscreteSigmas, *, steps: int, strength: float) -> ToolRun:
-    """InvokeAI's denoise step on a diffusers ``scheduler`` (a fresh instance; see the module doc); the sigmas are the
-    model's at the timesteps it runs."""
-    scheduler.set_timesteps(steps)
-    timesteps = [float(t) for t in scheduler.timesteps]
-    first_order = timesteps[:: scheduler.order]
-    start_value = int(round(table.num_train_timesteps * strength))  # denoising_start = 1 - strength
-    skipped = sum(1 for t in first_order if t >= start_value) * scheduler.order
+def invokeai_scheduler(config: dict, name: str):
+    """InvokeAI's scheduler ``name`` built as ``get_scheduler`` builds it: ``SCHEDULER_MAP[name]``'s class from the
+    model's config with the entry's options over it."""
+    import diffusers
+    from diffusers.utils import logging
+
+    if name not in INVOKEAI_SCHEDULERS:
+        raise PlanError(f"unknown InvokeAI scheduler {name!r}. Fix: use one of {', '.join(INVOKEAI_SCHEDULERS)}.")
+    class_name, options = INVOKEAI_SCHEDULERS[name]
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()  # a config note diffusers prints while adapting the options, not the user's concern
+    try:
+        return getattr(diffusers, class_name).from_config({**config, **options})
+    finally:
+        logging.set_verbosity(level)
+
+
+def invokeai_run(config: dict, table: DiscreteSigmas, *, steps: int, strength: float,
+                 scheduler: str = "dpmpp_3m_k") -> ToolRun:
+    """InvokeAI's denoise node at ``denoising_start = 1 - strength`` (see the module doc). The start σ is the one the
+    scheduler's ``add_noise`` uses: its own ``sigmas`` at the start index, else ``√((1-ᾱ_t)/ᾱ_t)`` at the start
+    timestep."""
+    instance = invokeai_scheduler(config, scheduler)
+    instance.set_timesteps(steps)
+    timesteps = [float(t) for t in instance.timesteps]
+    start_value = int(round(instance.config["num_train_timesteps"] * (1 - (1 - strength))))
+    skipped = sum(1 for t in timesteps[:: instance.order] if t >= start_value) * instance.order
     kept = timesteps[skipped:]
-    sigmas = tuple(table.sigma(t) for t in kept) + ((0.0,) if kept else ())
-    return ToolRun("invokeai", strength, steps, len(kept) // scheduler.order, sigmas)
+    if not kept:
+        return ToolRun("invokeai", strength, steps, 0, (), scheduler)
+    own = getattr(instance, "sigmas", None)
+    if own is not None and len(own) > len(timesteps) - 1:
+        sigmas = tuple(float(value) for value in own[skipped:])
+    else:
+        alphas_cumprod = instance.alphas_cumprod.double()
+        sigmas = tuple(float(((1 - alphas_cumprod[int(t)]) / alphas_cumprod[int(t)]) ** 0.5) for t in kept) + (0.0,)
+    return ToolRun("invokeai", strength, steps, len(kept) // instance.order, sigmas, scheduler)

@@ -29,7 +29,8 @@ def _uniform_in_t(sigmas, n):
 def test_comfyui_denoise_on_sdxl_matches_its_documented_rule():
     # ComfyUI KSampler.set_steps: new_steps = int(steps / denoise); sigmas = calculate_sigmas(new_steps)[-(steps + 1):]
     expected = _uniform_in_t(_sdxl_sigmas(), int(30 / 0.6))[-31:]
-    run = tool_run(scheduler_record("sdxl"), "comfyui", steps=30, strength=0.6)
+    run = tool_run(scheduler_record("sdxl"), "comfyui", steps=30, strength=0.6,
+                   settings={"comfyui": {"scheduler": "normal"}})
     assert run.executed_steps == 30
     assert run.start_sigma == pytest.approx(expected[0], rel=1e-9)
     assert run.sigmas == pytest.approx(tuple(expected), rel=1e-9)
@@ -40,7 +41,8 @@ def test_a1111_img2img_with_and_without_fixed_steps(fixed, executed, index, tota
     # setup_img2img_steps: t_enc = int(0.6 * 30) = 18 on 30 sigmas, or (fixed) t_enc = 29 on int(30 / 0.6) = 50;
     # sample_img2img runs sigmas[steps - t_enc - 1:]
     expected = _uniform_in_t(_sdxl_sigmas(), total)[index:]
-    run = tool_run(scheduler_record("sdxl"), "a1111-fixed-steps" if fixed else "a1111", steps=30, strength=0.6)
+    run = tool_run(scheduler_record("sdxl"), "a1111-fixed-steps" if fixed else "a1111", steps=30, strength=0.6,
+                   settings={"a1111": {"sampler": "Euler"}})  # no schedule of its own: k-diffusion's get_sigmas
     assert run.executed_steps == executed == len(expected) - 1
     assert run.start_sigma == pytest.approx(expected[0], rel=1e-9)
 
@@ -77,7 +79,16 @@ def test_cli_prints_the_table_a_translation_and_one_line_errors(tmp_path, capsys
     assert "comfyui" in printed and "a1111-fixed-steps" in printed and "invokeai" in printed
     assert main(["strength", "sdxl", "--steps", "30", "--strength", "0.6", "--from", "comfyui", "--to", "diffusers",
                  "--plot", str(tmp_path / "map.png")]) == 0
-    assert "comfyui 0.6 (30 steps" in capsys.readouterr().out and (tmp_path / "map.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "comfyui 0.6 (30 steps" in printed and (tmp_path / "map.png").stat().st_size > 10_000
+    assert "simple" in printed and "only under one schedule" in printed  # ComfyUI's node default vs diffusers' Euler
+    assert main(["strength", "sd15", "--steps", "30", "--strength", "0.6", "--invokeai-scheduler", "euler",
+                 "--a1111-schedule", "exponential"]) == 0
+    printed = capsys.readouterr().out
+    assert "DPM++ 2M, exponential" in printed and "euler" in printed and "2.1705" in printed
+    assert main(["strength", "sdxl", "--steps", "30", "--comfyui-scheduler", "beta"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "unknown ComfyUI scheduler 'beta'" in error[0] and "Fix:" in error[0]
     assert main(["strength", "flux-dev", "--steps", "28", "--strength", "0.6", "--from", "comfyui", "--to",
                  "diffusers"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
