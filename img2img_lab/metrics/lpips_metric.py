@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
+from img2img_lab.errors import ImageError, Img2ImgLabError, MetricUnavailable
 from img2img_lab.images.arrays import metric_pair as _pair
 from img2img_lab.metrics.lpips_jax import LPIPS_LAYERS, backbone_shapes, converted_path, load_converted
 from img2img_lab.metrics.weight_files import (LPIPS_BACKBONE_FILES, fetch_lpips, lpips_checkpoint_dir,  # noqa: F401 - re-exported
@@ -168,11 +168,17 @@ def load_weights(model, tensors: dict) -> None:
                                     f"fetch lpips` again.")
 
 
+#: The smallest side each backbone's pooling leaves a feature map at (measured: AlexNet's third pooling empties a
+#: 30-px image, VGG's a 15-px one).
+MIN_SIDE = {"alex": 31, "vgg": 16}
+
+
 def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None = None, batch_size: int = 32,
                     random_backbone: bool = False) -> np.ndarray:
     """LPIPS distances (Zhang et al. 2018) for pairs of RGB images, batched; lower = closer, 0 = identical.
 
-    Raises :class:`MetricUnavailable` when the backbone weights are missing. ``random_backbone=True``
+    Raises :class:`MetricUnavailable` when the backbone weights are missing, :class:`ImageError` for an image under
+    :data:`MIN_SIDE` pixels on a side. ``random_backbone=True``
     uses a randomly initialised backbone: **for wiring tests only**, its numbers are not LPIPS.
 
     >>> lpips_distances([source, source], [output, source]).round(4)  # a generated image, and the source itself
@@ -183,6 +189,12 @@ def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None =
     device = device or "cpu"
     model = _lpips_model(net, device, random_backbone)
     pairs = [_pair(a, b) for a, b in zip(sources, outputs)]
+    small = [a.shape for a, _ in pairs if min(a.shape[:2]) < MIN_SIDE.get(net, 0)]
+    if small:
+        height, width = small[0][:2]
+        raise ImageError(f"lpips ({net}) needs images of at least {MIN_SIDE[net]}x{MIN_SIDE[net]} px; got "
+                         f"{width}x{height}. Fix: measure larger images" + (", or use net='vgg' (16 px)."
+                                                                           if net == "alex" else "."))
     results = []
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):

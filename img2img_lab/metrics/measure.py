@@ -12,9 +12,11 @@ subject masks (:mod:`img2img_lab.metrics.regions`).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from img2img_lab.errors import Img2ImgLabError, MetricUnavailable
+from img2img_lab.errors import ImageError, Img2ImgLabError, MetricUnavailable
 from img2img_lab.metrics import fidelity
 from img2img_lab.metrics.availability import metric_weights, prepare_metric
 from img2img_lab.metrics.fidelity import FIDELITY_METRICS, ReferenceCache, fidelity_values
@@ -54,6 +56,9 @@ def measure_pairs(sources, outputs, names, *, prompts=None, masks=None, device: 
             try:
                 results[name] = lpips_distances(sources, outputs, net=LPIPS_NETS[name], device=device)
             except MetricUnavailable:
+                results[name] = np.full(len(outputs), np.nan)
+            except ImageError as error:  # images too small for the backbone: NaN, and said once
+                warnings.warn(f"{name} is NaN: {error}", stacklevel=2)
                 results[name] = np.full(len(outputs), np.nan)
         elif spec.needs_prompt:
             if prompts is None:

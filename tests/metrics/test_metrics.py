@@ -352,3 +352,21 @@ def test_an_unavailable_scorer_is_asked_again_and_metrics_unregister():
         unregister_metric("later")
     with pytest.raises(Img2ImgLabError, match=r"unknown metric 'later'"):
         metric_status("later")
+
+
+def test_the_public_face_measures_two_arrays_and_refuses_images_too_small_for_lpips(astronaut):
+    import img2img_lab.metrics as metrics
+
+    noisy = _noisy(astronaut, 20)
+    assert metrics.ssim(astronaut, noisy) == ssim(astronaut, noisy) < 1
+    assert metrics.psnr(astronaut, noisy) == psnr(astronaut, noisy)
+    assert metrics.delta_e(astronaut, noisy) == delta_e(astronaut, noisy) > 0
+    assert metrics.metric_status("ssim") == metric_status("ssim")
+    assert 0 < metrics.lpips(astronaut, noisy) == float(lpips_distances([astronaut], [noisy])[0])
+    small = astronaut[:24, :24]  # AlexNet's pooling empties a 24-px feature map: a torch error before
+    with pytest.raises(Img2ImgLabError, match=r"lpips \(alex\) needs images of at least 31x31 px; got 24x24\. Fix:"):
+        metrics.lpips(small, small)
+    assert metrics.lpips(small, small, net="vgg") == 0.0
+    with pytest.warns(UserWarning, match="lpips is NaN: lpips .alex. needs images of at least 31x31"):
+        values = measure_pairs([small], [small], ["lpips", "ssim"])
+    assert math.isnan(values["lpips"][0]) and values["ssim"][0] == 1.0
