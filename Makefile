@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP_CONSTRAINTS := -c constraints.txt -c requirements-lock.txt
 STAMP := $(VENV)/.img2img-lab-installed
 
-.PHONY: test demo lab docs docs-build install lock bench bench-real clean-venv
+.PHONY: test demo lab docs docs-build docs-notebooks install lock bench bench-real clean-venv
 
 $(STAMP): pyproject.toml constraints.txt requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ docs: $(STAMP)
 
 docs-build: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
+
+# The site's notebooks with their outputs: each notebook of notebooks/ executed on the embedded model, offline, into
+# docs/notebooks/ (about 2 minutes). Run it after changing a notebook: tests/test_docs.py fails on a stale copy.
+docs-notebooks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python docs/executed_notebooks.py
 
 # JupyterLab and ipywidgets are the "lab" extra, installed on first `make lab`.
 lab: $(STAMP)

@@ -3,6 +3,7 @@ stays a landing page whose links all lead somewhere."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -32,7 +33,25 @@ def test_the_documentation_builds_offline_with_warnings_as_errors(tmp_path):
     for name in ("run_sweep", "SweepPlan", "load_model", "calibrate", "measure_run", "GridExplorer"):
         assert name in api, name
     assert "language-python" in api or "highlight" in api  # the doctest examples are code blocks
-    assert (tmp_path / "site" / "notebooks" / "01_quickstart" / "index.html").is_file()
+    pictures = {}  # the executed copies' grids, curves, tables and widget snapshots are on the pages
+    for name, least in {"01_quickstart": 2, "02_strength_explorer": 1, "03_strength_calibration": 6,
+                        "04_report": 4}.items():
+        page = (tmp_path / "site" / "notebooks" / name / "index.html").read_text()
+        pictures[name] = page.count("data:image/png;base64,")
+        assert pictures[name] >= least, (name, pictures[name])
+        assert not re.search(r": +0%\|", page) and "<table" in page, name  # no bar left at 0 %; tables rendered
+        assert not re.search(r"<(script|img|link|iframe)[^>]+(src|href)=[\"']https?://", page), name  # offline
+
+
+def test_the_sites_notebooks_are_executed_copies_of_the_current_notebooks():
+    """``docs/notebooks/`` holds each notebook of ``notebooks/`` executed (``make docs-notebooks``), made from the
+    cells committed now."""
+    sys.path.insert(0, str(REPO / "docs"))
+    from executed_notebooks import stale_copies
+
+    assert stale_copies() == [], "stale executed notebooks. Fix: run `make docs-notebooks` and commit docs/notebooks/."
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):  # the committed notebooks stay output-free
+        assert not any(cell.get("outputs") for cell in json.loads(path.read_text())["cells"]), path.name
 
 
 def test_readme_is_a_landing_page_whose_links_resolve():

@@ -159,7 +159,8 @@ def calibration_curves(result, metrics=None, *, x: str = "strength"):
 
     ``x="log_snr"`` puts the start latent's log signal-to-noise ratio on the x axis, the family-independent
     noise axis (see :class:`img2img_lab.models.handle.StepPlan`); strengths without a finite log-SNR (strength 0,
-    pure-noise starts) are left out of that view.
+    pure-noise starts) are left out of that view. Two panels to a row (10.4 in at most): a notebook cell shows
+    the figure at its size, not shrunk to fit.
     """
     import matplotlib.pyplot as plt
 
@@ -167,8 +168,12 @@ def calibration_curves(result, metrics=None, *, x: str = "strength"):
         raise Img2ImgLabError(f"calibration curves x={x!r} is not available. Fix: use 'strength' or 'log_snr' "
                               f"(log_snr needs a run recorded by img2img-lab 0.2 or later).")
     metrics = list(metrics or [t.metric for t in result.settings.keep + result.settings.follow])
-    figure, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4), dpi=100, squeeze=False)
-    for axis, metric in zip(axes[0], metrics):
+    columns = min(len(metrics), 2)
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4 * rows), dpi=100, squeeze=False)
+    for axis in axes.flat[len(metrics):]:
+        axis.set_visible(False)
+    for axis, metric in zip(axes.flat, metrics):
         for guidance in result.guidance_values:
             part = result.summary[np.isclose(result.summary["guidance_scale"], guidance)].sort_values("strength")
             part = part[np.isfinite(part[x])]

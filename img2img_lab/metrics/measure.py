@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from img2img_lab._utils.progress import progress_bar
 from img2img_lab.errors import ImageError, Img2ImgLabError, MetricUnavailable
 from img2img_lab.metrics import fidelity
 from img2img_lab.metrics.availability import metric_weights, prepare_metric
@@ -130,8 +131,6 @@ def _fill_missing(frame, names, available, store, *, with_prompts: bool, device,
     Each needed image is read once; rows missing the same metrics are measured together (LPIPS in batches, the
     fidelity metrics sharing their work and each source's side computed once). Returns ``{metric: values computed}``.
     """
-    from tqdm.auto import tqdm
-
     for name in names:
         if name not in frame.columns:
             frame[name] = np.nan
@@ -139,11 +138,14 @@ def _fill_missing(frame, names, available, store, *, with_prompts: bool, device,
     needed = frame.index[frame[todo].isna().any(axis=1)] if todo else []
     sources: dict[str, object] = {}
     outputs: dict[object, object] = {}
-    for index in tqdm(list(needed), desc="measure: read", unit="image", disable=not progress):
+    bar = progress_bar(total=len(needed), desc="measure: read", unit="image", disable=not progress)
+    for index in needed:
+        bar.update(1)
         row = frame.loc[index]
         if row["source_hash"] not in sources:
             sources[row["source_hash"]] = store.load_source(row["source_hash"])
         outputs[index] = store.load_output(row)
+    bar.close()
     computed = {name: int(frame[name].isna().sum()) for name in todo}
     if not todo:
         return computed

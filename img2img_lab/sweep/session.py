@@ -29,6 +29,7 @@ import itertools
 import time
 from dataclasses import dataclass, field, replace
 
+from img2img_lab._utils.progress import progress_bar
 from img2img_lab.engine.runners import PerCellRunner, cell_work
 from img2img_lab.images.hashes import content_hash
 from img2img_lab.models.adapters import adapters_loaded, check_adapters
@@ -161,8 +162,6 @@ class SweepSession:
         takes a cell the per-cell reference stored (its key says ``per-cell``) as done: the reference's pixels are
         the ones the engine approximates, so a folder swept per cell (masks and control images were, before the
         engine batched them) is not generated again."""
-        from tqdm.auto import tqdm
-
         store, model = self.store, self.model
         self.steps_of = source_steps(model, self.sources)
         self.cells = self.plan.cells(steps=self.steps_of)
@@ -190,7 +189,7 @@ class SweepSession:
         if self.context.is_main:
             store.update_manifest(lambda manifest: {**manifest, "planned": {**(manifest.get("planned") or {}),
                                                                              **labels}})
-        self._attach_progress(tqdm, done=done_work)
+        self._attach_progress(done=done_work)
 
     def _cell_key(self, cell: Cell, engine: str, device_type: str) -> str:
         """The cell's key with the scheduler it will use (the pipeline's own is left alone) and ``engine``."""
@@ -202,11 +201,12 @@ class SweepSession:
                         versions=self.manifest["packages"], engine=engine,
                         conditioning={**self._condition(cell).key_part(cell.mode), **self.options.memory.key_part()})
 
-    def _attach_progress(self, tqdm, done: int) -> None:
+    def _attach_progress(self, done: int) -> None:
         """The progress bar counts denoising steps (:func:`img2img_lab.engine.runners.cell_work`; reused duplicate strengths
         cost none), advanced by the runner as each step is done, so its rate and ETA hold from the first seconds."""
-        self.bar = tqdm(total=sum(self.work.values()), initial=done, unit="step", desc=self.options.progress_label or f"sweep {self.plan.name}",
-                        disable=not self.options.progress)
+        self.bar = progress_bar(total=sum(self.work.values()), initial=done, unit="step",
+                                desc=self.options.progress_label or f"sweep {self.plan.name}",
+                                disable=not self.options.progress)
         getattr(self.runner, "runner", self.runner).on_work = job_progress(self.bar, self.context.world_size)
 
     # ------------------------------------------------------------------ 5. cache

@@ -9,6 +9,7 @@ b'\x89PNG'
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from img2img_lab.errors import Img2ImgLabError
 
@@ -54,3 +55,36 @@ def figure_png(figure) -> bytes:
     stream = io.BytesIO()
     figure.savefig(stream, format="png")
     return stream.getvalue()
+
+
+def snapshot_html(line: str, caption: str, picture: bytes, curve: bytes, table: str) -> str:
+    """A widget app's state as static HTML: a line of text, a picture with its caption, a curve, a table (empty
+    pictures are left out, never drawn as broken images).
+
+    >>> snapshot_html("executes 10 of 20 steps", "", b"", b"", "<i>nothing yet</i>")
+    '<div class="i2i-snapshot"><p>executes 10 of 20 steps</p><i>nothing yet</i></div>'
+    """
+    import base64
+
+    def image(data: bytes, width: str) -> str:
+        encoded = base64.b64encode(data).decode()
+        return f"<img style='max-width:{width}' src='data:image/png;base64,{encoded}'>" if data else ""
+
+    body = [f"<p>{line}</p>", f"<p>{caption}</p>" if picture else "", image(picture, "100%"), image(curve, "640px"),
+            table]
+    return '<div class="i2i-snapshot">' + "".join(body) + "</div>"
+
+
+def default_metrics(model) -> list[str]:
+    """The metrics the explorer measures: SSIM, MS-SSIM, colour ΔE, edge F1, LPIPS when its weights are
+    present, and the shapes-world oracle on the embedded model."""
+    from img2img_lab.metrics.availability import metric_status
+    from img2img_lab.models.loading import EMBEDDED_MODEL_DIR
+
+    names = ["ssim", "ms_ssim", "delta_e", "edge_f1"]
+    if metric_status("lpips")[0]:
+        names.append("lpips")
+    folder = model.folder
+    if folder and Path(folder).resolve() == Path(EMBEDDED_MODEL_DIR).resolve():
+        names += ["oracle_kept", "oracle_match"]
+    return names

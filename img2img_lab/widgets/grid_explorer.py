@@ -155,7 +155,8 @@ class GridExplorer:
         self.header = widgets.HTML()
         self.status = widgets.HTML()
         self.grid = widgets.GridBox(layout=layout(grid_gap="6px", align_items="flex-start"))
-        self.detail_image = widgets.Image(format="png", layout=layout(max_width="none"))
+        self.detail_image = widgets.Image(format="png", layout=layout(max_width="none", display="none"))  # shown
+        #                                  with its first picture: an empty image draws a broken-image icon
         self.detail_row = widgets.HTML("<i>Press <b>details</b> under a cell to see it here.</i>")
         for widget, name in ((self.rows, "i2i-rows"), (self.cols, "i2i-cols"), (self.header, "i2i-grid-header"),
                              (self.grid, "i2i-grid"), (self.detail_image, "i2i-detail-image"),
@@ -359,6 +360,7 @@ class GridExplorer:
         from img2img_lab.widgets.grid_html import detail_picture, row_html
 
         self.detail_image.value = png_bytes(detail_picture(self.store, self.selected, zoom=int(self.zoom.value)))
+        self.detail_image.layout.display = None
         self.detail_row.value = row_html(self.table, self.selected)
 
     def show_recommendation(self, key: str) -> dict:

@@ -33,27 +33,13 @@ from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.resources import bundled_sources  # noqa: F401 - re-exported
 from img2img_lab.plan.schema import SETTING_COLUMNS, row_identity
 from img2img_lab.plan.schema import is_missing
-from img2img_lab.widgets.common import figure_png, png_bytes, require_ipywidgets, strength_readout  # noqa: F401
+from img2img_lab.widgets.common import (default_metrics, figure_png, png_bytes, require_ipywidgets,  # noqa: F401
+                                        snapshot_html, strength_readout)
 
 VIEWS = ("side by side", "difference", "grid")
 #: Axes that, with the source, define a "setting family": all seeds x strengths of one configuration.
 TABLE_COLUMNS = ("source_name", "prompt", "negative_prompt", "strength", "executed_steps", "seed", "guidance_scale",
                  "num_inference_steps", "scheduler")
-
-
-def default_metrics(model) -> list[str]:
-    """The metrics the explorer measures: SSIM, MS-SSIM, colour ΔE, edge F1, LPIPS when its weights are
-    present, and the shapes-world oracle on the embedded model."""
-    from img2img_lab.metrics.availability import metric_status
-    from img2img_lab.models.loading import EMBEDDED_MODEL_DIR
-
-    names = ["ssim", "ms_ssim", "delta_e", "edge_f1"]
-    if metric_status("lpips")[0]:
-        names.append("lpips")
-    folder = model.folder
-    if folder and Path(folder).resolve() == Path(EMBEDDED_MODEL_DIR).resolve():
-        names += ["oracle_kept", "oracle_match"]
-    return names
 
 
 class StrengthExplorer:
@@ -72,7 +58,7 @@ class StrengthExplorer:
     source : str, optional
         The name of the source selected first (default: ``red_circle_on_blue`` when offered).
     metrics : list of str, optional
-        Metrics measured for every image (default: :func:`default_metrics`).
+        Metrics measured for every image (default: :func:`~img2img_lab.widgets.common.default_metrics`).
     prompt, negative_prompt, strength, seed, guidance_scale, steps, scheduler
         Initial settings; ``guidance_scale=None`` takes the model's recommended guidance.
     max_side, resize_policy
@@ -154,11 +140,12 @@ class StrengthExplorer:
         self.status = widgets.HTML(value="Set the controls and press <b>Generate</b>.")
         self.view = widgets.ToggleButtons(options=list(VIEWS), value=VIEWS[0], description="view",
                                           style={"button_width": "auto"})
-        self.image = widgets.Image(format="png", layout=layout(max_width="100%"))
+        self.image = widgets.Image(format="png", layout=layout(max_width="100%", display="none"))  # shown with a
+        #                                                         picture: an empty image draws a broken-image icon
         self.image_caption = widgets.HTML("<i>no image yet: press <b>Generate</b></i>")
         self.curve_metric = widgets.Dropdown(options=self.metrics, value=self.metrics[0], description="curve",
                                              layout=layout(width="260px"))
-        self.curve = widgets.Image(format="png", layout=layout(max_width="640px"))
+        self.curve = widgets.Image(format="png", layout=layout(max_width="640px", display="none"))
         self.table = widgets.HTML()
         for widget, name in ((self.strength, "i2i-strength"), (self.steps_label, "i2i-steps-label"),
                              (self.generate_button, "i2i-generate"), (self.status, "i2i-status"),
@@ -192,7 +179,13 @@ class StrengthExplorer:
 
     # ------------------------------------------------------------------ display
     def _repr_mimebundle_(self, **kwargs):
-        return self.ui._repr_mimebundle_(**kwargs)
+        return {**self.ui._repr_mimebundle_(**kwargs), "text/html": self.static_html()}
+
+    def static_html(self) -> str:
+        """What the app shows now, as static HTML (a saved notebook, GitHub, the docs site): the step line, the
+        picture with its caption, the curve and the table."""
+        return snapshot_html(self.steps_label.value, self.image_caption.value, self.image.value, self.curve.value,
+                             self.table.value)
 
     # ------------------------------------------------------------------ state
     def _load_existing(self) -> None:
@@ -375,7 +368,7 @@ class StrengthExplorer:
         else:
             picture = comparison_grid(store, rows="seed", cols="strength", annotate=self.metrics[:3],
                                       where=self._family())
-        self.image.value = png_bytes(picture)
+        self.image.value, self.image.layout.display = png_bytes(picture), None
         self.image_caption.value = (f"<span class='i2i-caption-text'>showing <b>{html.escape(self.view.value)}</b> · "
                                     f"strength {row['strength']:g}, seed {row['seed']} · "
                                     f"{html.escape(str(row['source_name']))}</span>")
@@ -407,7 +400,7 @@ class StrengthExplorer:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
         figure.tight_layout()
-        self.curve.value = figure_png(figure)
+        self.curve.value, self.curve.layout.display = figure_png(figure), None
 
     def _draw_table(self) -> None:
         table = self.rows()

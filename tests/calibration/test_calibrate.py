@@ -255,6 +255,9 @@ def test_recommendations_and_renderings(synthetic_result):
     figure = synthetic_result.figure()
     heatmap = synthetic_result.heatmap("fidelity")
     assert [axis.get_xlabel() for axis in figure.axes] == ["strength", "strength"]
+    three = synthetic_result.figure(["fidelity", "fidelity", "fidelity"])  # two panels to a row: 10.4 in, not 15.6
+    assert tuple(three.get_size_inches()) == (10.4, 8.0) and [axis.get_visible() for axis in three.axes] == \
+        [True, True, True, False]
     strengths = synthetic_result.summary["strength"].nunique()  # guidance x every strength tested at either guidance
     assert heatmap.axes[0].get_images()[0].get_array().shape == (2, strengths)
     untested = int(synthetic_result.summary.pivot_table(index="guidance_scale", columns="strength",

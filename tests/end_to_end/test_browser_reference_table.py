@@ -12,6 +12,15 @@ from jupyter_browser import (ARTIFACTS, column_headers, jupyterlab,  # noqa: F40
                              run_notebook, small_calibration_notebook)
 
 
+BROKEN_IMAGES = """() => {
+    const shown = Array.from(document.images).filter(i => i.offsetParent !== null);
+    const detail = document.querySelector('.i2i-detail-image');
+    return {broken: shown.filter(i => !i.complete || i.naturalWidth === 0).length,
+            grid: shown.filter(i => i.closest('.i2i-grid') && i.naturalWidth > 0).length,
+            detail_shown: !!(detail && detail.offsetParent !== null && detail.naturalWidth > 0)};
+}"""
+
+
 @pytest.mark.slow
 def test_reference_table_widget_drives_the_grid_in_jupyterlab(jupyterlab, chromium, capsys):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -30,6 +39,9 @@ def test_reference_table_widget_drives_the_grid_in_jupyterlab(jupyterlab, chromi
             page.locator(".i2i-reference-table").scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             headers_before, pixels_before = column_headers(page), grid.screenshot()
+            # the grid's pictures inside the widget all loaded, and no empty picture draws a broken-image icon
+            # (the detail's image stays hidden until a cell is opened)
+            images_before = page.evaluate(BROKEN_IMAGES)
             page.screenshot(path=str(ARTIFACTS / "calibration_widget_first_band.png"))
 
             band_count = bands.count()
@@ -50,6 +62,7 @@ def test_reference_table_widget_drives_the_grid_in_jupyterlab(jupyterlab, chromi
                                    ".map(tr => [tr.querySelector('th').innerText, tr.querySelector('td').innerText]))")
             page.locator(".i2i-detail-image").scroll_into_view_if_needed()
             page.wait_for_timeout(500)
+            images_after = page.evaluate(BROKEN_IMAGES)
             page.screenshot(path=str(ARTIFACTS / "calibration_widget_detail.png"))
         finally:
             browser.close()
@@ -57,6 +70,9 @@ def test_reference_table_widget_drives_the_grid_in_jupyterlab(jupyterlab, chromi
     with capsys.disabled():
         print(f"\n[browser] notebook 03 reference-table widget: {seconds:.1f} s; {band_count} bands; headers "
               f"{headers_before!r} -> {headers_after!r}; clicked {clicked!r} -> cell {detail.get('cell_key', '')[:12]}")
+    assert images_before["broken"] == 0 and images_before["grid"] > 2 and not images_before["detail_shown"], \
+        images_before
+    assert images_after["broken"] == 0 and images_after["detail_shown"], images_after
     assert band_count >= 2 and headers_after != headers_before and "CI" in headers_after
     assert pixels_after != pixels_before
     from img2img_lab.store.run_store import RunStore
