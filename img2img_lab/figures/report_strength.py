@@ -25,7 +25,7 @@ def _model_specs(store) -> list[str]:
 def strength_section_body(store, table) -> str | None:
     """The section's HTML (``None`` when no model's scheduler config can be read here).
 
-    >>> "comfyui" in strength_section_body(store, table)  # the embedded model's DDIM config, 10 steps
+    >>> "comfyui (simple)" in strength_section_body(store, table)  # the embedded model's DDIM config, 10 steps
     True
     """
     from img2img_lab.errors import Img2ImgLabError
@@ -44,9 +44,11 @@ def strength_section_body(store, table) -> str | None:
             continue
         shown.append(spec)
         rows["run"] = [f"{s} / {snr:.2f}" for s, snr in zip(rows.executed_steps, rows.log_snr)]
+        rows["tool"] = [f"{tool} ({schedule})" for tool, schedule in zip(rows.tool, rows.schedule)]
         pivot = rows.pivot(index="tool", columns="strength", values="run")
         parts.append(f"<p><b>{html.escape(spec)}</b>, {steps} steps, {size} px — executed steps / start log-SNR of "
-                     f"this study's strengths in each tool:</p>" + scroll_box(pivot.to_html(escape=True)))
+                     f"this study's strengths in each tool, on its default schedule (in brackets):</p>"
+                     + scroll_box(pivot.to_html(escape=True)))
     if not shown:
         return None
     figure = strength_map_figure(shown, steps=steps, size=size)

@@ -138,14 +138,13 @@ def _fill_missing(frame, names, available, store, *, with_prompts: bool, device,
     needed = frame.index[frame[todo].isna().any(axis=1)] if todo else []
     sources: dict[str, object] = {}
     outputs: dict[object, object] = {}
-    bar = progress_bar(total=len(needed), desc="measure: read", unit="image", disable=not progress)
-    for index in needed:
-        bar.update(1)
-        row = frame.loc[index]
-        if row["source_hash"] not in sources:
-            sources[row["source_hash"]] = store.load_source(row["source_hash"])
-        outputs[index] = store.load_output(row)
-    bar.close()
+    with progress_bar(total=len(needed), desc="measure: read", unit="image", disable=not progress) as bar:
+        for index in needed:  # the bar is closed (its line ended) also when a read fails
+            row = frame.loc[index]
+            if row["source_hash"] not in sources:
+                sources[row["source_hash"]] = store.load_source(row["source_hash"])
+            outputs[index] = store.load_output(row)
+            bar.update(1)
     computed = {name: int(frame[name].isna().sum()) for name in todo}
     if not todo:
         return computed
