@@ -1,5 +1,5 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img and
-inpainting, 4- and 9-channel; FLUX.1 inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the
+inpainting, 4- and 9-channel; FLUX.1, Chroma, Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the
 source pasted back as the per-cell runner does, and a chunk the engine does not reproduce (a crop around the mask)
 run per cell."""
 
@@ -44,6 +44,12 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
                      lambda index: {"mask_image": _mask(4 * index)}),
     "flux-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [3]}},
                      lambda index: {"mask_image": _mask(4 * index)}),
+    "chroma-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "composite": [True]}},
+                       lambda index: {"mask_image": _mask(4 * index)}),
+    "qwenimage-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},
+                          lambda index: {"mask_image": _mask(4 * index)}),
+    "zimage-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [2]}},
+                       lambda index: {"mask_image": _mask(4 * index)}),
 }
 
 

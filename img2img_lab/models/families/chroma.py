@@ -7,7 +7,8 @@ single T5 encoder and true classifier-free guidance through ``guidance_scale`` a
 
 from __future__ import annotations
 
-from img2img_lab.models.families.flux import FluxConditioning, TrueCFGFluxFamily, flux_dev_scheduler
+from img2img_lab.models.families.flux import (FluxConditioning, FluxInpaintConditioning, TrueCFGFluxFamily,
+                                             flux_dev_scheduler)
 from img2img_lab.models.families.sd3 import call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, tiny_t5, tiny_vae
 
@@ -61,6 +62,19 @@ class ChromaConditioning(FluxConditioning):
                                      joint_attention_kwargs={}, return_dict=False)[0]
 
 
+class ChromaInpaintConditioning(ChromaConditioning, FluxInpaintConditioning):
+    """``ChromaInpaintPipeline``: Chroma's prompts, transformer call and true CFG (:class:`ChromaConditioning`) with
+    FLUX.1 inpainting's latents, packed mask and latent blend after every step (:class:`FluxInpaintConditioning`):
+    diffusers' Chroma inpainting copies ``FluxInpaintPipeline``'s ``prepare_latents``, ``prepare_mask_latents`` and
+    blend (``pipeline_chroma_inpainting.py``).
+
+    >>> ChromaFamily(ChromaFamily.tiny_pipelines["chroma-inpaint"]()).batched_conditioning()[1]
+    'ChromaInpaintPipeline'
+    """
+
+    latent_image_ids = FluxConditioning.latent_image_ids  # the inpainting pipeline's ids take a batch argument
+
+
 def make_tiny_chroma(*, dynamic: bool = True):
     """A random-weight ``ChromaImg2ImgPipeline``: a T5, a one-layer Chroma transformer; a dynamic-shift scheduler (as
     FLUX.1-dev's) or a constant shift of 1."""
@@ -91,4 +105,4 @@ class ChromaFamily(TrueCFGFluxFamily):
         "chroma-constant": lambda: make_tiny_chroma(dynamic=False),
         "chroma-inpaint": lambda: as_class(make_tiny_chroma(), "ChromaInpaintPipeline"),
     }
-    batched_classes = {"ChromaImg2ImgPipeline": ChromaConditioning}
+    batched_classes = {"ChromaImg2ImgPipeline": ChromaConditioning, "ChromaInpaintPipeline": ChromaInpaintConditioning}

@@ -93,24 +93,29 @@ class FluxConditioning(SD3Conditioning):
                               conditioning_dtype)
 
 
-class FluxInpaintConditioning(FluxConditioning):
-    """``FluxInpaintPipeline`` (16-channel transformer, no crop): FLUX.1's img2img with the latent blend after every
-    step (the source scale-noised to the next timestep outside the packed mask), and the masked source's latents
-    drawn with the cell's generator after the noise, as ``prepare_mask_latents`` draws them (the 16-channel
-    transformer never reads them).
-
-    >>> flux = FluxFamily.tiny_pipelines["flux-inpaint"]()
-    >>> FluxFamily(flux).batched_conditioning()
-    (<class 'img2img_lab.models.families.flux.FluxInpaintConditioning'>, 'FluxInpaintPipeline')
-    """
+class FlowInpaint:
+    """A flow-matching inpainting pipeline's latents and blend, mixed into a family's conditioning (written before
+    it): img2img with the latent blend after every step (the source scale-noised to the next timestep outside the
+    mask), and the masked source's latents drawn with the cell's generator after the noise, as
+    ``prepare_mask_latents`` draws them (a 16-channel transformer never reads them). ``FluxInpaintPipeline``'s
+    algorithm, which Chroma's, Qwen-Image's and Z-Image's inpainting pipelines copy; latents packed as the family
+    packs them (:meth:`_pack`)."""
 
     def __init__(self, pipe, device, dtype, *, size=None):
         super().__init__(pipe, device, dtype, size=size)
         self._masks: dict[tuple, tuple] = {}
 
     def _pack(self, latents):
-        _, channels, height, width = latents.shape
+        *_, channels, height, width = latents.shape  # [1, C, H, W], or Qwen-Image's [1, 1, C, H, W]
         return self.pipe._pack_latents(latents, 1, channels, height, width)
+
+    def _mask_channels(self) -> int:
+        """The channels the mask is repeated over before packing (FLUX.1's latent channels)."""
+        return self.pipe.transformer.config.in_channels // 4
+
+    def masked_distribution(self, masked):
+        """The VAE's distribution of the masked source (the pipeline samples it with the cell's generator)."""
+        return self.pipe.vae.encode(masked).latent_dist
 
     # Adapted from diffusers.pipelines.flux.pipeline_flux_inpaint.FluxInpaintPipeline.prepare_mask_latents (the packed mask; the masked source's VAE distribution)
     def _mask_inputs(self, source, mask_image):
@@ -121,10 +126,10 @@ class FluxInpaintConditioning(FluxConditioning):
             condition, masked = masked_source(self.pipe, source, mask_image, self.size)
             side = (self._latent_side(self.size[1]), self._latent_side(self.size[0]))
             mask = torch.nn.functional.interpolate(condition, size=side).to(device=self.device, dtype=self.dtype)
-            channels = self.pipe.transformer.config.in_channels // 4
+            channels = self._mask_channels()
             masked = masked.to(device=self.device, dtype=self.dtype)
             with torch.no_grad():
-                self._masks[key] = (self._pack(mask.repeat(1, channels, 1, 1)), self.pipe.vae.encode(masked).latent_dist)
+                self._masks[key] = (self._pack(mask.repeat(1, channels, 1, 1)), self.masked_distribution(masked))
         return self._masks[key]
 
     # Adapted from diffusers.pipelines.flux.pipeline_flux_inpaint.FluxInpaintPipeline.prepare_latents
@@ -146,6 +151,16 @@ class FluxInpaintConditioning(FluxConditioning):
         if step < len(timesteps) - 1:
             proper = scheduler.scale_noise(proper, torch.tensor([timesteps[step + 1]]), state["noise"])
         return (1 - state["mask"]) * proper + state["mask"] * latents
+
+
+class FluxInpaintConditioning(FlowInpaint, FluxConditioning):
+    """``FluxInpaintPipeline`` (16-channel transformer, no crop): FLUX.1's img2img with :class:`FlowInpaint`'s
+    packed mask and blend.
+
+    >>> flux = FluxFamily.tiny_pipelines["flux-inpaint"]()
+    >>> FluxFamily(flux).batched_conditioning()
+    (<class 'img2img_lab.models.families.flux.FluxInpaintConditioning'>, 'FluxInpaintPipeline')
+    """
 
 
 def flux_dev_scheduler():

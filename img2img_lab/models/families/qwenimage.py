@@ -12,7 +12,7 @@ always guides.
 from __future__ import annotations
 
 from img2img_lab.models.families.base import sample_latent
-from img2img_lab.models.families.flux import FluxConditioning, TrueCFGFluxFamily
+from img2img_lab.models.families.flux import FluxConditioning, FluxInpaintConditioning, TrueCFGFluxFamily
 from img2img_lab.models.families.sd3 import call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, qwen2_tokenizer
 
@@ -150,6 +150,21 @@ class QwenImageConditioning(FluxConditioning):
             return vae.decode(latents / inverse_std + mean, return_dict=False)[0][:, :, 0], None
 
 
+class QwenImageInpaintConditioning(QwenImageConditioning, FluxInpaintConditioning):
+    """``QwenImageInpaintPipeline``: Qwen-Image's prompts, one-frame latents and true CFG
+    (:class:`QwenImageConditioning`) with FLUX.1 inpainting's packed mask and latent blend after every step
+    (:class:`FluxInpaintConditioning`), as ``pipeline_qwenimage_inpaint.py``'s ``prepare_latents``,
+    ``prepare_mask_latents`` (the masked source encoded as one frame) and loop do.
+
+    >>> QwenImageFamily(QwenImageFamily.tiny_pipelines["qwenimage-inpaint"]()).batched_conditioning()[1]
+    'QwenImageInpaintPipeline'
+    """
+
+    # Adapted from diffusers.pipelines.qwenimage.pipeline_qwenimage_inpaint.QwenImageInpaintPipeline.prepare_mask_latents (the masked image as one frame)
+    def masked_distribution(self, masked):
+        return self.pipe.vae.encode(masked.unsqueeze(2)).latent_dist
+
+
 class QwenImageFamily(TrueCFGFluxFamily):
     """QwenImage: the FLUX.1 rule on 16-px packed latents; true CFG through ``true_cfg_scale`` and a negative prompt."""
 
@@ -166,7 +181,8 @@ class QwenImageFamily(TrueCFGFluxFamily):
         "qwenimage": make_tiny_qwenimage,
         "qwenimage-inpaint": lambda: as_class(make_tiny_qwenimage(), "QwenImageInpaintPipeline"),
     }
-    batched_classes = {"QwenImageImg2ImgPipeline": QwenImageConditioning}
+    batched_classes = {"QwenImageImg2ImgPipeline": QwenImageConditioning,
+                       "QwenImageInpaintPipeline": QwenImageInpaintConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         if getattr(self.pipe.transformer.config, "guidance_embeds", False):

@@ -9,7 +9,7 @@ guidance through ``guidance_scale``.
 
 from __future__ import annotations
 
-from img2img_lab.models.families.flux import TrueCFGFluxFamily
+from img2img_lab.models.families.flux import FlowInpaint, TrueCFGFluxFamily
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, qwen2_tokenizer, tiny_vae
 
@@ -92,6 +92,26 @@ def make_tiny_zimage():
                                  tokenizer=tokenizer, transformer=transformer)
 
 
+class ZImageInpaintConditioning(FlowInpaint, ZImageConditioning):
+    """``ZImageInpaintPipeline``: Z-Image's prompts, transformer call and guidance (:class:`ZImageConditioning`)
+    with :class:`~img2img_lab.models.families.flux.FlowInpaint`'s latents and blend on unpacked latents, the mask
+    broadcast over the channels (``pipeline_z_image_inpaint.py``: ``prepare_latents``, ``prepare_mask_latents``, the
+    loop's blend).
+
+    >>> ZImageFamily(ZImageFamily.tiny_pipelines["zimage-inpaint"]()).batched_conditioning()[1]
+    'ZImageInpaintPipeline'
+    """
+
+    def _pack(self, latents):
+        return latents  # Z-Image's latents are not packed
+
+    def _mask_channels(self) -> int:
+        return 1
+
+    def _latent_side(self, pixels: int) -> int:
+        return 2 * (int(pixels) // (self.pipe.vae_scale_factor * 2))
+
+
 class ZImageFamily(TrueCFGFluxFamily):
     """Z-Image: float32 ``torch.linspace`` sigmas and ``mu`` always passed (``get_default_z_image_sigmas``)."""
 
@@ -102,7 +122,7 @@ class ZImageFamily(TrueCFGFluxFamily):
         "zimage": make_tiny_zimage,
         "zimage-inpaint": lambda: as_class(make_tiny_zimage(), "ZImageInpaintPipeline"),
     }
-    batched_classes = {"ZImageImg2ImgPipeline": ZImageConditioning}
+    batched_classes = {"ZImageImg2ImgPipeline": ZImageConditioning, "ZImageInpaintPipeline": ZImageInpaintConditioning}
 
     def guidance_used(self, guidance_scale: float) -> bool:
         return guidance_scale > 0  # do_classifier_free_guidance is guidance_scale > 0: 1 guides (pos + 1·(pos - neg))
