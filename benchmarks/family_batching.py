@@ -22,19 +22,25 @@ import img2img_lab  # noqa: F401  - torchvision shim first
 
 FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-controlnet", "sdxl-inpaint", "sd3",
             "flux-dev", "flux-schnell", "flux-inpaint", "chroma-dynamic", "chroma-inpaint", "qwenimage",
-            "qwenimage-inpaint", "zimage", "zimage-inpaint")
+            "qwenimage-inpaint", "zimage", "zimage-inpaint", "sd-controlnet-inpaint",
+            "sdxl-controlnet-inpaint")
 
 
 def _conditions(family: str, sources):
     from PIL import Image
 
+    conditions, settings = [{} for _ in sources], {}
     if "inpaint" in family:
         mask = Image.new("L", sources[0].size, 0)
         mask.paste(255, (8, 8, 24, 28))
-        return [{"mask_image": mask} for _ in sources], {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}}
+        settings.update(modes=["inpaint"], inpaint={"mask": "m.png"})
+        for condition in conditions:
+            condition["mask_image"] = mask
     if "controlnet" in family:
-        return [{"control_image": source.transpose(0)} for source in sources], {"control": {"image": "c.png"}}
-    return None, {}
+        settings["control"] = {"image": "c.png"}
+        for condition, source in zip(conditions, sources):
+            condition["control_image"] = source.transpose(0)
+    return (conditions if settings else None), settings
 
 
 def measure(family: str, pairs: int) -> dict:

@@ -26,15 +26,15 @@ decoded — its family module declares as its *batched conditioning*
 
 * Stable Diffusion 1.x/2.x and SDXL img2img (the embedded model too; SDXL's pooled embeddings and added time ids,
   its VAE upcast where the model asks), their ControlNet img2img (each sample's control image, and its conditioning
-  scale at each of its own steps) and their inpainting (a 4-channel UNet's latent blend after every step; a
-  9-channel UNet's mask and masked-source channels);
+  scale at each of its own steps), their inpainting (a 4-channel UNet's latent blend after every step; a
+  9-channel UNet's mask and masked-source channels) and ControlNet inpainting (both: the ControlNet on 4 channels);
 * the flow-matching families: SD3 / 3.5 (classifier-free guidance), FLUX.1 dev and schnell (the guidance embedding
-  per sample, packed latents; inpainting's latent blend too), Chroma (true CFG, per-sample attention masks),
-  Qwen-Image (true CFG with its norm rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)``
-  from g > 0, list inputs).
+  per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
+  rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs), each with
+  its inpainting pipeline (FLUX.1's latent blend, :class:`~img2img_lab.models.families.flux.FlowInpaint`).
 
-Other pipelines (PAG, ControlNet inpainting, FLUX.1 Control, the other flow families' inpainting, LCM: its strength
-rescales its own schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported`
+Other pipelines (PAG, FLUX.1 Control, LCM: its strength rescales its own schedule, so strengths share few
+timesteps) use the per-cell runner; :func:`batching_supported`
 says which and why (the manifest records it), and a chunk that crops around its mask runs per cell
 (:func:`img2img_lab.engine.runners.run_chunk`).
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from img2img_lab.models.families.architectures import build_architecture
-from img2img_lab.models.families.stable_diffusion import make_tiny_pipeline  # noqa: F401
+from img2img_lab.models.families.tiny_parts import make_tiny_pipeline  # noqa: F401
 from img2img_lab.models.registry import REAL_SIZE, TINY_PIPELINES, tiny_pipeline
 
 #: Every tiny pipeline the family modules declare, by name.

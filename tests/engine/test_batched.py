@@ -115,7 +115,8 @@ def test_batching_supported_says_why_not():
     supported, reason = batching_supported(as_model(make_tiny_family("sd-pag-inpaint")))
     assert not supported and reason == (
         "StableDiffusionPAGInpaintPipeline is run per cell (the batched engine reproduces plain calls of "
-        "StableDiffusionImg2ImgPipeline, StableDiffusionControlNetImg2ImgPipeline, StableDiffusionInpaintPipeline only)")
+        "StableDiffusionImg2ImgPipeline, StableDiffusionControlNetImg2ImgPipeline, StableDiffusionInpaintPipeline, "
+        "StableDiffusionControlNetInpaintPipeline only)")
 
 
 def test_run_cells_batched_refuses_mixed_groups(tiny_pipe):

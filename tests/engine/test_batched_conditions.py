@@ -1,7 +1,7 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img and
-inpainting, 4- and 9-channel; FLUX.1, Chroma, Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the
-source pasted back as the per-cell runner does, and a chunk the engine does not reproduce (a crop around the mask)
-run per cell."""
+inpainting; SD's ControlNet inpainting, 4- and 9-channel, and SDXL's; FLUX.1, Chroma, Qwen-Image and Z-Image inpainting): every
+cell within one level of the plain call with the same arguments (float32), the mask blurred and the source pasted
+back as the per-cell runner does, and a chunk the engine does not reproduce (a crop around the mask) run per cell."""
 
 from __future__ import annotations
 
@@ -38,8 +38,20 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
                    lambda index: {"mask_image": _mask(4 * index)}),
     "sd-inpaint-9": ("dpmpp_2m", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},
                      lambda index: {"mask_image": _mask(4 * index)}),
+    "sd-controlnet-inpaint": ("dpmpp_2m", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "composite": [True]},
+                                           "control": {"image": "c.png", "guidance_ends": [0.6]}},
+                              lambda index: {"mask_image": _mask(4 * index),
+                                             "control_image": structured_image(32, seed=7 + index)}),
+    "sd-controlnet-inpaint-9": ("euler_a", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"},
+                                             "control": {"image": "c.png", "conditioning_scales": [0.7]}},
+                                lambda index: {"mask_image": _mask(4 * index),
+                                               "control_image": structured_image(32, seed=7 + index)}),
     "sdxl-controlnet": ("dpmpp_2m", {"control": {"image": "c.png", "guidance_starts": [0.2]}},
                         lambda index: {"control_image": structured_image(32, seed=7 + index)}),
+    "sdxl-controlnet-inpaint": ("euler", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"},
+                                          "control": {"image": "c.png", "guidance_starts": [0.2]}},
+                                lambda index: {"mask_image": _mask(4 * index),
+                                               "control_image": structured_image(32, seed=7 + index)}),
     "sdxl-inpaint": ("euler", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},
                      lambda index: {"mask_image": _mask(4 * index)}),
     "flux-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [3]}},
@@ -53,9 +65,19 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
 }
 
 
+def _tiny(family: str):
+    """The family's tiny pipeline; ``sd-controlnet-inpaint-9``: SD's ControlNet inpainting with a 9-channel UNet."""
+    if family != "sd-controlnet-inpaint-9":
+        return make_tiny_family(family)
+    from img2img_lab.models.families.tiny_parts import as_class, tiny_unet
+
+    return as_class(make_tiny_family("sd-controlnet-inpaint"), "StableDiffusionControlNetInpaintPipeline",
+                    unet=tiny_unet(9))
+
+
 @pytest.mark.parametrize("family", list(CASES))
 def test_batched_conditions_equal_plain_calls_within_one_level(family, capsys):
-    pipe = make_tiny_family(family)
+    pipe = _tiny(family)
     model = as_model(pipe)
     scheduler, settings, condition_of = CASES[family]
     assert batching_supported(model)[0]

@@ -13,8 +13,9 @@ True
 from __future__ import annotations
 
 from img2img_lab.models.families.base import sample_latent
-from img2img_lab.models.families.stable_diffusion import (ControlNetConditioning, InpaintConditioning,
-                                                          StableDiffusionFamily, TextConditioning)
+from img2img_lab.models.families.stable_diffusion import (ControlNetConditioning, ControlNetInpaintConditioning,
+                                                          InpaintConditioning, StableDiffusionFamily,
+                                                          TextConditioning)
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_vae, unet_controlnet
 
 
@@ -32,7 +33,6 @@ class SDXLConditioning(TextConditioning):
 
         defaults = {name: parameter.default
                     for name, parameter in inspect.signature(type(self.pipe).__call__).parameters.items()}
-        width, height = size
         text_projection = (self.pipe.text_encoder_2.config.projection_dim if self.pipe.text_encoder_2 is not None
                            else None)
         conditioning = {}
@@ -41,17 +41,27 @@ class SDXLConditioning(TextConditioning):
                 positive, negative_embeds, pooled, negative_pooled = self.pipe.encode_prompt(
                     prompt=prompt, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=True,
                     negative_prompt=negative or None)
-                time_ids, negative_time_ids = self.pipe._get_add_time_ids(
-                    (height, width), defaults["crops_coords_top_left"], (height, width), defaults["aesthetic_score"],
-                    defaults["negative_aesthetic_score"], (height, width), defaults["negative_crops_coords_top_left"],
-                    (height, width), dtype=positive.dtype,
-                    text_encoder_projection_dim=text_projection or int(pooled.shape[-1]))
+                time_ids, negative_time_ids = self._time_ids(defaults, size, positive.dtype,
+                                                             text_projection or int(pooled.shape[-1]))
                 conditioning[(prompt, negative)] = {
                     "positive": {"encoder_hidden_states": positive, "text_embeds": pooled,
                                  "time_ids": time_ids.to(self.device)},
                     "negative": {"encoder_hidden_states": negative_embeds, "text_embeds": negative_pooled,
                                  "time_ids": negative_time_ids.to(self.device)}}
         return conditioning
+
+    def _time_ids(self, defaults: dict, size, dtype, projection: int):
+        """The pipeline's ``_get_add_time_ids`` at the call's defaults, the image's size as original and target size;
+        ``StableDiffusionXLControlNetInpaintPipeline``'s takes no negative sizes."""
+        import inspect
+
+        width, height = size
+        common = ((height, width), defaults["crops_coords_top_left"], (height, width), defaults["aesthetic_score"],
+                  defaults["negative_aesthetic_score"])
+        if "negative_original_size" not in inspect.signature(self.pipe._get_add_time_ids).parameters:
+            return self.pipe._get_add_time_ids(*common, dtype=dtype, text_encoder_projection_dim=projection)
+        return self.pipe._get_add_time_ids(*common, (height, width), defaults["negative_crops_coords_top_left"],
+                                           (height, width), dtype=dtype, text_encoder_projection_dim=projection)
 
     def _upcast(self) -> bool:
         """Whether the VAE must run in float32 (``force_upcast``) while the model runs in a lower precision."""
@@ -132,6 +142,13 @@ class SDXLControlNetConditioning(SDXLConditioning, ControlNetConditioning):
     image, its scale at each of its steps) with SDXL's conditioning, which the ControlNet receives as well."""
 
 
+class SDXLControlNetInpaintConditioning(SDXLConditioning, ControlNetInpaintConditioning):
+    """``StableDiffusionXLControlNetInpaintPipeline``: Stable Diffusion's ControlNet inpainting with SDXL's
+    conditioning (which the ControlNet receives as well) and SDXL inpainting's masked-source latents."""
+
+    mask_latents = SDXLInpaintConditioning.mask_latents
+
+
 def make_tiny_sdxl():
     """A random-weight ``StableDiffusionXLImg2ImgPipeline``: two CLIP encoders (the second with a projection), a
     2-level UNet with text-time embeddings, SDXL base's Euler scheduler."""
@@ -201,4 +218,5 @@ class SDXLFamily(StableDiffusionFamily):
     }
     batched_classes = {"StableDiffusionXLImg2ImgPipeline": SDXLConditioning,
                        "StableDiffusionXLControlNetImg2ImgPipeline": SDXLControlNetConditioning,
-                       "StableDiffusionXLInpaintPipeline": SDXLInpaintConditioning}
+                       "StableDiffusionXLInpaintPipeline": SDXLInpaintConditioning,
+                       "StableDiffusionXLControlNetInpaintPipeline": SDXLControlNetInpaintConditioning}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import inspect
 
 from img2img_lab.models.families.base import Family, masked_source, sample_latent
-from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_unet, tiny_vae, unet_controlnet
+from img2img_lab.models.families.tiny_parts import (as_class, make_tiny_pipeline, sd_pndm_scheduler,  # noqa: F401
+                                                   tiny_unet, unet_controlnet)
 
 
 class TextConditioning:
@@ -186,14 +187,19 @@ class ControlNetConditioning(TextConditioning):
                                                dtype=self.pipe.controlnet.dtype),
                 "conditioning_scale": torch.ones(1, 1, 1, 1, device=self.device, dtype=self.dtype)}
 
-    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (the ControlNet, then the UNet with its residuals)
     def predict(self, inputs, t, fields: dict):
+        return self.controlled(inputs, t, fields, unet_inputs=inputs)
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (the ControlNet, then the UNet with its residuals)
+    def controlled(self, inputs, t, fields: dict, *, unet_inputs):
+        """The ControlNet on ``inputs``, then the UNet on ``unet_inputs`` (an inpainting UNet's 9 channels) with its
+        residuals."""
         extra = {"added_cond_kwargs": {name: fields[name] for name in self.added_fields}} if self.added_fields else {}
         down, mid = self.pipe.controlnet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
                                          controlnet_cond=fields["controlnet_cond"],
                                          conditioning_scale=fields["conditioning_scale"], guess_mode=False,
                                          return_dict=False, **extra)
-        return self.pipe.unet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
+        return self.pipe.unet(unet_inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
                               down_block_additional_residuals=down, mid_block_additional_residual=mid,
                               return_dict=False, **extra)[0]
 
@@ -248,9 +254,10 @@ class InpaintConditioning(TextConditioning):
                    else scheduler.add_noise(image_latents, noise, timesteps[:1]))
         mask, masked_distribution = self._mask_inputs(source, condition["mask_image"])
         masked_latents = self.mask_latents(masked_distribution, generator)
+        fields = self.condition_fields(cell, condition)  # a ControlNet's control image
         if self.latent_blend:
-            return latents, {}, {"image_latents": image_latents, "noise": noise, "mask": mask}
-        return latents, {"mask": mask, "masked_image_latents": masked_latents}, {}
+            return latents, fields, {"image_latents": image_latents, "noise": noise, "mask": mask}
+        return latents, {**fields, "mask": mask, "masked_image_latents": masked_latents}, {}
 
     # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.__call__ (step 11: the latent blend of a 4-channel UNet)
     def after_step(self, scheduler, timesteps, step: int, latents, state: dict):
@@ -277,59 +284,30 @@ class InpaintConditioning(TextConditioning):
                            device=self.device, dtype=self.dtype)
 
     def predict(self, inputs, t, fields: dict):
+        return super().predict(self.unet_inputs(inputs, fields), t, fields)
+
+    def unet_inputs(self, inputs, fields: dict):
+        """A 9-channel UNet's input: the latents, the mask and the masked source's latents as channels."""
         import torch
 
-        if "mask" in fields:  # a 9-channel UNet: the mask and the masked source's latents as channels
-            inputs = torch.cat([inputs, fields["mask"], fields["masked_image_latents"]], dim=1)
-        return super().predict(inputs, t, fields)
+        return torch.cat([inputs, fields["mask"], fields["masked_image_latents"]], dim=1) if "mask" in fields else inputs
 
 
-def sd_pndm_scheduler():
-    """PNDM (PLMS) with Stable Diffusion 1.x's betas, as in SD 1.5's own model folder.
+class ControlNetInpaintConditioning(InpaintConditioning, ControlNetConditioning):
+    """``StableDiffusionControlNetInpaintPipeline`` (one ControlNet, no crop): inpainting's latents, mask and blend
+    (:class:`InpaintConditioning`) with the ControlNet's residuals (:class:`ControlNetConditioning`); the ControlNet
+    reads the 4 latent channels and the UNet all of its own (``control_model_input``).
 
-    >>> sd_pndm_scheduler().config.beta_schedule
-    'scaled_linear'
+    >>> cn = StableDiffusionFamily.tiny_pipelines["sd-controlnet-inpaint"]()
+    >>> StableDiffusionFamily(cn).batched_conditioning()[1]
+    'StableDiffusionControlNetInpaintPipeline'
     """
-    from diffusers import PNDMScheduler
 
-    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+    def probe_fields(self, size) -> dict:
+        return {**ControlNetConditioning.probe_fields(self, size), **InpaintConditioning.probe_fields(self, size)}
 
-
-def make_tiny_pipeline(*, seed: int = 0, sample_size: int = 32, unet_channels: tuple[int, ...] = (32, 64),
-                       vae_channels: tuple[int, ...] = (32, 64), text_hidden: int = 32, cross_attention_dim: int = 32,
-                       attention: bool = True, max_length: int = 16, layers_per_block: int = 1,
-                       text_layers: int = 2, text_heads: int | None = None, attention_head_dim: int | None = None):
-    """A random-weight :class:`StableDiffusionImg2ImgPipeline` (CPU, fp32) from configs alone: UNet, VAE, a CLIP text
-    encoder with a byte-level tokenizer, SD 1.x's PNDM scheduler. ``sample_size`` is the image side in pixels; the
-    VAE factor is ``2 ** (len(vae_channels) - 1)``; larger widths give realistically shaped models.
-    """
-    import torch
-    from diffusers import StableDiffusionImg2ImgPipeline
-
-    if text_hidden != cross_attention_dim:
-        raise ValueError("text_hidden must equal cross_attention_dim (the UNet reads the encoder's hidden states).")
-    torch.manual_seed(seed)  # the components draw their random weights in this order: UNet, VAE, text encoder
-    vae_factor = 2 ** (len(vae_channels) - 1)
-    down = ["CrossAttnDownBlock2D" if attention else "DownBlock2D"] * (len(unet_channels) - 1) + ["DownBlock2D"]
-    up = ["UpBlock2D"] + ["CrossAttnUpBlock2D" if attention else "UpBlock2D"] * (len(unet_channels) - 1)
-    from diffusers import UNet2DConditionModel
-
-    unet = UNet2DConditionModel(
-        sample_size=sample_size // vae_factor, in_channels=4, out_channels=4, block_out_channels=tuple(unet_channels),
-        layers_per_block=layers_per_block, down_block_types=tuple(down), up_block_types=tuple(up),
-        mid_block_type="UNetMidBlock2DCrossAttn" if attention else None, cross_attention_dim=cross_attention_dim,
-        attention_head_dim=attention_head_dim or (max(1, unet_channels[0] // 8) if attention else 8),
-        norm_num_groups=min(32, unet_channels[0]))
-    vae = tiny_vae(4, blocks=vae_channels, layers_per_block=layers_per_block, sample_size=sample_size,
-                   norm_groups=min(32, vae_channels[0]))
-    text_encoder, tokenizer = tiny_clip(text_hidden, max_length=max_length, layers=text_layers,
-                                        heads=text_heads or max(1, text_hidden // 16), intermediate=text_hidden * 4)
-    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                          scheduler=sd_pndm_scheduler(), safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    def predict(self, inputs, t, fields: dict):
+        return self.controlled(inputs, t, fields, unet_inputs=self.unet_inputs(inputs, fields))
 
 
 def _sd2_v():
@@ -384,7 +362,8 @@ class StableDiffusionFamily(Family):
     #: The classes the batched engine reproduces (no mask, PAG branch or guess mode), and how.
     batched_classes: dict[str, type] = {"StableDiffusionImg2ImgPipeline": TextConditioning,
                                         "StableDiffusionControlNetImg2ImgPipeline": ControlNetConditioning,
-                                        "StableDiffusionInpaintPipeline": InpaintConditioning}
+                                        "StableDiffusionInpaintPipeline": InpaintConditioning,
+                                        "StableDiffusionControlNetInpaintPipeline": ControlNetInpaintConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()

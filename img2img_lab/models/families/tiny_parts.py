@@ -139,3 +139,51 @@ def as_class(base, class_name: str, **extra):
     expected, optional = cls._get_signature_keys(cls)
     components = {name: value for name, value in base.components.items() if name in set(expected) | set(optional)}
     return cls(**{**components, **extra})
+
+
+def sd_pndm_scheduler():
+    """PNDM (PLMS) with Stable Diffusion 1.x's betas, as in SD 1.5's own model folder.
+
+    >>> sd_pndm_scheduler().config.beta_schedule
+    'scaled_linear'
+    """
+    from diffusers import PNDMScheduler
+
+    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                         skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
+
+
+def make_tiny_pipeline(*, seed: int = 0, sample_size: int = 32, unet_channels: tuple[int, ...] = (32, 64),
+                       vae_channels: tuple[int, ...] = (32, 64), text_hidden: int = 32, cross_attention_dim: int = 32,
+                       attention: bool = True, max_length: int = 16, layers_per_block: int = 1,
+                       text_layers: int = 2, text_heads: int | None = None, attention_head_dim: int | None = None):
+    """A random-weight :class:`StableDiffusionImg2ImgPipeline` (CPU, fp32) from configs alone: UNet, VAE, a CLIP text
+    encoder with a byte-level tokenizer, SD 1.x's PNDM scheduler. ``sample_size`` is the image side in pixels; the
+    VAE factor is ``2 ** (len(vae_channels) - 1)``; larger widths give realistically shaped models.
+    """
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    if text_hidden != cross_attention_dim:
+        raise ValueError("text_hidden must equal cross_attention_dim (the UNet reads the encoder's hidden states).")
+    torch.manual_seed(seed)  # the components draw their random weights in this order: UNet, VAE, text encoder
+    vae_factor = 2 ** (len(vae_channels) - 1)
+    down = ["CrossAttnDownBlock2D" if attention else "DownBlock2D"] * (len(unet_channels) - 1) + ["DownBlock2D"]
+    up = ["UpBlock2D"] + ["CrossAttnUpBlock2D" if attention else "UpBlock2D"] * (len(unet_channels) - 1)
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel(
+        sample_size=sample_size // vae_factor, in_channels=4, out_channels=4, block_out_channels=tuple(unet_channels),
+        layers_per_block=layers_per_block, down_block_types=tuple(down), up_block_types=tuple(up),
+        mid_block_type="UNetMidBlock2DCrossAttn" if attention else None, cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim or (max(1, unet_channels[0] // 8) if attention else 8),
+        norm_num_groups=min(32, unet_channels[0]))
+    vae = tiny_vae(4, blocks=vae_channels, layers_per_block=layers_per_block, sample_size=sample_size,
+                   norm_groups=min(32, vae_channels[0]))
+    text_encoder, tokenizer = tiny_clip(text_hidden, max_length=max_length, layers=text_layers,
+                                        heads=text_heads or max(1, text_hidden // 16), intermediate=text_hidden * 4)
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                          scheduler=sd_pndm_scheduler(), safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
