@@ -22,7 +22,7 @@ import img2img_lab  # noqa: F401  - torchvision shim first
 
 FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-controlnet", "sdxl-inpaint", "sd3",
             "flux-dev", "flux-schnell", "flux-inpaint", "chroma-dynamic", "chroma-inpaint", "qwenimage",
-            "qwenimage-inpaint", "zimage", "zimage-inpaint", "sd-controlnet-inpaint",
+            "qwenimage-inpaint", "zimage", "zimage-inpaint", "sd-controlnet-inpaint", "flux-control",
             "sdxl-controlnet-inpaint")
 
 
@@ -36,7 +36,7 @@ def _conditions(family: str, sources):
         settings.update(modes=["inpaint"], inpaint={"mask": "m.png"})
         for condition in conditions:
             condition["mask_image"] = mask
-    if "controlnet" in family:
+    if "control" in family:  # a ControlNet, or FLUX.1 Control's concatenated control latents
         settings["control"] = {"image": "c.png"}
         for condition, source in zip(conditions, sources):
             condition["control_image"] = source.transpose(0)

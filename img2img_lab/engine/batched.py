@@ -31,10 +31,11 @@ decoded — its family module declares as its *batched conditioning*
 * the flow-matching families: SD3 / 3.5 (classifier-free guidance), FLUX.1 dev and schnell (the guidance embedding
   per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
   rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs), each with
-  its inpainting pipeline (FLUX.1's latent blend, :class:`~img2img_lab.models.families.flux.FlowInpaint`).
+  its inpainting pipeline (FLUX.1's latent blend, :class:`~img2img_lab.models.families.flux.FlowInpaint`), and
+  FLUX.1 Control img2img (each cell's control latents concatenated).
 
-Other pipelines (PAG, FLUX.1 Control, LCM: its strength rescales its own schedule, so strengths share few
-timesteps) use the per-cell runner; :func:`batching_supported`
+Other pipelines (PAG, FLUX.1 Control inpainting, FLUX.1's ControlNet pipelines, LCM: its strength rescales its own
+schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported`
 says which and why (the manifest records it), and a chunk that crops around its mask runs per cell
 (:func:`img2img_lab.engine.runners.run_chunk`).
 

@@ -60,7 +60,7 @@ def test_batched_flow_family_equals_plain_calls_within_one_level(family, capsys)
 
 
 def test_flow_masks_controls_and_lcm_still_run_per_cell_with_the_reason():
-    for family in ("flux-control", "sd3-pag", "lcm"):
+    for family in ("flux-control-inpaint", "sd3-pag", "lcm"):
         supported, reason = batching_supported(as_model(make_tiny_family(family)))
         assert not supported and "per cell" in reason, (family, reason)
 

@@ -11,7 +11,7 @@ it. :class:`TrueCFGFluxFamily` is the same rule with true classifier-free guidan
 
 from __future__ import annotations
 
-from img2img_lab.models.families.base import Family, calculate_shift, masked_source
+from img2img_lab.models.families.base import Family, calculate_shift, masked_source, sample_latent
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae, unzeroed
 
@@ -163,6 +163,61 @@ class FluxInpaintConditioning(FlowInpaint, FluxConditioning):
     """
 
 
+class FluxControlConditioning(FluxConditioning):
+    """``FluxControlImg2ImgPipeline`` (FLUX.1 Canny / Depth): FLUX.1's img2img with the control image's packed VAE
+    latents concatenated to the latents on the channel axis at every call. The control latents are sampled with the
+    cell's generator before the source's (the pipeline encodes the control image first).
+
+    >>> FluxFamily(FluxFamily.tiny_pipelines["flux-control"]()).batched_conditioning()[1]
+    'FluxControlImg2ImgPipeline'
+    """
+
+    def __init__(self, pipe, device, dtype, *, size=None):
+        super().__init__(pipe, device, dtype, size=size)
+        self._controls: dict[int, object] = {}
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_control_img2img.FluxControlImg2ImgPipeline.__call__ (step 5: prepare_image, the control image's VAE sample, packed)
+    def _control_latents(self, image, generator):
+        import torch
+
+        if id(image) not in self._controls:
+            width, height = self.size
+            pixels = self.pipe.prepare_image(image=image, width=width, height=height, batch_size=1,
+                                             num_images_per_prompt=1, device=self.device, dtype=self.pipe.vae.dtype)
+            with torch.no_grad():
+                self._controls[id(image)] = self.pipe.vae.encode(pixels).latent_dist
+        config = self.pipe.vae.config
+        return self._pack((sample_latent(self._controls[id(image)], generator) - config.shift_factor)
+                          * config.scaling_factor)
+
+    def _pack(self, latents):
+        _, channels, height, width = latents.shape
+        return self.pipe._pack_latents(latents, 1, channels, height, width)
+
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        control = self._control_latents(condition["control_image"], generator)  # drawn first, as the pipeline does
+        latents, fields, state = super().start_latents(scheduler, timesteps, distribution, generator, cell=cell,
+                                                       condition=condition, source=source)
+        return latents, {**fields, "control_latents": control}, state
+
+    def probe_fields(self, size) -> dict:
+        return {"control_latents": self.blank_latents(size)}
+
+    def blank_latents(self, size):
+        import torch
+
+        channels = self.pipe.transformer.config.in_channels // 8  # half the transformer's input is the control
+        zeros = torch.zeros(1, channels, self._latent_side(size[1]), self._latent_side(size[0]), device=self.device,
+                            dtype=self.dtype)
+        return self._pack(zeros)
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_control_img2img.FluxControlImg2ImgPipeline.__call__ (step 6: torch.cat([latents, control_image], dim=2))
+    def predict(self, inputs, t, fields: dict):
+        import torch
+
+        return super().predict(torch.cat([inputs, fields["control_latents"]], dim=2), t, fields)
+
+
 def flux_dev_scheduler():
     """FLUX.1-dev's ``scheduler/scheduler_config.json``: flow matching with dynamic shifting."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -239,7 +294,8 @@ class FluxFamily(Family):
     }
     schedulers = ("default",)
     counts_inpaint_channels = False  # the transformer always blends latents
-    batched_classes = {"FluxImg2ImgPipeline": FluxConditioning, "FluxInpaintPipeline": FluxInpaintConditioning}
+    batched_classes = {"FluxImg2ImgPipeline": FluxConditioning, "FluxInpaintPipeline": FluxInpaintConditioning,
+                       "FluxControlImg2ImgPipeline": FluxControlConditioning}
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches
