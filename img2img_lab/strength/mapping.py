@@ -29,8 +29,8 @@ from types import SimpleNamespace
 from img2img_lab.errors import ModelError, PlanError
 from img2img_lab.models.handle import ModelHandle
 from img2img_lab.models.registry import BUNDLED_SCHEDULERS, IMG2IMG_PIPELINE_OF
-from img2img_lab.strength.tool_rules import (DEFAULTS, INVOKEAI_SCHEDULERS, TOOL_SCHEDULES, DiscreteSigmas, ToolRun, a1111_run,
-                                             a1111_schedule, comfyui_run, invokeai_run)
+from img2img_lab.strength.tool_rules import (DEFAULTS, INVOKEAI_SCHEDULERS, TOOL_SCHEDULES, DiscreteSigmas, ToolRun,
+                                             a1111_run, a1111_schedule, comfyui_run, invokeai_run)
 
 #: Bundled scheduler configs (``data/schedulers/<name>.json``), as the family modules declare them.
 BUNDLED = BUNDLED_SCHEDULERS

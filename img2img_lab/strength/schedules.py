@@ -1,8 +1,8 @@
 """The noise schedules AUTOMATIC1111 and ComfyUI place their steps on, for a variance-preserving model.
 
-Both tools sample with k-diffusion over the model's 1000 training sigmas ``σ_t = √((1-ᾱ_t)/ᾱ_t)`` (log-σ interpolated
-between integer timesteps) and build an ``n``-step schedule (``n`` sigmas, high to low, then 0) by name. Each
-function below is re-derived from the tools' code (read, cited, never copied):
+Both tools sample with k-diffusion over the model's 1000 training sigmas ``σ_t = √((1-ᾱ_t)/ᾱ_t)`` (log-σ
+interpolated between integer timesteps) and build an ``n``-step schedule (``n`` sigmas, high to low, then 0) by
+name. Each function below is re-derived from the tools' code (read, cited, never copied):
 
 * ``uniform`` — k-diffusion ``DiscreteSchedule.get_sigmas``: ``n`` timesteps evenly from 999 to 0 (A1111's
   "Automatic" for a sampler without a schedule of its own, e.g. Euler; A1111 ``modules/sd_samplers_kdiffusion.py``
@@ -33,7 +33,8 @@ import numpy as np
 
 from img2img_lab.errors import PlanError
 
-#: Schedule names this module builds (each tool offers a subset: :data:`img2img_lab.strength.tool_rules.TOOL_SCHEDULES`).
+#: Schedule names this module builds (each tool offers a subset:
+#: :data:`img2img_lab.strength.tool_rules.TOOL_SCHEDULES`).
 SCHEDULES = ("uniform", "normal", "sgm_uniform", "karras", "exponential", "simple")
 KARRAS_RHO = 7.0  # k-diffusion get_sigmas_karras' default, A1111's Scheduler('karras', default_rho=7.0)
 

@@ -16,13 +16,13 @@ Every tool starts an img2img run part-way down a noise schedule; they differ in 
   sigmas of the node's ``scheduler`` and keeps the last ``steps + 1``: always ``steps`` steps. The node's default is
   the first of ``SCHEDULER_NAMES``: **simple**.
 * **InvokeAI** (invoke-ai/InvokeAI@8e71a8a, 6.14): ``invokeai/app/invocations/denoise_latents.py`` ``get_scheduler``
-  (lines 87-120) never uses the checkpoint's scheduler class: it builds ``SCHEDULER_MAP[name]``
+  (lines 87-129) never uses the checkpoint's scheduler class: it builds ``SCHEDULER_MAP[name]``
   (``invokeai/backend/stable_diffusion/schedulers/schedulers.py`` line 62) from the model's scheduler config plus the
   entry's options; the node's default is ``euler`` (line 165), the UI's ``dpmpp_3m_k``
-  (``frontend/web/src/features/controlLayers/store/types.ts`` line 989). ``init_scheduler`` (lines 749-779) skips every
-  first-order timestep ``>= int(round(1000 · (1 - denoising_start)))``; the UI sends ``denoising_start = 1 - strength``
-  (``graphBuilderUtils.ts`` ``getDenoisingStartAndEnd``, line 274), computed in doubles: at strength 0.3515 that is
-  ``round(351.4999…) = 351``.
+  (``frontend/web/src/features/controlLayers/store/types.ts`` line 989). ``init_scheduler`` (lines 749-803; the
+  start at 769-770) skips every first-order timestep ``>= int(round(1000 · (1 - denoising_start)))``; the UI sends
+  ``denoising_start = 1 - strength`` (``graphBuilderUtils.ts`` ``getDenoisingStartAndEnd``, line 274), computed in
+  doubles: at strength 0.3515 that is ``round(351.4999…) = 351``.
 
 Flow-matching models run other code paths in these tools (ComfyUI's ``ModelSamplingFlux``); they are not translated.
 

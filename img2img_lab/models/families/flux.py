@@ -49,6 +49,11 @@ class FluxConditioning(SD3Conditioning):
     def _latent_side(self, pixels: int) -> int:
         return 2 * (int(pixels) // (self.pipe.vae_scale_factor * 2))
 
+    def _pack(self, latents):
+        """One sample's latents in 2x2 patches (``_pack_latents``): [1, C, H, W], or Qwen-Image's [1, 1, C, H, W]."""
+        *_, channels, height, width = latents.shape
+        return self.pipe._pack_latents(latents, 1, channels, height, width)
+
     def latent_image_ids(self, size, dtype):
         """The packed latents' position ids at ``size`` (``_prepare_latent_image_ids``)."""
         height, width = self._latent_side(size[1]), self._latent_side(size[0])
@@ -99,15 +104,11 @@ class FlowInpaint:
     mask), and the masked source's latents drawn with the cell's generator after the noise, as
     ``prepare_mask_latents`` draws them (a 16-channel transformer never reads them). ``FluxInpaintPipeline``'s
     algorithm, which Chroma's, Qwen-Image's and Z-Image's inpainting pipelines copy; latents packed as the family
-    packs them (:meth:`_pack`)."""
+    packs them (its ``_pack``)."""
 
     def __init__(self, pipe, device, dtype, *, size=None):
         super().__init__(pipe, device, dtype, size=size)
         self._masks: dict[tuple, tuple] = {}
-
-    def _pack(self, latents):
-        *_, channels, height, width = latents.shape  # [1, C, H, W], or Qwen-Image's [1, 1, C, H, W]
-        return self.pipe._pack_latents(latents, 1, channels, height, width)
 
     def _mask_channels(self) -> int:
         """The channels the mask is repeated over before packing (FLUX.1's latent channels)."""
@@ -189,10 +190,6 @@ class FluxControlConditioning(FluxConditioning):
         config = self.pipe.vae.config
         return self._pack((sample_latent(self._controls[id(image)], generator) - config.shift_factor)
                           * config.scaling_factor)
-
-    def _pack(self, latents):
-        _, channels, height, width = latents.shape
-        return self.pipe._pack_latents(latents, 1, channels, height, width)
 
     def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
         control = self._control_latents(condition["control_image"], generator)  # drawn first, as the pipeline does
