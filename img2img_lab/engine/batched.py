@@ -34,8 +34,9 @@ decoded — its family module declares as its *batched conditioning*
   its inpainting pipeline (FLUX.1's latent blend, :class:`~img2img_lab.models.families.flux.FlowInpaint`), and
   FLUX.1 Control img2img (each cell's control latents concatenated).
 
-Other pipelines (PAG, FLUX.1 Control inpainting, FLUX.1's ControlNet pipelines, LCM: its strength rescales its own
-schedule, so strengths share few timesteps) use the per-cell runner; :func:`batching_supported`
+LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
+sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (PAG, FLUX.1 Control
+inpainting, FLUX.1's ControlNet pipelines) use the per-cell runner; :func:`batching_supported`
 says which and why (the manifest records it), and a chunk that crops around its mask runs per cell
 (:func:`img2img_lab.engine.runners.run_chunk`).
 
@@ -130,14 +131,15 @@ def _accepts(function, name: str) -> bool:
 
 
 
-def _set_timesteps(model: ModelHandle, scheduler, steps: int, size, device) -> None:
+def _set_timesteps(model: ModelHandle, scheduler, steps: int, size, device, strength: float = 1.0) -> None:
     """Set ``scheduler`` up as the pipeline's ``retrieve_timesteps`` does for ``steps`` at ``size`` (width, height):
-    with the family's extra arguments (FLUX.1's sigmas, a flow model's ``mu`` from its token count)."""
+    with the family's extra arguments (FLUX.1's sigmas, a flow model's ``mu`` from its token count; LCM's strength,
+    which shortens its own schedule)."""
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_timesteps
 
     width, height = size
     retrieve_timesteps(scheduler, steps, device,
-                       **model.family.timestep_arguments(scheduler, steps, 1.0, width, height))
+                       **model.family.timestep_arguments(scheduler, steps, strength, width, height))
 
 
 def _make_conditioner(model: ModelHandle, size):
@@ -244,15 +246,18 @@ def _start_groups(model: ModelHandle, conditioner: TextConditioning, active_cell
                      for index in dict.fromkeys(cell.image_index for _, cell, _ in active_cells)}
     groups: dict[int, _StartGroup] = {}
     base = model.pipe.scheduler
+    own_schedule = not model.family.applies_get_timesteps  # LCM: each strength sets its own timesteps
     for index, cell, condition in active_cells:
-        group = groups.get(cell.t_start)
+        key = cell.strength if own_schedule else cell.t_start
+        group = groups.get(key)
         if group is None:
             scheduler = type(base).from_config(base.config)
-            _set_timesteps(model, scheduler, steps, size, conditioner.device)
+            _set_timesteps(model, scheduler, steps, size, conditioner.device,
+                           strength=cell.strength if own_schedule else 1.0)
             offset = cell.t_start * scheduler.order
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(offset)
-            group = groups[cell.t_start] = _StartGroup(
+            group = groups[key] = _StartGroup(
                 scheduler=scheduler, offset=offset, timesteps=scheduler.timesteps[offset:],
                 step_arguments={"eta": 0.0} if _accepts(scheduler.step, "eta") else {},
                 uses_generator=_accepts(scheduler.step, "generator"))
@@ -267,19 +272,21 @@ def _start_groups(model: ModelHandle, conditioner: TextConditioning, active_cell
     return groups, conditioning
 
 
-def _model_inputs(conditioner: TextConditioning, live, conditioning, t, position: int):
+def _model_inputs(conditioner: TextConditioning, live, conditioning, position: int):
     """Every live sample's model input and per-sample fields, ``(input, fields)`` (CFG cells send two samples: the
-    negative, then the positive), and the layout ``(member, samples)``."""
+    negative, then the positive), and the layout ``(member, samples)``. Groups on schedules of their own (LCM) are
+    at different timesteps: each sample then carries its own (``timestep``)."""
     import torch
 
     samples, layout = [], []
     for group in live:
-        members = group.members
+        members, t = group.members, group.timesteps[position - group.offset]
         scaled = conditioner.model_input(group.scheduler, torch.cat([member.latents for member in members]), t)
+        own = {"timestep": t.reshape(1).to(conditioner.device)} if conditioner.per_sample_timesteps else {}
         for row, member in enumerate(members):
             text = conditioning[member.prompt_key]
             branches = [text["negative"], text["positive"]] if member.cfg else [text["positive"]]
-            fields = {**member.fields,
+            fields = {**member.fields, **own,
                       **conditioner.step_fields(member.cell, position - group.offset, len(group.timesteps))}
             samples.extend((scaled[row:row + 1], {**branch, **fields}) for branch in branches)
             layout.append((member, len(branches)))
@@ -289,20 +296,17 @@ def _model_inputs(conditioner: TextConditioning, live, conditioning, t, position
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.__call__ (step 9: the denoising loop, classifier-free guidance)
 def _denoise(model: ModelHandle, conditioner: TextConditioning, groups, conditioning, *, limit, counters, on_step,
              steps: int, on_work=None):
-    """Step every start group along the common timestep grid; at each timestep one denoiser batch for all live
-    cells."""
+    """Step every start group along the common timestep grid (each group from its offset to the grid's end); at each
+    position one denoiser batch for all live cells. Groups on schedules of their own (LCM) start together and step in
+    lockstep, each at its own timestep."""
     import torch
 
-    base = model.pipe.scheduler
-    grid_scheduler = type(base).from_config(base.config)
-    _set_timesteps(model, grid_scheduler, steps, conditioner.size, conditioner.device)
-    grid = grid_scheduler.timesteps
-    total, first = len(grid), min(group.offset for group in groups.values())
+    ends = {id(group): group.offset + len(group.timesteps) for group in groups.values()}
+    total, first = max(ends.values()), min(group.offset for group in groups.values())
     for position in range(first, total):
-        live = [group for group in groups.values() if group.offset <= position]
-        t = grid[position]
-        samples, layout = _model_inputs(conditioner, live, conditioning, t, position)
-        noise = grouped_outputs(conditioner, samples, t, limit, counters)
+        live = [group for group in groups.values() if group.offset <= position < ends[id(group)]]
+        samples, layout = _model_inputs(conditioner, live, conditioning, position)
+        noise = grouped_outputs(conditioner, samples, live[0].timesteps[position - live[0].offset], limit, counters)
         predictions, cursor = {}, 0
         for member, width in layout:
             if width == 2:
@@ -312,7 +316,7 @@ def _denoise(model: ModelHandle, conditioner: TextConditioning, groups, conditio
                 predictions[member.index] = noise[cursor:cursor + 1]
             cursor += width
         for group in live:
-            members = group.members
+            members, t = group.members, group.timesteps[position - group.offset]
             kwargs = dict(group.step_arguments)
             if group.uses_generator:
                 kwargs["generator"] = [member.generator for member in members] if len(members) > 1 \

@@ -1,6 +1,7 @@
 """The batched engine on the flow-matching families (SD3, FLUX.1 dev and schnell, Chroma, Qwen-Image, Z-Image): every
 cell within one level of a plain pipeline call at float32, with each family's own guidance (embedded, classifier-free,
-true CFG with Qwen-Image's norm rescale, Z-Image's ``pos + g (pos - neg)`` from g > 0)."""
+true CFG with Qwen-Image's norm rescale, Z-Image's ``pos + g (pos - neg)`` from g > 0); and LCM, whose strengths step
+in lockstep, each sample at its own timestep."""
 
 from __future__ import annotations
 
@@ -59,8 +60,31 @@ def test_batched_flow_family_equals_plain_calls_within_one_level(family, capsys)
     assert stats["unet_calls"] < stats["unet_samples"]
 
 
-def test_flow_masks_controls_and_lcm_still_run_per_cell_with_the_reason():
-    for family in ("flux-control-inpaint", "sd3-pag", "lcm"):
+def test_lcm_strengths_step_in_lockstep_each_at_its_own_timestep(capsys):
+    """LCM's strength shortens its own schedule (nine strengths at 4 steps: 23 distinct timesteps). Batched, every
+    strength steps in lockstep with each sample at its own timestep and guidance embedding: 4 UNet calls for all,
+    each cell within one level of its plain call."""
+    pipe = make_tiny_family("lcm")
+    model = as_model(pipe)
+    assert batching_supported(model) == (True, "LatentConsistencyModelImg2ImgPipeline")
+    sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc"], strengths=[0.0, 0.2, 0.5, 0.7, 1.0],
+                     seeds=[0, 1], guidance_scales=[1.5, 8.0], steps=[4], schedulers=["default"])
+    cells = plan.cells(steps=source_steps(model, sources))
+    stats = {}
+    batched = run_cells_batched(model, cells, sources, stats=stats, max_batch_size=64)
+    worst = max(_difference(output.image, run_cell(pipe, cell, sources[cell.image_index]).image)
+                for cell, output in zip(cells, batched))
+    evaluations = sum(model.step_plan("default", 4, cell.strength, width=32, height=32).denoiser_evaluations
+                      for cell in cells if not cell.zero_step)
+    with capsys.disabled():
+        print(f"\n[batched lcm] {len(cells)} cells, max |batched - plain call| = {worst}/255, "
+              f"{stats['unet_calls']} UNet calls for {stats['unet_samples']} samples")
+    assert worst <= 1 and stats["unet_samples"] == evaluations and stats["unet_calls"] == 4
+
+
+def test_flow_masks_controls_and_pag_still_run_per_cell_with_the_reason():
+    for family in ("flux-control-inpaint", "sd3-pag"):
         supported, reason = batching_supported(as_model(make_tiny_family(family)))
         assert not supported and "per cell" in reason, (family, reason)
 

@@ -10,7 +10,38 @@ negative prompt is swallowed.
 from __future__ import annotations
 
 from img2img_lab.models.families.base import Family
+from img2img_lab.models.families.stable_diffusion import TextConditioning
 from img2img_lab.models.families.tiny_parts import tiny_clip, tiny_unet, tiny_vae
+
+
+class LCMConditioning(TextConditioning):
+    """What the batched loop needs of ``LatentConsistencyModelImg2ImgPipeline``: Stable Diffusion's text, latents and
+    decode; each strength on its own shortened schedule (``set_timesteps(..., strength=s)``), the strengths stepping
+    in lockstep with each sample at its own timestep; the guidance as a per-sample embedding (``timestep_cond`` from
+    ``w = guidance - 1``), never classifier-free. LCM's last step returns its denoised sample, which is decoded.
+
+    >>> lcm = LCMFamily.tiny_pipelines["lcm"]()
+    >>> LCMFamily(lcm).batched_conditioning()[1]
+    'LatentConsistencyModelImg2ImgPipeline'
+    """
+
+    per_sample_timesteps = True
+
+    def uses_cfg(self, cell) -> bool:
+        return False
+
+    # Adapted from diffusers.pipelines.latent_consistency_models.pipeline_latent_consistency_img2img.LatentConsistencyModelImg2ImgPipeline.__call__ (step 6: the guidance scale embedding)
+    def sample_fields(self, cell) -> dict:
+        import torch
+
+        w = torch.tensor(cell.guidance_scale - 1).repeat(1)
+        embedding = self.pipe.get_guidance_scale_embedding(w, embedding_dim=self.pipe.unet.config.time_cond_proj_dim)
+        return {"timestep_cond": embedding.to(device=self.device, dtype=self.dtype)}
+
+    # Adapted from diffusers.pipelines.latent_consistency_models.pipeline_latent_consistency_img2img.LatentConsistencyModelImg2ImgPipeline.__call__ (step 8: the UNet call)
+    def predict(self, inputs, t, fields: dict):
+        return self.pipe.unet(inputs, fields["timestep"], timestep_cond=fields["timestep_cond"],
+                              encoder_hidden_states=fields["encoder_hidden_states"], return_dict=False)[0]
 
 
 def make_tiny_lcm():
@@ -34,6 +65,7 @@ class LCMFamily(Family):
     tiny_pipelines = {"lcm": make_tiny_lcm}
     applies_get_timesteps = False
     schedulers = ("default", "lcm")
+    batched_classes = {"LatentConsistencyModelImg2ImgPipeline": LCMConditioning}
 
     def guidance_used(self, guidance_scale: float) -> bool:
         return getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is not None
@@ -44,7 +76,3 @@ class LCMFamily(Family):
 
     def timestep_arguments(self, scheduler, num_inference_steps, strength, width, height):
         return {"strength": strength}
-
-    def batched_conditioning(self) -> tuple[type | None, str]:
-        return None, ("LCM's strength rescales its own schedule, so cells of different strengths share few timesteps "
-                      "(at 4 steps, 9 strengths run 36 evaluations at 23 timesteps): run per cell")

@@ -34,6 +34,7 @@ class TextConditioning:
     """
 
     added_fields: tuple[str, ...] = ()
+    per_sample_timesteps = False  # LCM's strengths step in lockstep, each at its own timestep (``timestep`` field)
 
     def __init__(self, pipe, device, dtype, *, size: tuple[int, int] | None = None):
         self.pipe, self.device, self.dtype, self.size = pipe, device, dtype, size
