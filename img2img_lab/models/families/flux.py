@@ -215,6 +215,33 @@ class FluxControlConditioning(FluxConditioning):
         return super().predict(torch.cat([inputs, fields["control_latents"]], dim=2), t, fields)
 
 
+class FluxControlInpaintConditioning(FlowInpaint, FluxControlConditioning):
+    """``FluxControlInpaintPipeline``: FLUX.1 Control's concatenated control latents with :class:`FlowInpaint`'s
+    blend, the mask repeated over the VAE's channels. Its draws come in its own order: the masked source's latents
+    first (``prepare_mask_latents`` runs before the rest; the transformer never reads them), then the control
+    image's, the source's and the noise.
+
+    >>> FluxFamily(FluxFamily.tiny_pipelines["flux-control-inpaint"]()).batched_conditioning()[1]
+    'FluxControlInpaintPipeline'
+    """
+
+    def _mask_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_control_inpaint.FluxControlInpaintPipeline.__call__ (steps 3 and 5: prepare_mask_latents, the control image, prepare_latents)
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        from diffusers.utils.torch_utils import randn_tensor
+
+        mask, masked_distribution = self._mask_inputs(source, condition["mask_image"])
+        self.initial_latents(masked_distribution, generator)  # drawn first, then unused
+        control = self._control_latents(condition["control_image"], generator)
+        initial = self.initial_latents(distribution, generator)
+        noise = randn_tensor(initial.shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = self._pack(scheduler.scale_noise(initial, timesteps[:1], noise))
+        state = {"image_latents": self._pack(initial), "noise": self._pack(noise), "mask": mask}
+        return latents, {"control_latents": control}, state
+
+
 def flux_dev_scheduler():
     """FLUX.1-dev's ``scheduler/scheduler_config.json``: flow matching with dynamic shifting."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -292,7 +319,8 @@ class FluxFamily(Family):
     schedulers = ("default",)
     counts_inpaint_channels = False  # the transformer always blends latents
     batched_classes = {"FluxImg2ImgPipeline": FluxConditioning, "FluxInpaintPipeline": FluxInpaintConditioning,
-                       "FluxControlImg2ImgPipeline": FluxControlConditioning}
+                       "FluxControlImg2ImgPipeline": FluxControlConditioning,
+                       "FluxControlInpaintPipeline": FluxControlInpaintConditioning}
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches
