@@ -31,12 +31,12 @@ decoded — its family module declares as its *batched conditioning*
 * the flow-matching families: SD3 / 3.5 (classifier-free guidance), FLUX.1 dev and schnell (the guidance embedding
   per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
   rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs), each with
-  its inpainting pipeline (FLUX.1's latent blend, :class:`~img2img_lab.models.families.flux.FlowInpaint`), and
-  FLUX.1 Control img2img and inpainting (each cell's control latents concatenated).
+  its inpainting pipeline (FLUX.1's latent blend, :class:`~img2img_lab.models.families.flux.FlowInpaint`); FLUX.1
+  Control img2img and inpainting (each cell's control latents concatenated); FLUX.1 ControlNet img2img.
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
-sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (PAG, FLUX.1's ControlNet
-pipelines) use the per-cell runner; :func:`batching_supported` says which and why (the manifest records it), and a
+sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (PAG, FLUX.1 ControlNet
+inpainting) use the per-cell runner; :func:`batching_supported` says which and why (the manifest records it), and a
 chunk that crops around its mask runs per cell (:func:`img2img_lab.engine.runners.run_chunk`).
 
 >>> outputs = run_cells_batched(model, cells, sources)

@@ -84,7 +84,7 @@ def test_lcm_strengths_step_in_lockstep_each_at_its_own_timestep(capsys):
 
 
 def test_flow_masks_controls_and_pag_still_run_per_cell_with_the_reason():
-    for family in ("flux-controlnet", "sd3-pag"):
+    for family in ("flux-controlnet-inpaint", "sd3-pag"):
         supported, reason = batching_supported(as_model(make_tiny_family(family)))
         assert not supported and "per cell" in reason, (family, reason)
 

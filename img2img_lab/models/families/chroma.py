@@ -7,10 +7,9 @@ single T5 encoder and true classifier-free guidance through ``guidance_scale`` a
 
 from __future__ import annotations
 
-from img2img_lab.models.families.flux import (FluxConditioning, FluxInpaintConditioning, TrueCFGFluxFamily,
-                                             flux_dev_scheduler)
+from img2img_lab.models.families.flux import FluxConditioning, FluxInpaintConditioning, TrueCFGFluxFamily
 from img2img_lab.models.families.sd3 import call_defaults
-from img2img_lab.models.families.tiny_parts import as_class, tiny_t5, tiny_vae
+from img2img_lab.models.families.tiny_parts import as_class, flux_dev_scheduler, tiny_t5, tiny_vae
 
 
 class ChromaConditioning(FluxConditioning):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from img2img_lab.models.families.base import Family, calculate_shift, masked_source, sample_latent
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
-from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae, unzeroed
+from img2img_lab.models.families.tiny_parts import as_class, make_tiny_flux, tiny_flux_control, tiny_flux_controlnet
 
 
 class FluxConditioning(SD3Conditioning):
@@ -215,6 +215,65 @@ class FluxControlConditioning(FluxConditioning):
         return super().predict(torch.cat([inputs, fields["control_latents"]], dim=2), t, fields)
 
 
+class FluxControlNetConditioning(FluxControlConditioning):
+    """``FluxControlNetImg2ImgPipeline`` (one InstantX-style ControlNet): the control image's latents sampled first,
+    as FLUX.1 Control does, fed to the ControlNet whose residuals the transformer adds; each sample's conditioning
+    scale at each of its own steps (``controlnet_conditioning_scale × controlnet_keep[i]``) and its guidance embedding
+    where the ControlNet takes one.
+
+    >>> FluxFamily(FluxFamily.tiny_pipelines["flux-controlnet"]()).batched_conditioning()[1]
+    'FluxControlNetImg2ImgPipeline'
+    """
+
+    blank_latents = FluxConditioning.blank_latents  # the transformer reads the latents alone
+
+    def __init__(self, pipe, device, dtype, *, size=None):
+        super().__init__(pipe, device, dtype, size=size)
+        self._defaults = call_defaults(pipe)
+
+    def sample_fields(self, cell) -> dict:
+        import torch
+
+        fields = super().sample_fields(cell)
+        if self.pipe.controlnet.config.guidance_embeds:
+            fields["controlnet_guidance"] = torch.full([1], cell.guidance_scale, device=self.device,
+                                                       dtype=torch.float32)
+        return fields
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (controlnet_keep, cond_scale)
+    def step_fields(self, cell, step: int, steps: int) -> dict:
+        import torch
+
+        def setting(name):
+            value = getattr(cell, name, None)
+            return float(self._defaults[name] if value is None else value)
+
+        start, end = setting("control_guidance_start"), setting("control_guidance_end")
+        keep = 1.0 - float(step / steps < start or (step + 1) / steps > end)
+        scale = setting("controlnet_conditioning_scale") * keep
+        return {"conditioning_scale": torch.full((1, 1, 1), scale, device=self.device, dtype=self.dtype)}
+
+    def probe_fields(self, size) -> dict:
+        import torch
+
+        return {**super().probe_fields(size),
+                "conditioning_scale": torch.ones(1, 1, 1, device=self.device, dtype=self.dtype)}
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (the ControlNet, then the transformer with its residuals)
+    def predict(self, inputs, t, fields: dict):
+        timestep = t.expand(inputs.shape[0]).to(inputs.dtype) / 1000
+        common = {"pooled_projections": fields["pooled_projections"], "txt_ids": self.text_ids,
+                  "encoder_hidden_states": fields["encoder_hidden_states"], "img_ids": self.image_ids,
+                  "joint_attention_kwargs": {}, "return_dict": False}
+        blocks, singles = self.pipe.controlnet(hidden_states=inputs, controlnet_cond=fields["control_latents"],
+                                               controlnet_mode=None, conditioning_scale=fields["conditioning_scale"],
+                                               timestep=timestep, guidance=fields.get("controlnet_guidance"),
+                                               **common)
+        return self.pipe.transformer(hidden_states=inputs, timestep=timestep, guidance=fields.get("guidance"),
+                                     controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
+                                     controlnet_blocks_repeat=False, **common)[0]
+
+
 class FluxControlInpaintConditioning(FlowInpaint, FluxControlConditioning):
     """``FluxControlInpaintPipeline``: FLUX.1 Control's concatenated control latents with :class:`FlowInpaint`'s
     blend, the mask repeated over the VAE's channels. Its draws come in its own order: the masked source's latents
@@ -242,52 +301,6 @@ class FluxControlInpaintConditioning(FlowInpaint, FluxControlConditioning):
         return latents, {"control_latents": control}, state
 
 
-def flux_dev_scheduler():
-    """FLUX.1-dev's ``scheduler/scheduler_config.json``: flow matching with dynamic shifting."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    return FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
-                                           max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
-
-
-def _transformer(*, guidance: bool, in_channels: int = 16, out_channels: int | None = None):
-    from diffusers import FluxTransformer2DModel
-
-    return FluxTransformer2DModel(patch_size=1, in_channels=in_channels, out_channels=out_channels, num_layers=1,
-                                  num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-                                  joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-                                  guidance_embeds=guidance)
-
-
-def make_tiny_flux(*, guidance: bool = True):
-    """A random-weight ``FluxImg2ImgPipeline``: CLIP + T5, a one-layer transformer; FLUX.1-dev's scheduler and a
-    guidance embedding, or FLUX.1-schnell's constant shift without one."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline
-
-    text_encoder, tokenizer = tiny_clip(32)
-    text_encoder_2, tokenizer_2 = tiny_t5(32)
-    transformer = _transformer(guidance=guidance)
-    scheduler = flux_dev_scheduler() if guidance else FlowMatchEulerDiscreteScheduler(shift=1.0,
-                                                                                      use_dynamic_shifting=False)
-    return FluxImg2ImgPipeline(scheduler=scheduler, vae=tiny_vae(4, flow=True), text_encoder=text_encoder,
-                               tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
-                               transformer=transformer)
-
-
-def _controlnet():
-    from diffusers import FluxControlNetModel
-
-    return unzeroed(FluxControlNetModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                        pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True))
-
-
-def _control(class_name: str):
-    """FLUX.1 Control: the packed control latents are concatenated to the packed latents (twice the channels in)."""
-    return as_class(make_tiny_flux(), class_name, transformer=_transformer(guidance=True, in_channels=32,
-                                                                           out_channels=16))
-
-
 class FluxFamily(Family):
     name, label = "flux", "FLUX.1"
     pipelines = {
@@ -308,19 +321,28 @@ class FluxFamily(Family):
         "flux-dev": make_tiny_flux,  # guidance embedding; flow matching, dynamic shifting (FLUX.1-dev)
         "flux-schnell": lambda: make_tiny_flux(guidance=False),  # no guidance; constant shift 1 (schnell)
         "flux-inpaint": lambda: as_class(make_tiny_flux(), "FluxInpaintPipeline"),
-        "flux-control": lambda: _control("FluxControlImg2ImgPipeline"),
-        "flux-control-inpaint": lambda: _control("FluxControlInpaintPipeline"),
+        "flux-control": lambda: tiny_flux_control("FluxControlImg2ImgPipeline"),
+        "flux-control-inpaint": lambda: tiny_flux_control("FluxControlInpaintPipeline"),
         "flux-controlnet": lambda: as_class(make_tiny_flux(), "FluxControlNetImg2ImgPipeline",
-                                            controlnet=_controlnet()),
+                                            controlnet=tiny_flux_controlnet()),
         "flux-controlnet-inpaint": lambda: as_class(make_tiny_flux(), "FluxControlNetInpaintPipeline",
-                                                    controlnet=_controlnet()),
+                                                    controlnet=tiny_flux_controlnet()),
         "flux-kontext": lambda: as_class(make_tiny_flux(), "FluxKontextPipeline"),  # no strength: refused
     }
     schedulers = ("default",)
     counts_inpaint_channels = False  # the transformer always blends latents
     batched_classes = {"FluxImg2ImgPipeline": FluxConditioning, "FluxInpaintPipeline": FluxInpaintConditioning,
                        "FluxControlImg2ImgPipeline": FluxControlConditioning,
-                       "FluxControlInpaintPipeline": FluxControlInpaintConditioning}
+                       "FluxControlInpaintPipeline": FluxControlInpaintConditioning,
+                       "FluxControlNetImg2ImgPipeline": FluxControlNetConditioning}
+
+    def batched_conditioning(self) -> tuple[type | None, str]:
+        conditioning, reason = super().batched_conditioning()
+        controlnet = getattr(self.pipe, "controlnet", None)
+        if conditioning is not None and controlnet is not None and (
+                not hasattr(controlnet, "config") or getattr(controlnet, "input_hint_block", None) is not None):
+            return None, "several ControlNets or an XLabs ControlNet (input hint block): run per cell"
+        return conditioning, reason
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches

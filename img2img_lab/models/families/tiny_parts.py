@@ -187,3 +187,51 @@ def make_tiny_pipeline(*, seed: int = 0, sample_size: int = 32, unet_channels: t
                                           requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def flux_dev_scheduler():
+    """FLUX.1-dev's ``scheduler/scheduler_config.json``: flow matching with dynamic shifting."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                           max_shift=1.15, shift=3.0, use_dynamic_shifting=True)
+
+
+def tiny_flux_transformer(*, guidance: bool, in_channels: int = 16, out_channels: int | None = None):
+    """A one-layer random ``FluxTransformer2DModel`` (with or without a guidance embedding)."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(patch_size=1, in_channels=in_channels, out_channels=out_channels, num_layers=1,
+                                  num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                  joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+                                  guidance_embeds=guidance)
+
+
+def make_tiny_flux(*, guidance: bool = True):
+    """A random-weight ``FluxImg2ImgPipeline``: CLIP + T5, a one-layer transformer; FLUX.1-dev's scheduler and a
+    guidance embedding, or FLUX.1-schnell's constant shift without one."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline
+
+    text_encoder, tokenizer = tiny_clip(32)
+    text_encoder_2, tokenizer_2 = tiny_t5(32)
+    transformer = tiny_flux_transformer(guidance=guidance)
+    scheduler = flux_dev_scheduler() if guidance else FlowMatchEulerDiscreteScheduler(shift=1.0,
+                                                                                      use_dynamic_shifting=False)
+    return FluxImg2ImgPipeline(scheduler=scheduler, vae=tiny_vae(4, flow=True), text_encoder=text_encoder,
+                               tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+                               transformer=transformer)
+
+
+def tiny_flux_controlnet():
+    """A one-layer random InstantX-style ``FluxControlNetModel`` (no input hint block), its zero blocks unzeroed."""
+    from diffusers import FluxControlNetModel
+
+    return unzeroed(FluxControlNetModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                        pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True))
+
+
+def tiny_flux_control(class_name: str):
+    """FLUX.1 Control: the packed control latents are concatenated to the packed latents (twice the channels in)."""
+    return as_class(make_tiny_flux(), class_name, transformer=tiny_flux_transformer(guidance=True, in_channels=32,
+                                                                           out_channels=16))
