@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from img2img_lab.models.families.base import Family, calculate_shift, masked_source, sample_latent
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
+from img2img_lab.models.families.stable_diffusion import ControlNetConditioning
 from img2img_lab.models.families.tiny_parts import as_class, make_tiny_flux, tiny_flux_control, tiny_flux_controlnet
 
 
@@ -226,6 +227,9 @@ class FluxControlNetConditioning(FluxControlConditioning):
     """
 
     blank_latents = FluxConditioning.blank_latents  # the transformer reads the latents alone
+    scale_shape = (1, 1, 1)  # one sample's scale over its residuals' tokens and channels
+    _setting = ControlNetConditioning._setting
+    step_fields = ControlNetConditioning.step_fields  # the scale at each of the cell's own steps, as SD's
 
     def __init__(self, pipe, device, dtype, *, size=None):
         super().__init__(pipe, device, dtype, size=size)
@@ -239,19 +243,6 @@ class FluxControlNetConditioning(FluxControlConditioning):
             fields["controlnet_guidance"] = torch.full([1], cell.guidance_scale, device=self.device,
                                                        dtype=torch.float32)
         return fields
-
-    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (controlnet_keep, cond_scale)
-    def step_fields(self, cell, step: int, steps: int) -> dict:
-        import torch
-
-        def setting(name):
-            value = getattr(cell, name, None)
-            return float(self._defaults[name] if value is None else value)
-
-        start, end = setting("control_guidance_start"), setting("control_guidance_end")
-        keep = 1.0 - float(step / steps < start or (step + 1) / steps > end)
-        scale = setting("controlnet_conditioning_scale") * keep
-        return {"conditioning_scale": torch.full((1, 1, 1), scale, device=self.device, dtype=self.dtype)}
 
     def probe_fields(self, size) -> dict:
         import torch

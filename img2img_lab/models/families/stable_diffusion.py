@@ -149,6 +149,8 @@ class ControlNetConditioning(TextConditioning):
     [0.5, 0.5, 0.0, 0.0]
     """
 
+    scale_shape = (1, 1, 1, 1)  # one sample's conditioning scale, broadcast over its residuals
+
     def __init__(self, pipe, device, dtype, *, size=None):
         super().__init__(pipe, device, dtype, size=size)
         self._defaults = {name: parameter.default
@@ -179,7 +181,7 @@ class ControlNetConditioning(TextConditioning):
         start, end = self._setting(cell, "control_guidance_start"), self._setting(cell, "control_guidance_end")
         keep = 1.0 - float(step / steps < start or (step + 1) / steps > end)
         scale = self._setting(cell, "controlnet_conditioning_scale") * keep
-        return {"conditioning_scale": torch.full((1, 1, 1, 1), scale, device=self.device, dtype=self.dtype)}
+        return {"conditioning_scale": torch.full(self.scale_shape, scale, device=self.device, dtype=self.dtype)}
 
     def probe_fields(self, size) -> dict:
         import torch
