@@ -195,8 +195,7 @@ def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, m
     if active_cells:
         groups, conditioning = _start_groups(model, conditioner, active_cells, sources,
                                              steps=cells[0].num_inference_steps)
-        _denoise(model, conditioner, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
-                 steps=cells[0].num_inference_steps, on_work=on_work)
+        _denoise(conditioner, groups, conditioning, limit=limit, counters=counters, on_step=on_step, on_work=on_work)
         _decode(conditioner, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
         for index, cell, condition in active_cells:
             outputs[index].image = composited(model.pipe, cell, sources[cell.image_index], condition,
@@ -293,8 +292,7 @@ def _model_inputs(conditioner: TextConditioning, live, conditioning, position: i
 
 
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.StableDiffusionImg2ImgPipeline.__call__ (step 9: the denoising loop, classifier-free guidance)
-def _denoise(model: ModelHandle, conditioner: TextConditioning, groups, conditioning, *, limit, counters, on_step,
-             steps: int, on_work=None):
+def _denoise(conditioner: TextConditioning, groups, conditioning, *, limit, counters, on_step, on_work=None):
     """Step every start group along the common timestep grid (each group from its offset to the grid's end); at each
     position one denoiser batch for all live cells. Groups on schedules of their own (LCM) start together and step in
     lockstep, each at its own timestep."""
