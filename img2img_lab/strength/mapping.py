@@ -29,8 +29,8 @@ from types import SimpleNamespace
 from img2img_lab.errors import ModelError, PlanError
 from img2img_lab.models.handle import ModelHandle
 from img2img_lab.models.registry import BUNDLED_SCHEDULERS, IMG2IMG_PIPELINE_OF
-from img2img_lab.strength.tool_rules import (DEFAULTS, INVOKEAI_SCHEDULERS, TOOL_SCHEDULES, DiscreteSigmas, ToolRun,
-                                             a1111_run, a1111_schedule, comfyui_run, invokeai_run)
+from img2img_lab.strength.tool_rules import (DEFAULTS, DiscreteSigmas, ToolRun, a1111_run, check_tool_settings,
+                                             comfyui_run, invokeai_run)
 
 #: Bundled scheduler configs (``data/schedulers/<name>.json``), as the family modules declare them.
 BUNDLED = BUNDLED_SCHEDULERS
@@ -94,13 +94,7 @@ def tool_settings(settings: dict | None = None) -> dict:
             known = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in DEFAULTS.items())
             raise PlanError(f"unknown schedule setting {tool}={values}. Fix: set only {known}.")
         merged[tool].update(values)
-    a1111_schedule(merged["a1111"]["sampler"], merged["a1111"]["schedule"])  # each name checked here
-    if merged["comfyui"]["scheduler"] not in TOOL_SCHEDULES["comfyui"]:
-        raise PlanError(f"unknown ComfyUI scheduler {merged['comfyui']['scheduler']!r}. Fix: use one of "
-                        f"{', '.join(TOOL_SCHEDULES['comfyui'])}.")
-    if merged["invokeai"]["scheduler"] not in INVOKEAI_SCHEDULERS:
-        raise PlanError(f"unknown InvokeAI scheduler {merged['invokeai']['scheduler']!r}. Fix: use one of "
-                        f"{', '.join(INVOKEAI_SCHEDULERS)}.")
+    check_tool_settings(merged)
     return merged
 
 

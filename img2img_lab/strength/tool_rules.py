@@ -40,11 +40,8 @@ from dataclasses import dataclass, field
 from img2img_lab.errors import PlanError
 from img2img_lab.strength.schedules import SCHEDULES, DiscreteSigmas
 
-__all__ = ["A1111_SAMPLERS", "DEFAULTS", "INVOKEAI_SCHEDULERS", "TOOL_SCHEDULES", "DiscreteSigmas", "ToolRun",
+__all__ = ["A1111_SAMPLERS", "DEFAULTS", "check_tool_settings", "INVOKEAI_SCHEDULERS", "TOOL_SCHEDULES", "DiscreteSigmas", "ToolRun",
            "a1111_run", "comfyui_run", "invokeai_run", "SCHEDULES"]
-
-#: The tools this module translates for (diffusers itself is :mod:`img2img_lab.strength.mapping`'s).
-TOOLS = ("a1111", "a1111-fixed-steps", "comfyui", "invokeai")
 
 #: AUTOMATIC1111's k-diffusion samplers (``samplers_k_diffusion`` in ``modules/sd_samplers_kdiffusion.py``, v1.10;
 #: Forge keeps the same table): the schedule "Automatic" picks (None: k-diffusion's uniform ``get_sigmas``) and
@@ -118,17 +115,33 @@ class ToolRun:
         return -2.0 * math.log(self.start_sigma) if self.start_sigma > 0 else math.inf
 
 
+def _known(what: str, name: str, names) -> None:
+    """Refuse a name the tool does not offer, naming the ones it does."""
+    if name not in names:
+        raise PlanError(f"unknown {what} {name!r}. Fix: use one of {', '.join(names)}.")
+
+
+def check_tool_settings(settings: dict) -> None:
+    """Refuse any name in ``{"a1111": {"sampler", "schedule"}, "comfyui": {"scheduler"}, "invokeai": {"scheduler"}}``
+    the tool does not offer.
+
+    >>> check_tool_settings({**DEFAULTS, "comfyui": {"scheduler": "beta"}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    img2img_lab.errors.PlanError: unknown ComfyUI scheduler 'beta'. Fix: use one of simple, ...
+    """
+    a1111_schedule(settings["a1111"]["sampler"], settings["a1111"]["schedule"])
+    _known("ComfyUI scheduler", settings["comfyui"]["scheduler"], TOOL_SCHEDULES["comfyui"])
+    _known("InvokeAI scheduler", settings["invokeai"]["scheduler"], INVOKEAI_SCHEDULERS)
+
+
 def a1111_schedule(sampler: str, schedule: str) -> tuple[str, bool]:
     """``(schedule, discards penultimate sigma)`` for an A1111 sampler and schedule type ("automatic": the sampler's).
 
     >>> a1111_schedule("DPM++ 2M", "automatic"), a1111_schedule("Euler", "automatic")
     (('karras', False), ('uniform', False))
     """
-    if sampler not in A1111_SAMPLERS:
-        raise PlanError(f"unknown AUTOMATIC1111 sampler {sampler!r}. Fix: use one of {', '.join(A1111_SAMPLERS)}.")
-    if schedule not in TOOL_SCHEDULES["a1111"]:
-        raise PlanError(f"unknown AUTOMATIC1111 schedule type {schedule!r}. Fix: use one of "
-                        f"{', '.join(TOOL_SCHEDULES['a1111'])}.")
+    _known("AUTOMATIC1111 sampler", sampler, A1111_SAMPLERS)
+    _known("AUTOMATIC1111 schedule type", schedule, TOOL_SCHEDULES["a1111"])
     own, discard = A1111_SAMPLERS[sampler]
     return (own or "uniform") if schedule == "automatic" else schedule, discard
 
@@ -161,9 +174,7 @@ def a1111_run(table: DiscreteSigmas, *, steps: int, strength: float, fixed_steps
 
 def comfyui_run(table: DiscreteSigmas, *, steps: int, denoise: float, scheduler: str = "simple") -> ToolRun:
     """ComfyUI ``KSampler`` with ``denoise`` and the node's ``scheduler`` (see the module doc)."""
-    if scheduler not in TOOL_SCHEDULES["comfyui"]:
-        raise PlanError(f"unknown ComfyUI scheduler {scheduler!r}. Fix: use one of "
-                        f"{', '.join(TOOL_SCHEDULES['comfyui'])}.")
+    _known("ComfyUI scheduler", scheduler, TOOL_SCHEDULES["comfyui"])
     if denoise > 0.9999:
         sigmas = table.schedule(steps, scheduler)
     elif denoise <= 0.0:
@@ -179,8 +190,7 @@ def invokeai_scheduler(config: dict, name: str):
     import diffusers
     from diffusers.utils import logging
 
-    if name not in INVOKEAI_SCHEDULERS:
-        raise PlanError(f"unknown InvokeAI scheduler {name!r}. Fix: use one of {', '.join(INVOKEAI_SCHEDULERS)}.")
+    _known("InvokeAI scheduler", name, INVOKEAI_SCHEDULERS)
     class_name, options = INVOKEAI_SCHEDULERS[name]
     level = logging.get_verbosity()
     logging.set_verbosity_error()  # a config note diffusers prints while adapting the options, not the user's concern
