@@ -3,7 +3,10 @@
 A file is written to a hidden temporary file (same file system), flushed and fsynced, given the mode a plain
 ``open(path, "w")`` would give it (``0o666 & ~umask``: a shared study folder or a served report stays readable to
 the group and others when the umask says so), then ``os.replace``-d over the final name. A reader, or a killed
-writer, therefore sees the old complete file or the new complete file, never a partial one.
+writer, therefore sees the old complete file or the new complete file, never a partial one. A file whose content is
+checked wherever it is read (a cell's image against the pixel hash its row records) may skip the fsync
+(``durable=False``): a killed process still leaves no partial file, and what a power cut takes is found damaged and
+made again.
 
 >>> atomic_write_json("/tmp/img2img-lab-atomic.json", {"a": 1})
 PosixPath('/tmp/img2img-lab-atomic.json')
@@ -32,11 +35,13 @@ def current_umask() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = True,
-                 temp_dir: str | os.PathLike | None = None) -> Path:
+                 temp_dir: str | os.PathLike | None = None, durable: bool = True) -> Path:
     """Write a file atomically: ``write(handle)`` fills a temp file that then replaces ``path``.
 
     The temp file lives in ``temp_dir`` (same file system; default: ``path``'s folder), so a folder of final
     files never shows a partial one, even right after a SIGKILL. The final file's mode is ``0o666 & ~umask``.
+    ``durable=False`` skips the fsync (0.4 ms a file on this machine's SSD, far more on a network disk), for files
+    whose readers check their content.
 
     >>> atomic_write("/tmp/hello.txt", lambda f: f.write("hi"), binary=False)
     PosixPath('/tmp/hello.txt')
@@ -57,7 +62,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
             write(stream)
             stream.flush()
             os.fchmod(stream.fileno(), 0o666 & ~current_umask())
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
         os.replace(temp_name, path)
     except BaseException:
         try:

@@ -46,6 +46,7 @@ chunk that crops around its mask runs per cell (:func:`img2img_lab.engine.runner
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -169,10 +170,23 @@ def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, m
     >>> len(outputs), outputs[1].image.size, stats["unet_samples"] >= stats["unet_calls"]
     (6, (64, 64), True)
     """
-    import torch
+    return denoise_cells_batched(model, cells, sources, max_batch_size=max_batch_size, on_step=on_step, stats=stats,
+                                 on_work=on_work, conditions=conditions)()
 
+
+def denoise_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, max_batch_size: int | None = None,
+                          on_step=None, stats: dict | None = None, on_work=None, conditions: list | None = None):
+    """:func:`run_cells_batched` up to the final latents; returns ``decode()``, which decodes them (with the safety
+    checker and an inpainting's paste) into the outputs. A sweep calls it on its writer thread while the next chunk
+    denoises, where the model allows (:func:`~img2img_lab.models.memory.decodes_beside_denoising`). A
+    cell's ``seconds`` are its share of the chunk's denoising and decoding, without the time between them.
+
+    >>> decode = denoise_cells_batched(model, plan.cells(), sources, max_batch_size=2)
+    >>> [output.image.size for output in decode()][:2]
+    [(64, 64), (64, 64)]
+    """
     if not cells:
-        return []
+        return lambda: []
     model = _batch_model(model, cells, sources)
     started = time.perf_counter()
     device = model.pipe._execution_device
@@ -182,7 +196,39 @@ def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, m
     counters = {"unet_calls": 0, "unet_samples": 0}
     cell_conditions = [None if conditions is None else cell_condition(cell, conditions[cell.image_index])
                        for cell in cells]
-    for index, cell in enumerate(cells):  # zero-step cells: the VAE round trip, exactly as per cell
+    _zero_step_outputs(model, cells, sources, cell_conditions, outputs, on_work)
+    active_cells = [(index, cell, cell_conditions[index]) for index, cell in enumerate(cells) if not cell.zero_step]
+    groups = conditioning = None
+    if active_cells:
+        groups, conditioning = _start_groups(model, conditioner, active_cells, sources,
+                                             steps=cells[0].num_inference_steps)
+        _denoise(conditioner, groups, conditioning, limit=limit, counters=counters, on_step=on_step, on_work=on_work)
+    denoised = time.perf_counter() - started
+
+    def decode() -> list[CellOutput]:
+        began = time.perf_counter()
+        if active_cells:
+            _decode(conditioner, groups, conditioning, outputs, limit=limit)
+            for index, cell, condition in active_cells:
+                outputs[index].image = composited(model.pipe, cell, sources[cell.image_index], condition,
+                                                  outputs[index].image)
+        seconds = denoised + time.perf_counter() - began
+        for index, _, _ in active_cells:
+            outputs[index].seconds = seconds / len(active_cells)
+        if stats is not None:
+            stats.update(counters, batch_halvings=limit.halvings, seconds=seconds, max_batch_size=limit.value)
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+        return outputs
+
+    return decode
+
+
+def _zero_step_outputs(model: ModelHandle, cells, sources, cell_conditions, outputs, on_work) -> None:
+    """Zero-step cells: the VAE round trip, exactly as per cell."""
+    for index, cell in enumerate(cells):
         if cell.zero_step:
             began, source = time.perf_counter(), sources[cell.image_index]
             image = model.family.vae_roundtrip(source, generator=cell_generator(cell.seed))
@@ -191,21 +237,6 @@ def run_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, *, m
                                         produced=Produced.VAE_ROUNDTRIP.value)
             if on_work is not None:
                 on_work(1)
-    active_cells = [(index, cell, cell_conditions[index]) for index, cell in enumerate(cells) if not cell.zero_step]
-    if active_cells:
-        groups, conditioning = _start_groups(model, conditioner, active_cells, sources,
-                                             steps=cells[0].num_inference_steps)
-        _denoise(conditioner, groups, conditioning, limit=limit, counters=counters, on_step=on_step, on_work=on_work)
-        _decode(conditioner, groups, conditioning, outputs, limit=limit, seconds=time.perf_counter() - started)
-        for index, cell, condition in active_cells:
-            outputs[index].image = composited(model.pipe, cell, sources[cell.image_index], condition,
-                                              outputs[index].image)
-    if stats is not None:
-        stats.update(counters, batch_halvings=limit.halvings, seconds=time.perf_counter() - started,
-                     max_batch_size=limit.value)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return outputs
 
 
 def _batch_model(model: ModelHandle, cells: list[Cell], sources: list) -> ModelHandle:
@@ -243,13 +274,13 @@ def _start_groups(model: ModelHandle, conditioner: TextConditioning, active_cell
     distributions = {index: conditioner.encode_source(sources[index])  # one encoder pass per source
                      for index in dict.fromkeys(cell.image_index for _, cell, _ in active_cells)}
     groups: dict[int, _StartGroup] = {}
-    base = model.pipe.scheduler
+    pristine = type(model.pipe.scheduler).from_config(model.pipe.scheduler.config)  # copied per group: 5x cheaper
     own_schedule = not model.family.applies_get_timesteps  # LCM: each strength sets its own timesteps
     for index, cell, condition in active_cells:
         key = cell.strength if own_schedule else cell.t_start
         group = groups.get(key)
         if group is None:
-            scheduler = type(base).from_config(base.config)
+            scheduler = copy.deepcopy(pristine)
             _set_timesteps(model, scheduler, steps, size, conditioner.device,
                            strength=cell.strength if own_schedule else 1.0)
             offset = cell.t_start * scheduler.order
@@ -331,7 +362,7 @@ def _denoise(conditioner: TextConditioning, groups, conditioning, *, limit, coun
             on_work(sum(len(group.members) for group in live))
 
 
-def _decode(conditioner: TextConditioning, groups, conditioning, outputs, *, limit, seconds: float):
+def _decode(conditioner: TextConditioning, groups, conditioning, outputs, *, limit):
     """Decode every cell's final latent in chunks (halving on CUDA out-of-memory) into ``outputs``."""
     import torch
 
@@ -349,8 +380,7 @@ def _decode(conditioner: TextConditioning, groups, conditioning, outputs, *, lim
             raise
         denormalize = [True] * decoded.shape[0] if flagged is None else [not value for value in flagged]
         images = conditioner.pipe.image_processor.postprocess(decoded, output_type="pil", do_denormalize=denormalize)
-        share = seconds / max(1, len(members))
         for row, (member, image) in enumerate(zip(chunk, images)):
-            outputs[member.index] = CellOutput(image=image, seconds=share, produced=Produced.DIFFUSION.value,
+            outputs[member.index] = CellOutput(image=image, seconds=0.0, produced=Produced.DIFFUSION.value,
                                                nsfw_flagged=None if flagged is None else bool(flagged[row]))
         start += len(chunk)

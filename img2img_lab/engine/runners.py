@@ -28,7 +28,8 @@ import hashlib
 import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from functools import cached_property
+from typing import Callable, Iterator, Protocol
 
 from img2img_lab.engine.batch_limits import DEFAULT_MAX_BATCH, fit_batch_limit
 from img2img_lab.engine.per_cell import CellOutput, run_cell
@@ -53,6 +54,10 @@ class Runner(Protocol):
 
     def run(self, cells: list[Cell]) -> list[CellOutput]:
         """Generate one chunk's cells; one output per cell, in order."""
+
+    def start(self, cells: list[Cell]) -> Callable[[], list[CellOutput]]:
+        """Generate one chunk's cells up to what may be finished on another thread (the batched engine's decoding);
+        the function returned finishes them and returns :meth:`run`'s outputs."""
 
     @property
     def batch_limit(self) -> int | None:
@@ -99,6 +104,10 @@ class PerCellRunner:
     def run(self, cells: list[Cell]) -> list[CellOutput]:
         return [self._run_one(cell) for cell in cells]
 
+    def start(self, cells: list[Cell]) -> Callable[[], list[CellOutput]]:
+        outputs = self.run(cells)
+        return lambda: outputs
+
     def _run_one(self, cell: Cell) -> CellOutput:
         condition = None if self.conditions is None else self.conditions[cell.image_index].call_inputs(cell.mode)
         if self.memo is not None:
@@ -130,15 +139,29 @@ def run_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: 
     >>> [output.produced for output in run_chunk(model, cells[:2], sources)]
     ['vae_roundtrip', 'diffusion']
     """
-    from img2img_lab.engine.batched import batching_supported, run_cells_batched
+    return start_chunk(model, cells, sources, conditions, max_batch_size=max_batch_size, on_step=on_step,
+                       on_work=on_work)()
+
+
+def start_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: list | None = None, *,
+                max_batch_size: int | None = None, on_step=None, on_work=None) -> Callable[[], list[CellOutput]]:
+    """:func:`run_chunk` up to its decoding: returns the function that decodes the chunk and returns its outputs
+    (a chunk run per cell is finished at once).
+
+    >>> finish = start_chunk(model, cells[:2], sources)
+    >>> [output.produced for output in finish()]
+    ['vae_roundtrip', 'diffusion']
+    """
+    from img2img_lab.engine.batched import batching_supported, denoise_cells_batched
 
     if getattr(cells[0], "padding_mask_crop", None) is not None or \
             not batching_supported(model.for_mode(cells[0].mode))[0]:
-        return [_reported_cell(model, cell, sources[cell.image_index],
-                               None if conditions is None else conditions[cell.image_index], on_step, on_work)
-                for cell in cells]
-    return run_cells_batched(model, cells, sources, max_batch_size=max_batch_size, on_step=on_step, on_work=on_work,
-                             conditions=conditions)
+        outputs = [_reported_cell(model, cell, sources[cell.image_index],
+                                  None if conditions is None else conditions[cell.image_index], on_step, on_work)
+                   for cell in cells]
+        return lambda: outputs
+    return denoise_cells_batched(model, cells, sources, max_batch_size=max_batch_size, on_step=on_step,
+                                 on_work=on_work, conditions=conditions)
 
 
 @dataclass
@@ -162,13 +185,18 @@ class BatchedRunner:
     conditions: list | None = None  # sweep_conditions.SourceCondition per source (masks, control images)
     name = "batched"
 
+    @cached_property
+    def device_type(self) -> str:
+        """The pipeline's device type, read once (a sweep's pipeline stays where it is)."""
+        return self.model.device.type
+
     @property
     def batch_limit(self) -> int:
         """UNet samples per call: ``max_batch_size`` if given, else the largest batch under the memory budget, else
         the device's fixed cap."""
         if self.max_batch_size:
             return self.max_batch_size
-        return self.fitted["limit"] if self.fitted else DEFAULT_MAX_BATCH.get(self.model.pipe.device.type, 16)
+        return self.fitted["limit"] if self.fitted else DEFAULT_MAX_BATCH.get(self.device_type, 16)
 
     def chunks(self, planned, pending, recorded=()) -> Iterator[Chunk]:
         limit, todo = self.batch_limit, {key for _, key in pending}
@@ -197,10 +225,14 @@ class BatchedRunner:
 
     def run(self, cells: list[Cell]) -> list[CellOutput]:
         """One chunk (:func:`run_chunk`)."""
+        return self.start(cells)()
+
+    def start(self, cells: list[Cell]) -> Callable[[], list[CellOutput]]:
+        """One chunk up to its decoding (:func:`start_chunk`)."""
         conditions = None if self.conditions is None else [condition.call_inputs(cells[0].mode)
                                                            for condition in self.conditions]
-        return run_chunk(self.model, cells, self.sources, conditions, max_batch_size=self.batch_limit,
-                         on_step=self.on_step, on_work=self.on_work)
+        return start_chunk(self.model, cells, self.sources, conditions, max_batch_size=self.batch_limit,
+                           on_step=self.on_step, on_work=self.on_work)
 
 
 def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_size: int | None = None,
@@ -215,7 +247,7 @@ def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_s
 
         supported, reason = batching_supported(model)
         if supported:
-            if memory_budget is None and model.pipe.device.type == "cuda":
+            if memory_budget is None and model.device.type == "cuda":
                 memory_budget = "auto"
             fitted = None if max_batch_size or memory_budget is None else fit_batch_limit(
                 model, max(sources, key=lambda source: source.width * source.height), memory_budget)

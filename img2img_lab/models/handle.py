@@ -29,6 +29,7 @@ the same components.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,38 @@ class ModelHandle:
         self._stamps: dict[str, str] = {}
         self.threads_reason = threads_reason
         self.offload = "none"  # diffusers' CPU offload put on the pipeline (models/memory.py)
+        self._steady: dict | None = None  # inside steady(): the device and fingerprint, each read once
         setattr(pipe, HANDLE_ATTRIBUTE, self)
+
+    # ------------------------------------------------------------------ a steady stretch
+    @property
+    def device(self):
+        """The pipeline's device (``pipe.device``: a walk over its modules, about 2 ms for the embedded model), read
+        once inside :meth:`steady`."""
+        if self._steady is None:
+            return self.pipe.device
+        if "device" not in self._steady:
+            self._steady["device"] = self.pipe.device
+        return self._steady["device"]
+
+    @contextmanager
+    def steady(self):
+        """A stretch in which the caller neither moves the pipeline nor changes its weights (a sweep, from opening
+        its folder to keying its cells): :attr:`device` and :meth:`fingerprint` are each worked out once in it, not at
+        every question. Nested stretches share the outer one.
+
+        >>> with model.steady():
+        ...     model.fingerprint() is model.fingerprint()
+        True
+        """
+        if self._steady is not None:
+            yield self
+            return
+        self._steady = {}
+        try:
+            yield self
+        finally:
+            self._steady = None
 
     # ------------------------------------------------------------------ schedulers
     def scheduler(self, name: str):
@@ -254,6 +286,8 @@ class ModelHandle:
         components whose stamp changed are hashed again (a float16 VAE upcast for decoding: the VAE, not the UNet)."""
         from img2img_lab.models.fingerprint import component_stamps, compute_fingerprint
 
+        if self._steady is not None and "fingerprint" in self._steady and not refresh:
+            return self._steady["fingerprint"]
         stamps = component_stamps(self.pipe)
         if self._fingerprint is None or refresh or stamps != self._stamps:
             kept = {} if refresh or self._fingerprint is None else {
@@ -264,6 +298,8 @@ class ModelHandle:
             self._stamps = stamps
             if self._kept_at is not None and stamps == self._loaded_stamps:  # the files as loaded: kept for next time
                 self._keep_fingerprint()
+        if self._steady is not None:
+            self._steady["fingerprint"] = self._fingerprint
         return self._fingerprint
 
     def keep_fingerprint_at(self, path: Path | None) -> None:

@@ -57,3 +57,23 @@ def _check_offload(pipe, offload: str) -> None:
         raise ModelError(f"offload: {offload} moves each component to an accelerator only while it runs, and torch "
                          f"sees none here: on the CPU every weight already lives in main memory. Fix: remove "
                          f"offload (or run on a GPU).")
+
+
+def decodes_beside_denoising(model) -> bool:
+    """Whether a sweep may decode one chunk on its writer thread while the next one denoises: no offload hook moves
+    modules between devices as they run (diffusers' or accelerate's, put on by a memory control or by the caller),
+    and the VAE is never cast to float32 for a pass and back (a float16 VAE with ``force_upcast``, as SDXL's).
+
+    >>> decodes_beside_denoising(model)
+    True
+    """
+    import torch
+
+    if model.offload != "none":
+        return False
+    modules = [module for module in model.pipe.components.values() if isinstance(module, torch.nn.Module)]
+    if any(getattr(part, "_hf_hook", None) is not None or getattr(part, "_diffusers_hook", None) is not None
+           for module in modules for part in module.modules()):
+        return False
+    vae = getattr(model.pipe, "vae", None)
+    return vae is None or not (vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)))

@@ -89,11 +89,12 @@ class RunFolderFiles:
         path = self.adapter_path(file_hash)
         return path if path.is_file() and adapter_file_hash(path.read_bytes()) == file_hash else None
 
-    def _write(self, path: Path, write, *, binary: bool = True) -> Path:
-        """Write ``path`` atomically through the folder's ``.tmp/``, both checked to stay inside the folder."""
+    def _write(self, path: Path, write, *, binary: bool = True, durable: bool = True) -> Path:
+        """Write ``path`` atomically through the folder's ``.tmp/``, both checked to stay inside the folder
+        (``durable=False``: no fsync, for files read only through a check of their content)."""
         self.entry(path.relative_to(self.root) if path.is_relative_to(self.root) else path)
         self.entry(self.temp_dir.relative_to(self.root))
-        return atomic_write(path, write, binary=binary, temp_dir=self.temp_dir)
+        return atomic_write(path, write, binary=binary, temp_dir=self.temp_dir, durable=durable)
 
     def write_source(self, source_hash: str, image) -> Path:
         """Keep the prepared source so analysis never needs the original file or the model (a damaged copy is
@@ -200,8 +201,11 @@ class RunFolderFiles:
         return self.write_png(self.image_path(key), image)
 
     def write_png(self, path: Path, image) -> Path:
-        """Save a generated image (a cell's, a floor's) at ``path`` atomically, fast-compressed (:data:`PNG_LEVEL`)."""
-        return self._write(path, lambda stream: image.save(stream, format="PNG", compress_level=PNG_LEVEL))
+        """Save a generated image (a cell's, a floor's) at ``path`` atomically, fast-compressed (:data:`PNG_LEVEL`),
+        without an fsync: every reader checks its pixels against the hash its row records (a power cut's torn file is
+        regenerated, as a damaged one is)."""
+        return self._write(path, lambda stream: image.save(stream, format="PNG", compress_level=PNG_LEVEL),
+                           durable=False)
 
     def write_config(self, name: str, data: dict) -> Path:
         """Write ``configs/<name>.yaml`` (a config ``img2img-lab sweep`` / ``calibrate`` reads); returns its path."""

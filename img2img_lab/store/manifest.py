@@ -20,6 +20,7 @@ sweeps into one folder append to ``plans``, ``planned`` and ``history`` instead 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -33,11 +34,17 @@ ACCUMULATED = ("plans", "planned", "history", "notes", "models")
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that determine a run's pixels and tables.
+    """Versions of the packages that determine a run's pixels and tables, read once per process (the code that runs is
+    the code this process imported, even after an upgrade on disk).
 
     >>> package_versions()["img2img_lab"] == __version__
     True
     """
+    return dict(_imported_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _imported_versions() -> tuple:
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "img2img_lab": __version__}
@@ -47,7 +54,7 @@ def package_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
-    return versions
+    return tuple(versions.items())
 
 
 def plan_record(plan, *, engine: str, max_batch_size: int | None, metrics, fingerprint: str | None = None) -> dict:

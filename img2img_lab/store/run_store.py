@@ -18,8 +18,9 @@
       .lock, .tmp/       the writers' lock file and temporary files
 
 Every file is written atomically: to a hidden temporary file (in ``.tmp/`` for the store's own files),
-flushed and fsynced, then ``os.replace``-d over the final name. A reader (or a killed run) therefore sees
-either the old complete file or the new complete file, never a partial one; stale temporary files left by a
+flushed and fsynced (a cell's image and row file are not: every read checks them against each other, and the
+checkpoints' part files hold the rows again), then ``os.replace``-d over the final name. A reader (or a killed run)
+therefore sees either the old complete file or the new complete file, never a partial one; stale temporary files left by a
 killed process are removed when the folder is next opened. Writers in several processes take an exclusive
 ``fcntl.flock`` on ``.lock`` to store a cell (the first writer wins), to append a checkpoint's part file and to
 consolidate ``results.parquet`` from the row files (:meth:`RunStore.flush`), so concurrent sweeps into one folder
@@ -400,9 +401,10 @@ class RunStore(RunFolderFiles):
                 self._load_rows()[key] = existing
                 return False
             self.write_image(key, image)
-            self._write(self.row_path(key), lambda stream: stream.write(json.dumps(row, default=_json_value)),
-                        binary=False)
-            self.damaged_rows.pop(str(self.row_path(key)), None)
+            row_path = self.row_path(key)
+            self._write(row_path, lambda stream: stream.write(json.dumps(row, default=_json_value)),
+                        binary=False, durable=False)  # read only with its image's pixels checked against it
+            self.damaged_rows.pop(str(row_path), None)
         self._intact.add((key, row["output_hash"]))
         self._load_rows()[key] = row
         self._unflushed[key] = row

@@ -225,6 +225,9 @@ class ShardedRunner:
     def run(self, cells):
         return self.runner.run(cells)
 
+    def start(self, cells):
+        return self.runner.start(cells)
+
 
 def job_progress(bar, world_size: int):
     """``on_work`` for rank 0's progress bar in a job of ``world_size`` ranks: each of its denoising steps stands for

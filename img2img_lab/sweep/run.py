@@ -233,9 +233,10 @@ def _sweep_one_model(plan: SweepPlan, out_dir, options: SweepOptions, *, model: 
 
 
 def _open_and_key(plan, out_dir, model, options, *, context, cache_store, allow_other_models) -> SweepSession:
-    session = SweepSession.open(plan, out_dir, model, options, context=context, cache_store=cache_store,
-                                allow_other_models=allow_other_models)
-    session.key_cells()
+    with model.steady():  # the device and the fingerprint, each worked out once
+        session = SweepSession.open(plan, out_dir, model, options, context=context, cache_store=cache_store,
+                                    allow_other_models=allow_other_models)
+        session.key_cells()
     if context.is_main:
         session.copy_from_cache()
     session.note_recorded_batches()  # inside main_first: no rank has begun to write batches
@@ -260,7 +261,7 @@ def _finish(session: SweepSession, signature, context):
         session.counts["already_done"] = 0  # every rank counted the cells done before the job; rank 0's count stands
     session.counts = distributed.sum_counts(context, session.counts)  # the job's counts, on every rank
     if context.is_main:
-        session.store.reload()  # other ranks' row files
+        session.store.reload()  # other ranks' and concurrent writers' row files
         session.show_job_progress(final=True)
         session.reuse_duplicates()
         table = session.finish(signature)

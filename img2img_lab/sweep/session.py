@@ -34,37 +34,20 @@ from img2img_lab.engine.runners import PerCellRunner, cell_work
 from img2img_lab.images.hashes import content_hash
 from img2img_lab.models.adapters import adapters_loaded, check_adapters
 from img2img_lab.models.handle import ModelHandle
-from img2img_lab.models.memory import apply_memory_controls
+from img2img_lab.models.memory import apply_memory_controls, decodes_beside_denoising
 from img2img_lab.plan.schema import COLUMNS, Produced, cell_key, cell_parameters, is_duplicate  # noqa: F401
 from img2img_lab.plan.sweep_plan import Cell, SweepPlan
-from img2img_lab.store.manifest import files_digest, merge_manifest
+from img2img_lab.store.manifest import merge_manifest
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.adapter_files import adapter_files, keep_adapters
 from img2img_lab.sweep.chunk_writer import ChunkWriter, spare_core
 from img2img_lab.sweep.distributed import Context, job_progress
 from img2img_lab.sweep.options import SweepOptions
-from img2img_lab.sweep.session_setup import create_folder, now, plan_manifest, store_sources
+from img2img_lab.sweep.session_setup import (completed_record, create_folder, in_plan_order,  # noqa: F401
+                                             now, plan_manifest, store_sources)
 from img2img_lab.sweep.source_conditions import strength_meaning
 from img2img_lab.sweep.sources import (build_manifest, folder_sources, metric_needs, prepare_sources,  # noqa: F401
                                        source_steps)
-
-
-def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
-    """The manifest's ``completed`` entry of a finished sweep (``None`` without a signature)."""
-    if signature is None:
-        return None
-    sources = sorted(set(source_hashes))
-    return {"signature": signature, "keys": keys, "sources": sources, "files": files_digest(store, keys, sources)}
-
-
-def in_plan_order(table, keys: list[str]):
-    """The rows of ``keys`` in that order, columns in :data:`COLUMNS` order (metrics after)."""
-    order = {key: index for index, key in enumerate(keys)}
-    table = table[table["cell_key"].isin(order)]
-    table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)
-    return table[[column for column in COLUMNS if column in table.columns]
-                 + [column for column in table.columns if column not in COLUMNS]]
-
 
 
 def cell_label(cell: Cell, model: str | None = None) -> str:
@@ -106,6 +89,9 @@ class SweepSession:
     started_clock: float = field(default_factory=time.perf_counter)
     progress_listed: float = 0.0
     last_flush: float = field(default_factory=time.monotonic)  # when the writer last refreshed results' parts
+
+    def __post_init__(self):
+        self.device = self.model.device  # read once: a sweep's pipeline stays where it is
 
     @property
     def pipe(self):
@@ -165,7 +151,7 @@ class SweepSession:
         store, model = self.store, self.model
         self.steps_of = source_steps(model, self.sources)
         self.cells = self.plan.cells(steps=self.steps_of)
-        labels, done_work, device_type = {}, 0, self.pipe.device.type  # read once: each read walks the modules
+        labels, done_work, device_type = {}, 0, self.device.type
         for cell in self.cells:
             key = self._cell_key(cell, self.engine, device_type)
             if self.engine != "per-cell" and not store.has_cell(key):  # the per-cell reference's image serves too
@@ -243,19 +229,28 @@ class SweepSession:
                     self._generate_chunks(same_setting)
 
     def _generate_chunks(self, chunks) -> None:
-        """Each chunk generated on this thread, then measured and stored on the writer thread
-        (:mod:`img2img_lab.sweep.chunk_writer`) while the next one generates."""
+        """Each chunk denoised on this thread, then decoded (where the model allows it:
+        :func:`~img2img_lab.models.memory.decodes_beside_denoising`), measured and stored on the writer
+        thread (:mod:`img2img_lab.sweep.chunk_writer`) while the next one denoises."""
         todo = {key for _, key in self.pending}
-        with ChunkWriter(overlap=spare_core(str(self.pipe.device))) as writer:
+        overlap = spare_core(str(self.device))
+        decode_on_writer = overlap and decodes_beside_denoising(self.model)
+        with ChunkWriter(overlap=overlap) as writer:
             for chunk, batch_id in chunks:
                 if batch_id is not None:
                     self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
-                outputs = self.runner.run([cell for cell, _ in chunk])
-                finished = [(cell, key, output) for (cell, key), output in zip(chunk, outputs) if key in todo]
-                writer.submit(self._store_chunk, finished, batch_id)
+                cells = [cell for cell, _ in chunk]
+                if decode_on_writer:
+                    finish = self.runner.start(cells)
+                else:
+                    outputs = self.runner.run(cells)
+                    finish = lambda outputs=outputs: outputs  # noqa: E731 - the chunk is finished already
+                writer.submit(self._store_chunk, chunk, todo, finish, batch_id)
 
-    def _store_chunk(self, finished: list, batch_id: str | None) -> None:
-        """Measure a chunk's outputs in one batch per source and store each cell (the writer thread)."""
+    def _store_chunk(self, chunk: list, todo: set, finish, batch_id: str | None) -> None:
+        """Finish a chunk (``finish()``: its outputs, decoded here where the model allows), measure its outputs in
+        one batch per source and store each cell to generate (the writer thread)."""
+        finished = [(cell, key, output) for (cell, key), output in zip(chunk, finish()) if key in todo]
         measured = self._measure([(cell, output.image) for cell, _, output in finished])
         for (cell, key, output), values in zip(finished, measured):
             self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged, batch_id,
@@ -274,7 +269,7 @@ class SweepSession:
         names = [name for name in self.metrics if not metric_needs(name, "mask")]
         if not names or not pairs:
             return [{} for _ in pairs]
-        device = str(self.pipe.device)
+        device = str(self.device)
         if self.references is None:
             self.references = ReferenceCache(device=device)
         values = measure_pairs([self.sources[cell.image_index] for cell, _ in pairs], [image for _, image in pairs],
@@ -374,7 +369,7 @@ class SweepSession:
                              or any(metric_needs(name, "mask") for name in self.metrics)):
             from img2img_lab.metrics.measure import measure_run
 
-            measure_run(store, self.metrics, device=str(self.pipe.device), progress=False)  # the open store
+            measure_run(store, self.metrics, device=str(self.device), progress=False)  # the open store
         plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
         completed = completed_record(store, signature, plan_keys, self.source_hashes)
         counts = {**self.counts, "cells": len(self.cells),

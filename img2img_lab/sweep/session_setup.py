@@ -18,7 +18,8 @@ from pathlib import Path
 from img2img_lab.engine.runners import choose_runner
 from img2img_lab.models.handle import ModelHandle
 from img2img_lab.plan.memory_settings import MemoryControls
-from img2img_lab.store.manifest import check_one_model, merge_manifest, plan_config, plan_record
+from img2img_lab.plan.schema import COLUMNS
+from img2img_lab.store.manifest import check_one_model, files_digest, merge_manifest, plan_config, plan_record
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.advisories import advise, floor_advisories, sweep_advisories
 from img2img_lab.sweep.distributed import Context, ShardedRunner
@@ -94,7 +95,7 @@ def store_sources(store: RunStore, plan, model: ModelHandle, options: SweepOptio
     hashes = [entry["hash"] for entry in manifest["sources"]]
     for source_hash, source in zip(hashes, sources):
         store.write_source(source_hash, source)
-    references = ReferenceCache(device=str(model.pipe.device)) if options.metrics else None
+    references = ReferenceCache(device=str(model.device)) if options.metrics else None
     if conditions is not None:
         record_conditions(store, conditions, hashes)
     write_floor(store, model, sources, hashes, plan.seeds[0], list(options.metrics), references=references)
@@ -102,3 +103,20 @@ def store_sources(store: RunStore, plan, model: ModelHandle, options: SweepOptio
     if notes:
         store.update_manifest(lambda folder: {**folder, "notes": list(dict.fromkeys([*folder["notes"], *notes]))})
     return references
+
+
+def completed_record(store: RunStore, signature: str | None, keys: list[str], source_hashes) -> dict | None:
+    """The manifest's ``completed`` entry of a finished sweep (``None`` without a signature)."""
+    if signature is None:
+        return None
+    sources = sorted(set(source_hashes))
+    return {"signature": signature, "keys": keys, "sources": sources, "files": files_digest(store, keys, sources)}
+
+
+def in_plan_order(table, keys: list[str]):
+    """The rows of ``keys`` in that order, columns in :data:`COLUMNS` order (metrics after)."""
+    order = {key: index for index, key in enumerate(keys)}
+    table = table[table["cell_key"].isin(order)]
+    table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)
+    return table[[column for column in COLUMNS if column in table.columns]
+                 + [column for column in table.columns if column not in COLUMNS]]

@@ -156,7 +156,7 @@ def _floor_row(store: RunStore, model: ModelHandle, kept: dict, row, source, sou
             "source_hash": source_hash, "seed": seed, "model_fingerprint": fingerprint,
             "output_path": str(path.relative_to(store.root)), "output_hash": content_hash(image)}
     if missing:
-        row.update(measure_pair(source, image, missing, device=str(model.pipe.device), references=references))
+        row.update(measure_pair(source, image, missing, device=str(model.device), references=references))
 
 
 def metric_needs(name: str, *what: str) -> bool:
@@ -182,7 +182,7 @@ def build_manifest(plan, model: ModelHandle, sources: list, *, started: str, rec
         "model": model.label,
         "model_fingerprint": model.fingerprint(),
         "model_family": model.family_summary(),
-        "device": str(pipe.device),
+        "device": str(model.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
         "torch_threads": torch.get_num_threads(),
         "torch_threads_reason": model.threads_reason,

@@ -124,6 +124,45 @@ def test_fingerprint_is_stable_and_sensitive(tiny_model_dir):
     assert changed["components"]["vae"] == a["components"]["vae"]
 
 
+def test_a_steady_stretch_reads_the_device_and_stamps_the_weights_once(tiny_model_dir, monkeypatch):
+    """A sweep asks its model's device and fingerprint a dozen times from opening its folder to keying its cells;
+    each read walked every module (2 ms and 13 ms on the embedded model). Inside ``steady()`` each is worked out
+    once; outside, a weight changed is seen at the next question."""
+    import torch
+
+    import img2img_lab.models.fingerprint as fingerprint_module
+
+    model = as_model(load_pipeline(str(tiny_model_dir), device="cpu"))
+    stamped, original = [], fingerprint_module.component_stamps
+    monkeypatch.setattr(fingerprint_module, "component_stamps", lambda pipe: stamped.append(1) or original(pipe))
+    with model.steady():
+        with model.steady():  # nested: the outer stretch's answers
+            first = model.fingerprint()
+        assert model.fingerprint() is first and model.device == torch.device("cpu")
+        assert len(stamped) == 1
+    with torch.no_grad():
+        next(model.pipe.unet.parameters()).view(-1)[0] += 1e-3
+    assert model.fingerprint()["fingerprint"] != first["fingerprint"] and len(stamped) == 2
+
+
+def test_decoding_beside_denoising_only_where_nothing_moves_or_casts_the_vae(tiny_model_dir):
+    """A chunk is decoded on the writer thread while the next one denoises only where the VAE is never cast for a
+    pass (a float16 VAE with ``force_upcast``) and no hook moves or casts modules as they run."""
+    import torch
+
+    from img2img_lab.models.memory import decodes_beside_denoising
+
+    model = as_model(load_pipeline(str(tiny_model_dir), device="cpu"))
+    assert decodes_beside_denoising(model)
+    model.pipe.vae.register_to_config(force_upcast=True)
+    model.pipe.vae.to(torch.float16)
+    assert not decodes_beside_denoising(model)
+    model.pipe.vae.to(torch.float32)
+    assert decodes_beside_denoising(model)
+    model.pipe.unet.conv_in._diffusers_hook = object()  # what diffusers' offloading and layerwise casting attach
+    assert not decodes_beside_denoising(model)
+
+
 def test_fingerprint_of_a_tensor_over_two_to_the_24_values(tiny_model_dir):
     """SD 1.5's up-block convolutions hold 2560x1280x3x3 = 29.5M weights: the stamp's float32 sample positions
     rounded the last one past the end (IndexError on the CPU, a device-side assert on CUDA) and every sweep of a

@@ -17,6 +17,7 @@ The **noise formula** belongs to the scheduler class, not the pipeline (:func:`s
 
 from __future__ import annotations
 
+import functools
 import inspect
 from types import SimpleNamespace
 from typing import Callable, ClassVar
@@ -55,7 +56,13 @@ def call_parameters(pipe) -> dict:
     >>> "strength" in call_parameters(pipe)
     True
     """
-    return dict(inspect.signature(type(pipe).__call__).parameters)
+    return dict(_call_signature(type(pipe)).parameters)
+
+
+@functools.lru_cache(maxsize=None)
+def _call_signature(pipeline_class) -> inspect.Signature:
+    """A pipeline class's ``__call__`` signature, read once per class (``inspect.signature`` takes ~0.1 ms)."""
+    return inspect.signature(pipeline_class.__call__)
 
 
 # Adapted from diffusers.pipelines.flux.pipeline_flux.calculate_shift
