@@ -32,11 +32,12 @@ decoded — its family module declares as its *batched conditioning*
   per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
   rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs), each with
   its inpainting pipeline (FLUX.1's latent blend, :class:`~img2img_lab.models.families.flux.FlowInpaint`); FLUX.1
-  Control img2img and inpainting (each cell's control latents concatenated); FLUX.1 ControlNet img2img.
+  Control img2img and inpainting (each cell's control latents concatenated); FLUX.1 ControlNet img2img and
+  inpainting.
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
-sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (PAG, FLUX.1 ControlNet
-inpainting) use the per-cell runner; :func:`batching_supported` says which and why (the manifest records it), and a
+sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (PAG, several or XLabs-style FLUX.1
+ControlNets) use the per-cell runner; :func:`batching_supported` says which and why (the manifest records it), and a
 chunk that crops around its mask runs per cell (:func:`img2img_lab.engine.runners.run_chunk`).
 
 >>> outputs = run_cells_batched(model, cells, sources)

@@ -1,6 +1,6 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
-and ControlNet inpainting, 4- and 9-channel; FLUX.1 Control img2img and inpainting; FLUX.1, Chroma, Qwen-Image and
-Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the source pasted
+and ControlNet inpainting, 4- and 9-channel; FLUX.1 Control and ControlNet img2img and inpainting; FLUX.1, Chroma,
+Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the source pasted
 back as the per-cell runner does, and a chunk the engine does not reproduce (a crop around the mask) run per cell."""
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
     "flux-controlnet": ("default", {"control": {"image": "c.png", "conditioning_scales": [0.6],
                                                 "guidance_ends": [0.5]}},
                         lambda index: {"control_image": structured_image(32, seed=7 + index)}),
+    "flux-controlnet-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [2]},
+                                            "control": {"image": "c.png", "conditioning_scales": [0.6],
+                                                        "guidance_starts": [0.2]}},
+                                lambda index: {"mask_image": _mask(4 * index),
+                                               "control_image": structured_image(32, seed=7 + index)}),
     "chroma-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "composite": [True]}},
                        lambda index: {"mask_image": _mask(4 * index)}),
     "qwenimage-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},

@@ -83,10 +83,16 @@ def test_lcm_strengths_step_in_lockstep_each_at_its_own_timestep(capsys):
     assert worst <= 1 and stats["unet_samples"] == evaluations and stats["unet_calls"] == 4
 
 
-def test_flow_masks_controls_and_pag_still_run_per_cell_with_the_reason():
-    for family in ("flux-controlnet-inpaint", "sd3-pag"):
-        supported, reason = batching_supported(as_model(make_tiny_family(family)))
-        assert not supported and "per cell" in reason, (family, reason)
+def test_pag_and_several_flux_controlnets_still_run_per_cell_with_the_reason():
+    from diffusers import FluxMultiControlNetModel
+
+    from img2img_lab.models.families.tiny_parts import tiny_flux_controlnet
+
+    several = make_tiny_family("flux-controlnet-inpaint")
+    several.controlnet = FluxMultiControlNetModel([tiny_flux_controlnet(), tiny_flux_controlnet()])
+    for name, pipe in (("sd3-pag", make_tiny_family("sd3-pag")), ("two FLUX.1 ControlNets", several)):
+        supported, reason = batching_supported(as_model(pipe))
+        assert not supported and "per cell" in reason, (name, reason)
 
 
 def test_z_image_guidance_one_is_guidance():

@@ -292,6 +292,23 @@ class FluxControlInpaintConditioning(FlowInpaint, FluxControlConditioning):
         return latents, {"control_latents": control}, state
 
 
+class FluxControlNetInpaintConditioning(FlowInpaint, FluxControlNetConditioning):
+    """``FluxControlNetInpaintPipeline`` (one InstantX-style ControlNet, no crop): FLUX.1 ControlNet's residuals with
+    :class:`FlowInpaint`'s blend. The control image's latents are drawn first, then the source's, the noise and the
+    masked source's (steps 5, 7 and 8 of its ``__call__``).
+
+    >>> FluxFamily(FluxFamily.tiny_pipelines["flux-controlnet-inpaint"]()).batched_conditioning()[1]
+    'FluxControlNetInpaintPipeline'
+    """
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_inpainting.FluxControlNetInpaintPipeline.__call__ (steps 5, 7 and 8: the control image, prepare_latents, prepare_mask_latents)
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        control = self._control_latents(condition["control_image"], generator)  # drawn first
+        latents, fields, state = FlowInpaint.start_latents(self, scheduler, timesteps, distribution, generator,
+                                                           cell=cell, condition=condition, source=source)
+        return latents, {**fields, "control_latents": control}, state
+
+
 class FluxFamily(Family):
     name, label = "flux", "FLUX.1"
     pipelines = {
@@ -325,7 +342,8 @@ class FluxFamily(Family):
     batched_classes = {"FluxImg2ImgPipeline": FluxConditioning, "FluxInpaintPipeline": FluxInpaintConditioning,
                        "FluxControlImg2ImgPipeline": FluxControlConditioning,
                        "FluxControlInpaintPipeline": FluxControlInpaintConditioning,
-                       "FluxControlNetImg2ImgPipeline": FluxControlNetConditioning}
+                       "FluxControlNetImg2ImgPipeline": FluxControlNetConditioning,
+                       "FluxControlNetInpaintPipeline": FluxControlNetInpaintConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()
