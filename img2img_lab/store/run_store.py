@@ -20,8 +20,8 @@
 Every file is written atomically: to a hidden temporary file (in ``.tmp/`` for the store's own files),
 flushed and fsynced (a cell's image and row file are not: every read checks them against each other, and the
 checkpoints' part files hold the rows again), then ``os.replace``-d over the final name. A reader (or a killed run)
-therefore sees either the old complete file or the new complete file, never a partial one; stale temporary files left by a
-killed process are removed when the folder is next opened. Writers in several processes take an exclusive
+therefore sees either the old complete file or the new complete file, never a partial one; stale temporary files
+left by a killed process are removed when the folder is next opened. Writers in several processes take an exclusive
 ``fcntl.flock`` on ``.lock`` to store a cell (the first writer wins), to append a checkpoint's part file and to
 consolidate ``results.parquet`` from the row files (:meth:`RunStore.flush`), so concurrent sweeps into one folder
 cannot lose or mix rows. A checkpoint costs the same at the 100,000th cell as at the first (:meth:`RunStore.checkpoint`).

@@ -1,7 +1,8 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
 and ControlNet inpainting, 4- and 9-channel; FLUX.1 Control and ControlNet img2img and inpainting; FLUX.1, Chroma,
-Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and the source pasted
-back as the per-cell runner does, and a chunk the engine does not reproduce (a crop around the mask) run per cell."""
+Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32),
+the mask blurred and the source pasted back as the per-cell runner does, and a chunk the engine does not reproduce
+(a crop around the mask) run per cell."""
 
 from __future__ import annotations
 
