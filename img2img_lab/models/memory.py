@@ -62,7 +62,10 @@ def _check_offload(pipe, offload: str) -> None:
 def decodes_beside_denoising(model) -> bool:
     """Whether a sweep may decode one chunk on its writer thread while the next one denoises: no offload hook moves
     modules between devices as they run (diffusers' or accelerate's, put on by a memory control or by the caller),
-    and the VAE is never cast to float32 for a pass and back (a float16 VAE with ``force_upcast``, as SDXL's).
+    and the VAE is never cast to float32 for a pass and back. That last is judged by the VAE alone, erring on the safe
+    side: a VAE below float32 whose config sets ``force_upcast`` decodes in turn (a zero-step cell's round trip casts
+    a float16 one, SDXL's encoding a bfloat16 one too; FLUX.1's bfloat16 VAE, which no pipeline casts, is held back
+    with them).
 
     >>> decodes_beside_denoising(model)
     True
@@ -76,4 +79,4 @@ def decodes_beside_denoising(model) -> bool:
            for module in modules for part in module.modules()):
         return False
     vae = getattr(model.pipe, "vae", None)
-    return vae is None or not (vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False)))
+    return vae is None or vae.dtype == torch.float32 or not bool(getattr(vae.config, "force_upcast", False))

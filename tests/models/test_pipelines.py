@@ -147,7 +147,7 @@ def test_a_steady_stretch_reads_the_device_and_stamps_the_weights_once(tiny_mode
 
 def test_decoding_beside_denoising_only_where_nothing_moves_or_casts_the_vae(tiny_model_dir):
     """A chunk is decoded on the writer thread while the next one denoises only where the VAE is never cast for a
-    pass (a float16 VAE with ``force_upcast``) and no hook moves or casts modules as they run."""
+    pass (a float16 or bfloat16 VAE with ``force_upcast``) and no hook moves or casts modules as they run."""
     import torch
 
     from img2img_lab.models.memory import decodes_beside_denoising
@@ -155,8 +155,9 @@ def test_decoding_beside_denoising_only_where_nothing_moves_or_casts_the_vae(tin
     model = as_model(load_pipeline(str(tiny_model_dir), device="cpu"))
     assert decodes_beside_denoising(model)
     model.pipe.vae.register_to_config(force_upcast=True)
-    model.pipe.vae.to(torch.float16)
-    assert not decodes_beside_denoising(model)
+    for dtype in (torch.float16, torch.bfloat16):  # SDXL's encoding casts either to float32 and back
+        model.pipe.vae.to(dtype)
+        assert not decodes_beside_denoising(model)
     model.pipe.vae.to(torch.float32)
     assert decodes_beside_denoising(model)
     model.pipe.unet.conv_in._diffusers_hook = object()  # what diffusers' offloading and layerwise casting attach
