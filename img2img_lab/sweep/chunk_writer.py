@@ -1,11 +1,10 @@
 """A sweep's chunks decoded, measured and stored on a writer thread while the next chunk denoises.
 
-Generation is the UNet; decoding a chunk's final latents (where the model allows it:
+Generation is the UNet; decoding a chunk's final latents (on the CPU, where the model allows it:
 :func:`~img2img_lab.models.memory.decodes_beside_denoising`), measuring its outputs (LPIPS and the fidelity metrics,
 batched) and storing them (PNG encoding, the image and row files, the table's part) is other work that need not wait
 for it: one writer thread takes each denoised chunk while the main thread runs the next. At one torch thread on a
-two-core machine the two overlap on separate cores; on a GPU the VAE and the metrics run on the GPU beside the next
-chunk. Where every core generates (:func:`spare_core`), chunks are written in turn instead. At most one chunk waits
+two-core machine the two overlap on separate cores; on a GPU the metrics run on the GPU beside the next chunk. Where every core generates (:func:`spare_core`), chunks are written in turn instead. At most one chunk waits
 to be written (:meth:`ChunkWriter.submit` first waits for the one before), so a killed sweep loses at most the chunk
 being written and the one generating, and both are recorded batches that run again whole
 (:mod:`img2img_lab.engine.runners`). The store's writes take the folder's lock, so the main thread's batch records

@@ -229,12 +229,13 @@ class SweepSession:
                     self._generate_chunks(same_setting)
 
     def _generate_chunks(self, chunks) -> None:
-        """Each chunk denoised on this thread, then decoded (where the model allows it:
+        """Each chunk denoised on this thread, then decoded (on the CPU, where the model allows it:
         :func:`~img2img_lab.models.memory.decodes_beside_denoising`), measured and stored on the writer
-        thread (:mod:`img2img_lab.sweep.chunk_writer`) while the next one denoises."""
+        thread (:mod:`img2img_lab.sweep.chunk_writer`) while the next one denoises. On a GPU chunks are decoded here:
+        there the VAE's activations would sit in memory beside the next chunk's, a peak no device has measured yet."""
         todo = {key for _, key in self.pending}
         overlap = spare_core(str(self.device))
-        decode_on_writer = overlap and decodes_beside_denoising(self.model)
+        decode_on_writer = overlap and self.device.type == "cpu" and decodes_beside_denoising(self.model)
         with ChunkWriter(overlap=overlap) as writer:
             for chunk, batch_id in chunks:
                 if batch_id is not None:
