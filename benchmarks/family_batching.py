@@ -23,7 +23,8 @@ import img2img_lab  # noqa: F401  - torchvision shim first
 FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-controlnet", "sdxl-inpaint", "sd3",
             "flux-dev", "flux-schnell", "flux-inpaint", "chroma-dynamic", "chroma-inpaint", "qwenimage",
             "qwenimage-inpaint", "zimage", "zimage-inpaint", "sd-controlnet-inpaint", "flux-control",
-            "sdxl-controlnet-inpaint", "flux-control-inpaint", "flux-controlnet", "flux-controlnet-inpaint", "lcm")
+            "sdxl-controlnet-inpaint", "flux-control-inpaint", "flux-controlnet", "flux-controlnet-inpaint", "lcm",
+            "sd-pag", "sdxl-pag")
 
 
 def _conditions(family: str, sources):

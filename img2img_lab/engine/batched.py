@@ -19,15 +19,16 @@ The result equals :func:`img2img_lab.engine.per_cell.run_cell` up to floating-po
 (tests, float32: max |difference| <= 1/255 per pixel for DDIM, Euler, Euler a, DPM++ 2M, PNDM and UniPC, and for
 every batched family below; half precision on a GPU differs more, see :data:`BATCHED_TOLERANCE`).
 
-What a family needs here — how a prompt is encoded, how a VAE latent becomes the initial latent, what the denoiser
-takes per sample, how its guidance combines two predictions, what happens after a step, and how latents are
-decoded — its family module declares as its *batched conditioning*
+What a family needs here — how a prompt is encoded, how a VAE latent becomes the initial latent, which samples a cell
+sends and what the denoiser takes per sample, how its guidance combines their predictions, what happens after a step,
+and how latents are decoded — its family module declares as its *batched conditioning*
 (:meth:`img2img_lab.models.families.base.Family.batched_conditioning`):
 
 * Stable Diffusion 1.x/2.x and SDXL img2img (the embedded model too; SDXL's pooled embeddings and added time ids,
   its VAE upcast where the model asks), their ControlNet img2img (each sample's control image, and its conditioning
   scale at each of its own steps), their inpainting (a 4-channel UNet's latent blend after every step; a
-  9-channel UNet's mask and masked-source channels) and ControlNet inpainting (both: the ControlNet on 4 channels);
+  9-channel UNet's mask and masked-source channels), ControlNet inpainting (both: the ControlNet on 4 channels) and
+  PAG img2img (a perturbed sample per cell, :mod:`img2img_lab.models.families.pag`);
 * the flow-matching families: SD3 / 3.5 (classifier-free guidance), FLUX.1 dev and schnell (the guidance embedding
   per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
   rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs), each with
@@ -36,8 +37,8 @@ decoded — its family module declares as its *batched conditioning*
   inpainting.
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
-sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (PAG, several or XLabs-style FLUX.1
-ControlNets) use the per-cell runner; :func:`batching_supported` says which and why (the manifest records it), and a
+sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (SD3's PAG, PAG inpainting
+and ControlNet PAG, several or XLabs-style FLUX.1 ControlNets) use the per-cell runner; :func:`batching_supported` says which and why (the manifest records it), and a
 chunk that crops around its mask runs per cell (:func:`img2img_lab.engine.runners.run_chunk`).
 
 >>> outputs = run_cells_batched(model, cells, sources)
@@ -203,7 +204,9 @@ def denoise_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, 
     if active_cells:
         groups, conditioning = _start_groups(model, conditioner, active_cells, sources,
                                              steps=cells[0].num_inference_steps)
-        _denoise(conditioner, groups, conditioning, limit=limit, counters=counters, on_step=on_step, on_work=on_work)
+        with conditioner.denoising():
+            _denoise(conditioner, groups, conditioning, limit=limit, counters=counters, on_step=on_step,
+                     on_work=on_work)
     denoised = time.perf_counter() - started
 
     def decode() -> list[CellOutput]:
@@ -303,9 +306,10 @@ def _start_groups(model: ModelHandle, conditioner: TextConditioning, active_cell
 
 
 def _model_inputs(conditioner: TextConditioning, live, conditioning, position: int):
-    """Every live sample's model input and per-sample fields, ``(input, fields)`` (CFG cells send two samples: the
-    negative, then the positive), and the layout ``(member, samples)``. Groups on schedules of their own (LCM) are
-    at different timesteps: each sample then carries its own (``timestep``)."""
+    """Every live sample's model input and per-sample fields, ``(input, fields)`` (the conditioner's ``branches``: CFG
+    cells send the negative, then the positive; PAG adds a perturbed one), and the layout ``(member, samples, t)``.
+    Groups on schedules of their own (LCM) are at different timesteps: each sample then carries its own
+    (``timestep``)."""
     import torch
 
     samples, layout = [], []
@@ -315,11 +319,11 @@ def _model_inputs(conditioner: TextConditioning, live, conditioning, position: i
         own = {"timestep": t.reshape(1).to(conditioner.device)} if conditioner.per_sample_timesteps else {}
         for row, member in enumerate(members):
             text = conditioning[member.prompt_key]
-            branches = [text["negative"], text["positive"]] if member.cfg else [text["positive"]]
+            branches = conditioner.branches(text, member.cfg)
             fields = {**member.fields, **own,
                       **conditioner.step_fields(member.cell, position - group.offset, len(group.timesteps))}
             samples.extend((scaled[row:row + 1], {**branch, **fields}) for branch in branches)
-            layout.append((member, len(branches)))
+            layout.append((member, len(branches), t))
     return samples, layout
 
 
@@ -337,12 +341,8 @@ def _denoise(conditioner: TextConditioning, groups, conditioning, *, limit, coun
         samples, layout = _model_inputs(conditioner, live, conditioning, position)
         noise = grouped_outputs(conditioner, samples, live[0].timesteps[position - live[0].offset], limit, counters)
         predictions, cursor = {}, 0
-        for member, width in layout:
-            if width == 2:
-                uncond, text = noise[cursor:cursor + 1], noise[cursor + 1:cursor + 2]
-                predictions[member.index] = conditioner.guided(uncond, text, member.cell.guidance_scale)
-            else:
-                predictions[member.index] = noise[cursor:cursor + 1]
+        for member, width, t in layout:
+            predictions[member.index] = conditioner.combined(member.cell, noise[cursor:cursor + width], t, member.cfg)
             cursor += width
         for group in live:
             members, t = group.members, group.timesteps[position - group.offset]

@@ -116,7 +116,35 @@ def test_batching_supported_says_why_not():
     assert not supported and reason == (
         "StableDiffusionPAGInpaintPipeline is run per cell (the batched engine reproduces plain calls of "
         "StableDiffusionImg2ImgPipeline, StableDiffusionControlNetImg2ImgPipeline, StableDiffusionInpaintPipeline, "
-        "StableDiffusionControlNetInpaintPipeline only)")
+        "StableDiffusionControlNetInpaintPipeline, StableDiffusionPAGImg2ImgPipeline only)")
+
+
+@pytest.mark.parametrize("family, scheduler", [("sd-pag", "euler_a"), ("sdxl-pag", "dpmpp_2m")])
+def test_batched_pag_equals_plain_calls_within_one_level(family, scheduler, capsys):
+    """PAG's perturbed samples share calls with every other cell's samples (a mask tells the PAG layers which rows
+    take the identity attention), with and without classifier-free guidance: within one level of plain calls, where
+    PAG itself moves the image by far more; the UNet's processors are the pipeline's again afterwards."""
+    from img2img_lab.sweep.sources import source_steps
+    from img2img_lab.testing import make_tiny_family
+
+    pipe = make_tiny_family(family)
+    model, processors = as_model(pipe), dict(pipe.unet.attn_processors)
+    sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc"], strengths=[0.05, 0.5, 1.0], seeds=[0, 1],
+                     guidance_scales=[1.0, 3.5], steps=[6], schedulers=[scheduler])
+    cells = plan.cells(steps=source_steps(model, sources))
+    stats = {}
+    batched = run_cells_batched(model, cells, sources, stats=stats, max_batch_size=16)
+    assert pipe.unet.attn_processors == processors
+    worst = max(_difference(output.image, run_cell(pipe, cell, sources[cell.image_index]).image)
+                for cell, output in zip(cells, batched))
+    cell = cells[-1]
+    without = pipe(**{**model.call_arguments(cell, sources[cell.image_index]), "pag_scale": 0.0}).images[0]
+    effect = _difference(batched[-1].image, without)
+    with capsys.disabled():
+        print(f"\n[batched pag] {family}: {len(cells)} cells, max |batched - plain call| = {worst}/255 (PAG itself: "
+              f"{effect}/255), {stats['unet_calls']} UNet calls for {stats['unet_samples']} samples")
+    assert worst <= 1 and effect > 10 and stats["unet_calls"] < stats["unet_samples"] / 4
 
 
 def test_run_cells_batched_refuses_mixed_groups(tiny_pipe):

@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 from img2img_lab.models.families.base import sample_latent
+from img2img_lab.models.families.pag import PAGGuidance
 from img2img_lab.models.families.stable_diffusion import (ControlNetConditioning, ControlNetInpaintConditioning,
                                                           InpaintConditioning, StableDiffusionFamily,
                                                           TextConditioning)
@@ -142,6 +143,11 @@ class SDXLControlNetConditioning(SDXLConditioning, ControlNetConditioning):
     image, its scale at each of its steps) with SDXL's conditioning, which the ControlNet receives as well."""
 
 
+class SDXLPAGConditioning(PAGGuidance, SDXLConditioning):
+    """``StableDiffusionXLPAGImg2ImgPipeline``: SDXL img2img with :class:`~img2img_lab.models.families.pag.PAGGuidance`
+    (the perturbed sample takes the positive prompt's pooled embedding and time ids, as the pipeline's do)."""
+
+
 class SDXLControlNetInpaintConditioning(SDXLConditioning, ControlNetInpaintConditioning):
     """``StableDiffusionXLControlNetInpaintPipeline``: Stable Diffusion's ControlNet inpainting with SDXL's
     conditioning (which the ControlNet receives as well) and SDXL inpainting's masked-source latents."""
@@ -219,4 +225,5 @@ class SDXLFamily(StableDiffusionFamily):
     batched_classes = {"StableDiffusionXLImg2ImgPipeline": SDXLConditioning,
                        "StableDiffusionXLControlNetImg2ImgPipeline": SDXLControlNetConditioning,
                        "StableDiffusionXLInpaintPipeline": SDXLInpaintConditioning,
-                       "StableDiffusionXLControlNetInpaintPipeline": SDXLControlNetInpaintConditioning}
+                       "StableDiffusionXLControlNetInpaintPipeline": SDXLControlNetInpaintConditioning,
+                       "StableDiffusionXLPAGImg2ImgPipeline": SDXLPAGConditioning}

@@ -13,8 +13,10 @@ pipelines with a 4-channel UNet blend latents, 9-channel ones read the masked im
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
 from img2img_lab.models.families.base import Family, masked_source, sample_latent
+from img2img_lab.models.families.pag import PAGGuidance
 from img2img_lab.models.families.tiny_parts import (as_class, make_tiny_pipeline, sd_pndm_scheduler,  # noqa: F401
                                                    tiny_unet, unet_controlnet)
 
@@ -69,9 +71,21 @@ class TextConditioning:
         """Per-sample denoiser inputs at the cell's ``step`` of its ``steps`` (none here)."""
         return {}
 
+    def branches(self, text: dict, cfg: bool) -> list[dict]:
+        """The samples one cell sends at each step, as fields: its negative and positive prompt's under CFG."""
+        return [text["negative"], text["positive"]] if cfg else [text["positive"]]
+
+    def combined(self, cell, predictions, t, cfg: bool):
+        """One cell's prediction from its samples' (in :meth:`branches`' order) at ``t``."""
+        return self.guided(predictions[0:1], predictions[1:2], cell.guidance_scale) if cfg else predictions
+
     def guided(self, uncond, text, guidance_scale: float):
         """Classifier-free guidance of one cell's two predictions."""
         return uncond + guidance_scale * (text - uncond)
+
+    def denoising(self):
+        """A context manager around a chunk's denoising loop (PAG puts its attention processors on for it)."""
+        return nullcontext()
 
     def noised(self, scheduler, latents, noise, timestep):
         """The initial latent at the group's first timestep (``add_noise``)."""
@@ -313,6 +327,10 @@ class ControlNetInpaintConditioning(InpaintConditioning, ControlNetConditioning)
         return self.controlled(inputs, t, fields, unet_inputs=self.unet_inputs(inputs, fields))
 
 
+class PAGConditioning(PAGGuidance, TextConditioning):
+    """``StableDiffusionPAGImg2ImgPipeline``: img2img with :class:`~img2img_lab.models.families.pag.PAGGuidance`."""
+
+
 def _sd2_v():
     from diffusers import DDIMScheduler
 
@@ -366,7 +384,8 @@ class StableDiffusionFamily(Family):
     batched_classes: dict[str, type] = {"StableDiffusionImg2ImgPipeline": TextConditioning,
                                         "StableDiffusionControlNetImg2ImgPipeline": ControlNetConditioning,
                                         "StableDiffusionInpaintPipeline": InpaintConditioning,
-                                        "StableDiffusionControlNetInpaintPipeline": ControlNetInpaintConditioning}
+                                        "StableDiffusionControlNetInpaintPipeline": ControlNetInpaintConditioning,
+                                        "StableDiffusionPAGImg2ImgPipeline": PAGConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()
