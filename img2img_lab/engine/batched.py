@@ -38,8 +38,9 @@ and how latents are decoded — its family module declares as its *batched condi
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
 sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (SD3's PAG, PAG inpainting
-and ControlNet PAG, several or XLabs-style FLUX.1 ControlNets) use the per-cell runner; :func:`batching_supported` says which and why (the manifest records it), and a
-chunk that crops around its mask runs per cell (:func:`img2img_lab.engine.runners.run_chunk`).
+and ControlNet PAG, several or XLabs-style FLUX.1 ControlNets) use the per-cell runner; :func:`batching_supported`
+says which and why (the manifest records it), and a chunk that crops around its mask runs per cell
+(:func:`img2img_lab.engine.runners.run_chunk`).
 
 >>> outputs = run_cells_batched(model, cells, sources)
 >>> [output.produced for output in outputs[:3]]
