@@ -74,18 +74,19 @@ class PAGGuidance:
     chunk denoises, and the pipeline's guidance."""
 
     def __init__(self, pipe, device, dtype, *, size=None):
+        import torch
+
         super().__init__(pipe, device, dtype, size=size)
         parameters = call_parameters(pipe)
         self.pag_scale = parameters["pag_scale"].default
         self.pag_adaptive_scale = parameters["pag_adaptive_scale"].default
+        self.marks = torch.zeros(1, device=device), torch.ones(1, device=device)  # a sample's ``pag_perturbed``
         self.perturbed = None  # the current call's rows that take the identity attention
 
     def branches(self, text: dict, cfg: bool) -> list[dict]:
-        import torch
-
-        marks = [torch.zeros(1, device=self.device), torch.ones(1, device=self.device)]
-        return ([{**fields, "pag_perturbed": marks[0]} for fields in super().branches(text, cfg)]
-                + [{**text["positive"], "pag_perturbed": marks[1]}])
+        unmarked, marked = self.marks
+        return ([{**fields, "pag_perturbed": unmarked} for fields in super().branches(text, cfg)]
+                + [{**text["positive"], "pag_perturbed": marked}])
 
     # Adapted from diffusers.pipelines.pag.pag_utils.PAGMixin._apply_perturbed_attention_guidance
     def combined(self, cell, predictions, t, cfg: bool):
@@ -124,6 +125,4 @@ class PAGGuidance:
         return super().predict(inputs, t, {name: value for name, value in fields.items() if name != "pag_perturbed"})
 
     def probe_fields(self, size) -> dict:
-        import torch
-
-        return {**super().probe_fields(size), "pag_perturbed": torch.zeros(1, device=self.device)}
+        return {**super().probe_fields(size), "pag_perturbed": self.marks[0]}
