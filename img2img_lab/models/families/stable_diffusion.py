@@ -380,7 +380,7 @@ class StableDiffusionFamily(Family):
         "sd-controlnet-pag-inpaint": lambda: _variant("StableDiffusionControlNetPAGInpaintPipeline", controlnet=True),
     }
 
-    #: The classes the batched engine reproduces (no mask, PAG branch or guess mode), and how.
+    #: The classes the batched engine reproduces, and how (several ControlNets or guess mode run per cell).
     batched_classes: dict[str, type] = {"StableDiffusionImg2ImgPipeline": TextConditioning,
                                         "StableDiffusionControlNetImg2ImgPipeline": ControlNetConditioning,
                                         "StableDiffusionInpaintPipeline": InpaintConditioning,
