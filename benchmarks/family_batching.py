@@ -24,7 +24,8 @@ FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-
             "flux-dev", "flux-schnell", "flux-inpaint", "chroma-dynamic", "chroma-inpaint", "qwenimage",
             "qwenimage-inpaint", "zimage", "zimage-inpaint", "sd-controlnet-inpaint", "flux-control",
             "sdxl-controlnet-inpaint", "flux-control-inpaint", "flux-controlnet", "flux-controlnet-inpaint", "lcm",
-            "sd-pag", "sdxl-pag")
+            "sd-pag", "sdxl-pag", "sd-pag-inpaint", "sdxl-pag-inpaint", "sd-controlnet-pag-inpaint",
+            "sdxl-controlnet-pag", "sd3-inpaint")
 
 
 def _conditions(family: str, sources):

@@ -112,11 +112,19 @@ def test_denoiser_chunks_halve_on_cuda_out_of_memory():
 def test_batching_supported_says_why_not():
     from img2img_lab.testing import make_tiny_family
 
-    supported, reason = batching_supported(as_model(make_tiny_family("sd-pag-inpaint")))
-    assert not supported and reason == (
-        "StableDiffusionPAGInpaintPipeline is run per cell (the batched engine reproduces plain calls of "
-        "StableDiffusionImg2ImgPipeline, StableDiffusionControlNetImg2ImgPipeline, StableDiffusionInpaintPipeline, "
-        "StableDiffusionControlNetInpaintPipeline, StableDiffusionPAGImg2ImgPipeline only)")
+    supported, reason = batching_supported(as_model(make_tiny_family("sd3-pag")))
+    assert not supported and reason == ("StableDiffusion3PAGImg2ImgPipeline is run per cell (the batched engine "
+                                        "reproduces plain calls of StableDiffusion3Img2ImgPipeline, "
+                                        "StableDiffusion3InpaintPipeline only)")
+    from diffusers import SD3Transformer2DModel
+
+    inpaint = make_tiny_family("sd3-inpaint")
+    assert batching_supported(as_model(inpaint)) == (True, "StableDiffusion3InpaintPipeline")
+    inpaint.transformer = SD3Transformer2DModel(  # the mask and the masked source as channels: 16 + 1 + 16
+        sample_size=16, patch_size=2, in_channels=33, out_channels=16, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64)
+    assert batching_supported(as_model(inpaint)) == (
+        False, "a 33-channel inpainting transformer (the mask and masked source as channels): run per cell")
 
 
 @pytest.mark.parametrize("family, scheduler", [("sd-pag", "euler_a"), ("sdxl-pag", "dpmpp_2m")])

@@ -1,5 +1,5 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
-and ControlNet inpainting, 4- and 9-channel; FLUX.1 Control and ControlNet img2img and inpainting; FLUX.1, Chroma,
+and ControlNet inpainting, 4- and 9-channel, with PAG too; FLUX.1 Control and ControlNet img2img and inpainting; SD3, FLUX.1, Chroma,
 Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32),
 the mask blurred and the source pasted back as the per-cell runner does, and a chunk the engine does not reproduce
 (a crop around the mask) run per cell."""
@@ -55,6 +55,21 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
                                                "control_image": structured_image(32, seed=7 + index)}),
     "sdxl-inpaint": ("euler", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},
                      lambda index: {"mask_image": _mask(4 * index)}),
+    "sd-pag-inpaint": ("euler_a", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [2]}},
+                       lambda index: {"mask_image": _mask(4 * index)}),
+    "sd-pag-inpaint-9": ("ddim", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"}},
+                         lambda index: {"mask_image": _mask(4 * index)}),
+    "sd-controlnet-pag-inpaint": ("dpmpp_2m", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"},
+                                               "control": {"image": "c.png", "guidance_ends": [0.6]}},
+                                  lambda index: {"mask_image": _mask(4 * index),
+                                                 "control_image": structured_image(32, seed=7 + index)}),
+    "sdxl-pag-inpaint": ("euler", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "composite": [True]}},
+                         lambda index: {"mask_image": _mask(4 * index)}),
+    "sdxl-controlnet-pag": ("euler_a", {"control": {"image": "c.png", "conditioning_scales": [0.6],
+                                                    "guidance_starts": [0.2]}},
+                            lambda index: {"control_image": structured_image(32, seed=7 + index)}),
+    "sd3-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [2]}},
+                    lambda index: {"mask_image": _mask(4 * index)}),
     "flux-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [3]}},
                      lambda index: {"mask_image": _mask(4 * index)}),
     "flux-control": ("default", {"control": {"image": "c.png"}},
@@ -81,13 +96,15 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
 
 
 def _tiny(family: str):
-    """The family's tiny pipeline; ``sd-controlnet-inpaint-9``: SD's ControlNet inpainting with a 9-channel UNet."""
-    if family != "sd-controlnet-inpaint-9":
-        return make_tiny_family(family)
-    from img2img_lab.models.families.tiny_parts import as_class, tiny_unet
+    """The family's tiny pipeline; ``sd-controlnet-inpaint-9`` and ``sd-pag-inpaint-9``: SD's ControlNet and PAG
+    inpainting with a 9-channel UNet."""
+    from img2img_lab.models.families.tiny_parts import sd_variant
 
-    return as_class(make_tiny_family("sd-controlnet-inpaint"), "StableDiffusionControlNetInpaintPipeline",
-                    unet=tiny_unet(9))
+    if family == "sd-controlnet-inpaint-9":
+        return sd_variant("StableDiffusionControlNetInpaintPipeline", controlnet=True, unet_channels=9)
+    if family == "sd-pag-inpaint-9":
+        return sd_variant("StableDiffusionPAGInpaintPipeline", unet_channels=9)
+    return make_tiny_family(family)
 
 
 @pytest.mark.parametrize("family", list(CASES))

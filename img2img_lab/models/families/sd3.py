@@ -11,6 +11,7 @@ VAE factor times the transformer's patch size.
 from __future__ import annotations
 
 from img2img_lab.models.families.base import Family, calculate_shift, sample_latent
+from img2img_lab.models.families.flow_inpaint import FlowInpaint
 from img2img_lab.models.families.stable_diffusion import TextConditioning
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae
 
@@ -107,6 +108,31 @@ def make_tiny_sd3(*, latent_channels: int = 4, layers: int = 1):
         tokenizer_3=tokenizer_3)
 
 
+class SD3InpaintConditioning(FlowInpaint, SD3Conditioning):
+    """``StableDiffusion3InpaintPipeline`` with a 16-channel transformer (no crop): SD3's img2img with
+    :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`'s latents and blend on unpacked latents, the mask
+    broadcast over the channels (``prepare_latents``, ``prepare_mask_latents``, the loop's blend). At strength 1 the
+    pipeline starts from the noise itself, which ``scale_noise`` at σ 1 returns."""
+
+    def _pack(self, latents):
+        return latents  # SD3's transformer patches its latents itself
+
+    def _mask_channels(self) -> int:
+        return 1
+
+    def _latent_side(self, pixels: int) -> int:
+        return int(pixels) // self.pipe.vae_scale_factor
+
+    # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_inpaint.StableDiffusion3InpaintPipeline.__call__ (the decode)
+    def decode(self, latents, conditioning_dtype):
+        """As the pipeline decodes: the latents unscaled but not shifted back (its img2img sibling adds the VAE's
+        ``shift_factor``; the inpainting pipeline does not, and the engine reproduces the plain call)."""
+        import torch
+
+        with torch.no_grad():
+            return self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor, return_dict=False)[0], None
+
+
 def _inpaint():
     """SD3 inpainting needs 16 latent channels, as SD3's VAE has."""
     return as_class(make_tiny_sd3(latent_channels=16), "StableDiffusion3InpaintPipeline")
@@ -129,7 +155,15 @@ class SD3Family(Family):
         "sd3-inpaint": _inpaint,  # 16-channel transformer (latent blend)
     }
     schedulers = ("default",)
-    batched_classes = {"StableDiffusion3Img2ImgPipeline": SD3Conditioning}
+    batched_classes = {"StableDiffusion3Img2ImgPipeline": SD3Conditioning,
+                       "StableDiffusion3InpaintPipeline": SD3InpaintConditioning}
+
+    def batched_conditioning(self) -> tuple[type | None, str]:
+        conditioning, reason = super().batched_conditioning()
+        if conditioning is SD3InpaintConditioning and self.pipe.transformer.config.in_channels != 16:
+            return None, ("a 33-channel inpainting transformer (the mask and masked source as channels): run per "
+                          "cell")
+        return conditioning, reason
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * int(self.pipe.transformer.config.patch_size)

@@ -148,6 +148,16 @@ class SDXLPAGConditioning(PAGGuidance, SDXLConditioning):
     (the perturbed sample takes the positive prompt's pooled embedding and time ids, as the pipeline's do)."""
 
 
+class SDXLPAGInpaintConditioning(PAGGuidance, SDXLInpaintConditioning):
+    """``StableDiffusionXLPAGInpaintPipeline``: SDXL inpainting with PAG (the perturbed sample carries the cell's mask
+    and the positive prompt's pooled embedding and time ids)."""
+
+
+class SDXLControlNetPAGConditioning(PAGGuidance, SDXLControlNetConditioning):
+    """``StableDiffusionXLControlNetPAGImg2ImgPipeline``: SDXL ControlNet img2img with PAG; the ControlNet reads the
+    perturbed sample too, with its control image and scale."""
+
+
 class SDXLControlNetInpaintConditioning(SDXLConditioning, ControlNetInpaintConditioning):
     """``StableDiffusionXLControlNetInpaintPipeline``: Stable Diffusion's ControlNet inpainting with SDXL's
     conditioning (which the ControlNet receives as well) and SDXL inpainting's masked-source latents."""
@@ -226,4 +236,6 @@ class SDXLFamily(StableDiffusionFamily):
                        "StableDiffusionXLControlNetImg2ImgPipeline": SDXLControlNetConditioning,
                        "StableDiffusionXLInpaintPipeline": SDXLInpaintConditioning,
                        "StableDiffusionXLControlNetInpaintPipeline": SDXLControlNetInpaintConditioning,
-                       "StableDiffusionXLPAGImg2ImgPipeline": SDXLPAGConditioning}
+                       "StableDiffusionXLPAGImg2ImgPipeline": SDXLPAGConditioning,
+                       "StableDiffusionXLPAGInpaintPipeline": SDXLPAGInpaintConditioning,
+                       "StableDiffusionXLControlNetPAGImg2ImgPipeline": SDXLControlNetPAGConditioning}

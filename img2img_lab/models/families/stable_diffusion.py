@@ -17,8 +17,8 @@ from contextlib import nullcontext
 
 from img2img_lab.models.families.base import Family, masked_source, sample_latent
 from img2img_lab.models.families.pag import PAGGuidance
-from img2img_lab.models.families.tiny_parts import (as_class, make_tiny_pipeline, sd_pndm_scheduler,  # noqa: F401
-                                                   tiny_unet, unet_controlnet)
+from img2img_lab.models.families.tiny_parts import (make_tiny_pipeline, make_tiny_sd2_v,  # noqa: F401
+                                                   sd_pndm_scheduler, sd_variant)
 
 
 class TextConditioning:
@@ -331,25 +331,14 @@ class PAGConditioning(PAGGuidance, TextConditioning):
     """``StableDiffusionPAGImg2ImgPipeline``: img2img with :class:`~img2img_lab.models.families.pag.PAGGuidance`."""
 
 
-def _sd2_v():
-    from diffusers import DDIMScheduler
-
-    pipe = make_tiny_pipeline()
-    pipe.scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-                                   prediction_type="v_prediction")
-    return pipe
+class PAGInpaintConditioning(PAGGuidance, InpaintConditioning):
+    """``StableDiffusionPAGInpaintPipeline``: inpainting with PAG; the perturbed sample carries the cell's mask (and
+    masked-source latents) as its other samples do, and the blend takes the cell's one prediction."""
 
 
-def _variant(class_name: str, *, controlnet: bool = False, unet_channels: int = 4, **extra):
-    base = make_tiny_pipeline()
-    if unet_channels != 4:
-        extra["unet"] = tiny_unet(unet_channels)
-    if controlnet:
-        extra["controlnet"] = unet_controlnet(base.unet)
-    if "PAG" in class_name:
-        extra["pag_applied_layers"] = "mid"
-    return as_class(base, class_name, **extra)
+class ControlNetPAGInpaintConditioning(PAGGuidance, ControlNetInpaintConditioning):
+    """``StableDiffusionControlNetPAGInpaintPipeline``: ControlNet inpainting with PAG; the ControlNet reads the
+    perturbed sample too (its attention is not perturbed: only the UNet's PAG layers are)."""
 
 
 class StableDiffusionFamily(Family):
@@ -370,14 +359,14 @@ class StableDiffusionFamily(Family):
     real_size = ("sd15",)
     tiny_pipelines = {
         "sd1": make_tiny_pipeline,  # PNDM, SD 1.x betas, epsilon
-        "sd2-v": _sd2_v,  # DDIM, v-prediction (SD 2.x 768-v)
-        "sd-pag": lambda: _variant("StableDiffusionPAGImg2ImgPipeline"),
-        "sd-inpaint": lambda: _variant("StableDiffusionInpaintPipeline"),  # 4-channel UNet: latent blend
-        "sd-inpaint-9": lambda: _variant("StableDiffusionInpaintPipeline", unet_channels=9),  # masked-image channels
-        "sd-pag-inpaint": lambda: _variant("StableDiffusionPAGInpaintPipeline"),
-        "sd-controlnet": lambda: _variant("StableDiffusionControlNetImg2ImgPipeline", controlnet=True),
-        "sd-controlnet-inpaint": lambda: _variant("StableDiffusionControlNetInpaintPipeline", controlnet=True),
-        "sd-controlnet-pag-inpaint": lambda: _variant("StableDiffusionControlNetPAGInpaintPipeline", controlnet=True),
+        "sd2-v": make_tiny_sd2_v,  # DDIM, v-prediction (SD 2.x 768-v)
+        "sd-pag": lambda: sd_variant("StableDiffusionPAGImg2ImgPipeline"),
+        "sd-inpaint": lambda: sd_variant("StableDiffusionInpaintPipeline"),  # 4-channel UNet: latent blend
+        "sd-inpaint-9": lambda: sd_variant("StableDiffusionInpaintPipeline", unet_channels=9),  # masked-image channels
+        "sd-pag-inpaint": lambda: sd_variant("StableDiffusionPAGInpaintPipeline"),
+        "sd-controlnet": lambda: sd_variant("StableDiffusionControlNetImg2ImgPipeline", controlnet=True),
+        "sd-controlnet-inpaint": lambda: sd_variant("StableDiffusionControlNetInpaintPipeline", controlnet=True),
+        "sd-controlnet-pag-inpaint": lambda: sd_variant("StableDiffusionControlNetPAGInpaintPipeline", controlnet=True),
     }
 
     #: The classes the batched engine reproduces, and how (several ControlNets or guess mode run per cell).
@@ -385,7 +374,9 @@ class StableDiffusionFamily(Family):
                                         "StableDiffusionControlNetImg2ImgPipeline": ControlNetConditioning,
                                         "StableDiffusionInpaintPipeline": InpaintConditioning,
                                         "StableDiffusionControlNetInpaintPipeline": ControlNetInpaintConditioning,
-                                        "StableDiffusionPAGImg2ImgPipeline": PAGConditioning}
+                                        "StableDiffusionPAGImg2ImgPipeline": PAGConditioning,
+                                        "StableDiffusionPAGInpaintPipeline": PAGInpaintConditioning,
+                                        "StableDiffusionControlNetPAGInpaintPipeline": ControlNetPAGInpaintConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()

@@ -189,6 +189,38 @@ def make_tiny_pipeline(*, seed: int = 0, sample_size: int = 32, unet_channels: t
     return pipe
 
 
+def make_tiny_sd2_v():
+    """:func:`make_tiny_pipeline` with SD 2.x 768-v's scheduler: DDIM, v-prediction.
+
+    >>> make_tiny_sd2_v().scheduler.config.prediction_type
+    'v_prediction'
+    """
+    from diffusers import DDIMScheduler
+
+    pipe = make_tiny_pipeline()
+    pipe.scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                   prediction_type="v_prediction")
+    return pipe
+
+
+def sd_variant(class_name: str, *, controlnet: bool = False, unet_channels: int = 4, **extra):
+    """:func:`make_tiny_pipeline`'s parts as ``class_name`` (a Stable Diffusion pipeline class): with a ControlNet
+    made from its UNet, a UNet of ``unet_channels`` input channels, PAG on the mid block.
+
+    >>> type(sd_variant("StableDiffusionPAGInpaintPipeline")).__name__
+    'StableDiffusionPAGInpaintPipeline'
+    """
+    base = make_tiny_pipeline()
+    if unet_channels != 4:
+        extra["unet"] = tiny_unet(unet_channels)
+    if controlnet:
+        extra["controlnet"] = unet_controlnet(base.unet)
+    if "PAG" in class_name:
+        extra["pag_applied_layers"] = "mid"
+    return as_class(base, class_name, **extra)
+
+
 def flux_dev_scheduler():
     """FLUX.1-dev's ``scheduler/scheduler_config.json``: flow matching with dynamic shifting."""
     from diffusers import FlowMatchEulerDiscreteScheduler

@@ -9,7 +9,8 @@ guidance through ``guidance_scale``.
 
 from __future__ import annotations
 
-from img2img_lab.models.families.flux import FlowInpaint, TrueCFGFluxFamily
+from img2img_lab.models.families.flow_inpaint import FlowInpaint
+from img2img_lab.models.families.flux import TrueCFGFluxFamily
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.tiny_parts import as_class, qwen2_tokenizer, tiny_vae
 
@@ -94,7 +95,7 @@ def make_tiny_zimage():
 
 class ZImageInpaintConditioning(FlowInpaint, ZImageConditioning):
     """``ZImageInpaintPipeline``: Z-Image's prompts, transformer call and guidance (:class:`ZImageConditioning`)
-    with :class:`~img2img_lab.models.families.flux.FlowInpaint`'s latents and blend on unpacked latents, the mask
+    with :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`'s latents and blend on unpacked latents, the mask
     broadcast over the channels (``pipeline_z_image_inpaint.py``: ``prepare_latents``, ``prepare_mask_latents``, the
     loop's blend).
 
