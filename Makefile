@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-lock.txt
 
 install: $(STAMP)
 
-# One pytest-xdist worker per core (one torch thread each; conftest.py), a test file per worker at a time.
+# One pytest-xdist worker per core (one torch thread each; conftest.py), a test file per worker at a time, the
+# longest files first (tests/durations.json; --no-loadscope-reorder keeps that order).
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile --durations=25
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder --durations=25
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/img2img-lab demo

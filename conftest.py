@@ -40,6 +40,51 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parent
 
 
+# `make test` gives its two workers whole files, longest first (largest-first scheduling on the seconds each file
+# took, tests/durations.json; `pytest --store-durations` measures them again): the last files to start are short,
+# so neither worker idles while the other finishes a long one. Files not listed there run after the listed ones.
+DURATIONS = REPO / "tests" / "durations.json"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--store-durations", action="store_true",
+                     help="write the seconds each test file took to tests/durations.json (files of this run only)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the collected items file by file, the longest file first (stable: a file keeps its own order)."""
+    import json
+
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    first_seen: dict[str, int] = {}
+    for item in items:
+        first_seen.setdefault(_file_of(item.nodeid), len(first_seen))
+    items.sort(key=lambda item: (-seconds.get(_file_of(item.nodeid), 0.0), first_seen[_file_of(item.nodeid)]))
+
+
+def _file_of(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+_measured: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _measured[_file_of(report.nodeid)] = _measured.get(_file_of(report.nodeid), 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    """With ``--store-durations``, on the controlling process: merge this run's seconds per file into DURATIONS."""
+    import json
+
+    if not session.config.getoption("store_durations") or hasattr(session.config, "workerinput") or not _measured:
+        return
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.is_file() else {}
+    seconds.update({path: round(value, 1) for path, value in _measured.items()})
+    seconds = {path: value for path, value in seconds.items() if (REPO / path).is_file()}  # files since removed
+    DURATIONS.write_text(json.dumps(dict(sorted(seconds.items())), indent=1) + "\n")
+
+
 def _is_doctest(item) -> bool:
     from _pytest.doctest import DoctestItem
 

@@ -34,6 +34,58 @@ def structured_image(size: int = 32, *, seed: int = 0) -> Image.Image:
     image[disc] = rng.uniform(0, 255, size=3)
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="RGB")
 
+
+def cli_in_this_process(*args: str, threads: int) -> tuple[int, str]:
+    """``img2img-lab *args`` through this process's CLI entry point, torch at ``threads`` threads (restored after):
+    a reference run without a second interpreter start (importing diffusers takes ~8 s on the CI machine). Returns
+    the exit code and what it printed."""
+    import contextlib
+    import io
+
+    from img2img_lab.cli.main import main
+
+    threads_before, variable_before = torch.get_num_threads(), os.environ.get("IMG2IMG_LAB_THREADS")
+    os.environ["IMG2IMG_LAB_THREADS"] = str(threads)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            code = main(list(args))
+    finally:
+        torch.set_num_threads(threads_before)
+        if variable_before is None:
+            os.environ.pop("IMG2IMG_LAB_THREADS", None)
+        else:
+            os.environ["IMG2IMG_LAB_THREADS"] = variable_before
+    return code, printed.getvalue()
+
+
+def script_in_this_process(script, *args: str) -> tuple[int, str, str]:
+    """``python script *args`` run in this process (``runpy``, as ``__main__``): no second interpreter start. torch's
+    thread count, the warnings filters, ``sys.argv`` and ``sys.path`` are restored after. Returns the exit code (a
+    ``sys.exit`` message counts as 1, and is appended to stderr), stdout and stderr."""
+    import contextlib
+    import io
+    import runpy
+    import sys
+    import warnings
+
+    threads, argv, path = torch.get_num_threads(), sys.argv[:], sys.path[:]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            sys.argv = [str(script), *args]
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else 0 if exit.code is None else 1
+                if not isinstance(exit.code, int) and exit.code is not None:
+                    print(exit.code, file=sys.stderr)
+    finally:
+        torch.set_num_threads(threads)
+        sys.argv[:], sys.path[:] = argv, path
+    return code, out.getvalue(), err.getvalue()
+
+
 class ZeroStepCall(Exception):
     """Raised by :func:`hooked_call`'s hook where diffusers would crash: no timestep left to start from."""
 

@@ -1,7 +1,8 @@
-"""What the browser tests share: JupyterLab on 127.0.0.1 serving a copy of ``notebooks/`` (the :func:`jupyterlab`
-fixture), a notebook run in Debian's chromium driven by Playwright (``executable_path``, no browser download), and
-the small calibration notebook 03 runs on. Each browser test has a file of its own, so ``make test``'s workers
-(``--dist loadfile``) run them side by side; screenshots go to ``test-artifacts/``.
+"""What the browser tests (``test_browser.py``) share: one JupyterLab on 127.0.0.1 serving a copy of ``notebooks/``
+with notebook 03 set to a small calibration (the :func:`jupyterlab` fixture), one Debian chromium driven by
+Playwright (``executable_path``, no browser download; the :func:`browser` fixture), and each notebook opened and run
+once (:func:`executed`): the layout test reads every notebook's outputs, and the widget tests drive the explorer and
+the reference table on the same pages. Screenshots go to ``test-artifacts/``.
 
 Chromium comes from Debian (``apt-get install -y chromium``; ``.ci/run`` installs it). Without it the tests are
 skipped locally and fail under CI (the ``chromium`` fixture in ``tests/conftest.py``).
@@ -29,12 +30,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def jupyterlab(tmp_path):
-    """JupyterLab serving a copy of notebooks/ on 127.0.0.1; yields (url, token); stops it afterwards."""
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """JupyterLab serving a copy of notebooks/ (03 on a small calibration; every cell laid out, no windowing) on
+    127.0.0.1; yields (url, token, folder); stops it afterwards."""
     pytest.importorskip("jupyterlab")
+    import json
+
+    tmp_path = tmp_path_factory.mktemp("jupyterlab")
     root = tmp_path / "notebooks"
     shutil.copytree(REPO / "notebooks", root)
+    small_calibration_notebook(root)
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port, token = free_port(), secrets.token_hex(16)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "IPYTHONDIR": str(tmp_path / "ipython"),
@@ -66,6 +75,44 @@ def jupyterlab(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """One chromium for the module's tests (Playwright's sync API), closed afterwards."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    playwright = sync_api.sync_playwright().start()
+    try:
+        launched = playwright.chromium.launch(**chromium)
+        try:
+            yield launched
+        finally:
+            launched.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture(scope="module")
+def executed(jupyterlab, browser):
+    """``executed(notebook)``: the notebook's page (1280x900, its own workspace) once every cell ran, and the list of
+    requests it made to other hosts; each notebook is opened and run once per module."""
+    url, token, _ = jupyterlab
+    pages: dict[str, tuple] = {}
+
+    def page_of(notebook: str):
+        if notebook not in pages:
+            page, external = run_notebook(browser, url, token, notebook, (1280, 900), workspace=notebook[:2])
+            page.wait_for_function(
+                "() => { const node = window.jupyterapp.shell.currentWidget.node;"
+                " const prompts = Array.from(node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt'))"
+                ".map(p => p.innerText); return prompts.length && prompts.every(p => /\\[\\d+\\]/.test(p)); }",
+                timeout=400_000)
+            pages[notebook] = page, external
+        return pages[notebook]
+
+    yield page_of
+    for page, _ in pages.values():
+        page.close()
 
 
 def run_notebook(browser, url: str, token: str, notebook: str, viewport: tuple[int, int], *, workspace: str = ""):

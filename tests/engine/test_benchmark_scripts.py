@@ -1,15 +1,20 @@
 """The benchmark scripts' CPU paths (toy sizes): what benchmarks/ prints runs, on every family it names (kept apart
-from test_batched.py so the test workers share the load)."""
+from test_batched.py so the test workers share the load). A script that measures in one process runs in the test's
+(``script_in_this_process``); real_size.py starts a process per architecture, so it runs as a command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from conftest import structured_image
+from conftest import script_in_this_process, structured_image
 from img2img_lab.engine.batched import run_cells_batched
 from img2img_lab.engine.per_cell import run_cell
 from img2img_lab.models.handle import as_model
 from img2img_lab.plan.sweep_plan import SweepPlan
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _difference(a, b) -> int:
@@ -33,35 +38,26 @@ def test_sd15_sized_pipeline_path_runs_tiny_on_cpu():
 
 
 def test_benchmark_script_runs_its_gpu_path_on_cpu_tiny():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep_speed.py"
-    result = subprocess.run([sys.executable, str(script), "--gpu-sd15", "--tiny", "--device", "cpu", "--strengths", "3",
-                             "--seeds", "2", "--steps", "4", "--threads", "1"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "batched / naive" in result.stdout and "of the best batched UNet throughput" in result.stdout
+    code, printed, errors = script_in_this_process(BENCHMARKS / "sweep_speed.py", "--gpu-sd15", "--tiny", "--device",
+                                                   "cpu", "--strengths", "3", "--seeds", "2", "--steps", "4",
+                                                   "--threads", "1")
+    assert code == 0, errors[-2000:]
+    assert "batched / naive" in printed and "of the best batched UNet throughput" in printed
 
 
 def test_gpu_benchmark_runs_every_part_on_cpu_tiny():
     """benchmarks/gpu_speed.py (SD 1.5 / SDXL architectures on a GPU) at toy widths on the CPU: every part runs, and
     the metrics it times agree with the references there too."""
     import re
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_speed.py"
-    result = subprocess.run([sys.executable, str(script), "--tiny", "--pairs", "1", "--sweeps", "1", "--steps", "4",
-                             "--only", "engine,metrics,sweeps,profile"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    code, printed, errors = script_in_this_process(BENCHMARKS / "gpu_speed.py", "--tiny", "--pairs", "1", "--sweeps",
+                                                   "1", "--steps", "4", "--only", "engine,metrics,sweeps,profile")
+    assert code == 0, errors[-2000:]
     for model in ("StableDiffusionImg2ImgPipeline", "StableDiffusionXLImg2ImgPipeline"):
-        assert model in result.stdout
-    assert result.stdout.count("ratio min") == 2 and result.stdout.count("with the five") == 2
-    assert "run_sweep" in result.stdout  # the profile
-    gaps = [float(value) for value in re.findall(r"(?:ssim|delta_e|edge_f1) (\d\.\de[-+]\d+)", result.stdout)]
+        assert model in printed
+    assert printed.count("ratio min") == 2 and printed.count("with the five") == 2
+    assert "run_sweep" in printed  # the profile
+    gaps = [float(value) for value in re.findall(r"(?:ssim|delta_e|edge_f1) (\d\.\de[-+]\d+)", printed)]
     assert len(gaps) == 8 and max(gaps) < 1e-4
 
 
@@ -90,12 +86,7 @@ def test_real_size_benchmark_runs_every_path_on_tiny_pipelines():
 
 
 def test_benchmark_script_runs_its_sdxl_path():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sweep_speed.py"
-    result = subprocess.run([sys.executable, str(script), "--sdxl", "--strengths", "2", "--seeds", "2", "--steps", "4",
-                             "--threads", "1"], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "tiny random SDXL" in result.stdout and "max |batched - naive| = " in result.stdout
+    code, printed, errors = script_in_this_process(BENCHMARKS / "sweep_speed.py", "--sdxl", "--strengths", "2",
+                                                   "--seeds", "2", "--steps", "4", "--threads", "1")
+    assert code == 0, errors[-2000:]
+    assert "tiny random SDXL" in printed and "max |batched - naive| = " in printed

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import cli_in_this_process
 from img2img_lab.sweep.distributed import Context, ShardedRunner, chunk_cost, shard_chunks
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.engine.runners import BatchedRunner, PerCellRunner
@@ -69,11 +70,17 @@ def _environment() -> dict:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "IMG2IMG_LAB_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _sweep(config, out, *extra, ranks: int = 0, background: bool = False, progress: bool = False):
-    """``img2img-lab sweep`` in one process (ranks 0) or under ``torchrun --nproc-per-node ranks``; ``background``:
-    return the running process."""
-    launcher = ([str(TORCHRUN), "--standalone", f"--nproc-per-node={ranks}", "-m", "img2img_lab"] if ranks else
-                [sys.executable, "-m", "img2img_lab"])
+def _one_process(command, config, out, *extra) -> str:
+    """``img2img-lab command`` in this very process, at the ranks' one thread: the single-process reference."""
+    code, printed = cli_in_this_process(command, str(config), "--out", str(out), "--no-progress", *extra, threads=1)
+    assert code == 0, printed[-3000:]
+    return printed
+
+
+def _sweep(config, out, *extra, ranks: int, background: bool = False, progress: bool = False):
+    """``img2img-lab sweep`` under ``torchrun --nproc-per-node ranks``; ``background``: return the running
+    process."""
+    launcher = [str(TORCHRUN), "--standalone", f"--nproc-per-node={ranks}", "-m", "img2img_lab"]
     command = [*launcher, "sweep", str(config), "--out", str(out), *([] if progress else ["--no-progress"]), *extra]
     if background:
         return subprocess.Popen(command, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -113,7 +120,7 @@ def test_two_ranks_store_every_cell_once_with_the_pixels_of_one_process(engine, 
     config = _config(tmp_path, [0.0, 0.3, 0.5, 0.8, 1.0], range(4), 10)  # 40 cells: 2 batched chunks (32 + 8)
     extra = ["--engine", engine, "--max-batch", "4"]
     started = time.perf_counter()
-    _sweep(config, tmp_path / "one", *extra)
+    _one_process("sweep", config, tmp_path / "one", *extra)
     single = time.perf_counter() - started
     started = time.perf_counter()
     two = _sweep(config, tmp_path / "two", *extra, ranks=2, progress=True)
@@ -135,15 +142,15 @@ def test_two_ranks_store_every_cell_once_with_the_pixels_of_one_process(engine, 
     assert min(counts["generated_by_rank"]) > 0 and "stored_by_another_writer" not in counts
     assert len(list((tmp_path / "two" / "rows").glob("*.json"))) == 40
     with capsys.disabled():
-        print(f"\n[distributed] {engine}: 40 cells, 1 process {single:.1f} s, torchrun 2 ranks {double:.1f} s "
-              f"(start-up included); cells per rank {counts['generated_by_rank']}; hashes equal")
+        print(f"\n[distributed] {engine}: 40 cells, this process {single:.1f} s, torchrun 2 ranks {double:.1f} s "
+              f"(their start-up included); cells per rank {counts['generated_by_rank']}; hashes equal")
 
 
 @pytest.mark.slow
 def test_a_killed_job_resumes_with_one_rank_and_a_finished_one_reruns_with_two_for_nothing(tmp_path, capsys):
     config = _config(tmp_path, [0.2, 0.4, 0.6, 0.8, 1.0], range(4), 12)
     extra = ["--engine", "per-cell"]
-    _sweep(config, tmp_path / "reference", *extra)
+    _one_process("sweep", config, tmp_path / "reference", *extra)
     run = tmp_path / "run"
     job = _sweep(config, run, *extra, ranks=2, background=True)
     deadline = time.monotonic() + 300
@@ -155,7 +162,7 @@ def test_a_killed_job_resumes_with_one_rank_and_a_finished_one_reruns_with_two_f
     time.sleep(0.5)
     kept = len(list((run / "rows").glob("*.json")))
     assert 6 <= kept < 40, kept
-    _sweep(config, run, *extra)  # --nproc-per-node 1: a plain process
+    _one_process("sweep", config, run, *extra)  # one plain process
     counts = _counts(run)
     assert counts["already_done"] == kept and counts["generated"] == 40 - kept
     assert (_table(run)["output_hash"] == _table(tmp_path / "reference")["output_hash"]).all()
@@ -173,16 +180,13 @@ def test_calibration_with_its_refinement_rounds_on_two_ranks_equals_one_process(
     config.write_text(_config(tmp_path, [0.0, 0.5, 1.0], range(2), 10).read_text()
                       + "calibration:\n  metrics: [ssim]\n  keep:\n    - {metric: ssim, at_least: 0.5}\n"
                         "  refine_rounds: 2\n  n_resamples: 300\n")
-    runs = {}
-    for ranks in (0, 2):
-        launcher = ([str(TORCHRUN), "--standalone", f"--nproc-per-node={ranks}", "-m", "img2img_lab"] if ranks else
-                    [sys.executable, "-m", "img2img_lab"])
-        out = tmp_path / f"ranks-{ranks}"
-        result = subprocess.run([*launcher, "calibrate", str(config), "--out", str(out), "--no-progress"],
-                                env=_environment(), capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        assert result.stdout.count("# Strength calibration") == 1  # rank 0 alone prints
-        runs[ranks] = out
+    runs = {0: tmp_path / "ranks-0", 2: tmp_path / "ranks-2"}
+    assert _one_process("calibrate", config, runs[0]).count("# Strength calibration") == 1
+    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node=2", "-m", "img2img_lab", "calibrate",
+                             str(config), "--out", str(runs[2]), "--no-progress"],
+                            env=_environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.count("# Strength calibration") == 1  # rank 0 alone prints
     one, two = _table(runs[0]), _table(runs[2])
     assert list(one.index) == list(two.index) and (one["output_hash"] == two["output_hash"]).all()
     rounds = [entry["strengths"] for entry in json.loads(

@@ -190,8 +190,8 @@ def test_extending_a_finished_sweep_generates_exactly_the_new_cells(tmp_path, ca
 
     monkeypatch.setattr(batched, "denoise_cells_batched", counting)
     base = dict(images=[str(data_path("sources", "red_circle_on_blue.png"))],
-                prompts=["a yellow star on a black background"], guidance_scales=[2.0], steps=[20])
-    strengths = [round(0.1 * step, 1) for step in range(1, 11)]
+                prompts=["a yellow star on a black background"], guidance_scales=[2.0], steps=[12])
+    strengths = [round(0.1 * step, 1) for step in range(1, 11)]  # 1, 2, 3, 4, 6, 7, 8, 9, 10 and 12 of 12 steps
 
     def generated(plan, folder="run") -> int:
         ran.clear()
@@ -203,9 +203,9 @@ def test_extending_a_finished_sweep_generates_exactly_the_new_cells(tmp_path, ca
     assert generated(SweepPlan(strengths=strengths, seeds=[0, 1, 2, 3], **base)) == 40
     shutil.copytree(tmp_path / "run", tmp_path / "run-seed")
     assert generated(SweepPlan(strengths=strengths, seeds=[0, 1, 2, 3, 4], **base), "run-seed") == 10
-    assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3], **base)) == 4
-    assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3, 4], **base)) == 11
-    assert generated(SweepPlan(strengths=strengths + [0.15], seeds=[0, 1, 2, 3, 4], **base)) == 0
+    assert generated(SweepPlan(strengths=strengths + [0.45], seeds=[0, 1, 2, 3], **base)) == 4  # 5 steps: new
+    assert generated(SweepPlan(strengths=strengths + [0.45], seeds=[0, 1, 2, 3, 4], **base)) == 11
+    assert generated(SweepPlan(strengths=strengths + [0.45], seeds=[0, 1, 2, 3, 4], **base)) == 0
     monkeypatch.setattr(batched, "denoise_cells_batched", original)
     report = verify_run(tmp_path / "run", sample=3)
     with capsys.disabled():
