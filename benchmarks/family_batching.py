@@ -25,7 +25,7 @@ FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-
             "qwenimage-inpaint", "zimage", "zimage-inpaint", "sd-controlnet-inpaint", "flux-control",
             "sdxl-controlnet-inpaint", "flux-control-inpaint", "flux-controlnet", "flux-controlnet-inpaint", "lcm",
             "sd-pag", "sdxl-pag", "sd-pag-inpaint", "sdxl-pag-inpaint", "sd-controlnet-pag-inpaint",
-            "sdxl-controlnet-pag", "sd3-inpaint")
+            "sdxl-controlnet-pag", "sd3-inpaint", "sd3-pag")
 
 
 def _conditions(family: str, sources):

@@ -29,7 +29,7 @@ and how latents are decoded — its family module declares as its *batched condi
   scale at each of its own steps), their inpainting (a 4-channel UNet's latent blend after every step; a
   9-channel UNet's mask and masked-source channels), ControlNet inpainting (both: the ControlNet on 4 channels) and
   PAG (img2img, inpainting and ControlNet: a perturbed sample per cell, :mod:`img2img_lab.models.families.pag`);
-* the flow-matching families: SD3 / 3.5 (classifier-free guidance), FLUX.1 dev and schnell (the guidance embedding
+* the flow-matching families: SD3 / 3.5 (classifier-free guidance; PAG too), FLUX.1 dev and schnell (the guidance embedding
   per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with its norm
   rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs), each with
   its inpainting pipeline (FLUX.1's latent blend,
@@ -37,8 +37,8 @@ and how latents are decoded — its family module declares as its *batched condi
   cell's control latents concatenated); FLUX.1 ControlNet img2img and inpainting.
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
-sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (SD3's PAG, a 33-channel
-SD3 inpainting transformer, several or XLabs-style FLUX.1 ControlNets) use the per-cell runner; :func:`batching_supported`
+sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (a 33-channel SD3
+inpainting transformer, several or XLabs-style FLUX.1 ControlNets) use the per-cell runner; :func:`batching_supported`
 says which and why (the manifest records it), and a chunk that crops around its mask runs per cell
 (:func:`img2img_lab.engine.runners.run_chunk`).
 

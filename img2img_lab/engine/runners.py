@@ -132,8 +132,8 @@ def _reported_cell(model, cell: Cell, source, condition, on_step, on_work) -> Ce
 def run_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: list | None = None, *,
               max_batch_size: int | None = None, on_step=None, on_work=None) -> list[CellOutput]:
     """One batched chunk, as the batched runner runs it and ``verify`` regenerates it: through the batched engine,
-    except a chunk whose mode's pipeline the engine does not reproduce (SD3's PAG, several FLUX.1 ControlNets...) or
-    that crops around its mask (``padding_mask_crop``), which runs per cell. ``conditions[i]``: source ``i``'s call
+    except a chunk whose mode's pipeline the engine does not reproduce (several FLUX.1 ControlNets, a 33-channel SD3
+    inpainting transformer...) or that crops around its mask (``padding_mask_crop``), which runs per cell. ``conditions[i]``: source ``i``'s call
     inputs for the chunk's mode (``mask_image``, ``control_image``), or ``None``.
 
     >>> [output.produced for output in run_chunk(model, cells[:2], sources)]

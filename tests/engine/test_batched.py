@@ -112,10 +112,12 @@ def test_denoiser_chunks_halve_on_cuda_out_of_memory():
 def test_batching_supported_says_why_not():
     from img2img_lab.testing import make_tiny_family
 
-    supported, reason = batching_supported(as_model(make_tiny_family("sd3-pag")))
-    assert not supported and reason == ("StableDiffusion3PAGImg2ImgPipeline is run per cell (the batched engine "
-                                        "reproduces plain calls of StableDiffusion3Img2ImgPipeline, "
-                                        "StableDiffusion3InpaintPipeline only)")
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    several = make_tiny_family("sd-controlnet")
+    several.controlnet = MultiControlNetModel([several.controlnet, several.controlnet])
+    assert batching_supported(as_model(several)) == (False, "several ControlNets or a guess-mode ControlNet: run per "
+                                                            "cell")
     from diffusers import SD3Transformer2DModel
 
     inpaint = make_tiny_family("sd3-inpaint")
@@ -127,28 +129,38 @@ def test_batching_supported_says_why_not():
         False, "a 33-channel inpainting transformer (the mask and masked source as channels): run per cell")
 
 
-@pytest.mark.parametrize("family, scheduler", [("sd-pag", "euler_a"), ("sdxl-pag", "dpmpp_2m")])
+@pytest.mark.parametrize("family, scheduler", [("sd-pag", "euler_a"), ("sdxl-pag", "dpmpp_2m"), ("sd3-pag", "default")])
 def test_batched_pag_equals_plain_calls_within_one_level(family, scheduler, capsys):
     """PAG's perturbed samples share calls with every other cell's samples (a mask tells the PAG layers which rows
     take the identity attention), with and without classifier-free guidance: within one level of plain calls, where
-    PAG itself moves the image by far more; the UNet's processors are the pipeline's again afterwards."""
+    PAG itself moves the image by far more; the denoiser's processors are the pipeline's again afterwards (SD3: its
+    transformer's joint attention)."""
     from img2img_lab.sweep.sources import source_steps
     from img2img_lab.testing import make_tiny_family
 
     pipe = make_tiny_family(family)
-    model, processors = as_model(pipe), dict(pipe.unet.attn_processors)
+    denoiser = pipe.transformer if family == "sd3-pag" else pipe.unet
+    if family == "sd3-pag":  # a random transformer's attention is near uniform: PAG moved its image by 4 levels
+        import torch
+
+        with torch.no_grad():  # sharper queries and keys in the PAG layer make the identity attention matter
+            layer = denoiser.transformer_blocks[1].attn
+            for weight in (layer.to_q.weight, layer.to_k.weight):
+                weight.mul_(6)
+    model, processors = as_model(pipe), dict(denoiser.attn_processors)
     sources = [structured_image(32, seed=0), structured_image(32, seed=3)]
     plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc"], strengths=[0.05, 0.5, 1.0], seeds=[0, 1],
                      guidance_scales=[1.0, 3.5], steps=[6], schedulers=[scheduler])
     cells = plan.cells(steps=source_steps(model, sources))
     stats = {}
     batched = run_cells_batched(model, cells, sources, stats=stats, max_batch_size=16)
-    assert pipe.unet.attn_processors == processors
+    assert denoiser.attn_processors == processors
     worst = max(_difference(output.image, run_cell(pipe, cell, sources[cell.image_index]).image)
                 for cell, output in zip(cells, batched))
-    cell = cells[-1]
+    index = max(range(len(cells)), key=lambda index: (cells[index].strength, index))  # a cell denoised all the way
+    cell = cells[index]
     without = pipe(**{**model.call_arguments(cell, sources[cell.image_index]), "pag_scale": 0.0}).images[0]
-    effect = _difference(batched[-1].image, without)
+    effect = _difference(batched[index].image, without)
     with capsys.disabled():
         print(f"\n[batched pag] {family}: {len(cells)} cells, max |batched - plain call| = {worst}/255 (PAG itself: "
               f"{effect}/255), {stats['unet_calls']} UNet calls for {stats['unet_samples']} samples")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from img2img_lab.models.families.base import Family, calculate_shift, sample_latent
 from img2img_lab.models.families.flow_inpaint import FlowInpaint
+from img2img_lab.models.families.pag import PAGGuidance
 from img2img_lab.models.families.stable_diffusion import TextConditioning
 from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_t5, tiny_vae
 
@@ -108,6 +109,12 @@ def make_tiny_sd3(*, latent_channels: int = 4, layers: int = 1):
         tokenizer_3=tokenizer_3)
 
 
+class SD3PAGConditioning(PAGGuidance, SD3Conditioning):
+    """``StableDiffusion3PAGImg2ImgPipeline``: SD3 img2img with :class:`~img2img_lab.models.families.pag.PAGGuidance`
+    (the perturbed sample takes the positive prompt's embeddings and pooled projection; the PAG layers' joint
+    attention keeps each image token to itself and the prompt)."""
+
+
 class SD3InpaintConditioning(FlowInpaint, SD3Conditioning):
     """``StableDiffusion3InpaintPipeline`` with a 16-channel transformer (no crop): SD3's img2img with
     :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`'s latents and blend on unpacked latents, the mask
@@ -156,7 +163,8 @@ class SD3Family(Family):
     }
     schedulers = ("default",)
     batched_classes = {"StableDiffusion3Img2ImgPipeline": SD3Conditioning,
-                       "StableDiffusion3InpaintPipeline": SD3InpaintConditioning}
+                       "StableDiffusion3InpaintPipeline": SD3InpaintConditioning,
+                       "StableDiffusion3PAGImg2ImgPipeline": SD3PAGConditioning}
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()
