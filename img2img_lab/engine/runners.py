@@ -133,8 +133,9 @@ def run_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: 
               max_batch_size: int | None = None, on_step=None, on_work=None) -> list[CellOutput]:
     """One batched chunk, as the batched runner runs it and ``verify`` regenerates it: through the batched engine,
     except a chunk whose mode's pipeline the engine does not reproduce (several FLUX.1 ControlNets, a 33-channel SD3
-    inpainting transformer...) or that crops around its mask (``padding_mask_crop``), which runs per cell. ``conditions[i]``: source ``i``'s call
-    inputs for the chunk's mode (``mask_image``, ``control_image``), or ``None``.
+    inpainting transformer...) or that crops around its mask (``padding_mask_crop``), which runs per cell.
+    ``conditions[i]``: source ``i``'s call inputs for the chunk's mode (``mask_image``, ``control_image``), or
+    ``None``.
 
     >>> [output.produced for output in run_chunk(model, cells[:2], sources)]
     ['vae_roundtrip', 'diffusion']

@@ -95,9 +95,9 @@ def make_tiny_zimage():
 
 class ZImageInpaintConditioning(FlowInpaint, ZImageConditioning):
     """``ZImageInpaintPipeline``: Z-Image's prompts, transformer call and guidance (:class:`ZImageConditioning`)
-    with :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`'s latents and blend on unpacked latents, the mask
-    broadcast over the channels (``pipeline_z_image_inpaint.py``: ``prepare_latents``, ``prepare_mask_latents``, the
-    loop's blend).
+    with :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`'s latents and blend on unpacked latents, the
+    mask broadcast over the channels (``pipeline_z_image_inpaint.py``: ``prepare_latents``,
+    ``prepare_mask_latents``, the loop's blend).
 
     >>> ZImageFamily(ZImageFamily.tiny_pipelines["zimage-inpaint"]()).batched_conditioning()[1]
     'ZImageInpaintPipeline'
