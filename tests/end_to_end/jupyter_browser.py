@@ -94,12 +94,14 @@ def browser(chromium):
 
 @pytest.fixture(scope="module")
 def executed(jupyterlab, browser):
-    """``executed(notebook)``: the notebook's page (1280x900, its own workspace) once every cell ran, and the list of
-    requests it made to other hosts; each notebook is opened and run once per module."""
+    """``executed(notebook, viewport=None)``: the notebook's page (opened at 1280x900 in its own workspace) once every
+    cell ran, brought to the front (resized to ``viewport``), and the list of requests it made to other hosts; each
+    notebook is opened and run once per module. Screenshots go to ARTIFACTS."""
     url, token, _ = jupyterlab
     pages: dict[str, tuple] = {}
+    ARTIFACTS.mkdir(exist_ok=True)
 
-    def page_of(notebook: str):
+    def page_of(notebook: str, viewport: tuple[int, int] | None = None):
         if notebook not in pages:
             page, external = run_notebook(browser, url, token, notebook, (1280, 900), workspace=notebook[:2])
             page.wait_for_function(
@@ -108,7 +110,11 @@ def executed(jupyterlab, browser):
                 ".map(p => p.innerText); return prompts.length && prompts.every(p => /\\[\\d+\\]/.test(p)); }",
                 timeout=400_000)
             pages[notebook] = page, external
-        return pages[notebook]
+        page, external = pages[notebook]
+        page.bring_to_front()
+        if viewport:
+            page.set_viewport_size({"width": viewport[0], "height": viewport[1]})
+        return page, external
 
     yield page_of
     for page, _ in pages.values():

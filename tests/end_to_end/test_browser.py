@@ -27,12 +27,10 @@ from jupyter_browser import (ARTIFACTS, LAYOUT_PROBLEMS, REPO, browser, column_h
 def test_notebooks_fit_1280_px_and_their_text_is_readable(executed, capsys):
     """Notebooks 01–04 in JupyterLab at 1280×900 with the file browser open: no output area scrolls sideways (a
     wide table or grid scrolls inside its own box), and no visible text in an output is under 10 px."""
-    ARTIFACTS.mkdir(exist_ok=True)
     problems = {}
     for notebook in ("01_quickstart.ipynb", "02_strength_explorer.ipynb", "03_strength_calibration.ipynb",
                      "04_report.ipynb"):
         page, _ = executed(notebook)
-        page.bring_to_front()
         page.wait_for_timeout(1500)
         assert page.locator(".jp-FileBrowser").is_visible()
         problems[notebook] = page.evaluate(LAYOUT_PROBLEMS)
@@ -48,11 +46,8 @@ def test_notebooks_fit_1280_px_and_their_text_is_readable(executed, capsys):
 @pytest.mark.slow
 def test_explorer_runs_in_jupyterlab_in_chromium(jupyterlab, executed, capsys):
     _, _, tmp_path = jupyterlab
-    ARTIFACTS.mkdir(exist_ok=True)
     started = time.perf_counter()
-    page, external = executed("02_strength_explorer.ipynb")
-    page.bring_to_front()
-    page.set_viewport_size({"width": 1300, "height": 1500})
+    page, external = executed("02_strength_explorer.ipynb", viewport=(1300, 1500))
     image = page.locator("img.i2i-image")
     image.wait_for(state="visible", timeout=240_000)
     page.wait_for_function("() => { const s = document.querySelector('.i2i-status');"
@@ -116,11 +111,8 @@ BROKEN_IMAGES = """() => {
 @pytest.mark.slow
 def test_reference_table_widget_drives_the_grid_in_jupyterlab(jupyterlab, executed, capsys):
     _, _, tmp_path = jupyterlab
-    ARTIFACTS.mkdir(exist_ok=True)
     started = time.perf_counter()
-    page, external = executed("03_strength_calibration.ipynb")
-    page.bring_to_front()
-    page.set_viewport_size({"width": 1400, "height": 1600})
+    page, external = executed("03_strength_calibration.ipynb", viewport=(1400, 1600))
     bands = page.locator(".i2i-band button")
     bands.first.wait_for(state="visible", timeout=300_000)
     grid = page.locator(".i2i-grid")
