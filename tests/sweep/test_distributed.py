@@ -77,14 +77,14 @@ def _one_process(command, config, out, *extra) -> str:
     return printed
 
 
-def _sweep(config, out, *extra, ranks: int, background: bool = False, progress: bool = False):
-    """``img2img-lab sweep`` under ``torchrun --nproc-per-node ranks``; ``background``: return the running
+def _torchrun(command: str, config, out, *extra, ranks: int, background: bool = False, progress: bool = False):
+    """``img2img-lab command`` under ``torchrun --nproc-per-node ranks``; ``background``: return the running
     process."""
     launcher = [str(TORCHRUN), "--standalone", f"--nproc-per-node={ranks}", "-m", "img2img_lab"]
-    command = [*launcher, "sweep", str(config), "--out", str(out), *([] if progress else ["--no-progress"]), *extra]
+    arguments = [*launcher, command, str(config), "--out", str(out), *([] if progress else ["--no-progress"]), *extra]
     if background:
-        return subprocess.Popen(command, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    result = subprocess.run(command, env=_environment(), capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(arguments, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = subprocess.run(arguments, env=_environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -123,7 +123,7 @@ def test_two_ranks_store_every_cell_once_with_the_pixels_of_one_process(engine, 
     _one_process("sweep", config, tmp_path / "one", *extra)
     single = time.perf_counter() - started
     started = time.perf_counter()
-    two = _sweep(config, tmp_path / "two", *extra, ranks=2, progress=True)
+    two = _torchrun("sweep", config, tmp_path / "two", *extra, ranks=2, progress=True)
     double = time.perf_counter() - started
     assert two.stdout.count("wrote ") == 1  # rank 0 alone prints
     # rank 0 alone shows a bar, for the whole job: it ends at the job's total, never running backwards
@@ -152,7 +152,7 @@ def test_a_killed_job_resumes_with_one_rank_and_a_finished_one_reruns_with_two_f
     extra = ["--engine", "per-cell"]
     _one_process("sweep", config, tmp_path / "reference", *extra)
     run = tmp_path / "run"
-    job = _sweep(config, run, *extra, ranks=2, background=True)
+    job = _torchrun("sweep", config, run, *extra, ranks=2, background=True)
     deadline = time.monotonic() + 300
     while len(list((run / "rows").glob("*.json"))) < 6 and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -166,7 +166,7 @@ def test_a_killed_job_resumes_with_one_rank_and_a_finished_one_reruns_with_two_f
     counts = _counts(run)
     assert counts["already_done"] == kept and counts["generated"] == 40 - kept
     assert (_table(run)["output_hash"] == _table(tmp_path / "reference")["output_hash"]).all()
-    again = _sweep(config, run, *extra, ranks=2)
+    again = _torchrun("sweep", config, run, *extra, ranks=2)
     counts = _counts(run)
     assert counts["generated"] == 0 and counts.get("answered_from_run_folder") is True, again.stdout
     with capsys.disabled():
@@ -182,10 +182,7 @@ def test_calibration_with_its_refinement_rounds_on_two_ranks_equals_one_process(
                         "  refine_rounds: 2\n  n_resamples: 300\n")
     runs = {0: tmp_path / "ranks-0", 2: tmp_path / "ranks-2"}
     assert _one_process("calibrate", config, runs[0]).count("# Strength calibration") == 1
-    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node=2", "-m", "img2img_lab", "calibrate",
-                             str(config), "--out", str(runs[2]), "--no-progress"],
-                            env=_environment(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = _torchrun("calibrate", config, runs[2], ranks=2)
     assert result.stdout.count("# Strength calibration") == 1  # rank 0 alone prints
     one, two = _table(runs[0]), _table(runs[2])
     assert list(one.index) == list(two.index) and (one["output_hash"] == two["output_hash"]).all()
