@@ -3,9 +3,10 @@
     python benchmarks/family_batching.py [--pairs 3] [--threads 1] [--families sd1,flux-dev,...]
 
 Per family: the same cells (2 prompts x strengths 0.25 / 0.5 / 0.75 / 1.0 x 4 seeds x guidance 1 and 3.5, 10 steps,
-its default scheduler; a mask or a control image where the pipeline takes one) run as a plain loop (one diffusers
-call per cell, :func:`img2img_lab.engine.per_cell.run_cell`) and through the batched engine, ``--pairs``
-interleaved pairs (the order alternating). Printed: cells/s of each, the median ratio, denoiser calls and samples,
+its default scheduler; a mask or a control image where the pipeline takes one; ``…-crop``: the cells cropped around
+the mask, ``padding_mask_crop`` 4) run as a plain loop (one diffusers call per cell,
+:func:`img2img_lab.engine.per_cell.run_cell`) and through the batched engine, ``--pairs`` interleaved pairs (the
+order alternating). Printed: cells/s of each, the median ratio, denoiser calls and samples,
 and the largest pixel difference between the two (levels of 255). Tiny pipelines measure the engine's bookkeeping
 and batching at toy sizes, not a real model's speed (``benchmarks/real_size.py`` does that).
 """
@@ -25,7 +26,23 @@ FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-
             "qwenimage-inpaint", "zimage", "zimage-inpaint", "sd-controlnet-inpaint", "flux-control",
             "sdxl-controlnet-inpaint", "flux-control-inpaint", "flux-controlnet", "flux-controlnet-inpaint", "lcm",
             "sd-pag", "sdxl-pag", "sd-pag-inpaint", "sdxl-pag-inpaint", "sd-controlnet-pag-inpaint",
-            "sdxl-controlnet-pag", "sd3-inpaint", "sd3-pag")
+            "sdxl-controlnet-pag", "sd3-inpaint", "sd3-pag", "sd-controlnet-pooled", "flux-controlnet-xlabs",
+            "sd-inpaint-crop", "flux-inpaint-crop")
+
+
+def tiny_pipeline(family: str):
+    """The family's tiny pipeline, or a variant: ``sd-controlnet-pooled`` (a pooled ControlNet: guess mode),
+    ``flux-controlnet-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``…-inpaint-crop`` (its cells cropped around the
+    mask: ``padding_mask_crop``)."""
+    from img2img_lab.models.families.tiny_parts import make_tiny_flux_xlabs, with_pooled_controlnet
+    from img2img_lab.testing import make_tiny_family
+
+    family = family.removesuffix("-crop")
+    if family == "flux-controlnet-xlabs":
+        return make_tiny_flux_xlabs()
+    if family.endswith("-pooled"):
+        return with_pooled_controlnet(make_tiny_family(family.removesuffix("-pooled")))
+    return make_tiny_family(family)
 
 
 def _conditions(family: str, sources):
@@ -36,6 +53,8 @@ def _conditions(family: str, sources):
         mask = Image.new("L", sources[0].size, 0)
         mask.paste(255, (8, 8, 24, 28))
         settings.update(modes=["inpaint"], inpaint={"mask": "m.png"})
+        if family.endswith("-crop"):
+            settings["inpaint"]["padding_mask_crop"] = [4]
         for condition in conditions:
             condition["mask_image"] = mask
     if "control" in family:  # a ControlNet, or FLUX.1 Control's concatenated control latents
@@ -52,13 +71,13 @@ def measure(family: str, pairs: int) -> dict:
     from conftest import structured_image
 
     from img2img_lab.engine.batched import batching_supported, run_cells_batched
+    from img2img_lab.engine.mask_crop import denoise_cropped_cells
     from img2img_lab.engine.per_cell import run_cell
     from img2img_lab.models.handle import as_model
     from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.sweep.sources import source_steps
-    from img2img_lab.testing import make_tiny_family
 
-    pipe = make_tiny_family(family)
+    pipe = tiny_pipeline(family)
     pipe.set_progress_bar_config(disable=True)
     model = as_model(pipe)
     sources = [structured_image(32, seed=0)]
@@ -74,6 +93,9 @@ def measure(family: str, pairs: int) -> dict:
                 for cell in cells]
 
     def batched():
+        if family.endswith("-crop"):  # on the crops around the mask, pasted back
+            return denoise_cropped_cells(model.for_mode("inpaint"), cells, sources, conditions, stats=stats,
+                                         max_batch_size=16)()
         return run_cells_batched(model, cells, sources, stats=stats, max_batch_size=16, conditions=conditions)
 
     times = {"loop": [], "batched": []}

@@ -131,9 +131,10 @@ def _reported_cell(model, cell: Cell, source, condition, on_step, on_work) -> Ce
 
 def run_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: list | None = None, *,
               max_batch_size: int | None = None, on_step=None, on_work=None) -> list[CellOutput]:
-    """One batched chunk, as the batched runner runs it and ``verify`` regenerates it: through the batched engine,
-    except a chunk whose mode's pipeline the engine does not reproduce (several FLUX.1 ControlNets, a 33-channel SD3
-    inpainting transformer...) or that crops around its mask (``padding_mask_crop``), which runs per cell.
+    """One batched chunk, as the batched runner runs it and ``verify`` regenerates it: through the batched engine
+    (cells cropped around their mask, ``padding_mask_crop``, on their cropped views), except a chunk whose mode's
+    pipeline the engine does not reproduce (several ControlNets, a 33-channel SD3 inpainting transformer...) or that
+    crops around its mask with a control image, which runs per cell.
     ``conditions[i]``: source ``i``'s call inputs for the chunk's mode (``mask_image``, ``control_image``), or
     ``None``.
 
@@ -154,15 +155,38 @@ def start_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions
     ['vae_roundtrip', 'diffusion']
     """
     from img2img_lab.engine.batched import batching_supported, denoise_cells_batched
+    from img2img_lab.engine.mask_crop import crop_batchable
 
-    if getattr(cells[0], "padding_mask_crop", None) is not None or \
-            not batching_supported(model.for_mode(cells[0].mode))[0]:
-        outputs = [_reported_cell(model, cell, sources[cell.image_index],
-                                  None if conditions is None else conditions[cell.image_index], on_step, on_work)
-                   for cell in cells]
-        return lambda: outputs
-    return denoise_cells_batched(model, cells, sources, max_batch_size=max_batch_size, on_step=on_step,
-                                 on_work=on_work, conditions=conditions)
+    runner = model.for_mode(cells[0].mode)
+    options = {"max_batch_size": max_batch_size, "on_step": on_step, "on_work": on_work}
+    batchable, cropped = batching_supported(runner)[0], getattr(cells[0], "padding_mask_crop", None) is not None
+    if batchable and not cropped:
+        return denoise_cells_batched(model, cells, sources, conditions=conditions, **options)
+    if batchable and crop_batchable(runner):
+        return _start_cropped_chunk(runner, cells, sources, conditions, **options)
+    outputs = [_reported_cell(model, cell, sources[cell.image_index],
+                              None if conditions is None else conditions[cell.image_index], on_step, on_work)
+               for cell in cells]
+    return lambda: outputs
+
+
+def _start_cropped_chunk(runner: ModelHandle, cells: list[Cell], sources: list, conditions: list, *, on_step, on_work,
+                         **options) -> Callable[[], list[CellOutput]]:
+    """:func:`start_chunk` for cells cropped around their mask (``padding_mask_crop``): batched on the cropped views
+    (:mod:`img2img_lab.engine.mask_crop`), a zero-step cell per cell (it never reaches the pipeline)."""
+    from img2img_lab.engine.mask_crop import denoise_cropped_cells
+
+    outputs = {index: _reported_cell(runner, cell, sources[cell.image_index], conditions[cell.image_index], on_step,
+                                     on_work) for index, cell in enumerate(cells) if cell.zero_step}
+    active = [index for index, cell in enumerate(cells) if not cell.zero_step]
+    decode = denoise_cropped_cells(runner, [cells[index] for index in active], sources, conditions, on_step=on_step,
+                                   on_work=on_work, **options) if active else list
+
+    def finish() -> list[CellOutput]:
+        outputs.update(zip(active, decode()))
+        return [outputs[index] for index in range(len(cells))]
+
+    return finish
 
 
 @dataclass

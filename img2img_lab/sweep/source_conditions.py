@@ -176,6 +176,11 @@ def check_conditions_fit(plan, model) -> None:
     if model.needs_control_image and plan.control is None:
         raise PlanError(f"{name} needs a control image per source. Fix: add control: {{image: canny}} to the "
                         f"config (or a folder of <source name>.png control images).")
+    nets = getattr(getattr(model.pipe, "controlnet", None), "nets", None)
+    if nets is not None:
+        raise PlanError(f"{name} holds {len(nets)} ControlNets ({type(model.pipe.controlnet).__name__}), which take a "
+                        f"control image each; img2img-lab sweeps one control image per source. Fix: load the "
+                        f"pipeline with one ControlNet.")
     if plan.control is not None and not model.needs_control_image:
         raise PlanError(f"{name} takes no control image, so control: would change nothing. Fix: remove control: "
                         f"or load a ControlNet img2img pipeline.")
@@ -188,6 +193,12 @@ def check_conditions_fit(plan, model) -> None:
                             f"Fix: remove {plural} from control:.")
     for mode in plan.modes:
         model.for_mode(mode)
+    crops = [value for value in (plan.inpaint or {}).get("padding_mask_crop") or () if value is not None]
+    inpainter = model.for_mode("inpaint") if crops and "inpaint" in plan.modes else None
+    why = inpainter and inpainter.family.crop_refused.get(type(inpainter.pipe).__name__)
+    if why:
+        raise PlanError(f"{type(inpainter.pipe).__name__} cannot crop around the mask: {why}. Fix: remove "
+                        f"padding_mask_crop from inpaint:, or inpaint with StableDiffusionInpaintPipeline.")
 
 
 def folder_conditions(plan, store, sources: list, entries: list[dict]) -> list[SourceCondition]:

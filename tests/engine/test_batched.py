@@ -116,8 +116,7 @@ def test_batching_supported_says_why_not():
 
     several = make_tiny_family("sd-controlnet")
     several.controlnet = MultiControlNetModel([several.controlnet, several.controlnet])
-    assert batching_supported(as_model(several)) == (False, "several ControlNets or a guess-mode ControlNet: run per "
-                                                            "cell")
+    assert batching_supported(as_model(several)) == (False, "several ControlNets: run per cell")
     from diffusers import SD3Transformer2DModel
 
     inpaint = make_tiny_family("sd3-inpaint")

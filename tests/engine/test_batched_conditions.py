@@ -1,8 +1,9 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
-and ControlNet inpainting, 4- and 9-channel, with PAG too; FLUX.1 Control and ControlNet img2img and inpainting; SD3, FLUX.1, Chroma,
-Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32),
-the mask blurred and the source pasted back as the per-cell runner does, and a chunk the engine does not reproduce
-(a crop around the mask) run per cell."""
+and ControlNet inpainting, 4- and 9-channel, with PAG too, and pooled (guess-mode) ControlNets; FLUX.1 Control and
+ControlNet img2img and inpainting, InstantX- and XLabs-style; SD3, FLUX.1, Chroma, Qwen-Image and Z-Image
+inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and
+the source pasted back as the per-cell runner does; cells cropped around their mask batched on their crops, and with
+a control image per cell."""
 
 from __future__ import annotations
 
@@ -93,13 +94,23 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
     "zimage-inpaint": ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png", "mask_blur": [2]}},
                        lambda index: {"mask_image": _mask(4 * index)}),
 }
+CASES["flux-controlnet-xlabs"] = CASES["flux-controlnet"]  # an input hint block reads the control pixels
+CASES["flux-controlnet-inpaint-xlabs"] = CASES["flux-controlnet-inpaint"]
+CASES["sd-controlnet-pooled"] = CASES["sd-controlnet"]  # guess mode: the negative sample takes no residuals
+CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # pooled, but never guess mode
 
 
 def _tiny(family: str):
     """The family's tiny pipeline; ``sd-controlnet-inpaint-9`` and ``sd-pag-inpaint-9``: SD's ControlNet and PAG
-    inpainting with a 9-channel UNet."""
-    from img2img_lab.models.families.tiny_parts import sd_variant
+    inpainting with a 9-channel UNet; ``flux-controlnet[-inpaint]-xlabs``: an XLabs-style ControlNet; ``…-pooled``:
+    its ControlNet pools its residuals (``global_pool_conditions``, shuffle-style)."""
+    from img2img_lab.models.families.tiny_parts import make_tiny_flux_xlabs, sd_variant, with_pooled_controlnet
 
+    if family.endswith("-xlabs"):
+        return make_tiny_flux_xlabs("FluxControlNetInpaintPipeline" if "inpaint" in family else
+                                    "FluxControlNetImg2ImgPipeline")
+    if family.endswith("-pooled"):
+        return with_pooled_controlnet(_tiny(family.removesuffix("-pooled")))
     if family == "sd-controlnet-inpaint-9":
         return sd_variant("StableDiffusionControlNetInpaintPipeline", controlnet=True, unet_channels=9)
     if family == "sd-pag-inpaint-9":
@@ -132,12 +143,41 @@ def test_batched_conditions_equal_plain_calls_within_one_level(family, capsys):
     assert min(sample_footprints(model, sources[0])) >= 1  # a memory budget can size these batches too
 
 
-def test_a_chunk_that_crops_around_its_mask_runs_per_cell_exactly():
-    pipe = make_tiny_family("sd-inpaint")
+@pytest.mark.parametrize("family", ["sd-inpaint", "flux-inpaint"])
+def test_cells_cropped_around_their_mask_run_batched_within_one_level(family, monkeypatch):
+    """"Only masked" (``padding_mask_crop``): the cells run batched on each source's crop (one per mask blur) and are
+    pasted back as the pipeline pastes them; only the zero-step cells (which never reach the pipeline) run per cell."""
+    import img2img_lab.engine.runners as runners
+
+    pipe = _tiny(family)
     model = as_model(pipe)
-    sources, conditions = [structured_image(32, seed=0)], [{"mask_image": _mask(0)}]
+    sources, conditions = [structured_image(32, seed=0), structured_image(32, seed=3)], [{"mask_image": _mask(0)},
+                                                                                         {"mask_image": _mask(6)}]
+    plan = SweepPlan(images=["a.png", "b.png"], prompts=["a red disc"], strengths=[0.05, 0.5], seeds=[0],
+                     guidance_scales=[3.0], steps=[4], modes=["inpaint"],
+                     inpaint={"mask": "m.png", "padding_mask_crop": [2], "mask_blur": [0, 3]})
+    cells = plan.cells(steps=source_steps(model, sources))
+    per_cell = []
+    monkeypatch.setattr(runners, "run_cell", lambda *args, **kwargs: per_cell.append(args[1]) or run_cell(*args,
+                                                                                                         **kwargs))
+    outputs = run_chunk(model, cells, sources, conditions, max_batch_size=8)
+    worst = max(_difference(output.image, run_cell(pipe, cell, sources[cell.image_index],
+                                                   condition=conditions[cell.image_index]).image)
+                for cell, output in zip(cells, outputs))
+    assert worst <= 1 and per_cell == [cell for cell in cells if cell.zero_step]  # SD: strength 0.05; FLUX.1: none
+    uncropped = [cell for cell in SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.5], steps=[4],
+                                            modes=["inpaint"], inpaint={"mask": "m.png"}).cells()]
+    assert _difference(outputs[1].image, run_cell(pipe, uncropped[0], sources[0], condition=conditions[0]).image) > 8
+
+
+def test_cropped_cells_with_a_control_image_run_per_cell_exactly():
+    pipe = make_tiny_family("sd-controlnet-inpaint")
+    model = as_model(pipe)
+    sources = [structured_image(32, seed=0)]
+    conditions = [{"mask_image": _mask(0), "control_image": structured_image(32, seed=7)}]
     plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.5, 1.0], guidance_scales=[3.0], steps=[4],
-                     modes=["inpaint"], inpaint={"mask": "m.png", "padding_mask_crop": [2]})
+                     modes=["inpaint"], inpaint={"mask": "m.png", "padding_mask_crop": [2]},
+                     control={"image": "c.png"})
     cells = plan.cells()
     for cell, output in zip(cells, run_chunk(model, cells, sources, conditions, max_batch_size=8)):
         assert _difference(output.image, run_cell(pipe, cell, sources[0], condition=conditions[0]).image) == 0

@@ -90,8 +90,7 @@ def test_several_flux_controlnets_still_run_per_cell_with_the_reason():
 
     several = make_tiny_family("flux-controlnet-inpaint")
     several.controlnet = FluxMultiControlNetModel([tiny_flux_controlnet(), tiny_flux_controlnet()])
-    assert batching_supported(as_model(several)) == (
-        False, "several ControlNets or an XLabs ControlNet (input hint block): run per cell")
+    assert batching_supported(as_model(several)) == (False, "several ControlNets: run per cell")
 
 
 def test_z_image_guidance_one_is_guidance():

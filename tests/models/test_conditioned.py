@@ -129,9 +129,21 @@ def test_control_and_mode_mismatches_are_refused_before_writing(source_files, tm
         run_sweep(controlled, tmp_path / "b", pipe=make_tiny_family("sd1"), progress=False)
     with pytest.raises(PlanError, match="is an inpainting pipeline: it cannot run plain img2img. Fix: use modes"):
         run_sweep(plain, tmp_path / "c", pipe=make_tiny_family("sd-inpaint-9"), progress=False)
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    several = make_tiny_family("sd-controlnet")
+    several.controlnet = MultiControlNetModel([several.controlnet, several.controlnet])
+    with pytest.raises(PlanError, match=r"holds 2 ControlNets \(MultiControlNetModel\), which take a control image "
+                                        r"each; img2img-lab sweeps one control image per source. Fix: load"):
+        run_sweep(controlled, tmp_path / "d", pipe=several, progress=False)  # was diffusers' TypeError mid-sweep
+    cropped = SweepPlan(images=[source], prompts=["p"], strengths=[0.5], steps=[STEPS], max_side=None,
+                        modes=["inpaint"], inpaint={"mask": "oracle", "padding_mask_crop": [None, 4]})
+    with pytest.raises(PlanError, match="StableDiffusionPAGInpaintPipeline cannot crop around the mask: its __call__ "
+                                        "hands check_inputs output_type=None"):  # was diffusers' error mid-sweep
+        run_sweep(cropped, tmp_path / "e", pipe=make_tiny_family("sd-pag-inpaint"), progress=False)
     with pytest.raises(PlanError, match="unknown mode 'outpaint'"):
         SweepPlan(images=[source], prompts=["p"], strengths=[0.5], modes=["outpaint"])
-    assert not any((tmp_path / name).exists() for name in "abc")
+    assert not any((tmp_path / name).exists() for name in "abcde")
 
 
 def test_support_table_names_every_class_of_both_mappings():

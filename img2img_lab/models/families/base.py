@@ -133,6 +133,8 @@ class Family:
     batched_classes: ClassVar[dict[str, type]] = {}
     #: The latent blend of inpainting is decided by channel count where the denoiser is a UNet (or SD3's).
     counts_inpaint_channels: ClassVar[bool] = True
+    #: Inpainting classes whose ``__call__`` refuses every ``padding_mask_crop`` (class → why).
+    crop_refused: ClassVar[dict[str, str]] = {}
 
     def __init__(self, pipe):
         self.pipe = pipe

@@ -128,14 +128,16 @@ class FluxControlConditioning(FluxConditioning):
         import torch
 
         if id(image) not in self._controls:
-            width, height = self.size
-            pixels = self.pipe.prepare_image(image=image, width=width, height=height, batch_size=1,
-                                             num_images_per_prompt=1, device=self.device, dtype=self.pipe.vae.dtype)
             with torch.no_grad():
-                self._controls[id(image)] = self.pipe.vae.encode(pixels).latent_dist
+                self._controls[id(image)] = self.pipe.vae.encode(self._control_pixels(image)).latent_dist
         config = self.pipe.vae.config
         return self._pack((sample_latent(self._controls[id(image)], generator) - config.shift_factor)
                           * config.scaling_factor)
+
+    def _control_pixels(self, image):
+        width, height = self.size
+        return self.pipe.prepare_image(image=image, width=width, height=height, batch_size=1, num_images_per_prompt=1,
+                                       device=self.device, dtype=self.pipe.vae.dtype)
 
     def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
         control = self._control_latents(condition["control_image"], generator)  # drawn first, as the pipeline does
@@ -162,10 +164,11 @@ class FluxControlConditioning(FluxConditioning):
 
 
 class FluxControlNetConditioning(FluxControlConditioning):
-    """``FluxControlNetImg2ImgPipeline`` (one InstantX-style ControlNet): the control image's latents sampled first,
-    as FLUX.1 Control does, fed to the ControlNet whose residuals the transformer adds; each sample's conditioning
-    scale at each of its own steps (``controlnet_conditioning_scale × controlnet_keep[i]``) and its guidance embedding
-    where the ControlNet takes one.
+    """``FluxControlNetImg2ImgPipeline`` (one ControlNet): the control image's latents sampled first, as FLUX.1
+    Control does, fed to the ControlNet whose residuals the transformer adds; each sample's conditioning scale at
+    each of its own steps (``controlnet_conditioning_scale × controlnet_keep[i]``) and its guidance embedding where the
+    ControlNet takes one. An XLabs-style ControlNet (an input hint block) reads the control image's pixels instead,
+    nothing drawn, and its residuals repeat over the transformer's blocks (``controlnet_blocks_repeat``).
 
     >>> FluxFamily(FluxFamily.tiny_pipelines["flux-controlnet"]()).batched_conditioning()[1]
     'FluxControlNetImg2ImgPipeline'
@@ -189,10 +192,25 @@ class FluxControlNetConditioning(FluxControlConditioning):
                                                        dtype=torch.float32)
         return fields
 
+    @property
+    def hint_block(self) -> bool:
+        """Whether the ControlNet is XLabs-style: its input hint block reads the control image's pixels."""
+        return self.pipe.controlnet.input_hint_block is not None
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (step 3: the control image, encoded only without an input hint block)
+    def _control_latents(self, image, generator):
+        if not self.hint_block:
+            return super()._control_latents(image, generator)
+        if id(image) not in self._controls:
+            self._controls[id(image)] = self._control_pixels(image)
+        return self._controls[id(image)]
+
     def probe_fields(self, size) -> dict:
         import torch
 
-        return {**super().probe_fields(size),
+        control = (torch.zeros(1, 3, size[1], size[0], device=self.device, dtype=self.pipe.vae.dtype)
+                   if self.hint_block else self.blank_latents(size))
+        return {"control_latents": control,
                 "conditioning_scale": torch.ones(1, 1, 1, device=self.device, dtype=self.dtype)}
 
     # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (the ControlNet, then the transformer with its residuals)
@@ -207,7 +225,7 @@ class FluxControlNetConditioning(FluxControlConditioning):
                                                **common)
         return self.pipe.transformer(hidden_states=inputs, timestep=timestep, guidance=fields.get("guidance"),
                                      controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
-                                     controlnet_blocks_repeat=False, **common)[0]
+                                     controlnet_blocks_repeat=self.hint_block, **common)[0]
 
 
 class FluxControlInpaintConditioning(FlowInpaint, FluxControlConditioning):
@@ -293,9 +311,8 @@ class FluxFamily(Family):
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()
         controlnet = getattr(self.pipe, "controlnet", None)
-        if conditioning is not None and controlnet is not None and (
-                not hasattr(controlnet, "config") or getattr(controlnet, "input_hint_block", None) is not None):
-            return None, "several ControlNets or an XLabs ControlNet (input hint block): run per cell"
+        if conditioning is not None and controlnet is not None and not hasattr(controlnet, "config"):
+            return None, "several ControlNets: run per cell"
         return conditioning, reason
 
     def size_multiple(self) -> int:

@@ -20,6 +20,10 @@ from contextlib import contextmanager
 
 from img2img_lab.models.families.base import call_parameters
 
+#: Why ``StableDiffusionPAGInpaintPipeline`` cannot crop around the mask (diffusers 0.42.1).
+PAG_INPAINT_CROP = ("its __call__ hands check_inputs output_type=None (pipeline_pag_sd_inpaint.py), so diffusers "
+                    "refuses every padding_mask_crop ('The output type should be PIL when inpainting mask crop')")
+
 
 # Adapted from diffusers.models.attention_processor.PAGCFGIdentitySelfAttnProcessor2_0 (a mask of perturbed samples in place of the batch's chunks)
 class MaskedPAGProcessor:

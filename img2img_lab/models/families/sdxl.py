@@ -157,10 +157,14 @@ class SDXLControlNetPAGConditioning(PAGGuidance, SDXLControlNetConditioning):
     """``StableDiffusionXLControlNetPAGImg2ImgPipeline``: SDXL ControlNet img2img with PAG; the ControlNet reads the
     perturbed sample too, with its control image and scale."""
 
+    pooled_guess_mode = False  # its __call__ takes guess mode only as an argument
+
 
 class SDXLControlNetInpaintConditioning(SDXLConditioning, ControlNetInpaintConditioning):
     """``StableDiffusionXLControlNetInpaintPipeline``: Stable Diffusion's ControlNet inpainting with SDXL's
     conditioning (which the ControlNet receives as well) and SDXL inpainting's masked-source latents."""
+
+    pooled_guess_mode = False  # its __call__ takes guess mode only as an argument
 
     mask_latents = SDXLInpaintConditioning.mask_latents
 

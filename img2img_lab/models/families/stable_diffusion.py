@@ -16,7 +16,7 @@ import inspect
 from contextlib import nullcontext
 
 from img2img_lab.models.families.base import Family, masked_source, sample_latent
-from img2img_lab.models.families.pag import PAGGuidance
+from img2img_lab.models.families.pag import PAG_INPAINT_CROP, PAGGuidance
 from img2img_lab.models.families.tiny_parts import (make_tiny_pipeline, make_tiny_sd2_v,  # noqa: F401
                                                    sd_pndm_scheduler, sd_variant)
 
@@ -150,7 +150,8 @@ class TextConditioning:
 
 
 class ControlNetConditioning(TextConditioning):
-    """What the batched loop needs of ``StableDiffusionControlNetImg2ImgPipeline`` (one ControlNet, no guess mode):
+    """What the batched loop needs of ``StableDiffusionControlNetImg2ImgPipeline`` (one ControlNet; a pooled one in
+    guess mode, see :attr:`pooled_guess_mode`):
     Stable Diffusion's text, latents and decode, each sample's control image (``prepare_control_image``), and its
     conditioning scale at each of its steps (``controlnet_conditioning_scale × controlnet_keep[i]``, the keep counted
     over the cell's own timesteps), as a per-sample tensor the ControlNet multiplies its residuals by.
@@ -164,12 +165,28 @@ class ControlNetConditioning(TextConditioning):
     """
 
     scale_shape = (1, 1, 1, 1)  # one sample's conditioning scale, broadcast over its residuals
+    #: Whether the pipeline runs a pooled ControlNet (``global_pool_conditions``, shuffle-style) in guess mode: the
+    #: negative sample then takes no residuals (the PAG pipelines and SDXL's ControlNet inpainting never do).
+    pooled_guess_mode = True
 
     def __init__(self, pipe, device, dtype, *, size=None):
+        import torch
+
         super().__init__(pipe, device, dtype, size=size)
         self._defaults = {name: parameter.default
                           for name, parameter in inspect.signature(type(pipe).__call__).parameters.items()}
         self._control_images: dict[int, object] = {}
+        self.guess_mode = self.pooled_guess_mode and bool(pipe.controlnet.config.get("global_pool_conditions"))
+        self._weights = [torch.full(self.scale_shape, on, device=device, dtype=dtype) for on in (0.0, 1.0)]
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (guess mode: zeros for the unconditional batch)
+    def branches(self, text: dict, cfg: bool) -> list[dict]:
+        """In guess mode each sample carries a ``control_weight``: 0 for a CFG cell's negative sample, else 1."""
+        branches = super().branches(text, cfg)
+        if not self.guess_mode:
+            return branches
+        return [{**fields, "control_weight": self._weights[int(not (cfg and index == 0))]}
+                for index, fields in enumerate(branches)]
 
     def _setting(self, cell, name: str) -> float:
         value = getattr(cell, name, None)
@@ -212,10 +229,10 @@ class ControlNetConditioning(TextConditioning):
         """The ControlNet on ``inputs``, then the UNet on ``unet_inputs`` (an inpainting UNet's 9 channels) with its
         residuals."""
         extra = {"added_cond_kwargs": {name: fields[name] for name in self.added_fields}} if self.added_fields else {}
+        scale = fields["conditioning_scale"] * fields.get("control_weight", 1)  # guess mode: 0 for the negative
         down, mid = self.pipe.controlnet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
-                                         controlnet_cond=fields["controlnet_cond"],
-                                         conditioning_scale=fields["conditioning_scale"], guess_mode=False,
-                                         return_dict=False, **extra)
+                                         controlnet_cond=fields["controlnet_cond"], conditioning_scale=scale,
+                                         guess_mode=False, return_dict=False, **extra)
         return self.pipe.unet(unet_inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
                               down_block_additional_residuals=down, mid_block_additional_residual=mid,
                               return_dict=False, **extra)[0]
@@ -340,6 +357,8 @@ class ControlNetPAGInpaintConditioning(PAGGuidance, ControlNetInpaintConditionin
     """``StableDiffusionControlNetPAGInpaintPipeline``: ControlNet inpainting with PAG; the ControlNet reads the
     perturbed sample too (its attention is not perturbed: only the UNet's PAG layers are)."""
 
+    pooled_guess_mode = False  # its __call__ never runs guess mode
+
 
 class StableDiffusionFamily(Family):
     name, label = "sd", "Stable Diffusion 1.x / 2.x"
@@ -355,6 +374,7 @@ class StableDiffusionFamily(Family):
                      "StableDiffusionControlNetPipeline": "StableDiffusionControlNetImg2ImgPipeline"}
     no_strength = {"StableUnCLIPImg2ImgPipeline": "makes variations from an image embedding, starting from noise: it "
                                                   "has no strength dial"}
+    crop_refused = {"StableDiffusionPAGInpaintPipeline": PAG_INPAINT_CROP}
     scheduler_configs = ("sd15", "sd21")
     real_size = ("sd15",)
     tiny_pipelines = {
@@ -369,7 +389,7 @@ class StableDiffusionFamily(Family):
         "sd-controlnet-pag-inpaint": lambda: sd_variant("StableDiffusionControlNetPAGInpaintPipeline", controlnet=True),
     }
 
-    #: The classes the batched engine reproduces, and how (several ControlNets or guess mode run per cell).
+    #: The classes the batched engine reproduces, and how (several ControlNets run per cell).
     batched_classes: dict[str, type] = {"StableDiffusionImg2ImgPipeline": TextConditioning,
                                         "StableDiffusionControlNetImg2ImgPipeline": ControlNetConditioning,
                                         "StableDiffusionInpaintPipeline": InpaintConditioning,
@@ -385,7 +405,6 @@ class StableDiffusionFamily(Family):
         if getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is not None:
             return None, "the UNet has a guidance embedding (LCM-style): run per cell"
         controlnet = getattr(self.pipe, "controlnet", None)
-        if controlnet is not None and (not hasattr(controlnet, "config")
-                                       or getattr(controlnet.config, "global_pool_conditions", False)):
-            return None, "several ControlNets or a guess-mode ControlNet: run per cell"
+        if controlnet is not None and not hasattr(controlnet, "config"):
+            return None, "several ControlNets: run per cell"
         return conditioning, reason

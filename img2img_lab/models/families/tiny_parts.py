@@ -254,13 +254,40 @@ def make_tiny_flux(*, guidance: bool = True):
                                transformer=transformer)
 
 
-def tiny_flux_controlnet():
-    """A one-layer random InstantX-style ``FluxControlNetModel`` (no input hint block), its zero blocks unzeroed."""
+def tiny_flux_controlnet(*, xlabs: bool = False):
+    """A one-layer random ``FluxControlNetModel``, its zero blocks unzeroed: InstantX-style (it reads the control
+    image's packed latents), or ``xlabs``: an input hint block reads its pixels (8x down, 4 channels in 2x2 patches),
+    for a pipeline whose VAE factor is 8 (:func:`make_tiny_flux_xlabs`)."""
     from diffusers import FluxControlNetModel
 
-    return unzeroed(FluxControlNetModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                        pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True))
+    hint = {"patch_size": 2, "conditioning_embedding_channels": 4} if xlabs else {"patch_size": 1}
+    return unzeroed(FluxControlNetModel(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                        axes_dims_rope=[4, 4, 8], guidance_embeds=True, **hint))
+
+
+def with_pooled_controlnet(pipe):
+    """``pipe`` with its ControlNet pooling its residuals (``global_pool_conditions``, as a shuffle ControlNet does),
+    which the SD and SDXL ControlNet img2img pipelines run in guess mode.
+
+    >>> pipe = with_pooled_controlnet(sd_variant("StableDiffusionControlNetImg2ImgPipeline", controlnet=True))
+    >>> pipe.controlnet.config["global_pool_conditions"]
+    True
+    """
+    pipe.controlnet.register_to_config(global_pool_conditions=True)
+    return pipe
+
+
+def make_tiny_flux_xlabs(class_name: str = "FluxControlNetImg2ImgPipeline"):
+    """FLUX.1 ControlNet img2img (or ``class_name``) with an XLabs-style ControlNet and a VAE of factor 8, as its
+    hint block assumes.
+
+    >>> pipe = make_tiny_flux_xlabs()
+    >>> pipe.vae_scale_factor, pipe.controlnet.input_hint_block is not None
+    (8, True)
+    """
+    return for_inference(as_class(make_tiny_flux(), class_name, controlnet=tiny_flux_controlnet(xlabs=True),
+                                  vae=tiny_vae(4, blocks=(8, 8, 16, 16), flow=True)))
 
 
 def tiny_flux_control(class_name: str):

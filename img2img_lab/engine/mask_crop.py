@@ -1,0 +1,102 @@
+"""Inpainting "only masked" (``padding_mask_crop``) through the batched engine.
+
+A diffusers inpainting pipeline given ``padding_mask_crop`` crops the source and the mask around the mask (padded,
+widened to the output's aspect ratio: ``mask_processor.get_crop_region``), resizes both to the output size
+(``resize_mode="fill"``), inpaints that, and pastes the result back over the source inside the crop
+(``image_processor.apply_overlay``). The engine does the same around its batched loop: each source (and mask blur)
+becomes a cropped view at the source's size, the cells run batched on the views, and each output is pasted back as
+the pipeline pastes it (Chroma's inpainting pipeline crops without pasting back: its output is the inpainted crop,
+and so is the engine's). The views are the pixels the pipeline's ``preprocess`` makes (crop, then the same ``fill``
+resize; the engine's own ``preprocess`` of an image already at the output size leaves it as it is), so the cells stay
+within the engine's tolerance of plain calls. A pipeline that also takes a control image runs per cell (FLUX.1's
+ControlNet inpainting crops without pasting back).
+
+>>> from PIL import Image
+>>> mask = Image.new("L", (32, 32), 0); mask.paste(255, (20, 20, 28, 28))
+>>> view = cropped_view(model.for_mode("inpaint").pipe, Image.new("RGB", (32, 32), "red"), mask, padding=2)
+>>> view.coords, view.source.size, view.mask.size
+((18, 18, 30, 30), (32, 32), (32, 32))
+>>> import diffusers
+>>> pastes_back(diffusers.StableDiffusionInpaintPipeline), pastes_back(diffusers.ChromaInpaintPipeline)
+(True, False)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from img2img_lab.engine.inpaint_options import cell_condition
+
+
+@dataclass
+class CroppedView:
+    """One source's crop around its mask, resized to the source's size (``source``, ``mask``), and what pastes an
+    output back: the crop box ``coords``, the ``original`` source and its full ``full_mask``."""
+
+    coords: tuple[int, int, int, int]
+    source: object
+    mask: object
+    original: object
+    full_mask: object
+
+
+# Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.__call__ (step 4: crops_coords, resize_mode="fill", preprocess)
+def cropped_view(pipe, source, mask, *, padding: int) -> CroppedView:
+    """The view of ``source`` the pipeline inpaints at ``padding_mask_crop=padding`` with ``mask`` (see the module
+    doc); the output size is the source's."""
+    width, height = source.size
+    coords = tuple(int(value) for value in pipe.mask_processor.get_crop_region(mask, width, height, pad=padding))
+    view_source = pipe.image_processor.resize(source.crop(coords), height, width, resize_mode="fill")
+    view_mask = pipe.mask_processor.resize(mask.crop(coords), height, width, resize_mode="fill")
+    return CroppedView(coords=coords, source=view_source, mask=view_mask, original=source, full_mask=mask)
+
+
+def pastes_back(pipeline_class) -> bool:
+    """Whether the pipeline class's ``__call__`` pastes its inpainted crop back (it calls ``apply_overlay``: read from
+    its compiled code, comprehensions included, so it is the installed diffusers' answer)."""
+    import inspect
+    import types
+
+    def names(code) -> set[str]:
+        nested = [const for const in code.co_consts if isinstance(const, types.CodeType)]
+        return set(code.co_names).union(*(names(const) for const in nested))
+
+    return "apply_overlay" in names(inspect.unwrap(pipeline_class.__call__).__code__)
+
+
+def crop_batchable(model) -> bool:
+    """Whether the engine runs this mode's cropped cells batched: every pipeline but those that take a control
+    image (see the module doc)."""
+    return not model.needs_control_image
+
+
+def denoise_cropped_cells(model, cells: list, sources: list, conditions: list, **options):
+    """:func:`~img2img_lab.engine.batched.denoise_cells_batched` (``options``: its keywords) on the cells' cropped
+    views; returns ``decode()``, whose outputs are pasted back over their sources as the pipeline pastes them (where
+    it does). ``cells`` take one ``padding_mask_crop`` and none is zero-step (a zero-step cell never reaches the
+    pipeline: it runs per cell)."""
+    from img2img_lab.engine.batched import denoise_cells_batched
+
+    views, view_index, view_cells = [], {}, []
+    for cell in cells:
+        key = (cell.image_index, cell.mask_blur)
+        if key not in view_index:
+            mask = cell_condition(cell, conditions[cell.image_index])["mask_image"]
+            view_index[key] = len(views)
+            views.append(cropped_view(model.pipe, sources[cell.image_index], mask, padding=cell.padding_mask_crop))
+        view_cells.append(replace(cell, image_index=view_index[key], mask_blur=0, padding_mask_crop=None,
+                                  composite=False))
+    decode = denoise_cells_batched(model, view_cells, [view.source for view in views],
+                                   conditions=[{"mask_image": view.mask} for view in views], **options)
+
+    def pasted() -> list:
+        outputs = decode()
+        if not pastes_back(type(model.pipe)):
+            return outputs
+        for output, cell in zip(outputs, view_cells):
+            view = views[cell.image_index]
+            output.image = model.pipe.image_processor.apply_overlay(view.full_mask, view.original, output.image,
+                                                                    view.coords)
+        return outputs
+
+    return pasted
