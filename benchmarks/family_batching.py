@@ -27,14 +27,15 @@ FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-
             "sdxl-controlnet-inpaint", "flux-control-inpaint", "flux-controlnet", "flux-controlnet-inpaint", "lcm",
             "sd-pag", "sdxl-pag", "sd-pag-inpaint", "sdxl-pag-inpaint", "sd-controlnet-pag-inpaint",
             "sdxl-controlnet-pag", "sd3-inpaint", "sd3-pag", "sd-controlnet-pooled", "flux-controlnet-xlabs",
-            "sd-inpaint-crop", "flux-inpaint-crop")
+            "sd-inpaint-crop", "flux-inpaint-crop", "sd-controlnet-multi")
 
 
 def tiny_pipeline(family: str):
     """The family's tiny pipeline, or a variant: ``sd-controlnet-pooled`` (a pooled ControlNet: guess mode),
     ``flux-controlnet-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``…-inpaint-crop`` (its cells cropped around the
-    mask: ``padding_mask_crop``)."""
-    from img2img_lab.models.families.tiny_parts import make_tiny_flux_xlabs, with_pooled_controlnet
+    mask: ``padding_mask_crop``), ``sd-controlnet-multi`` (two ControlNets, a control image each)."""
+    from img2img_lab.models.families.tiny_parts import (make_tiny_flux_xlabs, with_pooled_controlnet,
+                                                        with_two_controlnets)
     from img2img_lab.testing import make_tiny_family
 
     family = family.removesuffix("-crop")
@@ -42,6 +43,8 @@ def tiny_pipeline(family: str):
         return make_tiny_flux_xlabs()
     if family.endswith("-pooled"):
         return with_pooled_controlnet(make_tiny_family(family.removesuffix("-pooled")))
+    if family.endswith("-multi"):
+        return with_two_controlnets(make_tiny_family(family.removesuffix("-multi")))
     return make_tiny_family(family)
 
 
@@ -58,9 +61,10 @@ def _conditions(family: str, sources):
         for condition in conditions:
             condition["mask_image"] = mask
     if "control" in family:  # a ControlNet, or FLUX.1 Control's concatenated control latents
-        settings["control"] = {"image": "c.png"}
-        for condition, source in zip(conditions, sources):
-            condition["control_image"] = source.transpose(0)
+        settings["control"] = {"image": ["c.png", "d.png"] if family.endswith("-multi") else "c.png"}
+        for condition, source in zip(conditions, sources):  # mirrored (and flipped, for a second ControlNet)
+            mirrored = source.transpose(0)
+            condition["control_image"] = [mirrored, source.transpose(1)] if family.endswith("-multi") else mirrored
     return (conditions if settings else None), settings
 
 

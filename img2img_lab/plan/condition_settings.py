@@ -10,7 +10,8 @@ A config may add::
       mask_blur: [0, 4]           # pixels: mask_processor.blur(mask, blur_factor=N) before the call (axis)
       padding_mask_crop: [null, 32]   # "only masked": the pipeline's crop around the mask + paste back (axis)
     control:
-      image: canny                # canny (edges of the source) | a folder of <source name>.png | {name: file}
+      image: canny                # canny (edges of the source) | a folder of <source name>.png | {name: file};
+                                  # a list of those: one per ControlNet of a MultiControlNetModel, in its order
       conditioning_scales: [0.5, 1.0]   # controlnet_conditioning_scale axis (optional)
       guidance_starts: [0.0]            # control_guidance_start axis (optional)
       guidance_ends: [1.0]              # control_guidance_end axis (optional)
@@ -21,6 +22,8 @@ The modes, the three inpainting options and the three ControlNet lists are axes
 >>> inpaint, control = check_conditions(["img2img", "inpaint"], None, {"image": "canny", "conditioning_scales": [1]})
 >>> inpaint, control
 ({'mask': 'auto', 'repaint': 'background'}, {'image': 'canny', 'conditioning_scales': [1.0]})
+>>> check_conditions(["img2img"], None, {"image": ["canny", "silhouette"]})[1]
+{'image': ['canny', 'silhouette']}
 """
 
 from __future__ import annotations
@@ -86,8 +89,27 @@ def _check_control(settings) -> dict:
     unknown = set(settings) - {"image", *axes}
     if unknown:
         raise PlanError(f"unknown control setting {shown(sorted(unknown)[0])}. Fix: use image, {', '.join(axes)}.")
-    return {"image": _check_image_source(settings["image"], "control image", CONTROL_SOURCES),
-            **_section_values(settings, axes)}
+    image = settings["image"]
+    if isinstance(image, list):  # one per ControlNet
+        if not image:
+            raise PlanError("control image is an empty list. Fix: name one control image per ControlNet, e.g. "
+                            "control: {image: [canny, silhouette]}.")
+        image = [_check_image_source(each, "control image", CONTROL_SOURCES) for each in image]
+        image = image[0] if len(image) == 1 else image
+    else:
+        image = _check_image_source(image, "control image", CONTROL_SOURCES)
+    return {"image": image, **_section_values(settings, axes)}
+
+
+def control_images(control: dict | None) -> list:
+    """The control image sources a plan's ``control`` names, one per ControlNet (``[]`` without one).
+
+    >>> control_images({"image": "canny"}), control_images({"image": ["canny", "depth/"]})
+    (['canny'], ['canny', 'depth/'])
+    """
+    if control is None:
+        return []
+    return list(control["image"]) if isinstance(control["image"], list) else [control["image"]]
 
 
 def _check_image_source(value, what: str, names: tuple[str, ...]):
@@ -101,8 +123,8 @@ def _check_image_source(value, what: str, names: tuple[str, ...]):
 
 
 def resolve_paths(settings: dict | None, key: str, names: tuple[str, ...], base_dir) -> dict | None:
-    """``settings`` with its ``key`` (a folder or ``{name: file}``) made relative to ``base_dir`` (a config's
-    folder)."""
+    """``settings`` with its ``key`` (a folder or ``{name: file}``, or a list of them) made relative to ``base_dir`` (a
+    config's folder)."""
     if settings is None or key not in settings or base_dir is None:
         return settings
     value = settings[key]
@@ -111,6 +133,10 @@ def resolve_paths(settings: dict | None, key: str, names: tuple[str, ...], base_
         path = Path(path).expanduser()
         return str(path if path.is_absolute() else Path(base_dir) / path)
 
-    if isinstance(value, dict):
-        return {**settings, key: {name: resolved(path) for name, path in value.items()}}
-    return {**settings, key: value if value in names else resolved(value)}
+    def resolved_source(value):  # anything but a path is left for check_conditions to refuse
+        if isinstance(value, dict):
+            return {name: resolved(path) if isinstance(path, str) else path for name, path in value.items()}
+        return resolved(value) if isinstance(value, str) and value not in names else value
+
+    return {**settings, key: [resolved_source(each) for each in value] if isinstance(value, list)
+            else resolved_source(value)}

@@ -12,7 +12,8 @@ control image never reuses an old cell. A repair takes them from the folder alon
   input ``lllyasviel/sd-controlnet-canny`` was trained on); ``silhouette`` — the shapes-world oracle's subject mask,
   white on black (what the embedded model's ControlNet, ``model: embedded-controlnet``, was trained on); or files.
   Depth, pose or segmentation maps of photographs need networks img2img-lab cannot download offline: give them as
-  files.
+  files. A pipeline with several ControlNets (``MultiControlNetModel``) takes a list, one per ControlNet in its
+  order; each is kept under its own hash, and the cell's ``control_hash`` joins them with ``+``.
 
 >>> from PIL import Image
 >>> source = Image.open("data/sources/red_circle_on_blue.png").convert("RGB")  # an embedded-model source
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from img2img_lab.errors import ImageError, PlanError
+from img2img_lab.plan.condition_settings import control_images
 
 
 @dataclass
@@ -84,9 +86,26 @@ def make_condition(source, name: str, *, inpaint: dict | None, control: dict | N
         condition.mask_hash = content_hash(condition.mask_image)
     if control is not None:
         if control_image is None:
-            control_image, condition.origins["control"] = _control_image(source, name, control["image"], fit)
-        condition.control_image, condition.control_hash = control_image, content_hash(control_image)
+            made = [_control_image(source, name, how, fit) for how in control_images(control)]
+            control_image = made[0][0] if len(made) == 1 else [image for image, _ in made]
+            condition.origins["control"] = " + ".join(origin for _, origin in made)
+        condition.control_image = control_image
+        condition.control_hash = "+".join(content_hash(image) for image in _each(control_image))
     return condition
+
+
+def _each(control_image) -> list:
+    """A source's control images as a list (one per ControlNet; a single ControlNet's is not in a list)."""
+    return list(control_image) if isinstance(control_image, list) else [control_image]
+
+
+def _stored_controls(store, control_hash: str):
+    """The control images a run folder keeps under ``control_hash`` (``+`` joins several), or ``None`` if one is
+    missing."""
+    images = [store.load_source(part) for part in control_hash.split("+")]
+    if any(image is None for image in images):
+        return None
+    return images[0] if len(images) == 1 else images
 
 
 def _subject_mask(source, name: str, how, fit) -> tuple[np.ndarray, str]:
@@ -176,11 +195,15 @@ def check_conditions_fit(plan, model) -> None:
     if model.needs_control_image and plan.control is None:
         raise PlanError(f"{name} needs a control image per source. Fix: add control: {{image: canny}} to the "
                         f"config (or a folder of <source name>.png control images).")
-    nets = getattr(getattr(model.pipe, "controlnet", None), "nets", None)
-    if nets is not None:
-        raise PlanError(f"{name} holds {len(nets)} ControlNets ({type(model.pipe.controlnet).__name__}), which take a "
-                        f"control image each; img2img-lab sweeps one control image per source. Fix: load the "
-                        f"pipeline with one ControlNet.")
+    refusal = model.family.control_refusal() if model.needs_control_image else None
+    if refusal:
+        raise PlanError(f"{name} cannot be swept: {refusal}. Fix: load the pipeline with one ControlNet.")
+    nets = len(getattr(getattr(model.pipe, "controlnet", None), "nets", None) or [None])
+    given = len(control_images(plan.control))
+    if plan.control is not None and model.needs_control_image and given != nets:
+        raise PlanError(f"{name} holds {nets} ControlNet{'s' * (nets > 1)} but control: image names {given} control "
+                        f"image{'s' * (given > 1)} per source. Fix: give one per ControlNet, in its order: control: "
+                        f"{{image: [{', '.join(['canny'] * nets)}]}}.")
     if plan.control is not None and not model.needs_control_image:
         raise PlanError(f"{name} takes no control image, so control: would change nothing. Fix: remove control: "
                         f"or load a ControlNet img2img pipeline.")
@@ -207,7 +230,7 @@ def folder_conditions(plan, store, sources: list, entries: list[dict]) -> list[S
     for path, source, entry in zip(plan.images, sources, entries):
         subject = store.load_mask(entry["hash"]) if plan.inpaint is not None else None
         control_hash = (entry.get("control") or {}).get("hash")
-        control = store.load_source(control_hash) if plan.control is not None and control_hash else None
+        control = _stored_controls(store, control_hash) if plan.control is not None and control_hash else None
         if (plan.inpaint is not None and subject is None) or (plan.control is not None and control is None):
             raise ImageError(f"the run folder lost the mask or control image of {Path(path).stem}. Fix: sweep again "
                              f"from the original files instead of repairing.")
@@ -226,7 +249,8 @@ def store_conditions(store, conditions: list[SourceCondition], source_hashes: li
             store.save_mask(source_hash, condition.subject)
             record["mask"] = condition.origins.get("mask", "stored")
         if condition.control_image is not None:
-            store.write_source(condition.control_hash, condition.control_image)
+            for part, image in zip(condition.control_hash.split("+"), _each(condition.control_image)):
+                store.write_source(part, image)
             record["control"] = {"hash": condition.control_hash, "origin": condition.origins.get("control", "stored")}
         if record:
             records[source_hash] = record
@@ -288,7 +312,7 @@ def row_condition(store, row: dict, source) -> dict | None:
     if mode == "img2img" and control_hash is None:
         return None
     subject = store.load_mask(row["source_hash"]) if mode == "inpaint" else None
-    control = store.load_source(control_hash) if control_hash is not None else None
+    control = _stored_controls(store, control_hash) if control_hash is not None else None
     if mode == "inpaint" and subject is None:
         raise ImageError(f"{row['cell_key']}: the run folder has no mask for its source. Fix: sweep it again.")
     condition = make_condition(source, str(row.get("source_name", "")),

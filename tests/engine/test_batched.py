@@ -110,13 +110,11 @@ def test_denoiser_chunks_halve_on_cuda_out_of_memory():
 
 
 def test_batching_supported_says_why_not():
+    from img2img_lab.models.families.tiny_parts import with_two_controlnets
     from img2img_lab.testing import make_tiny_family
 
-    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
-
-    several = make_tiny_family("sd-controlnet")
-    several.controlnet = MultiControlNetModel([several.controlnet, several.controlnet])
-    assert batching_supported(as_model(several)) == (False, "several ControlNets: run per cell")
+    several = with_two_controlnets(make_tiny_family("sd-controlnet"))  # SD's several ControlNets: batched
+    assert batching_supported(as_model(several)) == (True, "StableDiffusionControlNetImg2ImgPipeline")
     from diffusers import SD3Transformer2DModel
 
     inpaint = make_tiny_family("sd3-inpaint")

@@ -1,8 +1,8 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
-and ControlNet inpainting, 4- and 9-channel, with PAG too, and pooled (guess-mode) ControlNets; FLUX.1 Control and
-ControlNet img2img and inpainting, InstantX- and XLabs-style; SD3, FLUX.1, Chroma, Qwen-Image and Z-Image
-inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred and
-the source pasted back as the per-cell runner does; cells cropped around their mask batched on their crops, and with
+and ControlNet inpainting, 4- and 9-channel, with PAG too, pooled (guess-mode) ControlNets and two ControlNets;
+FLUX.1 Control and ControlNet img2img and inpainting, InstantX- and XLabs-style; SD3, FLUX.1, Chroma, Qwen-Image and
+Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred
+and the source pasted back as the per-cell runner does; cells cropped around their mask batched on their crops, and with
 a control image per cell."""
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ CASES = {  # family -> (scheduler, the plan's mode and its condition settings, t
 }
 CASES["flux-controlnet-xlabs"] = CASES["flux-controlnet"]  # an input hint block reads the control pixels
 CASES["flux-controlnet-inpaint-xlabs"] = CASES["flux-controlnet-inpaint"]
+CASES["sdxl-controlnet-multi"] = ("euler_a", {"control": {"image": ["c.png", "d.png"], "guidance_ends": [0.6]}},
+                                  lambda index: {"control_image": [structured_image(32, seed=7 + index),
+                                                                   structured_image(32, seed=9 + index)]})
 CASES["sd-controlnet-pooled"] = CASES["sd-controlnet"]  # guess mode: the negative sample takes no residuals
 CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # pooled, but never guess mode
 
@@ -103,14 +106,17 @@ CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # po
 def _tiny(family: str):
     """The family's tiny pipeline; ``sd-controlnet-inpaint-9`` and ``sd-pag-inpaint-9``: SD's ControlNet and PAG
     inpainting with a 9-channel UNet; ``flux-controlnet[-inpaint]-xlabs``: an XLabs-style ControlNet; ``…-pooled``:
-    its ControlNet pools its residuals (``global_pool_conditions``, shuffle-style)."""
-    from img2img_lab.models.families.tiny_parts import make_tiny_flux_xlabs, sd_variant, with_pooled_controlnet
+    its ControlNet pools its residuals (``global_pool_conditions``, shuffle-style); ``…-multi``: two ControlNets."""
+    from img2img_lab.models.families.tiny_parts import (make_tiny_flux_xlabs, sd_variant, with_pooled_controlnet,
+                                                        with_two_controlnets)
 
     if family.endswith("-xlabs"):
         return make_tiny_flux_xlabs("FluxControlNetInpaintPipeline" if "inpaint" in family else
                                     "FluxControlNetImg2ImgPipeline")
     if family.endswith("-pooled"):
         return with_pooled_controlnet(_tiny(family.removesuffix("-pooled")))
+    if family.endswith("-multi"):
+        return with_two_controlnets(_tiny(family.removesuffix("-multi")))
     if family == "sd-controlnet-inpaint-9":
         return sd_variant("StableDiffusionControlNetInpaintPipeline", controlnet=True, unet_channels=9)
     if family == "sd-pag-inpaint-9":

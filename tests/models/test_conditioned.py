@@ -129,13 +129,21 @@ def test_control_and_mode_mismatches_are_refused_before_writing(source_files, tm
         run_sweep(controlled, tmp_path / "b", pipe=make_tiny_family("sd1"), progress=False)
     with pytest.raises(PlanError, match="is an inpainting pipeline: it cannot run plain img2img. Fix: use modes"):
         run_sweep(plain, tmp_path / "c", pipe=make_tiny_family("sd-inpaint-9"), progress=False)
-    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+    from img2img_lab.models.families.tiny_parts import with_two_controlnets
 
-    several = make_tiny_family("sd-controlnet")
-    several.controlnet = MultiControlNetModel([several.controlnet, several.controlnet])
-    with pytest.raises(PlanError, match=r"holds 2 ControlNets \(MultiControlNetModel\), which take a control image "
-                                        r"each; img2img-lab sweeps one control image per source. Fix: load"):
+    several = with_two_controlnets(make_tiny_family("sd-controlnet"))
+    with pytest.raises(PlanError, match=r"holds 2 ControlNets but control: image names 1 control image per source. "
+                                        r"Fix: give one per ControlNet, in its order: control: {image: \[canny, canny"):
         run_sweep(controlled, tmp_path / "d", pipe=several, progress=False)  # was diffusers' TypeError mid-sweep
+    from diffusers import FluxMultiControlNetModel
+
+    from img2img_lab.models.families.tiny_parts import tiny_flux_controlnet
+
+    flux = make_tiny_family("flux-controlnet")
+    flux.controlnet = FluxMultiControlNetModel([flux.controlnet, tiny_flux_controlnet()])
+    with pytest.raises(PlanError, match="FluxControlNetImg2ImgPipeline cannot be swept: its FluxMultiControlNetModel "
+                                        "needs a control_mode and a conditioning scale per ControlNet"):
+        run_sweep(controlled, tmp_path / "d", pipe=flux, progress=False)  # was a TypeError mid-sweep
     cropped = SweepPlan(images=[source], prompts=["p"], strengths=[0.5], steps=[STEPS], max_side=None,
                         modes=["inpaint"], inpaint={"mask": "oracle", "padding_mask_crop": [None, 4]})
     with pytest.raises(PlanError, match="StableDiffusionPAGInpaintPipeline cannot crop around the mask: its __call__ "
@@ -229,6 +237,43 @@ def test_control_axes_are_keyed_and_passed_only_where_the_pipeline_takes_them(so
                                 {"__call__": lambda self, image, control_image, prompt, strength: None})
     with pytest.raises(PlanError, match="has no controlnet_conditioning_scale, so control conditioning_scales"):
         check_conditions_fit(plan, model)
+
+
+def test_several_controlnets_take_a_control_image_each(source_files, tmp_path):
+    """A ``MultiControlNetModel`` takes one control image per ControlNet (``control: {image: [...]}``): each cell
+    equals the plain call with the list (per cell exactly, batched within one level), both images are kept under
+    their own hashes, and a repair finds them."""
+    from img2img_lab.images.hashes import content_hash
+    from img2img_lab.models.families.tiny_parts import with_two_controlnets
+    from img2img_lab.sweep.verify import verify_run
+    from img2img_lab.testing import make_tiny_family
+
+    pipe = with_two_controlnets(make_tiny_family("sd-controlnet"))
+    plan = SweepPlan(images=[str(source_files / "source.png")], prompts=["p"], strengths=[0.5, 1.0], steps=[STEPS],
+                     max_side=None, control={"image": ["canny", str(source_files / "masks")],
+                                             "conditioning_scales": [0.5]})
+    tables = {engine: run_sweep(plan, tmp_path / engine, pipe=pipe, progress=False, engine=engine)
+              for engine in ("per-cell", "batched")}
+    source = Image.open(source_files / "source.png").convert("RGB")
+    controls = [Image.fromarray(np.stack([edge_map(source).astype(np.uint8) * 255] * 3, -1), mode="RGB"),
+                Image.open(source_files / "masks" / "source.png").convert("RGB")]
+    as_model(pipe).use_scheduler("default")
+    for strength in (0.5, 1.0):
+        plain = np.asarray(pipe(image=source, control_image=controls, prompt="p", strength=strength,
+                                num_inference_steps=STEPS, guidance_scale=7.5, controlnet_conditioning_scale=0.5,
+                                generator=torch.Generator("cpu").manual_seed(0)).images[0], np.int16)
+        stored = {engine: np.asarray(Image.open(tmp_path / engine / table[table.strength == strength].iloc[0][
+            "output_path"]).convert("RGB"), np.int16) for engine, table in tables.items()}
+        assert np.array_equal(stored["per-cell"], plain) and np.abs(stored["batched"] - plain).max() <= 1
+    hashes = tables["batched"].control_hash.iloc[0].split("+")
+    from img2img_lab.store.run_store import RunStore
+
+    kept = RunStore.open(tmp_path / "batched")
+    assert len(hashes) == 2 and [content_hash(kept.load_source(part)) for part in hashes] == hashes
+    victim = tmp_path / "batched" / tables["batched"].output_path.iloc[0]
+    expected = victim.read_bytes()
+    victim.unlink()
+    assert verify_run(tmp_path / "batched", sample=0, pipe=pipe, repair=True).ok and victim.read_bytes() == expected
 
 
 def test_the_embedded_model_inpaints_like_a_plain_inpainting_pipeline_of_its_components(tmp_path):

@@ -127,6 +127,22 @@ def test_yaml_loading(tmp_path):
     assert SweepPlan.from_dict(plan.to_dict()).cells() == plan.cells()
 
 
+def test_a_control_image_per_controlnet_resolves_against_the_config(tmp_path):
+    config = tmp_path / "study" / "sweep.yaml"
+    config.parent.mkdir()
+    config.write_text("images: [a.png]\nprompts: [p]\nstrengths: [0.5]\n"
+                      "control: {image: [canny, depth, {a: maps/a.png}]}\n")
+    plan = SweepPlan.from_yaml(config)
+    assert plan.control["image"] == ["canny", str(tmp_path / "study" / "depth"),
+                                     {"a": str(tmp_path / "study" / "maps" / "a.png")}]
+    assert SweepPlan.from_dict(plan.to_dict()).control == plan.control
+    for bad, message in (("[]", "control image is an empty list. Fix: name one control image per ControlNet"),
+                         ("[canny, 3]", "control image 3 must be canny, silhouette, a folder")):
+        config.write_text(f"images: [a.png]\nprompts: [p]\nstrengths: [0.5]\ncontrol: {{image: {bad}}}\n")
+        with pytest.raises(PlanError, match=re.escape(message)):
+            SweepPlan.from_yaml(config)
+
+
 def test_yaml_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("images: [a.png\nprompts: x\n")

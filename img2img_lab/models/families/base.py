@@ -222,6 +222,11 @@ class Family:
             return {"negative_prompt": f"{type(self.pipe).__name__}.__call__ has no negative_prompt"}
         return {}
 
+    def control_refusal(self) -> str | None:
+        """Why this pipeline's ControlNet(s) cannot be swept as the plan's control images and scales give them
+        (``None``: they can)."""
+        return None
+
     # ------------------------------------------------------------------ timesteps
     def timestep_arguments(self, scheduler, num_inference_steps: int, strength: float, width: int,
                            height: int) -> dict:

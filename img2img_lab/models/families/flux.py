@@ -14,7 +14,7 @@ from __future__ import annotations
 from img2img_lab.models.families.base import Family, calculate_shift, sample_latent
 from img2img_lab.models.families.flow_inpaint import FlowInpaint
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
-from img2img_lab.models.families.stable_diffusion import ControlNetConditioning
+from img2img_lab.models.families.controlnet import ControlNetGuidance
 from img2img_lab.models.families.tiny_parts import as_class, make_tiny_flux, tiny_flux_control, tiny_flux_controlnet
 
 
@@ -176,8 +176,8 @@ class FluxControlNetConditioning(FluxControlConditioning):
 
     blank_latents = FluxConditioning.blank_latents  # the transformer reads the latents alone
     scale_shape = (1, 1, 1)  # one sample's scale over its residuals' tokens and channels
-    _setting = ControlNetConditioning._setting
-    step_fields = ControlNetConditioning.step_fields  # the scale at each of the cell's own steps, as SD's
+    _setting = ControlNetGuidance._setting
+    step_fields = ControlNetGuidance.step_fields  # the scale at each of the cell's own steps, as SD's
 
     def __init__(self, pipe, device, dtype, *, size=None):
         super().__init__(pipe, device, dtype, size=size)
@@ -314,6 +314,13 @@ class FluxFamily(Family):
         if conditioning is not None and controlnet is not None and not hasattr(controlnet, "config"):
             return None, "several ControlNets: run per cell"
         return conditioning, reason
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (step 3: control_mode_ for FluxMultiControlNetModel)
+    def control_refusal(self) -> str | None:
+        if hasattr(getattr(self.pipe, "controlnet", None), "nets"):
+            return ("its FluxMultiControlNetModel needs a control_mode and a conditioning scale per ControlNet "
+                    "(diffusers fails without them), which img2img-lab does not sweep")
+        return None
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches

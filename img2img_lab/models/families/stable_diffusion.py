@@ -12,10 +12,10 @@ pipelines with a 4-channel UNet blend latents, 9-channel ones read the masked im
 
 from __future__ import annotations
 
-import inspect
 from contextlib import nullcontext
 
 from img2img_lab.models.families.base import Family, masked_source, sample_latent
+from img2img_lab.models.families.controlnet import ControlNetGuidance
 from img2img_lab.models.families.pag import PAG_INPAINT_CROP, PAGGuidance
 from img2img_lab.models.families.tiny_parts import (make_tiny_pipeline, make_tiny_sd2_v,  # noqa: F401
                                                    sd_pndm_scheduler, sd_variant)
@@ -149,12 +149,9 @@ class TextConditioning:
             return self.pipe.run_safety_checker(decoded, self.device, conditioning_dtype)
 
 
-class ControlNetConditioning(TextConditioning):
-    """What the batched loop needs of ``StableDiffusionControlNetImg2ImgPipeline`` (one ControlNet; a pooled one in
-    guess mode, see :attr:`pooled_guess_mode`):
-    Stable Diffusion's text, latents and decode, each sample's control image (``prepare_control_image``), and its
-    conditioning scale at each of its steps (``controlnet_conditioning_scale × controlnet_keep[i]``, the keep counted
-    over the cell's own timesteps), as a per-sample tensor the ControlNet multiplies its residuals by.
+class ControlNetConditioning(ControlNetGuidance, TextConditioning):
+    """What the batched loop needs of ``StableDiffusionControlNetImg2ImgPipeline``: Stable Diffusion's text, latents
+    and decode with :class:`~img2img_lab.models.families.controlnet.ControlNetGuidance`'s control images and scales.
 
     >>> cn = StableDiffusionFamily.tiny_pipelines["sd-controlnet"]()
     >>> conditioner = ControlNetConditioning(cn, cn.device, cn.unet.dtype, size=(32, 32))
@@ -163,79 +160,6 @@ class ControlNetConditioning(TextConditioning):
     >>> [conditioner.step_fields(cell, step, 4)["conditioning_scale"].item() for step in range(4)]
     [0.5, 0.5, 0.0, 0.0]
     """
-
-    scale_shape = (1, 1, 1, 1)  # one sample's conditioning scale, broadcast over its residuals
-    #: Whether the pipeline runs a pooled ControlNet (``global_pool_conditions``, shuffle-style) in guess mode: the
-    #: negative sample then takes no residuals (the PAG pipelines and SDXL's ControlNet inpainting never do).
-    pooled_guess_mode = True
-
-    def __init__(self, pipe, device, dtype, *, size=None):
-        import torch
-
-        super().__init__(pipe, device, dtype, size=size)
-        self._defaults = {name: parameter.default
-                          for name, parameter in inspect.signature(type(pipe).__call__).parameters.items()}
-        self._control_images: dict[int, object] = {}
-        self.guess_mode = self.pooled_guess_mode and bool(pipe.controlnet.config.get("global_pool_conditions"))
-        self._weights = [torch.full(self.scale_shape, on, device=device, dtype=dtype) for on in (0.0, 1.0)]
-
-    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (guess mode: zeros for the unconditional batch)
-    def branches(self, text: dict, cfg: bool) -> list[dict]:
-        """In guess mode each sample carries a ``control_weight``: 0 for a CFG cell's negative sample, else 1."""
-        branches = super().branches(text, cfg)
-        if not self.guess_mode:
-            return branches
-        return [{**fields, "control_weight": self._weights[int(not (cfg and index == 0))]}
-                for index, fields in enumerate(branches)]
-
-    def _setting(self, cell, name: str) -> float:
-        value = getattr(cell, name, None)
-        return float(self._defaults[name] if value is None else value)
-
-    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.prepare_control_image
-    def condition_fields(self, cell, condition: dict | None) -> dict:
-        import torch
-
-        image = condition["control_image"]
-        prepared = self._control_images.get(id(image))
-        if prepared is None:
-            width, height = self.size
-            pixels = self.pipe.control_image_processor.preprocess(image, height=height, width=width)
-            prepared = self._control_images[id(image)] = pixels.to(dtype=torch.float32).to(
-                device=self.device, dtype=self.pipe.controlnet.dtype)
-        return {"controlnet_cond": prepared}
-
-    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (controlnet_keep, cond_scale)
-    def step_fields(self, cell, step: int, steps: int) -> dict:
-        import torch
-
-        start, end = self._setting(cell, "control_guidance_start"), self._setting(cell, "control_guidance_end")
-        keep = 1.0 - float(step / steps < start or (step + 1) / steps > end)
-        scale = self._setting(cell, "controlnet_conditioning_scale") * keep
-        return {"conditioning_scale": torch.full(self.scale_shape, scale, device=self.device, dtype=self.dtype)}
-
-    def probe_fields(self, size) -> dict:
-        import torch
-
-        return {"controlnet_cond": torch.zeros(1, 3, size[1], size[0], device=self.device,
-                                               dtype=self.pipe.controlnet.dtype),
-                "conditioning_scale": torch.ones(1, 1, 1, 1, device=self.device, dtype=self.dtype)}
-
-    def predict(self, inputs, t, fields: dict):
-        return self.controlled(inputs, t, fields, unet_inputs=inputs)
-
-    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (the ControlNet, then the UNet with its residuals)
-    def controlled(self, inputs, t, fields: dict, *, unet_inputs):
-        """The ControlNet on ``inputs``, then the UNet on ``unet_inputs`` (an inpainting UNet's 9 channels) with its
-        residuals."""
-        extra = {"added_cond_kwargs": {name: fields[name] for name in self.added_fields}} if self.added_fields else {}
-        scale = fields["conditioning_scale"] * fields.get("control_weight", 1)  # guess mode: 0 for the negative
-        down, mid = self.pipe.controlnet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
-                                         controlnet_cond=fields["controlnet_cond"], conditioning_scale=scale,
-                                         guess_mode=False, return_dict=False, **extra)
-        return self.pipe.unet(unet_inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
-                              down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                              return_dict=False, **extra)[0]
 
 
 class InpaintConditioning(TextConditioning):
@@ -338,7 +262,7 @@ class ControlNetInpaintConditioning(InpaintConditioning, ControlNetConditioning)
     """
 
     def probe_fields(self, size) -> dict:
-        return {**ControlNetConditioning.probe_fields(self, size), **InpaintConditioning.probe_fields(self, size)}
+        return {**ControlNetGuidance.probe_fields(self, size), **InpaintConditioning.probe_fields(self, size)}
 
     def predict(self, inputs, t, fields: dict):
         return self.controlled(inputs, t, fields, unet_inputs=self.unet_inputs(inputs, fields))
@@ -389,7 +313,7 @@ class StableDiffusionFamily(Family):
         "sd-controlnet-pag-inpaint": lambda: sd_variant("StableDiffusionControlNetPAGInpaintPipeline", controlnet=True),
     }
 
-    #: The classes the batched engine reproduces, and how (several ControlNets run per cell).
+    #: The classes the batched engine reproduces, and how.
     batched_classes: dict[str, type] = {"StableDiffusionImg2ImgPipeline": TextConditioning,
                                         "StableDiffusionControlNetImg2ImgPipeline": ControlNetConditioning,
                                         "StableDiffusionInpaintPipeline": InpaintConditioning,
@@ -400,11 +324,6 @@ class StableDiffusionFamily(Family):
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()
-        if conditioning is None:
-            return conditioning, reason
-        if getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is not None:
+        if conditioning is not None and getattr(self.pipe.unet.config, "time_cond_proj_dim", None) is not None:
             return None, "the UNet has a guidance embedding (LCM-style): run per cell"
-        controlnet = getattr(self.pipe, "controlnet", None)
-        if controlnet is not None and not hasattr(controlnet, "config"):
-            return None, "several ControlNets: run per cell"
         return conditioning, reason

@@ -278,6 +278,20 @@ def with_pooled_controlnet(pipe):
     return pipe
 
 
+def with_two_controlnets(pipe):
+    """``pipe`` with a ``MultiControlNetModel`` of its ControlNet and a second random one of its UNet's shape (SD,
+    SDXL), which takes a control image each.
+
+    >>> pipe = with_two_controlnets(sd_variant("StableDiffusionControlNetImg2ImgPipeline", controlnet=True))
+    >>> type(pipe.controlnet).__name__, len(pipe.controlnet.nets)
+    ('MultiControlNetModel', 2)
+    """
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    pipe.controlnet = MultiControlNetModel([pipe.controlnet, unet_controlnet(pipe.unet)])
+    return pipe
+
+
 def make_tiny_flux_xlabs(class_name: str = "FluxControlNetImg2ImgPipeline"):
     """FLUX.1 ControlNet img2img (or ``class_name``) with an XLabs-style ControlNet and a VAE of factor 8, as its
     hint block assumes.
