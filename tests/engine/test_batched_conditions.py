@@ -100,6 +100,7 @@ CASES["sdxl-controlnet-multi"] = ("euler_a", {"control": {"image": ["c.png", "d.
                                   lambda index: {"control_image": [structured_image(32, seed=7 + index),
                                                                    structured_image(32, seed=9 + index)]})
 CASES["sd-controlnet-pooled"] = CASES["sd-controlnet"]  # guess mode: the negative sample takes no residuals
+CASES["sd-controlnet-inpaint-pooled"] = CASES["sd-controlnet-inpaint"]  # guess mode, the ControlNet on 4 channels
 CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # pooled, but never guess mode
 
 
@@ -147,6 +148,26 @@ def test_batched_conditions_equal_plain_calls_within_one_level(family, capsys):
     from img2img_lab.engine.batch_limits import sample_footprints
 
     assert min(sample_footprints(model, sources[0])) >= 1  # a memory budget can size these batches too
+
+
+def test_guess_mode_runs_the_controlnet_on_positive_samples_and_a_negative_only_call_takes_none():
+    """Guess mode (a pooled ControlNet): the ControlNet runs on the positive samples alone, and a call holding only
+    negative samples (one sample per call here) adds no residuals, as the pipeline adds zeros."""
+    pipe = _tiny("sd-controlnet-pooled")
+    model, calls = as_model(pipe), []
+    pipe.controlnet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    sources, conditions = [structured_image(32, seed=0)], [CASES["sd-controlnet"][2](0)]
+    plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.5, 1.0], guidance_scales=[3.5], steps=[4],
+                     schedulers=["euler_a"], control={"image": "c.png"})
+    cells, stats, seen = plan.cells(), {}, {}
+    for limit in (1, 16):
+        calls.clear()
+        outputs = run_cells_batched(model, cells, sources, max_batch_size=limit, conditions=conditions, stats=stats)
+        seen[limit] = list(calls)
+        assert max(_difference(output.image, run_cell(pipe, cell, sources[0], condition=conditions[0]).image)
+                   for cell, output in zip(cells, outputs)) <= 1
+    # strength 1 runs 4 steps, 0.5 the last 2: one positive sample at the first two, two at the last two
+    assert seen == {1: [1] * 6, 16: [1, 1, 2, 2]} and stats["unet_samples"] == 12
 
 
 @pytest.mark.parametrize("family", ["sd-inpaint", "flux-inpaint"])

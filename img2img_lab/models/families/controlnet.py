@@ -9,7 +9,7 @@ which the pipelines repeat per ControlNet) and their residuals add up, as ``Mult
 
 A pooled ControlNet (``global_pool_conditions``, shuffle-style) puts SD's and SDXL's ControlNet img2img and SD's
 ControlNet inpainting in guess mode: a CFG cell's negative sample takes no residuals. Each sample then carries a
-``control_weight`` (0 or 1) that multiplies its scale, so a negative sample's pooled residuals are exact zeros.
+``control_weight`` (0 or 1); the ControlNet runs on the samples of weight 1 and the others take zeros.
 
 >>> from img2img_lab.models.families.stable_diffusion import ControlNetConditioning, StableDiffusionFamily
 >>> pipe = StableDiffusionFamily.tiny_pipelines["sd-controlnet"]()
@@ -45,7 +45,8 @@ class ControlNetGuidance:
 
     # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (guess mode: zeros for the unconditional batch)
     def branches(self, text: dict, cfg: bool) -> list[dict]:
-        """In guess mode each sample carries a ``control_weight``: 0 for a CFG cell's negative sample, else 1."""
+        """In guess mode each sample carries a ``control_weight``: 0 for a CFG cell's negative sample, else 1 (one row
+        of the batch's weights, which pick the samples the ControlNet runs on)."""
         branches = super().branches(text, cfg)
         if not self.guess_mode:
             return branches
@@ -100,12 +101,35 @@ class ControlNetGuidance:
         """The ControlNet(s) on ``inputs``, then the UNet on ``unet_inputs`` (an inpainting UNet's 9 channels) with
         their residuals."""
         extra = {"added_cond_kwargs": {name: fields[name] for name in self.added_fields}} if self.added_fields else {}
-        scale = fields["conditioning_scale"] * fields.get("control_weight", 1)  # guess mode: 0 for the negative
-        conds = [fields[name] for name in self._cond_names()]
-        down, mid = self.pipe.controlnet(inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
-                                         controlnet_cond=conds[0] if self.nets == 1 else conds,
-                                         conditioning_scale=scale if self.nets == 1 else [scale] * self.nets,
-                                         guess_mode=False, return_dict=False, **extra)
+        down, mid = self._residuals(inputs, t, fields)
         return self.pipe.unet(unet_inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
                               down_block_additional_residuals=down, mid_block_additional_residual=mid,
                               return_dict=False, **extra)[0]
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (guess mode: the ControlNet on the conditional batch only, zeros for the rest)
+    def _residuals(self, inputs, t, fields: dict):
+        """The ControlNet(s)' residuals for every sample: in guess mode computed for the samples whose
+        ``control_weight`` is 1 only, zeros for the others (as the pipeline infers the conditional batch alone)."""
+        import torch
+
+        rows = slice(None)
+        if "control_weight" in fields and not bool(fields["control_weight"].all()):
+            rows = fields["control_weight"].flatten().nonzero().flatten()
+            if not len(rows):  # negative samples only: no residuals (the UNet adds nothing, as it adds zeros)
+                return None, None
+        picked = {name: fields[name][rows] for name in ("encoder_hidden_states", "conditioning_scale",
+                                                        *self._cond_names(), *self.added_fields)}
+        extra = {"added_cond_kwargs": {name: picked[name] for name in self.added_fields}} if self.added_fields else {}
+        conds, scale = [picked[name] for name in self._cond_names()], picked["conditioning_scale"]
+        down, mid = self.pipe.controlnet(inputs[rows], t, encoder_hidden_states=picked["encoder_hidden_states"],
+                                         controlnet_cond=conds[0] if self.nets == 1 else conds,
+                                         conditioning_scale=scale if self.nets == 1 else [scale] * self.nets,
+                                         guess_mode=False, return_dict=False, **extra)
+        if isinstance(rows, slice):
+            return down, mid
+
+        def spread(residual):
+            return torch.zeros((inputs.shape[0], *residual.shape[1:]), dtype=residual.dtype,
+                               device=residual.device).index_copy(0, rows, residual)
+
+        return [spread(residual) for residual in down], spread(mid)
