@@ -8,8 +8,9 @@ becomes a cropped view at the source's size, the cells run batched on the views,
 the pipeline pastes it (Chroma's inpainting pipeline crops without pasting back: its output is the inpainted crop,
 and so is the engine's). The views are the pixels the pipeline's ``preprocess`` makes (crop, then the same ``fill``
 resize; the engine's own ``preprocess`` of an image already at the output size leaves it as it is), so the cells stay
-within the engine's tolerance of plain calls. A pipeline that also takes a control image runs per cell (FLUX.1's
-ControlNet inpainting crops without pasting back).
+within the engine's tolerance of plain calls. SD's and SDXL's ControlNet inpainting crop the control image the same
+way (``prepare_control_image`` takes the crop box), and so does the view; FLUX.1's ControlNet inpainting does not
+(nor does it paste back), so its cropped cells run per cell.
 
 >>> from PIL import Image
 >>> mask = Image.new("L", (32, 32), 0); mask.paste(255, (20, 20, 28, 28))
@@ -38,17 +39,24 @@ class CroppedView:
     mask: object
     original: object
     full_mask: object
+    control: object = None  # the cropped control image (a list: one per ControlNet), where the cells take one
 
 
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.__call__ (step 4: crops_coords, resize_mode="fill", preprocess)
-def cropped_view(pipe, source, mask, *, padding: int) -> CroppedView:
-    """The view of ``source`` the pipeline inpaints at ``padding_mask_crop=padding`` with ``mask`` (see the module
-    doc); the output size is the source's."""
+def cropped_view(pipe, source, mask, *, padding: int, control=None) -> CroppedView:
+    """The view of ``source`` (and of its ``control`` image or images) the pipeline inpaints at
+    ``padding_mask_crop=padding`` with ``mask`` (see the module doc); the output size is the source's."""
     width, height = source.size
     coords = tuple(int(value) for value in pipe.mask_processor.get_crop_region(mask, width, height, pad=padding))
-    view_source = pipe.image_processor.resize(source.crop(coords), height, width, resize_mode="fill")
-    view_mask = pipe.mask_processor.resize(mask.crop(coords), height, width, resize_mode="fill")
-    return CroppedView(coords=coords, source=view_source, mask=view_mask, original=source, full_mask=mask)
+
+    def cropped(processor, image):
+        return processor.resize(image.crop(coords), height, width, resize_mode="fill")
+
+    controls = [cropped(pipe.control_image_processor, image)
+                for image in (control if isinstance(control, list) else [control])] if control is not None else None
+    return CroppedView(coords=coords, source=cropped(pipe.image_processor, source),
+                       mask=cropped(pipe.mask_processor, mask), original=source, full_mask=mask,
+                       control=controls if controls is None or isinstance(control, list) else controls[0])
 
 
 def pastes_back(pipeline_class) -> bool:
@@ -65,9 +73,13 @@ def pastes_back(pipeline_class) -> bool:
 
 
 def crop_batchable(model) -> bool:
-    """Whether the engine runs this mode's cropped cells batched: every pipeline but those that take a control
-    image (see the module doc)."""
-    return not model.needs_control_image
+    """Whether the engine runs this mode's cropped cells batched: every pipeline that takes no control image, and
+    those whose ``prepare_control_image`` crops it too (see the module doc)."""
+    import inspect
+
+    prepare = getattr(model.pipe, "prepare_control_image", None)
+    return not model.needs_control_image or (prepare is not None
+                                             and "crops_coords" in inspect.signature(prepare).parameters)
 
 
 def denoise_cropped_cells(model, cells: list, sources: list, conditions: list, **options):
@@ -81,13 +93,16 @@ def denoise_cropped_cells(model, cells: list, sources: list, conditions: list, *
     for cell in cells:
         key = (cell.image_index, cell.mask_blur)
         if key not in view_index:
-            mask = cell_condition(cell, conditions[cell.image_index])["mask_image"]
+            condition = cell_condition(cell, conditions[cell.image_index])
             view_index[key] = len(views)
-            views.append(cropped_view(model.pipe, sources[cell.image_index], mask, padding=cell.padding_mask_crop))
+            views.append(cropped_view(model.pipe, sources[cell.image_index], condition["mask_image"],
+                                      padding=cell.padding_mask_crop, control=condition.get("control_image")))
         view_cells.append(replace(cell, image_index=view_index[key], mask_blur=0, padding_mask_crop=None,
                                   composite=False))
-    decode = denoise_cells_batched(model, view_cells, [view.source for view in views],
-                                   conditions=[{"mask_image": view.mask} for view in views], **options)
+    conditions = [{"mask_image": view.mask, **({} if view.control is None else {"control_image": view.control})}
+                  for view in views]
+    decode = denoise_cells_batched(model, view_cells, [view.source for view in views], conditions=conditions,
+                                   **options)
 
     def pasted() -> list:
         outputs = decode()

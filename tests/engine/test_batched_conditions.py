@@ -2,8 +2,8 @@
 and ControlNet inpainting, 4- and 9-channel, with PAG too, pooled (guess-mode) ControlNets and two ControlNets;
 FLUX.1 Control and ControlNet img2img and inpainting, InstantX- and XLabs-style; SD3, FLUX.1, Chroma, Qwen-Image and
 Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred
-and the source pasted back as the per-cell runner does; cells cropped around their mask batched on their crops, and with
-a control image per cell."""
+and the source pasted back as the per-cell runner does; cells cropped around their mask batched on their crops (the
+control image cropped too where the pipeline crops it; FLUX.1 ControlNet inpainting's per cell)."""
 
 from __future__ import annotations
 
@@ -197,17 +197,26 @@ def test_cells_cropped_around_their_mask_run_batched_within_one_level(family, mo
     assert _difference(outputs[1].image, run_cell(pipe, uncropped[0], sources[0], condition=conditions[0]).image) > 8
 
 
-def test_cropped_cells_with_a_control_image_run_per_cell_exactly():
-    pipe = make_tiny_family("sd-controlnet-inpaint")
+@pytest.mark.parametrize("family, batched", [("sd-controlnet-inpaint", True), ("flux-controlnet-inpaint", False)])
+def test_cropped_cells_with_a_control_image_crop_it_as_their_pipeline_does(family, batched, monkeypatch):
+    """SD's ControlNet inpainting crops the control image with the source (batched on the crops); FLUX.1's does not
+    crop it nor paste back (per cell, exactly)."""
+    import img2img_lab.engine.runners as runners
+
+    pipe = make_tiny_family(family)
     model = as_model(pipe)
     sources = [structured_image(32, seed=0)]
     conditions = [{"mask_image": _mask(0), "control_image": structured_image(32, seed=7)}]
     plan = SweepPlan(images=["a.png"], prompts=["a red disc"], strengths=[0.5, 1.0], guidance_scales=[3.0], steps=[4],
                      modes=["inpaint"], inpaint={"mask": "m.png", "padding_mask_crop": [2]},
-                     control={"image": "c.png"})
-    cells = plan.cells()
-    for cell, output in zip(cells, run_chunk(model, cells, sources, conditions, max_batch_size=8)):
-        assert _difference(output.image, run_cell(pipe, cell, sources[0], condition=conditions[0]).image) == 0
+                     control={"image": "c.png"}, schedulers=["default"])
+    cells, per_cell = plan.cells(steps=source_steps(model, sources)), []
+    monkeypatch.setattr(runners, "run_cell", lambda *args, **kwargs: per_cell.append(args[1]) or run_cell(*args,
+                                                                                                         **kwargs))
+    outputs = run_chunk(model, cells, sources, conditions, max_batch_size=8)
+    worst = max(_difference(output.image, run_cell(pipe, cell, sources[0], condition=conditions[0]).image)
+                for cell, output in zip(cells, outputs))
+    assert (worst <= 1 and per_cell == []) if batched else (worst == 0 and per_cell == cells)
 
 
 def test_cells_planned_with_another_strength_rule_are_refused():

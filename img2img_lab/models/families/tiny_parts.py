@@ -99,15 +99,18 @@ def tiny_unet(in_channels: int = 4, *, cross: int = 32, channels=(32, 64), sampl
 
 
 def unzeroed(controlnet):
-    """A ControlNet whose zero-initialised output layers get random weights (a trained one's are not zero): otherwise
-    the control image would change nothing and a test could not tell whether it was passed."""
+    """A ControlNet whose zero-initialised layers get random weights (a trained one's are not zero): its output layers
+    and the last layer of its control-image embedding (``conv_out``). Otherwise the control image would change
+    nothing and a test could not tell whether it was passed (with that layer at zero, SD's tiny ControlNet
+    inpainting gave the same pixels for a black control image)."""
     import torch
 
     with torch.no_grad():
         for name, parameter in controlnet.named_parameters():
             if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_blocks",
-                                "controlnet_single_blocks", "controlnet_x_embedder")):
-                parameter.normal_(0.0, 0.2)
+                                "controlnet_single_blocks", "controlnet_x_embedder",
+                                "controlnet_cond_embedding.conv_out", "input_hint_block.conv_out")):
+                parameter.normal_(0.0, 1.0 if name.endswith("conv_out.weight") else 0.2)
     return controlnet
 
 
