@@ -30,24 +30,6 @@ FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-
             "sd-inpaint-crop", "flux-inpaint-crop", "sd-controlnet-multi")
 
 
-def tiny_pipeline(family: str):
-    """The family's tiny pipeline, or a variant: ``sd-controlnet-pooled`` (a pooled ControlNet: guess mode),
-    ``flux-controlnet-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``…-inpaint-crop`` (its cells cropped around the
-    mask: ``padding_mask_crop``), ``sd-controlnet-multi`` (two ControlNets, a control image each)."""
-    from img2img_lab.models.families.tiny_parts import (make_tiny_flux_xlabs, with_pooled_controlnet,
-                                                        with_two_controlnets)
-    from img2img_lab.testing import make_tiny_family
-
-    family = family.removesuffix("-crop")
-    if family == "flux-controlnet-xlabs":
-        return make_tiny_flux_xlabs()
-    if family.endswith("-pooled"):
-        return with_pooled_controlnet(make_tiny_family(family.removesuffix("-pooled")))
-    if family.endswith("-multi"):
-        return with_two_controlnets(make_tiny_family(family.removesuffix("-multi")))
-    return make_tiny_family(family)
-
-
 def _conditions(family: str, sources):
     from PIL import Image
 
@@ -80,8 +62,9 @@ def measure(family: str, pairs: int) -> dict:
     from img2img_lab.models.handle import as_model
     from img2img_lab.plan.sweep_plan import SweepPlan
     from img2img_lab.sweep.sources import source_steps
+    from img2img_lab.testing import make_tiny_variant
 
-    pipe = tiny_pipeline(family)
+    pipe = make_tiny_variant(family.removesuffix("-crop"))  # -crop: the same pipeline, its cells cropped
     pipe.set_progress_bar_config(disable=True)
     model = as_model(pipe)
     sources = [structured_image(32, seed=0)]

@@ -4,8 +4,8 @@ benchmarks (never a model): the public face of the ``tiny_pipelines`` every fami
 rules in milliseconds.
 
 :data:`TINY_FAMILIES` names them all (``sd1``, ``sdxl``, ``sd3``, ``flux-dev``, ``qwenimage``, ``zimage``, ``lcm``,
-the inpainting, PAG and ControlNet variants...); :func:`make_tiny_family` builds one, :func:`save_tiny_family` saves
-it as a diffusers folder. :func:`make_tiny_pipeline` is Stable Diffusion's builder with every size a parameter
+the inpainting, PAG and ControlNet variants...); :func:`make_tiny_family` builds one (:func:`make_tiny_variant` also
+the variants tests and benchmarks add), :func:`save_tiny_family` saves it as a diffusers folder. :func:`make_tiny_pipeline` is Stable Diffusion's builder with every size a parameter
 (:func:`make_sd15_sized_pipeline`: SD 1.5's architecture for benchmarks).
 
 >>> type(make_tiny_family("flux-dev")).__name__
@@ -54,6 +54,32 @@ def make_tiny_family(name: str, *, seed: int = 0):
     'StableDiffusion3Img2ImgPipeline'
     """
     return tiny_pipeline(name, seed=seed)
+
+
+def make_tiny_variant(name: str):
+    """:func:`make_tiny_family`, or a variant of one that no family declares on its own: ``…-pooled`` (its
+    ControlNet pools its residuals, shuffle-style: guess mode), ``…-multi`` (two ControlNets, a control image each),
+    ``flux-controlnet[-inpaint]-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``sd-controlnet-inpaint-9`` and
+    ``sd-pag-inpaint-9`` (SD's ControlNet and PAG inpainting with a 9-channel UNet).
+
+    >>> type(make_tiny_variant("sd-controlnet-multi").controlnet).__name__
+    'MultiControlNetModel'
+    """
+    from img2img_lab.models.families.tiny_parts import (make_tiny_flux_xlabs, sd_variant, with_pooled_controlnet,
+                                                        with_two_controlnets)
+
+    if name.endswith("-xlabs"):
+        return make_tiny_flux_xlabs("FluxControlNetInpaintPipeline" if "inpaint" in name else
+                                    "FluxControlNetImg2ImgPipeline")
+    if name.endswith("-pooled"):
+        return with_pooled_controlnet(make_tiny_variant(name.removesuffix("-pooled")))
+    if name.endswith("-multi"):
+        return with_two_controlnets(make_tiny_variant(name.removesuffix("-multi")))
+    nine = {"sd-controlnet-inpaint-9": "StableDiffusionControlNetInpaintPipeline",
+            "sd-pag-inpaint-9": "StableDiffusionPAGInpaintPipeline"}
+    if name in nine:
+        return sd_variant(nine[name], controlnet="controlnet" in name, unet_channels=9)
+    return make_tiny_family(name)
 
 
 def save_tiny_family(name: str, folder, *, seed: int = 0) -> Path:

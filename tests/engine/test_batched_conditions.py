@@ -18,7 +18,7 @@ from img2img_lab.engine.runners import run_chunk
 from img2img_lab.models.handle import as_model
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.sweep.sources import source_steps
-from img2img_lab.testing import make_tiny_family
+from img2img_lab.testing import make_tiny_family, make_tiny_variant
 
 
 def _difference(a, b) -> int:
@@ -104,30 +104,9 @@ CASES["sd-controlnet-inpaint-pooled"] = CASES["sd-controlnet-inpaint"]  # guess 
 CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # pooled, but never guess mode
 
 
-def _tiny(family: str):
-    """The family's tiny pipeline; ``sd-controlnet-inpaint-9`` and ``sd-pag-inpaint-9``: SD's ControlNet and PAG
-    inpainting with a 9-channel UNet; ``flux-controlnet[-inpaint]-xlabs``: an XLabs-style ControlNet; ``…-pooled``:
-    its ControlNet pools its residuals (``global_pool_conditions``, shuffle-style); ``…-multi``: two ControlNets."""
-    from img2img_lab.models.families.tiny_parts import (make_tiny_flux_xlabs, sd_variant, with_pooled_controlnet,
-                                                        with_two_controlnets)
-
-    if family.endswith("-xlabs"):
-        return make_tiny_flux_xlabs("FluxControlNetInpaintPipeline" if "inpaint" in family else
-                                    "FluxControlNetImg2ImgPipeline")
-    if family.endswith("-pooled"):
-        return with_pooled_controlnet(_tiny(family.removesuffix("-pooled")))
-    if family.endswith("-multi"):
-        return with_two_controlnets(_tiny(family.removesuffix("-multi")))
-    if family == "sd-controlnet-inpaint-9":
-        return sd_variant("StableDiffusionControlNetInpaintPipeline", controlnet=True, unet_channels=9)
-    if family == "sd-pag-inpaint-9":
-        return sd_variant("StableDiffusionPAGInpaintPipeline", unet_channels=9)
-    return make_tiny_family(family)
-
-
 @pytest.mark.parametrize("family", list(CASES))
 def test_batched_conditions_equal_plain_calls_within_one_level(family, capsys):
-    pipe = _tiny(family)
+    pipe = make_tiny_variant(family)
     model = as_model(pipe)
     scheduler, settings, condition_of = CASES[family]
     assert batching_supported(model)[0]
@@ -153,7 +132,7 @@ def test_batched_conditions_equal_plain_calls_within_one_level(family, capsys):
 def test_guess_mode_runs_the_controlnet_on_positive_samples_and_a_negative_only_call_takes_none():
     """Guess mode (a pooled ControlNet): the ControlNet runs on the positive samples alone, and a call holding only
     negative samples (one sample per call here) adds no residuals, as the pipeline adds zeros."""
-    pipe = _tiny("sd-controlnet-pooled")
+    pipe = make_tiny_variant("sd-controlnet-pooled")
     model, calls = as_model(pipe), []
     pipe.controlnet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     sources, conditions = [structured_image(32, seed=0)], [CASES["sd-controlnet"][2](0)]
@@ -176,7 +155,7 @@ def test_cells_cropped_around_their_mask_run_batched_within_one_level(family, mo
     pasted back as the pipeline pastes them; only the zero-step cells (which never reach the pipeline) run per cell."""
     import img2img_lab.engine.runners as runners
 
-    pipe = _tiny(family)
+    pipe = make_tiny_variant(family)
     model = as_model(pipe)
     sources, conditions = [structured_image(32, seed=0), structured_image(32, seed=3)], [{"mask_image": _mask(0)},
                                                                                          {"mask_image": _mask(6)}]
