@@ -37,10 +37,10 @@ and how latents are decoded — its family module declares as its *batched condi
   cell's control latents concatenated); FLUX.1 ControlNet img2img and inpainting.
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
-sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (a 33-channel SD3
-inpainting transformer, several or XLabs-style FLUX.1 ControlNets) use the per-cell runner; :func:`batching_supported`
-says which and why (the manifest records it), and a chunk that crops around its mask runs per cell
-(:func:`img2img_lab.engine.runners.run_chunk`).
+sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (several FLUX.1
+ControlNets, a UNet with a guidance embedding, a guidance-distilled Qwen-Image, a LoRA scale or an IP-Adapter set) use
+the per-cell runner; :func:`batching_supported` says which and why (the manifest records it). Cells cropped around
+their mask run batched on their crops (:mod:`img2img_lab.engine.mask_crop`).
 
 >>> outputs = run_cells_batched(model, cells, sources)
 >>> [output.produced for output in outputs[:3]]

@@ -9,8 +9,9 @@ the pipeline pastes it (Chroma's inpainting pipeline crops without pasting back:
 and so is the engine's). The views are the pixels the pipeline's ``preprocess`` makes (crop, then the same ``fill``
 resize; the engine's own ``preprocess`` of an image already at the output size leaves it as it is), so the cells stay
 within the engine's tolerance of plain calls. SD's and SDXL's ControlNet inpainting crop the control image the same
-way (``prepare_control_image`` takes the crop box), and so does the view; FLUX.1's ControlNet inpainting does not
-(nor does it paste back), so its cropped cells run per cell.
+way (``prepare_control_image`` takes the crop box), and so does the view; FLUX.1's ControlNet inpainting neither crops
+it (its ``prepare_image`` resizes the whole control image to the output size) nor pastes back, and the view leaves the
+control image whole too (:func:`crops_control_image`).
 
 >>> from PIL import Image
 >>> mask = Image.new("L", (32, 32), 0); mask.paste(255, (20, 20, 28, 28))
@@ -39,7 +40,7 @@ class CroppedView:
     mask: object
     original: object
     full_mask: object
-    control: object = None  # the cropped control image (a list: one per ControlNet), where the cells take one
+    control: object = None  # the control image (a list: one per ControlNet) as the pipeline takes it: cropped or whole
 
 
 # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.StableDiffusionInpaintPipeline.__call__ (step 4: crops_coords, resize_mode="fill", preprocess)
@@ -52,11 +53,12 @@ def cropped_view(pipe, source, mask, *, padding: int, control=None) -> CroppedVi
     def cropped(processor, image):
         return processor.resize(image.crop(coords), height, width, resize_mode="fill")
 
-    controls = [cropped(pipe.control_image_processor, image)
-                for image in (control if isinstance(control, list) else [control])] if control is not None else None
+    if control is not None and crops_control_image(pipe):
+        controls = [cropped(pipe.control_image_processor, image)
+                    for image in (control if isinstance(control, list) else [control])]
+        control = controls if isinstance(control, list) else controls[0]
     return CroppedView(coords=coords, source=cropped(pipe.image_processor, source),
-                       mask=cropped(pipe.mask_processor, mask), original=source, full_mask=mask,
-                       control=controls if controls is None or isinstance(control, list) else controls[0])
+                       mask=cropped(pipe.mask_processor, mask), original=source, full_mask=mask, control=control)
 
 
 def pastes_back(pipeline_class) -> bool:
@@ -72,14 +74,17 @@ def pastes_back(pipeline_class) -> bool:
     return "apply_overlay" in names(inspect.unwrap(pipeline_class.__call__).__code__)
 
 
-def crop_batchable(model) -> bool:
-    """Whether the engine runs this mode's cropped cells batched: every pipeline that takes no control image, and
-    those whose ``prepare_control_image`` crops it too (see the module doc)."""
+def crops_control_image(pipe) -> bool:
+    """Whether the pipeline crops its control image with the source (its ``prepare_control_image`` takes the crop
+    box, as SD's and SDXL's ControlNet inpainting do); FLUX.1's ControlNet inpainting leaves it whole.
+
+    >>> crops_control_image(model.pipe)   # the embedded model takes no control image
+    False
+    """
     import inspect
 
-    prepare = getattr(model.pipe, "prepare_control_image", None)
-    return not model.needs_control_image or (prepare is not None
-                                             and "crops_coords" in inspect.signature(prepare).parameters)
+    prepare = getattr(pipe, "prepare_control_image", None)
+    return prepare is not None and "crops_coords" in inspect.signature(prepare).parameters
 
 
 def denoise_cropped_cells(model, cells: list, sources: list, conditions: list, **options):

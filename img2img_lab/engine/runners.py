@@ -133,8 +133,7 @@ def run_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: 
               max_batch_size: int | None = None, on_step=None, on_work=None) -> list[CellOutput]:
     """One batched chunk, as the batched runner runs it and ``verify`` regenerates it: through the batched engine
     (cells cropped around their mask, ``padding_mask_crop``, on their cropped views), except a chunk whose mode's
-    pipeline the engine does not reproduce (several FLUX.1 ControlNets, a 33-channel SD3 inpainting transformer...) or
-    that crops around its mask where the engine does not reproduce the crop (FLUX.1 ControlNet inpainting), which
+    pipeline the engine does not reproduce (several FLUX.1 ControlNets, a UNet with a guidance embedding...), which
     runs per cell.
     ``conditions[i]``: source ``i``'s call inputs for the chunk's mode (``mask_image``, ``control_image``), or
     ``None``.
@@ -156,14 +155,13 @@ def start_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions
     ['vae_roundtrip', 'diffusion']
     """
     from img2img_lab.engine.batched import batching_supported, denoise_cells_batched
-    from img2img_lab.engine.mask_crop import crop_batchable
 
     runner = model.for_mode(cells[0].mode)
     options = {"max_batch_size": max_batch_size, "on_step": on_step, "on_work": on_work}
     batchable, cropped = batching_supported(runner)[0], getattr(cells[0], "padding_mask_crop", None) is not None
     if batchable and not cropped:
         return denoise_cells_batched(model, cells, sources, conditions=conditions, **options)
-    if batchable and crop_batchable(runner):
+    if batchable:
         return _start_cropped_chunk(runner, cells, sources, conditions, **options)
     outputs = [_reported_cell(model, cell, sources[cell.image_index],
                               None if conditions is None else conditions[cell.image_index], on_step, on_work)

@@ -5,8 +5,9 @@ rules in milliseconds.
 
 :data:`TINY_FAMILIES` names them all (``sd1``, ``sdxl``, ``sd3``, ``flux-dev``, ``qwenimage``, ``zimage``, ``lcm``,
 the inpainting, PAG and ControlNet variants...); :func:`make_tiny_family` builds one (:func:`make_tiny_variant` also
-the variants tests and benchmarks add), :func:`save_tiny_family` saves it as a diffusers folder. :func:`make_tiny_pipeline` is Stable Diffusion's builder with every size a parameter
-(:func:`make_sd15_sized_pipeline`: SD 1.5's architecture for benchmarks).
+the variants tests and benchmarks add), :func:`save_tiny_family` saves it as a diffusers folder.
+:func:`make_tiny_pipeline` is Stable Diffusion's builder with every size a parameter (:func:`make_sd15_sized_pipeline`:
+SD 1.5's architecture for benchmarks).
 
 >>> type(make_tiny_family("flux-dev")).__name__
 'FluxImg2ImgPipeline'
@@ -56,30 +57,37 @@ def make_tiny_family(name: str, *, seed: int = 0):
     return tiny_pipeline(name, seed=seed)
 
 
-def make_tiny_variant(name: str):
+def make_tiny_variant(name: str, *, seed: int = 0):
     """:func:`make_tiny_family`, or a variant of one that no family declares on its own: ``…-pooled`` (its
     ControlNet pools its residuals, shuffle-style: guess mode), ``…-multi`` (two ControlNets, a control image each),
     ``flux-controlnet[-inpaint]-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``sd-controlnet-inpaint-9`` and
-    ``sd-pag-inpaint-9`` (SD's ControlNet and PAG inpainting with a 9-channel UNet).
+    ``sd-pag-inpaint-9`` (SD's ControlNet and PAG inpainting with a 9-channel UNet), ``sd3-inpaint-33`` (SD3
+    inpainting with a 33-channel transformer: the mask and the masked source as channels). Seeded, in evaluation mode.
 
     >>> type(make_tiny_variant("sd-controlnet-multi").controlnet).__name__
     'MultiControlNetModel'
     """
-    from img2img_lab.models.families.tiny_parts import (make_tiny_flux_xlabs, sd_variant, with_pooled_controlnet,
-                                                        with_two_controlnets)
+    import torch
 
-    if name.endswith("-xlabs"):
-        return make_tiny_flux_xlabs("FluxControlNetInpaintPipeline" if "inpaint" in name else
-                                    "FluxControlNetImg2ImgPipeline")
+    from img2img_lab.models.families.sd3 import make_tiny_sd3_inpaint
+    from img2img_lab.models.families.tiny_parts import (for_inference, make_tiny_flux_xlabs, sd_variant,
+                                                        with_pooled_controlnet, with_two_controlnets)
+
     if name.endswith("-pooled"):
-        return with_pooled_controlnet(make_tiny_variant(name.removesuffix("-pooled")))
+        return for_inference(with_pooled_controlnet(make_tiny_variant(name.removesuffix("-pooled"), seed=seed)))
     if name.endswith("-multi"):
-        return with_two_controlnets(make_tiny_variant(name.removesuffix("-multi")))
-    nine = {"sd-controlnet-inpaint-9": "StableDiffusionControlNetInpaintPipeline",
-            "sd-pag-inpaint-9": "StableDiffusionPAGInpaintPipeline"}
-    if name in nine:
-        return sd_variant(nine[name], controlnet="controlnet" in name, unet_channels=9)
-    return make_tiny_family(name)
+        return for_inference(with_two_controlnets(make_tiny_variant(name.removesuffix("-multi"), seed=seed)))
+    builders = {
+        "flux-controlnet-xlabs": lambda: make_tiny_flux_xlabs("FluxControlNetImg2ImgPipeline"),
+        "flux-controlnet-inpaint-xlabs": lambda: make_tiny_flux_xlabs("FluxControlNetInpaintPipeline"),
+        "sd-controlnet-inpaint-9": lambda: sd_variant("StableDiffusionControlNetInpaintPipeline", controlnet=True,
+                                                      unet_channels=9),
+        "sd-pag-inpaint-9": lambda: sd_variant("StableDiffusionPAGInpaintPipeline", unet_channels=9),
+        "sd3-inpaint-33": lambda: make_tiny_sd3_inpaint(transformer_channels=33)}
+    if name not in builders:
+        return make_tiny_family(name, seed=seed)
+    torch.manual_seed(seed)
+    return for_inference(builders[name]())
 
 
 def save_tiny_family(name: str, folder, *, seed: int = 0) -> Path:

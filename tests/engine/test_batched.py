@@ -115,15 +115,17 @@ def test_batching_supported_says_why_not():
 
     several = with_two_controlnets(make_tiny_family("sd-controlnet"))  # SD's several ControlNets: batched
     assert batching_supported(as_model(several)) == (True, "StableDiffusionControlNetImg2ImgPipeline")
-    from diffusers import SD3Transformer2DModel
+    from diffusers import UNet2DConditionModel
 
-    inpaint = make_tiny_family("sd3-inpaint")
+    from img2img_lab.testing import make_tiny_variant
+
+    inpaint = make_tiny_variant("sd3-inpaint-33")  # the mask and the masked source as channels: batched too
     assert batching_supported(as_model(inpaint)) == (True, "StableDiffusion3InpaintPipeline")
-    inpaint.transformer = SD3Transformer2DModel(  # the mask and the masked source as channels: 16 + 1 + 16
-        sample_size=16, patch_size=2, in_channels=33, out_channels=16, num_layers=1, attention_head_dim=8,
-        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64)
-    assert batching_supported(as_model(inpaint)) == (
-        False, "a 33-channel inpainting transformer (the mask and masked source as channels): run per cell")
+    lcm_unet = make_tiny_family("sd1")  # a UNet with a guidance embedding (an LCM-distilled SD UNet)
+    settings = {key: value for key, value in lcm_unet.unet.config.items() if not key.startswith("_")}
+    lcm_unet.unet = UNet2DConditionModel.from_config({**settings, "time_cond_proj_dim": 8})
+    assert batching_supported(as_model(lcm_unet)) == (
+        False, "the UNet has a guidance embedding (LCM-style): run per cell")
 
 
 @pytest.mark.parametrize("family, scheduler", [("sd-pag", "euler_a"), ("sdxl-pag", "dpmpp_2m"), ("sd3-pag", "default")])

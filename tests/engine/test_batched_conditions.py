@@ -1,9 +1,9 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
 and ControlNet inpainting, 4- and 9-channel, with PAG too, pooled (guess-mode) ControlNets and two ControlNets;
-FLUX.1 Control and ControlNet img2img and inpainting, InstantX- and XLabs-style; SD3, FLUX.1, Chroma, Qwen-Image and
-Z-Image inpainting): every cell within one level of the plain call with the same arguments (float32), the mask blurred
-and the source pasted back as the per-cell runner does; cells cropped around their mask batched on their crops (the
-control image cropped too where the pipeline crops it; FLUX.1 ControlNet inpainting's per cell)."""
+FLUX.1 Control and ControlNet img2img and inpainting, InstantX- and XLabs-style; SD3 (16- and 33-channel), FLUX.1,
+Chroma, Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments
+(float32), the mask blurred and the source pasted back as the per-cell runner does; cells cropped around their mask
+batched on their crops (the control image cropped too where the pipeline crops it)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,7 @@ CASES["flux-controlnet-inpaint-xlabs"] = CASES["flux-controlnet-inpaint"]
 CASES["sdxl-controlnet-multi"] = ("euler_a", {"control": {"image": ["c.png", "d.png"], "guidance_ends": [0.6]}},
                                   lambda index: {"control_image": [structured_image(32, seed=7 + index),
                                                                    structured_image(32, seed=9 + index)]})
+CASES["sd3-inpaint-33"] = CASES["sd3-inpaint"]  # the mask and the masked source as channels
 CASES["sd-controlnet-pooled"] = CASES["sd-controlnet"]  # guess mode: the negative sample takes no residuals
 CASES["sd-controlnet-inpaint-pooled"] = CASES["sd-controlnet-inpaint"]  # guess mode, the ControlNet on 4 channels
 CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # pooled, but never guess mode
@@ -176,10 +177,12 @@ def test_cells_cropped_around_their_mask_run_batched_within_one_level(family, mo
     assert _difference(outputs[1].image, run_cell(pipe, uncropped[0], sources[0], condition=conditions[0]).image) > 8
 
 
-@pytest.mark.parametrize("family, batched", [("sd-controlnet-inpaint", True), ("flux-controlnet-inpaint", False)])
-def test_cropped_cells_with_a_control_image_crop_it_as_their_pipeline_does(family, batched, monkeypatch):
-    """SD's ControlNet inpainting crops the control image with the source (batched on the crops); FLUX.1's does not
-    crop it nor paste back (per cell, exactly)."""
+@pytest.mark.parametrize("family, crops_control", [("sd-controlnet-inpaint", True),
+                                                   ("flux-controlnet-inpaint", False)])
+def test_cropped_cells_with_a_control_image_take_it_as_their_pipeline_does(family, crops_control, monkeypatch):
+    """SD's ControlNet inpainting crops the control image with the source; FLUX.1's resizes it whole and pastes
+    nothing back. Both run batched on the crops, within one level; the control image handled the other way is off."""
+    import img2img_lab.engine.mask_crop as mask_crop
     import img2img_lab.engine.runners as runners
 
     pipe = make_tiny_family(family)
@@ -192,10 +195,17 @@ def test_cropped_cells_with_a_control_image_crop_it_as_their_pipeline_does(famil
     cells, per_cell = plan.cells(steps=source_steps(model, sources)), []
     monkeypatch.setattr(runners, "run_cell", lambda *args, **kwargs: per_cell.append(args[1]) or run_cell(*args,
                                                                                                          **kwargs))
-    outputs = run_chunk(model, cells, sources, conditions, max_batch_size=8)
-    worst = max(_difference(output.image, run_cell(pipe, cell, sources[0], condition=conditions[0]).image)
-                for cell, output in zip(cells, outputs))
-    assert (worst <= 1 and per_cell == []) if batched else (worst == 0 and per_cell == cells)
+    plain = [run_cell(pipe, cell, sources[0], condition=conditions[0]).image for cell in cells]
+
+    def worst(outputs) -> int:
+        return max(_difference(output.image, image) for output, image in zip(outputs, plain))
+
+    assert mask_crop.crops_control_image(pipe) is crops_control
+    assert worst(run_chunk(model, cells, sources, conditions, max_batch_size=8)) <= 1 and per_cell == []
+    monkeypatch.setattr(mask_crop, "crops_control_image", lambda pipe: not crops_control)
+    if not crops_control:  # FLUX.1 has no control-image processor of its own: crop with its image processor
+        pipe.control_image_processor = pipe.image_processor
+    assert worst(run_chunk(model, cells, sources, conditions, max_batch_size=8)) > 1
 
 
 def test_cells_planned_with_another_strength_rule_are_refused():

@@ -91,17 +91,19 @@ class SD3Conditioning(TextConditioning):
             return self.pipe.vae.decode(latents / config.scaling_factor + config.shift_factor, return_dict=False)[0], None
 
 
-def make_tiny_sd3(*, latent_channels: int = 4, layers: int = 1):
+def make_tiny_sd3(*, latent_channels: int = 4, layers: int = 1, transformer_channels: int | None = None):
     """A random-weight ``StableDiffusion3Img2ImgPipeline``: two CLIP encoders with projections, a T5, a one-layer
-    transformer (patch 2), SD3 medium's flow-matching scheduler (shift 3)."""
+    transformer (patch 2; ``transformer_channels`` input channels, the latent channels unless given), SD3 medium's
+    flow-matching scheduler (shift 3)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Img2ImgPipeline
 
     text_encoder, tokenizer = tiny_clip(32, projection=True)
     text_encoder_2, tokenizer_2 = tiny_clip(32, projection=True)
     text_encoder_3, tokenizer_3 = tiny_t5(32)
-    transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=latent_channels, num_layers=layers,
-                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
-                                        joint_attention_dim=32, pooled_projection_dim=64, out_channels=latent_channels)
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=transformer_channels or latent_channels, num_layers=layers,
+        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
+        pooled_projection_dim=64, out_channels=latent_channels)
     return StableDiffusion3Img2ImgPipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=tiny_vae(latent_channels, flow=True), text_encoder=text_encoder, tokenizer=tokenizer,
@@ -116,10 +118,20 @@ class SD3PAGConditioning(PAGGuidance, SD3Conditioning):
 
 
 class SD3InpaintConditioning(FlowInpaint, SD3Conditioning):
-    """``StableDiffusion3InpaintPipeline`` with a 16-channel transformer (no crop): SD3's img2img with
+    """``StableDiffusion3InpaintPipeline`` (no crop): SD3's img2img with
     :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`'s latents and blend on unpacked latents, the mask
     broadcast over the channels (``prepare_latents``, ``prepare_mask_latents``, the loop's blend). At strength 1 the
-    pipeline starts from the noise itself, which ``scale_noise`` at σ 1 returns."""
+    pipeline starts from the noise itself, which ``scale_noise`` at σ 1 returns. A 33-channel transformer (16 latent
+    channels, the mask, the masked source's 16) blends nothing: it reads the mask and the masked source as channels.
+
+    >>> inpaint = SD3Family.tiny_pipelines["sd3-inpaint"]()
+    >>> SD3InpaintConditioning(inpaint, inpaint.device, inpaint.transformer.dtype, size=(32, 32)).latent_blend
+    True
+    """
+
+    def __init__(self, pipe, device, dtype, *, size=None):
+        super().__init__(pipe, device, dtype, size=size)
+        self.latent_blend = pipe.transformer.config.in_channels == pipe.vae.config.latent_channels
 
     def _pack(self, latents):
         return latents  # SD3's transformer patches its latents itself
@@ -129,6 +141,46 @@ class SD3InpaintConditioning(FlowInpaint, SD3Conditioning):
 
     def _latent_side(self, pixels: int) -> int:
         return int(pixels) // self.pipe.vae_scale_factor
+
+    # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_inpaint.StableDiffusion3InpaintPipeline.prepare_latents (return_image_latents only for 16 channels) and prepare_mask_latents
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if self.latent_blend:
+            return super().start_latents(scheduler, timesteps, distribution, generator, cell=cell,
+                                         condition=condition, source=source)
+        strength_max = cell.strength == 1.0  # the source is encoded (a draw) only below strength 1
+        initial = None if strength_max else self.initial_latents(distribution, generator)
+        noise = randn_tensor(self.blank_latents(self.size).shape, generator=generator, device=self.device,
+                             dtype=self.dtype)
+        latents = noise if strength_max else scheduler.scale_noise(initial, timesteps[:1], noise)
+        mask, masked_distribution = self._mask_inputs(source, condition["mask_image"])
+        masked_latents = self.initial_latents(masked_distribution, generator)  # shifted and scaled, as the source
+        return latents, {"mask": mask, "masked_image_latents": masked_latents}, {}
+
+    def after_step(self, scheduler, timesteps, step: int, latents, state: dict):
+        return super().after_step(scheduler, timesteps, step, latents, state) if self.latent_blend else latents
+
+    # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_inpaint.StableDiffusion3InpaintPipeline.__call__ (step 8: a 33-channel transformer's input)
+    def predict(self, inputs, t, fields: dict):
+        import torch
+
+        if not self.latent_blend:
+            inputs = torch.cat([inputs, fields["mask"], fields["masked_image_latents"]], dim=1)
+        return super().predict(inputs, t, fields)
+
+    def blank_latents(self, size):
+        import torch
+
+        factor = self.pipe.vae_scale_factor
+        return torch.zeros(1, self.pipe.vae.config.latent_channels, size[1] // factor, size[0] // factor,
+                           device=self.device, dtype=self.dtype)
+
+    def probe_fields(self, size) -> dict:
+        if self.latent_blend:
+            return {}
+        latents = self.blank_latents(size)
+        return {"mask": latents[:, :1], "masked_image_latents": latents}
 
     # Adapted from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_inpaint.StableDiffusion3InpaintPipeline.__call__ (the decode)
     def decode(self, latents, conditioning_dtype):
@@ -140,9 +192,15 @@ class SD3InpaintConditioning(FlowInpaint, SD3Conditioning):
             return self.pipe.vae.decode(latents / self.pipe.vae.config.scaling_factor, return_dict=False)[0], None
 
 
-def _inpaint():
-    """SD3 inpainting needs 16 latent channels, as SD3's VAE has."""
-    return as_class(make_tiny_sd3(latent_channels=16), "StableDiffusion3InpaintPipeline")
+def make_tiny_sd3_inpaint(*, transformer_channels: int = 16):
+    """A random-weight ``StableDiffusion3InpaintPipeline`` (16 latent channels, as SD3's VAE has): a transformer of
+    16 input channels (the latent blend) or 33 (the mask and the masked source as channels).
+
+    >>> make_tiny_sd3_inpaint(transformer_channels=33).transformer.config.out_channels
+    16
+    """
+    return as_class(make_tiny_sd3(latent_channels=16, transformer_channels=transformer_channels),
+                    "StableDiffusion3InpaintPipeline")
 
 
 class SD3Family(Family):
@@ -159,19 +217,12 @@ class SD3Family(Family):
         "sd3": make_tiny_sd3,  # flow matching, shift 3 (SD3 medium)
         # two blocks: PAG's default layer is "blocks.1", and a saved pipeline loads with its default
         "sd3-pag": lambda: as_class(make_tiny_sd3(layers=2), "StableDiffusion3PAGImg2ImgPipeline"),
-        "sd3-inpaint": _inpaint,  # 16-channel transformer (latent blend)
+        "sd3-inpaint": make_tiny_sd3_inpaint,  # 16-channel transformer (latent blend)
     }
     schedulers = ("default",)
     batched_classes = {"StableDiffusion3Img2ImgPipeline": SD3Conditioning,
                        "StableDiffusion3InpaintPipeline": SD3InpaintConditioning,
                        "StableDiffusion3PAGImg2ImgPipeline": SD3PAGConditioning}
-
-    def batched_conditioning(self) -> tuple[type | None, str]:
-        conditioning, reason = super().batched_conditioning()
-        if conditioning is SD3InpaintConditioning and self.pipe.transformer.config.in_channels != 16:
-            return None, ("a 33-channel inpainting transformer (the mask and masked source as channels): run per "
-                          "cell")
-        return conditioning, reason
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * int(self.pipe.transformer.config.patch_size)
