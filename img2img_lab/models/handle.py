@@ -144,8 +144,8 @@ class ModelHandle:
     def call_arguments(self, cell, source, condition: dict | None = None) -> dict:
         """The keyword arguments of the plain diffusers call that generates ``cell`` from ``source``: each axis's
         value under its pipeline argument (:attr:`~img2img_lab.plan.axes.Axis.call`) where ``__call__`` takes it and
-        the value is set, the guidance and negative prompt as the family passes them, the cell's generator, and the
-        height and width where the family takes them.
+        the value is set, the guidance, negative prompt and ControlNet arguments as the family passes them, the cell's
+        generator, and the height and width where the family takes them.
 
         ``condition`` holds the source's ``mask_image`` (inpainting: white is repainted) and ``control_image``
         (ControlNet) where the cell needs them.
@@ -162,7 +162,7 @@ class ModelHandle:
         arguments.update(self.family.call_extras(cell.guidance_scale, cell.negative_prompt))
         arguments.update({name: value for name, value in (condition or {}).items() if name in parameters})
         arguments.update(self.family.size_arguments(source.width, source.height))
-        return arguments
+        return self.family.control_arguments(arguments)
 
     # ------------------------------------------------------------------ modes
     @property

@@ -197,7 +197,7 @@ def check_conditions_fit(plan, model) -> None:
                         f"config (or a folder of <source name>.png control images).")
     refusal = model.family.control_refusal() if model.needs_control_image else None
     if refusal:
-        raise PlanError(f"{name} cannot be swept: {refusal}. Fix: load the pipeline with one ControlNet.")
+        raise PlanError(f"{name} cannot be swept: {refusal}.")
     nets = len(getattr(getattr(model.pipe, "controlnet", None), "nets", None) or [None])
     given = len(control_images(plan.control))
     if plan.control is not None and model.needs_control_image and given != nets:

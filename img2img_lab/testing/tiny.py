@@ -59,9 +59,9 @@ def make_tiny_family(name: str, *, seed: int = 0):
 
 def make_tiny_variant(name: str, *, seed: int = 0):
     """:func:`make_tiny_family`, or a variant of one that no family declares on its own: ``…-pooled`` (its
-    ControlNet pools its residuals, shuffle-style: guess mode), ``…-multi`` (two ControlNets, a control image each),
-    ``flux-controlnet[-inpaint]-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``sd-controlnet-inpaint-9`` and
-    ``sd-pag-inpaint-9`` (SD's ControlNet and PAG inpainting with a 9-channel UNet), ``sd3-inpaint-33`` (SD3
+    ControlNet pools its residuals, shuffle-style: guess mode), ``…-multi`` (two ControlNets, a control image each;
+    FLUX.1's too), ``flux-controlnet[-inpaint]-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``sd-controlnet-inpaint-9``
+    and ``sd-pag-inpaint-9`` (SD's ControlNet and PAG inpainting with a 9-channel UNet), ``sd3-inpaint-33`` (SD3
     inpainting with a 33-channel transformer: the mask and the masked source as channels). Seeded, in evaluation mode.
 
     >>> type(make_tiny_variant("sd-controlnet-multi").controlnet).__name__
@@ -71,12 +71,14 @@ def make_tiny_variant(name: str, *, seed: int = 0):
 
     from img2img_lab.models.families.sd3 import make_tiny_sd3_inpaint
     from img2img_lab.models.families.tiny_parts import (for_inference, make_tiny_flux_xlabs, sd_variant,
-                                                        with_pooled_controlnet, with_two_controlnets)
+                                                        with_pooled_controlnet, with_two_controlnets,
+                                                        with_two_flux_controlnets)
 
     if name.endswith("-pooled"):
         return for_inference(with_pooled_controlnet(make_tiny_variant(name.removesuffix("-pooled"), seed=seed)))
     if name.endswith("-multi"):
-        return for_inference(with_two_controlnets(make_tiny_variant(name.removesuffix("-multi"), seed=seed)))
+        several = with_two_flux_controlnets if name.startswith("flux") else with_two_controlnets
+        return for_inference(several(make_tiny_variant(name.removesuffix("-multi"), seed=seed)))
     builders = {
         "flux-controlnet-xlabs": lambda: make_tiny_flux_xlabs("FluxControlNetImg2ImgPipeline"),
         "flux-controlnet-inpaint-xlabs": lambda: make_tiny_flux_xlabs("FluxControlNetInpaintPipeline"),

@@ -223,9 +223,14 @@ class Family:
         return {}
 
     def control_refusal(self) -> str | None:
-        """Why this pipeline's ControlNet(s) cannot be swept as the plan's control images and scales give them
-        (``None``: they can)."""
+        """Why this pipeline's ControlNet(s) cannot be swept as the plan's control images and scales give them, with
+        the fix (``None``: they can)."""
         return None
+
+    def control_arguments(self, arguments: dict) -> dict:
+        """A plain call's ``arguments`` with its ControlNet arguments as this pipeline needs them (here as the axes
+        give them)."""
+        return arguments
 
     # ------------------------------------------------------------------ timesteps
     def timestep_arguments(self, scheduler, num_inference_steps: int, strength: float, width: int,

@@ -11,7 +11,7 @@ it. :class:`TrueCFGFluxFamily` is the same rule with true classifier-free guidan
 
 from __future__ import annotations
 
-from img2img_lab.models.families.base import Family, calculate_shift, sample_latent
+from img2img_lab.models.families.base import Family, calculate_shift, call_parameters, sample_latent
 from img2img_lab.models.families.flow_inpaint import FlowInpaint
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.controlnet import ControlNetGuidance
@@ -315,12 +315,29 @@ class FluxFamily(Family):
             return None, "several ControlNets: run per cell"
         return conditioning, reason
 
-    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (step 3: control_mode_ for FluxMultiControlNetModel)
     def control_refusal(self) -> str | None:
-        if hasattr(getattr(self.pipe, "controlnet", None), "nets"):
-            return ("its FluxMultiControlNetModel needs a control_mode and a conditioning scale per ControlNet "
-                    "(diffusers fails without them), which img2img-lab does not sweep")
+        nets = getattr(getattr(self.pipe, "controlnet", None), "nets", None) or []
+        if any(getattr(net.config, "num_mode", None) for net in nets):
+            return ("a union ControlNet in its FluxMultiControlNetModel needs a control_mode per control image, which "
+                    "img2img-lab does not sweep yet. Fix: load single-mode ControlNets (e.g. a Canny one)")
         return None
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (step 3: control_mode_ per ControlNet; the loop zips the scales with each ControlNet's keep)
+    def control_arguments(self, arguments: dict) -> dict:
+        """A ``FluxMultiControlNetModel`` takes a ``control_mode`` and a conditioning scale per ControlNet (diffusers
+        fails without them): a single-mode ControlNet ignores its mode (``None``), and each takes the cell's scale.
+
+        >>> from img2img_lab.models.families.tiny_parts import with_two_flux_controlnets
+        >>> several = FluxFamily(with_two_flux_controlnets(FluxFamily.tiny_pipelines["flux-controlnet"]()))
+        >>> several.control_arguments({"controlnet_conditioning_scale": 0.5})
+        {'controlnet_conditioning_scale': [0.5, 0.5], 'control_mode': [None, None]}
+        """
+        nets = getattr(getattr(self.pipe, "controlnet", None), "nets", None)
+        if nets is None:
+            return arguments
+        scale = arguments.get("controlnet_conditioning_scale",
+                              call_parameters(self.pipe)["controlnet_conditioning_scale"].default)
+        return {**arguments, "controlnet_conditioning_scale": [scale] * len(nets), "control_mode": [None] * len(nets)}
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches

@@ -295,6 +295,20 @@ def with_two_controlnets(pipe):
     return pipe
 
 
+def with_two_flux_controlnets(pipe):
+    """A FLUX.1 ControlNet pipeline with a ``FluxMultiControlNetModel`` of its ControlNet and a second random
+    InstantX-style one, which takes a control image each.
+
+    >>> len(with_two_flux_controlnets(as_class(make_tiny_flux(), "FluxControlNetImg2ImgPipeline",
+    ...                                        controlnet=tiny_flux_controlnet())).controlnet.nets)
+    2
+    """
+    from diffusers import FluxMultiControlNetModel
+
+    pipe.controlnet = FluxMultiControlNetModel([pipe.controlnet, tiny_flux_controlnet()])
+    return for_inference(pipe)
+
+
 def make_tiny_flux_xlabs(class_name: str = "FluxControlNetImg2ImgPipeline"):
     """FLUX.1 ControlNet img2img (or ``class_name``) with an XLabs-style ControlNet and a VAE of factor 8, as its
     hint block assumes.
