@@ -28,7 +28,7 @@ FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-
             "sd-pag", "sdxl-pag", "sd-pag-inpaint", "sdxl-pag-inpaint", "sd-controlnet-pag-inpaint",
             "sdxl-controlnet-pag", "sd3-inpaint", "sd3-pag", "sd-controlnet-pooled", "flux-controlnet-xlabs",
             "sd-inpaint-crop", "flux-inpaint-crop", "sd-controlnet-multi", "sd3-inpaint-33",
-            "flux-controlnet-inpaint-crop")
+            "flux-controlnet-inpaint-crop", "flux-controlnet-multi")
 
 
 def _conditions(family: str, sources):

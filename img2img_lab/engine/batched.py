@@ -34,13 +34,13 @@ and how latents are decoded — its family module declares as its *batched condi
   its norm rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs),
   each with its inpainting pipeline (FLUX.1's latent blend,
   :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`); FLUX.1 Control img2img and inpainting (each
-  cell's control latents concatenated); FLUX.1 ControlNet img2img and inpainting.
+  cell's control latents concatenated); FLUX.1 ControlNet img2img and inpainting (one ControlNet or several).
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
-sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (several FLUX.1
-ControlNets, a UNet with a guidance embedding, a guidance-distilled Qwen-Image, a LoRA scale or an IP-Adapter set) use
-the per-cell runner; :func:`batching_supported` says which and why (the manifest records it). Cells cropped around
-their mask run batched on their crops (:mod:`img2img_lab.engine.mask_crop`).
+sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (a UNet with a guidance
+embedding, a guidance-distilled Qwen-Image, a LoRA scale or an IP-Adapter set) use the per-cell runner;
+:func:`batching_supported` says which and why (the manifest records it). Cells cropped around their mask run batched
+on their crops (:mod:`img2img_lab.engine.mask_crop`).
 
 >>> outputs = run_cells_batched(model, cells, sources)
 >>> [output.produced for output in outputs[:3]]

@@ -133,7 +133,7 @@ def run_chunk(model: ModelHandle, cells: list[Cell], sources: list, conditions: 
               max_batch_size: int | None = None, on_step=None, on_work=None) -> list[CellOutput]:
     """One batched chunk, as the batched runner runs it and ``verify`` regenerates it: through the batched engine
     (cells cropped around their mask, ``padding_mask_crop``, on their cropped views), except a chunk whose mode's
-    pipeline the engine does not reproduce (several FLUX.1 ControlNets, a UNet with a guidance embedding...), which
+    pipeline the engine does not reproduce (a UNet with a guidance embedding, a LoRA scale...), which
     runs per cell.
     ``conditions[i]``: source ``i``'s call inputs for the chunk's mode (``mask_image``, ``control_image``), or
     ``None``.

@@ -1,9 +1,9 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
 and ControlNet inpainting, 4- and 9-channel, with PAG too, pooled (guess-mode) ControlNets and two ControlNets;
-FLUX.1 Control and ControlNet img2img and inpainting, InstantX- and XLabs-style; SD3 (16- and 33-channel), FLUX.1,
-Chroma, Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with the same arguments
-(float32), the mask blurred and the source pasted back as the per-cell runner does; cells cropped around their mask
-batched on their crops (the control image cropped too where the pipeline crops it)."""
+FLUX.1 Control and ControlNet img2img and inpainting, InstantX- and XLabs-style and two of them; SD3 (16- and
+33-channel), FLUX.1, Chroma, Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with
+the same arguments (float32), the mask blurred and the source pasted back as the per-cell runner does; cells cropped
+around their mask batched on their crops (the control image cropped too where the pipeline crops it)."""
 
 from __future__ import annotations
 
@@ -100,6 +100,14 @@ CASES["sdxl-controlnet-multi"] = ("euler_a", {"control": {"image": ["c.png", "d.
                                   lambda index: {"control_image": [structured_image(32, seed=7 + index),
                                                                    structured_image(32, seed=9 + index)]})
 CASES["sd3-inpaint-33"] = CASES["sd3-inpaint"]  # the mask and the masked source as channels
+CASES["flux-controlnet-multi"] = ("default", {"control": {"image": ["c.png", "d.png"], "conditioning_scales": [0.6],
+                                                           "guidance_ends": [0.5]}},
+                                  CASES["sdxl-controlnet-multi"][2])
+CASES["flux-controlnet-inpaint-multi"] = ("default", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"},
+                                                      "control": {"image": ["c.png", "d.png"],
+                                                                  "guidance_starts": [0.2]}},
+                                          lambda index: {"mask_image": _mask(4 * index),
+                                                         **CASES["sdxl-controlnet-multi"][2](index)})
 CASES["sd-controlnet-pooled"] = CASES["sd-controlnet"]  # guess mode: the negative sample takes no residuals
 CASES["sd-controlnet-inpaint-pooled"] = CASES["sd-controlnet-inpaint"]  # guess mode, the ControlNet on 4 channels
 CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # pooled, but never guess mode

@@ -14,7 +14,7 @@ from img2img_lab.engine.per_cell import run_cell
 from img2img_lab.models.handle import as_model
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.sweep.run import source_steps
-from img2img_lab.testing import make_tiny_family
+from img2img_lab.testing import make_tiny_family, make_tiny_variant
 
 #: family -> (pipeline class, the guidance above which a cell also runs a negative sample; None: never)
 FLOW_FAMILIES = {
@@ -83,14 +83,14 @@ def test_lcm_strengths_step_in_lockstep_each_at_its_own_timestep(capsys):
     assert worst <= 1 and stats["unet_samples"] == evaluations and stats["unet_calls"] == 4
 
 
-def test_several_flux_controlnets_still_run_per_cell_with_the_reason():
-    from diffusers import FluxMultiControlNetModel
+def test_several_flux_controlnets_run_batched_and_a_union_one_is_refused():
+    from diffusers import FluxControlNetModel
 
-    from img2img_lab.models.families.tiny_parts import tiny_flux_controlnet
-
-    several = make_tiny_family("flux-controlnet-inpaint")
-    several.controlnet = FluxMultiControlNetModel([tiny_flux_controlnet(), tiny_flux_controlnet()])
-    assert batching_supported(as_model(several)) == (False, "several ControlNets: run per cell")
+    several = make_tiny_variant("flux-controlnet-inpaint-multi")
+    assert batching_supported(as_model(several)) == (True, "FluxControlNetInpaintPipeline")
+    settings = {key: value for key, value in several.controlnet.nets[1].config.items() if not key.startswith("_")}
+    several.controlnet.nets[1] = FluxControlNetModel(**{**settings, "num_mode": 4})
+    assert "a union ControlNet in its FluxMultiControlNetModel" in as_model(several).family.control_refusal()
 
 
 def test_z_image_guidance_one_is_guidance():

@@ -164,11 +164,13 @@ class FluxControlConditioning(FluxConditioning):
 
 
 class FluxControlNetConditioning(FluxControlConditioning):
-    """``FluxControlNetImg2ImgPipeline`` (one ControlNet): the control image's latents sampled first, as FLUX.1
-    Control does, fed to the ControlNet whose residuals the transformer adds; each sample's conditioning scale at
-    each of its own steps (``controlnet_conditioning_scale × controlnet_keep[i]``) and its guidance embedding where the
-    ControlNet takes one. An XLabs-style ControlNet (an input hint block) reads the control image's pixels instead,
-    nothing drawn, and its residuals repeat over the transformer's blocks (``controlnet_blocks_repeat``).
+    """``FluxControlNetImg2ImgPipeline``: the control image's latents sampled first, as FLUX.1 Control does, fed to
+    the ControlNet whose residuals the transformer adds; each sample's conditioning scale at each of its own steps
+    (``controlnet_conditioning_scale × controlnet_keep[i]``) and its guidance embedding where the ControlNet takes one.
+    An XLabs-style ControlNet (an input hint block) reads the control image's pixels instead, nothing drawn, and its
+    residuals repeat over the transformer's blocks (``controlnet_blocks_repeat``). Several single-mode ControlNets
+    (``FluxMultiControlNetModel``) take a control image each, drawn in their order, and the cell's scale each; their
+    residuals add up.
 
     >>> FluxFamily(FluxFamily.tiny_pipelines["flux-controlnet"]()).batched_conditioning()[1]
     'FluxControlNetImg2ImgPipeline'
@@ -182,12 +184,30 @@ class FluxControlNetConditioning(FluxControlConditioning):
     def __init__(self, pipe, device, dtype, *, size=None):
         super().__init__(pipe, device, dtype, size=size)
         self._defaults = call_defaults(pipe)
+        self._first_net = (getattr(pipe.controlnet, "nets", None) or [pipe.controlnet])[0]  # the pipeline reads it
+        self.nets = len(getattr(pipe.controlnet, "nets", None) or [pipe.controlnet])
+
+    def _cond_names(self) -> list[str]:
+        """The per-sample fields of the control images: ``control_latents``, or one per ControlNet."""
+        return ["control_latents"] if self.nets == 1 else [f"control_latents_{index}" for index in range(self.nets)]
+
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (step 3: each ControlNet's control image in its order)
+    def control_fields(self, control, generator) -> dict:
+        """Each control image's latents (an XLabs ControlNet: its pixels), drawn in the ControlNets' order."""
+        images = control if self.nets > 1 else [control]
+        return {name: self._control_latents(image, generator) for name, image in zip(self._cond_names(), images)}
+
+    def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
+        controls = self.control_fields(condition["control_image"], generator)  # drawn first, as the pipeline does
+        latents, fields, state = FluxConditioning.start_latents(self, scheduler, timesteps, distribution, generator,
+                                                                cell=cell, condition=condition, source=source)
+        return latents, {**fields, **controls}, state
 
     def sample_fields(self, cell) -> dict:
         import torch
 
         fields = super().sample_fields(cell)
-        if self.pipe.controlnet.config.guidance_embeds:
+        if self._first_net.config.guidance_embeds:
             fields["controlnet_guidance"] = torch.full([1], cell.guidance_scale, device=self.device,
                                                        dtype=torch.float32)
         return fields
@@ -195,7 +215,7 @@ class FluxControlNetConditioning(FluxControlConditioning):
     @property
     def hint_block(self) -> bool:
         """Whether the ControlNet is XLabs-style: its input hint block reads the control image's pixels."""
-        return self.pipe.controlnet.input_hint_block is not None
+        return self._first_net.input_hint_block is not None
 
     # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (step 3: the control image, encoded only without an input hint block)
     def _control_latents(self, image, generator):
@@ -210,19 +230,24 @@ class FluxControlNetConditioning(FluxControlConditioning):
 
         control = (torch.zeros(1, 3, size[1], size[0], device=self.device, dtype=self.pipe.vae.dtype)
                    if self.hint_block else self.blank_latents(size))
-        return {"control_latents": control,
+        return {**{name: control for name in self._cond_names()},
                 "conditioning_scale": torch.ones(1, 1, 1, device=self.device, dtype=self.dtype)}
 
-    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (the ControlNet, then the transformer with its residuals)
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (the ControlNet(s), then the transformer with their residuals; a single-mode ControlNet's control_mode is -1)
     def predict(self, inputs, t, fields: dict):
+        import torch
+
         timestep = t.expand(inputs.shape[0]).to(inputs.dtype) / 1000
         common = {"pooled_projections": fields["pooled_projections"], "txt_ids": self.text_ids,
                   "encoder_hidden_states": fields["encoder_hidden_states"], "img_ids": self.image_ids,
                   "joint_attention_kwargs": {}, "return_dict": False}
-        blocks, singles = self.pipe.controlnet(hidden_states=inputs, controlnet_cond=fields["control_latents"],
-                                               controlnet_mode=None, conditioning_scale=fields["conditioning_scale"],
-                                               timestep=timestep, guidance=fields.get("controlnet_guidance"),
-                                               **common)
+        conds, scale = [fields[name] for name in self._cond_names()], fields["conditioning_scale"]
+        several = {"controlnet_cond": conds, "conditioning_scale": [scale] * self.nets,
+                   "controlnet_mode": torch.full((self.nets, 1), -1, dtype=torch.long, device=inputs.device)}
+        one = {"controlnet_cond": conds[0], "conditioning_scale": scale, "controlnet_mode": None}
+        blocks, singles = self.pipe.controlnet(hidden_states=inputs, timestep=timestep,
+                                               guidance=fields.get("controlnet_guidance"),
+                                               **(several if self.nets > 1 else one), **common)
         return self.pipe.transformer(hidden_states=inputs, timestep=timestep, guidance=fields.get("guidance"),
                                      controlnet_block_samples=blocks, controlnet_single_block_samples=singles,
                                      controlnet_blocks_repeat=self.hint_block, **common)[0]
@@ -256,7 +281,7 @@ class FluxControlInpaintConditioning(FlowInpaint, FluxControlConditioning):
 
 
 class FluxControlNetInpaintConditioning(FlowInpaint, FluxControlNetConditioning):
-    """``FluxControlNetInpaintPipeline`` (one InstantX-style ControlNet, no crop): FLUX.1 ControlNet's residuals with
+    """``FluxControlNetInpaintPipeline``: FLUX.1 ControlNet's residuals (one ControlNet or several) with
     :class:`FlowInpaint`'s blend. The control image's latents are drawn first, then the source's, the noise and the
     masked source's (steps 5, 7 and 8 of its ``__call__``).
 
@@ -266,10 +291,10 @@ class FluxControlNetInpaintConditioning(FlowInpaint, FluxControlNetConditioning)
 
     # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_inpainting.FluxControlNetInpaintPipeline.__call__ (steps 5, 7 and 8: the control image, prepare_latents, prepare_mask_latents)
     def start_latents(self, scheduler, timesteps, distribution, generator, *, cell, condition, source):
-        control = self._control_latents(condition["control_image"], generator)  # drawn first
+        controls = self.control_fields(condition["control_image"], generator)  # drawn first
         latents, fields, state = FlowInpaint.start_latents(self, scheduler, timesteps, distribution, generator,
                                                            cell=cell, condition=condition, source=source)
-        return latents, {**fields, "control_latents": control}, state
+        return latents, {**fields, **controls}, state
 
 
 class FluxFamily(Family):
@@ -307,13 +332,6 @@ class FluxFamily(Family):
                        "FluxControlInpaintPipeline": FluxControlInpaintConditioning,
                        "FluxControlNetImg2ImgPipeline": FluxControlNetConditioning,
                        "FluxControlNetInpaintPipeline": FluxControlNetInpaintConditioning}
-
-    def batched_conditioning(self) -> tuple[type | None, str]:
-        conditioning, reason = super().batched_conditioning()
-        controlnet = getattr(self.pipe, "controlnet", None)
-        if conditioning is not None and controlnet is not None and not hasattr(controlnet, "config"):
-            return None, "several ControlNets: run per cell"
-        return conditioning, reason
 
     def control_refusal(self) -> str | None:
         nets = getattr(getattr(self.pipe, "controlnet", None), "nets", None) or []
