@@ -184,8 +184,8 @@ class FluxControlNetConditioning(FluxControlConditioning):
     def __init__(self, pipe, device, dtype, *, size=None):
         super().__init__(pipe, device, dtype, size=size)
         self._defaults = call_defaults(pipe)
-        self._first_net = (getattr(pipe.controlnet, "nets", None) or [pipe.controlnet])[0]  # the pipeline reads it
-        self.nets = len(getattr(pipe.controlnet, "nets", None) or [pipe.controlnet])
+        nets = getattr(pipe.controlnet, "nets", None) or [pipe.controlnet]  # a FluxMultiControlNetModel's, or one
+        self._first_net, self.nets = nets[0], len(nets)  # the pipeline reads the first one's settings
 
     def _cond_names(self) -> list[str]:
         """The per-sample fields of the control images: ``control_latents``, or one per ControlNet."""
