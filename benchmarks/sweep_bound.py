@@ -7,9 +7,12 @@ folder (keys, store, PNGs, the VAE floor and, by default, the default metrics). 
 of the UNet calls that sweep makes, replayed alone: every call's own inputs (latents, timestep, text embeddings),
 recorded from a warm-up sweep, and nothing else. A sweep with no cost beside its UNet calls would take exactly the
 bound, so ``bound / sweep`` is the share of the bound the sweep reaches. Per thread count, ``--pairs`` interleaved pairs
-(bound, sweep; the order alternating) and the median share; the plain diffusers loop (one ``pipe(...)`` per cell)
-is timed once per thread count for the ratio a user feels. Last, at the last thread count, the default metrics'
-share of generation at 512 px (``--share-side``): 8 outputs generated batched, then measured together.
+(bound, sweep; the order alternating) and the median share. On a machine whose speed wanders from second to
+second a pair's two halves can run at different speeds, so each sweep also times its own UNet calls: its seconds
+outside them are its overhead, and ``bound / (bound + overhead)`` (medians) is the share by parts. The plain
+diffusers loop (one ``pipe(...)`` per cell) is timed once per thread count for the ratio a user feels. Last, at the
+last thread count, the default metrics' share of generation at 512 px (``--share-side``): 8 outputs generated
+batched, then measured together.
 """
 
 from __future__ import annotations
@@ -55,6 +58,30 @@ class UNetCalls:
         type(self.unet).forward = self.original
 
 
+class UNetTime:
+    """Adds up the seconds spent in UNet calls while installed (``with``): a sweep's time outside them is its own
+    overhead, measured inside the same sweep (robust to the machine slowing down between a pair's two halves)."""
+
+    def __init__(self, unet):
+        self.unet, self.seconds = unet, 0.0
+
+    def __enter__(self):
+        original = self.original = type(self.unet).forward
+
+        def timed(unet, *args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return original(unet, *args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        type(self.unet).forward = timed
+        return self
+
+    def __exit__(self, *exc):
+        type(self.unet).forward = self.original
+
+
 def replay(pipe, calls) -> None:
     """The recorded UNet calls alone, with their own inputs."""
     import torch
@@ -62,6 +89,26 @@ def replay(pipe, calls) -> None:
     with torch.no_grad():
         for latents, timestep, text in calls:
             pipe.unet(latents, timestep, encoder_hidden_states=text, return_dict=False)
+
+
+def interleaved_pairs(pipe, calls, sweep, pairs: int) -> tuple[list, list, list]:
+    """``pairs`` interleaved (bound, sweep) pairs, the order alternating: the bound's seconds, each sweep's seconds
+    and each sweep's seconds outside its UNet calls."""
+    bounds, sweeps, outside = [], [], []
+    for index in range(pairs):
+        timer = UNetTime(pipe.unet)
+
+        def timed_sweep(index=index, timer=timer):
+            with timer:
+                sweep(index)
+
+        steps = [lambda: replay(pipe, calls), timed_sweep]
+        seconds = [_timed(step) for step in (steps if index % 2 == 0 else steps[::-1])]
+        bound, whole = seconds if index % 2 == 0 else seconds[::-1]
+        bounds.append(bound)
+        sweeps.append(whole)
+        outside.append(whole - timer.seconds)
+    return bounds, sweeps, outside
 
 
 def metrics_share(model, side: int = 512, count: int = 8) -> None:
@@ -133,19 +180,16 @@ def main() -> None:
             plain = _timed(lambda: [pipe(prompt=cell.prompt, image=source, strength=cell.strength,
                                          num_inference_steps=20, guidance_scale=2.0,
                                          generator=cell_generator(cell.seed)) for cell in cells])
-            shares, sweeps, bounds = [], [], []
-            for index in range(args.pairs):
-                steps = [lambda: replay(pipe, recorder.calls), lambda: sweep(index)]
-                seconds = [_timed(step) for step in (steps if index % 2 == 0 else steps[::-1])]
-                bound, whole = seconds if index % 2 == 0 else seconds[::-1]
-                shares.append(bound / whole)
-                sweeps.append(whole)
-                bounds.append(bound)
+            bounds, sweeps, outside = interleaved_pairs(pipe, recorder.calls, sweep, args.pairs)
+            shares = [bound / whole for bound, whole in zip(bounds, sweeps)]
+            by_parts = statistics.median(bounds) / (statistics.median(bounds) + statistics.median(outside))
             print(f"  {threads} thread{'s' if threads > 1 else ''}: {len(recorder.calls)} UNet calls of "
                   f"{sum(call[0].shape[0] for call in recorder.calls)} samples; bound "
                   f"{', '.join(f'{b:.2f}' for b in bounds)} s, sweep {', '.join(f'{s:.2f}' for s in sweeps)} s; "
                   f"share of the bound {', '.join(f'{s:.0%}' for s in shares)} (median "
-                  f"{statistics.median(shares):.0%}); plain loop {plain:.2f} s = "
+                  f"{statistics.median(shares):.0%}); outside its UNet calls each sweep spent "
+                  f"{', '.join(f'{o:.3f}' for o in outside)} s (median {statistics.median(outside):.3f}): "
+                  f"bound / (bound + that) = {by_parts:.0%}; plain loop {plain:.2f} s = "
                   f"{plain / statistics.median(sweeps):.2f}x the sweep, {plain / statistics.median(bounds):.2f}x the "
                   f"bound; load average {os.getloadavg()[0]:.2f}")
         if args.share_side:

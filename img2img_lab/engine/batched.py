@@ -192,8 +192,8 @@ def denoise_cells_batched(model: ModelHandle, cells: list[Cell], sources: list, 
         return lambda: []
     model = _batch_model(model, cells, sources)
     started = time.perf_counter()
-    device = model.pipe._execution_device
     conditioner = _make_conditioner(model, sources[cells[0].image_index].size)
+    device = conditioner.device  # the pipeline's execution device (a walk over its modules: read once)
     outputs: list[CellOutput | None] = [None] * len(cells)
     limit = BatchSize(max_batch_size or DEFAULT_MAX_BATCH.get(device.type, 16))
     counters = {"unet_calls": 0, "unet_samples": 0}

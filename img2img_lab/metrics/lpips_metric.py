@@ -175,7 +175,8 @@ MIN_SIDE = {"alex": 31, "vgg": 16}
 
 def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None = None, batch_size: int = 32,
                     random_backbone: bool = False) -> np.ndarray:
-    """LPIPS distances (Zhang et al. 2018) for pairs of RGB images, batched; lower = closer, 0 = identical.
+    """LPIPS distances (Zhang et al. 2018) for pairs of RGB images, batched; lower = closer, 0 = identical. A source
+    passed as the same object for several pairs (as a sweep passes it) goes through the backbone once.
 
     Raises :class:`MetricUnavailable` when the backbone weights are missing, :class:`ImageError` for an image under
     :data:`MIN_SIDE` pixels on a side. ``random_backbone=True``
@@ -195,20 +196,55 @@ def lpips_distances(sources, outputs, *, net: str = "alex", device: str | None =
         raise ImageError(f"lpips ({net}) needs images of at least {MIN_SIDE[net]}x{MIN_SIDE[net]} px; got "
                          f"{width}x{height}. Fix: measure larger images" + (", or use net='vgg' (16 px)."
                                                                            if net == "alex" else "."))
-    results = []
+    results = np.zeros(len(pairs), dtype=np.float64)
+    shared, single = _by_source(sources, pairs, batch_size)
     with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            shapes = {a.shape for a, _ in chunk}
-            if len(shapes) > 1:  # mixed sizes: one pair at a time
-                for a, b in chunk:
-                    results.extend(lpips_distances([a], [b], net=net, device=device, random_backbone=random_backbone))
-                continue
-            to_tensor = lambda arrays: (torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # noqa: E731
-                                        / 127.5 - 1.0).to(device)
-            distance = model(to_tensor([a for a, _ in chunk]), to_tensor([b for _, b in chunk]))
-            results.extend(distance.reshape(-1).cpu().numpy().tolist())
-    return np.asarray(results, dtype=np.float64)
+        for indices in shared:  # one source, several outputs: the source's features once, its outputs batched
+            source_features = _features(model, [pairs[indices[0]][0]], device)
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start:start + batch_size]
+                results[chunk] = _distance(model, source_features, _features(model, [pairs[i][1] for i in chunk],
+                                                                             device)).reshape(-1).cpu().numpy()
+        for chunk in single:  # pairs with a source of their own, batched together
+            results[chunk] = _distance(model, _features(model, [pairs[i][0] for i in chunk], device),
+                                       _features(model, [pairs[i][1] for i in chunk], device)).reshape(-1).cpu().numpy()
+    return results
+
+
+def _by_source(sources, pairs, batch_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """The pairs' indices as ``(shared, single)``: groups that share a source (the same object, as a sweep passes
+    each source's pairs) and its sizes, and the pairs left alone, in batches of one size."""
+    groups: dict[tuple, list[int]] = {}
+    for index, (source, (a, b)) in enumerate(zip(sources, pairs)):
+        groups.setdefault((id(source), a.shape, b.shape), []).append(index)
+    alone: dict[tuple, list[int]] = {}
+    for (_, *shapes), indices in groups.items():
+        if len(indices) == 1:
+            alone.setdefault(tuple(shapes), []).extend(indices)
+    single = [indices[start:start + batch_size] for indices in alone.values()
+              for start in range(0, len(indices), batch_size)]
+    return [indices for indices in groups.values() if len(indices) > 1], single
+
+
+def _features(model, arrays, device: str):
+    """The backbone's features of HxWx3 uint8 arrays (one batch), scaled as LPIPS v0.1 scales its inputs."""
+    import torch
+
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return model.net.forward(model.scaling_layer(images.to(device)))
+
+
+# Adapted from lpips.LPIPS.forward (lpips 0.1.4, lpips/lpips.py: version 0.1, linear heads, spatially averaged)
+def _distance(model, source_features, output_features):
+    """LPIPS of source features (a batch of one, or one per output) against each output's: the package's arithmetic,
+    in its order (normalised features, squared difference, linear head, spatial mean, summed over layers)."""
+    from lpips import normalize_tensor
+
+    total = 0
+    for layer in range(model.L):
+        difference = (normalize_tensor(source_features[layer]) - normalize_tensor(output_features[layer])) ** 2
+        total += model.lins[layer](difference).mean([2, 3], keepdim=True)
+    return total
 
 
 def lpips(source, output, *, net: str = "alex", device: str | None = None) -> float:

@@ -456,7 +456,8 @@ class RunStore(RunFolderFiles):
         with self.locked():
             parts = table_log.part_paths(self.root)
             rows = self._read_disk_rows() if merge else {}
-            rows.update(self._load_rows())
+            if not merge or self._rows is not None:  # else the rows in memory are those just read (once, not twice)
+                rows.update(self._load_rows())
             table = pd.DataFrame(list(rows.values()))
             self._write(self.root / RESULTS, lambda stream: table.to_parquet(stream, index=False))
             table_log.remove_parts(parts)

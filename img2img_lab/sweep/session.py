@@ -237,7 +237,8 @@ class SweepSession:
         overlap = spare_core(str(self.device))
         decode_on_writer = overlap and self.device.type == "cpu" and decodes_beside_denoising(self.model)
         with ChunkWriter(overlap=overlap) as writer:
-            for chunk, batch_id in chunks:
+            chunks = list(chunks)
+            for index, (chunk, batch_id) in enumerate(chunks):
                 if batch_id is not None:
                     self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
                 cells = [cell for cell, _ in chunk]
@@ -246,17 +247,18 @@ class SweepSession:
                 else:
                     outputs = self.runner.run(cells)
                     finish = lambda outputs=outputs: outputs  # noqa: E731 - the chunk is finished already
-                writer.submit(self._store_chunk, chunk, todo, finish, batch_id)
+                writer.submit(self._store_chunk, chunk, todo, finish, batch_id, index == len(chunks) - 1)
 
-    def _store_chunk(self, chunk: list, todo: set, finish, batch_id: str | None) -> None:
+    def _store_chunk(self, chunk: list, todo: set, finish, batch_id: str | None, last: bool = False) -> None:
         """Finish a chunk (``finish()``: its outputs, decoded here where the model allows), measure its outputs in
-        one batch per source and store each cell to generate (the writer thread)."""
+        one batch per source and store each cell to generate (the writer thread). The table is checkpointed after
+        each batched chunk but the ``last`` (the sweep's flush follows it; its row files are durable already)."""
         finished = [(cell, key, output) for (cell, key), output in zip(chunk, finish()) if key in todo]
         measured = self._measure([(cell, output.image) for cell, _, output in finished])
         for (cell, key, output), values in zip(finished, measured):
             self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged, batch_id,
                       measured=values)
-        if self.context.is_main and (batch_id is not None or time.monotonic() - self.last_flush > 5):
+        if self.context.is_main and not last and (batch_id is not None or time.monotonic() - self.last_flush > 5):
             self.store.checkpoint()  # rank 0 alone writes the table; every rank's row files are durable
             self.last_flush = time.monotonic()
             self.show_job_progress()
