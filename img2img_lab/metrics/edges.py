@@ -1,9 +1,9 @@
 """Edge maps for the edge F1: scikit-image's Canny on the CPU (:func:`edge_map`), the same bits in torch on a GPU.
 
-scikit-image runs Canny per channel on the CPU (tens of milliseconds for a 512 px image: most of what the fidelity
-metrics cost once the rest runs on a GPU). :func:`canny_edges` does the same arithmetic on a batch, in float64 and
-in scipy's order of operations, so that its edge maps are the reference's bit for bit
-(``tests/test_fidelity.py`` compares them):
+On the CPU :func:`canny_stack` runs scikit-image's Canny on a stack of channel images at once, bit for bit (tens of
+milliseconds for a 512 px image: most of what the fidelity metrics cost once the rest runs on a GPU).
+:func:`canny_edges` does the same arithmetic on a batch in torch, in float64 and in scipy's order of operations, so
+that its edge maps are the reference's bit for bit (``tests/test_fidelity.py`` compares them):
 
 1. Gaussian smoothing, ``mode="constant"`` (zeros past the border), truncated at 4 sigma, rows then columns, each
    tap pair summed outermost first as scipy's symmetric 1-D correlation does; divided by the smoothed all-ones
@@ -14,7 +14,7 @@ in scipy's order of operations, so that its edge maps are the reference's bit fo
 4. Hysteresis: weak edge pixels are kept where their 8-connected component holds a strong one, grown from the
    strong pixels by 3x3 dilations inside the weak mask until nothing changes.
 
-On the CPU scikit-image is faster (the dilations in step 4 are many small passes), so :mod:`img2img_lab.metrics.fidelity`
+On the CPU the stack is faster (the dilations in step 4 are many small passes), so :mod:`img2img_lab.metrics.fidelity`
 uses torch for the edges only on :data:`TORCH_EDGE_DEVICES`.
 
 >>> import torch
@@ -31,12 +31,16 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["TORCH_EDGE_DEVICES", "canny_edges", "dilate", "edge_f1_from_counts", "edge_map", "edge_maps", "grow"]
+__all__ = ["TORCH_EDGE_DEVICES", "canny_edges", "canny_stack", "dilate", "edge_f1_from_counts", "edge_map", "edge_maps",
+           "edge_maps_cpu", "grow"]
 
 #: Device types whose edge maps :func:`edge_maps` computes in torch (float64 arithmetic; MPS has none).
 TORCH_EDGE_DEVICES = frozenset({"cuda"})
 #: Images per torch Canny call (three channel images each): bounds its float64 temporaries (about 100 MB at 1024 px).
 CANNY_IMAGES = 4
+#: Channel pixels per CPU Canny stack (:func:`canny_stack`): its float64 temporaries stay near 32 MB each (85 images
+#: of 128 px in one stack, 5 of 512 px, one 1024 px image).
+CANNY_STACK_PIXELS = 1 << 22
 #: scikit-image's defaults for float images in [0, 1]: the low threshold as the float32 its C code receives.
 LOW_THRESHOLD, HIGH_THRESHOLD = float(np.float32(0.1)), 0.2
 
@@ -158,8 +162,54 @@ def canny_edges(images, *, sigma: float = 1.0):
     return _hysteresis(kept > 0, kept >= HIGH_THRESHOLD)
 
 
+# Adapted from skimage.feature._canny.canny and _preprocess (scikit-image 0.26: no mask, mode "constant"), a stack
+def canny_stack(images: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+    """``skimage.feature.canny(image, sigma)`` of each KxHxW float64 image of a stack at once, bit for bit: scipy's
+    filters run along rows and columns only (never across images), scikit-image's non-maximum suppression per image,
+    and the hysteresis labels each image's components apart. On the CPU a sweep's outputs take 1.5–2.2x less time
+    than one ``canny`` call per channel (64 to 128 px).
+
+    >>> from skimage.feature import canny
+    >>> image = np.zeros((32, 32)); image[8:24, 8:24] = 1.0
+    >>> stack = np.stack([image, image.T * 0.5, np.zeros((32, 32))])
+    >>> [bool((edges == canny(one)).all()) for edges, one in zip(canny_stack(stack), stack)]
+    [True, True, True]
+    """
+    from scipy import ndimage
+    from skimage.feature._canny_cy import _nonmaximum_suppression_bilinear
+
+    height, width = images.shape[1:]
+    sigmas = (0.0, sigma, sigma)  # scipy skips an axis of sigma 0: rows, then columns, as for one image
+    bleed_over = ndimage.gaussian_filter(np.ones((1, height, width)), sigmas, mode="constant") + np.finfo(float).eps
+    smoothed = ndimage.gaussian_filter(images, sigmas, mode="constant") / bleed_over
+    jsobel, isobel = _sobel_stack(smoothed, 2), _sobel_stack(smoothed, 1)
+    magnitude = isobel * isobel
+    magnitude += jsobel * jsobel
+    np.sqrt(magnitude, out=magnitude)
+    eroded = np.zeros((height, width), bool)
+    eroded[1:-1, 1:-1] = True
+    low = np.stack([_nonmaximum_suppression_bilinear(isobel[k], jsobel[k], magnitude[k], eroded, 0.1)
+                    for k in range(len(images))])
+    low_mask = low > 0
+    within_image = np.zeros((3, 3, 3), bool)
+    within_image[1] = True  # 8-connected inside one image, never across two
+    labels, count = ndimage.label(low_mask, within_image)
+    kept = np.zeros(count + 1, bool)
+    kept[np.unique(labels[low_mask & (low >= HIGH_THRESHOLD)])] = True
+    kept[0] = False
+    return kept[labels]
+
+
+def _sobel_stack(images: np.ndarray, axis: int) -> np.ndarray:
+    """scipy's ``ndimage.sobel`` of each image of a KxHxW stack along ``axis`` (1 rows, 2 columns)."""
+    from scipy import ndimage
+
+    output = ndimage.correlate1d(images, [-1, 0, 1], axis, mode="reflect")
+    return ndimage.correlate1d(output, [1, 2, 1], 3 - axis, output, mode="reflect")
+
+
 def edge_map(image, *, sigma: float = 1.0) -> np.ndarray:
-    """Canny edges of an RGB image (boolean HxW): the union of each channel's edges (scikit-image, CPU).
+    """Canny edges of an RGB image (boolean HxW): the union of each channel's edges (scikit-image's Canny, CPU).
 
     Per-channel edges catch colour boundaries that luminance misses (yellow on white, blue on black).
 
@@ -167,15 +217,27 @@ def edge_map(image, *, sigma: float = 1.0) -> np.ndarray:
     >>> bool(edge_map(square).any())
     True
     """
-    from skimage.feature import canny
-
     from img2img_lab.images.arrays import metric_array
 
-    array = metric_array(image).astype(np.float64) / 255.0
-    edges = np.zeros(array.shape[:2], bool)
-    for channel in range(3):
-        edges |= canny(array[..., channel], sigma=sigma)
-    return edges
+    return edge_maps_cpu([metric_array(image)], sigma=sigma)[0]
+
+
+def edge_maps_cpu(arrays, *, sigma: float = 1.0) -> np.ndarray:
+    """:func:`edge_map` of HxWx3 uint8 arrays of one size (NxHxW bool), in stacks of :data:`CANNY_STACK_PIXELS`.
+
+    >>> square = np.zeros((32, 32, 3), np.uint8); square[8:24, 8:24] = (0, 0, 255)
+    >>> edge_maps_cpu([square, square[::-1]]).shape
+    (2, 32, 32)
+    """
+    arrays = list(arrays)
+    per_stack = max(1, CANNY_STACK_PIXELS // (3 * arrays[0].shape[0] * arrays[0].shape[1]))
+    parts = []
+    for start in range(0, len(arrays), per_stack):
+        chunk = np.stack(arrays[start:start + per_stack])
+        count, height, width = chunk.shape[:3]
+        channels = chunk.transpose(0, 3, 1, 2).reshape(-1, height, width).astype(np.float64) / 255.0
+        parts.append(canny_stack(channels, sigma=sigma).reshape(count, 3, height, width).any(axis=1))
+    return np.concatenate(parts)
 
 
 def edge_maps(pixels, *, sigma: float = 1.0):

@@ -140,20 +140,29 @@ def test_at_512_px_the_metrics_agree_in_float32_as_well():
         assert values[name][0] == pytest.approx(reference(source, output), abs=TOLERANCE), name
 
 
-def test_torch_canny_gives_scikit_images_edge_maps_bit_for_bit():
-    """A GPU's edge maps (img2img_lab.metrics.edges, float64 in scipy's order of operations) are the reference's pixels."""
+def _scikit_image_edges(image: np.ndarray) -> np.ndarray:
+    """The reference: scikit-image's Canny per channel, one call each, their union."""
+    return np.any([canny(image[..., c] / 255.0, sigma=1.0) for c in range(3)], axis=0)
+
+
+@pytest.mark.parametrize("where", ["torch", "cpu stack"])
+def test_batched_canny_gives_scikit_images_edge_maps_bit_for_bit(where, monkeypatch):
+    """A GPU's edge maps (torch, float64 in scipy's order of operations) and the CPU's (a stack of channel images
+    through scipy's filters at once, several stacks here) are the reference's pixels."""
     import torch
 
-    from img2img_lab.metrics.edges import edge_map, edge_maps
+    from img2img_lab.metrics import edges as edge_module
 
+    monkeypatch.setattr(edge_module, "CANNY_STACK_PIXELS", 3 * 64 * 64 * 4)  # 4 images of 64 px a stack
     checked = 0
     for kind, height, width in CASES + [("shapes", 512, 512)]:
         rng = np.random.default_rng(height * 1000 + width)
         source = _source(kind, height, width, rng)
         images = [source, *_outputs(source, rng)][: 3 if height == 512 else None]
-        maps = edge_maps(torch.from_numpy(np.stack(images))).numpy()
+        maps = edge_module.edge_maps(torch.from_numpy(np.stack(images))).numpy() if where == "torch" \
+            else edge_module.edge_maps_cpu(images)
         for image, edges in zip(images, maps):
-            assert np.array_equal(edges, edge_map(image)), (kind, height, width)
+            assert np.array_equal(edges, _scikit_image_edges(image)), (kind, height, width)
             checked += int(edges.sum())
     assert checked > 10_000  # edges were there to compare
 
@@ -164,7 +173,8 @@ def test_edge_f1_on_a_torch_edge_device_equals_the_cpu_path(monkeypatch):
     outputs = _outputs(source, rng)
     on_cpu = fidelity_values(source, outputs, ["edge_f1"])["edge_f1"]
     monkeypatch.setattr(fidelity, "TORCH_EDGE_DEVICES", frozenset({"cpu"}))
-    monkeypatch.setattr(fidelity, "edge_map", lambda *a, **k: pytest.fail("scikit-image's Canny ran"))
+    for name in ("edge_map", "edge_maps_cpu"):
+        monkeypatch.setattr(fidelity, name, lambda *a, **k: pytest.fail("the CPU's Canny ran"))
     in_torch = fidelity_values(source, outputs, ["edge_f1"])["edge_f1"]
     assert in_torch.tolist() == on_cpu.tolist() and len(set(on_cpu.tolist())) > 3
 
@@ -172,14 +182,17 @@ def test_edge_f1_on_a_torch_edge_device_equals_the_cpu_path(monkeypatch):
 def test_the_source_side_is_computed_once_per_source(monkeypatch):
     rng = np.random.default_rng(0)
     sources = [_source("shapes", 48, 48, rng), _source("gradient", 48, 48, rng)]
-    made, edge_maps = [], []
-    real_init, real_edge_map = fidelity.SourceReference.__init__, fidelity.edge_map
+    made, edge_maps, output_stacks = [], [], []
+    real_init, real_edge_map, real_stacks = fidelity.SourceReference.__init__, fidelity.edge_map, fidelity.edge_maps_cpu
     monkeypatch.setattr(fidelity.SourceReference, "__init__",
                         lambda self, *a, **k: (made.append(1), real_init(self, *a, **k))[1])
     monkeypatch.setattr(fidelity, "edge_map", lambda *a, **k: (edge_maps.append(1), real_edge_map(*a, **k))[1])
+    monkeypatch.setattr(fidelity, "edge_maps_cpu",
+                        lambda arrays, **k: (output_stacks.append(len(arrays)), real_stacks(arrays, **k))[1])
     pairs = [(sources[i % 2], _outputs(sources[i % 2], rng)[2]) for i in range(6)]
     values = metrics.measure_pairs([s for s, _ in pairs], [o for _, o in pairs], ["ssim", "ms_ssim", "edge_f1"])
-    assert len(made) == 2 and len(edge_maps) == 2 + 6  # one reference and one edge map per source, one per output
+    assert len(made) == 2 and len(edge_maps) == 2  # one reference and one edge map per source
+    assert output_stacks == [3, 3]  # each source's outputs' edge maps made together
     for (source, output), ssim_value in zip(pairs, values["ssim"]):
         assert ssim_value == pytest.approx(reference_ssim(source, output), abs=TOLERANCE)
     cache = ReferenceCache()
