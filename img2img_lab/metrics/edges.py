@@ -176,8 +176,12 @@ def canny_stack(images: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
     [True, True, True]
     """
     from scipy import ndimage
-    from skimage.feature._canny_cy import _nonmaximum_suppression_bilinear
 
+    suppress = _suppression()
+    if suppress is None:  # a scikit-image without the private kernel this stack borrows: one call per image
+        from skimage.feature import canny
+
+        return np.stack([canny(image, sigma=sigma) for image in images])
     height, width = images.shape[1:]
     sigmas = (0.0, sigma, sigma)  # scipy skips an axis of sigma 0: rows, then columns, as for one image
     bleed_over = ndimage.gaussian_filter(np.ones((1, height, width)), sigmas, mode="constant") + np.finfo(float).eps
@@ -188,8 +192,7 @@ def canny_stack(images: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
     np.sqrt(magnitude, out=magnitude)
     eroded = np.zeros((height, width), bool)
     eroded[1:-1, 1:-1] = True
-    low = np.stack([_nonmaximum_suppression_bilinear(isobel[k], jsobel[k], magnitude[k], eroded, 0.1)
-                    for k in range(len(images))])
+    low = np.stack([suppress(isobel[k], jsobel[k], magnitude[k], eroded, 0.1) for k in range(len(images))])
     low_mask = low > 0
     within_image = np.zeros((3, 3, 3), bool)
     within_image[1] = True  # 8-connected inside one image, never across two
@@ -198,6 +201,16 @@ def canny_stack(images: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
     kept[np.unique(labels[low_mask & (low >= HIGH_THRESHOLD)])] = True
     kept[0] = False
     return kept[labels]
+
+
+def _suppression():
+    """scikit-image's non-maximum suppression kernel (private: ``skimage.feature._canny_cy``, as in 0.26, the locked
+    version), or ``None`` where a version lacks it."""
+    try:
+        from skimage.feature._canny_cy import _nonmaximum_suppression_bilinear
+    except ImportError:
+        return None
+    return _nonmaximum_suppression_bilinear
 
 
 def _sobel_stack(images: np.ndarray, axis: int) -> np.ndarray:

@@ -1,13 +1,13 @@
 """Fidelity of an output to its source (SSIM, MS-SSIM, PSNR, MSE, CIEDE2000, Canny-edge F1), many outputs at once.
 
 The work that depends on the source alone (its blurred moments per MS-SSIM scale, its CIELAB values, its Canny edges)
-is done once per source by a :class:`SourceReference`; :func:`fidelity_values` then measures a batch of that source's
-outputs in torch on any device (the pipeline's GPU during a sweep); Canny edges are scikit-image's on the CPU (a batch's
-outputs in stacks) and the same bits in torch on a GPU (:mod:`img2img_lab.metrics.edges`). The arithmetic is float32: intensities are shifted by
-half the data range before the blurred second moments are taken (which keeps the variances' cancellation error small), and the
-2x2 averages of the MS-SSIM pyramid are exact. Measured against the reference implementations
-(``tests/test_fidelity.py``): SSIM, MS-SSIM and CIEDE2000 agree with scikit-image / the float64 paper
-transcription within 1e-5, PSNR and edge F1 within 1e-9.
+is done once per source by a :class:`SourceReference`; :func:`fidelity_values` then measures a batch of that
+source's outputs in torch on any device (the pipeline's GPU during a sweep); Canny edges are scikit-image's on the
+CPU (a batch's outputs in stacks) and the same bits in torch on a GPU (:mod:`img2img_lab.metrics.edges`). The
+arithmetic is float32: intensities are shifted by half the data range before the blurred second moments are taken
+(which keeps the variances' cancellation error small), and the 2x2 averages of the MS-SSIM pyramid are exact.
+Measured against the reference implementations (``tests/test_fidelity.py``): SSIM, MS-SSIM and CIEDE2000 agree
+with scikit-image / the float64 paper transcription within 1e-5, PSNR and edge F1 within 1e-9.
 
 >>> import numpy as np
 >>> source = np.zeros((32, 32, 3), np.uint8); source[8:24, 8:24] = (200, 40, 40)
