@@ -239,10 +239,12 @@ def edge_maps_cpu(arrays, *, sigma: float = 1.0) -> np.ndarray:
     """:func:`edge_map` of HxWx3 uint8 arrays of one size (NxHxW bool), in stacks of :data:`CANNY_STACK_PIXELS`.
 
     >>> square = np.zeros((32, 32, 3), np.uint8); square[8:24, 8:24] = (0, 0, 255)
-    >>> edge_maps_cpu([square, square[::-1]]).shape
-    (2, 32, 32)
+    >>> edge_maps_cpu([square, square[::-1]]).shape, edge_maps_cpu([]).shape
+    ((2, 32, 32), (0, 0, 0))
     """
     arrays = list(arrays)
+    if not arrays:
+        return np.zeros((0, 0, 0), bool)
     per_stack = max(1, CANNY_STACK_PIXELS // (3 * arrays[0].shape[0] * arrays[0].shape[1]))
     parts = []
     for start in range(0, len(arrays), per_stack):
