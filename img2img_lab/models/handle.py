@@ -158,7 +158,7 @@ class ModelHandle:
         for axis in AXES:
             value = getattr(cell, axis.name)
             if axis.call is not None and axis.call in parameters and value is not None:
-                arguments[axis.call] = value
+                arguments[axis.call] = value if axis.call_value is None else axis.call_value(value)
         arguments.update(self.family.call_extras(cell.guidance_scale, cell.negative_prompt))
         arguments.update({name: value for name, value in (condition or {}).items() if name in parameters})
         arguments.update(self.family.size_arguments(source.width, source.height))

@@ -76,10 +76,6 @@ def refusal(pipe) -> str | None:
     if name in NO_STRENGTH or "strength" not in call_parameters(pipe):
         what = NO_STRENGTH.get(name, "has no strength argument in its __call__")
         return f"{name} {what}. Fix: sweep an img2img or inpainting pipeline (e.g. FluxImg2ImgPipeline)."
-    controlnet = getattr(getattr(pipe, "controlnet", None), "config", None)
-    if controlnet is not None and (controlnet.get("num_mode") or controlnet.get("num_control_type")):
-        return (f"{name} carries a union ControlNet, which needs a control_mode per control image; img2img-lab does "
-                f"not sweep it yet. Fix: load a single-mode ControlNet (e.g. a Canny one).")
     if name in REFUSED:
         swept = ", ".join(family.label for family in FAMILY_CLASSES if family.pipelines)
         return f"{name} {REFUSED[name]}. Fix: use an img2img or inpainting pipeline of {swept}."

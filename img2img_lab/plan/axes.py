@@ -72,6 +72,28 @@ def _control_check(plural: str) -> Callable[[Any], float]:
     return check
 
 
+def _check_control_mode(value: Any) -> str:
+    """A union ControlNet's mode (the kind of map its control image is): a whole number >= 0, or one per control
+    image (a list, or its text ``"3,1"``), kept as text (``"3"``, ``"3,1"``) so a cell key and a table column hold it
+    as written."""
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    modes = [int(part) if isinstance(part, str) and part.strip().isdigit() else part for part in parts]
+    if not modes or any(isinstance(mode, bool) or not isinstance(mode, int) or mode < 0 for mode in modes):
+        raise PlanError(f"control control_modes value {shown(value)} must be a union ControlNet's mode (a whole "
+                        f"number >= 0) or a list of them, one per control image. Fix: e.g. control_modes: [3] or "
+                        f"control_modes: [[3, 1]] for two control images.")
+    return ",".join(str(mode) for mode in modes)
+
+
+def control_mode_list(value: str) -> list[int]:
+    """The ``control_mode`` argument of a union ControlNet pipeline: one mode per control image.
+
+    >>> control_mode_list("3,1")
+    [3, 1]
+    """
+    return [int(part) for part in value.split(",")]
+
+
 @dataclass(frozen=True)
 class Axis:
     """One sweep axis (see the module doc). ``check`` turns one value into the checked value or raises
@@ -91,6 +113,7 @@ class Axis:
     baseline: Any = NO_BASELINE
     columns: tuple[str, ...] = ()  # its table columns (default: its name)
     call: str | None = None  # the pipeline argument it reaches where ``__call__`` takes it (None: the family's)
+    call_value: Callable[[Any], Any] | None = None  # what that argument takes for a value (None: the value)
     batchable: bool = True  # may cells differ in it inside one batch of the batched engine
     role: str = "condition"  # what analyses make of it: see ROLES
     label: str = "{}"  # how a cell label writes a value
@@ -182,13 +205,17 @@ AXES: tuple[Axis, ...] = (
     Axis("control_guidance_end", "guidance_ends", float, _control_check("guidance_ends"), default=(None,), nest=72,
          section="control", baseline=None, call="control_guidance_end", batchable=False, role="control",
          label="control end {:g}"),
+    # A union ControlNet's mode per control image (SDXL's ControlNet++ ``num_control_type``, FLUX.1's ``num_mode``).
+    Axis("control_mode", "control_modes", str, _check_control_mode, default=(None,), nest=73, section="control",
+         baseline=None, call="control_mode", call_value=control_mode_list, batchable=False, role="control",
+         label="control mode {}"),
     # Inpainting as people's tools run it (:mod:`img2img_lab.plan.condition_settings`); inpaint cells only.
-    Axis("composite", "composite", bool, _check_composite, default=(False,), nest=73, section="inpaint",
+    Axis("composite", "composite", bool, _check_composite, default=(False,), nest=74, section="inpaint",
          baseline=False, batchable=False, role="mode", label="{}", modes=("inpaint",),
          words=lambda value: "composited" if value else "not composited"),
-    Axis("mask_blur", "mask_blur", int, _pixels_check("mask_blur"), default=(0,), nest=74, section="inpaint",
+    Axis("mask_blur", "mask_blur", int, _pixels_check("mask_blur"), default=(0,), nest=75, section="inpaint",
          baseline=0, batchable=False, role="mode", label="mask blur {}", modes=("inpaint",)),
-    Axis("padding_mask_crop", "padding_mask_crop", int, _pixels_check("padding_mask_crop"), default=(None,), nest=75,
+    Axis("padding_mask_crop", "padding_mask_crop", int, _pixels_check("padding_mask_crop"), default=(None,), nest=76,
          section="inpaint", baseline=None, call="padding_mask_crop", batchable=False, role="mode",
          label="only masked, padding {}", modes=("inpaint",)),
     Axis("lora", "loras", str, check_lora_setting, default=(NO_LORA,), nest=5, baseline=NO_LORA,

@@ -15,8 +15,9 @@ A config may add::
       conditioning_scales: [0.5, 1.0]   # controlnet_conditioning_scale axis (optional)
       guidance_starts: [0.0]            # control_guidance_start axis (optional)
       guidance_ends: [1.0]              # control_guidance_end axis (optional)
+      control_modes: [3]                # a union ControlNet's mode per control image (axis; [[3, 1]] for two)
 
-The modes, the three inpainting options and the three ControlNet lists are axes
+The modes, the three inpainting options and the four ControlNet lists are axes
 (:data:`img2img_lab.plan.axes.AXES`); this module checks the rest.
 
 >>> inpaint, control = check_conditions(["img2img", "inpaint"], None, {"image": "canny", "conditioning_scales": [1]})

@@ -181,8 +181,9 @@ class SweepPlan:
     inpaint : dict, optional
         ``{mask: auto | oracle | folder | {name: file}, repaint: background | subject}`` for the inpaint mode.
     control : dict, optional
-        ``{image: canny | folder | {name: file}, conditioning_scales, guidance_starts, guidance_ends}`` for
-        ControlNet pipelines; the three lists are axes.
+        ``{image: canny | folder | {name: file}, conditioning_scales, guidance_starts, guidance_ends,
+        control_modes}`` for ControlNet pipelines; the four lists are axes (``control_modes``: a union ControlNet's
+        mode per control image).
     memory : dict, optional
         ``{offload, vae_tiling, vae_slicing, attention_slicing, memory_budget}``: how the sweep fits the model in
         memory (:mod:`img2img_lab.plan.memory_settings`).

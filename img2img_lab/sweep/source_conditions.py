@@ -198,15 +198,12 @@ def check_conditions_fit(plan, model) -> None:
     refusal = model.family.control_refusal() if model.needs_control_image else None
     if refusal:
         raise PlanError(f"{name} cannot be swept: {refusal}.")
-    nets = len(getattr(getattr(model.pipe, "controlnet", None), "nets", None) or [None])
-    given = len(control_images(plan.control))
-    if plan.control is not None and model.needs_control_image and given != nets:
-        raise PlanError(f"{name} holds {nets} ControlNet{'s' * (nets > 1)} but control: image names {given} control "
-                        f"image{'s' * (given > 1)} per source. Fix: give one per ControlNet, in its order: control: "
-                        f"{{image: [{', '.join(['canny'] * nets)}]}}.")
     if plan.control is not None and not model.needs_control_image:
         raise PlanError(f"{name} takes no control image, so control: would change nothing. Fix: remove control: "
                         f"or load a ControlNet img2img pipeline.")
+    if plan.control is not None:
+        _check_control_count(plan.control, model, name)
+        _check_control_modes(plan.control, model.family.control_mode_counts(), name)
     from img2img_lab.models.families.base import call_parameters
     from img2img_lab.plan.axes import section_axes
 
@@ -222,6 +219,58 @@ def check_conditions_fit(plan, model) -> None:
     if why:
         raise PlanError(f"{type(inpainter.pipe).__name__} cannot crop around the mask: {why}. Fix: remove "
                         f"padding_mask_crop from inpaint:, or inpaint with StableDiffusionInpaintPipeline.")
+
+
+def _check_control_count(control: dict, model, name: str) -> None:
+    """One control image per ControlNet; SDXL's union ControlNet, and FLUX.1's multi-ControlNet of one (diffusers'
+    way to give FLUX.1's union ControlNet several maps), take any number (one per mode)."""
+    controlnet = getattr(model.pipe, "controlnet", None)
+    nets = len(getattr(controlnet, "nets", None) or [None])
+    given = len(control_images(control))
+    per_mode = type(controlnet).__name__ == "ControlNetUnionModel" or (
+        type(controlnet).__name__ == "FluxMultiControlNetModel" and nets == 1)
+    if given != nets and not per_mode:
+        raise PlanError(f"{name} holds {nets} ControlNet{'s' * (nets > 1)} but control: image names {given} control "
+                        f"image{'s' * (given > 1)} per source. Fix: give one per ControlNet, in its order: control: "
+                        f"{{image: [{', '.join(['canny'] * nets)}]}}.")
+
+
+def _check_control_modes(control: dict, counts: tuple, name: str) -> None:
+    """A union ControlNet needs ``control_modes`` (one mode per control image, each one it knows); a single-mode
+    ControlNet refuses them; a mix of both is refused (a single-mode one would be keyed by a mode it ignores).
+
+    >>> _check_control_modes({"image": "canny", "control_modes": ["3,1"]}, (6,), "Pipe")
+    Traceback (most recent call last):
+    ...
+    img2img_lab.errors.PlanError: control_modes value '3,1' names 2 modes but control: image names 1 control image per source. Fix: one mode per control image, in its order: e.g. control_modes: [3].
+    """
+    values, images = control.get("control_modes") or [], len(control_images(control))
+    if any(counts) and not all(counts):
+        raise PlanError(f"{name} mixes union and single-mode ControlNets, whose modes img2img-lab cannot key apart. "
+                        f"Fix: load only union ControlNets or only single-mode ones.")
+    if any(counts) and not values:
+        raise PlanError(f"{name} holds a union ControlNet, which needs the mode of each control image (the kind of "
+                        f"map it is: see the ControlNet's model card). Fix: add e.g. control_modes: "
+                        f"{_modes_example(images)} to control:.")
+    if values and not any(counts):
+        raise PlanError(f"{name}'s ControlNet has a single mode, so control_modes would give identical images. "
+                        f"Fix: remove control_modes from control: (or load a union ControlNet).")
+    for value in values:
+        modes = [int(part) for part in value.split(",")]
+        if len(modes) != images:
+            raise PlanError(f"control_modes value {value!r} names {len(modes)} mode{'s' * (len(modes) > 1)} but "
+                            f"control: image names {images} control image{'s' * (images > 1)} per source. Fix: one "
+                            f"mode per control image, in its order: e.g. control_modes: {_modes_example(images)}.")
+        limits = counts if len(counts) == len(modes) else counts[:1] * len(modes)  # one net: every mode is its
+        for mode, limit in zip(modes, limits):
+            if mode >= limit:
+                raise PlanError(f"control_modes value {value!r}: mode {mode} is not one the ControlNet knows (it "
+                                f"has modes 0 to {limit - 1}). Fix: use a mode from its model card.")
+
+
+def _modes_example(images: int) -> str:
+    """A ``control_modes`` value for ``images`` control images: ``[3]`` for one, ``[[3, 1]]`` for two."""
+    return "[3]" if images == 1 else "[[" + ", ".join(["3", "1"] + ["0"] * (images - 2)) + "]]"
 
 
 def folder_conditions(plan, store, sources: list, entries: list[dict]) -> list[SourceCondition]:

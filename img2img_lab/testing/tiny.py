@@ -60,7 +60,9 @@ def make_tiny_family(name: str, *, seed: int = 0):
 def make_tiny_variant(name: str, *, seed: int = 0):
     """:func:`make_tiny_family`, or a variant of one that no family declares on its own: ``…-pooled`` (its
     ControlNet pools its residuals, shuffle-style: guess mode), ``…-multi`` (two ControlNets, a control image each;
-    FLUX.1's too), ``flux-controlnet[-inpaint]-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``sd-controlnet-inpaint-9``
+    FLUX.1's too), ``flux-controlnet[-inpaint]-xlabs`` (an XLabs-style FLUX.1 ControlNet), ``flux-controlnet-union``
+    (a union FLUX.1 ControlNet, 4 modes) and ``flux-controlnet-union-list`` (it alone in a ``FluxMultiControlNetModel``,
+    diffusers' way to give it several maps), ``sd-controlnet-inpaint-9``
     and ``sd-pag-inpaint-9`` (SD's ControlNet and PAG inpainting with a 9-channel UNet), ``sd3-inpaint-33`` (SD3
     inpainting with a 33-channel transformer: the mask and the masked source as channels). Seeded, in evaluation mode.
 
@@ -70,7 +72,10 @@ def make_tiny_variant(name: str, *, seed: int = 0):
     import torch
 
     from img2img_lab.models.families.sd3 import make_tiny_sd3_inpaint
-    from img2img_lab.models.families.tiny_parts import (for_inference, make_tiny_flux_xlabs, sd_variant,
+    from diffusers import FluxMultiControlNetModel
+
+    from img2img_lab.models.families.tiny_parts import (as_class, for_inference, make_tiny_flux,
+                                                        make_tiny_flux_xlabs, sd_variant, tiny_flux_controlnet,
                                                         with_pooled_controlnet, with_two_controlnets,
                                                         with_two_flux_controlnets)
 
@@ -82,6 +87,11 @@ def make_tiny_variant(name: str, *, seed: int = 0):
     builders = {
         "flux-controlnet-xlabs": lambda: make_tiny_flux_xlabs("FluxControlNetImg2ImgPipeline"),
         "flux-controlnet-inpaint-xlabs": lambda: make_tiny_flux_xlabs("FluxControlNetInpaintPipeline"),
+        "flux-controlnet-union": lambda: as_class(make_tiny_flux(), "FluxControlNetImg2ImgPipeline",
+                                                  controlnet=tiny_flux_controlnet(modes=4)),
+        "flux-controlnet-union-list": lambda: as_class(
+            make_tiny_flux(), "FluxControlNetImg2ImgPipeline",
+            controlnet=FluxMultiControlNetModel([tiny_flux_controlnet(modes=4)])),
         "sd-controlnet-inpaint-9": lambda: sd_variant("StableDiffusionControlNetInpaintPipeline", controlnet=True,
                                                       unet_channels=9),
         "sd-pag-inpaint-9": lambda: sd_variant("StableDiffusionPAGInpaintPipeline", unet_channels=9),

@@ -37,6 +37,7 @@ STEPS = 4
 NATIVE = {"sd1": 32, "sd2-v": 32, "sdxl": 32, "sd3": 32, "flux-dev": 256, "flux-schnell": 256, "lcm": 32}
 #: Tiny pipelines of classes img2img-lab refuses (tested by the refusal tests below).
 REFUSED_TINY = ("flux-kontext",)
+UNION_MODE = 3  # a union ControlNet's mode for the Canny control image (ControlNet++'s canny is 3)
 SWEPT = tuple(name for name in TINY_FAMILIES if name not in REFUSED_TINY)
 REPORT: dict[str, dict[str, str]] = {}
 
@@ -89,7 +90,16 @@ def _conditions(model, source_files):
     if model.needs_control_image:
         edges = edge_map(source).astype(np.uint8) * 255
         conditions["control_image"] = Image.fromarray(np.stack([edges] * 3, -1), mode="RGB")
+    if any(model.family.control_mode_counts()):  # a union ControlNet: the Canny map's mode
+        conditions["control_mode"] = [UNION_MODE]
     return source, conditions
+
+
+def _control(model) -> dict | None:
+    """The plan's ``control:``: Canny edges, with their mode for a union ControlNet."""
+    if not model.needs_control_image:
+        return None
+    return {"image": "canny", **({"control_modes": [UNION_MODE]} if any(model.family.control_mode_counts()) else {})}
 
 
 @pytest.mark.parametrize("name", SWEPT)
@@ -104,7 +114,7 @@ def test_every_family_class_sweeps_like_a_plain_call(name, source_files, tmp_pat
                      seeds=[0, 1], guidance_scales=[guidance], steps=[STEPS], max_side=None,
                      modes=["inpaint" if inpaint else "img2img"],
                      inpaint={"mask": str(source_files / "masks"), "repaint": "background"} if inpaint else None,
-                     control={"image": "canny"} if model.needs_control_image else None)
+                     control=_control(model))
     table = run_sweep(plan, tmp_path / "run", pipe=pipe, engine="per-cell", progress=False)
     assert len(table) == len(STRENGTHS) * 2
     source, conditions = _conditions(model, source_files)
@@ -141,6 +151,8 @@ def test_every_family_class_sweeps_like_a_plain_call(name, source_files, tmp_pat
         assert table["mask_hash"].notna().all() and set(table["repaint"]) == {"background"}
     if model.needs_control_image:
         assert table["control_hash"].notna().all()
+        assert set(table["control_mode"].fillna("none")) == ({str(UNION_MODE)} if any(
+            model.family.control_mode_counts()) else {"none"})
     _measure_and_draw(tmp_path / "run", checks)
     REPORT[name] = {check: f"{count} ok" for check, count in checks.items()}
     with capsys.disabled():
@@ -202,7 +214,7 @@ def test_every_class_a_family_module_runs_has_a_tiny_pipeline_here():
 
     built = {type(TINY_PIPELINES[name]()).__name__ for name in SWEPT}
     assert set(FAMILIES) - built == set()
-    assert len(FAMILIES) == 30 and len(SWEPT) == 34
+    assert len(FAMILIES) == 32 and len(SWEPT) == 36  # 32: SDXL's two union ControlNet pipelines (were refused)
 
 
 def pd_isna(value) -> bool:

@@ -60,7 +60,7 @@ def test_everything_that_lists_axes_is_derived_from_the_table():
     cell = SweepPlan(images=["a.png"], prompts=["p"], strengths=[0.5], modes=["inpaint"],
                      control={"image": "canny", "conditioning_scales": [0.5]}).cells()[0]
     assert key_payload(cell)["mode"] == "inpaint" and key_payload(cell)["controlnet_conditioning_scale"] == "0.5"
-    assert chunk_key(cell) == (20, "default", "inpaint", 0.5, None, None, False, 0, None, "none")
+    assert chunk_key(cell) == (20, "default", "inpaint", 0.5, None, None, None, False, 0, None, "none")
     assert cell.label() == ("a.png · 'p' · strength 0.5 · seed 0 · guidance 7.5 · 20 steps · default · inpaint · "
                             "control scale 0.5")
 

@@ -227,6 +227,19 @@ class Family:
         the fix (``None``: they can)."""
         return None
 
+    def control_mode_counts(self) -> tuple[int | None, ...]:
+        """How many modes each of the pipeline's ControlNets knows, in their order: a union ControlNet's
+        ``num_control_type`` (SDXL's ControlNet++) or ``num_mode`` (FLUX.1's), ``None`` for a single-mode one (``()``:
+        no ControlNet).
+
+        >>> model.family.control_mode_counts()  # the embedded model: no ControlNet
+        ()
+        """
+        controlnet = getattr(self.pipe, "controlnet", None)
+        nets = getattr(controlnet, "nets", None) or ([controlnet] if controlnet is not None else [])
+        return tuple(getattr(net, "config", {}).get("num_control_type") or getattr(net, "config", {}).get("num_mode")
+                     for net in nets)
+
     def control_arguments(self, arguments: dict) -> dict:
         """A plain call's ``arguments`` with its ControlNet arguments as this pipeline needs them (here as the axes
         give them)."""

@@ -16,6 +16,7 @@ from img2img_lab.models.families.flow_inpaint import FlowInpaint
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
 from img2img_lab.models.families.controlnet import ControlNetGuidance
 from img2img_lab.models.families.tiny_parts import as_class, make_tiny_flux, tiny_flux_control, tiny_flux_controlnet
+from img2img_lab.plan.axes import control_mode_list
 
 
 class FluxConditioning(SD3Conditioning):
@@ -210,6 +211,8 @@ class FluxControlNetConditioning(FluxControlConditioning):
         if self._first_net.config.guidance_embeds:
             fields["controlnet_guidance"] = torch.full([1], cell.guidance_scale, device=self.device,
                                                        dtype=torch.float32)
+        if self._first_net.union:  # a union ControlNet's mode per control image, one row per sample
+            fields["controlnet_mode"] = torch.tensor([control_mode_list(cell.control_mode)], device=self.device)
         return fields
 
     @property
@@ -233,7 +236,7 @@ class FluxControlNetConditioning(FluxControlConditioning):
         return {**{name: control for name in self._cond_names()},
                 "conditioning_scale": torch.ones(1, 1, 1, device=self.device, dtype=self.dtype)}
 
-    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (the ControlNet(s), then the transformer with their residuals; a single-mode ControlNet's control_mode is -1)
+    # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (the ControlNet(s), then the transformer with their residuals; a single-mode ControlNet's control_mode is -1, a union one's each sample's)
     def predict(self, inputs, t, fields: dict):
         import torch
 
@@ -241,10 +244,12 @@ class FluxControlNetConditioning(FluxControlConditioning):
         common = {"pooled_projections": fields["pooled_projections"], "txt_ids": self.text_ids,
                   "encoder_hidden_states": fields["encoder_hidden_states"], "img_ids": self.image_ids,
                   "joint_attention_kwargs": {}, "return_dict": False}
-        conds, scale = [fields[name] for name in self._cond_names()], fields["conditioning_scale"]
+        conds, scale, modes = ([fields[name] for name in self._cond_names()], fields["conditioning_scale"],
+                               fields.get("controlnet_mode"))
         several = {"controlnet_cond": conds, "conditioning_scale": [scale] * self.nets,
-                   "controlnet_mode": torch.full((self.nets, 1), -1, dtype=torch.long, device=inputs.device)}
-        one = {"controlnet_cond": conds[0], "conditioning_scale": scale, "controlnet_mode": None}
+                   "controlnet_mode": torch.full((self.nets, 1), -1, dtype=torch.long, device=inputs.device)
+                   if modes is None else modes.T}  # each net's row: (samples,), read as [:, None]
+        one = {"controlnet_cond": conds[0], "conditioning_scale": scale, "controlnet_mode": modes}
         blocks, singles = self.pipe.controlnet(hidden_states=inputs, timestep=timestep,
                                                guidance=fields.get("controlnet_guidance"),
                                                **(several if self.nets > 1 else one), **common)
@@ -333,17 +338,11 @@ class FluxFamily(Family):
                        "FluxControlNetImg2ImgPipeline": FluxControlNetConditioning,
                        "FluxControlNetInpaintPipeline": FluxControlNetInpaintConditioning}
 
-    def control_refusal(self) -> str | None:
-        nets = getattr(getattr(self.pipe, "controlnet", None), "nets", None) or []
-        if any(getattr(net.config, "num_mode", None) for net in nets):
-            return ("a union ControlNet in its FluxMultiControlNetModel needs a control_mode per control image, which "
-                    "img2img-lab does not sweep yet. Fix: load single-mode ControlNets (e.g. a Canny one)")
-        return None
-
     # Adapted from diffusers.pipelines.flux.pipeline_flux_controlnet_image_to_image.FluxControlNetImg2ImgPipeline.__call__ (step 3: control_mode_ per ControlNet; the loop zips the scales with each ControlNet's keep)
     def control_arguments(self, arguments: dict) -> dict:
         """A ``FluxMultiControlNetModel`` takes a ``control_mode`` and a conditioning scale per ControlNet (diffusers
-        fails without them): a single-mode ControlNet ignores its mode (``None``), and each takes the cell's scale.
+        fails without them): a single-mode ControlNet ignores its mode (``None``), a union one takes the cell's
+        ``control_modes`` value, and each takes the cell's scale.
 
         >>> from img2img_lab.models.families.tiny_parts import with_two_flux_controlnets
         >>> several = FluxFamily(with_two_flux_controlnets(FluxFamily.tiny_pipelines["flux-controlnet"]()))
@@ -353,9 +352,18 @@ class FluxFamily(Family):
         nets = getattr(getattr(self.pipe, "controlnet", None), "nets", None)
         if nets is None:
             return arguments
+        images = arguments.get("control_image")  # a list for several: one per ControlNet, or per mode of one
+        count = len(images) if isinstance(images, list) else len(nets)
         scale = arguments.get("controlnet_conditioning_scale",
                               call_parameters(self.pipe)["controlnet_conditioning_scale"].default)
-        return {**arguments, "controlnet_conditioning_scale": [scale] * len(nets), "control_mode": [None] * len(nets)}
+        return {**arguments, "controlnet_conditioning_scale": [scale] * count,
+                "control_mode": arguments.get("control_mode", [None] * count)}
+
+    def batched_conditioning(self) -> tuple[type | None, str]:
+        if len(getattr(getattr(self.pipe, "controlnet", None), "nets", None) or (0, 0)) == 1:
+            return None, (f"{type(self.pipe).__name__} is run per cell (a FluxMultiControlNetModel of one ControlNet "
+                          "runs it once per control image)")
+        return super().batched_conditioning()
 
     def size_multiple(self) -> int:
         return int(self.pipe.vae_scale_factor) * 2  # latents are packed in 2x2 patches

@@ -17,7 +17,8 @@ from img2img_lab.models.families.pag import PAGGuidance
 from img2img_lab.models.families.stable_diffusion import (ControlNetConditioning, ControlNetInpaintConditioning,
                                                           InpaintConditioning, StableDiffusionFamily,
                                                           TextConditioning)
-from img2img_lab.models.families.tiny_parts import as_class, tiny_clip, tiny_vae, unet_controlnet
+from img2img_lab.models.families.tiny_parts import (as_class, tiny_clip, tiny_vae, unet_controlnet,
+                                                    unet_union_controlnet)
 
 
 class SDXLConditioning(TextConditioning):
@@ -196,7 +197,8 @@ def _variant(class_name: str, *, controlnet: bool = False):
     import diffusers
 
     base = make_tiny_sdxl()
-    extra = {"controlnet": unet_controlnet(base.unet)} if controlnet else {}
+    union = unet_union_controlnet if "Union" in class_name else unet_controlnet
+    extra = {"controlnet": union(base.unet)} if controlnet else {}
     if "PAG" in class_name:
         extra["pag_applied_layers"] = "mid"
     accepted = inspect.signature(getattr(diffusers, class_name).__init__).parameters  # as the base was configured
@@ -205,17 +207,16 @@ def _variant(class_name: str, *, controlnet: bool = False):
     return as_class(base, class_name, **extra)
 
 
-_UNION = ("needs a control_mode per control image (which kind of map it is), which img2img-lab does not sweep yet")
-
-
 class SDXLFamily(StableDiffusionFamily):
     name, label = "sdxl", "Stable Diffusion XL (also Turbo)"
     pipelines = {
         "img2img": ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLPAGImg2ImgPipeline"),
         "inpaint": ("StableDiffusionXLInpaintPipeline", "StableDiffusionXLPAGInpaintPipeline"),
         "controlnet-img2img": ("StableDiffusionXLControlNetImg2ImgPipeline",
-                               "StableDiffusionXLControlNetPAGImg2ImgPipeline"),
-        "controlnet-inpaint": ("StableDiffusionXLControlNetInpaintPipeline",),
+                               "StableDiffusionXLControlNetPAGImg2ImgPipeline",
+                               "StableDiffusionXLControlNetUnionImg2ImgPipeline"),
+        "controlnet-inpaint": ("StableDiffusionXLControlNetInpaintPipeline",
+                               "StableDiffusionXLControlNetUnionInpaintPipeline"),
     }
     text_to_image = {"StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
                      "StableDiffusionXLPAGPipeline": "StableDiffusionXLPAGImg2ImgPipeline",
@@ -223,8 +224,6 @@ class SDXLFamily(StableDiffusionFamily):
                      "StableDiffusionXLControlNetPAGPipeline": "StableDiffusionXLControlNetPAGImg2ImgPipeline",
                      "StableDiffusionXLControlNetUnionPipeline": "StableDiffusionXLControlNetUnionImg2ImgPipeline"}
     no_strength = {}
-    refused = {"StableDiffusionXLControlNetUnionImg2ImgPipeline": _UNION,
-               "StableDiffusionXLControlNetUnionInpaintPipeline": _UNION}
     scheduler_configs = ("sdxl", "sdxl-turbo")
     real_size = ("sdxl",)
     tiny_pipelines = {
@@ -235,6 +234,10 @@ class SDXLFamily(StableDiffusionFamily):
         "sdxl-controlnet": lambda: _variant("StableDiffusionXLControlNetImg2ImgPipeline", controlnet=True),
         "sdxl-controlnet-pag": lambda: _variant("StableDiffusionXLControlNetPAGImg2ImgPipeline", controlnet=True),
         "sdxl-controlnet-inpaint": lambda: _variant("StableDiffusionXLControlNetInpaintPipeline", controlnet=True),
+        # ControlNet++ (union: a mode per control image; run per cell)
+        "sdxl-controlnet-union": lambda: _variant("StableDiffusionXLControlNetUnionImg2ImgPipeline", controlnet=True),
+        "sdxl-controlnet-union-inpaint": lambda: _variant("StableDiffusionXLControlNetUnionInpaintPipeline",
+                                                          controlnet=True),
     }
     batched_classes = {"StableDiffusionXLImg2ImgPipeline": SDXLConditioning,
                        "StableDiffusionXLControlNetImg2ImgPipeline": SDXLControlNetConditioning,

@@ -108,7 +108,7 @@ def unzeroed(controlnet):
     with torch.no_grad():
         for name, parameter in controlnet.named_parameters():
             if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_blocks",
-                                "controlnet_single_blocks", "controlnet_x_embedder",
+                                "controlnet_single_blocks", "controlnet_x_embedder", "spatial_ch_projs",
                                 "controlnet_cond_embedding.conv_out", "input_hint_block.conv_out")):
                 parameter.normal_(0.0, 1.0 if name.endswith("conv_out.weight") else 0.2)
     return controlnet
@@ -119,6 +119,25 @@ def unet_controlnet(unet):
     from diffusers import ControlNetModel
 
     return unzeroed(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16)))
+
+
+def unet_union_controlnet(unet, *, modes: int = 4):
+    """A random union ControlNet (SDXL's ControlNet++: ``ControlNetUnionModel``, ``modes`` control types) of a UNet's
+    shape, its task transformer one narrow layer, output layers not zero.
+
+    >>> from img2img_lab.models.families.sdxl import make_tiny_sdxl
+    >>> unet_union_controlnet(make_tiny_sdxl().unet).config.num_control_type
+    4
+    """
+    from diffusers import ControlNetUnionModel
+
+    shared = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "norm_num_groups",
+              "cross_attention_dim", "transformer_layers_per_block", "attention_head_dim", "use_linear_projection",
+              "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim")
+    width = unet.config.block_out_channels[0]
+    return unzeroed(ControlNetUnionModel(**{name: unet.config[name] for name in shared}, num_control_type=modes,
+                                         num_trans_channel=width, num_trans_head=2, num_proj_channel=width,
+                                         conditioning_embedding_out_channels=(8, 16)))
 
 
 def for_inference(pipe):
@@ -257,16 +276,17 @@ def make_tiny_flux(*, guidance: bool = True):
                                transformer=transformer)
 
 
-def tiny_flux_controlnet(*, xlabs: bool = False):
+def tiny_flux_controlnet(*, xlabs: bool = False, modes: int | None = None):
     """A one-layer random ``FluxControlNetModel``, its zero blocks unzeroed: InstantX-style (it reads the control
     image's packed latents), or ``xlabs``: an input hint block reads its pixels (8x down, 4 channels in 2x2 patches),
-    for a pipeline whose VAE factor is 8 (:func:`make_tiny_flux_xlabs`)."""
+    for a pipeline whose VAE factor is 8 (:func:`make_tiny_flux_xlabs`); ``modes``: a union ControlNet (``num_mode``),
+    as InstantX's FLUX.1 Union."""
     from diffusers import FluxControlNetModel
 
     hint = {"patch_size": 2, "conditioning_embedding_channels": 4} if xlabs else {"patch_size": 1}
     return unzeroed(FluxControlNetModel(in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-                                        axes_dims_rope=[4, 4, 8], guidance_embeds=True, **hint))
+                                        axes_dims_rope=[4, 4, 8], guidance_embeds=True, num_mode=modes, **hint))
 
 
 def with_pooled_controlnet(pipe):
