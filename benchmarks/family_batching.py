@@ -28,7 +28,10 @@ FAMILIES = ("sd1", "sdxl", "sd-controlnet", "sd-inpaint", "sd-inpaint-9", "sdxl-
             "sd-pag", "sdxl-pag", "sd-pag-inpaint", "sdxl-pag-inpaint", "sd-controlnet-pag-inpaint",
             "sdxl-controlnet-pag", "sd3-inpaint", "sd3-pag", "sd-controlnet-pooled", "flux-controlnet-xlabs",
             "sd-inpaint-crop", "flux-inpaint-crop", "sd-controlnet-multi", "sd3-inpaint-33",
-            "flux-controlnet-inpaint-crop", "flux-controlnet-multi")
+            "flux-controlnet-inpaint-crop", "flux-controlnet-multi", "sdxl-controlnet-union",
+            "sdxl-controlnet-union-inpaint", "flux-controlnet-union")
+#: Union ControlNets (ControlNet++ img2img with two maps, the others one): each map's mode.
+UNION_MODES = {"sdxl-controlnet-union": [[3, 1]], "sdxl-controlnet-union-inpaint": [3], "flux-controlnet-union": [0]}
 
 
 def _conditions(family: str, sources):
@@ -44,10 +47,13 @@ def _conditions(family: str, sources):
         for condition in conditions:
             condition["mask_image"] = mask
     if "control" in family:  # a ControlNet, or FLUX.1 Control's concatenated control latents
-        settings["control"] = {"image": ["c.png", "d.png"] if family.endswith("-multi") else "c.png"}
-        for condition, source in zip(conditions, sources):  # mirrored (and flipped, for a second ControlNet)
+        two = family.endswith("-multi") or family == "sdxl-controlnet-union"
+        settings["control"] = {"image": ["c.png", "d.png"] if two else "c.png"}
+        if family in UNION_MODES:
+            settings["control"]["control_modes"] = UNION_MODES[family]
+        for condition, source in zip(conditions, sources):  # mirrored (and flipped, for a second map)
             mirrored = source.transpose(0)
-            condition["control_image"] = [mirrored, source.transpose(1)] if family.endswith("-multi") else mirrored
+            condition["control_image"] = [mirrored, source.transpose(1)] if two else mirrored
     return (conditions if settings else None), settings
 
 

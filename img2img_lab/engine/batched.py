@@ -27,14 +27,16 @@ and how latents are decoded — its family module declares as its *batched condi
 * Stable Diffusion 1.x/2.x and SDXL img2img (the embedded model too; SDXL's pooled embeddings and added time ids,
   its VAE upcast where the model asks), their ControlNet img2img (each sample's control image, and its conditioning
   scale at each of its own steps), their inpainting (a 4-channel UNet's latent blend after every step; a
-  9-channel UNet's mask and masked-source channels), ControlNet inpainting (both: the ControlNet on 4 channels) and
+  9-channel UNet's mask and masked-source channels), ControlNet inpainting (both: the ControlNet on 4 channels), SDXL's
+  union ControlNet (ControlNet++: each sample's maps and modes, :mod:`img2img_lab.models.families.controlnet`) and
   PAG (img2img, inpainting and ControlNet: a perturbed sample per cell, :mod:`img2img_lab.models.families.pag`);
 * the flow-matching families: SD3 / 3.5 (classifier-free guidance; PAG too), FLUX.1 dev and schnell (the guidance
   embedding per sample, packed latents), Chroma (true CFG, per-sample attention masks), Qwen-Image (true CFG with
   its norm rescale, prompts of their own lengths) and Z-Image (``pos + g (pos - neg)`` from g > 0, list inputs),
   each with its inpainting pipeline (FLUX.1's latent blend,
   :class:`~img2img_lab.models.families.flow_inpaint.FlowInpaint`); FLUX.1 Control img2img and inpainting (each
-  cell's control latents concatenated); FLUX.1 ControlNet img2img and inpainting (one ControlNet or several).
+  cell's control latents concatenated); FLUX.1 ControlNet img2img and inpainting (one ControlNet or several; a union
+  one with each sample's mode).
 
 LCM's strength shortens its own schedule, so its strengths share few timesteps: they step in lockstep instead, each
 sample at its own timestep (the conditioning's ``per_sample_timesteps``). Other pipelines (a UNet with a guidance

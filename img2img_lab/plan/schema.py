@@ -12,7 +12,7 @@ table (:data:`img2img_lab.plan.axes.AXES`).
 * :class:`Produced`: how a cell's image was made.
 
 >>> COLUMNS[:3], len(COLUMNS)
-(['cell_key', 'source', 'source_name'], 53)
+(['cell_key', 'source', 'source_name'], 54)
 >>> Produced.duplicate("diffusion"), is_duplicate("duplicate:diffusion")
 ('duplicate:diffusion', True)
 """

@@ -1,5 +1,6 @@
 """The batched engine with masks and control images (Stable Diffusion's and SDXL's ControlNet img2img, inpainting
-and ControlNet inpainting, 4- and 9-channel, with PAG too, pooled (guess-mode) ControlNets and two ControlNets;
+and ControlNet inpainting, 4- and 9-channel, with PAG too, pooled (guess-mode) ControlNets, two ControlNets and
+union ControlNets;
 FLUX.1 Control and ControlNet img2img and inpainting, InstantX- and XLabs-style and two of them; SD3 (16- and
 33-channel), FLUX.1, Chroma, Qwen-Image and Z-Image inpainting): every cell within one level of the plain call with
 the same arguments (float32), the mask blurred and the source pasted back as the per-cell runner does; cells cropped
@@ -111,6 +112,17 @@ CASES["flux-controlnet-inpaint-multi"] = ("default", {"modes": ["inpaint"], "inp
 CASES["sd-controlnet-pooled"] = CASES["sd-controlnet"]  # guess mode: the negative sample takes no residuals
 CASES["sd-controlnet-inpaint-pooled"] = CASES["sd-controlnet-inpaint"]  # guess mode, the ControlNet on 4 channels
 CASES["sdxl-controlnet-inpaint-pooled"] = CASES["sdxl-controlnet-inpaint"]  # pooled, but never guess mode
+# Union ControlNets: ControlNet++ with two maps (the guidance window makes the samples' scales differ: one ControlNet
+# call per scale) and with one map while inpainting; FLUX.1's with one map.
+CASES["sdxl-controlnet-union"] = ("euler_a", {"control": {"image": ["c.png", "d.png"], "control_modes": [[3, 1]],
+                                                          "guidance_ends": [0.6]}}, CASES["sdxl-controlnet-multi"][2])
+CASES["sdxl-controlnet-union-inpaint"] = ("euler", {"modes": ["inpaint"], "inpaint": {"mask": "m.png"},
+                                                    "control": {"image": "c.png", "control_modes": [2],
+                                                                "guidance_starts": [0.2]}},
+                                          CASES["sdxl-controlnet-inpaint"][2])
+CASES["flux-controlnet-union"] = ("default", {"control": {"image": "c.png", "control_modes": [1],
+                                                          "conditioning_scales": [0.6], "guidance_ends": [0.5]}},
+                                  CASES["flux-controlnet"][2])
 
 
 @pytest.mark.parametrize("family", list(CASES))

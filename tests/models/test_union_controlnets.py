@@ -1,6 +1,6 @@
 """Union ControlNets (SDXL's ControlNet++ ``ControlNetUnionModel``, FLUX.1's ``num_mode`` ControlNet): the
 ``control_modes`` axis under ``control:`` gives each control image's mode. Every cell equals the plain diffusers call
-with ``control_mode`` (per cell bit for bit; FLUX.1's batched within one level), the mode is keyed, tabled and
+with ``control_mode`` (per cell bit for bit, batched within one level), the mode is keyed, tabled and
 labelled, and every misfit is refused in one line before anything is written. (Before, every union ControlNet was
 refused.)
 """
@@ -60,13 +60,17 @@ def _plain(pipe, source, strength, **arguments) -> np.ndarray:
 
 def test_sdxl_controlnet_union_takes_a_mode_per_control_image(source_files, tmp_path):
     """ControlNet++ with two maps: ``control_modes: [[3, 1], "3,2"]`` are two settings of the pair; each cell is the
-    plain call with ``control_mode=[3, 1]`` (or ``[3, 2]``) bit for bit, and the two settings give other images."""
+    plain call with ``control_mode=[3, 1]`` (or ``[3, 2]``): per cell bit for bit, batched within one level; the two
+    settings give other images."""
     from img2img_lab.sweep.verify import verify_run
 
     pipe = make_tiny_family("sdxl-controlnet-union")
     plan = _plan(source_files, {"image": ["canny", str(source_files / "maps")], "control_modes": [[3, 1], "3,2"]})
-    table = run_sweep(plan, tmp_path / "run", pipe=pipe, progress=False)
+    tables = {engine: run_sweep(plan, tmp_path / engine, pipe=pipe, progress=False, engine=engine)
+              for engine in ("per-cell", "batched")}
+    table = tables["per-cell"]
     assert sorted(table.control_mode.unique()) == ["3,1", "3,2"] and table.cell_key.nunique() == 4
+    assert set(tables["batched"].engine) == {"batched"}
     source, controls = _controls(source_files)
     as_model(pipe).use_scheduler("default")
     plain = {}
@@ -74,13 +78,15 @@ def test_sdxl_controlnet_union_takes_a_mode_per_control_image(source_files, tmp_
         modes = [int(mode) for mode in row["control_mode"].split(",")]
         plain[row["control_mode"], row["strength"]] = _plain(pipe, source, row["strength"], control_image=controls,
                                                              control_mode=modes)
-        assert np.array_equal(_stored(tmp_path / "run", row), plain[row["control_mode"], row["strength"]])
+        assert np.array_equal(_stored(tmp_path / "per-cell", row), plain[row["control_mode"], row["strength"]])
+    for row in tables["batched"].to_dict("records"):
+        assert np.abs(_stored(tmp_path / "batched", row) - plain[row["control_mode"], row["strength"]]).max() <= 1
     assert np.abs(plain["3,1", 1.0] - plain["3,2", 1.0]).max() > 8  # the modes reach the ControlNet
     assert {cell.label().split(" · ")[-1] for cell in plan.cells()} == {"control mode 3,1", "control mode 3,2"}
-    victim = tmp_path / "run" / table.output_path.iloc[0]
+    victim = tmp_path / "per-cell" / table.output_path.iloc[0]
     expected = victim.read_bytes()
     victim.unlink()
-    assert verify_run(tmp_path / "run", sample=0, pipe=pipe, repair=True).ok and victim.read_bytes() == expected
+    assert verify_run(tmp_path / "per-cell", sample=0, pipe=pipe, repair=True).ok and victim.read_bytes() == expected
 
 
 def test_flux_union_controlnet_runs_batched_within_one_level_and_per_cell_exactly(source_files, tmp_path):

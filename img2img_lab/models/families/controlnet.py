@@ -7,6 +7,9 @@ timesteps), as a per-sample tensor the ControlNet multiplies its residuals by; t
 UNet adds its residuals. Several ControlNets each take the cell's one scale and keep (the swept values are scalars,
 which the pipelines repeat per ControlNet) and their residuals add up, as ``MultiControlNetModel`` adds them.
 
+A union ControlNet (SDXL's ControlNet++) takes any number of control images, each with its mode
+(:class:`UnionControlNetGuidance`).
+
 A pooled ControlNet (``global_pool_conditions``, shuffle-style) puts SD's and SDXL's ControlNet img2img and SD's
 ControlNet inpainting in guess mode: a CFG cell's negative sample takes no residuals. Each sample then carries a
 ``control_weight`` (0 or 1); the ControlNet runs on the samples of weight 1 and the others take zeros.
@@ -61,21 +64,22 @@ class ControlNetGuidance:
         """The per-sample fields of the control images: ``controlnet_cond``, or one per ControlNet."""
         return ["controlnet_cond"] if self.nets == 1 else [f"controlnet_cond_{index}" for index in range(self.nets)]
 
-    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.prepare_control_image
     def condition_fields(self, cell, condition: dict | None) -> dict:
+        images = condition["control_image"] if self.nets > 1 else [condition["control_image"]]
+        return {name: self._prepared(image) for name, image in zip(self._cond_names(), images)}
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.prepare_control_image
+    def _prepared(self, image):
+        """A control image as the ControlNet reads it (prepared once per image)."""
         import torch
 
-        images = condition["control_image"] if self.nets > 1 else [condition["control_image"]]
-        fields = {}
-        for name, image in zip(self._cond_names(), images):
-            prepared = self._control_images.get(id(image))
-            if prepared is None:
-                width, height = self.size
-                pixels = self.pipe.control_image_processor.preprocess(image, height=height, width=width)
-                prepared = self._control_images[id(image)] = pixels.to(dtype=torch.float32).to(
-                    device=self.device, dtype=self.pipe.controlnet.dtype)
-            fields[name] = prepared
-        return fields
+        prepared = self._control_images.get(id(image))
+        if prepared is None:
+            width, height = self.size
+            pixels = self.pipe.control_image_processor.preprocess(image, height=height, width=width)
+            prepared = self._control_images[id(image)] = pixels.to(dtype=torch.float32).to(
+                device=self.device, dtype=self.pipe.controlnet.dtype)
+        return prepared
 
     # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (controlnet_keep, cond_scale)
     def step_fields(self, cell, step: int, steps: int) -> dict:
@@ -100,36 +104,110 @@ class ControlNetGuidance:
     def controlled(self, inputs, t, fields: dict, *, unet_inputs):
         """The ControlNet(s) on ``inputs``, then the UNet on ``unet_inputs`` (an inpainting UNet's 9 channels) with
         their residuals."""
-        extra = {"added_cond_kwargs": {name: fields[name] for name in self.added_fields}} if self.added_fields else {}
         down, mid = self._residuals(inputs, t, fields)
         return self.pipe.unet(unet_inputs, t, encoder_hidden_states=fields["encoder_hidden_states"],
                               down_block_additional_residuals=down, mid_block_additional_residual=mid,
-                              return_dict=False, **extra)[0]
+                              return_dict=False, **self._added(fields))[0]
 
     # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_img2img.StableDiffusionControlNetImg2ImgPipeline.__call__ (guess mode: the ControlNet on the conditional batch only, zeros for the rest)
     def _residuals(self, inputs, t, fields: dict):
         """The ControlNet(s)' residuals for every sample: in guess mode computed for the samples whose
         ``control_weight`` is 1 only, zeros for the others (as the pipeline infers the conditional batch alone)."""
-        import torch
-
         rows = slice(None)
         if "control_weight" in fields and not bool(fields["control_weight"].all()):
             rows = fields["control_weight"].flatten().nonzero().flatten()
             if not len(rows):  # negative samples only: no residuals (the UNet adds nothing, as it adds zeros)
                 return None, None
         picked = {name: fields[name][rows] for name in ("encoder_hidden_states", "conditioning_scale",
-                                                        *self._cond_names(), *self.added_fields)}
-        extra = {"added_cond_kwargs": {name: picked[name] for name in self.added_fields}} if self.added_fields else {}
+                                                        *self._picked_names(fields), *self.added_fields)}
+        down, mid = self._run_controlnet(inputs[rows], t, picked)
+        return (down, mid) if isinstance(rows, slice) else gathered([(rows, (down, mid))], inputs.shape[0])
+
+    def _picked_names(self, fields: dict) -> tuple[str, ...]:
+        """The per-sample fields the ControlNet reads besides the prompt's: the control images."""
+        return tuple(self._cond_names())
+
+    def _added(self, picked: dict) -> dict:
+        return {"added_cond_kwargs": {name: picked[name] for name in self.added_fields}} if self.added_fields else {}
+
+    def _run_controlnet(self, inputs, t, picked: dict):
+        """``(down, mid)`` residuals of the ControlNet(s) on ``inputs`` with the ``picked`` samples' fields."""
         conds, scale = [picked[name] for name in self._cond_names()], picked["conditioning_scale"]
-        down, mid = self.pipe.controlnet(inputs[rows], t, encoder_hidden_states=picked["encoder_hidden_states"],
-                                         controlnet_cond=conds[0] if self.nets == 1 else conds,
-                                         conditioning_scale=scale if self.nets == 1 else [scale] * self.nets,
-                                         guess_mode=False, return_dict=False, **extra)
-        if isinstance(rows, slice):
-            return down, mid
+        return self.pipe.controlnet(inputs, t, encoder_hidden_states=picked["encoder_hidden_states"],
+                                    controlnet_cond=conds[0] if self.nets == 1 else conds,
+                                    conditioning_scale=scale if self.nets == 1 else [scale] * self.nets,
+                                    guess_mode=False, return_dict=False, **self._added(picked))
 
-        def spread(residual):
-            return torch.zeros((inputs.shape[0], *residual.shape[1:]), dtype=residual.dtype,
-                               device=residual.device).index_copy(0, rows, residual)
 
-        return [spread(residual) for residual in down], spread(mid)
+class UnionControlNetGuidance(ControlNetGuidance):
+    """SDXL's union ControlNet (ControlNet++, ``ControlNetUnionModel``) in the batched loop: any number of control
+    images, each read as the mode the cell's ``control_mode`` gives it. Each sample carries the ControlNet's
+    ``control_type`` (its modes as a multi-hot row) and the modes themselves; the cells of one batch share their modes
+    (the axis is not batchable). With one image the per-sample scale multiplies the residuals; with several, the
+    ControlNet mixes the scaled maps inside, so it runs once per distinct scale among the samples (once while no cell
+    is outside its control guidance window)."""
+
+    def sample_fields(self, cell) -> dict:
+        import torch
+
+        from img2img_lab.plan.axes import control_mode_list
+
+        modes = control_mode_list(getattr(cell, "control_mode", None) or "0")  # a memory probe's: 0
+        kinds = torch.zeros(1, self.pipe.controlnet.config.num_control_type, device=self.device, dtype=self.dtype)
+        return {**super().sample_fields(cell), "control_type": kinds.index_fill_(1, torch.tensor(modes), 1.0),
+                "control_mode": torch.tensor([modes], device=self.device)}
+
+    def _cond_names(self) -> list[str]:
+        return ["controlnet_cond_0"]  # a memory probe's one map (a cell has one per control image)
+
+    def condition_fields(self, cell, condition: dict | None) -> dict:
+        images = condition["control_image"]
+        return {f"controlnet_cond_{index}": self._prepared(image)
+                for index, image in enumerate(images if isinstance(images, list) else [images])}
+
+    def _picked_names(self, fields: dict) -> tuple[str, ...]:
+        images = fields["control_mode"].shape[1]
+        return ("control_type", "control_mode", *(f"controlnet_cond_{index}" for index in range(images)))
+
+    # Adapted from diffusers.pipelines.controlnet.pipeline_controlnet_union_sd_xl_img2img.StableDiffusionXLControlNetUnionImg2ImgPipeline.__call__ (control_type, then the ControlNet with each map, its mode and its scale)
+    def _run_controlnet(self, inputs, t, picked: dict):
+        import torch
+
+        modes, scale = picked["control_mode"][0].tolist(), picked["conditioning_scale"]
+        if len(modes) == 1:
+            return self._union_call(inputs, t, picked, modes, [scale])
+        values, parts = scale.flatten().tolist(), []
+        for value in sorted(set(values)):  # several maps: the scale acts inside, one float per call
+            rows = torch.tensor([row for row, each in enumerate(values) if each == value], device=inputs.device)
+            some = {name: field[rows] for name, field in picked.items()}
+            parts.append((rows, self._union_call(inputs[rows], t, some, modes, [value] * len(modes))))
+        return gathered(parts, inputs.shape[0])
+
+    def _union_call(self, inputs, t, picked: dict, modes: list[int], scales: list):
+        conds = [picked[f"controlnet_cond_{index}"] for index in range(len(modes))]
+        return self.pipe.controlnet(inputs, t, encoder_hidden_states=picked["encoder_hidden_states"],
+                                    controlnet_cond=conds, control_type=picked["control_type"],
+                                    control_type_idx=modes, conditioning_scale=scales, guess_mode=False,
+                                    return_dict=False, **self._added(picked))
+
+
+def gathered(parts: list, count: int):
+    """``(down, mid)`` residuals for ``count`` samples from ``[(rows, (down, mid)), ...]`` of some of them (zeros for
+    the samples no part holds).
+
+    >>> import torch
+    >>> down, mid = gathered([(torch.tensor([1]), ([torch.ones(1, 2)], torch.ones(1, 1)))], 3)
+    >>> down[0].tolist(), mid.flatten().tolist()
+    ([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], [0.0, 1.0, 0.0])
+    """
+    import torch
+
+    def spread(rows_and_residuals):
+        first = rows_and_residuals[0][1]
+        whole = torch.zeros((count, *first.shape[1:]), dtype=first.dtype, device=first.device)
+        for rows, residual in rows_and_residuals:
+            whole = whole.index_copy(0, rows, residual)
+        return whole
+
+    down = [spread([(rows, part[0][level]) for rows, part in parts]) for level in range(len(parts[0][1][0]))]
+    return down, spread([(rows, part[1]) for rows, part in parts])

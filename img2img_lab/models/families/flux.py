@@ -211,8 +211,9 @@ class FluxControlNetConditioning(FluxControlConditioning):
         if self._first_net.config.guidance_embeds:
             fields["controlnet_guidance"] = torch.full([1], cell.guidance_scale, device=self.device,
                                                        dtype=torch.float32)
-        if self._first_net.union:  # a union ControlNet's mode per control image, one row per sample
-            fields["controlnet_mode"] = torch.tensor([control_mode_list(cell.control_mode)], device=self.device)
+        if self._first_net.union:  # a union ControlNet's mode per control image (a memory probe's: 0), per sample
+            modes = control_mode_list(getattr(cell, "control_mode", None) or "0")
+            fields["controlnet_mode"] = torch.tensor([modes], device=self.device)
         return fields
 
     @property

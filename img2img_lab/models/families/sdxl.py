@@ -13,6 +13,7 @@ True
 from __future__ import annotations
 
 from img2img_lab.models.families.base import sample_latent
+from img2img_lab.models.families.controlnet import UnionControlNetGuidance
 from img2img_lab.models.families.pag import PAGGuidance
 from img2img_lab.models.families.stable_diffusion import (ControlNetConditioning, ControlNetInpaintConditioning,
                                                           InpaintConditioning, StableDiffusionFamily,
@@ -144,6 +145,11 @@ class SDXLControlNetConditioning(SDXLConditioning, ControlNetConditioning):
     image, its scale at each of its steps) with SDXL's conditioning, which the ControlNet receives as well."""
 
 
+class SDXLControlNetUnionConditioning(UnionControlNetGuidance, SDXLControlNetConditioning):
+    """``StableDiffusionXLControlNetUnionImg2ImgPipeline``: SDXL's ControlNet img2img with a union ControlNet
+    (ControlNet++): each sample's control images, their modes and ``control_type``."""
+
+
 class SDXLPAGConditioning(PAGGuidance, SDXLConditioning):
     """``StableDiffusionXLPAGImg2ImgPipeline``: SDXL img2img with :class:`~img2img_lab.models.families.pag.PAGGuidance`
     (the perturbed sample takes the positive prompt's pooled embedding and time ids, as the pipeline's do)."""
@@ -168,6 +174,10 @@ class SDXLControlNetInpaintConditioning(SDXLConditioning, ControlNetInpaintCondi
     pooled_guess_mode = False  # its __call__ takes guess mode only as an argument
 
     mask_latents = SDXLInpaintConditioning.mask_latents
+
+
+class SDXLControlNetUnionInpaintConditioning(UnionControlNetGuidance, SDXLControlNetInpaintConditioning):
+    """``StableDiffusionXLControlNetUnionInpaintPipeline``: SDXL's ControlNet inpainting with a union ControlNet."""
 
 
 def make_tiny_sdxl():
@@ -234,15 +244,22 @@ class SDXLFamily(StableDiffusionFamily):
         "sdxl-controlnet": lambda: _variant("StableDiffusionXLControlNetImg2ImgPipeline", controlnet=True),
         "sdxl-controlnet-pag": lambda: _variant("StableDiffusionXLControlNetPAGImg2ImgPipeline", controlnet=True),
         "sdxl-controlnet-inpaint": lambda: _variant("StableDiffusionXLControlNetInpaintPipeline", controlnet=True),
-        # ControlNet++ (union: a mode per control image; run per cell)
+        # ControlNet++ (union: a mode per control image)
         "sdxl-controlnet-union": lambda: _variant("StableDiffusionXLControlNetUnionImg2ImgPipeline", controlnet=True),
         "sdxl-controlnet-union-inpaint": lambda: _variant("StableDiffusionXLControlNetUnionInpaintPipeline",
                                                           controlnet=True),
     }
+    def batched_conditioning(self) -> tuple[type | None, str]:
+        if type(getattr(self.pipe, "controlnet", None)).__name__ == "MultiControlNetUnionModel":
+            return None, f"{type(self.pipe).__name__} is run per cell (the batched engine runs one union ControlNet)"
+        return super().batched_conditioning()
+
     batched_classes = {"StableDiffusionXLImg2ImgPipeline": SDXLConditioning,
                        "StableDiffusionXLControlNetImg2ImgPipeline": SDXLControlNetConditioning,
                        "StableDiffusionXLInpaintPipeline": SDXLInpaintConditioning,
                        "StableDiffusionXLControlNetInpaintPipeline": SDXLControlNetInpaintConditioning,
+                       "StableDiffusionXLControlNetUnionImg2ImgPipeline": SDXLControlNetUnionConditioning,
+                       "StableDiffusionXLControlNetUnionInpaintPipeline": SDXLControlNetUnionInpaintConditioning,
                        "StableDiffusionXLPAGImg2ImgPipeline": SDXLPAGConditioning,
                        "StableDiffusionXLPAGInpaintPipeline": SDXLPAGInpaintConditioning,
                        "StableDiffusionXLControlNetPAGImg2ImgPipeline": SDXLControlNetPAGConditioning}
