@@ -152,10 +152,10 @@ class UnionControlNetGuidance(ControlNetGuidance):
 
         from img2img_lab.plan.axes import control_mode_list
 
-        modes = control_mode_list(getattr(cell, "control_mode", None) or "0")  # a memory probe's: 0
+        modes = torch.tensor(control_mode_list(getattr(cell, "control_mode", None) or "0"), device=self.device)
         kinds = torch.zeros(1, self.pipe.controlnet.config.num_control_type, device=self.device, dtype=self.dtype)
-        return {**super().sample_fields(cell), "control_type": kinds.index_fill_(1, torch.tensor(modes), 1.0),
-                "control_mode": torch.tensor([modes], device=self.device)}
+        return {**super().sample_fields(cell), "control_type": kinds.index_fill_(1, modes, 1.0),  # a probe's mode: 0
+                "control_mode": modes[None]}
 
     def _cond_names(self) -> list[str]:
         return ["controlnet_cond_0"]  # a memory probe's one map (a cell has one per control image)
