@@ -244,11 +244,12 @@ def _check_control_modes(control: dict, counts: tuple, name: str) -> None:
     ...
     img2img_lab.errors.PlanError: control_modes value '3,1' names 2 modes but control: image names 1 control image per source. Fix: one mode per control image, in its order: e.g. control_modes: [3].
     """
-    values, images = control.get("control_modes") or [], len(control_images(control))
+    given, images = control.get("control_modes") or [], len(control_images(control))
+    values = [value for value in given if value is not None]  # null: no mode (the axis's baseline)
     if any(counts) and not all(counts):
         raise PlanError(f"{name} mixes union and single-mode ControlNets, whose modes img2img-lab cannot key apart. "
                         f"Fix: load only union ControlNets or only single-mode ones.")
-    if any(counts) and not values:
+    if any(counts) and (not values or len(values) < len(given)):
         raise PlanError(f"{name} holds a union ControlNet, which needs the mode of each control image (the kind of "
                         f"map it is: see the ControlNet's model card). Fix: add e.g. control_modes: "
                         f"{_modes_example(images)} to control:.")

@@ -133,6 +133,8 @@ def test_control_modes_are_checked_against_the_controlnets_before_anything_is_wr
         ({"image": ["canny", "canny"], "control_modes": [3]}, union,
          "control_modes value '3' names 1 mode but control: image names 2 control images per source. Fix: one mode "
          "per control image, in its order: e.g. control_modes: [[3, 1]]."),
+        ({"image": "canny", "control_modes": [None, 3]}, union, "holds a union ControlNet, which needs the mode of "
+                                                                "each control image"),  # was an AttributeError
         ({"image": "canny", "control_modes": [4]}, union,
          "control_modes value '4': mode 4 is not one the ControlNet knows (it has modes 0 to 3)."),
         ({"image": "canny", "control_modes": [1]}, make_tiny_family("sdxl-controlnet"),
