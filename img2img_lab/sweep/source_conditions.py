@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from img2img_lab.errors import ImageError, PlanError
+from img2img_lab.plan.axes import control_mode_list, section_axes
 from img2img_lab.plan.condition_settings import control_images
 
 
@@ -205,7 +206,6 @@ def check_conditions_fit(plan, model) -> None:
         _check_control_count(plan.control, model, name)
         _check_control_modes(plan.control, model.family.control_mode_counts(), name)
     from img2img_lab.models.families.base import call_parameters
-    from img2img_lab.plan.axes import section_axes
 
     for plural, axis in section_axes("control").items():
         if plan.control is not None and plural in plan.control and axis.call not in call_parameters(model.pipe):
@@ -257,7 +257,7 @@ def _check_control_modes(control: dict, counts: tuple, name: str) -> None:
         raise PlanError(f"{name}'s ControlNet has a single mode, so control_modes would give identical images. "
                         f"Fix: remove control_modes from control: (or load a union ControlNet).")
     for value in values:
-        modes = [int(part) for part in value.split(",")]
+        modes = control_mode_list(value)
         if len(modes) != images:
             raise PlanError(f"control_modes value {value!r} names {len(modes)} mode{'s' * (len(modes) > 1)} but "
                             f"control: image names {images} control image{'s' * (images > 1)} per source. Fix: one "

@@ -237,8 +237,8 @@ class Family:
         """
         controlnet = getattr(self.pipe, "controlnet", None)
         nets = getattr(controlnet, "nets", None) or ([controlnet] if controlnet is not None else [])
-        return tuple(getattr(net, "config", {}).get("num_control_type") or getattr(net, "config", {}).get("num_mode")
-                     for net in nets)
+        configs = [getattr(net, "config", {}) for net in nets]
+        return tuple(config.get("num_control_type") or config.get("num_mode") for config in configs)
 
     def control_arguments(self, arguments: dict) -> dict:
         """A plain call's ``arguments`` with its ControlNet arguments as this pipeline needs them (here as the axes

@@ -25,6 +25,18 @@ from __future__ import annotations
 
 import inspect
 
+from img2img_lab.plan.axes import control_mode_list
+
+
+def cell_control_modes(cell) -> list[int]:
+    """A cell's union ControlNet modes, one per control image (a memory probe's cell has none: mode 0).
+
+    >>> from types import SimpleNamespace
+    >>> cell_control_modes(SimpleNamespace(control_mode="3,1")), cell_control_modes(SimpleNamespace())
+    ([3, 1], [0])
+    """
+    return control_mode_list(getattr(cell, "control_mode", None) or "0")
+
 
 class ControlNetGuidance:
     """The ControlNet's part of a batched conditioning (see the module doc); mixed in before the family's own."""
@@ -150,11 +162,9 @@ class UnionControlNetGuidance(ControlNetGuidance):
     def sample_fields(self, cell) -> dict:
         import torch
 
-        from img2img_lab.plan.axes import control_mode_list
-
-        modes = torch.tensor(control_mode_list(getattr(cell, "control_mode", None) or "0"), device=self.device)
+        modes = torch.tensor(cell_control_modes(cell), device=self.device)
         kinds = torch.zeros(1, self.pipe.controlnet.config.num_control_type, device=self.device, dtype=self.dtype)
-        return {**super().sample_fields(cell), "control_type": kinds.index_fill_(1, modes, 1.0),  # a probe's mode: 0
+        return {**super().sample_fields(cell), "control_type": kinds.index_fill_(1, modes, 1.0),
                 "control_mode": modes[None]}
 
     def _cond_names(self) -> list[str]:

@@ -14,9 +14,8 @@ from __future__ import annotations
 from img2img_lab.models.families.base import Family, calculate_shift, call_parameters, sample_latent
 from img2img_lab.models.families.flow_inpaint import FlowInpaint
 from img2img_lab.models.families.sd3 import SD3Conditioning, call_defaults
-from img2img_lab.models.families.controlnet import ControlNetGuidance
+from img2img_lab.models.families.controlnet import ControlNetGuidance, cell_control_modes
 from img2img_lab.models.families.tiny_parts import as_class, make_tiny_flux, tiny_flux_control, tiny_flux_controlnet
-from img2img_lab.plan.axes import control_mode_list
 
 
 class FluxConditioning(SD3Conditioning):
@@ -211,9 +210,8 @@ class FluxControlNetConditioning(FluxControlConditioning):
         if self._first_net.config.guidance_embeds:
             fields["controlnet_guidance"] = torch.full([1], cell.guidance_scale, device=self.device,
                                                        dtype=torch.float32)
-        if self._first_net.union:  # a union ControlNet's mode per control image (a memory probe's: 0), per sample
-            modes = control_mode_list(getattr(cell, "control_mode", None) or "0")
-            fields["controlnet_mode"] = torch.tensor([modes], device=self.device)
+        if self._first_net.union:  # a union ControlNet's mode per control image, per sample
+            fields["controlnet_mode"] = torch.tensor([cell_control_modes(cell)], device=self.device)
         return fields
 
     @property
