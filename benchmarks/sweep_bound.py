@@ -6,30 +6,40 @@ The sweep is what a user runs: ``run_sweep`` of 10 strengths x 4 seeds, 20 steps
 folder (keys, store, PNGs, the VAE floor and, by default, the default metrics). Its **UNet-only bound** is the time
 of the UNet calls that sweep makes, replayed alone: every call's own inputs (latents, timestep, text embeddings),
 recorded from a warm-up sweep, and nothing else. A sweep with no cost beside its UNet calls would take exactly the
-bound, so ``bound / sweep`` is the share of the bound the sweep reaches. Per thread count, ``--pairs`` interleaved pairs
-(bound, sweep; the order alternating) and the median share. On a machine whose speed wanders from second to
-second a pair's two halves can run at different speeds, so each sweep also times its own UNet calls: its seconds
-outside them are its overhead, and ``bound / (bound + overhead)`` (medians) is the share by parts. The plain
-diffusers loop (one ``pipe(...)`` per cell) is timed once per thread count for the ratio a user feels. Last, at the
-last thread count, the default metrics' share of generation at 512 px (``--share-side``): 8 outputs generated
-batched, then measured together.
+bound, so ``bound / sweep`` is the share of the bound the sweep reaches. Per thread count, ``--pairs`` interleaved
+rounds (the order alternating) and the median share.
+
+Where a sweep runs its chunks side by side (:mod:`img2img_lab.sweep.chunk_streams`: on the CPU at 2 threads or more),
+each round times both ways: chunks **in turn** (``IMG2IMG_LAB_CHUNK_STREAMS=1``), against its own calls replayed in
+turn; and **side by side**, against the stricter of two bounds for its calls: replayed in turn on every thread, and
+replayed as the streams made them, each stream's calls on its own thread with its share of the threads (two streams of
+UNet calls alone run faster than one on all threads). For chunks in turn each sweep also times its own UNet calls:
+its seconds outside them are its overhead, and ``bound / (bound + overhead)`` (medians) is the share by parts, steadier
+on a machine whose speed wanders between a round's parts. The plain diffusers loop (one ``pipe(...)`` per cell) is
+timed once per thread count. Last, at the last thread count, the default metrics' share of generation at 512 px
+(``--share-side``): 8 outputs generated batched, then measured together.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import img2img_lab  # noqa: F401  - torchvision shim first
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from felt_speed import _plan  # noqa: E402 - the same 40-cell plan as felt_speed.py's engine part
+
+from img2img_lab.sweep.chunk_streams import STREAMS_VARIABLE  # noqa: E402
 
 
 def _timed(function) -> float:
@@ -48,7 +58,7 @@ class UNetCalls:
         original = self.original = type(self.unet).forward
 
         def recording(unet, sample, timestep, encoder_hidden_states, *args, **kwargs):
-            self.calls.append((sample.clone(), timestep, encoder_hidden_states.clone()))
+            self.calls.append((sample.clone(), timestep, encoder_hidden_states.clone(), threading.get_ident()))
             return original(unet, sample, timestep, encoder_hidden_states, *args, **kwargs)
 
         type(self.unet).forward = recording
@@ -87,28 +97,46 @@ def replay(pipe, calls) -> None:
     import torch
 
     with torch.no_grad():
-        for latents, timestep, text in calls:
+        for latents, timestep, text, _ in calls:
             pipe.unet(latents, timestep, encoder_hidden_states=text, return_dict=False)
 
 
-def interleaved_pairs(pipe, calls, sweep, pairs: int) -> tuple[list, list, list]:
-    """``pairs`` interleaved (bound, sweep) pairs, the order alternating: the bound's seconds, each sweep's seconds
-    and each sweep's seconds outside its UNet calls."""
-    bounds, sweeps, outside = [], [], []
-    for index in range(pairs):
-        timer = UNetTime(pipe.unet)
+def replay_in_streams(pipe, calls) -> None:
+    """The recorded UNet calls alone, each thread's calls on a thread of its own with its share of torch's threads,
+    as a sweep's side-by-side streams made them."""
+    import torch
 
-        def timed_sweep(index=index, timer=timer):
-            with timer:
-                sweep(index)
+    from img2img_lab.sweep.chunk_streams import stream_threads
 
-        steps = [lambda: replay(pipe, calls), timed_sweep]
-        seconds = [_timed(step) for step in (steps if index % 2 == 0 else steps[::-1])]
-        bound, whole = seconds if index % 2 == 0 else seconds[::-1]
-        bounds.append(bound)
-        sweeps.append(whole)
-        outside.append(whole - timer.seconds)
-    return bounds, sweeps, outside
+    streams: dict[int, list] = {}
+    for call in calls:
+        streams.setdefault(call[3], []).append(call)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(stream_threads(threads, len(streams)))
+    try:
+        with ThreadPoolExecutor(max_workers=len(streams)) as pool:
+            for future in [pool.submit(replay, pipe, own) for own in streams.values()]:
+                future.result()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def interleaved_rounds(steps: dict, rounds: int, timers: dict) -> dict[str, list]:
+    """``rounds`` rounds of every named step, the order reversed every other round: each step's seconds, and for each
+    step with a :class:`UNetTime` in ``timers`` its seconds outside its UNet calls (under ``"<name> outside"``)."""
+    seconds: dict[str, list] = {}
+    for index in range(rounds):
+        for name in (list(steps) if index % 2 == 0 else list(steps)[::-1]):
+            timer = timers.get(name)
+            if timer is not None:
+                timer.seconds = 0.0
+                with timer:
+                    whole = _timed(steps[name])
+                seconds.setdefault(f"{name} outside", []).append(whole - timer.seconds)
+            else:
+                whole = _timed(steps[name])
+            seconds.setdefault(name, []).append(whole)
+    return seconds
 
 
 def metrics_share(model, side: int = 512, count: int = 8) -> None:
@@ -165,37 +193,77 @@ def main() -> None:
     print(f"embedded model, {len(plan.cells())} cells (10 strengths x 4 seeds, 20 steps, DDIM, guidance 2), metrics: "
           f"{', '.join(metrics) or 'none'}; load average {os.getloadavg()[0]:.2f}")
 
-    def sweep(index: int):
+    def sweep(index, streams: str | None = "1"):
+        """A sweep into a fresh folder, its chunks in turn (``"1"``) or as the rules choose (``None``); its manifest's
+        stream count."""
+        os.environ.pop(STREAMS_VARIABLE, None) if streams is None else os.environ.update({STREAMS_VARIABLE: streams})
         folder = scratch / f"run-{index}"
         shutil.rmtree(folder, ignore_errors=True)
-        return run_sweep(plan, folder, pipe=model, metrics=metrics, progress=False)
+        run_sweep(plan, folder, pipe=model, metrics=metrics, progress=False)
+        return json.loads((folder / "manifest.json").read_text())["engine"]["streams"]
 
     try:
         for threads in [int(value) for value in args.threads.split(",")]:
             torch.set_num_threads(threads)
-            with UNetCalls(pipe.unet) as recorder:
-                sweep(-1)  # warm-up, and the UNet calls the sweep makes
-            cells = plan.cells()
+            recorded = {}
+            for name, streams in (("in turn", "1"), ("side by side", None)):
+                with UNetCalls(pipe.unet) as recorder:
+                    ran = sweep(f"warm-{name}", streams)  # warm-up, and the UNet calls the sweep makes
+                if name == "in turn" or ran > 1:
+                    recorded[name] = recorder.calls
             source = Image.open(plan.images[0]).convert("RGB")
             plain = _timed(lambda: [pipe(prompt=cell.prompt, image=source, strength=cell.strength,
                                          num_inference_steps=20, guidance_scale=2.0,
-                                         generator=cell_generator(cell.seed)) for cell in cells])
-            bounds, sweeps, outside = interleaved_pairs(pipe, recorder.calls, sweep, args.pairs)
-            shares = [bound / whole for bound, whole in zip(bounds, sweeps)]
-            by_parts = statistics.median(bounds) / (statistics.median(bounds) + statistics.median(outside))
-            print(f"  {threads} thread{'s' if threads > 1 else ''}: {len(recorder.calls)} UNet calls of "
-                  f"{sum(call[0].shape[0] for call in recorder.calls)} samples; bound "
-                  f"{', '.join(f'{b:.2f}' for b in bounds)} s, sweep {', '.join(f'{s:.2f}' for s in sweeps)} s; "
-                  f"share of the bound {', '.join(f'{s:.0%}' for s in shares)} (median "
-                  f"{statistics.median(shares):.0%}); outside its UNet calls each sweep spent "
-                  f"{', '.join(f'{o:.3f}' for o in outside)} s (median {statistics.median(outside):.3f}): "
-                  f"bound / (bound + that) = {by_parts:.0%}; plain loop {plain:.2f} s = "
-                  f"{plain / statistics.median(sweeps):.2f}x the sweep, {plain / statistics.median(bounds):.2f}x the "
-                  f"bound; load average {os.getloadavg()[0]:.2f}")
+                                         generator=cell_generator(cell.seed)) for cell in plan.cells()])
+            report(threads, measure(pipe, sweep, recorded, args.pairs), recorded, plain)
         if args.share_side:
             metrics_share(model, args.share_side)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def measure(pipe, sweep, recorded: dict, rounds: int) -> dict[str, list]:
+    """Interleaved rounds of the sweep in turn and its bound, and where it runs side by side that sweep and its two
+    bounds."""
+    steps = {"bound": lambda: replay(pipe, recorded["in turn"]), "sweep": lambda: sweep("in-turn")}
+    if "side by side" in recorded:
+        calls = recorded["side by side"]
+        steps.update({"side-by-side bound in turn": lambda: replay(pipe, calls),
+                      "side-by-side bound in streams": lambda: replay_in_streams(pipe, calls),
+                      "side-by-side sweep": lambda: sweep("side-by-side", None)})
+    return interleaved_rounds(steps, rounds, {"sweep": UNetTime(pipe.unet)})
+
+
+def report(threads: int, seconds: dict, recorded: dict, plain: float) -> None:
+    """Print one thread count's figures (see the module doc)."""
+    def listed(name, unit=" s"):
+        values = seconds[name]
+        return f"{', '.join(f'{value:.2f}' for value in values)}{unit} (median {statistics.median(values):.2f})"
+
+    def calls(name):
+        return f"{len(recorded[name])} UNet calls of {sum(call[0].shape[0] for call in recorded[name])} samples"
+
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    shares = [bound / whole for bound, whole in zip(seconds["bound"], seconds["sweep"])]
+    by_parts = median["bound"] / (median["bound"] + median["sweep outside"])
+    print(f"  {threads} thread{'s' if threads > 1 else ''}, chunks in turn: {calls('in turn')}; bound "
+          f"{listed('bound')}, sweep {listed('sweep')}; share of the bound {', '.join(f'{s:.0%}' for s in shares)} "
+          f"(median {statistics.median(shares):.0%}); outside its UNet calls {listed('sweep outside')}: by parts "
+          f"{by_parts:.0%}; plain loop {plain:.2f} s = {plain / median['sweep']:.2f}x the sweep; load average "
+          f"{os.getloadavg()[0]:.2f}")
+    if "side by side" not in recorded:
+        print(f"    (chunks run in turn at {threads} thread{'s' if threads > 1 else ''}: no side-by-side sweep)")
+        return
+    bounds = zip(seconds["side-by-side bound in turn"], seconds["side-by-side bound in streams"])
+    strict = [min(pair) for pair in bounds]
+    shares = [bound / whole for bound, whole in zip(strict, seconds["side-by-side sweep"])]
+    faster = [turn / side for turn, side in zip(seconds["sweep"], seconds["side-by-side sweep"])]
+    print(f"    chunks side by side: {calls('side by side')}; bound in turn {listed('side-by-side bound in turn')}, "
+          f"in streams {listed('side-by-side bound in streams')}; sweep {listed('side-by-side sweep')}; share of "
+          f"the stricter bound {', '.join(f'{s:.0%}' for s in shares)} (median {statistics.median(shares):.0%}); "
+          f"in turn / side by side {', '.join(f'{f:.2f}' for f in faster)} (median {statistics.median(faster):.2f}x); "
+          f"plain loop = {plain / median['side-by-side sweep']:.2f}x the sweep; load average "
+          f"{os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # pytest-xdist's workers hold every core, so a sweep's writer thread would only contend with them; the one test that
 # needs it turns it on (tests/sweep/test_sweep.py).
 os.environ.setdefault("IMG2IMG_LAB_WRITER_THREAD", "0")
+# For the same reason (and so a sweep's chunks do not depend on the worker count) chunks run one at a time; the tests
+# of chunks run side by side turn it on (tests/sweep/test_chunk_streams.py).
+os.environ.setdefault("IMG2IMG_LAB_CHUNK_STREAMS", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -207,6 +207,7 @@ class BatchedRunner:
     on_work: object = None
     fitted: dict | None = None  # batch_limits.fit_batch_limit's answer where a memory budget applies
     conditions: list | None = None  # sweep_conditions.SourceCondition per source (masks, control images)
+    streams: int = 1  # chunks the sweep runs side by side (sweep/chunk_streams.py); they are dealt to match
     name = "batched"
 
     @cached_property
@@ -237,10 +238,8 @@ class BatchedRunner:
             if key not in replayed:
                 size = self.sources[cell.image_index].size
                 groups.setdefault((*chunk_key(cell), size), []).append((cell, key))
-        chunk_cells = max(2 * limit, 32)
         for members in groups.values():
-            for first in range(0, len(members), chunk_cells):
-                chunk = members[first:first + chunk_cells]
+            for chunk in split_chunks(members, max(2 * limit, 32), streams=self.streams):
                 yield chunk, _batch_id([key for _, key in chunk], limit)
 
     def remembering(self):
@@ -279,6 +278,22 @@ def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_s
                                  fitted=fitted, conditions=conditions), reason
         return PerCellRunner(model, sources, on_step=on_step, conditions=conditions), reason
     return PerCellRunner(model, sources, on_step=on_step, conditions=conditions), "per-cell runner requested"
+
+
+def split_chunks(members: list, size: int, *, streams: int = 1) -> list[list]:
+    """``members`` in chunks of at most ``size``: one slice after another in plan order; for ``streams`` > 1 in as
+    many chunks as that takes, rounded up to a multiple of ``streams`` (at most one per member), the members dealt
+    in turn, so chunks run side by side hold the same mix of strengths and finish together.
+
+    >>> split_chunks(list(range(5)), 4)
+    [[0, 1, 2, 3], [4]]
+    >>> split_chunks(list(range(5)), 4, streams=2)
+    [[0, 2, 4], [1, 3]]
+    """
+    if streams <= 1:
+        return [members[first:first + size] for first in range(0, len(members), size)]
+    count = min(len(members), -(-len(members) // (size * streams)) * streams)
+    return [members[index::count] for index in range(count)]
 
 
 def _batch_id(keys: list[str], limit: int) -> str:

@@ -106,7 +106,8 @@ def manifest_section(store: RunStore, table) -> Section:
         ("model", manifest.get("model")), ("fingerprint", fingerprint[:16]),
         ("created / finished", f"{manifest.get('created', '?')} / {manifest.get('finished', '?')}"),
         ("device / dtype", f"{manifest.get('device')} / {manifest.get('dtype')}"),
-        ("engine", f"{engine.get('name', 'per-cell')} ({engine.get('reason', '')})"),
+        ("engine", f"{engine.get('name', 'per-cell')} ({engine.get('reason', '')})"
+                   + (f"; chunks: {engine['streams_reason']}" if engine.get("streams_reason") else "")),
         ("packages", ", ".join(f"{name} {packages[name]}" for name in ("torch", "diffusers", "transformers",
                                                                         "img2img_lab") if name in packages)),
         ("platform", manifest.get("platform")),

@@ -57,6 +57,16 @@ def threads_for(*, parameters: int, cores: int | None = None, environ=None) -> t
     return None, f"large model ({millions}): torch's default"
 
 
+def pipeline_parameters(pipe) -> int:
+    """The parameters of every component of a pipeline (what :data:`SMALL_MODEL_PARAMETERS` is compared with).
+
+    >>> pipeline_parameters(pipe) < SMALL_MODEL_PARAMETERS
+    True
+    """
+    return sum(parameter.numel() for component in pipe.components.values()
+               if hasattr(component, "parameters") for parameter in component.parameters())
+
+
 def apply_threads(pipe) -> tuple[int, str]:
     """Set torch's thread count for a pipeline loaded on the CPU (see the module doc); returns ``(threads, why)``.
     On a GPU nothing changes."""
@@ -64,9 +74,7 @@ def apply_threads(pipe) -> tuple[int, str]:
 
     if pipe.device.type != "cpu":
         return torch.get_num_threads(), f"{pipe.device.type}: the CPU thread count does not matter"
-    parameters = sum(parameter.numel() for component in pipe.components.values()
-                     if hasattr(component, "parameters") for parameter in component.parameters())
-    threads, why = threads_for(parameters=parameters)
+    threads, why = threads_for(parameters=pipeline_parameters(pipe))
     if threads is not None and threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return torch.get_num_threads(), why

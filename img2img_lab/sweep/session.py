@@ -40,11 +40,12 @@ from img2img_lab.plan.sweep_plan import Cell, SweepPlan
 from img2img_lab.store.manifest import merge_manifest
 from img2img_lab.store.run_store import RunStore
 from img2img_lab.sweep.adapter_files import adapter_files, keep_adapters
+from img2img_lab.sweep.chunk_streams import generate_side_by_side, stream_threads
 from img2img_lab.sweep.chunk_writer import ChunkWriter, spare_core
 from img2img_lab.sweep.distributed import Context, job_progress
 from img2img_lab.sweep.options import SweepOptions
-from img2img_lab.sweep.session_setup import (completed_record, create_folder, in_plan_order,  # noqa: F401
-                                             now, plan_manifest, store_sources)
+from img2img_lab.sweep.session_setup import (completed_record, copy_batch_record, create_folder,  # noqa: F401
+                                             in_plan_order, now, plan_manifest, store_sources)
 from img2img_lab.sweep.source_conditions import strength_meaning
 from img2img_lab.sweep.sources import (build_manifest, folder_sources, metric_needs, prepare_sources,  # noqa: F401
                                        source_steps)
@@ -205,7 +206,7 @@ class SweepSession:
                 (self.duplicates if cell.duplicate_of is not None else self.pending).append((cell, key))
                 continue
             image, row = pair
-            _copy_batch_record(self.cache_store, self.store, row.get("batch_id"))
+            copy_batch_record(self.cache_store, self.store, row.get("batch_id"))
             self.store.save_cell(key, image, {**row, "output_path": self._output_path(key)})
             self.counts["from_cache"] = self.counts.get("from_cache", 0) + 1
             self.bar.update(self.work[key])
@@ -215,12 +216,10 @@ class SweepSession:
     # ------------------------------------------------------------------ 6. generate
     def generate(self) -> None:
         """Generate every pending cell with the sweep's runner (:mod:`img2img_lab.engine.runners`), chunk by chunk. Each
-        batched chunk is recorded before it runs and measured and saved on the writer thread while the next one runs,
-        so a crash loses at most two chunks (both run again whole); per-cell rows are durable once written and only
-        refresh ``results.parquet`` every few seconds. Cells run
+        batched chunk is recorded before it runs, so a crash loses at most the two chunks in flight (both run again
+        whole); per-cell rows are durable once written and refresh ``results.parquet`` every few seconds. Cells run
         with their LoRA setting (:mod:`img2img_lab.models.adapters`: chunks share one; the adapters are unloaded
-        afterwards), and what the runner remembers is remembered per setting (a text-encoder LoRA changes a
-        prompt's encoding)."""
+        afterwards); what the runner remembers is remembered per setting (a text-encoder LoRA changes an encoding)."""
         chunks = self.runner.chunks(self.planned, self.pending, self.recorded)
         with adapters_loaded(self.model, self.adapters) as switch:
             for setting, same_setting in itertools.groupby(chunks, key=lambda chunk: chunk[0][0][0].lora):
@@ -232,15 +231,19 @@ class SweepSession:
         """Each chunk denoised on this thread, then decoded (on the CPU, where the model allows it:
         :func:`~img2img_lab.models.memory.decodes_beside_denoising`), measured and stored on the writer
         thread (:mod:`img2img_lab.sweep.chunk_writer`) while the next one denoises. On a GPU chunks are decoded here:
-        there the VAE's activations would sit in memory beside the next chunk's, a peak no device has measured yet."""
-        todo = {key for _, key in self.pending}
+        there the VAE's activations would sit in memory beside the next chunk's, a peak no device has measured yet.
+        Where chunks run side by side (:mod:`img2img_lab.sweep.chunk_streams`), each stream does all of it for its
+        own chunks, storing one at a time."""
+        todo, chunks = {key for _, key in self.pending}, list(chunks)
+        if getattr(self.runner, "streams", 1) > 1:
+            generate_side_by_side(chunks, self.runner, record=self._record, store=lambda chunk, outputs, batch_id,
+                                  last: self._store_chunk(chunk, todo, lambda: outputs, batch_id, last))
+            return
         overlap = spare_core(str(self.device))
         decode_on_writer = overlap and self.device.type == "cpu" and decodes_beside_denoising(self.model)
         with ChunkWriter(overlap=overlap) as writer:
-            chunks = list(chunks)
             for index, (chunk, batch_id) in enumerate(chunks):
-                if batch_id is not None:
-                    self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
+                self._record(chunk, batch_id)
                 cells = [cell for cell, _ in chunk]
                 if decode_on_writer:
                     finish = self.runner.start(cells)
@@ -248,6 +251,11 @@ class SweepSession:
                     outputs = self.runner.run(cells)
                     finish = lambda outputs=outputs: outputs  # noqa: E731 - the chunk is finished already
                 writer.submit(self._store_chunk, chunk, todo, finish, batch_id, index == len(chunks) - 1)
+
+    def _record(self, chunk: list, batch_id: str | None) -> None:
+        """Record a batched chunk's cells before it runs (``batches/``; a per-cell chunk has no batch)."""
+        if batch_id is not None:
+            self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
 
     def _store_chunk(self, chunk: list, todo: set, finish, batch_id: str | None, last: bool = False) -> None:
         """Finish a chunk (``finish()``: its outputs, decoded here where the model allows), measure its outputs in
@@ -328,7 +336,7 @@ class SweepSession:
             self.counts["stored_by_another_writer"] = self.counts.get("stored_by_another_writer", 0) + 1
             pair = self.store.stored_cell(key)
         if self.cache_store is not None and pair is not None:
-            _copy_batch_record(self.store, self.cache_store, pair[1].get("batch_id"))
+            copy_batch_record(self.store, self.cache_store, pair[1].get("batch_id"))
             self.cache_store.save_cell(key, *pair)
 
     def _steps(self, cell: Cell):
@@ -357,7 +365,8 @@ class SweepSession:
             "output_path": self._output_path(key), "output_hash": content_hash(image), "nsfw_flagged": nsfw,
             "model": manifest["model"], "model_family": manifest["model_family"]["family"],
             "model_fingerprint": manifest["model_fingerprint"]["fingerprint"], "device": manifest["device"],
-            "dtype": manifest["dtype"], "torch_threads": manifest["torch_threads"], "engine": self.engine,
+            "dtype": manifest["dtype"], "engine": self.engine,
+            "torch_threads": stream_threads(manifest["torch_threads"], getattr(self.runner, "streams", 1)),
             "batch_id": batch_id, "memory_controls": ",".join(self.options.memory.key_part().get("memory", [])),
         }
 
@@ -390,10 +399,3 @@ class SweepSession:
         plan_keys = list(dict.fromkeys(self.keys[(cell.group(), cell.strength)] for cell in self.cells))
         return in_plan_order(self.store.read_table(allow_damaged=True), plan_keys)
 
-
-def _copy_batch_record(origin: RunStore, target: RunStore, batch_id) -> None:
-    """Copy the record of the batch that made a cell (verify regenerates a batched cell with its batch)."""
-    if isinstance(batch_id, str):
-        batch = origin.read_batch(batch_id)
-        if batch is not None:
-            target.write_batch(batch_id, batch["keys"], max_batch_size=batch["max_batch_size"])

@@ -21,7 +21,9 @@ from img2img_lab.plan.memory_settings import MemoryControls
 from img2img_lab.plan.schema import COLUMNS
 from img2img_lab.store.manifest import check_one_model, files_digest, merge_manifest, plan_config, plan_record
 from img2img_lab.store.run_store import RunStore
+from img2img_lab.sweep.adapter_files import used_adapters
 from img2img_lab.sweep.advisories import advise, floor_advisories, sweep_advisories
+from img2img_lab.sweep.chunk_streams import chunk_streams
 from img2img_lab.sweep.distributed import Context, ShardedRunner
 from img2img_lab.sweep.options import SweepOptions
 from img2img_lab.sweep.source_conditions import conditions_for_sweep, record_conditions, with_controls
@@ -48,10 +50,14 @@ def plan_manifest(plan, model: ModelHandle, options: SweepOptions, sources, reco
     runner, reason = choose_runner(model, sources, engine=options.engine, max_batch_size=options.max_batch_size,
                                    on_step=options.on_step, conditions=conditions,
                                    memory_budget=options.memory.memory_budget)
+    streams, side_by_side = chunk_streams(model, runner, on_step=options.on_step, lora=bool(used_adapters(plan)),
+                                          distributed=context.distributed)
+    runner = replace(runner, streams=streams) if streams > 1 else runner
     if context.distributed:
         runner = ShardedRunner(runner, context)
     manifest["engine"] = {"name": runner.name, "reason": reason,
-                          "max_batch_size": options.max_batch_size if runner.batch_limit else None}
+                          "max_batch_size": options.max_batch_size if runner.batch_limit else None,
+                          "streams": streams, "streams_reason": side_by_side}
     fitted = getattr(getattr(runner, "runner", runner), "fitted", None)
     manifest["memory"] = {**options.memory.record(), **({"fitted": fitted} if fitted else {}),
                           "batch_limit": runner.batch_limit}
@@ -120,3 +126,17 @@ def in_plan_order(table, keys: list[str]):
     table = table.iloc[table["cell_key"].map(order).argsort()].reset_index(drop=True)
     return table[[column for column in COLUMNS if column in table.columns]
                  + [column for column in table.columns if column not in COLUMNS]]
+
+
+def copy_batch_record(origin: RunStore, target: RunStore, batch_id) -> None:
+    """Copy the record of the batch that made a cell (verify regenerates a batched cell with its batch).
+
+    >>> batch_id, cache = store.batch_ids()[0], RunStore("runs/cache")
+    >>> copy_batch_record(store, cache, batch_id)
+    >>> cache.read_batch(batch_id) == store.read_batch(batch_id)
+    True
+    """
+    if isinstance(batch_id, str):
+        batch = origin.read_batch(batch_id)
+        if batch is not None:
+            target.write_batch(batch_id, batch["keys"], max_batch_size=batch["max_batch_size"])

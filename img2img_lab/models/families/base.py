@@ -135,6 +135,9 @@ class Family:
     counts_inpaint_channels: ClassVar[bool] = True
     #: Inpainting classes whose ``__call__`` refuses every ``padding_mask_crop`` (class → why).
     crop_refused: ClassVar[dict[str, str]] = {}
+    #: Batched classes whose chunks keep no state on the pipeline, so a CPU sweep may run two of them at once
+    #: (:mod:`img2img_lab.sweep.chunk_streams`); each is tested against chunks run one at a time.
+    side_by_side: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, pipe):
         self.pipe = pipe

@@ -263,3 +263,4 @@ class SDXLFamily(StableDiffusionFamily):
                        "StableDiffusionXLPAGImg2ImgPipeline": SDXLPAGConditioning,
                        "StableDiffusionXLPAGInpaintPipeline": SDXLPAGInpaintConditioning,
                        "StableDiffusionXLControlNetPAGImg2ImgPipeline": SDXLControlNetPAGConditioning}
+    side_by_side = ("StableDiffusionXLImg2ImgPipeline",)

@@ -321,6 +321,7 @@ class StableDiffusionFamily(Family):
                                         "StableDiffusionPAGImg2ImgPipeline": PAGConditioning,
                                         "StableDiffusionPAGInpaintPipeline": PAGInpaintConditioning,
                                         "StableDiffusionControlNetPAGInpaintPipeline": ControlNetPAGInpaintConditioning}
+    side_by_side = ("StableDiffusionImg2ImgPipeline",)
 
     def batched_conditioning(self) -> tuple[type | None, str]:
         conditioning, reason = super().batched_conditioning()
