@@ -62,18 +62,19 @@ def chunk_streams(model, runner, *, on_step=None, lora: bool = False, distribute
     from img2img_lab.models.memory import decodes_beside_denoising
     from img2img_lab.models.threads import SMALL_MODEL_PARAMETERS, pipeline_parameters
 
-    refusal = next((why for held, why in (
-        (getattr(runner, "name", None) != "batched", "the per-cell runner runs one cell at a time"),
-        (distributed, "a launched job runs its ranks side by side instead"),
-        (model.device.type != "cpu", f"chunks run side by side on a CPU only, not on {model.device.type}"),
-        (type(model.pipe).__name__ not in model.family.side_by_side,
+    refusals = (  # checked in order, each only if those before it pass (a walk over the modules comes last)
+        (lambda: getattr(runner, "name", None) != "batched", "the per-cell runner runs one cell at a time"),
+        (lambda: distributed, "a launched job runs its ranks side by side instead"),
+        (lambda: model.device.type != "cpu", f"chunks run side by side on a CPU only, not on {model.device.type}"),
+        (lambda: type(model.pipe).__name__ not in model.family.side_by_side,
          f"{type(model.pipe).__name__} is not declared safe to run twice at once by its family module"),
-        (bool(getattr(runner, "max_batch_size", None) or getattr(runner, "fitted", None)),
+        (lambda: bool(getattr(runner, "max_batch_size", None) or getattr(runner, "fitted", None)),
          "a batch size or memory budget set for the sweep sizes one batch at a time"),
-        (lora, "a LoRA is scaled in place on the pipeline for each call"),
-        (on_step is not None, "an on_step callback hears one chunk's steps at a time"),
-        (not decodes_beside_denoising(model), "an offload hook or a cast VAE changes the pipeline as it runs"),
-    ) if held), None)
+        (lambda: lora, "a LoRA is scaled in place on the pipeline for each call"),
+        (lambda: on_step is not None, "an on_step callback hears one chunk's steps at a time"),
+        (lambda: not decodes_beside_denoising(model), "an offload hook or a cast VAE changes the pipeline as it runs"),
+    )
+    refusal = next((why for held, why in refusals if held()), None)
     if refusal is not None:
         return 1, f"one chunk at a time: {refusal}"
     chosen = os.environ.get(STREAMS_VARIABLE, "").strip()
