@@ -196,7 +196,10 @@ def main() -> None:
     def sweep(index, streams: str | None = "1"):
         """A sweep into a fresh folder, its chunks in turn (``"1"``) or as the rules choose (``None``); its manifest's
         stream count."""
-        os.environ.pop(STREAMS_VARIABLE, None) if streams is None else os.environ.update({STREAMS_VARIABLE: streams})
+        if streams is None:
+            os.environ.pop(STREAMS_VARIABLE, None)
+        else:
+            os.environ[STREAMS_VARIABLE] = streams
         folder = scratch / f"run-{index}"
         shutil.rmtree(folder, ignore_errors=True)
         run_sweep(plan, folder, pipe=model, metrics=metrics, progress=False)

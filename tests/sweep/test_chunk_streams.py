@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from img2img_lab.engine import runners
-from img2img_lab.errors import PlanError
-from img2img_lab.figures.report import manifest_section
 from img2img_lab.engine.batched import batched_tolerance
 from img2img_lab.engine.runners import choose_runner, split_chunks
+from img2img_lab.errors import PlanError
+from img2img_lab.figures.report import manifest_section
 from img2img_lab.models import threads as thread_rules
 from img2img_lab.models.handle import as_model
 from img2img_lab.models.registry import FAMILIES, tiny_pipeline
