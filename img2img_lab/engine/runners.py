@@ -239,7 +239,8 @@ class BatchedRunner:
                 size = self.sources[cell.image_index].size
                 groups.setdefault((*chunk_key(cell), size), []).append((cell, key))
         for members in groups.values():
-            for chunk in split_chunks(members, max(2 * limit, 32), streams=self.streams):
+            for chunk in split_chunks(members, max(2 * limit, 32), streams=self.streams,
+                                      work=lambda member: member[0].strength):
                 yield chunk, _batch_id([key for _, key in chunk], limit)
 
     def remembering(self):
@@ -280,20 +281,28 @@ def choose_runner(model: ModelHandle, sources: list, *, engine: str, max_batch_s
     return PerCellRunner(model, sources, on_step=on_step, conditions=conditions), "per-cell runner requested"
 
 
-def split_chunks(members: list, size: int, *, streams: int = 1) -> list[list]:
+def split_chunks(members: list, size: int, *, streams: int = 1, work=None) -> list[list]:
     """``members`` in chunks of at most ``size``: one slice after another in plan order; for ``streams`` > 1 in as
-    many chunks as that takes, rounded up to a multiple of ``streams`` (at most one per member), the members dealt
-    in turn, so chunks run side by side hold the same mix of strengths and finish together.
+    many chunks as that takes, rounded up to a multiple of ``streams`` (at most one per member), dealt so that chunks
+    run side by side hold the same mix of work and finish together: the members ordered by ``work`` (a member's
+    cost, largest first; plan order where not given), then dealt out and back (0, 1, 1, 0, 0, 1, ...).
 
     >>> split_chunks(list(range(5)), 4)
     [[0, 1, 2, 3], [4]]
     >>> split_chunks(list(range(5)), 4, streams=2)
-    [[0, 2, 4], [1, 3]]
+    [[0, 3, 4], [1, 2]]
+    >>> split_chunks([1, 2, 3, 4], 4, streams=2, work=lambda strength: strength)
+    [[4, 1], [3, 2]]
     """
     if streams <= 1:
         return [members[first:first + size] for first in range(0, len(members), size)]
     count = min(len(members), -(-len(members) // (size * streams)) * streams)
-    return [members[index::count] for index in range(count)]
+    ordered = members if work is None else sorted(members, key=work, reverse=True)
+    chunks: list[list] = [[] for _ in range(count)]
+    for index, member in enumerate(ordered):
+        turn, place = divmod(index, count)
+        chunks[place if turn % 2 == 0 else count - 1 - place].append(member)
+    return chunks
 
 
 def _batch_id(keys: list[str], limit: int) -> str:

@@ -25,9 +25,10 @@ A sweep runs its chunks side by side where (:func:`chunk_streams`):
 ``IMG2IMG_LAB_CHUNK_STREAMS=1`` runs chunks one at a time; ``2`` asks for two wherever the rules allow it (a machine
 with one core too). The manifest's ``engine`` entry records the choice and its reason.
 
-Each stream records its chunk's batch, runs it, decodes it and measures and stores it (one stream at a time: the
-store, the metrics' reference cache and the counts are the session's); at most two chunks are ever in flight, so a
-killed sweep loses at most two recorded batches, which run again whole.
+Each stream records its chunk's batch, runs and decodes it, then measures and stores it. Measuring and storing are
+each one stream at a time (the metrics' reference cache, the store and the counts are the session's), so one stream
+measures while the other stores. At most two chunks are ever in flight, so a killed sweep loses at most two recorded
+batches, which run again whole.
 
 >>> done = []
 >>> run_side_by_side([1, 2, 3], done.append, streams=2)
@@ -104,11 +105,13 @@ def stream_threads(threads: int, streams: int) -> int:
     return max(1, threads // streams)
 
 
-def generate_side_by_side(chunks: list, runner, *, record, store) -> None:
+def generate_side_by_side(chunks: list, runner, *, record, measure, store) -> None:
     """Generate ``chunks`` (``(cells and keys, batch id)`` pairs) on ``runner.streams`` streams: each stream records
-    its chunk's batch (``record(chunk, batch_id)``), runs and decodes it (``runner.run``), then hands the outputs to
-    ``store(chunk, outputs, batch_id, last)`` holding a lock (one stream at a time: a sweep's store, its metrics'
-    reference cache and its counts are shared). ``runner.on_work``, the progress bar's, is called under a lock too.
+    its chunk's batch (``record(chunk, batch_id)``), runs and decodes it (``runner.run``), measures the outputs
+    (``measured = measure(chunk, outputs)``, holding one lock: the metrics' reference cache is the sweep's), then
+    stores them (``store(measured, batch_id, last)``, holding another: the store and the counts are the sweep's).
+    So one stream measures while the other stores, also when the last two chunks finish together.
+    ``runner.on_work``, the progress bar's, is called under a lock too.
 
     >>> class Doubling:
     ...     streams, on_work = 2, None
@@ -117,11 +120,13 @@ def generate_side_by_side(chunks: list, runner, *, record, store) -> None:
     >>> stored = []
     >>> chunks = [([(1, "key 1"), (2, "key 2")], "a"), ([(3, "key 3")], "b")]
     >>> generate_side_by_side(chunks, Doubling(), record=lambda chunk, batch_id: None,
-    ...                       store=lambda chunk, outputs, batch_id, last: stored.append((batch_id, outputs, last)))
+    ...                       measure=lambda chunk, outputs: [(key, output, output > 3)
+    ...                                                       for (_, key), output in zip(chunk, outputs)],
+    ...                       store=lambda measured, batch_id, last: stored.append((batch_id, measured, last)))
     >>> sorted(stored)
-    [('a', [2, 4], False), ('b', [6], True)]
+    [('a', [('key 1', 2, False), ('key 2', 4, True)], False), ('b', [('key 3', 6, True)], True)]
     """
-    storing, counting, last = threading.Lock(), threading.Lock(), len(chunks) - 1
+    measuring, storing, counting, last = threading.Lock(), threading.Lock(), threading.Lock(), len(chunks) - 1
     advance = runner.on_work
 
     def counted(steps: int) -> None:
@@ -132,8 +137,10 @@ def generate_side_by_side(chunks: list, runner, *, record, store) -> None:
         index, (chunk, batch_id) = indexed
         record(chunk, batch_id)
         outputs = runner.run([cell for cell, _ in chunk])
+        with measuring:
+            measured = measure(chunk, outputs)
         with storing:
-            store(chunk, outputs, batch_id, index == last)
+            store(measured, batch_id, index == last)
 
     runner.on_work = counted if advance is not None else None
     try:

@@ -51,12 +51,6 @@ from img2img_lab.sweep.sources import (build_manifest, folder_sources, metric_ne
                                        source_steps)
 
 
-def cell_label(cell: Cell, model: str | None = None) -> str:
-    """A short human name for a planned cell (what ``verify`` prints for a missing one): :meth:`Cell.label`, and the
-    model's name in a folder that compares models."""
-    return cell.label() + (f" · {model}" if model else "")
-
-
 @dataclass
 class SweepSession:
     """The state of one sweep into one run folder; see the module doc for its steps."""
@@ -160,7 +154,7 @@ class SweepSession:
                 key = reference if store.has_cell(reference) else key
             self.keys[(cell.group(), cell.strength)] = key
             self.work[key] = 0 if cell.duplicate_of is not None else cell_work(self._steps(cell))
-            labels[key] = cell_label(cell, self.manifest["model"] if self.allow_other_models else None)
+            labels[key] = cell.label() + (f" · {self.manifest['model']}" if self.allow_other_models else "")
             if cell.duplicate_of is None:
                 self.planned.append((cell, key))
             if store.has_cell(key):
@@ -232,12 +226,11 @@ class SweepSession:
         :func:`~img2img_lab.models.memory.decodes_beside_denoising`), measured and stored on the writer
         thread (:mod:`img2img_lab.sweep.chunk_writer`) while the next one denoises. On a GPU chunks are decoded here:
         there the VAE's activations would sit in memory beside the next chunk's, a peak no device has measured yet.
-        Where chunks run side by side (:mod:`img2img_lab.sweep.chunk_streams`), each stream does all of it for its
-        own chunks, storing one at a time."""
+        Chunks side by side (:mod:`img2img_lab.sweep.chunk_streams`): each stream does all of it for its own."""
         todo, chunks = {key for _, key in self.pending}, list(chunks)
         if getattr(self.runner, "streams", 1) > 1:
-            generate_side_by_side(chunks, self.runner, record=self._record, store=lambda chunk, outputs, batch_id,
-                                  last: self._store_chunk(chunk, todo, lambda: outputs, batch_id, last))
+            generate_side_by_side(chunks, self.runner, record=self._record, store=self._save_chunk,
+                                  measure=lambda chunk, outputs: self._measure_chunk(chunk, todo, outputs))
             return
         overlap = spare_core(str(self.device))
         decode_on_writer = overlap and self.device.type == "cpu" and decodes_beside_denoising(self.model)
@@ -258,12 +251,19 @@ class SweepSession:
             self.store.write_batch(batch_id, [key for _, key in chunk], max_batch_size=self.runner.batch_limit)
 
     def _store_chunk(self, chunk: list, todo: set, finish, batch_id: str | None, last: bool = False) -> None:
-        """Finish a chunk (``finish()``: its outputs, decoded here where the model allows), measure its outputs in
-        one batch per source and store each cell to generate (the writer thread). The table is checkpointed after
-        each batched chunk but the ``last`` (the sweep's flush follows it; its row files are durable already)."""
-        finished = [(cell, key, output) for (cell, key), output in zip(chunk, finish()) if key in todo]
+        """Finish a chunk (``finish()``: its outputs, decoded here where the model allows), measure and store it."""
+        self._save_chunk(self._measure_chunk(chunk, todo, finish()), batch_id, last)
+
+    def _measure_chunk(self, chunk: list, todo: set, outputs: list) -> list[tuple]:
+        """``(cell, key, output, metric values)`` of a chunk's cells to generate, measured in one batch per source."""
+        finished = [(cell, key, output) for (cell, key), output in zip(chunk, outputs) if key in todo]
         measured = self._measure([(cell, output.image) for cell, _, output in finished])
-        for (cell, key, output), values in zip(finished, measured):
+        return [(*cell_key_output, values) for cell_key_output, values in zip(finished, measured)]
+
+    def _save_chunk(self, measured: list[tuple], batch_id: str | None, last: bool) -> None:
+        """Store measured cells; the table is checkpointed after each batched chunk but the ``last`` (the sweep's
+        flush follows it; its row files are durable already)."""
+        for cell, key, output, values in measured:
             self.save(cell, key, output.image, output.produced, output.seconds, output.nsfw_flagged, batch_id,
                       measured=values)
         if self.context.is_main and not last and (batch_id is not None or time.monotonic() - self.last_flush > 5):

@@ -22,7 +22,7 @@ from img2img_lab.models.handle import as_model
 from img2img_lab.models.registry import FAMILIES, tiny_pipeline
 from img2img_lab.plan.sweep_plan import SweepPlan
 from img2img_lab.store.run_store import RunStore
-from img2img_lab.sweep.chunk_streams import STREAMS_VARIABLE, chunk_streams, run_side_by_side
+from img2img_lab.sweep.chunk_streams import STREAMS_VARIABLE, chunk_streams, generate_side_by_side, run_side_by_side
 from img2img_lab.sweep.run import run_sweep
 from img2img_lab.sweep.verify import verify_run
 
@@ -101,9 +101,23 @@ def test_a_resumed_side_by_side_sweep_stores_the_same_pixels(tmp_path, sources_d
 def test_chunks_are_dealt_so_side_by_side_chunks_share_their_mix():
     cells = list(range(40))
     assert [len(chunk) for chunk in split_chunks(cells, 32)] == [32, 8]
-    dealt = split_chunks(cells, 32, streams=2)
-    assert dealt == [cells[0::2], cells[1::2]]
     assert [len(chunk) for chunk in split_chunks(list(range(65)), 32, streams=2)] == [17, 16, 16, 16]
+    assert sorted(sum(split_chunks(cells, 32, streams=2), [])) == cells
+
+
+def test_side_by_side_chunks_get_the_same_strengths_whatever_the_plan_order(tiny_pipe):
+    """Plan order is seed by seed, strength by strength: dealt in turn, one chunk got every odd strength and the
+    other every even one (the strongest, 20 % more denoising steps), so one stream idled at the end."""
+    seeds_outer = SweepPlan(images=["a.png"], prompts=["a red circle"], strengths=[i / 10 for i in range(1, 11)],
+                            seeds=[0, 1, 2, 3], guidance_scales=[2.0], steps=[20], schedulers=["ddim"])
+    cells = [cell for cell in seeds_outer.cells() if cell.duplicate_of is None]
+    assert [cell.strength for cell in cells[:3]] == [0.1, 0.2, 0.3]
+    runner = runners.BatchedRunner(as_model(tiny_pipe), [Image.new("RGB", (32, 32))], streams=2)
+    chunks = [chunk for chunk, _ in runner.chunks([(cell, str(i)) for i, cell in enumerate(cells)],
+                                                  [(cell, str(i)) for i, cell in enumerate(cells)])]
+    assert [len(chunk) for chunk in chunks] == [20, 20]
+    strengths = [sorted(cell.strength for cell, _ in chunk) for chunk in chunks]
+    assert strengths[0] == strengths[1] == sorted([i / 10 for i in range(1, 11)] * 2)
 
 
 def test_which_sweeps_run_chunks_side_by_side(tiny_pipe, monkeypatch):
@@ -164,3 +178,30 @@ def test_a_failing_chunk_stops_the_streams_and_restores_threads_and_interval():
     with pytest.raises(ValueError, match="chunk 1 failed"):
         run_side_by_side(range(5), work, streams=2)
     assert (torch.get_num_threads(), sys.getswitchinterval()) == (threads, interval)
+
+
+def test_one_stream_measures_while_the_other_stores():
+    """Where the last two chunks finish together, the second measures while the first stores (each step still one
+    stream at a time): with one lock over both, the first store would wait here for a measure that cannot start."""
+    both_measured, measured_by, stored = threading.Event(), [], []
+
+    class Doubling:
+        streams, on_work = 2, None
+
+        def run(self, cells):
+            return [2 * cell for cell in cells]
+
+    def measure(chunk, outputs):
+        measured_by.append(threading.current_thread().name)
+        if len(measured_by) == 2:
+            both_measured.set()
+        return outputs
+
+    def store(measured, batch_id, last):
+        assert both_measured.wait(timeout=20), "the other stream could not measure while this one stored"
+        stored.append((batch_id, measured, last))
+
+    chunks = [([(1, "key 1")], "a"), ([(2, "key 2")], "b")]
+    generate_side_by_side(chunks, Doubling(), record=lambda chunk, batch_id: None, measure=measure, store=store)
+    assert sorted(stored) == [("a", [2], False), ("b", [4], True)]
+    assert len(set(measured_by)) == 2  # each chunk on its own stream
