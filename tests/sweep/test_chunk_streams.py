@@ -113,8 +113,8 @@ def test_side_by_side_chunks_get_the_same_strengths_whatever_the_plan_order(tiny
     cells = [cell for cell in seeds_outer.cells() if cell.duplicate_of is None]
     assert [cell.strength for cell in cells[:3]] == [0.1, 0.2, 0.3]
     runner = runners.BatchedRunner(as_model(tiny_pipe), [Image.new("RGB", (32, 32))], streams=2)
-    chunks = [chunk for chunk, _ in runner.chunks([(cell, str(i)) for i, cell in enumerate(cells)],
-                                                  [(cell, str(i)) for i, cell in enumerate(cells)])]
+    keyed = [(cell, str(index)) for index, cell in enumerate(cells)]
+    chunks = [chunk for chunk, _ in runner.chunks(keyed, keyed)]
     assert [len(chunk) for chunk in chunks] == [20, 20]
     strengths = [sorted(cell.strength for cell, _ in chunk) for chunk in chunks]
     assert strengths[0] == strengths[1] == sorted([i / 10 for i in range(1, 11)] * 2)
